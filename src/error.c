@@ -1,0 +1,51 @@
+/* error.c: the per-thread last-error slot behind ml_seterr / ml_errmsg, and the
+ * allocation helpers that report into it. */
+#include "common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char err_msg[512];
+static _Thread_local int err_arg;
+
+static void vset(int arg, const char *fmt, va_list ap) {
+  vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+  err_arg = arg;
+}
+
+void ml_seterr(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vset(0, fmt, ap);
+  va_end(ap);
+}
+
+void ml_seterr_arg(int arg, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vset(arg, fmt, ap);
+  va_end(ap);
+}
+
+const char *ml_errmsg(void) { return err_msg[0] ? err_msg : "unknown error"; }
+int ml_errarg(void) { return err_arg; }
+
+void *ml_alloc(size_t n) {
+  void *p = NULL;
+  if (n == 0) n = 1;
+  if (n > ML_MAX_ALLOC || posix_memalign(&p, ML_ALIGN, (n + ML_ALIGN - 1) / ML_ALIGN * ML_ALIGN) != 0) {
+    ml_seterr("out of memory (%zu bytes)", n);
+    return NULL;
+  }
+  return p;
+}
+
+void *ml_calloc(size_t n) {
+  void *p = ml_alloc(n);
+  if (p) memset(p, 0, n);
+  return p;
+}
+
+void ml_free(void *p) { free(p); }

@@ -59,6 +59,8 @@ typedef struct ml_gguf_kv {
 } ml_gguf_kv;
 
 #define ML_GGUF_MAX_DIMS 4
+#define ML_GGUF_MAX_DEPTH 8          /* arrays nest at most this deep (reader and writer) */
+#define ML_GGUF_DEFAULT_ALIGNMENT 32
 
 typedef struct ml_gguf_tensor {
   ml_gguf_str name;
@@ -110,7 +112,13 @@ const ml_gguf_str *ml_gguf_get_str(const ml_gguf *g, const char *key);
 int64_t ml_gguf_arr_int(const ml_gguf_value *arr, uint64_t i);
 double ml_gguf_arr_float(const ml_gguf_value *arr, uint64_t i);
 
-const char *ml_gguf_vtype_name(ml_gguf_vtype t);
+/* Element i of a string array; NULL if out of range or not a string array. */
+const ml_gguf_str *ml_gguf_arr_str(const ml_gguf_value *arr, uint64_t i);
+/* Conversions: get_int takes any integer type (a uint64 above INT64_MAX gives def);
+ * get_float takes floats and integers; get_bool takes bool and integers (nonzero = 1).
+ * arr_int truncates float elements; arr_* give 0 for a bad index or a non-scalar array. */
+
+const char *ml_gguf_vtype_name(ml_gguf_vtype t); /* "uint8" ... "float64", "?" */
 
 /* ---- writer ---- */
 typedef struct ml_gguf_writer ml_gguf_writer;
@@ -131,6 +139,8 @@ int ml_gguf_set_arr(ml_gguf_writer *w, const char *key, ml_gguf_vtype type, cons
 int ml_gguf_set_arr_str(ml_gguf_writer *w, const char *key, const char *const *strs, const size_t *lens, uint64_t n);
 /* Copy a value read from another file (any type, nested arrays included). */
 int ml_gguf_set_value(ml_gguf_writer *w, const char *key, const ml_gguf_value *v);
+/* Drop a key (e.g. before re-writing a file). 1 if it was there, 0 if not. */
+int ml_gguf_unset(ml_gguf_writer *w, const char *key);
 /* Tensor: ne[0] innermost. `data` (nbytes = ml_type_nbytes(type, prod(ne))) is referenced,
  * not copied: it must stay valid until ml_gguf_writer_write returns. */
 int ml_gguf_add_tensor(ml_gguf_writer *w, const char *name, ml_type type, int n_dims,

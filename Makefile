@@ -1,0 +1,134 @@
+# moonlm: one C source, two Lua ABIs (5.4 and 5.1/LuaJIT), kernels per ISA with their own flags.
+#   make            both modules under build/
+#   make demo       install what is missing, build, generate text
+#   make test       install what is missing, build both ABIs, run every spec (SAN=1: sanitizers)
+#   make bench      benchmarks (ours next to the machine's limits and, when given, llama.cpp)
+#   make install    PREFIX=/usr/local LUA_VERSION=5.4|5.1
+#   make fuzz       libFuzzer harnesses (clang)
+
+CC      ?= gcc
+PREFIX  ?= /usr/local
+LUA_VERSION ?= 5.4
+SHARED  ?= $(abspath ../shared)
+MODEL   ?= $(SHARED)/models/stories260K.gguf
+
+LUA54_INC  ?= /usr/include/lua5.4
+LUAJIT_INC ?= /usr/include/luajit-2.1
+
+WARN  = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith \
+        -Wvla -Wformat=2 -Wundef -Wno-unused-parameter
+OPT   = -O2 -g
+ifeq ($(SAN),1)
+  BUILD = build-san
+  OPT   = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  SANLD = -fsanitize=address,undefined
+else
+  BUILD = build
+endif
+CFLAGS  ?=
+CFLAGS  += -std=c11 $(OPT) -fPIC -fvisibility=hidden -fopenmp -D_GNU_SOURCE $(WARN)
+LDFLAGS += -shared -fopenmp -Wl,-z,nodelete -Wl,--no-undefined $(SANLD)
+LIBS     = -lopenblas -lm -lpthread
+
+# Core: no Lua, compiled once. Kernel levels get their own ISA flags.
+CORE = error dtype quant tensor ops matmul gguf tokenizer unicode \
+       kernels/dispatch kernels/ref
+KERNELS_AVX2   = kernels/avx2
+KERNELS_AVX512 = kernels/avx512
+KERNELS_AMX    = kernels/amx
+ISA_avx2   = -mavx2 -mfma -mf16c
+ISA_avx512 = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c -mavx2
+ISA_amx    = $(ISA_avx512) -mamx-tile -mamx-int8 -mamx-bf16
+KERNEL_SRCS = $(wildcard $(addprefix src/,$(addsuffix .c,$(KERNELS_AVX2) $(KERNELS_AVX512) $(KERNELS_AMX))))
+CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
+            $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS))
+
+# Binding: compiled per ABI.
+BIND = lua_core lua_util lua_tensor lua_gguf
+BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
+BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
+HDRS = $(wildcard src/*.h src/kernels/*.h)
+
+MOD54 = $(BUILD)/5.4/moonlm/core.so
+MOD51 = $(BUILD)/5.1/moonlm/core.so
+
+.PHONY: all deps deps-build test demo bench install clean fuzz check-shared
+all: $(MOD54) $(MOD51)
+
+$(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
+$(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
+$(BUILD)/obj/kernels/amx.o: CFLAGS += $(ISA_amx)
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj-5.4/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(LUA54_INC) -c $< -o $@
+
+$(BUILD)/obj-5.1/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(LUAJIT_INC) -c $< -o $@
+
+# Lua symbols resolve in the host interpreter, so allow them to stay undefined.
+$(MOD54): $(CORE_OBJS) $(BIND54)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $@ $(LIBS)
+
+$(MOD51): $(CORE_OBJS) $(BIND51)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $@ $(LIBS)
+
+# ---- system packages (Debian 12); quiet when nothing is missing ----
+PKGS_BUILD = gcc make libc6-dev lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev libopenblas-dev
+PKGS_TEST  = $(PKGS_BUILD) lua-busted clang libclang-rt-14-dev luarocks nginx libnginx-mod-http-lua \
+             love xvfb xauth curl nodejs npm
+define install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "moonlm: installing $$(echo $$missing)"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+endef
+
+deps-build:
+	$(call install_missing,$(PKGS_BUILD))
+deps:
+	$(call install_missing,$(PKGS_TEST))
+
+# ---- the two README commands ----
+demo: deps-build
+	@$(MAKE) --no-print-directory all
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 examples/story.lua "$(MODEL)"
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@SHARED="$(SHARED)" BUILD="$(BUILD)" SAN="$(SAN)" sh tools/runspecs.sh
+
+bench: deps-build
+	@$(MAKE) --no-print-directory all
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 bench/run.lua
+
+# ---- install (luarocks make uses the same targets) ----
+LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
+install: all
+	install -d $(DESTDIR)$(LUA_LIBDIR)/moonlm $(DESTDIR)$(LUA_SHAREDIR)/moonlm
+	install -m 755 $(BUILD)/$(LUA_VERSION)/moonlm/core.so $(DESTDIR)$(LUA_LIBDIR)/moonlm/core.so
+	install -m 644 lua/moonlm/*.lua $(DESTDIR)$(LUA_SHAREDIR)/moonlm/
+
+# ---- fuzzing ----
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Isrc
+FUZZ_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c
+fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer
+$(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) fuzz/gguf.c $(FUZZ_CORE) -o $@
+$(BUILD)/fuzz/tokenizer: fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c $(HDRS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c -o $@
+
+clean:
+	rm -rf build build-san

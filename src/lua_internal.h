@@ -1,0 +1,10 @@
+/* lua_internal.h: registration hooks of the binding files, called by luaopen_moonlm_core
+ * with the module table on top of the stack. */
+#ifndef ML_LUA_INTERNAL_H
+#define ML_LUA_INTERNAL_H
+
+#include "compat.h"
+
+void ml_lua_open_gguf(lua_State *L); /* save, load_tensors */
+
+#endif

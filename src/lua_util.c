@@ -1,0 +1,90 @@
+/* lua_util.c: argument errors with stable numbering and names (see lua_util.h). */
+#include "lua_util.h"
+
+#include <string.h>
+
+#include "common.h"
+
+static const char names_key = 'n';
+
+void ml_register_names(lua_State *L, const char *prefix) {
+  int t = lua_gettop(L);
+  lua_pushlightuserdata(L, (void *)&names_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, (void *)&names_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  for (lua_pushnil(L); lua_next(L, t);) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      lua_pushvalue(L, -1);
+      lua_pushfstring(L, "%s%s", prefix, lua_tostring(L, -3));
+      lua_rawset(L, t + 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, t);
+}
+
+int ml_argerror(lua_State *L, int arg, const char *msg) {
+  lua_Debug ar;
+  const char *name = NULL;
+  if (lua_getstack(L, 0, &ar)) {
+    lua_getinfo(L, "nf", &ar);
+    lua_pushlightuserdata(L, (void *)&names_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_istable(L, -1)) {
+      lua_pushvalue(L, -2);
+      lua_rawget(L, -2);
+      name = lua_tostring(L, -1); /* stays on the stack until the error */
+    }
+    if (!name) name = ar.name;
+  }
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name ? name : "?", msg);
+}
+
+static int typeerror(lua_State *L, int arg, const char *tname) {
+  const char *got = lua_isnone(L, arg) ? "no value" : luaL_typename(L, arg);
+  return ml_argerror(L, arg, lua_pushfstring(L, "%s expected, got %s", tname, got));
+}
+
+lua_Integer ml_checkinteger(lua_State *L, int arg) {
+  int isnum;
+  lua_Integer v = lua_tointegerx(L, arg, &isnum);
+  if (!isnum) {
+    if (lua_type(L, arg) == LUA_TNUMBER) ml_argerror(L, arg, "number has no integer representation");
+    typeerror(L, arg, "integer");
+  }
+  return v;
+}
+
+lua_Integer ml_optinteger(lua_State *L, int arg, lua_Integer def) {
+  return lua_isnoneornil(L, arg) ? def : ml_checkinteger(L, arg);
+}
+
+lua_Number ml_checknumber(lua_State *L, int arg) {
+  if (lua_type(L, arg) != LUA_TNUMBER) typeerror(L, arg, "number");
+  return lua_tonumber(L, arg);
+}
+
+lua_Number ml_optnumber(lua_State *L, int arg, lua_Number def) {
+  return lua_isnoneornil(L, arg) ? def : ml_checknumber(L, arg);
+}
+
+const char *ml_checklstring(lua_State *L, int arg, size_t *len) {
+  if (lua_type(L, arg) != LUA_TSTRING) typeerror(L, arg, "string");
+  return lua_tolstring(L, arg, len);
+}
+
+void ml_checktype(lua_State *L, int arg, int t) {
+  if (lua_type(L, arg) != t) typeerror(L, arg, lua_typename(L, t));
+}
+
+int ml_lua_error(lua_State *L) {
+  int arg = ml_errarg();
+  if (arg > 0) return ml_argerror(L, arg, ml_errmsg());
+  return luaL_error(L, "%s", ml_errmsg());
+}

@@ -1,0 +1,33 @@
+/* lua_util.h: argument checking for the binding, with one error format everywhere:
+ *   bad argument #2 to 'matmul' (inner dimensions 64 and 48 differ)
+ * Positions count every argument, self included (a:matmul(b): b is #2), in Lua 5.4 and
+ * LuaJIT alike, and the function is named even where LuaJIT's call info cannot name it.
+ * The luaL_check* names used in the binding files map to these. */
+#ifndef ML_LUA_UTIL_H
+#define ML_LUA_UTIL_H
+
+#include "compat.h"
+
+int ml_argerror(lua_State *L, int arg, const char *msg);
+lua_Integer ml_checkinteger(lua_State *L, int arg);
+lua_Integer ml_optinteger(lua_State *L, int arg, lua_Integer def);
+lua_Number ml_checknumber(lua_State *L, int arg);
+lua_Number ml_optnumber(lua_State *L, int arg, lua_Number def);
+const char *ml_checklstring(lua_State *L, int arg, size_t *len);
+void ml_checktype(lua_State *L, int arg, int t);
+/* Remember names of the functions in the table on top (for error messages). */
+void ml_register_names(lua_State *L, const char *prefix);
+/* Raise the core's last error (as an argument error when it names one). */
+int ml_lua_error(lua_State *L);
+
+#define luaL_argerror(L, a, m) ml_argerror(L, (a), (m))
+#define luaL_checkinteger(L, a) ml_checkinteger(L, (a))
+#define luaL_optinteger(L, a, d) ml_optinteger(L, (a), (d))
+#define luaL_checknumber(L, a) ml_checknumber(L, (a))
+#define luaL_optnumber(L, a, d) ml_optnumber(L, (a), (d))
+#undef luaL_checkstring
+#define luaL_checkstring(L, a) ml_checklstring(L, (a), NULL)
+#define luaL_checklstring(L, a, l) ml_checklstring(L, (a), (l))
+#define luaL_checktype(L, a, t) ml_checktype(L, (a), (t))
+
+#endif

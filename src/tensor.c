@@ -1,0 +1,587 @@
+/* tensor.c: storage, tensor shapes and views, copies and conversions, the seeded generator.
+ * The arithmetic lives in ops.c; this file only moves and reinterprets memory. */
+#include "tensor.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+
+/* ---- storage ---- */
+
+ml_storage *ml_storage_new(size_t nbytes) {
+  ml_storage *s = ml_calloc(sizeof *s);
+  if (!s) return NULL;
+  s->data = ml_calloc(nbytes);
+  if (!s->data) {
+    ml_free(s);
+    return NULL;
+  }
+  s->nbytes = nbytes;
+  s->refcount = 1;
+  return s;
+}
+
+ml_storage *ml_storage_external(void *data, size_t nbytes, void (*release)(void *), void *ctx) {
+  ml_storage *s = ml_calloc(sizeof *s);
+  if (!s) return NULL;
+  s->data = data;
+  s->nbytes = nbytes;
+  s->release = release;
+  s->ctx = ctx;
+  s->refcount = 1;
+  return s;
+}
+
+void ml_storage_retain(ml_storage *s) { __atomic_add_fetch(&s->refcount, 1, __ATOMIC_RELAXED); }
+
+void ml_storage_release(ml_storage *s) {
+  if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+  if (s->release)
+    s->release(s->ctx);
+  else
+    ml_free(s->data);
+  ml_free(s);
+}
+
+/* ---- shapes ---- */
+
+int ml_shape_numel(int ndim, const int64_t *shape, int64_t *out) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) {
+      ml_seterr("negative dimension %lld", (long long)shape[i]);
+      return -1;
+    }
+    if (shape[i] != 0 && n > (INT64_C(1) << 50) / shape[i]) {
+      ml_seterr("tensor too large");
+      return -1;
+    }
+    n *= shape[i];
+  }
+  if (n > (INT64_C(1) << 50)) {
+    ml_seterr("tensor too large");
+    return -1;
+  }
+  *out = n;
+  return 0;
+}
+
+static void set_contiguous_strides(ml_tensor *t) {
+  int64_t st = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    t->stride[i] = st;
+    st *= t->shape[i] ? t->shape[i] : 1;
+  }
+}
+
+static int check_shape(ml_type type, int ndim, const int64_t *shape, int arg, int64_t *numel) {
+  const ml_type_traits *tr = ml_type_traits_get(type);
+  if (!tr) {
+    ml_seterr_arg(arg, "unknown dtype %d", (int)type);
+    return -1;
+  }
+  if (ndim < 0 || ndim > ML_MAX_DIMS) {
+    ml_seterr_arg(arg, "at most %d dimensions, got %d", ML_MAX_DIMS, ndim);
+    return -1;
+  }
+  if (ml_shape_numel(ndim, shape, numel) < 0) {
+    ml_seterr_arg(arg, "%s", ml_errmsg());
+    return -1;
+  }
+  if (tr->blck > 1 && (ndim == 0 || shape[ndim - 1] % tr->blck != 0)) {
+    ml_seterr_arg(arg, "%s needs the last dimension to be a multiple of %d, got %lld", tr->name,
+                  tr->blck, ndim ? (long long)shape[ndim - 1] : 1LL);
+    return -1;
+  }
+  return 0;
+}
+
+int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape, int arg) {
+  int64_t n;
+  if (check_shape(type, ndim, shape, arg, &n) < 0) return -1;
+  ml_storage *s = ml_storage_new(ml_type_nbytes(type, n));
+  if (!s) return -1;
+  memset(t, 0, sizeof *t);
+  t->type = type;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  set_contiguous_strides(t);
+  t->storage = s;
+  return 0;
+}
+
+int ml_tensor_init_on(ml_tensor *t, ml_storage *s, size_t offset, ml_type type, int ndim,
+                      const int64_t *shape) {
+  int64_t n;
+  if (check_shape(type, ndim, shape, 0, &n) < 0) return -1;
+  size_t nb = ml_type_nbytes(type, n);
+  if (offset > s->nbytes || nb > s->nbytes - offset) {
+    ml_seterr("tensor of %zu bytes at offset %zu exceeds its storage (%zu bytes)", nb, offset,
+              s->nbytes);
+    return -1;
+  }
+  memset(t, 0, sizeof *t);
+  t->type = type;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  set_contiguous_strides(t);
+  t->offset = offset;
+  t->storage = s;
+  ml_storage_retain(s);
+  return 0;
+}
+
+void ml_tensor_view_of(ml_tensor *dst, const ml_tensor *src) {
+  if (dst != src) *dst = *src;
+  ml_storage_retain(dst->storage);
+}
+
+void ml_tensor_release(ml_tensor *t) {
+  ml_storage *s = t->storage;
+  t->storage = NULL;
+  ml_storage_release(s);
+}
+
+int64_t ml_tensor_numel(const ml_tensor *t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  return n;
+}
+
+int ml_tensor_is_contiguous(const ml_tensor *t) {
+  int64_t st = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] != 1 && t->stride[i] != st) return 0;
+    st *= t->shape[i];
+  }
+  return 1;
+}
+
+size_t ml_tensor_nbytes(const ml_tensor *t) { return ml_type_nbytes(t->type, ml_tensor_numel(t)); }
+
+int64_t ml_tensor_elem_offset(const ml_tensor *t, const int64_t *idx) {
+  const ml_type_traits *tr = ml_type_traits_get(t->type);
+  int64_t e = 0;
+  for (int i = 0; i < t->ndim; i++) e += idx[i] * t->stride[i];
+  return e / tr->blck * (int64_t)tr->size;
+}
+
+/* ---- scalar element access ---- */
+
+static double load_plain(ml_type type, const void *p) {
+  switch (type) {
+  case ML_TYPE_F32: { float v; memcpy(&v, p, 4); return v; }
+  case ML_TYPE_F64: { double v; memcpy(&v, p, 8); return v; }
+  case ML_TYPE_F16: { ml_fp16 v; memcpy(&v, p, 2); return ml_fp16_to_f32(v); }
+  case ML_TYPE_BF16: { ml_bf16 v; memcpy(&v, p, 2); return ml_bf16_to_f32(v); }
+  case ML_TYPE_I8: return *(const int8_t *)p;
+  case ML_TYPE_I16: { int16_t v; memcpy(&v, p, 2); return v; }
+  case ML_TYPE_I32: { int32_t v; memcpy(&v, p, 4); return v; }
+  case ML_TYPE_I64: { int64_t v; memcpy(&v, p, 8); return (double)v; }
+  default: return NAN;
+  }
+}
+
+static int64_t clamp_int(double v, int64_t lo, int64_t hi) {
+  if (v != v) return 0;
+  if (v <= (double)lo) return lo;
+  if (v >= (double)hi) return hi;
+  return (int64_t)v;
+}
+
+static void store_plain(ml_type type, void *p, double v) {
+  switch (type) {
+  case ML_TYPE_F32: { float f = (float)v; memcpy(p, &f, 4); break; }
+  case ML_TYPE_F64: memcpy(p, &v, 8); break;
+  case ML_TYPE_F16: { ml_fp16 h = ml_f32_to_fp16((float)v); memcpy(p, &h, 2); break; }
+  case ML_TYPE_BF16: { ml_bf16 h = ml_f32_to_bf16((float)v); memcpy(p, &h, 2); break; }
+  case ML_TYPE_I8: *(int8_t *)p = (int8_t)clamp_int(v, INT8_MIN, INT8_MAX); break;
+  case ML_TYPE_I16: { int16_t x = (int16_t)clamp_int(v, INT16_MIN, INT16_MAX); memcpy(p, &x, 2); break; }
+  case ML_TYPE_I32: { int32_t x = (int32_t)clamp_int(v, INT32_MIN, INT32_MAX); memcpy(p, &x, 4); break; }
+  case ML_TYPE_I64: { int64_t x = clamp_int(v, INT64_MIN, INT64_MAX); memcpy(p, &x, 8); break; }
+  default: break;
+  }
+}
+
+double ml_tensor_get(const ml_tensor *t, const int64_t *idx) {
+  const ml_type_traits *tr = ml_type_traits_get(t->type);
+  if (tr->blck > 1) {
+    /* dequantize the block holding the element */
+    int64_t e = 0;
+    for (int i = 0; i < t->ndim; i++) e += idx[i] * t->stride[i];
+    float buf[ML_QK_K];
+    const char *blk = (const char *)ml_tensor_data(t) + e / tr->blck * (int64_t)tr->size;
+    tr->to_float(blk, buf, tr->blck);
+    return buf[e % tr->blck];
+  }
+  return load_plain(t->type, (const char *)ml_tensor_data(t) + ml_tensor_elem_offset(t, idx));
+}
+
+void ml_tensor_set(const ml_tensor *t, const int64_t *idx, double v) {
+  store_plain(t->type, (char *)ml_tensor_data(t) + ml_tensor_elem_offset(t, idx), v);
+}
+
+static void unflatten(const ml_tensor *t, int64_t i, int64_t *idx) {
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    idx[d] = t->shape[d] ? i % t->shape[d] : 0;
+    i = t->shape[d] ? i / t->shape[d] : 0;
+  }
+}
+
+double ml_tensor_get_flat(const ml_tensor *t, int64_t i) {
+  int64_t idx[ML_MAX_DIMS];
+  unflatten(t, i, idx);
+  return ml_tensor_get(t, idx);
+}
+
+void ml_tensor_fill(const ml_tensor *t, double v) {
+  int64_t n = ml_tensor_numel(t), idx[ML_MAX_DIMS];
+  if (ml_tensor_is_contiguous(t) && t->type == ML_TYPE_F32) {
+    float *p = ml_tensor_data(t), f = (float)v;
+    for (int64_t i = 0; i < n; i++) p[i] = f;
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    unflatten(t, i, idx);
+    ml_tensor_set(t, idx, v);
+  }
+}
+
+/* ---- views ---- */
+
+static int check_dim(const ml_tensor *t, int dim, int arg) {
+  if (dim < 0 || dim >= t->ndim) {
+    ml_seterr_arg(arg, "dimension %d out of range (tensor has %d)", dim + 1, t->ndim);
+    return -1;
+  }
+  return 0;
+}
+
+static int blocks_ok(const ml_tensor *t, int arg) {
+  const ml_type_traits *tr = ml_type_traits_get(t->type);
+  if (tr->blck == 1) return 0;
+  if (t->ndim == 0 || t->stride[t->ndim - 1] != 1 || t->shape[t->ndim - 1] % tr->blck) goto bad;
+  for (int i = 0; i < t->ndim - 1; i++)
+    if (t->stride[i] % tr->blck) goto bad;
+  return 0;
+bad:
+  ml_seterr_arg(arg, "this view would split %s blocks of %d (dequantize first)", tr->name, tr->blck);
+  return -1;
+}
+
+int ml_tensor_reshape_view(ml_tensor *dst, const ml_tensor *src, int ndim, const int64_t *shape) {
+  int64_t n, infer = -1, known = 1, sh[ML_MAX_DIMS];
+  if (ndim < 0 || ndim > ML_MAX_DIMS) {
+    ml_seterr_arg(2, "at most %d dimensions", ML_MAX_DIMS);
+    return -1;
+  }
+  for (int i = 0; i < ndim; i++) {
+    sh[i] = shape[i];
+    if (shape[i] == -1) {
+      if (infer >= 0) {
+        ml_seterr_arg(2, "only one dimension can be -1");
+        return -1;
+      }
+      infer = i;
+    } else if (shape[i] < 0) {
+      ml_seterr_arg(2, "negative dimension %lld", (long long)shape[i]);
+      return -1;
+    } else {
+      known *= shape[i];
+    }
+  }
+  n = ml_tensor_numel(src);
+  if (infer >= 0) {
+    if (known == 0 || n % known) {
+      ml_seterr_arg(2, "cannot infer -1: %lld elements do not divide by %lld", (long long)n, (long long)known);
+      return -1;
+    }
+    sh[infer] = n / known;
+  }
+  int64_t m;
+  if (ml_shape_numel(ndim, sh, &m) < 0 || m != n) {
+    ml_seterr_arg(2, "shape has %lld elements, tensor has %lld", (long long)(ml_shape_numel(ndim, sh, &m) < 0 ? -1 : m),
+                  (long long)n);
+    return -1;
+  }
+  if (!ml_tensor_is_contiguous(src)) {
+    ml_seterr_arg(1, "view needs a contiguous tensor (call contiguous() or use reshape)");
+    return -1;
+  }
+  ml_tensor t = *src;
+  t.ndim = ndim;
+  memcpy(t.shape, sh, sizeof(int64_t) * (size_t)ndim);
+  set_contiguous_strides(&t);
+  if (blocks_ok(&t, 2) < 0) return -1;
+  ml_tensor_view_of(dst, &t);
+  return 0;
+}
+
+int ml_tensor_narrow(ml_tensor *dst, const ml_tensor *src, int dim, int64_t start, int64_t len) {
+  if (check_dim(src, dim, 2) < 0) return -1;
+  if (start < 0 || start > src->shape[dim]) {
+    ml_seterr_arg(3, "start %lld out of range (dimension %d has size %lld)", (long long)start + 1,
+                  dim + 1, (long long)src->shape[dim]);
+    return -1;
+  }
+  if (len < 0 || len > src->shape[dim] - start) {
+    ml_seterr_arg(4, "length %lld out of range (%lld elements from %lld)", (long long)len,
+                  (long long)(src->shape[dim] - start), (long long)start + 1);
+    return -1;
+  }
+  ml_tensor t = *src;
+  const ml_type_traits *tr = ml_type_traits_get(t.type);
+  int64_t e = start * src->stride[dim];
+  if (e % tr->blck) {
+    ml_seterr_arg(3, "this view would split %s blocks of %d (dequantize first)", tr->name, tr->blck);
+    return -1;
+  }
+  t.offset += (size_t)(e / tr->blck * (int64_t)tr->size);
+  t.shape[dim] = len;
+  if (blocks_ok(&t, 4) < 0) return -1;
+  ml_tensor_view_of(dst, &t);
+  return 0;
+}
+
+int ml_tensor_select(ml_tensor *dst, const ml_tensor *src, int dim, int64_t index) {
+  if (check_dim(src, dim, 2) < 0) return -1;
+  if (index < 0 || index >= src->shape[dim]) {
+    ml_seterr_arg(3, "index %lld out of range (dimension %d has size %lld)", (long long)index + 1,
+                  dim + 1, (long long)src->shape[dim]);
+    return -1;
+  }
+  ml_tensor t;
+  if (ml_tensor_narrow(&t, src, dim, index, 1) < 0) return -1;
+  for (int i = dim; i < t.ndim - 1; i++) {
+    t.shape[i] = t.shape[i + 1];
+    t.stride[i] = t.stride[i + 1];
+  }
+  t.ndim--;
+  /* narrow() retained; hand that reference to dst */
+  if (blocks_ok(&t, 3) < 0) {
+    ml_tensor_release(&t);
+    return -1;
+  }
+  *dst = t;
+  return 0;
+}
+
+int ml_tensor_transpose(ml_tensor *dst, const ml_tensor *src, int d0, int d1) {
+  if (check_dim(src, d0, 2) < 0 || check_dim(src, d1, 3) < 0) return -1;
+  ml_tensor t = *src;
+  int64_t s = t.shape[d0], st = t.stride[d0];
+  t.shape[d0] = t.shape[d1];
+  t.stride[d0] = t.stride[d1];
+  t.shape[d1] = s;
+  t.stride[d1] = st;
+  if (blocks_ok(&t, 2) < 0) return -1;
+  ml_tensor_view_of(dst, &t);
+  return 0;
+}
+
+int ml_tensor_permute(ml_tensor *dst, const ml_tensor *src, const int *perm) {
+  int seen[ML_MAX_DIMS] = {0};
+  ml_tensor t = *src;
+  for (int i = 0; i < src->ndim; i++) {
+    if (perm[i] < 0 || perm[i] >= src->ndim || seen[perm[i]]) {
+      ml_seterr_arg(2, "not a permutation of the %d dimensions", src->ndim);
+      return -1;
+    }
+    seen[perm[i]] = 1;
+    t.shape[i] = src->shape[perm[i]];
+    t.stride[i] = src->stride[perm[i]];
+  }
+  if (blocks_ok(&t, 2) < 0) return -1;
+  ml_tensor_view_of(dst, &t);
+  return 0;
+}
+
+int ml_tensor_expand(ml_tensor *dst, const ml_tensor *src, int ndim, const int64_t *shape) {
+  if (ndim < src->ndim || ndim > ML_MAX_DIMS) {
+    ml_seterr_arg(2, "cannot expand %d dimensions to %d", src->ndim, ndim);
+    return -1;
+  }
+  ml_tensor t = *src;
+  int off = ndim - src->ndim;
+  t.ndim = ndim;
+  for (int i = ndim - 1; i >= 0; i--) {
+    int j = i - off;
+    int64_t have = j >= 0 ? src->shape[j] : 1, st = j >= 0 ? src->stride[j] : 0;
+    if (shape[i] < 0 || (have != shape[i] && have != 1)) {
+      ml_seterr_arg(2, "cannot expand size %lld to %lld in dimension %d", (long long)have,
+                    (long long)shape[i], i + 1);
+      return -1;
+    }
+    t.shape[i] = shape[i];
+    t.stride[i] = have == shape[i] ? st : 0;
+  }
+  if (blocks_ok(&t, 2) < 0) return -1;
+  ml_tensor_view_of(dst, &t);
+  return 0;
+}
+
+/* ---- copies ---- */
+
+/* Iterate the rows (innermost dimension) of t in logical order. */
+typedef struct row_iter {
+  int64_t idx[ML_MAX_DIMS];
+  int64_t nrows, row;
+} row_iter;
+
+static int64_t row_count(const ml_tensor *t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim - 1; i++) n *= t->shape[i];
+  return t->ndim == 0 ? 1 : n;
+}
+
+/* Byte offset of row r (0-based, logical order) of t. */
+static int64_t row_offset(const ml_tensor *t, int64_t r) {
+  const ml_type_traits *tr = ml_type_traits_get(t->type);
+  int64_t e = 0;
+  for (int d = t->ndim - 2; d >= 0; d--) {
+    int64_t sz = t->shape[d];
+    e += (r % sz) * t->stride[d];
+    r /= sz;
+  }
+  return e / tr->blck * (int64_t)tr->size;
+}
+
+/* Convert one row of n elements (element stride `st`, in elements) of any type into f32. */
+static void row_to_f32(const ml_tensor *t, const char *p, int64_t st, int64_t n, float *out) {
+  const ml_type_traits *tr = ml_type_traits_get(t->type);
+  if (tr->blck > 1 || (st == 1 && tr->to_float)) {
+    tr->to_float(p, out, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) out[i] = (float)load_plain(t->type, p + i * st * (int64_t)tr->size);
+}
+
+int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
+  if (dst->ndim != src->ndim || memcmp(dst->shape, src->shape, sizeof(int64_t) * (size_t)dst->ndim)) {
+    ml_seterr_arg(2, "shapes differ");
+    return -1;
+  }
+  const ml_type_traits *dt = ml_type_traits_get(dst->type);
+  if (dt->blck > 1 && !ml_tensor_is_contiguous(dst)) {
+    ml_seterr_arg(1, "cannot write into a non-contiguous %s tensor", dt->name);
+    return -1;
+  }
+  int64_t n = src->ndim ? src->shape[src->ndim - 1] : 1, rows = row_count(src);
+  if (ml_tensor_numel(src) == 0) return 0;
+  int64_t sst = src->ndim ? src->stride[src->ndim - 1] : 1;
+  int64_t dst_st = dst->ndim ? dst->stride[dst->ndim - 1] : 1;
+  /* same plain type, contiguous rows: memcpy */
+  if (src->type == dst->type && dt->blck == 1 && sst == 1 && dst_st == 1) {
+    for (int64_t r = 0; r < rows; r++)
+      memcpy((char *)ml_tensor_data(dst) + row_offset(dst, r),
+             (const char *)ml_tensor_data(src) + row_offset(src, r), (size_t)n * dt->size);
+    return 0;
+  }
+  if (src->type == dst->type && dt->blck > 1) {
+    for (int64_t r = 0; r < rows; r++)
+      memcpy((char *)ml_tensor_data(dst) + row_offset(dst, r),
+             (const char *)ml_tensor_data(src) + row_offset(src, r), ml_type_nbytes(dst->type, n));
+    return 0;
+  }
+  if (dt->blck > 1 && !dt->from_float) {
+    ml_seterr_arg(2, "cannot quantize to %s", dt->name);
+    return -1;
+  }
+  float *buf = ml_alloc(sizeof(float) * (size_t)n);
+  if (!buf) return -1;
+  for (int64_t r = 0; r < rows; r++) {
+    const char *sp = (const char *)ml_tensor_data(src) + row_offset(src, r);
+    char *dp = (char *)ml_tensor_data(dst) + row_offset(dst, r);
+    float *row = buf;
+    if (src->type == ML_TYPE_F32 && sst == 1)
+      row = (float *)sp;
+    else
+      row_to_f32(src, sp, sst, n, buf);
+    if (dst->type == ML_TYPE_F32 && dst_st == 1)
+      memcpy(dp, row, sizeof(float) * (size_t)n);
+    else if (dt->from_float && dst_st == 1)
+      dt->from_float(row, dp, n);
+    else
+      for (int64_t i = 0; i < n; i++) store_plain(dst->type, dp + i * dst_st * (int64_t)dt->size, row[i]);
+  }
+  ml_free(buf);
+  return 0;
+}
+
+int ml_tensor_to(ml_tensor *dst, const ml_tensor *src, ml_type type) {
+  ml_tensor t;
+  if (ml_tensor_init(&t, type, src->ndim, src->shape, 2) < 0) return -1;
+  if (ml_tensor_copy_into(&t, src) < 0) {
+    ml_tensor_release(&t);
+    return -1;
+  }
+  *dst = t;
+  return 0;
+}
+
+int ml_tensor_clone(ml_tensor *dst, const ml_tensor *src) { return ml_tensor_to(dst, src, src->type); }
+
+int ml_tensor_contiguous(ml_tensor *dst, const ml_tensor *src) {
+  if (ml_tensor_is_contiguous(src)) {
+    ml_tensor_view_of(dst, src);
+    return 0;
+  }
+  return ml_tensor_clone(dst, src);
+}
+
+int ml_tensor_f32(ml_tensor *dst, const ml_tensor *src) {
+  if (src->type == ML_TYPE_F32) return ml_tensor_contiguous(dst, src);
+  return ml_tensor_to(dst, src, ML_TYPE_F32);
+}
+
+/* ---- generator: xoshiro256** seeded by splitmix64; normals by Box-Muller in double ---- */
+
+static uint64_t splitmix64(uint64_t *x) {
+  uint64_t z = (*x += UINT64_C(0x9E3779B97F4A7C15));
+  z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+  return z ^ (z >> 31);
+}
+
+void ml_rng_seed(ml_rng *r, uint64_t seed) {
+  for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t ml_rng_next(ml_rng *r) {
+  uint64_t *s = r->s, out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
+  return out;
+}
+
+double ml_rng_uniform(ml_rng *r) { return (double)(ml_rng_next(r) >> 11) * 0x1.0p-53; }
+
+double ml_rng_normal(ml_rng *r) {
+  /* One value per pair keeps the sequence independent of how many values a call asks for. */
+  double u1 = ml_rng_uniform(r), u2 = ml_rng_uniform(r);
+  if (u1 < 1e-300) u1 = 1e-300;
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void ml_tensor_rand(const ml_tensor *t, ml_rng *r, double lo, double hi) {
+  int64_t n = ml_tensor_numel(t), idx[ML_MAX_DIMS];
+  for (int64_t i = 0; i < n; i++) {
+    unflatten(t, i, idx);
+    ml_tensor_set(t, idx, lo + (hi - lo) * ml_rng_uniform(r));
+  }
+}
+
+void ml_tensor_randn(const ml_tensor *t, ml_rng *r, double mean, double std) {
+  int64_t n = ml_tensor_numel(t), idx[ML_MAX_DIMS];
+  for (int64_t i = 0; i < n; i++) {
+    unflatten(t, i, idx);
+    ml_tensor_set(t, idx, mean + std * ml_rng_normal(r));
+  }
+}

@@ -5,8 +5,8 @@
  * is byte-identical to one made by llama-quantize: the same search for block scales, the
  * same float operations in the same order, the same rounding. That is why the arithmetic
  * below is written out operation by operation; "simplifying" an expression changes bytes.
- * The file must be compiled without FMA contraction (the default for -std=c11, and no
- * -m flags), since ggml's quantizers are compiled that way.
+ * ggml's quantizers run without fused multiply-adds, so this file forbids contraction
+ * (pragma below); only an explicit clang -ffp-contract=fast or -ffast-math overrides it.
  *
  * Rounding helpers: nearest() rounds half to even (what ggml's K-quant code uses),
  * away() rounds half away from zero (roundf, used by the q8_0/q8_1 weight quantizers),
@@ -17,6 +17,14 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+
+/* No fused multiply-add here, whatever -march or -std: a fused a*b+c rounds once instead
+ * of twice and changes quantized bytes (q4_K, q6_K) and dequantized values. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 _Static_assert(sizeof(ml_block_q4_0) == 18, "q4_0 block");
 _Static_assert(sizeof(ml_block_q4_1) == 20, "q4_1 block");

@@ -11,7 +11,9 @@ static _Thread_local char err_msg[512];
 static _Thread_local int err_arg;
 
 static void vset(int arg, const char *fmt, va_list ap) {
-  vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+  char buf[sizeof err_msg]; /* the arguments may point into err_msg itself */
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  memcpy(err_msg, buf, sizeof buf);
   err_arg = arg;
 }
 

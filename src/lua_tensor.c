@@ -340,6 +340,7 @@ static int is_tensor(lua_State *L) {
 
 /* cat(list, dim) / stack(list, dim) */
 static int list_op(lua_State *L, int stack) {
+  lua_settop(L, 2);
   luaL_checktype(L, 1, LUA_TTABLE);
   int n = (int)lua_rawlen(L, 1);
   if (n < 1) luaL_argerror(L, 1, "empty list");
@@ -852,14 +853,14 @@ static int m_newindex(lua_State *L) {
 
 /* ---- math ---- */
 
-static int binary(lua_State *L, ml_binop op, int inplace) {
-  if (!inplace && lua_type(L, 1) == LUA_TNUMBER) { /* 2 - t from metamethods */
+static int binary(lua_State *L, ml_binop op, int inplace, int meta) {
+  if (meta && lua_type(L, 1) == LUA_TNUMBER) { /* 2 - t */
     ml_tensor *b = ml_lua_check_tensor(L, 2);
     ml_tensor *o = ml_lua_push_tensor(L);
     CHECK(L, ml_binary_scalar(o, b, lua_tonumber(L, 1), op, 1));
     return 1;
   }
-  ml_tensor *a = to_tensor(L, 1);
+  ml_tensor *a = meta ? to_tensor(L, 1) : ml_lua_check_tensor(L, 1);
   if (lua_type(L, 2) == LUA_TNUMBER) {
     double s = lua_tonumber(L, 2);
     if (inplace) {
@@ -885,8 +886,10 @@ static int binary(lua_State *L, ml_binop op, int inplace) {
 }
 
 #define BIN(name, op) \
-  static int m_##name(lua_State *L) { return binary(L, op, 0); } \
-  static int m_##name##_(lua_State *L) { return binary(L, op, 1); }
+  static int m_##name(lua_State *L) { return binary(L, op, 0, 0); } \
+  static int m_##name##_(lua_State *L) { return binary(L, op, 1, 0); }
+#define META(name, op) \
+  static int mm_##name(lua_State *L) { return binary(L, op, 0, 1); }
 BIN(add, ML_OP_ADD)
 BIN(sub, ML_OP_SUB)
 BIN(mul, ML_OP_MUL)
@@ -894,6 +897,11 @@ BIN(div, ML_OP_DIV)
 BIN(pow, ML_OP_POW)
 BIN(maximum, ML_OP_MAXIMUM)
 BIN(minimum, ML_OP_MINIMUM)
+META(add, ML_OP_ADD)
+META(sub, ML_OP_SUB)
+META(mul, ML_OP_MUL)
+META(div, ML_OP_DIV)
+META(pow, ML_OP_POW)
 
 static int unary(lua_State *L, ml_unop op, int inplace) {
   ml_tensor *a = ml_lua_check_tensor(L, 1);
@@ -1119,8 +1127,8 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg metamethods[] = {
   {"__index", m_index}, {"__newindex", m_newindex}, {"__gc", m_gc}, {"__close", m_close},
-  {"__tostring", m_tostring}, {"__len", m_len}, {"__add", m_add}, {"__sub", m_sub},
-  {"__mul", m_mul}, {"__div", m_div}, {"__pow", m_pow}, {"__unm", m_unm},
+  {"__tostring", m_tostring}, {"__len", m_len}, {"__add", mm_add}, {"__sub", mm_sub},
+  {"__mul", mm_mul}, {"__div", mm_div}, {"__pow", mm_pow}, {"__unm", m_unm},
   {NULL, NULL}};
 
 static const luaL_Reg functions[] = {

@@ -500,8 +500,8 @@ int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
       row_to_f32(src, sp, sst, n, buf);
     if (dst->type == ML_TYPE_F32 && dst_st == 1)
       memcpy(dp, row, sizeof(float) * (size_t)n);
-    else if (dt->from_float && dst_st == 1)
-      dt->from_float(row, dp, n);
+    else if (dt->from_float && dst_st == 1 && (dt->blck > 1 || dt->is_float))
+      dt->from_float(row, dp, n); /* integers go through store_plain: truncate and saturate */
     else
       for (int64_t i = 0; i < n; i++) store_plain(dst->type, dp + i * dst_st * (int64_t)dt->size, row[i]);
   }

@@ -1,11 +1,13 @@
 /* quant_check.c: checks the type table, the f16/bf16 conversions, the reference quantizers
- * and the ref kernel level against ggml's own output in ../shared/ref (quant-blocks.*).
+ * and the ref kernel level against ggml's own output in ../shared/ref: the quant-blocks
+ * matrix in 13 types (bytes, dequantized values, mul_mat results) and the mini models that
+ * llama-quantize wrote from mini-f32.gguf (bytes of every matrix).
  *
  *   quant_check [REF_DIR] [--full]     (REF_DIR defaults to /work/shared/ref)
  *
  * Prints one line per check ("ok" or "FAIL", the check's name, what was measured) and
  * exits 1 if any check failed. --full also compares f32->f16 against F16C for all 2^32
- * floats (about 20 s). The per-type expectations are one table (`cases`), so each line
+ * floats (about 15 s). The per-type expectations are one table (`cases`), so each line
  * maps to one spec.
  */
 #include <math.h>
@@ -15,7 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/common.h"
 #include "../src/dtype.h"
+#include "../src/gguf.h"
 #include "../src/kernels/kernels.h"
 #include "../src/quant.h"
 
@@ -93,101 +97,19 @@ static unsigned char *read_file(const char *path, size_t *size) {
   return buf;
 }
 
-/* A minimal GGUF v2/v3 walk: the tensor table only, every length checked. */
-typedef struct gtensor {
-  char name[64];
-  uint32_t type;
-  uint64_t ne0, ne1, offset;
-} gtensor;
-
-typedef struct gfile {
-  unsigned char *buf;
-  size_t size, pos, data;
-  int ok;
-  int n_tensors;
-  gtensor t[32];
-} gfile;
-
-static uint64_t rd(gfile *g, int bytes) {
-  uint64_t v = 0;
-  if (!g->ok || g->size - g->pos < (size_t)bytes) {
-    g->ok = 0;
-    return 0;
-  }
-  for (int i = 0; i < bytes; i++) v |= (uint64_t)g->buf[g->pos + i] << (8 * i);
-  g->pos += (size_t)bytes;
-  return v;
+/* The tensor's data if it has this name, type and 2-D shape (ne0 innermost). */
+static const void *tensor_data(const ml_gguf *g, const char *name, ml_type type, int64_t ne0, int64_t ne1) {
+  int64_t i = g ? ml_gguf_find_tensor(g, name) : -1;
+  if (i < 0) return NULL;
+  const ml_gguf_tensor *t = &g->tensors[i];
+  if (t->type != type || t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) return NULL;
+  return t->data;
 }
 
-static void skip(gfile *g, uint64_t n) {
-  if (!g->ok || g->size - g->pos < n) g->ok = 0;
-  else g->pos += (size_t)n;
-}
-
-static void skip_value(gfile *g, uint32_t type, int depth) {
-  static const int size[13] = { 1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8 };
-  if (type == 8) {
-    skip(g, rd(g, 8));
-  } else if (type == 9 && depth < 4) {
-    uint32_t et = (uint32_t)rd(g, 4);
-    uint64_t n = rd(g, 8);
-    if (et < 13 && size[et]) skip(g, n > UINT64_MAX / 8 ? UINT64_MAX : n * (uint64_t)size[et]);
-    else for (uint64_t i = 0; i < n && g->ok; i++) skip_value(g, et, depth + 1);
-  } else if (type < 13 && size[type]) {
-    skip(g, (uint64_t)size[type]);
-  } else {
-    g->ok = 0;
-  }
-}
-
-static int gguf_load(gfile *g, const char *path) {
-  memset(g, 0, sizeof *g);
-  g->buf = read_file(path, &g->size);
-  if (!g->buf) return 0;
-  g->ok = 1;
-  uint64_t alignment = 32;
-  if (rd(g, 4) != 0x46554747u) return 0; /* "GGUF" */
-  uint32_t version = (uint32_t)rd(g, 4);
-  uint64_t nt = rd(g, 8), nkv = rd(g, 8);
-  if (version < 2 || version > 3 || nt > 32) return 0;
-  for (uint64_t i = 0; i < nkv && g->ok; i++) {
-    uint64_t klen = rd(g, 8);
-    size_t kpos = g->pos;
-    skip(g, klen);
-    uint32_t type = (uint32_t)rd(g, 4);
-    if (g->ok && klen == 17 && memcmp(g->buf + kpos, "general.alignment", 17) == 0 && type == 4) alignment = rd(g, 4);
-    else skip_value(g, type, 0);
-  }
-  for (uint64_t i = 0; i < nt && g->ok; i++) {
-    gtensor *t = &g->t[i];
-    uint64_t nlen = rd(g, 8);
-    if (nlen >= sizeof t->name) return 0;
-    if (g->ok && g->size - g->pos >= nlen) memcpy(t->name, g->buf + g->pos, (size_t)nlen);
-    skip(g, nlen);
-    uint32_t nd = (uint32_t)rd(g, 4);
-    if (nd < 1 || nd > 4) return 0;
-    t->ne0 = rd(g, 8);
-    t->ne1 = 1;
-    for (uint32_t d = 1; d < nd; d++) t->ne1 *= rd(g, 8);
-    t->type = (uint32_t)rd(g, 4);
-    t->offset = rd(g, 8);
-  }
-  if (!g->ok || alignment == 0) return 0;
-  g->n_tensors = (int)nt;
-  g->data = (g->pos + alignment - 1) / alignment * alignment;
-  return g->data <= g->size;
-}
-
-/* The tensor's bytes if it has this name, type and shape and lies inside the file. */
-static const void *gguf_tensor(const gfile *g, const char *name, ml_type type, uint64_t ne0, uint64_t ne1) {
-  for (int i = 0; i < g->n_tensors; i++) {
-    const gtensor *t = &g->t[i];
-    if (strcmp(t->name, name) || t->type != (uint32_t)type || t->ne0 != ne0 || t->ne1 != ne1) continue;
-    size_t nb = ml_type_nbytes(type, (int64_t)(ne0 * ne1));
-    if (!nb || t->offset > g->size - g->data || nb > g->size - g->data - t->offset) return NULL;
-    return g->buf + g->data + t->offset;
-  }
-  return NULL;
+static ml_gguf *open_ref(const char *dir, const char *file) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, file);
+  return ml_gguf_open(path, 0);
 }
 
 static float *read_floats(const char *dir, const char *name, const char *suffix, size_t count) {
@@ -391,14 +313,14 @@ static double max_abs(const float *a, size_t n) {
   return m;
 }
 
-static void check_type(const tcase *c, const gfile *g, const char *dir, const float *w32, const float *x) {
+static void check_type(const tcase *c, const ml_gguf *g, const char *dir, const float *w32, const float *x) {
   enum { N = W_COLS * W_ROWS };
   const ml_type_traits *tr = ml_type_traits_get(c->type);
   char name[64];
   size_t nb = ml_type_nbytes(c->type, N);
   char tname[32];
   snprintf(tname, sizeof tname, "w.%s", c->name);
-  const void *wq = gguf_tensor(g, tname, c->type, W_COLS, W_ROWS);
+  const void *wq = tensor_data(g, tname, c->type, W_COLS, W_ROWS);
   if (!wq) {
     snprintf(name, sizeof name, "%s load", c->name);
     report(0, name, "tensor %s missing or malformed", tname);
@@ -536,6 +458,171 @@ static void check_act_rounding(void) {
   report(!bad, "activation rounding", "%d wrong (q8_0/q8_1 ties to even, weight q8_0 ties away, s = d*sum)", bad);
 }
 
+/* Random shapes, padded strides and thread slices: the ref matmul against a double dot
+ * of the dequantized weights and the dequantized (vec_dot type) activations, and every
+ * slicing against the single-thread result, bit for bit. */
+static void check_matmul_shapes(void) {
+  enum { N = 13, M = 3, PADW = 8, PADX = 5, PADY = 3 };
+  for (int c = 0; c < NCASES; c++) {
+    ml_type wt = cases[c].type;
+    const ml_type_traits *tr = ml_type_traits_get(wt);
+    ml_type vt = tr->vec_dot_type;
+    const ml_type_traits *ta = ml_type_traits_get(vt);
+    int64_t Ks[3] = { tr->blck == 1 ? 37 : tr->blck, 3 * (int64_t)ML_QK_K, 5 * (int64_t)ML_QK_K };
+    double worst = 0;
+    int bad_slices = 0, declined = 0;
+    for (int ki = 0; ki < 3; ki++) {
+      int64_t K = Ks[ki];
+      size_t wrb = ml_type_nbytes(wt, K) + PADW, arb = ml_type_nbytes(vt, K);
+      int64_t ldx = K + PADX, ldy = N + PADY;
+      unsigned char *w = calloc(N, wrb), *a = malloc(arb);
+      float *x = malloc(sizeof(float) * (size_t)(M * ldx)), *wd = malloc(sizeof(float) * (size_t)K);
+      float *ad = malloc(sizeof(float) * (size_t)K), y1[M * (N + PADY)], y2[M * (N + PADY)];
+      size_t sb = ml_matmul_scratch_bytes(wt, K, M);
+      void *scratch = sb ? aligned_alloc(64, (sb + 63) / 64 * 64) : NULL;
+      for (int n = 0; n < N; n++) {
+        float row[5 * ML_QK_K];
+        for (int64_t k = 0; k < K; k++) row[k] = (float)rng_normal();
+        tr->from_float(row, w + (size_t)n * wrb, K);
+      }
+      for (int64_t i = 0; i < M * ldx; i++) x[i] = (float)rng_normal();
+      for (int i = 0; i < M * ldy; i++) y1[i] = y2[i] = -1.0f;
+      if (!ml_ref_matmul(wt, w, wrb, N, K, x, ldx, M, y1, ldy, scratch)) declined++;
+      /* phase 1 in 2 slices, phase 2 in 4 */
+      ml_matmul_args p = { wt, w, wrb, N, K, scratch, ml_matmul_act_row_bytes(wt, K), M, y2, ldy };
+      if (wt == ML_TYPE_F32) {
+        p.a = x;
+        p.a_row_bytes = (size_t)ldx * sizeof(float);
+      }
+      for (int ith = 0; ith < 2 && wt != ML_TYPE_F32; ith++)
+        declined += !ml_matmul_quantize_acts(&ml_kernels_ref, wt, x, ldx, M, K, scratch, p.a_row_bytes, ith, 2);
+      for (int ith = 0; ith < 4; ith++) declined += !ml_matmul_run(&ml_kernels_ref, &p, ith, 4);
+      bad_slices += memcmp(y1, y2, sizeof y1) != 0;
+      for (int m = 0; m < M; m++) {
+        for (int pad = N; pad < ldy; pad++) bad_slices += y1[m * ldy + pad] != -1.0f;
+        ml_kernels_ref.quantize[vt](x + m * ldx, a, K);
+        ta->to_float(a, ad, K);
+        for (int n = 0; n < N; n++) {
+          const unsigned char *wr = w + (size_t)n * wrb;
+          tr->to_float(wr, wd, K);
+          double dot = 0, mag = 0;
+          for (int64_t k = 0; k < K; k++) {
+            dot += (double)wd[k] * ad[k];
+            mag += fabs((double)wd[k] * ad[k]);
+          }
+          /* *_1 formats: the kernel uses the block's stored s = half(d * sum q) */
+          for (int64_t b = 0; vt == ML_TYPE_Q8_1 && b < K / ML_QK; b++) {
+            const ml_block_q8_1 *ab = (const ml_block_q8_1 *)a + b;
+            float mw = ml_fp16_to_f32(wt == ML_TYPE_Q4_1 ? ((const ml_block_q4_1 *)wr)[b].m
+                                                                : ((const ml_block_q5_1 *)wr)[b].m);
+            int sq = 0;
+            for (int j = 0; j < ML_QK; j++) sq += ab->qs[j];
+            double corr = (double)mw * ((double)ml_fp16_to_f32(ab->s) - (double)ml_fp16_to_f32(ab->d) * sq);
+            dot += corr;
+            mag += fabs(corr);
+          }
+          worst = fmax(worst, fabs(y1[m * ldy + n] - dot) / (mag + 1e-30));
+        }
+      }
+      free(w);
+      free(a);
+      free(x);
+      free(wd);
+      free(ad);
+      free(scratch);
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s matmul shapes", cases[c].name);
+    report(worst <= 2e-6 && !bad_slices && !declined, name,
+           "K=%d,768,1280 N=13 M=3: max err %.2g of sum|w a|; slices %s", tr->blck == 1 ? 37 : tr->blck, worst,
+           bad_slices ? "DIFFER" : "identical");
+  }
+}
+
+static float dot_42(int64_t n, const void *w, const void *a) {
+  (void)n, (void)w, (void)a;
+  return 42.0f;
+}
+
+static int mm_decline(const ml_matmul_args *p, int ith, int nth) {
+  (void)p, (void)ith, (void)nth;
+  return 0;
+}
+
+/* ml_kernels_merge: a level's vec_dot replaces ref's and clears ref's matmul for that
+ * type; a matmul that declines falls back to the vec_dot loop. */
+static void check_merge(void) {
+  ml_kernels lv = { .name = "test" };
+  lv.vec_dot[ML_TYPE_Q4_0] = dot_42;
+  lv.matmul[ML_TYPE_Q8_0] = mm_decline;
+  ml_kernels t = ml_kernels_ref;
+  ml_kernels_merge(&t, &lv);
+  int bad = strcmp(t.name, "test") != 0 || t.vec_dot[ML_TYPE_Q4_0] != dot_42 || t.matmul[ML_TYPE_Q4_0] != NULL ||
+            t.vec_dot[ML_TYPE_Q4_1] != ml_kernels_ref.vec_dot[ML_TYPE_Q4_1] || t.matmul[ML_TYPE_Q8_0] != mm_decline ||
+            t.quantize[ML_TYPE_Q8_0] != ml_kernels_ref.quantize[ML_TYPE_Q8_0];
+  float x[64], y[2], yr[2];
+  ml_block_q8_0 w[4], scratch[2 * 2 + 4] __attribute__((aligned(64)));
+  for (int i = 0; i < 64; i++) x[i] = (float)rng_normal();
+  ml_quantize_q8_0(x, w, 64);
+  bad += !ml_kernels_matmul(&t, ML_TYPE_Q8_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, y, 2, scratch);
+  bad += !ml_ref_matmul(ML_TYPE_Q8_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, yr, 2, scratch);
+  bad += memcmp(y, yr, sizeof y) != 0;
+  bad += !ml_kernels_matmul(&t, ML_TYPE_Q4_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, y, 2, scratch) || y[0] != 42.0f;
+  bad += ml_ref_matmul(ML_TYPE_Q8_K, w, 0, 1, 256, x, 256, 1, y, 1, scratch) != 0; /* no q8_K weights */
+  bad += ml_ref_matmul(ML_TYPE_Q4_0, w, 18, 1, 48, x, 48, 1, y, 1, scratch) != 0;  /* K not a block multiple */
+  bad += ml_ref_matmul(ML_TYPE_Q8_0, (char *)w + 1, 34, 1, 32, x, 32, 1, y, 1, scratch) != 0; /* misaligned */
+  bad += ml_ref_matmul(ML_TYPE_Q8_0, w, 35, 2, 32, x, 32, 1, y, 1, scratch) != 0;           /* odd stride */
+  report(!bad, "kernel table merge", "%d wrong (overlay, matmul fallback, declined shapes and alignments)", bad);
+}
+
+/* Every matrix llama-quantize wrote into the mini models, re-quantized from mini-f32. */
+static const struct { const char *file; ml_type type; } minis[] = {
+  { "mini-f16.gguf", ML_TYPE_F16 },   { "mini-bf16.gguf", ML_TYPE_BF16 },     { "mini-q8_0.gguf", ML_TYPE_Q8_0 },
+  { "mini-q4_0.gguf", ML_TYPE_Q4_0 }, { "mini-q4_1.gguf", ML_TYPE_Q4_1 },     { "mini-q5_0.gguf", ML_TYPE_Q5_0 },
+  { "mini-q5_1.gguf", ML_TYPE_Q5_1 }, { "mini-q2_k.gguf", ML_TYPE_Q2_K },     { "mini-q3_k_s.gguf", ML_TYPE_Q3_K },
+  { "mini-q4_k_s.gguf", ML_TYPE_Q4_K }, { "mini-q5_k_s.gguf", ML_TYPE_Q5_K }, { "mini-q6_k.gguf", ML_TYPE_Q6_K },
+};
+
+static void check_mini_models(const char *dir) {
+  ml_gguf *src = open_ref(dir, "mini-f32.gguf");
+  for (size_t f = 0; f < sizeof minis / sizeof minis[0]; f++) {
+    const ml_type_traits *tr = ml_type_traits_get(minis[f].type);
+    char check[64];
+    snprintf(check, sizeof check, "%s mini-model bytes", tr->name);
+    ml_gguf *q = src ? open_ref(dir, minis[f].file) : NULL;
+    if (!q) {
+      report(0, check, "cannot open %s or mini-f32.gguf: %s", minis[f].file, ml_errmsg());
+      continue;
+    }
+    size_t blocks = 0, diff = 0;
+    int mats = 0, missing = 0;
+    for (uint64_t i = 0; i < q->n_tensors; i++) {
+      const ml_gguf_tensor *t = &q->tensors[i];
+      char name[128];
+      if (t->type != minis[f].type || t->name.len >= sizeof name) continue;
+      memcpy(name, t->name.s, t->name.len);
+      name[t->name.len] = 0;
+      int64_t n = t->ne[0] * t->ne[1];
+      const float *w = tensor_data(src, name, ML_TYPE_F32, t->ne[0], t->ne[1]);
+      unsigned char *buf = malloc(t->nbytes);
+      if (!w || !buf || ml_type_nbytes(t->type, n) != t->nbytes) {
+        missing++;
+        free(buf);
+        continue;
+      }
+      tr->from_float(w, buf, n);
+      for (size_t b = 0; b < t->nbytes / tr->size; b++, blocks++)
+        diff += memcmp(buf + b * tr->size, (const unsigned char *)t->data + b * tr->size, tr->size) != 0;
+      mats++;
+      free(buf);
+    }
+    report(mats == 16 && !missing && !diff, check, "%zu of %zu blocks differ in %d matrices of %s", diff, blocks, mats,
+           minis[f].file);
+    ml_gguf_release(q);
+  }
+  ml_gguf_release(src);
+}
+
 int main(int argc, char **argv) {
   const char *dir = "/work/shared/ref";
   int full = 0;
@@ -551,16 +638,17 @@ int main(int argc, char **argv) {
   check_hostile();
   check_act_rounding();
 
-  char path[512];
-  snprintf(path, sizeof path, "%s/quant-blocks.gguf", dir);
-  gfile g;
-  int loaded = gguf_load(&g, path);
-  const float *w32 = loaded ? gguf_tensor(&g, "w.f32", ML_TYPE_F32, W_COLS, W_ROWS) : NULL;
-  const float *x = loaded ? gguf_tensor(&g, "x", ML_TYPE_F32, W_COLS, X_ROWS) : NULL;
-  report(w32 && x, "quant-blocks.gguf", "%s", w32 && x ? "read, 14 tensors" : path);
+  check_matmul_shapes();
+  check_merge();
+
+  ml_gguf *g = open_ref(dir, "quant-blocks.gguf");
+  const float *w32 = tensor_data(g, "w.f32", ML_TYPE_F32, W_COLS, W_ROWS);
+  const float *x = tensor_data(g, "x", ML_TYPE_F32, W_COLS, X_ROWS);
+  report(w32 && x, "quant-blocks.gguf", "%s", w32 && x ? "w.f32 (64 x 256) and x (8 x 256) read" : ml_errmsg());
   if (w32 && x)
-    for (int i = 0; i < NCASES; i++) check_type(&cases[i], &g, dir, w32, x);
-  free(g.buf);
+    for (int i = 0; i < NCASES; i++) check_type(&cases[i], g, dir, w32, x);
+  ml_gguf_release(g);
+  check_mini_models(dir);
   printf("%d checks, %d failed\n", n_ok + n_fail, n_fail);
   return n_fail ? 1 : 0;
 }

@@ -17,7 +17,8 @@
  * NULL means "not provided by this level". Kernels never allocate and never read past n
  * elements; n (K) must be a multiple of the weight type's block (32 or 256), which the
  * drivers check and the bare kernels assume. Rows must be aligned to their block struct
- * (2 bytes for the f16/quant blocks, 4 for f32 and q8_K), which GGUF data always is.
+ * (2 bytes for the f16/quant blocks, 4 for f32 and q8_K), which GGUF data always is; the
+ * drivers decline (return 0) misaligned pointers or strides.
  *
  * The ref level is the oracle for the SIMD levels: they are tested against it on random
  * shapes with a tolerance (accumulation order differs), not for identical bits. Ref

@@ -343,6 +343,14 @@ static int act_type(ml_type wt, int64_t K) {
   return (int)tw->vec_dot_type;
 }
 
+/* Alignment the typed access to rows needs: the f16 fields of every block type, the
+ * float scale of q8_K, f32 elements. */
+static size_t type_align(int t) { return t == ML_TYPE_F32 || t == ML_TYPE_Q8_K ? 4 : 2; }
+
+static int aligned(const void *p, size_t stride, size_t align) {
+  return ((uintptr_t)p % align) == 0 && stride % align == 0;
+}
+
 size_t ml_matmul_act_row_bytes(ml_type wt, int64_t K) {
   int at = act_type(wt, K);
   if (at < 0) return 0;
@@ -362,7 +370,7 @@ int ml_matmul_quantize_acts(const ml_kernels *k, ml_type wt, const float *x, int
                             int64_t M, int64_t K, void *a, size_t a_row_bytes, int ith, int nth) {
   int at = act_type(wt, K);
   if (at < 0 || !k->quantize[at] || M < 0 || ldx < K) return 0;
-  if (a_row_bytes < ml_type_nbytes((ml_type)at, K)) return 0;
+  if (a_row_bytes < ml_type_nbytes((ml_type)at, K) || !aligned(a, a_row_bytes, type_align(at))) return 0;
   int64_t m0, m1;
   ml_slice(M, ith, nth, &m0, &m1);
   for (int64_t m = m0; m < m1; m++) k->quantize[at](x + m * ldx, (char *)a + (size_t)m * a_row_bytes, K);
@@ -372,6 +380,9 @@ int ml_matmul_quantize_acts(const ml_kernels *k, ml_type wt, const float *x, int
 static int args_valid(const ml_matmul_args *p) {
   int at = act_type(p->wt, p->K);
   if (at < 0 || p->N < 0 || p->M < 0) return 0;
+  if (!aligned(p->w, p->w_row_bytes, type_align(p->wt)) || !aligned(p->a, p->a_row_bytes, type_align(at)) ||
+      !aligned(p->y, 0, sizeof(float)))
+    return 0;
   if (p->w_row_bytes < ml_type_nbytes(p->wt, p->K)) return 0;
   if (p->a_row_bytes < ml_type_nbytes((ml_type)at, p->K)) return 0;
   if (p->M > 1 && p->ldy < p->N) return 0;

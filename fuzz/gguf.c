@@ -19,6 +19,12 @@ static void touch(const void *p, uint64_t n) {
   if (n) sink += ((const uint8_t *)p)[0] + ((const uint8_t *)p)[n - 1];
 }
 
+static void fsink(double d) { /* bits, not a conversion: any double is fine */
+  uint64_t b;
+  memcpy(&b, &d, sizeof b);
+  sink += (unsigned)b;
+}
+
 static void walk(const ml_gguf_value *v, int depth) {
   EXPECT(depth <= ML_GGUF_MAX_DEPTH);
   if (v->type == ML_GGUF_STRING) touch(v->v.str.s, v->v.str.len);
@@ -38,7 +44,7 @@ static void walk(const ml_gguf_value *v, int depth) {
   } else if (v->v.arr.n) {
     uint64_t last = v->v.arr.n - 1;
     sink += (unsigned)ml_gguf_arr_int(v, 0) + (unsigned)ml_gguf_arr_int(v, last);
-    sink += (unsigned)ml_gguf_arr_float(v, last);
+    fsink(ml_gguf_arr_float(v, last));
     EXPECT(ml_gguf_arr_int(v, v->v.arr.n) == 0);
   }
 }
@@ -64,7 +70,7 @@ static void check(const ml_gguf *g, const uint8_t *data, size_t size) {
     if (cstr(name, sizeof name, &kv->key)) {
       EXPECT(ml_gguf_find(g, name) == kv); /* keys are unique */
       sink += (unsigned)ml_gguf_get_int(g, name, 0) + (unsigned)ml_gguf_get_bool(g, name, 0);
-      sink += (unsigned)ml_gguf_get_float(g, name, 0);
+      fsink(ml_gguf_get_float(g, name, 0));
       EXPECT(!ml_gguf_get_str(g, name) == (kv->value.type != ML_GGUF_STRING));
       if (w) ml_gguf_set_value(w, name, &kv->value); /* may refuse, e.g. a bad alignment type */
     }

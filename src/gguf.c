@@ -960,8 +960,8 @@ int ml_gguf_add_tensor(ml_gguf_writer *w, const char *name, ml_type type, int n_
     ml_seterr("GGUF writer: tensor '%s': unknown type %d", name, (int)type);
     return -1;
   }
-  if (n_dims < 1 || n_dims > ML_GGUF_MAX_DIMS) {
-    ml_seterr("GGUF writer: tensor '%s': %d dimensions (1 to %d)", name, n_dims,
+  if (n_dims < 0 || n_dims > ML_GGUF_MAX_DIMS) {
+    ml_seterr("GGUF writer: tensor '%s': %d dimensions (0 to %d)", name, n_dims,
               ML_GGUF_MAX_DIMS);
     return -1;
   }
@@ -1012,7 +1012,7 @@ static int build_header(const ml_gguf_writer *w, wbuf *h, uint64_t align) {
     for (int d = 0; d < t->n_dims; d++)
       if (wb_u64(h, (uint64_t)t->ne[d])) return -1;
     if (wb_u32(h, (uint32_t)t->type) || wb_u64(h, off)) return -1;
-    if (t->nbytes > UINT64_MAX - off - align) {
+    if (off > UINT64_MAX - align || t->nbytes > UINT64_MAX - align - off) {
       ml_seterr("GGUF writer: tensor data too large");
       return -1;
     }

@@ -143,6 +143,10 @@ int ml_gguf_set_value(ml_gguf_writer *w, const char *key, const ml_gguf_value *v
 int ml_gguf_unset(ml_gguf_writer *w, const char *key);
 /* Tensor: ne[0] innermost. `data` (nbytes = ml_type_nbytes(type, prod(ne))) is referenced,
  * not copied: it must stay valid until ml_gguf_writer_write returns. */
+/* Writer checks, so that llama.cpp can read the result: tensor names are unique and at most
+ * 63 bytes, 0..4 dims, each ne in [0, 2^62], ne[0] a multiple of the block size;
+ * general.alignment must be a uint32 power of two. The writer never writes a partial file:
+ * it writes PATH.tmp.<pid>.<n> next to PATH, fsyncs it and renames it over PATH. */
 int ml_gguf_add_tensor(ml_gguf_writer *w, const char *name, ml_type type, int n_dims,
                        const int64_t *ne, const void *data);
 /* Write GGUF v3, alignment 32 (or general.alignment if set as u32). Returns 0 or -1. */

@@ -7,6 +7,8 @@
  *   gguf_check --selftest DIR   writer/reader round trips, every truncation, hostile headers,
  *                               the 150k-token vocabulary timing; scratch files go in DIR
  *   gguf_check --seeds DIR      write the small fuzzing seed files into DIR
+ *   gguf_check --rewrite IN OUT copy every key and tensor of IN through the writer to OUT
+ *                               (a file written by llama.cpp comes out byte for byte the same)
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -37,16 +39,18 @@ static void put_str(FILE *f, const char *s, uint64_t len, uint64_t max) {
   if (len > max) fprintf(f, "... (%llu bytes)", (unsigned long long)len);
 }
 
-static void put_double(FILE *f, double d) {
+static int json_mode; /* floats in full (%.17g round-trips a double) rather than short */
+
+static void put_double(FILE *f, double d, int is_f32) {
   if (isnan(d)) fputs("NaN", f);
   else if (isinf(d)) fputs(d > 0 ? "Infinity" : "-Infinity", f);
-  else fprintf(f, "%.17g", d);
+  else fprintf(f, json_mode ? "%.17g" : is_f32 ? "%.9g" : "%.17g", d);
 }
 
 static void put_scalar(FILE *f, const ml_gguf_value *v) {
   switch (v->type) {
   case ML_GGUF_BOOL: fputs(v->v.u ? "true" : "false", f); break;
-  case ML_GGUF_FLOAT32: case ML_GGUF_FLOAT64: put_double(f, v->v.f); break;
+  case ML_GGUF_FLOAT32: case ML_GGUF_FLOAT64: put_double(f, v->v.f, v->type == ML_GGUF_FLOAT32); break;
   case ML_GGUF_INT8: case ML_GGUF_INT16: case ML_GGUF_INT32: case ML_GGUF_INT64:
     fprintf(f, "%lld", (long long)v->v.i);
     break;
@@ -676,9 +680,16 @@ int main(int argc, char **argv) {
   int json = 0, status = 0;
   if (argc == 3 && strcmp(argv[1], "--selftest") == 0) return selftest(argv[2]);
   if (argc == 3 && strcmp(argv[1], "--seeds") == 0) return write_seeds(argv[2]);
-  if (argc > 1 && strcmp(argv[1], "--json") == 0) json = 1;
+  if (argc == 4 && strcmp(argv[1], "--rewrite") == 0) {
+    ml_gguf *g = ml_gguf_open(argv[2], 0);
+    int rc = g ? rewrite(g, argv[3]) : -1;
+    if (!g) fprintf(stderr, "gguf_check: %s\n", ml_errmsg());
+    ml_gguf_release(g);
+    return rc ? 1 : 0;
+  }
+  if (argc > 1 && strcmp(argv[1], "--json") == 0) json_mode = json = 1;
   if (argc < 2 + json) {
-    fprintf(stderr, "usage: gguf_check [--json] FILE... | --selftest DIR | --seeds DIR\n");
+    fprintf(stderr, "usage: gguf_check [--json] FILE... | --selftest DIR | --seeds DIR | --rewrite IN OUT\n");
     return 2;
   }
   for (int i = 1 + json; i < argc; i++) {

@@ -52,7 +52,7 @@ HDRS = $(wildcard src/*.h src/kernels/*.h)
 MOD54 = $(BUILD)/5.4/moonlm/core.so
 MOD51 = $(BUILD)/5.1/moonlm/core.so
 
-.PHONY: all deps deps-build test demo bench install clean fuzz check-shared
+.PHONY: all deps deps-build test demo bench install clean fuzz rock rock-install
 all: $(MOD54) $(MOD51)
 
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
@@ -101,15 +101,19 @@ deps:
 # ---- the two README commands ----
 demo: deps-build
 	@$(MAKE) --no-print-directory all
-	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 examples/story.lua "$(MODEL)"
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 examples/demo.lua
 
 test: deps
 	@$(MAKE) --no-print-directory all
 	@SHARED="$(SHARED)" BUILD="$(BUILD)" SAN="$(SAN)" sh tools/runspecs.sh
 
+$(BUILD)/bench/peak: bench/peak.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -fopenmp $< -o $@
+
 bench: deps-build
-	@$(MAKE) --no-print-directory all
-	@LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 bench/run.lua
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/peak
+	@BUILD=$(BUILD) LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 bench/run.lua
 
 # ---- install (luarocks make uses the same targets) ----
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -118,6 +122,21 @@ install: all
 	install -d $(DESTDIR)$(LUA_LIBDIR)/moonlm $(DESTDIR)$(LUA_SHAREDIR)/moonlm
 	install -m 755 $(BUILD)/$(LUA_VERSION)/moonlm/core.so $(DESTDIR)$(LUA_LIBDIR)/moonlm/core.so
 	install -m 644 lua/moonlm/*.lua $(DESTDIR)$(LUA_SHAREDIR)/moonlm/
+
+# ---- luarocks make (rockspec/moonlm-scm-1.rockspec): one module for the Lua luarocks targets ----
+ROCK_LUA_INC ?= $(LUA54_INC)
+ROCK_OBJ = $(BUILD)/obj-rock$(subst /,_,$(ROCK_LUA_INC))
+BINDROCK = $(addprefix $(ROCK_OBJ)/,$(addsuffix .o,$(BIND)))
+$(ROCK_OBJ)/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(ROCK_LUA_INC) -c $< -o $@
+rock: $(CORE_OBJS) $(BINDROCK)
+	@mkdir -p $(BUILD)/rock/moonlm
+	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $(BUILD)/rock/moonlm/core.so $(LIBS)
+rock-install:
+	install -d $(ROCK_LIBDIR)/moonlm $(ROCK_LUADIR)/moonlm
+	install -m 755 $(BUILD)/rock/moonlm/core.so $(ROCK_LIBDIR)/moonlm/core.so
+	install -m 644 lua/moonlm/*.lua $(ROCK_LUADIR)/moonlm/
 
 # ---- fuzzing ----
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Isrc

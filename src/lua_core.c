@@ -2,6 +2,7 @@
  * the kernel level report, and the GGUF tensor files. Models, tokenizers and contexts
  * register their own parts from their files. */
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 #include "compat.h"
@@ -106,8 +107,16 @@ static int l_info(lua_State *L) {
   return 1;
 }
 
+/* clock() -> monotonic seconds (for timings; os.clock is CPU time) */
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + 1e-9 * (lua_Number)ts.tv_nsec);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
-  {"threads", l_threads}, {"isa", l_isa}, {"info", l_info}, {NULL, NULL}};
+  {"clock", l_clock}, {"threads", l_threads}, {"isa", l_isa}, {"info", l_info}, {NULL, NULL}};
 
 __attribute__((visibility("default"))) int luaopen_moonlm_core(lua_State *L);
 

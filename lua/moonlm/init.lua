@@ -6,6 +6,7 @@ local _M = {
   _VERSION = core.info().version,
   tensor = core.tensor,
   threads = core.threads,
+  clock = core.clock,
   isa = core.isa,
   info = core.info,
   save = core.save,

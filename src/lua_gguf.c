@@ -85,12 +85,15 @@ int ml_gguf_tensor_view(ml_tensor *t, ml_storage *s, const ml_gguf *g, const ml_
 /* Holds the open file while tensors are being made, so an error cannot leak it. */
 typedef struct gguf_box { ml_gguf *g; ml_storage *s; } gguf_box;
 
-static int box_gc(lua_State *L) {
-  gguf_box *b = lua_touserdata(L, 1);
+static void box_release(gguf_box *b) {
   if (b->s) ml_storage_release(b->s);
   if (b->g) ml_gguf_release(b->g);
   b->s = NULL;
   b->g = NULL;
+}
+
+static int box_gc(lua_State *L) {
+  box_release(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -130,7 +133,7 @@ static int l_load_tensors(lua_State *L) {
     lua_rawset(L, -3);
   }
   ml_lua_push_gguf_meta(L, b->g, (uint64_t)-1);
-  box_gc(L); /* drops only the box's references; the tensors keep theirs */
+  box_release(b); /* drops only the box's references; the tensors keep theirs */
   return 2;
 }
 

@@ -105,7 +105,7 @@ int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape, i
   memset(t, 0, sizeof *t);
   t->type = type;
   t->ndim = ndim;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim > 0) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
   set_contiguous_strides(t);
   t->storage = s;
   return 0;
@@ -124,7 +124,7 @@ int ml_tensor_init_on(ml_tensor *t, ml_storage *s, size_t offset, ml_type type, 
   memset(t, 0, sizeof *t);
   t->type = type;
   t->ndim = ndim;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim > 0) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
   set_contiguous_strides(t);
   t->offset = offset;
   t->storage = s;

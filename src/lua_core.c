@@ -81,6 +81,13 @@ static int l_info(lua_State *L) {
   lua_setfield(L, -2, "max_threads");
   lua_pushstring(L, c->brand);
   lua_setfield(L, -2, "cpu");
+  lua_newtable(L); /* levels this build and CPU can run, lowest first */
+  for (int l = 0, n = 0; l < ML_LEVEL_COUNT; l++)
+    if (ml_kernels_for((ml_level)l)) {
+      lua_pushstring(L, ml_level_name((ml_level)l));
+      lua_rawseti(L, -2, ++n);
+    }
+  lua_setfield(L, -2, "levels");
   lua_pushstring(L, LUA_VERSION);
   lua_setfield(L, -2, "lua");
   const char *w = ml_dispatch_warning();

@@ -128,7 +128,7 @@ static void init(void) {
       snprintf(warning, sizeof warning, "moonlm: MOONLM_ISA=%s is not a level (ref, avx2, avx512, amx); using %s", env,
                names[active]);
     else if (want > (int)active)
-      snprintf(warning, sizeof warning, "moonlm: MOONLM_ISA=%s is not supported by this CPU; using %s", env,
+      snprintf(warning, sizeof warning, "moonlm: MOONLM_ISA=%s is not available on this CPU or in this build; using %s", env,
                names[active]);
     else
       active = (ml_level)want;

@@ -53,7 +53,7 @@ end
 
 -- json.float(x): a float that stays a float when printed, even if integral.
 function _M.float(x)
-  if math_type then return x + 0.0 end
+  if math_type then return x * 1.0 end -- (x + 0.0 would turn -0.0 into 0.0)
   if x == floor(x) and x - x == 0 then return setmetatable({ x }, float_mt) end
   return x
 end

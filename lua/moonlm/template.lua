@@ -1458,7 +1458,7 @@ do
     else
       s = fl and float_repr(x) or number_str(x)
     end
-    if sign and sign ~= "-" and sub(s, 1, 1) ~= "-" then s = (sign == "+" and "+" or " ") .. s end
+    if (sign == "+" or sign == " ") and sub(s, 1, 1) ~= "-" then s = sign .. s end
     return s
   end
 
@@ -1528,13 +1528,15 @@ do
         if conv == "s" or conv == "r" or conv == "a" then
           s = conv == "s" and tostr(v) or repr(v)
           if prec ~= "" then s = concat((uchars(s)), "", 1, math.min(tonumber(prec), ulen(s))) end
-        elseif conv == "d" or conv == "i" or conv == "u" then s = format("%" .. flags .. "d", int_of(v, "%d"))
+        elseif conv == "d" or conv == "i" or conv == "u" then
+          s = format("%" .. flags .. width .. "d", int_of(v, "%d"))
         elseif conv == "c" then s = type(v) == "string" and v or utf8_char(int_of(v, "%c"))
-        elseif find("xXo", conv, 1, true) and conv ~= "" then s = format("%" .. flags .. conv, int_of(v, "%" .. conv))
+        elseif find("xXo", conv, 1, true) and conv ~= "" then
+          s = format("%" .. flags .. width .. conv, int_of(v, "%" .. conv))
         elseif find("eEfFgG", conv, 1, true) and conv ~= "" then
           local x = numval(v)
           if x == nil then fail("TypeError: must be real number, not %s", pytype(v)) end
-          s = format("%" .. flags .. (prec ~= "" and ("." .. prec) or "") .. conv, x)
+          s = format("%" .. flags .. width .. (prec ~= "" and ("." .. prec) or "") .. conv, x)
         else
           fail("ValueError: unsupported format character '%s'", conv)
         end
@@ -2065,9 +2067,9 @@ do
       msc[p] = v
     end
     if m.varargs then
-      local extra = list({})
+      local extra = {}
       for i = np + 1, na do extra[i - np] = args[i] end
-      msc.varargs = extra
+      msc.varargs = tuple(extra)
     end
     if kw then
       local extra = dict()
@@ -2166,7 +2168,7 @@ do
   function arg(args, kw, i, name, default)
     local v = args[i]
     if v == nil and kw then v = kw[name] end
-    if v == nil or v == null and default ~= nil then return default end
+    if v == nil or v == null then return default end -- none counts as not given
     return v
   end
 
@@ -2204,7 +2206,7 @@ do
         local rest = strip(sub(s, i), nil, true, false)
         if rest == "" then break end
         i = len - #rest + 1
-        if maxsplit >= 0 and n >= maxsplit and not from_right then n = n + 1; words[n] = strip(rest, nil, false, true); break end
+        if maxsplit >= 0 and n >= maxsplit and not from_right then n = n + 1; words[n] = rest; break end
         local j = i
         while j <= len do
           local c = byte(s, j)
@@ -2215,12 +2217,12 @@ do
         n = n + 1; words[n] = sub(s, i, j - 1)
         i = j
       end
-      if from_right and maxsplit >= 0 and n > maxsplit + 1 then
+      if from_right and maxsplit >= 0 and n > maxsplit then
         -- rsplit(None, k): rejoin the leading words with the original separators
         local keep = n - maxsplit
         local k, pos = 0, 1
         for w = 1, keep do local a, b = find(s, words[w], pos, true); k = b; pos = b + 1 end
-        local head = strip(sub(s, 1, k), nil, true, true)
+        local head = sub(s, 1, k)
         local out = { head }
         for w = keep + 1, n do out[#out + 1] = words[w] end
         return list(out)
@@ -3067,14 +3069,37 @@ do
     return x
   end
 
-  FILTERS.round = function(_, v, args, kw)
+  -- Python's round(x, p): half to even on the exact decimal value of the double, which
+-- string.format("%.Nf") prints exactly on both 5.4 (libc) and LuaJIT.
+local function round_half_even(x, p)
+  if x ~= x or x == huge or x == -huge then return x end
+  if p < 0 then
+    local m = 10 ^ -p
+    return round_half_even(x / m, 0) * m
+  end
+  local neg = x < 0
+  local ip, fp = match(format("%." .. (p + 25) .. "f", neg and -x or x), "^(%d+)%.(%d+)$")
+  local digits, rest = ip .. sub(fp, 1, p), sub(fp, p + 1)
+  local first = byte(rest, 1) - 48
+  local up = first > 5 or first == 5 and (find(rest, "[1-9]", 2) ~= nil or byte(digits, -1) % 2 == 1)
+  if up then
+    local i = #digits
+    while i > 0 and byte(digits, i) == 57 do i = i - 1 end
+    if i == 0 then digits = "1" .. rep("0", #digits)
+    else digits = sub(digits, 1, i - 1) .. char(byte(digits, i) + 1) .. rep("0", #digits - i) end
+  end
+  local r = tonumber(sub(digits, 1, #digits - p) .. "." .. sub(digits, #digits - p + 1) .. "0")
+  return neg and -r or r
+end
+
+FILTERS.round = function(_, v, args, kw)
     local x, fl = numval(v)
     if x == nil then fail("TypeError: type %s doesn't define __round__ method", pytype(v)) end
     local p = opt_int(arg(args, kw, 1, "precision", 0), "precision")
     local method = tostr(arg(args, kw, 2, "method", "common"))
     if method == "common" then
       if not fl then return x end
-      return mkfloat(tonumber(format("%." .. (p > 0 and p or 0) .. "f", x)))
+      return mkfloat(round_half_even(x, p))
     end
     local m = 10 ^ p
     if method == "ceil" then return mkfloat(-floor(-x * m) / m) end

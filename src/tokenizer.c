@@ -1062,19 +1062,26 @@ static int parse_hex_byte(const ml_gguf_str *t) { /* "<0xHH>" -> byte, or -1 */
   return x;
 }
 
-/* The piece of a valid id: written to buf as far as cap allows; returns its full length. */
-static size_t piece(const ml_vocab *v, int32_t id, int special, char *buf, size_t cap) {
+static void out_byte(char *buf, size_t cap, size_t *j, int *lstrip, char c) {
+  if (*lstrip) {
+    *lstrip = 0;
+    if (c == ' ') return;
+  }
+  if (*j < cap) buf[*j] = c;
+  ++*j;
+}
+
+/* The piece of a valid id: written to buf as far as cap allows; returns its full length.
+ * lstrip: drop the piece's first byte if it is a space (the SPM dummy prefix). */
+static size_t piece(const ml_vocab *v, int32_t id, int special, int lstrip, char *buf, size_t cap) {
   uint16_t a = v->attr[id];
   const ml_gguf_str *t = &v->text[id];
   const uint8_t *s = (const uint8_t *)t->s;
   size_t n = (size_t)t->len, j = 0;
-#define OUT(c) do { char c_ = (char)(c); if (j < cap) buf[j] = c_; j++; } while (0)
+#define OUT(c) out_byte(buf, cap, &j, &lstrip, (char)(c))
   if ((a & (ML_TOKEN_UNKNOWN | ML_TOKEN_CONTROL)) && !special) return 0;
-  if (a & (ML_TOKEN_UNKNOWN | ML_TOKEN_CONTROL | ML_TOKEN_USER_DEFINED)) {
-    if (cap) memcpy(buf, s, ML_MIN(n, cap));
-    return n;
-  }
-  if (a & ML_TOKEN_NORMAL) {
+  int raw = (a & (ML_TOKEN_UNKNOWN | ML_TOKEN_CONTROL | ML_TOKEN_USER_DEFINED)) != 0;
+  if (!raw && (a & ML_TOKEN_NORMAL)) {
     for (size_t i = 0; i < n;) {
       if (v->info.type == ML_VOCAB_SPM) {
         if (i + 2 < n && s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81) {
@@ -1096,17 +1103,18 @@ static size_t piece(const ml_vocab *v, int32_t id, int special, char *buf, size_
     }
     return j;
   }
-  if (a & ML_TOKEN_BYTE) {
+  if (!raw && (a & ML_TOKEN_BYTE)) {
     int b = parse_hex_byte(t);
     if (b >= 0) {
       OUT(b);
       return j;
     }
-    if (cap) memcpy(buf, s, ML_MIN(n, cap));
-    return n;
+    raw = 1; /* not "<0xHH>": its text */
   }
+  if (!raw) return 0; /* unused or undefined tokens render as nothing */
+  for (size_t i = 0; i < n; i++) OUT(s[i]);
 #undef OUT
-  return 0; /* unused or undefined tokens render as nothing */
+  return j;
 }
 
 static int is_special_tok(const ml_vocab *v, int32_t id) {
@@ -1119,7 +1127,7 @@ int64_t ml_vocab_piece(const ml_vocab *v, int32_t id, int flags, char *buf, size
     return ML_TOK_ERROR;
   }
   if (!buf) cap = 0;
-  size_t n = piece(v, id, flags & ML_DETOK_SPECIAL, buf, cap);
+  size_t n = piece(v, id, flags & ML_DETOK_SPECIAL, 0, buf, cap);
   return n <= cap ? (int64_t)n : -(int64_t)n;
 }
 
@@ -1176,19 +1184,9 @@ int64_t ml_vocab_detokenize(const ml_vocab *v, const int32_t *ids, int64_t n, in
   for (int64_t i = 0; i < n; i++) {
     size_t room = total < cap ? cap - total : 0;
     char *dst = room ? buf + total : NULL;
-    size_t l = piece(v, ids[i], flags & ML_DETOK_SPECIAL, dst, room);
-    if (is_special_tok(v, ids[i])) {
-      strip = strip_mode;
-    } else if (strip) {
-      char first = 0;
-      piece(v, ids[i], flags & ML_DETOK_SPECIAL, &first, 1);
-      if (l && first == ' ') {
-        if (l <= room) memmove(dst, dst + 1, l - 1);
-        l--;
-      }
-      strip = 0;
-    }
-    total += l;
+    int special = is_special_tok(v, ids[i]);
+    total += piece(v, ids[i], flags & ML_DETOK_SPECIAL, strip && !special, dst, room);
+    strip = special ? strip_mode : 0;
   }
   if (total > cap) return -(int64_t)total;
   if ((flags & ML_DETOK_CLEAN_SPACES) && v->info.clean_spaces) total = clean_spaces(buf, total);
@@ -1264,17 +1262,12 @@ int64_t ml_decoder_push(ml_decoder *d, int32_t id, const char **out) {
     return ML_TOK_ERROR;
   }
   const ml_vocab *v = d->v;
-  size_t l = piece(v, id, d->flags & ML_DETOK_SPECIAL, NULL, 0);
+  int special = is_special_tok(v, id), lstrip = d->strip && !special;
+  size_t l = piece(v, id, d->flags & ML_DETOK_SPECIAL, lstrip, NULL, 0);
   if (grow(&d->in, &d->cap_in, d->n_hold + l + 1, 1)) return ML_TOK_ERROR;
   memcpy(d->in, d->hold, d->n_hold);
-  piece(v, id, d->flags & ML_DETOK_SPECIAL, d->in + d->n_hold, l);
-  char *p = d->in + d->n_hold;
-  if (is_special_tok(v, id)) {
-    d->strip = (d->flags & ML_DETOK_STRIP_SPACE) && v->info.add_space_prefix;
-  } else if (d->strip) {
-    if (l && p[0] == ' ') memmove(p, p + 1, --l);
-    d->strip = 0;
-  }
+  piece(v, id, d->flags & ML_DETOK_SPECIAL, lstrip, d->in + d->n_hold, l);
+  d->strip = special ? (d->flags & ML_DETOK_STRIP_SPACE) && v->info.add_space_prefix : 0;
   int64_t r = decode_utf8(d, (const uint8_t *)d->in, d->n_hold + l, 0);
   if (r >= 0) *out = d->out;
   return r;

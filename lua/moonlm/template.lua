@@ -814,11 +814,22 @@ do
       elseif t.v == "[" then
         self.i = self.i + 1
         self:enter(t)
-        local sub_e, is_slice = self:subscript()
+        local subs = {}
+        while not self:is_op("]") do
+          if #subs > 0 then self:expect_op(",") end
+          local sub_e, is_slice = self:subscript()
+          subs[#subs + 1] = sub_e
+          if is_slice then subs.slice = true end
+        end
         self:expect_op("]")
         self.depth = self.depth - 1
-        if is_slice then sub_e.obj = e; e = sub_e
-        else e = { k = "getitem", line = t.line, obj = e, key = sub_e } end
+        if #subs == 1 and subs.slice then subs[1].obj = e; e = subs[1]
+        elseif subs.slice then perr(t, "unsupported: slices in a subscript tuple")
+        else
+          local key = subs[1]
+          if #subs ~= 1 then key = { k = "tuple", line = t.line, items = subs } end
+          e = { k = "getitem", line = t.line, obj = e, key = key }
+        end
       elseif t.v == "(" then
         self:enter(t)
         local args, kwargs = self:call_args()
@@ -853,8 +864,8 @@ do
         if self:is_op("(") then
           args, kwargs = self:call_args()
         elseif (TEST_ARG_START[nt.t] or (nt.t == "op" and (nt.v == "[" or nt.v == "{")))
-            and not (nt.t == "name" and (nt.v == "else" or nt.v == "or" or nt.v == "and"
-              or nt.v == "if" or nt.v == "is" or nt.v == "in" or nt.v == "not")) then
+            and not (nt.t == "name" and (nt.v == "else" or nt.v == "or" or nt.v == "and")) then
+          if nt.t == "name" and nt.v == "is" then perr(nt, "you cannot chain multiple tests with is") end
           args = { self:p_postfix(self:p_primary()) }
         end
         e = { k = "test", line = line, name = t.v, a = e, args = args, kwargs = kwargs, negate = negate }
@@ -1098,6 +1109,10 @@ end
 
 local STR_METHODS, LIST_METHODS, DICT_METHODS, TUPLE_METHODS, LOOP_ATTR = {}, {}, {}, {}, {}
 local FILTERS, TESTS, GLOBALS = {}, {}, {}
+-- tests that take an argument (the rest take none)
+local TEST_ARITY = { divisibleby = 1, eq = 1, equalto = 1, ["=="] = 1, ne = 1, ["!="] = 1, lt = 1,
+  lessthan = 1, ["<"] = 1, gt = 1, greaterthan = 1, [">"] = 1, le = 1, ["<="] = 1, ge = 1,
+  [">="] = 1, ["in"] = 1, sameas = 1 }
 local EMPTY = setmetatable({}, { __newindex = function() error("internal: EMPTY is read-only") end })
 
 local function truthy(v)
@@ -1270,7 +1285,7 @@ local function getitem(o, key)
     end
     if type(key) == "string" then return getattr(o, key) end
   elseif k == "dict" then
-    local v = o[keyof(key)]
+    local v = type(key) ~= "table" and o[key] or getmetatable(key) == float_mt and o[key[1]] or nil
     if v ~= nil then return v end
     if type(key) == "string" and DICT_METHODS[key] then return bound(o, DICT_METHODS[key], key) end
     return undef(key, "dict")
@@ -1322,7 +1337,8 @@ local function slice(o, a, b, c)
   elseif k == "list" or k == "tuple" then
     items, n = o, #o
   else
-    return undef("slice", pytype(o))
+    if k == "dict" then fail("TypeError: unhashable type: 'slice'") end
+    fail("TypeError: '%s' object is not subscriptable", pytype(o))
   end
   local start, stop, step = slice_bounds(n, a, b, c)
   local out, m, i = {}, 0, start
@@ -1504,7 +1520,7 @@ do
 
   percent_format = function(fmt, args)
     local vals = kind(args) == "tuple" and args or { args }
-    local out, n, i, ai = {}, 0, 1, 0
+    local out, n, i, ai, used_name = {}, 0, 1, 0, false
     while true do
       local j = find(fmt, "%", i, true)
       if not j then n = n + 1; out[n] = sub(fmt, i); break end
@@ -1521,7 +1537,7 @@ do
         n = n + 1; out[n] = "%"
       else
         local v
-        if name then v = getitem(args, name)
+        if name then v = getitem(args, name); used_name = true
         else ai = ai + 1; v = vals[ai] end
         if v == nil then fail("TypeError: not enough arguments for format string") end
         local s
@@ -1546,7 +1562,11 @@ do
       end
       i = p
     end
-    if ai < #vals and kind(args) == "tuple" then fail("TypeError: not all arguments converted during string formatting") end
+    local ka = kind(args)
+    if ka == "tuple" and ai < #vals or ai == 0 and not used_name
+        and (ka == "str" or ka == "num" or ka == "bool" or ka == "none") then
+      fail("TypeError: not all arguments converted during string formatting")
+    end
     return concat(out, "", 1, n)
   end
 end
@@ -1788,6 +1808,10 @@ do
     if not f then perr(n, "unknown test '%s'", n.name) end
     local a, args, negate_ = cexpr(n.a), cexprs(n.args), n.negate
     if #n.kwargs > 0 then perr(n, "test '%s' takes no keyword arguments", n.name) end
+    local arity = TEST_ARITY[n.name] or 0
+    if #args ~= arity then
+      perr(n, "test '%s' takes %d argument%s, got %d", n.name, arity, arity == 1 and "" or "s", #args)
+    end
     return function(ctx, sc)
       local v = a(ctx, sc)
       local av = EMPTY
@@ -1941,14 +1965,19 @@ do
         if else_body then return else_body(ctx, sc) end
         return
       end
+      -- as in Jinja, else runs unless some iteration ran to its end (no break/continue)
       local L = setmetatable({ i = 0, n = cnt, items = items }, loop_mt)
+      local completed = false
       for i = 1, cnt do
         count_iter(ctx)
         L.i = i - 1
         local isc = setmetatable({ loop = L }, mt)
         bind(isc, items[i])
-        if body(ctx, isc) == BREAK then break end
+        local sig = body(ctx, isc)
+        if sig == BREAK then break end
+        if not sig then completed = true end
       end
+      if else_body and not completed then return else_body(ctx, sc) end
     end
   end
 
@@ -2689,12 +2718,14 @@ do
   end)
 
   builtin("cycler", function(_, args)
-    local items, i = args, 0
+    local items, i = args, 1
+    if #items == 0 then fail("TypeError: at least one item has to be provided") end
     local c = setmetatable({}, ns_mt)
     c.next = native(function()
+      local v = items[i]
       i = i % #items + 1
       c.current = items[i]
-      return items[i]
+      return v
     end)
     c.current = items[1]
     return c

@@ -32,6 +32,7 @@ LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
 CORE = error dtype quant tensor ops matmul gguf tokenizer unicode \
+       model arch_llama arch_qwen2 arch_qwen3 kvcache context forward registry \
        kernels/dispatch kernels/ref
 KERNELS_AVX2   = kernels/avx2
 KERNELS_AVX512 = kernels/avx512
@@ -44,7 +45,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS))
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_gguf
+BIND = lua_core lua_util lua_tensor lua_gguf lua_model
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)

@@ -132,6 +132,7 @@ int luaopen_moonlm_core(lua_State *L) {
   ml_lua_open_tensor(L);
   lua_setfield(L, -2, "tensor");
   ml_lua_open_gguf(L);
+  ml_lua_open_model(L);
   ml_register_names(L, "");
   return 1;
 }

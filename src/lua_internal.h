@@ -5,6 +5,7 @@
 
 #include "compat.h"
 
-void ml_lua_open_gguf(lua_State *L); /* save, load_tensors */
+void ml_lua_open_gguf(lua_State *L);  /* save, load_tensors */
+void ml_lua_open_model(lua_State *L); /* load, attach_model, attach_context */
 
 #endif

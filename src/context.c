@@ -1,0 +1,260 @@
+/* context.c: contexts: the KV cache, scratch buffers, and the decode entry point, which
+ * validates the whole batch (ids, sequences, free cells) before it touches anything, runs
+ * it in chunks of n_batch tokens, and rolls the sequences back if a chunk fails. */
+#include <string.h>
+
+#include "common.h"
+#include "context.h"
+#include "registry.h"
+
+static int try_enter(ml_context *c) {
+  int expected = 0;
+  if (!__atomic_compare_exchange_n(&c->busy, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+    ml_seterr("context is in use by another thread");
+    return -1;
+  }
+  return 0;
+}
+
+static void leave(ml_context *c) { __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE); }
+
+static void context_free(ml_context *c) {
+  ml_registry_forget(c);
+  ml_kvcache_free(&c->kv);
+  float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->g, c->u, c->rows};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ml_free(bufs[i]);
+  ml_free(c->cell);
+  ml_free(c->pos);
+  ml_free(c->seq);
+  ml_model_release(c->m);
+  ml_free(c);
+}
+
+ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
+  ml_context_opts o = {0};
+  if (opts) o = *opts;
+  if (m->vocab_only) {
+    ml_seterr("the model was loaded with vocab_only: it has no weights to run");
+    return NULL;
+  }
+  const ml_hparams *hp = &m->hp;
+  if (o.n_ctx <= 0) o.n_ctx = ML_MIN(hp->n_ctx_train, 4096);
+  if (o.n_ctx > (INT64_C(1) << 24)) {
+    ml_seterr_arg(2, "n_ctx = %lld is too large", (long long)o.n_ctx);
+    return NULL;
+  }
+  if (o.n_batch <= 0) o.n_batch = 512;
+  if (o.n_batch > ML_MAX_BATCH) o.n_batch = ML_MAX_BATCH;
+  if (o.n_seq <= 0) o.n_seq = 1;
+  if (o.n_seq > ML_MAX_SEQ) {
+    ml_seterr_arg(2, "seqs = %d: at most %d sequences", o.n_seq, ML_MAX_SEQ);
+    return NULL;
+  }
+  if (!opts) o.kv_type = -1;
+  if (o.kv_type < 0) o.kv_type = ML_TYPE_F16;
+  int64_t row = hp->n_head_kv * hp->head_dim;
+  if (o.kv_type != ML_TYPE_F32 && o.kv_type != ML_TYPE_F16 && o.kv_type != ML_TYPE_Q8_0) {
+    ml_seterr_arg(2, "kv_type must be f16, f32 or q8_0");
+    return NULL;
+  }
+  if (o.kv_type == ML_TYPE_Q8_0 && hp->head_dim % 32) {
+    ml_seterr_arg(2, "kv_type q8_0 needs a head size that is a multiple of 32 (this model has %lld)", (long long)hp->head_dim);
+    return NULL;
+  }
+  ml_context *c = ml_calloc(sizeof *c);
+  if (!c) return NULL;
+  c->refcount = 1;
+  c->m = m;
+  ml_model_retain(m);
+  c->n_batch = o.n_batch;
+  c->embeddings = o.embeddings;
+  if (ml_registry_add_context(c) < 0) goto fail;
+  if (ml_kvcache_init(&c->kv, o.n_ctx, hp->n_layer, row, (ml_type)o.kv_type, o.n_seq) < 0) goto fail;
+  int64_t B = o.n_batch, E = hp->n_embd, nq = hp->n_head * hp->head_dim;
+  size_t f = sizeof(float);
+  if (!(c->x = ml_alloc(f * (size_t)(B * E))) || !(c->h = ml_alloc(f * (size_t)(B * ML_MAX(E, nq)))) ||
+      !(c->q = ml_alloc(f * (size_t)(B * nq))) || !(c->k = ml_alloc(f * (size_t)(B * row))) ||
+      !(c->v = ml_alloc(f * (size_t)(B * row))) || !(c->att = ml_alloc(f * (size_t)(B * nq))) ||
+      !(c->g = ml_alloc(f * (size_t)(B * hp->n_ff))) || !(c->u = ml_alloc(f * (size_t)(B * hp->n_ff))) ||
+      !(c->rows = ml_alloc(f * (size_t)(B * E))) || !(c->cell = ml_alloc(sizeof(int32_t) * (size_t)B)) ||
+      !(c->pos = ml_alloc(sizeof(int64_t) * (size_t)B)) || !(c->seq = ml_alloc(sizeof(int32_t) * (size_t)B)))
+    goto fail;
+  return c;
+fail:
+  context_free(c);
+  return NULL;
+}
+
+void ml_context_retain(ml_context *c) { __atomic_add_fetch(&c->refcount, 1, __ATOMIC_RELAXED); }
+
+void ml_context_release(ml_context *c) {
+  if (c && __atomic_sub_fetch(&c->refcount, 1, __ATOMIC_ACQ_REL) == 0) context_free(c);
+}
+
+ml_model *ml_context_model(const ml_context *c) { return c->m; }
+int64_t ml_context_n_ctx(const ml_context *c) { return c->kv.n_cells; }
+int ml_context_n_seq(const ml_context *c) { return c->kv.n_seq; }
+ml_type ml_context_kv_type(const ml_context *c) { return c->kv.type; }
+int64_t ml_context_used(const ml_context *c) { return c->kv.n_used; }
+
+static int check_seq(const ml_context *c, int seq, int arg) {
+  if (seq < 0 || seq >= c->kv.n_seq) {
+    ml_seterr_arg(arg, "sequence %d out of range (the context has %d: 0 to %d)", seq, c->kv.n_seq, c->kv.n_seq - 1);
+    return -1;
+  }
+  return 0;
+}
+
+int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int32_t *seq, const uint8_t *want,
+                      float *logits, float *hidden) {
+  const ml_hparams *hp = &c->m->hp;
+  if (n <= 0) {
+    ml_seterr_arg(1, "nothing to decode (no tokens)");
+    return -1;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    if (tokens[i] < 0 || tokens[i] >= hp->n_vocab) {
+      ml_seterr_arg(1, "token id %d out of range (the vocabulary has %lld: 0 to %lld)", tokens[i], (long long)hp->n_vocab,
+                    (long long)hp->n_vocab - 1);
+      return -1;
+    }
+    if (check_seq(c, seq[i], 2) < 0) return -1;
+  }
+  if (try_enter(c) < 0) return -1;
+  if (n > c->kv.n_cells - c->kv.n_used) {
+    ml_seterr("context full (n_ctx = %lld)", (long long)c->kv.n_cells);
+    leave(c);
+    return -1;
+  }
+  int64_t start[ML_MAX_SEQ];
+  for (int s = 0; s < c->kv.n_seq; s++) start[s] = c->kv.len[s];
+  int64_t done = 0, out_rows = 0;
+  int rc = 0;
+  while (done < n) {
+    int64_t k = ML_MIN(c->n_batch, n - done);
+    for (int64_t i = 0; i < k; i++) {
+      int s = seq[done + i];
+      c->seq[i] = s;
+      c->pos[i] = c->kv.len[s];
+      c->cell[i] = ml_kvcache_append(&c->kv, s); /* cannot fail: counted above */
+    }
+    int64_t nw = 0;
+    for (int64_t i = 0; i < k; i++) nw += want[done + i] != 0;
+    rc = ml_forward(c, k, tokens + done, want + done, logits ? logits + out_rows * hp->n_vocab : NULL,
+                    hidden ? hidden + out_rows * hp->n_embd : NULL);
+    if (rc < 0) break;
+    out_rows += nw;
+    done += k;
+  }
+  if (rc < 0)
+    for (int s = 0; s < c->kv.n_seq; s++) ml_kvcache_truncate(&c->kv, s, start[s]);
+  leave(c);
+  return rc;
+}
+
+int64_t ml_context_pos(const ml_context *c, int seq) {
+  if (check_seq(c, seq, 2) < 0) return -1;
+  return c->kv.len[seq];
+}
+
+int ml_context_clear(ml_context *c, int seq) {
+  if (seq >= 0 && check_seq(c, seq, 2) < 0) return -1;
+  if (try_enter(c) < 0) return -1;
+  for (int s = 0; s < c->kv.n_seq; s++)
+    if (seq < 0 || s == seq) ml_kvcache_truncate(&c->kv, s, 0);
+  leave(c);
+  return 0;
+}
+
+int ml_context_truncate(ml_context *c, int seq, int64_t n) {
+  if (check_seq(c, seq, 2) < 0) return -1;
+  if (n < 0) {
+    ml_seterr_arg(3, "cannot keep %lld tokens", (long long)n);
+    return -1;
+  }
+  if (try_enter(c) < 0) return -1;
+  ml_kvcache_truncate(&c->kv, seq, n);
+  leave(c);
+  return 0;
+}
+
+int ml_context_copy(ml_context *c, int from, int to) {
+  if (check_seq(c, from, 2) < 0 || check_seq(c, to, 3) < 0) return -1;
+  if (try_enter(c) < 0) return -1;
+  ml_kvcache_copy(&c->kv, from, to);
+  leave(c);
+  return 0;
+}
+
+/* ---- state: [magic, n_layer, row, type, len] then per layer the K and V rows in position order ---- */
+
+#define STATE_MAGIC 0x4d4c4b56u /* "VKLM" */
+
+typedef struct state_head {
+  uint32_t magic, type;
+  int64_t n_layer, row, len;
+} state_head;
+
+size_t ml_context_state_size(const ml_context *c, int seq) {
+  if (check_seq(c, seq, 2) < 0) return 0;
+  return sizeof(state_head) + 2 * (size_t)c->kv.n_layer * (size_t)c->kv.len[seq] * c->kv.row_bytes;
+}
+
+int ml_context_state_save(const ml_context *c, int seq, void *buf, size_t cap) {
+  const ml_kvcache *kv = &c->kv;
+  size_t need = ml_context_state_size(c, seq);
+  if (!need) return -1;
+  if (cap < need) {
+    ml_seterr("state buffer too small");
+    return -1;
+  }
+  state_head h = {STATE_MAGIC, (uint32_t)kv->type, kv->n_layer, kv->row, kv->len[seq]};
+  uint8_t *p = buf;
+  memcpy(p, &h, sizeof h);
+  p += sizeof h;
+  for (int64_t l = 0; l < kv->n_layer; l++)
+    for (int64_t t = 0; t < kv->len[seq]; t++) {
+      memcpy(p, ml_kvcache_k(kv, l, kv->cells[seq][t]), kv->row_bytes);
+      p += kv->row_bytes;
+      memcpy(p, ml_kvcache_v(kv, l, kv->cells[seq][t]), kv->row_bytes);
+      p += kv->row_bytes;
+    }
+  return 0;
+}
+
+int ml_context_state_load(ml_context *c, int seq, const void *buf, size_t len) {
+  ml_kvcache *kv = &c->kv;
+  state_head h;
+  if (check_seq(c, seq, 2) < 0) return -1;
+  if (len < sizeof h) {
+    ml_seterr("saved state is truncated");
+    return -1;
+  }
+  memcpy(&h, buf, sizeof h);
+  if (h.magic != STATE_MAGIC || h.n_layer != kv->n_layer || h.row != kv->row || h.type != (uint32_t)kv->type) {
+    ml_seterr("saved state does not match this model and context (layers, head sizes or cache type differ)");
+    return -1;
+  }
+  if (h.len < 0 || h.len > kv->n_cells || len != sizeof h + 2 * (size_t)h.n_layer * (size_t)h.len * kv->row_bytes) {
+    ml_seterr("saved state is damaged (its size does not match its header)");
+    return -1;
+  }
+  if (try_enter(c) < 0) return -1;
+  ml_kvcache_truncate(kv, seq, 0);
+  if (h.len > kv->n_cells - kv->n_used) {
+    leave(c);
+    ml_seterr("context full (n_ctx = %lld)", (long long)kv->n_cells);
+    return -1;
+  }
+  for (int64_t t = 0; t < h.len; t++) ml_kvcache_append(kv, seq);
+  const uint8_t *p = (const uint8_t *)buf + sizeof h;
+  for (int64_t l = 0; l < kv->n_layer; l++)
+    for (int64_t t = 0; t < h.len; t++) {
+      memcpy(ml_kvcache_k(kv, l, kv->cells[seq][t]), p, kv->row_bytes);
+      p += kv->row_bytes;
+      memcpy(ml_kvcache_v(kv, l, kv->cells[seq][t]), p, kv->row_bytes);
+      p += kv->row_bytes;
+    }
+  leave(c);
+  return 0;
+}

@@ -1,0 +1,37 @@
+/* context.h: the inside of a context, shared by context.c (life cycle, sequences, the
+ * decode entry point) and forward.c (the forward pass). */
+#ifndef ML_CONTEXT_H
+#define ML_CONTEXT_H
+
+#include "kvcache.h"
+#include "model.h"
+
+#define ML_MAX_BATCH 1024 /* tokens per forward chunk, at most */
+
+struct ml_context {
+  int refcount; /* atomic */
+  int busy;     /* atomic: a decode or sequence operation is running */
+  int64_t handle;
+  ml_model *m;
+  int64_t n_batch;
+  int embeddings;
+  ml_kvcache kv;
+  /* scratch for one chunk of up to n_batch tokens, allocated once */
+  float *x;       /* (n_batch, n_embd) residual stream */
+  float *h;       /* (n_batch, max(n_embd, n_head*hd)) normalised input / projection out */
+  float *q;       /* (n_batch, n_head*hd) */
+  float *k, *v;   /* (n_batch, n_kv*hd) */
+  float *att;     /* (n_batch, n_head*hd) attention output */
+  float *g, *u;   /* (n_batch, n_ff) feed-forward */
+  float *rows;    /* (n_batch, n_embd) final-norm rows whose logits are wanted */
+  int32_t *cell;  /* (n_batch) cache cell of each token */
+  int64_t *pos;   /* (n_batch) position of each token */
+  int32_t *seq;   /* (n_batch) sequence of each token */
+};
+
+/* Run rows [0, n) of a chunk whose tokens already have cells and positions; writes logits
+ * (and hidden states) for rows with want[i]. Returns 0 or -1 (allocation failure inside a
+ * kernel). */
+int ml_forward(ml_context *c, int64_t n, const int32_t *tokens, const uint8_t *want, float *logits, float *hidden);
+
+#endif

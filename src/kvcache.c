@@ -1,0 +1,83 @@
+/* kvcache.c: cells, sequence membership and the per-sequence cell lists. */
+#include "kvcache.h"
+
+#include <string.h>
+
+#include "common.h"
+
+int ml_kvcache_init(ml_kvcache *c, int64_t n_cells, int64_t n_layer, int64_t row, ml_type type, int n_seq) {
+  memset(c, 0, sizeof *c);
+  c->n_cells = n_cells;
+  c->n_layer = n_layer;
+  c->row = row;
+  c->type = type;
+  c->row_bytes = ml_type_nbytes(type, row);
+  c->n_seq = n_seq;
+  if (!(c->k = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer)) || !(c->v = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer)))
+    goto fail;
+  for (int64_t l = 0; l < n_layer; l++)
+    if (!(c->k[l] = ml_alloc(c->row_bytes * (size_t)n_cells)) || !(c->v[l] = ml_alloc(c->row_bytes * (size_t)n_cells)))
+      goto fail;
+  if (!(c->mask = ml_calloc(sizeof(uint64_t) * (size_t)n_cells))) goto fail;
+  if (!(c->cells = ml_calloc(sizeof(int32_t *) * (size_t)n_seq)) || !(c->len = ml_calloc(sizeof(int64_t) * (size_t)n_seq)))
+    goto fail;
+  for (int s = 0; s < n_seq; s++)
+    if (!(c->cells[s] = ml_alloc(sizeof(int32_t) * (size_t)n_cells))) goto fail;
+  return 0;
+fail:
+  ml_kvcache_free(c);
+  ml_seterr("cannot allocate the KV cache (%lld cells of %zu bytes, %lld layers)", (long long)n_cells,
+            2 * c->row_bytes, (long long)n_layer);
+  return -1;
+}
+
+void ml_kvcache_free(ml_kvcache *c) {
+  for (int64_t l = 0; l < c->n_layer; l++) {
+    if (c->k) ml_free(c->k[l]);
+    if (c->v) ml_free(c->v[l]);
+  }
+  if (c->cells)
+    for (int s = 0; s < c->n_seq; s++) ml_free(c->cells[s]);
+  ml_free(c->k);
+  ml_free(c->v);
+  ml_free(c->mask);
+  ml_free(c->cells);
+  ml_free(c->len);
+  memset(c, 0, sizeof *c);
+}
+
+int32_t ml_kvcache_append(ml_kvcache *c, int seq) {
+  if (c->n_used >= c->n_cells) return -1;
+  int64_t i = c->next_free;
+  while (c->mask[i]) i = i + 1 == c->n_cells ? 0 : i + 1; /* n_used < n_cells: terminates */
+  c->mask[i] = UINT64_C(1) << seq;
+  c->n_used++;
+  c->next_free = i + 1 == c->n_cells ? 0 : i + 1;
+  c->cells[seq][c->len[seq]++] = (int32_t)i;
+  return (int32_t)i;
+}
+
+void ml_kvcache_truncate(ml_kvcache *c, int seq, int64_t n) {
+  uint64_t bit = UINT64_C(1) << seq;
+  for (int64_t p = n; p < c->len[seq]; p++) {
+    int32_t i = c->cells[seq][p];
+    c->mask[i] &= ~bit;
+    if (!c->mask[i]) {
+      c->n_used--;
+      if (i < c->next_free) c->next_free = i; /* keep the lowest free cell first */
+    }
+  }
+  if (n < c->len[seq]) c->len[seq] = n;
+}
+
+void ml_kvcache_copy(ml_kvcache *c, int from, int to) {
+  if (from == to) return;
+  ml_kvcache_truncate(c, to, 0);
+  uint64_t bit = UINT64_C(1) << to;
+  for (int64_t p = 0; p < c->len[from]; p++) {
+    int32_t i = c->cells[from][p];
+    c->mask[i] |= bit;
+    c->cells[to][p] = i;
+  }
+  c->len[to] = c->len[from];
+}

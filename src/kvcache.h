@@ -1,0 +1,42 @@
+/* kvcache.h: the key/value cache of a context.
+ *
+ * n_cells slots, each holding one token's keys and values for every layer (a row of
+ * n_head_kv * head_dim elements of the cache type, per layer, for K and for V). A cell
+ * belongs to a set of sequences (a bit mask: copying a sequence shares its cells instead
+ * of duplicating them) and sits at one position. Each sequence keeps the list of its cells
+ * in position order, so attention walks exactly the cells of its own sequence. */
+#ifndef ML_KVCACHE_H
+#define ML_KVCACHE_H
+
+#include <stdint.h>
+
+#include "dtype.h"
+
+#define ML_MAX_SEQ 64
+
+typedef struct ml_kvcache {
+  int64_t n_cells, n_layer, row;  /* row: elements per cell per layer (n_head_kv * head_dim) */
+  ml_type type;
+  size_t row_bytes;               /* bytes of one row in the cache type */
+  uint8_t **k, **v;               /* per layer: n_cells rows */
+  uint64_t *mask;                 /* per cell: sequences that use it (0: free) */
+  int64_t n_used, next_free;      /* cells in use; where to start looking for a free one */
+  int n_seq;
+  int32_t **cells;                /* per sequence: its cells in position order */
+  int64_t *len;                   /* per sequence: tokens */
+} ml_kvcache;
+
+int ml_kvcache_init(ml_kvcache *c, int64_t n_cells, int64_t n_layer, int64_t row, ml_type type, int n_seq);
+void ml_kvcache_free(ml_kvcache *c);
+/* Append one token to seq: returns its cell, or -1 when no cell is free. */
+int32_t ml_kvcache_append(ml_kvcache *c, int seq);
+void ml_kvcache_truncate(ml_kvcache *c, int seq, int64_t n);
+void ml_kvcache_copy(ml_kvcache *c, int from, int to);
+static inline uint8_t *ml_kvcache_k(const ml_kvcache *c, int64_t layer, int64_t cell) {
+  return c->k[layer] + (size_t)cell * c->row_bytes;
+}
+static inline uint8_t *ml_kvcache_v(const ml_kvcache *c, int64_t layer, int64_t cell) {
+  return c->v[layer] + (size_t)cell * c->row_bytes;
+}
+
+#endif

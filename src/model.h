@@ -1,0 +1,131 @@
+/* model.h: a GGUF language model (llama family) and the contexts that run it.
+ *
+ * A model is the mapped file, its hyper-parameters, its weights (tensor views into the
+ * mapping: zero copy) and its vocabulary. It is immutable after loading and refcounted, so
+ * any number of contexts and Lua states share one. A context owns a KV cache and the
+ * scratch memory of the forward pass; it serves one thread at a time (a second caller gets
+ * an error, not a race).
+ */
+#ifndef ML_MODEL_H
+#define ML_MODEL_H
+
+#include <stdint.h>
+
+#include "gguf.h"
+#include "tensor.h"
+#include "tokenizer.h"
+
+typedef enum ml_rope_type { ML_ROPE_NORM = 0, ML_ROPE_NEOX = 2 } ml_rope_type;
+
+typedef struct ml_hparams {
+  int64_t n_vocab;
+  int64_t n_ctx_train;
+  int64_t n_embd;      /* residual stream width */
+  int64_t n_layer;
+  int64_t n_head;      /* query heads */
+  int64_t n_head_kv;   /* key/value heads (GQA: n_head is a multiple) */
+  int64_t head_dim;    /* per head, for q, k and v */
+  int64_t n_ff;        /* feed-forward hidden width */
+  int64_t n_rot;       /* leading dims of each head that RoPE rotates */
+  double norm_eps;
+  double rope_base;    /* rope.freq_base */
+  double rope_scale;   /* 1 / linear scaling factor */
+  ml_rope_type rope_type;
+} ml_hparams;
+
+typedef struct ml_layer {
+  ml_tensor attn_norm;            /* (n_embd) */
+  ml_tensor wq, wk, wv, wo;       /* (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd) */
+  ml_tensor bq, bk, bv;           /* optional biases (qwen2) */
+  ml_tensor q_norm, k_norm;       /* optional per-head RMSNorm weights (hd) (qwen3) */
+  ml_tensor ffn_norm;             /* (n_embd) */
+  ml_tensor w_gate, w_up, w_down; /* (n_ff, n_embd) x2, (n_embd, n_ff) */
+} ml_layer;
+
+typedef struct ml_arch ml_arch;
+
+typedef struct ml_model {
+  int refcount; /* atomic */
+  char *path;
+  char *arch_name;
+  const ml_arch *arch;
+  ml_gguf *gguf;
+  ml_storage *storage;  /* the whole mapping, for the tensor views */
+  ml_vocab *vocab;      /* NULL if the file has no tokenizer */
+  int vocab_only;
+  ml_hparams hp;
+  ml_tensor tok_embd;   /* (n_vocab, n_embd) */
+  ml_tensor output_norm;/* (n_embd) */
+  ml_tensor output;     /* (n_vocab, n_embd); a view of tok_embd when tied */
+  int tied_output;
+  ml_layer *layers;     /* n_layer */
+  float *rope_inv_freq; /* (n_rot/2) per pair: base^(-2i/n_rot) * scale / freq_factor[i] */
+  int64_t n_params;
+  size_t weight_bytes;  /* bytes of the matrices read per token */
+  int64_t handle;       /* registry handle (0: not registered) */
+  uint64_t dev, ino;    /* file identity, for sharing one load */
+} ml_model;
+
+/* Options of ml_model_load. */
+typedef struct ml_model_opts {
+  int vocab_only; /* tokenizer and metadata only; no weights are checked or touched */
+} ml_model_opts;
+
+/* Load a GGUF file. NULL + ml_errmsg on failure ("unsupported architecture 'x'", a tensor
+ * with the wrong shape, a truncated file ...). refcount starts at 1. */
+ml_model *ml_model_load(const char *path, const ml_model_opts *opts);
+void ml_model_retain(ml_model *m);
+void ml_model_release(ml_model *m);
+
+/* ---- the process-wide registry: models and contexts by integer handle ----
+ * Loading a file that is already loaded (same file, same vocab_only) returns the loaded
+ * model. Handles let another Lua state (an OpenResty worker-thread VM, a love.thread)
+ * attach to the same object. The registry holds no references: an object leaves it when
+ * its last reference goes. */
+ml_model *ml_registry_load(const char *path, const ml_model_opts *opts); /* retained */
+int64_t ml_model_handle(const ml_model *m);
+ml_model *ml_registry_model(int64_t handle); /* retained, or NULL if gone */
+
+/* ---- contexts ---- */
+
+typedef struct ml_context ml_context;
+
+typedef struct ml_context_opts {
+  int64_t n_ctx;     /* KV cells shared by all sequences (0: min(n_ctx_train, 4096)) */
+  int64_t n_batch;   /* tokens per forward chunk (0: 512) */
+  int kv_type;       /* ML_TYPE_F16, ML_TYPE_F32 or ML_TYPE_Q8_0; -1: the default (f16) */
+  int n_seq;         /* sequences (1..64) */
+  int embeddings;    /* keep the final hidden states (for embeddings) */
+} ml_context_opts;
+
+ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts); /* retains m; opts may be NULL */
+void ml_context_retain(ml_context *c);
+int64_t ml_context_handle(const ml_context *c);
+ml_context *ml_registry_context(int64_t handle); /* retained, or NULL if gone */
+void ml_context_release(ml_context *c);
+ml_model *ml_context_model(const ml_context *c);
+int64_t ml_context_n_ctx(const ml_context *c);
+int ml_context_n_seq(const ml_context *c);
+ml_type ml_context_kv_type(const ml_context *c);
+int64_t ml_context_used(const ml_context *c); /* cells in use */
+
+/* One decode call: tokens[i] goes to sequence seq[i] at that sequence's next position, in
+ * order. Rows with want[i] set get logits (n_vocab floats each, in order) in `logits`
+ * (and the final hidden state in `hidden` if non-NULL, n_embd floats each). Returns 0, or
+ * -1 with an error; a full context ("context full (n_ctx = N)") and bad ids are detected
+ * before anything is written, so the context is unchanged and usable. */
+int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int32_t *seq,
+                      const uint8_t *want, float *logits, float *hidden);
+
+/* Sequences */
+int64_t ml_context_pos(const ml_context *c, int seq);       /* tokens in seq */
+int ml_context_clear(ml_context *c, int seq);               /* seq < 0: all */
+int ml_context_truncate(ml_context *c, int seq, int64_t n); /* keep the first n tokens */
+int ml_context_copy(ml_context *c, int from, int to);       /* to becomes a copy of from (shares cells) */
+
+/* Serialise the cache of one sequence (and its tokens' cells) for sessions. */
+size_t ml_context_state_size(const ml_context *c, int seq);
+int ml_context_state_save(const ml_context *c, int seq, void *buf, size_t cap);
+int ml_context_state_load(ml_context *c, int seq, const void *buf, size_t len);
+
+#endif

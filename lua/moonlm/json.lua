@@ -145,7 +145,8 @@ local is_float
 if math_type then
   is_float = function(x) return math_type(x) == "float" end
 else
-  is_float = function(x) return x ~= floor(x) or x - x ~= 0 end
+  -- LuaJIT numbers are all doubles: integral values count as ints, except -0.0
+  is_float = function(x) return x ~= floor(x) or x - x ~= 0 or (x == 0 and 1 / x < 0) end
 end
 _M.is_float = is_float
 
@@ -313,7 +314,7 @@ end
 local parse_value
 
 local function parse_array(s, pos, depth, ef)
-  if depth > MAX_DEPTH then decode_error(s, pos, "nesting too deep") end
+  if depth >= MAX_DEPTH then decode_error(s, pos, "nesting too deep") end
   local arr, n = setmetatable({}, array_mt), 0
   pos = skip(s, pos + 1)
   if byte(s, pos) == 93 then return arr, pos + 1 end
@@ -330,7 +331,7 @@ local function parse_array(s, pos, depth, ef)
 end
 
 local function parse_object(s, pos, depth, ef)
-  if depth > MAX_DEPTH then decode_error(s, pos, "nesting too deep") end
+  if depth >= MAX_DEPTH then decode_error(s, pos, "nesting too deep") end
   local obj, keys, n = setmetatable({}, object_mt), {}, 0
   order[obj] = keys
   pos = skip(s, pos + 1)
@@ -471,7 +472,7 @@ function _M.encode(value, opts)
     elseif v == nil or v == null then
       n = n + 1; buf[n] = "null"
     elseif tv == "table" then
-      if depth > MAX_DEPTH then enc_error("nesting too deep (circular reference?)") end
+      if depth >= MAX_DEPTH then enc_error("nesting too deep (circular reference?)") end
       local kind = table_kind(v)
       local nl
       if indent then nl = "\n" .. rep(indent, depth + 1) end

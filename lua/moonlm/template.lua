@@ -25,8 +25,8 @@ local byte, char, find, sub, format, gsub, rep, match, gmatch =
   string.byte, string.char, string.find, string.sub, string.format, string.gsub, string.rep,
   string.match, string.gmatch
 local s_upper, s_lower = string.upper, string.lower
-local concat, sort = table.concat, table.sort
-local floor, huge = math.floor, math.huge
+local concat, sort, tinsert, tremove = table.concat, table.sort, table.insert, table.remove
+local floor, huge, min = math.floor, math.huge, math.min
 local math_type = math.type
 local unpack = table.unpack or unpack
 local os_date = os.date
@@ -533,12 +533,12 @@ end
 --   unary: ('-'|'+') unary | primary postfix*, then filters/tests ('|' f, 'is' t)
 -- Nodes are tables { k = kind, line = n, ... }.
 
-local parse
+local parse, perr
 do
   local P = {}
   P.__index = P
 
-  local function perr(tok, msg, ...)
+  function perr(tok, msg, ...)
     if select("#", ...) > 0 then msg = format(msg, ...) end
     error({ tmsg = msg, line = tok.line }, 0)
   end
@@ -548,7 +548,9 @@ do
     if tok.t == "block_end" or tok.t == "var_end" then return "end of tag" end
     if tok.t == "block_begin" or tok.t == "var_begin" then return "start of tag" end
     if tok.t == "data" then return "template data" end
-    return "'" .. tostring(tok.t == "float" and tostring(tok.v[1] or tok.v) or tok.v) .. "'"
+    if tok.t == "float" or tok.t == "int" then return "'" .. tostr(tok.v) .. "'" end
+    if tok.t == "string" then return repr_str(tok.v) end
+    return "'" .. tostring(tok.v) .. "'"
   end
 
   function P:peek(k) return self.toks[self.i + (k or 0)] end
@@ -1543,7 +1545,7 @@ do
         local s
         if conv == "s" or conv == "r" or conv == "a" then
           s = conv == "s" and tostr(v) or repr(v)
-          if prec ~= "" then s = concat((uchars(s)), "", 1, math.min(tonumber(prec), ulen(s))) end
+          if prec ~= "" then s = concat((uchars(s)), "", 1, min(tonumber(prec), ulen(s))) end
         elseif conv == "d" or conv == "i" or conv == "u" then
           s = format("%" .. flags .. width .. "d", int_of(v, "%d"))
         elseif conv == "c" then s = type(v) == "string" and v or utf8_char(int_of(v, "%c"))
@@ -2541,7 +2543,7 @@ do
     local n = #l
     local i = opt_int(args[1], "index") or 0
     if i < 0 then i = i + n; if i < 0 then i = 0 end elseif i > n then i = n end
-    table.insert(l, i + 1, args[2])
+    tinsert(l, i + 1, args[2])
     return null
   end
   LIST_METHODS.pop = function(_, l, args)
@@ -2550,7 +2552,7 @@ do
     local i = opt_int(args[1], "index") or -1
     if i < 0 then i = i + n end
     if i < 0 or i >= n then fail("IndexError: pop index out of range") end
-    return table.remove(l, i + 1)
+    return tremove(l, i + 1)
   end
   local function seq_index(_, l, args)
     for i = 1, #l do if eq(l[i], args[1]) then return i - 1 end end
@@ -2565,7 +2567,7 @@ do
   TUPLE_METHODS.index, TUPLE_METHODS.count = seq_index, seq_count
   LIST_METHODS.remove = function(_, l, args)
     local i = seq_index(_, l, args)
-    table.remove(l, i + 1)
+    tremove(l, i + 1)
     return null
   end
   LIST_METHODS.copy = function(_, l)
@@ -3215,6 +3217,130 @@ FILTERS.round = function(_, v, args, kw)
     if not s then fail("TypeError: %s", (gsub(err, "^json: ", ""))) end
     return s
   end
+end
+
+---------------------------------------------------------------------------------------------
+-- Builtin templates for the common prompt formats, for models whose GGUF has no template.
+-- Render variables: messages, add_generation_prompt, bos_token, eos_token.
+
+local BUILTIN_SRC = {
+  chatml = [==[
+{%- for message in messages -%}
+{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{ '<|im_start|>assistant\n' }}
+{%- endif -%}
+]==],
+
+  llama2 = [==[
+{%- if messages[0]['role'] == 'system' -%}
+  {%- set system = messages[0]['content'] -%}
+  {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+  {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+  {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+    {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+  {%- endif -%}
+  {%- if message['role'] == 'user' -%}
+    {%- set content = message['content'] -%}
+    {%- if loop.first and system is defined -%}
+      {%- set content = '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + content -%}
+    {%- endif -%}
+    {{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}
+  {%- else -%}
+    {{ ' ' + message['content'] | trim + ' ' + eos_token }}
+  {%- endif -%}
+{%- endfor -%}
+]==],
+
+  llama3 = [==[
+{{- bos_token -}}
+{%- for message in messages -%}
+{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif -%}
+]==],
+
+  mistral = [==[
+{{- bos_token -}}
+{%- if messages[0]['role'] == 'system' -%}
+  {%- set system = messages[0]['content'] + '\n\n' -%}
+  {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+  {%- set system = '' -%}
+  {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+  {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+    {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+  {%- endif -%}
+  {%- if message['role'] == 'user' -%}
+    {{ '[INST] ' + (system if loop.first else '') + message['content'] + ' [/INST]' }}
+  {%- else -%}
+    {{ message['content'] + eos_token }}
+  {%- endif -%}
+{%- endfor -%}
+]==],
+
+  phi3 = [==[
+{%- for message in messages -%}
+{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{ '<|assistant|>\n' }}
+{%- else -%}
+{{ eos_token }}
+{%- endif -%}
+]==],
+
+  gemma = [==[
+{{- bos_token -}}
+{%- if messages[0]['role'] == 'system' -%}
+  {%- set prefix = messages[0]['content'] | trim + '\n\n' -%}
+  {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+  {%- set prefix = '' -%}
+  {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+  {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+    {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+  {%- endif -%}
+  {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+  {{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{ '<start_of_turn>model\n' }}
+{%- endif -%}
+]==],
+
+  zephyr = [==[
+{%- for message in messages -%}
+{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{ '<|assistant|>\n' }}
+{%- endif -%}
+]==],
+}
+
+-- builtin(name) -> Jinja source | nil, err
+function _M.builtin(name)
+  local src = BUILTIN_SRC[name]
+  if src then return src end
+  return nil, format("unknown builtin template '%s' (have: %s)", tostring(name), concat(_M.builtin_names(), ", "))
+end
+
+function _M.builtin_names()
+  local names = {}
+  for k in next, BUILTIN_SRC do names[#names + 1] = k end
+  sort(names)
+  return names
 end
 
 return _M

@@ -195,7 +195,11 @@ static int attention(ml_context *c, int64_t layer, int64_t n) {
   for (int64_t i = 0; i < n * hp->n_head * hd; i++) c->q[i] *= scale;
   int64_t items = nt * nkv;
   size_t per = (size_t)(ATT_TILE * g * hd + 2 * ATT_TILE * g + 2 * ATT_BLOCK * hd);
-  int nth = items > 1 ? ml_get_threads() : 1;
+  /* fork/join costs more than small attention work: estimate multiply-adds */
+  double work = 0;
+  for (int64_t i = 0; i < nt; i++) work += (double)tiles[i].n * (double)(c->pos[tiles[i].r0 + tiles[i].n - 1] + 1);
+  work *= (double)(hp->n_head * hd * 2);
+  int nth = items > 1 && work > 262144 ? ml_get_threads() : 1;
   float *scratch = ml_alloc(sizeof(float) * per * (size_t)nth);
   if (!scratch) return -1;
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)

@@ -54,6 +54,8 @@ struct ml_vocab {
   int32_t n_special;
   uint32_t sp_first[257];     /* sp_by_byte[sp_first[b] .. sp_first[b+1]): indices into special[] of */
   int32_t *sp_by_byte;        /* the special tokens starting with byte b, in priority order */
+  uint32_t glue[8];            /* SPM: characters found before "▁" inside tokens (llama: "▁") */
+  int n_glue;                  /* -1: too many to list, never split */
   ml_pretok pretok;
   char model[16];
   char pre[48];
@@ -61,28 +63,28 @@ struct ml_vocab {
 
 /* ---- hashing ---- */
 
+static uint64_t mix64(uint64_t x) { /* murmur3's finalizer: every bit reaches the low bits */
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  x ^= x >> 33;
+  return x;
+}
+
 static uint32_t hash_bytes(const void *p, size_t n) {
   const uint8_t *s = p;
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull), x;
+  uint64_t h = 0x9E3779B97F4A7C15ull * (n + 1), x;
   while (n >= 8) {
     memcpy(&x, s, 8);
-    h = (h ^ x) * 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
+    h = (h ^ x) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 31;
     s += 8;
     n -= 8;
   }
   x = 0;
   memcpy(&x, s, n);
-  h = (h ^ x) * 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 29;
-  return (uint32_t)h;
-}
-
-static uint64_t hash_u64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  return x;
+  return (uint32_t)mix64(h ^ x);
 }
 
 static uint32_t table_size(uint64_t n) { /* power of two >= 1.5 n, at least 16 */
@@ -91,8 +93,14 @@ static uint32_t table_size(uint64_t n) { /* power of two >= 1.5 n, at least 16 *
   return s;
 }
 
-static int32_t tok_find(const ml_vocab *v, const void *s, size_t n) {
-  uint32_t h = hash_bytes(s, n), i = h & v->tok_mask;
+#if defined(__GNUC__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)(p))
+#endif
+
+static int32_t tok_find_h(const ml_vocab *v, const void *s, size_t n, uint32_t h) {
+  uint32_t i = h & v->tok_mask;
   for (;;) {
     const tok_slot *e = &v->tok[i];
     if (e->id < 0) return -1;
@@ -101,10 +109,23 @@ static int32_t tok_find(const ml_vocab *v, const void *s, size_t n) {
   }
 }
 
+static int32_t tok_find(const ml_vocab *v, const void *s, size_t n) { return tok_find_h(v, s, n, hash_bytes(s, n)); }
+
+/* Loading looks up hundreds of thousands of strings at random places of the index, of the
+ * token table and of the file: a few cache misses each. These two steps bring the lines in
+ * for a batch of lookups first, so the misses overlap. */
+static void prefetch_slot(const ml_vocab *v, uint32_t h) { PREFETCH(&v->tok[h & v->tok_mask]); }
+static void prefetch_text(const ml_vocab *v, uint32_t h, int deep) {
+  const tok_slot *e = &v->tok[h & v->tok_mask];
+  if (e->id < 0) return;
+  if (deep) PREFETCH(v->text[e->id].s);
+  else PREFETCH(&v->text[e->id]);
+}
+
 static const merge_slot *merge_find(const ml_vocab *v, int32_t a, int32_t b) {
   if (a < 0 || b < 0 || !v->merge) return NULL;
   uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-  uint32_t i = (uint32_t)hash_u64(key) & v->merge_mask;
+  uint32_t i = (uint32_t)mix64(key) & v->merge_mask;
   for (;;) {
     const merge_slot *e = &v->merge[i];
     if (e->rank < 0) return NULL;
@@ -303,34 +324,55 @@ static int load_tokens(ml_vocab *v) {
   return 0;
 }
 
+static void index_insert(ml_vocab *v, int32_t id, uint32_t h) {
+  const ml_gguf_str *t = &v->text[id];
+  uint32_t i = h & v->tok_mask;
+  for (;;) {
+    tok_slot *e = &v->tok[i];
+    if (e->id < 0) {
+      e->hash = h;
+      e->id = id;
+      return;
+    }
+    /* a duplicate text keeps its first id, as a first-come map would */
+    if (e->hash == h && v->text[e->id].len == t->len && memcmp(v->text[e->id].s, t->s, t->len) == 0) return;
+    i = (i + 1) & v->tok_mask;
+  }
+}
+
+enum { BATCH = 32 };
+
 static int build_token_index(ml_vocab *v) {
   int32_t n = v->info.n_tokens;
-  uint32_t size = table_size((uint64_t)n);
+  uint32_t size = table_size((uint64_t)n), h[BATCH];
   v->tok = ml_alloc((size_t)size * sizeof *v->tok);
   if (!v->tok) return -1;
   memset(v->tok, 0xFF, (size_t)size * sizeof *v->tok);
   v->tok_mask = size - 1;
-  for (int32_t id = 0; id < n; id++) {
-    const ml_gguf_str *t = &v->text[id];
-    if (t->len == 0) continue; /* an empty token can never be produced */
-    uint32_t h = hash_bytes(t->s, t->len), i = h & v->tok_mask;
-    for (;;) {
-      tok_slot *e = &v->tok[i];
-      if (e->id < 0) {
-        e->hash = h;
-        e->id = id;
-        break;
-      }
-      /* a duplicate text keeps its first id, as a first-come map would */
-      if (e->hash == h && v->text[e->id].len == t->len && memcmp(v->text[e->id].s, t->s, t->len) == 0) break;
-      i = (i + 1) & v->tok_mask;
+  for (int32_t b = 0; b < n; b += BATCH) {
+    int32_t e = ML_MIN(n, b + BATCH);
+    for (int32_t id = b; id < e; id++) {
+      h[id - b] = hash_bytes(v->text[id].s, v->text[id].len);
+      prefetch_slot(v, h[id - b]);
     }
+    for (int32_t id = b; id < e; id++)
+      if (v->text[id].len) index_insert(v, id, h[id - b]); /* an empty token is never produced */
   }
   return 0;
 }
 
-/* "left right" -> rank = index. Merges whose parts or result are not tokens cannot apply
- * (Hugging Face refuses such files); they are skipped. */
+/* "left right" -> rank = index. */
+static void merge_insert(ml_vocab *v, int32_t a, int32_t b, int32_t c, int32_t rank) {
+  uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+  uint32_t i = (uint32_t)mix64(key) & v->merge_mask;
+  while (v->merge[i].rank >= 0 && v->merge[i].key != key) i = (i + 1) & v->merge_mask;
+  if (v->merge[i].rank >= 0) return; /* repeated pair: the first rank wins */
+  v->merge[i].key = key;
+  v->merge[i].rank = rank;
+  v->merge[i].result = c;
+  v->info.n_merges++;
+}
+
 static int build_merges(ml_vocab *v) {
   int bad;
   const ml_gguf_value *mg = get_array(v->g, KEY("merges"), 1, &bad);
@@ -344,38 +386,50 @@ static int build_merges(ml_vocab *v) {
     return -1;
   }
   uint32_t size = table_size(n);
+  size_t width = v->info.max_token_len + 1;
   v->merge = ml_alloc((size_t)size * sizeof *v->merge);
-  char *cat = ml_alloc(v->info.max_token_len + 1);
+  char *cat = ml_alloc(BATCH * width); /* left + right of each merge of a batch */
   if (!v->merge || !cat) {
     ml_free(cat);
     return -1;
   }
   for (uint32_t i = 0; i < size; i++) v->merge[i].rank = -1;
   v->merge_mask = size - 1;
-  int32_t used = 0;
-  for (uint64_t r = 0; r < n; r++) {
-    const ml_gguf_str *m = &mg->v.arr.strs[r];
-    const char *sp = m->len > 1 ? memchr(m->s + 1, ' ', m->len - 1) : NULL;
-    if (!sp) continue;
-    size_t ll = (size_t)(sp - m->s), rl = m->len - ll - 1;
-    if (ll + rl > v->info.max_token_len) continue;
-    int32_t a = tok_find(v, m->s, ll), b = tok_find(v, sp + 1, rl);
-    if (a < 0 || b < 0) continue;
-    memcpy(cat, m->s, ll);
-    memcpy(cat + ll, sp + 1, rl);
-    int32_t c = tok_find(v, cat, ll + rl);
-    if (c < 0) continue;
-    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    uint32_t i = (uint32_t)hash_u64(key) & v->merge_mask;
-    while (v->merge[i].rank >= 0 && v->merge[i].key != key) i = (i + 1) & v->merge_mask;
-    if (v->merge[i].rank >= 0) continue; /* repeated pair: the first rank wins */
-    v->merge[i].key = key;
-    v->merge[i].rank = (int32_t)r;
-    v->merge[i].result = c;
-    used++;
+  struct {
+    const char *part[3];
+    size_t len[3];
+    uint32_t h[3];
+  } q[BATCH];
+  for (uint64_t r0 = 0; r0 < n; r0 += BATCH) {
+    int m = (int)ML_MIN((uint64_t)BATCH, n - r0);
+    for (int k = 0; k < m; k++) {
+      const ml_gguf_str *s = &mg->v.arr.strs[r0 + (uint64_t)k];
+      const char *sp = s->len > 1 ? memchr(s->s + 1, ' ', s->len - 1) : NULL;
+      q[k].part[0] = NULL;
+      if (!sp) continue; /* llama.cpp splits at the first space after the first byte */
+      size_t ll = (size_t)(sp - s->s), rl = s->len - ll - 1;
+      if (ll + rl > v->info.max_token_len) continue; /* the result cannot be a token */
+      char *c = cat + (size_t)k * width;
+      memcpy(c, s->s, ll);
+      memcpy(c + ll, sp + 1, rl);
+      q[k].part[0] = s->s, q[k].len[0] = ll;
+      q[k].part[1] = sp + 1, q[k].len[1] = rl;
+      q[k].part[2] = c, q[k].len[2] = ll + rl;
+      for (int j = 0; j < 3; j++) prefetch_slot(v, q[k].h[j] = hash_bytes(q[k].part[j], q[k].len[j]));
+    }
+    for (int pass = 0; pass < 2; pass++)
+      for (int k = 0; k < m; k++)
+        if (q[k].part[0])
+          for (int j = 0; j < 3; j++) prefetch_text(v, q[k].h[j], pass);
+    for (int k = 0; k < m; k++) {
+      if (!q[k].part[0]) continue;
+      int32_t id[3];
+      for (int j = 0; j < 3; j++) id[j] = tok_find_h(v, q[k].part[j], q[k].len[j], q[k].h[j]);
+      /* merges whose parts or result are not tokens cannot apply (Hugging Face refuses such files) */
+      if (id[0] >= 0 && id[1] >= 0 && id[2] >= 0) merge_insert(v, id[0], id[1], id[2], (int32_t)(r0 + (uint64_t)k));
+    }
   }
   ml_free(cat);
-  v->info.n_merges = used;
   return 0;
 }
 
@@ -455,6 +509,31 @@ static int load_special_ids(ml_vocab *v) {
   if (in->bos < 0) in->add_bos = 0;
   if (in->eos < 0) in->add_eos = 0;
   return 0;
+}
+
+static int is_glue(const ml_vocab *v, uint32_t cp) {
+  if (v->n_glue < 0) return 1;
+  for (int i = 0; i < v->n_glue; i++)
+    if (v->glue[i] == cp) return 1;
+  return 0;
+}
+
+/* SPM: collect the characters that precede "▁" inside some token (see spm_fragment). */
+static void find_glue(ml_vocab *v) {
+  for (int32_t id = 0; id < v->info.n_tokens && v->n_glue >= 0; id++) {
+    const uint8_t *s = (const uint8_t *)v->text[id].s;
+    size_t n = (size_t)v->text[id].len;
+    uint32_t prev = 0, cp;
+    for (size_t i = 0; i < n; prev = cp) {
+      i += ml_utf8_decode(s + i, n - i, &cp);
+      if (cp != 0x2581 || i == 3 || is_glue(v, prev)) continue;
+      if (v->n_glue == (int)(sizeof v->glue / sizeof v->glue[0])) {
+        v->n_glue = -1;
+        break;
+      }
+      v->glue[v->n_glue++] = prev;
+    }
+  }
 }
 
 /* Texts by which llama.cpp recognises tokens the metadata does not name. */
@@ -603,6 +682,7 @@ ml_vocab *ml_vocab_load(ml_gguf *g) {
     return NULL;
   }
   build_byte_tables(v);
+  if (v->info.type == ML_VOCAB_SPM) find_glue(v);
   v->info.nl = v->byte_tok['\n'] >= 0 ? v->byte_tok['\n'] : v->info.pad;
   mark_eog(v);
   if (build_specials(v) != 0) {
@@ -855,6 +935,40 @@ static int spm_try(const ml_vocab *v, scratch *sc, const uint8_t *t, int32_t l, 
   return heap_push(sc, (uint64_t)~score_key(v->score[id]) << 32 | (uint32_t)l, r, (int32_t)size, id);
 }
 
+/* Merge symbols [a, b) by score; emit their tokens. */
+static int spm_segment(const ml_vocab *v, scratch *sc, const uint8_t *t, int32_t a, int32_t b, outbuf *o) {
+  for (int32_t i = a; i < b; i++) {
+    sc->sid[i] = -1;
+    sc->prev[i] = i - 1;
+    sc->next[i] = i + 1;
+  }
+  sc->prev[a] = -1;
+  sc->next[b - 1] = -1;
+  sc->n_heap = 0;
+  for (int32_t i = a + 1; i < b; i++)
+    if (spm_try(v, sc, t, i - 1, i)) return -1;
+  while (sc->n_heap) {
+    heap_item e = heap_pop(sc);
+    int32_t l = (int32_t)(e.key & 0xFFFFFFFF), r = e.a;
+    if (!sc->len[l] || !sc->len[r] || sc->len[l] + sc->len[r] != (uint32_t)e.b) continue; /* stale */
+    sc->len[l] += sc->len[r];
+    sc->len[r] = 0;
+    sc->sid[l] = e.c;
+    sc->next[l] = sc->next[r];
+    if (sc->next[r] >= 0) sc->prev[sc->next[r]] = l;
+    if (spm_try(v, sc, t, sc->prev[l], l) || spm_try(v, sc, t, l, sc->next[l])) return -1;
+  }
+  for (int32_t i = a; i != -1; i = sc->next[i]) {
+    int32_t id = sc->sid[i] >= 0 ? sc->sid[i] : tok_find(v, t + sc->start[i], sc->len[i]);
+    if (id >= 0) {
+      put(o, id);
+      continue;
+    }
+    for (uint32_t j = 0; j < sc->len[i]; j++) put_byte(v, o, t[sc->start[i] + j]);
+  }
+  return 0;
+}
+
 static int spm_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, int prefix, outbuf *o) {
   size_t spaces = 0;
   for (size_t i = 0; i < n; i++) spaces += s[i] == ' ';
@@ -876,33 +990,21 @@ static int spm_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
     size_t l = r > 0 ? (size_t)r : 1;
     sc->start[k] = (uint32_t)i;
     sc->len[k] = (uint32_t)l;
-    sc->sid[k] = -1;
-    sc->prev[k] = k - 1;
-    sc->next[k] = k + 1;
     i += l;
   }
-  sc->next[k - 1] = -1;
-  sc->n_heap = 0;
-  for (int32_t i = 1; i < k; i++)
-    if (spm_try(v, sc, t, i - 1, i)) return -1;
-  while (sc->n_heap) {
-    heap_item e = heap_pop(sc);
-    int32_t l = (int32_t)(e.key & 0xFFFFFFFF), r = e.a;
-    if (!sc->len[l] || !sc->len[r] || sc->len[l] + sc->len[r] != (uint32_t)e.b) continue; /* stale */
-    sc->len[l] += sc->len[r];
-    sc->len[r] = 0;
-    sc->sid[l] = e.c;
-    sc->next[l] = sc->next[r];
-    if (sc->next[r] >= 0) sc->prev[sc->next[r]] = l;
-    if (spm_try(v, sc, t, sc->prev[l], l) || spm_try(v, sc, t, l, sc->next[l])) return -1;
-  }
-  for (int32_t i = 0; i != -1; i = sc->next[i]) {
-    int32_t id = sc->sid[i] >= 0 ? sc->sid[i] : tok_find(v, t + sc->start[i], sc->len[i]);
-    if (id >= 0) {
-      put(o, id);
-      continue;
+  /* Merges never join across a "▁" whose left neighbour precedes "▁" in no token: no token
+   * spans that point, so the text before and after it can be merged separately. Same
+   * result, but small heaps (llama: one segment per word). */
+  for (int32_t a = 0, b; a < k; a = b) {
+    for (b = a + 1; b < k; b++) {
+      const uint8_t *c = t + sc->start[b];
+      if (sc->len[b] == 3 && c[0] == 0xE2 && c[1] == 0x96 && c[2] == 0x81) {
+        uint32_t cp;
+        ml_utf8_decode(t + sc->start[b - 1], sc->len[b - 1], &cp);
+        if (!is_glue(v, cp)) break;
+      }
     }
-    for (uint32_t b = 0; b < sc->len[i]; b++) put_byte(v, o, t[sc->start[i] + b]);
+    if (spm_segment(v, sc, t, a, b, o)) return -1;
   }
   return 0;
 }
@@ -963,6 +1065,26 @@ static int bpe_word(const ml_vocab *v, scratch *sc, const uint8_t *w, size_t m, 
   return 0;
 }
 
+/* NFC of cp[0..k) into out (4 k entries), normalizing only around the characters that may
+ * change: a character with ccc 0 and NFC_QC Yes (no ML_UC_NFC flag) never combines with
+ * what precedes it, so the text can be cut before it. */
+static size_t nfc_spans(const uint32_t *cp, const uint8_t *fl, size_t k, uint32_t *out) {
+  size_t i = 0, w = 0;
+  while (i < k) {
+    size_t e = i;
+    while (e < k && !(fl[e] & ML_UC_NFC)) e++;
+    size_t s = e > i && e < k ? e - 1 : e; /* the starter before a run may compose with it */
+    memcpy(out + w, cp + i, (s - i) * sizeof *cp);
+    w += s - i;
+    if (e == k) break;
+    size_t f = e;
+    while (f < k && (fl[f] & ML_UC_NFC)) f++;
+    w += ml_nfc(cp + s, f - s, out + w);
+    i = f;
+  }
+  return w;
+}
+
 static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, outbuf *o) {
   if (grow_cp(sc, n + 1)) return -1;
   size_t k = 0;
@@ -977,7 +1099,7 @@ static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
   sc->off[k] = (uint32_t)n;
   if (v->info.nfc && ml_nfc_needed(sc->cp, sc->fl, k)) {
     if (grow(&sc->cp2, &sc->cap_cp2, 4 * k, 4)) return -1;
-    size_t k2 = ml_nfc(sc->cp, k, sc->cp2), j = 0;
+    size_t k2 = nfc_spans(sc->cp, sc->fl, k, sc->cp2), j = 0;
     if (grow_cp(sc, k2 + 1) || grow(&sc->bytes, &sc->cap_bytes, 4 * k2, 1)) return -1;
     for (size_t i = 0; i < k2; i++) {
       sc->cp[i] = sc->cp2[i];

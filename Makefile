@@ -34,15 +34,19 @@ LIBS     = -lopenblas -lm -lpthread
 CORE = error dtype quant tensor ops matmul gguf tokenizer unicode \
        model arch_llama arch_qwen2 arch_qwen3 kvcache context forward registry \
        kernels/dispatch kernels/ref
+KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2
-KERNELS_AVX512 = kernels/avx512
+KERNELS_AVX512 = kernels/avx512 kernels/avx512vnni
 KERNELS_AMX    = kernels/amx
 ISA_avx2   = -mavx2 -mfma -mf16c
-ISA_avx512 = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mfma -mf16c -mavx2
-ISA_amx    = $(ISA_avx512) -mamx-tile -mamx-int8 -mamx-bf16
-KERNEL_SRCS = $(wildcard $(addprefix src/,$(addsuffix .c,$(KERNELS_AVX2) $(KERNELS_AVX512) $(KERNELS_AMX))))
+ISA_avx512 = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -mavx2
+ISA_avx512vnni = $(ISA_avx512) -mavx512vnni -mavx512bf16
+ISA_amx    = $(ISA_avx512vnni) -mamx-tile -mamx-int8 -mamx-bf16
+KERNEL_SRCS = $(wildcard $(addprefix src/,$(addsuffix .c,$(KERNELS_C) $(KERNELS_AVX2) $(KERNELS_AVX512) $(KERNELS_AMX))))
+# amx.c once more against the tile emulator (portable C): the test-only table amx-emu
+AMX_EMU_OBJ = $(if $(wildcard src/kernels/amx.c),$(BUILD)/obj/kernels/amx_emu.o)
 CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
-            $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS))
+            $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
 BIND = lua_core lua_util lua_tensor lua_gguf lua_model
@@ -58,7 +62,11 @@ all: $(MOD54) $(MOD51)
 
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
+$(BUILD)/obj/kernels/avx512vnni.o: CFLAGS += $(ISA_avx512vnni)
 $(BUILD)/obj/kernels/amx.o: CFLAGS += $(ISA_amx)
+$(BUILD)/obj/kernels/amx_emu.o: src/kernels/amx.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DML_AMX_EMULATE -c $< -o $@
 
 $(BUILD)/obj/%.o: src/%.c $(HDRS)
 	@mkdir -p $(dir $@)

@@ -10,6 +10,7 @@
 #include "lua_internal.h"
 #include "lua_tensor.h"
 #include "lua_util.h"
+#include "matmul.h"
 #include "ops.h"
 
 #define ML_VERSION "0.1.0"
@@ -24,13 +25,10 @@ static int l_threads(lua_State *L) {
   return 1;
 }
 
-static const char *type_kernel(const ml_kernels *k, ml_type t, ml_level l) {
-  (void)t;
-  (void)l;
-  return k->name;
-}
+static const char *or_default(const char *s, const char *def) { return s ? s : def; }
 
-/* isa() -> level name, { [weight type] = kernel level that runs it } */
+/* isa([level]) -> level name, { [weight type] = level of its dot products },
+ *                 { [weight type] = { dot =, gemv =, gemm = } kernel tables ("none") } */
 static int l_isa(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) {
     const char *want = luaL_checkstring(L, 1);
@@ -40,25 +38,27 @@ static int l_isa(lua_State *L) {
   const ml_kernels *k = ml_kernels_active();
   lua_pushstring(L, ml_level_name(l));
   lua_newtable(L);
+  lua_newtable(L);
   static const ml_type weights[] = {ML_TYPE_F32, ML_TYPE_F16, ML_TYPE_BF16, ML_TYPE_Q8_0, ML_TYPE_Q4_0,
                                     ML_TYPE_Q4_1, ML_TYPE_Q5_0, ML_TYPE_Q5_1, ML_TYPE_Q2_K, ML_TYPE_Q3_K,
                                     ML_TYPE_Q4_K, ML_TYPE_Q5_K, ML_TYPE_Q6_K};
   for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
     ml_type t = weights[i];
-    /* the lowest level whose table entry is the same function is the one that provides it */
-    const char *by = "none";
-    for (int lv = 0; lv <= (int)l; lv++) {
-      const ml_kernels *kl = ml_kernels_for((ml_level)lv);
-      if (kl && kl->vec_dot[t] == k->vec_dot[t] && kl->matmul[t] == k->matmul[t]) {
-        by = ml_level_name((ml_level)lv);
-        break;
-      }
-    }
-    (void)type_kernel;
-    lua_pushstring(L, by);
-    lua_setfield(L, -2, ml_type_traits_get(t)->name);
+    const char *name = ml_type_traits_get(t)->name, *dot = or_default(k->by_dot[t], "ref");
+    /* the level a table name belongs to: "avx512-vnni" is avx512 */
+    size_t n = strcspn(dot, "-");
+    lua_pushlstring(L, dot, n);
+    lua_setfield(L, -3, name);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, dot);
+    lua_setfield(L, -2, "dot");
+    lua_pushstring(L, k->gemv[t] ? or_default(k->by_gemv[t], "ref") : "none");
+    lua_setfield(L, -2, "gemv");
+    lua_pushstring(L, k->gemm[t] ? or_default(k->by_gemm[t], "ref") : "none");
+    lua_setfield(L, -2, "gemm");
+    lua_setfield(L, -2, name);
   }
-  return 2;
+  return 3;
 }
 
 static void setbool(lua_State *L, const char *k, int v) {
@@ -122,6 +122,137 @@ static int l_clock(lua_State *L) {
   return 1;
 }
 
+/* ---- kernel test hooks (spec/kernels_spec.lua, bench/matmul.lua), not public API ---- */
+
+#define ML_WEIGHT_MT "moonlm.weight"
+
+static const ml_kernels *check_table(lua_State *L, int i) {
+  if (lua_isnoneornil(L, i)) return ml_kernels_active();
+  const ml_kernels *k = ml_kernels_named(luaL_checkstring(L, i));
+  if (!k) luaL_argerror(L, i, "kernel table not available on this CPU or build");
+  return k;
+}
+
+/* _weight(w [, table [, pack]]) -> w prepared for a kernel table (default: the active
+ * level); pack = false keeps the original only. */
+static int l_weight(lua_State *L) {
+  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  const ml_kernels *k = check_table(L, 2);
+  int flags = lua_isnoneornil(L, 3) || lua_toboolean(L, 3) ? 0 : ML_WEIGHT_NO_PACK;
+  ml_weight *w = lua_newuserdatauv(L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
+  luaL_setmetatable(L, ML_WEIGHT_MT);
+  if (ml_weight_prepare_with(w, t, k, flags) < 0) return ml_lua_error(L);
+  return 1;
+}
+
+/* w:mm(x [, path [, y]]) -> y = x wT; x (M, K) f32 with unit column stride, any row
+ * stride; path "auto" | "gemv" | "gemm" | "plain"; y (M, N) f32 to write into. */
+static int w_mm(lua_State *L) {
+  ml_weight *w = luaL_checkudata(L, 1, ML_WEIGHT_MT);
+  ml_tensor *x = ml_lua_check_tensor(L, 2);
+  static const char *const paths[] = {"auto", "gemv", "gemm", "plain", NULL};
+  int path = luaL_checkoption(L, 3, "auto", paths);
+  if (x->type != ML_TYPE_F32 || x->ndim != 2 || x->shape[1] != w->K || (x->stride[1] != 1 && w->K > 1))
+    return luaL_argerror(L, 2, "expected an f32 (M, K) tensor with contiguous rows");
+  int64_t M = x->shape[0], ldx = x->stride[0];
+  ml_tensor *y = ml_lua_test_tensor(L, 4);
+  if (y) {
+    if (y->type != ML_TYPE_F32 || y->ndim != 2 || y->shape[0] != M || y->shape[1] != w->N ||
+        (y->stride[1] != 1 && w->N > 1))
+      return luaL_argerror(L, 4, "expected an f32 (M, N) tensor with contiguous rows");
+    lua_pushvalue(L, 4);
+  } else {
+    y = ml_lua_push_tensor(L);
+    int64_t shape[2] = {M, w->N};
+    if (ml_tensor_init(y, ML_TYPE_F32, 2, shape, 0) < 0) return ml_lua_error(L);
+  }
+  if (ml_mm_w_path(w, ml_tensor_data(x), ldx, M, ml_tensor_data(y), y->stride[0], (ml_mm_path)path) < 0)
+    return ml_lua_error(L);
+  return 1;
+}
+
+static void setstr(lua_State *L, const char *k, const char *v) {
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* w:info() -> { table, packed, packed_bytes, prepare_seconds, dot, gemv, gemm } */
+static int w_info(lua_State *L) {
+  ml_weight *w = luaL_checkudata(L, 1, ML_WEIGHT_MT);
+  lua_newtable(L);
+  setstr(L, "table", w->k->name);
+  lua_pushboolean(L, w->packed != NULL);
+  lua_setfield(L, -2, "packed");
+  lua_pushinteger(L, (lua_Integer)w->packed_bytes);
+  lua_setfield(L, -2, "packed_bytes");
+  lua_pushnumber(L, w->prepare_seconds);
+  lua_setfield(L, -2, "prepare_seconds");
+  setstr(L, "dot", or_default(w->k->by_dot[w->type], "ref"));
+  setstr(L, "gemv", w->k->gemv[w->type] ? or_default(w->k->by_gemv[w->type], "ref") : "none");
+  setstr(L, "gemm", w->k->gemm[w->type] ? or_default(w->k->by_gemm[w->type], "ref") : "none");
+  return 1;
+}
+
+static int w_gc(lua_State *L) {
+  ml_weight_release(luaL_checkudata(L, 1, ML_WEIGHT_MT));
+  return 0;
+}
+
+/* _act_bytes(table, dtype, x) -> the bytes table's quantize[] writes for the f32 vector x
+ * in that vec_dot type (to compare levels with ref). */
+static int l_act_bytes(lua_State *L) {
+  const ml_kernels *k = check_table(L, 1);
+  ml_type vt = ml_lua_check_dtype(L, 2, ML_TYPE_F32);
+  ml_tensor *x = ml_lua_check_tensor(L, 3);
+  int64_t n = ml_tensor_numel(x);
+  const ml_type_traits *tr = ml_type_traits_get(vt);
+  if (!k->quantize[vt] || n % tr->blck) return luaL_argerror(L, 2, "no activation quantizer for this type and size");
+  if (x->type != ML_TYPE_F32 || !ml_tensor_is_contiguous(x)) return luaL_argerror(L, 3, "expected a contiguous f32 tensor");
+  size_t nb = ml_type_nbytes(vt, n);
+  void *buf = lua_newuserdatauv(L, nb ? nb : 1, 0);
+  k->quantize[vt](ml_tensor_data(x), buf, n);
+  lua_pushlstring(L, buf, nb);
+  return 1;
+}
+
+/* _x16_check(w) -> max |dequantized from the x16 packed copy - dequantized w|, or nil
+ * when the type has no packed layout */
+static int l_x16_check(lua_State *L) {
+  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  double diff;
+  if (t->ndim != 2 || !ml_tensor_is_contiguous(t)) return luaL_argerror(L, 1, "expected a contiguous matrix");
+  int rc = ml_x16_selfcheck(t->type, ml_tensor_data(t), t->shape[0], t->shape[1], &diff);
+  if (rc < 0) return ml_lua_error(L);
+  if (rc == 0) lua_pushnil(L);
+  else lua_pushnumber(L, diff);
+  return 1;
+}
+
+/* _amx_emu_selftest() -> true | false, message: the tile emulator against plain loops */
+static int l_amx_emu_selftest(lua_State *L) {
+  char msg[256];
+  lua_pushboolean(L, ml_amx_emu_selftest(msg, sizeof msg));
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+static const luaL_Reg weight_methods[] = {{"mm", w_mm}, {"info", w_info}, {"release", w_gc}, {NULL, NULL}};
+
+static void open_kernel_hooks(lua_State *L) {
+  if (luaL_newmetatable(L, ML_WEIGHT_MT)) {
+    luaL_newlib(L, weight_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, w_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  static const luaL_Reg hooks[] = {
+    {"_weight", l_weight}, {"_act_bytes", l_act_bytes}, {"_x16_check", l_x16_check},
+    {"_amx_emu_selftest", l_amx_emu_selftest}, {NULL, NULL}};
+  luaL_setfuncs(L, hooks, 0);
+}
+
 static const luaL_Reg funcs[] = {
   {"clock", l_clock}, {"threads", l_threads}, {"isa", l_isa}, {"info", l_info}, {NULL, NULL}};
 
@@ -131,6 +262,7 @@ int luaopen_moonlm_core(lua_State *L) {
   luaL_newlib(L, funcs);
   ml_lua_open_tensor(L);
   lua_setfield(L, -2, "tensor");
+  open_kernel_hooks(L);
   ml_lua_open_gguf(L);
   ml_lua_open_model(L);
   ml_register_names(L, "");

@@ -21,15 +21,23 @@
 
 #include "../common.h"
 
-/* Level tables provided by the other files of this folder (weak: a build may leave one out). */
+/* Level tables provided by the other files of this folder (weak: a build may leave one out).
+ * The avx512 level is avx512.c (F/BW/VL/DQ) overlaid by avx512vnni.c's tables where the CPU
+ * has VNNI and BF16. amx-emu is amx.c built against the tile emulator: a test-only table
+ * (ml_kernels_named), never chosen by the dispatcher. */
 extern const ml_kernels ml_kernels_avx2 __attribute__((weak));
 extern const ml_kernels ml_kernels_avx512 __attribute__((weak));
+extern const ml_kernels ml_kernels_avx512_vnni __attribute__((weak));
+extern const ml_kernels ml_kernels_avx512_bf16 __attribute__((weak));
 extern const ml_kernels ml_kernels_amx __attribute__((weak));
+extern const ml_kernels ml_kernels_amx_emu __attribute__((weak));
 
 static ml_cpu cpu;
 static ml_level supported, active;
 static ml_kernels tables[ML_LEVEL_COUNT];
 static int have_table[ML_LEVEL_COUNT];
+static ml_kernels base512, emu; /* test-only tables: avx512 without VNNI/BF16; AMX emulated */
+static int have_base512, have_emu;
 static char warning[160];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -105,7 +113,8 @@ static void init(void) {
   detect();
   supported = ML_LEVEL_REF;
   if (cpu.avx2 && cpu.fma && cpu.f16c) supported = ML_LEVEL_AVX2;
-  if (supported == ML_LEVEL_AVX2 && cpu.avx512f && cpu.avx512bw && cpu.avx512vl) supported = ML_LEVEL_AVX512;
+  if (supported == ML_LEVEL_AVX2 && cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq)
+    supported = ML_LEVEL_AVX512;
   if (supported == ML_LEVEL_AVX512 && cpu.amx_tile && cpu.amx_int8 && cpu.amx_bf16) supported = ML_LEVEL_AMX;
   const ml_kernels *lv[ML_LEVEL_COUNT] = {&ml_kernels_ref, &ml_kernels_avx2, &ml_kernels_avx512, &ml_kernels_amx};
   tables[0] = ml_kernels_ref;
@@ -115,10 +124,23 @@ static void init(void) {
     if (l <= (int)supported && lv[l]) {
       ml_kernels_merge(&tables[l], lv[l]);
       have_table[l] = 1;
+      if (l == ML_LEVEL_AVX512) {
+        base512 = tables[l];
+        have_base512 = 1;
+        if (cpu.avx512vnni && &ml_kernels_avx512_vnni) ml_kernels_merge(&tables[l], &ml_kernels_avx512_vnni);
+        if (cpu.avx512bf16 && &ml_kernels_avx512_bf16) ml_kernels_merge(&tables[l], &ml_kernels_avx512_bf16);
+      }
     }
   }
   active = supported;
   while (active > 0 && !have_table[active]) active--;
+  if (&ml_kernels_amx_emu) { /* over the best level below amx */
+    int below = active < ML_LEVEL_AMX ? (int)active : ML_LEVEL_AVX512;
+    while (below > 0 && !have_table[below]) below--;
+    emu = tables[below];
+    ml_kernels_merge(&emu, &ml_kernels_amx_emu);
+    have_emu = 1;
+  }
   const char *env = getenv("MOONLM_ISA");
   if (env && *env) {
     int want = -1;
@@ -175,4 +197,13 @@ int ml_level_set(const char *name) {
 const char *ml_dispatch_warning(void) {
   pthread_once(&once, init);
   return warning[0] ? warning : NULL;
+}
+
+const ml_kernels *ml_kernels_named(const char *name) {
+  pthread_once(&once, init);
+  for (int l = 0; l < ML_LEVEL_COUNT; l++)
+    if (strcmp(name, names[l]) == 0) return have_table[l] ? &tables[l] : NULL;
+  if (strcmp(name, "avx512-base") == 0) return have_base512 ? &base512 : NULL;
+  if (strcmp(name, "amx-emu") == 0) return have_emu ? &emu : NULL;
+  return NULL;
 }

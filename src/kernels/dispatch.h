@@ -27,4 +27,16 @@ const ml_kernels *ml_kernels_for(ml_level l);
 /* A warning from start-up (MOONLM_ISA asked for a level the CPU lacks), or NULL. */
 const char *ml_dispatch_warning(void);
 
+/* A kernel table by name, for tests and benchmarks: a level ("ref", "avx2", "avx512",
+ * "amx") as the dispatcher built it, or a test-only table: "avx512-base" (the avx512 level
+ * without its VNNI / BF16 kernels, as on CPUs that lack them) and "amx-emu" (the AMX
+ * kernels compiled against the tile emulator, over the best level below amx). NULL if this
+ * CPU or build cannot run it. The dispatcher never chooses a test-only table. */
+const ml_kernels *ml_kernels_named(const char *name);
+
+/* amx.c built against the emulator: checks the emulated tile instructions against plain
+ * loops (config, loads with row/column edges, the dot products, stores). 1 if all agree,
+ * else 0 and what differed in msg. */
+int ml_amx_emu_selftest(char *msg, size_t n);
+
 #endif

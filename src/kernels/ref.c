@@ -317,8 +317,20 @@ void ml_kernels_merge(ml_kernels *dst, const ml_kernels *src) {
     if (src->vec_dot[t]) {
       dst->vec_dot[t] = src->vec_dot[t];
       dst->matmul[t] = NULL;
+      dst->by_dot[t] = src->name;
     }
-    if (src->matmul[t]) dst->matmul[t] = src->matmul[t];
+    if (src->matmul[t]) {
+      dst->matmul[t] = src->matmul[t];
+      dst->by_dot[t] = src->name;
+    }
+    if (src->gemv[t]) {
+      dst->gemv[t] = src->gemv[t];
+      dst->by_gemv[t] = src->name;
+    }
+    if (src->gemm[t]) {
+      dst->gemm[t] = src->gemm[t];
+      dst->by_gemm[t] = src->name;
+    }
   }
 }
 

@@ -1,0 +1,44 @@
+/* x16.h: byte layout of the x16 packed weight blocks (kernels.h has the API), shared by
+ * the packer (pack.c) and the kernels that read it. Internal to src/kernels.
+ *
+ * One packed block = the same GGUF block of 16 rows. Notation: r < 16 row, i < 4 byte in
+ * a 4-byte group, g k-group, [a][b] outer index first, d/dmin/m arrays of 16 f16.
+ *
+ *   q8_0  d | q[8 g][16 r][4 i] = qs[4g+i]
+ *   q4_0  d | q[4 g][16 r][4 i] = qs[4g+i]   low nibble: k-group g, high nibble: g + 4
+ *   q4_1  d | m | q as q4_0
+ *   q5_0  d | hb[8 g] u64, bit 4r+i = bit 4g+i of qh (the 5th bit of k-group g) | q
+ *   q5_1  d | m | hb | q
+ *   q4_K  d | dmin | sc[3][16] u32 = scales bytes 4j..4j+3 of row r |
+ *         q[4 c][8 g][16 r][4 i] = qs[32c+4g+i]   low nibble: sub-block 2c, high: 2c + 1
+ *   q5_K  d | dmin | sc | hb[8 j][8 g] u64, bit 4r+i = bit j of qh[4g+i] | q as q4_K
+ *   q6_K  d | sc[16 j][16 r] i8 | ql[2 h][2 kk][8 g][16 r][4 i] = ql[64h+32kk+4g+i] |
+ *         qh[2 h][8 g][16 r][4 i] = qh[32h+4g+i]
+ *         element 128h+32k+4g+i: ql nibble of kk = k & 1 (low if k < 2), qh bits 2k..2k+1
+ *   q3_K  d | sc[3][16] u32 | q[2 h][8 g][16 r][4 i] = qs[32h+4g+i] |
+ *         hm[8 g][16 r][4 i] = hmask[4g+i]
+ *         element 128h+32k+4g+i: bits 2k..2k+1 of q, bit 4h+k of hm
+ *   q2_K  d | dmin | sc[16 j][16 r] u8 | q[2 h][8 g][16 r][4 i] = qs[32h+4g+i]
+ *   bf16  blocks of 32: p[16 kp][16 r][2] = elements 2kp, 2kp+1 (an AMX-BF16 B tile)
+ *   f16   blocks of 32: p[32 k][16 r]
+ *
+ * The offsets below are in bytes from the start of a packed block.
+ */
+#ifndef ML_X16_LAYOUT_H
+#define ML_X16_LAYOUT_H
+
+enum {
+  X16_Q8_0_Q = 32, X16_Q8_0_BYTES = 544,
+  X16_Q4_0_Q = 32, X16_Q4_0_BYTES = 288,
+  X16_Q4_1_M = 32, X16_Q4_1_Q = 64, X16_Q4_1_BYTES = 320,
+  X16_Q5_0_HB = 32, X16_Q5_0_Q = 96, X16_Q5_0_BYTES = 352,
+  X16_Q5_1_M = 32, X16_Q5_1_HB = 64, X16_Q5_1_Q = 128, X16_Q5_1_BYTES = 384,
+  X16_Q4_K_DMIN = 32, X16_Q4_K_SC = 64, X16_Q4_K_Q = 256, X16_Q4_K_BYTES = 2304,
+  X16_Q5_K_DMIN = 32, X16_Q5_K_SC = 64, X16_Q5_K_HB = 256, X16_Q5_K_Q = 768, X16_Q5_K_BYTES = 2816,
+  X16_Q6_K_SC = 32, X16_Q6_K_QL = 288, X16_Q6_K_QH = 2336, X16_Q6_K_BYTES = 3360,
+  X16_Q3_K_SC = 32, X16_Q3_K_Q = 224, X16_Q3_K_HM = 1248, X16_Q3_K_BYTES = 1760,
+  X16_Q2_K_DMIN = 32, X16_Q2_K_SC = 64, X16_Q2_K_Q = 320, X16_Q2_K_BYTES = 1344,
+  X16_BF16_BYTES = 1024, X16_F16_BYTES = 1024
+};
+
+#endif

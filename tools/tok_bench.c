@@ -7,6 +7,9 @@
  * each vocabulary (best of 5) and prints MB/s; then times loading the qwen2 vocabulary
  * (151,936 tokens, 151,387 merges): opening the GGUF and building the tokenizer.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

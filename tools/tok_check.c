@@ -7,10 +7,16 @@
  *   - detokenize the ids (dummy-prefix space stripped) and compare with the input (NFC of
  *     the input for vocabs that normalize);
  *   - push the ids through the streaming decoder and compare with the same text;
- *   - round-trip 2000 random strings (mixed scripts, emoji, white space, some invalid UTF-8).
+ *   - round-trip 2000 random strings (mixed scripts, emoji, white space, some invalid UTF-8),
+ *     and stream the valid ones;
+ *   - tokenize the cases from 4 threads at once with the one vocab: same ids.
  * Then the stories260K examples of SHARED/models/README.md (with BOS).
  * Prints per-vocab counts and the first mismatch in detail; exits 1 on any failure.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,8 +143,58 @@ static char *expected_text(const ml_vocab *v, const char *s, size_t n, size_t *l
 }
 
 typedef struct stats {
-  int cases, tok_ok, detok_ok, stream_ok, rand_ok, rand_n;
+  int cases, tok_ok, detok_ok, stream_ok, rand_ok, rand_n, rstream_ok, rstream_n, nfc_changed;
 } stats;
+
+/* Threads: each tokenizes every case `reps` times and compares with the expected ids. */
+typedef struct job {
+  const ml_vocab *v;
+  const char *inp, *out;
+  size_t il;
+  int reps, bad;
+} job;
+
+static void *thread_main(void *arg) {
+  job *j = arg;
+  int32_t *ids = NULL, exp[4096];
+  for (int r = 0; r < j->reps; r++) {
+    const char *ip = j->inp, *op = j->out, *iend = j->inp + j->il;
+    while (ip < iend) {
+      const char *sep = strstr(ip, SEP), *eol = strchr(op, '\n');
+      if (!sep || !eol) break;
+      int ne = 0;
+      for (const char *q = op; q < eol;) {
+        char *e;
+        long x = strtol(q, &e, 10);
+        if (e == q) break;
+        exp[ne++] = (int32_t)x;
+        q = e;
+      }
+      int64_t k = tokenize(j->v, ip, (size_t)(sep - ip), 0, 0, &ids);
+      j->bad += !(k == ne && memcmp(ids, exp, (size_t)ne * 4) == 0);
+      ip = sep + strlen(SEP);
+      op = eol + 1;
+    }
+  }
+  free(ids);
+  return NULL;
+}
+
+static int check_threads(const ml_vocab *v, const char *inp, size_t il, const char *out) {
+  enum { NT = 4 };
+  pthread_t th[NT];
+  job jobs[NT];
+  int bad = 0;
+  for (int i = 0; i < NT; i++) {
+    jobs[i] = (job){v, inp, out, il, 20, 0};
+    if (pthread_create(&th[i], NULL, thread_main, &jobs[i]) != 0) return -1;
+  }
+  for (int i = 0; i < NT; i++) {
+    pthread_join(th[i], NULL);
+    bad += jobs[i].bad;
+  }
+  return bad;
+}
 
 static void check_roundtrip(const ml_vocab *v, const char *s, size_t n, const int32_t *ids, int64_t k,
                             stats *st, int *detok_ok, int *stream_ok, int show) {
@@ -232,7 +288,7 @@ static void check_vocab(const char *dir, const char *name) {
   int32_t *ids = NULL, exp[4096];
   char *ip = inp, *op = out, *iend = inp + il;
   int shown = 0, rt_shown = 0;
-  char nocases[256] = "";
+  char nocases[256] = "", nfc_cases[256] = "";
   while (ip < iend) {
     char *sep = strstr(ip, SEP), *eol = strchr(op, '\n');
     if (!sep || !eol) break;
@@ -258,6 +314,13 @@ static void check_vocab(const char *dir, const char *name) {
       else printf(" (error)\n");
     }
     int dok, sok;
+    size_t el;
+    char *e = expected_text(v, ip, n, &el);
+    if (el != n || memcmp(e, ip, n) != 0) {
+      st.nfc_changed++;
+      snprintf(nfc_cases + strlen(nfc_cases), sizeof nfc_cases - strlen(nfc_cases), " %d", st.cases);
+    }
+    free(e);
     check_roundtrip(v, ip, n, exp, ne, &st, &dok, &sok, !rt_shown);
     if (!dok) {
       rt_shown = 1;
@@ -271,7 +334,7 @@ static void check_vocab(const char *dir, const char *name) {
   }
   char buf[512];
   for (int i = 0; i < 2000; i++) {
-    size_t n = random_text(buf, 1);
+    size_t n = random_text(buf, i % 2);
     int64_t k = tokenize(v, buf, n, 0, 0, &ids);
     int dok = 0, sok = 0;
     if (k >= 0) {
@@ -287,20 +350,30 @@ static void check_vocab(const char *dir, const char *name) {
         if (dt) print_repr(dt, dl);
         printf("\n");
       }
+      if (i % 2 == 0) { /* valid UTF-8: the stream gives the same text */
+        size_t sl;
+        char *sm = stream(v, ids, k, ML_DETOK_STRIP_SPACE, &sl);
+        sok = sl == el && memcmp(sm, e, el) == 0;
+        st.rstream_ok += sok;
+        st.rstream_n++;
+        free(sm);
+      }
       free(dt);
       free(e);
-      (void)sok;
     }
     st.rand_ok += dok;
     st.rand_n++;
   }
+  int thread_bad = check_threads(v, inp, il, out);
   int pass = st.tok_ok == st.cases && st.detok_ok == st.cases && st.stream_ok == st.cases &&
-             st.rand_ok == st.rand_n;
+             st.rand_ok == st.rand_n && st.rstream_ok == st.rstream_n && thread_bad == 0;
   if (!pass) failures++;
-  printf("%-10s tokenize %d/%d  detokenize %d/%d  stream %d/%d  random round trip %d/%d%s%s\n", name,
-         st.tok_ok, st.cases, st.detok_ok, st.cases, st.stream_ok, st.cases, st.rand_ok, st.rand_n,
-         nocases[0] ? "  (no round trip:" : "", nocases[0] ? nocases : "");
-  if (nocases[0]) printf("%*s)\n", 0, "");
+  printf("%-10s tokenize %d/%d  detokenize %d/%d  stream %d/%d  random: round trip %d/%d stream %d/%d"
+         "  4 threads: %s\n",
+         name, st.tok_ok, st.cases, st.detok_ok, st.cases, st.stream_ok, st.cases, st.rand_ok, st.rand_n,
+         st.rstream_ok, st.rstream_n, thread_bad == 0 ? "same ids" : "DIFFER");
+  if (nocases[0]) printf("  no round trip for cases%s\n", nocases);
+  if (nfc_cases[0]) printf("  NFC changes the input of cases%s: these round-trip to the NFC form\n", nfc_cases);
   free(ids);
   free(inp);
   free(out);

@@ -8,11 +8,13 @@
 --
 -- Value model (shared with moonlm.template):
 --   array   table with metatable json.array_mt (json.array(t)), or a plain table whose
---           t[1] is non-nil, or an empty plain table
+--           t[1] is non-nil, or an empty plain table (the encoder also checks that such
+--           a plain table has no keys besides 1..#t, else encodes it as an object)
 --   object  table with metatable json.object_mt (json.object(t, keys)), or a plain table
 --           with non-sequence keys; key order is the recorded insertion order, else sorted
---   float   a Lua number that is a float (non-integral, or math.type "float" on 5.3+),
---           or json.float(x) for an integral float under LuaJIT (prints "1.0", not "1")
+--   float   a Lua number that is a float (math.type "float" on 5.3+; on LuaJIT, where all
+--           numbers are doubles: non-integral, -0.0, or beyond 2^53), or json.float(x),
+--           which on LuaJIT boxes an integral float so it prints "1.0", not "1"
 --   null    json.null
 
 local _M = {}
@@ -145,8 +147,11 @@ local is_float
 if math_type then
   is_float = function(x) return math_type(x) == "float" end
 else
-  -- LuaJIT numbers are all doubles: integral values count as ints, except -0.0
-  is_float = function(x) return x ~= floor(x) or x - x ~= 0 or (x == 0 and 1 / x < 0) end
+  -- LuaJIT numbers are all doubles: integral values count as ints, except -0.0 and values
+  -- beyond 2^53, which a double cannot hold exactly as ints anyway
+  is_float = function(x)
+    return x ~= floor(x) or x - x ~= 0 or (x == 0 and 1 / x < 0) or x >= 2 ^ 53 or x <= -2 ^ 53
+  end
 end
 _M.is_float = is_float
 
@@ -259,7 +264,7 @@ local function parse_string(s, pos)
     local e = byte(s, j + 1)
     if e == 117 then -- \uXXXX
       local hex = s:match("^%x%x%x%x", j + 2)
-      if not hex then decode_error(s, j, "invalid \\u escape") end
+      if not hex then decode_error(s, j + 1, "invalid \\uXXXX escape") end
       local cp = tonumber(hex, 16)
       i = j + 6
       if cp >= 0xD800 and cp <= 0xDBFF then
@@ -474,6 +479,12 @@ function _M.encode(value, opts)
     elseif tv == "table" then
       if depth >= MAX_DEPTH then enc_error("nesting too deep (circular reference?)") end
       local kind = table_kind(v)
+      if kind == "array" and getmetatable(v) == nil then
+        -- a plain table with t[1] set is an array only if 1..#t are all its keys
+        local cnt = 0
+        for _ in next, v do cnt = cnt + 1 end
+        if cnt ~= #v then kind = "object" end
+      end
       local nl
       if indent then nl = "\n" .. rep(indent, depth + 1) end
       if kind == "array" then

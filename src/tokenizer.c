@@ -52,8 +52,8 @@ struct ml_vocab {
   int16_t byte_dec[0x144];    /* BPE: byte-level char -> byte, -1 */
   int32_t *special;           /* (n_special) ids of control/user-defined/unknown tokens, longest first */
   int32_t n_special;
-  uint32_t sp_first[257];     /* sp_by_byte[sp_first[b] .. sp_first[b+1]): indices into special[] of */
-  int32_t *sp_by_byte;        /* the special tokens starting with byte b, in priority order */
+  uint32_t sp_first[2][257];  /* sp_by_byte[s][sp_first[s][b] .. sp_first[s][b+1]): indices into */
+  int32_t *sp_by_byte[2];     /* special[] of the tokens of set s starting with byte b, by priority */
   uint32_t glue[8];            /* SPM: characters found before "▁" inside tokens (llama: "▁") */
   int n_glue;                  /* -1: too many to list, never split */
   ml_pretok pretok;
@@ -83,7 +83,7 @@ static uint32_t hash_bytes(const void *p, size_t n) {
     n -= 8;
   }
   x = 0;
-  memcpy(&x, s, n);
+  if (n) memcpy(&x, s, n);
   return (uint32_t)mix64(h ^ x);
 }
 
@@ -154,8 +154,8 @@ static int is_int_type(ml_gguf_vtype t) {
          t == ML_GGUF_UINT32 || t == ML_GGUF_INT32 || t == ML_GGUF_UINT64 || t == ML_GGUF_INT64;
 }
 
-/* The array under key with elements accepted by `elem_ok`, or NULL (error set if present
- * but malformed; *bad tells the two apart). */
+/* The array under key, of strings or of numbers; NULL if absent, or if malformed with the
+ * error set and *bad = 1. */
 static const ml_gguf_value *get_array(const ml_gguf *g, const char *key, int want_str, int *bad) {
   const ml_gguf_kv *kv = ml_gguf_find(g, key);
   *bad = 0;
@@ -243,6 +243,8 @@ static int load_model(ml_vocab *v) {
   copy_str(v->model, sizeof v->model, model);
   v->info.model = v->model;
   v->info.pre = v->pre;
+  const ml_gguf_str *pre = ml_gguf_get_str(v->g, KEY("pre"));
+  copy_str(v->pre, sizeof v->pre, pre);
   if (model->len == 5 && memcmp(model->s, "llama", 5) == 0) {
     v->info.type = ML_VOCAB_SPM;
     v->info.add_bos = 1;
@@ -257,12 +259,10 @@ static int load_model(ml_vocab *v) {
   }
   v->info.type = ML_VOCAB_BPE;
   v->info.clean_spaces = 1;
-  const ml_gguf_str *pre = ml_gguf_get_str(v->g, KEY("pre"));
   if (!pre) { /* llama.cpp warns and uses "default" */
     v->pretok = ML_PRETOK_DEFAULT;
     return 0;
   }
-  copy_str(v->pre, sizeof v->pre, pre);
   for (size_t i = 0; i < sizeof pre_defs / sizeof pre_defs[0]; i++) {
     const struct pre_def *d = &pre_defs[i];
     if (strlen(d->name) != pre->len || memcmp(d->name, pre->s, pre->len) != 0) continue;
@@ -303,10 +303,13 @@ static int load_tokens(ml_vocab *v) {
               (unsigned long long)scores->v.arr.n, (unsigned long long)n);
     return -1;
   }
-  if (types && (types->v.arr.n != n || !is_int_type(types->v.arr.type))) {
-    ml_seterr(KEY("token_type") " has %llu %s entries but " KEY("tokens") " has %llu",
-              (unsigned long long)types->v.arr.n, ml_gguf_vtype_name(types->v.arr.type),
-              (unsigned long long)n);
+  if (types && !is_int_type(types->v.arr.type)) {
+    ml_seterr(KEY("token_type") ": expected integers, found %s", ml_gguf_vtype_name(types->v.arr.type));
+    return -1;
+  }
+  if (types && types->v.arr.n != n) {
+    ml_seterr(KEY("token_type") " has %llu entries but " KEY("tokens") " has %llu",
+              (unsigned long long)types->v.arr.n, (unsigned long long)n);
     return -1;
   }
   v->score = ml_calloc(n * sizeof *v->score);
@@ -361,7 +364,6 @@ static int build_token_index(ml_vocab *v) {
   return 0;
 }
 
-/* "left right" -> rank = index. */
 static void merge_insert(ml_vocab *v, int32_t a, int32_t b, int32_t c, int32_t rank) {
   uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
   uint32_t i = (uint32_t)mix64(key) & v->merge_mask;
@@ -373,6 +375,8 @@ static void merge_insert(ml_vocab *v, int32_t a, int32_t b, int32_t c, int32_t r
   v->info.n_merges++;
 }
 
+/* tokenizer.ggml.merges[r] = "left right" -> (left id, right id) gives rank r and the id of
+ * left + right. The lookups of a batch of merges are prefetched together. */
 static int build_merges(ml_vocab *v) {
   int bad;
   const ml_gguf_value *mg = get_array(v->g, KEY("merges"), 1, &bad);
@@ -623,8 +627,9 @@ static int build_specials(ml_vocab *v) {
     if ((v->attr[id] & (ML_TOKEN_CONTROL | ML_TOKEN_USER_DEFINED | ML_TOKEN_UNKNOWN)) && v->text[id].len) k++;
   int64_t *order = ml_alloc((size_t)(k ? k : 1) * sizeof *order);
   v->special = ml_alloc((size_t)(k ? k : 1) * sizeof *v->special);
-  v->sp_by_byte = ml_alloc((size_t)(k ? k : 1) * sizeof *v->sp_by_byte);
-  if (!order || !v->special || !v->sp_by_byte) {
+  v->sp_by_byte[0] = ml_alloc((size_t)(k ? k : 1) * sizeof *v->sp_by_byte[0]);
+  v->sp_by_byte[1] = ml_alloc((size_t)(k ? k : 1) * sizeof *v->sp_by_byte[1]);
+  if (!order || !v->special || !v->sp_by_byte[0] || !v->sp_by_byte[1]) {
     ml_free(order);
     return -1;
   }
@@ -636,13 +641,21 @@ static int build_specials(ml_vocab *v) {
   for (int32_t i = 0; i < k; i++) v->special[i] = (int32_t)(order[i] & 0xFFFFFFFF);
   ml_free(order);
   v->n_special = k;
-  /* bucket by first byte, keeping priority order inside each bucket */
+  /* Bucket by first byte, keeping priority order inside each bucket; set 0 holds what is
+   * matched without parse_special (user-defined tokens that are neither control nor
+   * unknown), set 1 every special token. */
   memset(v->sp_first, 0, sizeof v->sp_first);
-  for (int32_t i = 0; i < k; i++) v->sp_first[(uint8_t)v->text[v->special[i]].s[0] + 1]++;
-  for (int b = 0; b < 256; b++) v->sp_first[b + 1] += v->sp_first[b];
-  uint32_t fill[256];
-  memcpy(fill, v->sp_first, sizeof fill);
-  for (int32_t i = 0; i < k; i++) v->sp_by_byte[fill[(uint8_t)v->text[v->special[i]].s[0]]++] = i;
+  for (int set = 0; set < 2; set++) {
+    uint32_t *first = v->sp_first[set], fill[256];
+    for (int32_t i = 0; i < k; i++)
+      if (set || !(v->attr[v->special[i]] & (ML_TOKEN_CONTROL | ML_TOKEN_UNKNOWN)))
+        first[(uint8_t)v->text[v->special[i]].s[0] + 1]++;
+    for (int b = 0; b < 256; b++) first[b + 1] += first[b];
+    memcpy(fill, first, sizeof fill);
+    for (int32_t i = 0; i < k; i++)
+      if (set || !(v->attr[v->special[i]] & (ML_TOKEN_CONTROL | ML_TOKEN_UNKNOWN)))
+        v->sp_by_byte[set][fill[(uint8_t)v->text[v->special[i]].s[0]]++] = i;
+  }
   return 0;
 }
 
@@ -701,7 +714,8 @@ void ml_vocab_free(ml_vocab *v) {
   ml_free(v->tok);
   ml_free(v->merge);
   ml_free(v->special);
-  ml_free(v->sp_by_byte);
+  ml_free(v->sp_by_byte[0]);
+  ml_free(v->sp_by_byte[1]);
   ml_gguf_release(v->g);
   ml_free(v);
 }
@@ -876,11 +890,12 @@ static int is_space(uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 static int partition(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, int parse_special) {
   sc->n_frags = sc->n_occ = 0;
   if (n == 0) return 0;
+  const uint32_t *first = v->sp_first[parse_special != 0];
+  const int32_t *by_byte = v->sp_by_byte[parse_special != 0];
   for (size_t p = 0; p < n; p++) {
-    for (uint32_t k = v->sp_first[s[p]], end = v->sp_first[s[p] + 1]; k < end; k++) {
-      int32_t r = v->sp_by_byte[k], id = v->special[r];
+    for (uint32_t k = first[s[p]], end = first[s[p] + 1]; k < end; k++) {
+      int32_t r = by_byte[k], id = v->special[r];
       size_t l = (size_t)v->text[id].len;
-      if (!parse_special && (v->attr[id] & (ML_TOKEN_CONTROL | ML_TOKEN_UNKNOWN))) continue;
       if (l > n - p || memcmp(v->text[id].s, s + p, l) != 0) continue;
       if (grow(&sc->occ, &sc->cap_occ, sc->n_occ + 1, 8)) return -1;
       sc->occ[sc->n_occ++] = (uint64_t)r << 32 | p;

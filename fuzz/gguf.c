@@ -5,6 +5,12 @@
  * first and last byte, and every lookup; then copies each value and tensor into a writer, as
  * a re-write would. ASan catches a pointer outside the input; the checks below catch a
  * result that contradicts itself.
+ *
+ * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc fuzz/gguf.c src/gguf.c \
+ *          src/error.c src/dtype.c src/quant.c -o fuzz_gguf
+ * Run:   mkdir -p /tmp/gguf-corpus && ./fuzz_gguf -rss_limit_mb=2048 -malloc_limit_mb=512 \
+ *          -max_len=16384 -max_total_time=600 /tmp/gguf-corpus fuzz/seeds/gguf ../shared/tokenizer
+ * (new inputs go to the first directory, so that one is scratch, never the seeds)
  */
 #include "gguf.h"
 #include "common.h"

@@ -84,6 +84,7 @@ typedef struct chunk {
 typedef struct strindex {
   uint32_t *slot;
   size_t mask;
+  uint64_t seed; /* per index, so a file cannot be crafted to make every name collide */
 } strindex;
 
 typedef struct gguf_priv {
@@ -132,9 +133,14 @@ static void *arena_array(gguf_priv *a, uint64_t n, size_t sz) {
   return arena_alloc(a, (size_t)n * sz);
 }
 
-static uint64_t hash_bytes(const char *s, size_t n) { /* FNV-1a */
-  uint64_t h = 14695981039346656037u;
+/* FNV-1a from a seed, then a final mix: FNV's low bits, which pick the slot, depend only
+ * on the low bits of the input bytes until mixed. */
+static uint64_t hash_bytes(uint64_t seed, const char *s, size_t n) {
+  uint64_t h = 14695981039346656037u ^ seed;
   for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211u;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdu;
+  h ^= h >> 33;
   return h;
 }
 
@@ -145,6 +151,7 @@ static int index_init(gguf_priv *a, strindex *ix, uint64_t n) {
   if (!ix->slot) return -1;
   memset(ix->slot, 0, cap * sizeof *ix->slot);
   ix->mask = cap - 1;
+  ix->seed = (uint64_t)(uintptr_t)ix->slot * 0x9e3779b97f4a7c15u; /* heap addresses vary */
   return 0;
 }
 
@@ -152,7 +159,7 @@ static int index_init(gguf_priv *a, strindex *ix, uint64_t n) {
  * holds s, or the empty slot where it belongs. */
 static size_t index_slot(const strindex *ix, const char *base, size_t stride,
                          const char *s, size_t n) {
-  size_t h = (size_t)hash_bytes(s, n) & ix->mask;
+  size_t h = (size_t)hash_bytes(ix->seed, s, n) & ix->mask;
   for (;; h = (h + 1) & ix->mask) {
     uint32_t e = ix->slot[h];
     const ml_gguf_str *k;
@@ -451,7 +458,8 @@ static int parse(ml_gguf *g, rd *r, int flags) {
                 (unsigned long long)n_kv, (unsigned long long)n_tensors);
   if (n_kv && !(g->kv = arena_array(r->a, n_kv, sizeof *g->kv))) return -1;
   if (n_tensors && !(g->tensors = arena_array(r->a, n_tensors, sizeof *g->tensors))) return -1;
-  if (index_init(r->a, &r->a->keys, n_kv) || index_init(r->a, &r->a->names, n_tensors))
+  if ((n_kv && index_init(r->a, &r->a->keys, n_kv)) ||
+      (n_tensors && index_init(r->a, &r->a->names, n_tensors)))
     return -1;
   if (parse_kv(g, r, n_kv) || parse_alignment(g, r)) return -1;
   return parse_tensors(g, r, n_tensors, flags);

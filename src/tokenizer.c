@@ -779,39 +779,49 @@ static void put(outbuf *o, int32_t id) {
   o->n++;
 }
 
-/* Make *p hold at least `need` elements of `size` bytes; contents are kept. */
-static int grow(void *pp, size_t *cap, size_t need, size_t size) {
-  void **p = pp;
-  if (need <= *cap) return 0;
+/* p resized to hold at least `need` elements of `size` bytes (contents kept), or p itself
+ * with *err set if that fails. Used through GROW, which assigns the result back. */
+static void *grow(void *p, size_t *cap, size_t need, size_t size, int *err) {
+  if (need <= *cap) return p;
   size_t n = ML_MAX(need, *cap + *cap / 2);
   n = ML_MAX(n, (size_t)64);
-  void *q = realloc(*p, n * size);
+  void *q = realloc(p, n * size);
   if (!q) {
     ml_seterr("out of memory (%zu bytes of tokenizer scratch)", n * size);
-    return -1;
+    *err = 1;
+    return p;
   }
-  *p = q;
   *cap = n;
-  return 0;
+  return q;
 }
 
+#define GROW(ptr, cap, need, err) ((ptr) = grow((ptr), &(cap), (need), sizeof *(ptr), &(err)))
+
 static int grow_cp(scratch *sc, size_t need) {
+  size_t c[5] = {sc->cap_cp, sc->cap_cp, sc->cap_cp, sc->cap_cp, sc->cap_cp};
+  int err = 0;
   if (need <= sc->cap_cp) return 0;
-  size_t c = sc->cap_cp, c1 = c, c2 = c, c3 = c, c4 = c;
-  if (grow(&sc->cp, &c, need, 4) || grow(&sc->off, &c1, need, 4) || grow(&sc->ends, &c2, need, 4) ||
-      grow(&sc->tmp, &c3, need, 4) || grow(&sc->fl, &c4, need, 1))
-    return -1;
-  sc->cap_cp = ML_MIN(ML_MIN(ML_MIN(c, c1), ML_MIN(c2, c3)), c4);
+  GROW(sc->cp, c[0], need, err);
+  GROW(sc->off, c[1], need, err);
+  GROW(sc->ends, c[2], need, err);
+  GROW(sc->tmp, c[3], need, err);
+  GROW(sc->fl, c[4], need, err);
+  if (err) return -1;
+  sc->cap_cp = ML_MIN(ML_MIN(ML_MIN(c[0], c[1]), ML_MIN(c[2], c[3])), c[4]);
   return 0;
 }
 
 static int grow_sym(scratch *sc, size_t need) {
+  size_t c[5] = {sc->cap_sym, sc->cap_sym, sc->cap_sym, sc->cap_sym, sc->cap_sym};
+  int err = 0;
   if (need <= sc->cap_sym) return 0;
-  size_t c = sc->cap_sym, c1 = c, c2 = c, c3 = c, c4 = c;
-  if (grow(&sc->sid, &c, need, 4) || grow(&sc->prev, &c1, need, 4) || grow(&sc->next, &c2, need, 4) ||
-      grow(&sc->start, &c3, need, 4) || grow(&sc->len, &c4, need, 4))
-    return -1;
-  sc->cap_sym = ML_MIN(ML_MIN(ML_MIN(c, c1), ML_MIN(c2, c3)), c4);
+  GROW(sc->sid, c[0], need, err);
+  GROW(sc->prev, c[1], need, err);
+  GROW(sc->next, c[2], need, err);
+  GROW(sc->start, c[3], need, err);
+  GROW(sc->len, c[4], need, err);
+  if (err) return -1;
+  sc->cap_sym = ML_MIN(ML_MIN(ML_MIN(c[0], c[1]), ML_MIN(c[2], c[3])), c[4]);
   return 0;
 }
 
@@ -822,8 +832,8 @@ static void scratch_free(scratch *sc) {
 }
 
 static int heap_push(scratch *sc, uint64_t key, int32_t a, int32_t b, int32_t c) {
-  if (sc->n_heap == sc->cap_heap && grow(&sc->heap, &sc->cap_heap, sc->n_heap + 1, sizeof(heap_item)))
-    return -1;
+  int err = 0;
+  if (GROW(sc->heap, sc->cap_heap, sc->n_heap + 1, err), err) return -1;
   heap_item *h = sc->heap;
   size_t i = sc->n_heap++;
   while (i > 0) {
@@ -865,7 +875,8 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 static int add_frag(scratch *sc, uint32_t start, uint32_t len, int32_t token) {
-  if (grow(&sc->frags, &sc->cap_frags, sc->n_frags + 1, sizeof(frag))) return -1;
+  int err = 0;
+  if (GROW(sc->frags, sc->cap_frags, sc->n_frags + 1, err), err) return -1;
   sc->frags[sc->n_frags++] = (frag){start, len, token};
   return 0;
 }
@@ -888,6 +899,7 @@ static int is_space(uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
  * turn (longest first) is searched in what is still raw, left to right. All occurrences
  * are found in one pass; replaying them in (priority, position) order gives the same cut. */
 static int partition(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, int parse_special) {
+  int err = 0;
   sc->n_frags = sc->n_occ = 0;
   if (n == 0) return 0;
   const uint32_t *first = v->sp_first[parse_special != 0];
@@ -897,14 +909,14 @@ static int partition(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n,
       int32_t r = by_byte[k], id = v->special[r];
       size_t l = (size_t)v->text[id].len;
       if (l > n - p || memcmp(v->text[id].s, s + p, l) != 0) continue;
-      if (grow(&sc->occ, &sc->cap_occ, sc->n_occ + 1, 8)) return -1;
+      if (GROW(sc->occ, sc->cap_occ, sc->n_occ + 1, err), err) return -1;
       sc->occ[sc->n_occ++] = (uint64_t)r << 32 | p;
     }
   }
   if (sc->n_occ == 0) return add_frag(sc, 0, (uint32_t)n, -1);
 
   qsort(sc->occ, sc->n_occ, 8, cmp_u64);
-  if (grow(&sc->mask, &sc->cap_mask, n, 1)) return -1;
+  if (GROW(sc->mask, sc->cap_mask, n, err), err) return -1;
   uint8_t *mask = sc->mask;
   memset(mask, 0, n);
   size_t n_acc = 0;
@@ -988,7 +1000,8 @@ static int spm_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
   size_t spaces = 0;
   for (size_t i = 0; i < n; i++) spaces += s[i] == ' ';
   size_t m = n + 2 * spaces + (prefix ? 3 : 0), j = 0;
-  if (grow(&sc->bytes, &sc->cap_bytes, m, 1) || grow_sym(sc, m)) return -1;
+  int err = 0;
+  if (GROW(sc->bytes, sc->cap_bytes, m, err), err || grow_sym(sc, m)) return -1;
   uint8_t *t = sc->bytes;
   if (prefix) t[j++] = 0xE2, t[j++] = 0x96, t[j++] = 0x81;
   for (size_t i = 0; i < n; i++) {
@@ -1036,7 +1049,8 @@ static int bpe_try(const ml_vocab *v, scratch *sc, int32_t l, int32_t r) {
 /* One pre-token w[0..m): merges by rank, lowest first, leftmost on ties. */
 static int bpe_word(const ml_vocab *v, scratch *sc, const uint8_t *w, size_t m, outbuf *o) {
   if (v->info.ignore_merges && m <= v->info.max_token_len) {
-    if (grow(&sc->enc, &sc->cap_enc, 2 * m, 1)) return -1;
+    int err = 0;
+    if (GROW(sc->enc, sc->cap_enc, 2 * m, err), err) return -1;
     size_t j = 0;
     for (size_t i = 0; i < m; i++) {
       memcpy(sc->enc + j, v->byte_enc[w[i]], 2);
@@ -1113,9 +1127,10 @@ static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
   }
   sc->off[k] = (uint32_t)n;
   if (v->info.nfc && ml_nfc_needed(sc->cp, sc->fl, k)) {
-    if (grow(&sc->cp2, &sc->cap_cp2, 4 * k, 4)) return -1;
+    int err = 0;
+    if (GROW(sc->cp2, sc->cap_cp2, 4 * k, err), err) return -1;
     size_t k2 = nfc_spans(sc->cp, sc->fl, k, sc->cp2), j = 0;
-    if (grow_cp(sc, k2 + 1) || grow(&sc->bytes, &sc->cap_bytes, 4 * k2, 1)) return -1;
+    if (grow_cp(sc, k2 + 1) || (GROW(sc->bytes, sc->cap_bytes, 4 * k2, err), err)) return -1;
     for (size_t i = 0; i < k2; i++) {
       sc->cp[i] = sc->cp2[i];
       sc->fl[i] = ml_uc_flags(sc->cp2[i]);
@@ -1369,7 +1384,8 @@ void ml_decoder_free(ml_decoder *d) {
 /* Valid characters of in[0..n) go to d->out, ill-formed parts as U+FFFD; an incomplete
  * tail is held back, or replaced too when final. */
 static int64_t decode_utf8(ml_decoder *d, const uint8_t *in, size_t n, int final) {
-  if (grow(&d->out, &d->cap_out, 3 * n + 1, 1)) return ML_TOK_ERROR;
+  int err = 0;
+  if (GROW(d->out, d->cap_out, 3 * n + 1, err), err) return ML_TOK_ERROR;
   uint8_t *out = (uint8_t *)d->out;
   size_t j = 0;
   d->n_hold = 0;
@@ -1401,7 +1417,8 @@ int64_t ml_decoder_push(ml_decoder *d, int32_t id, const char **out) {
   const ml_vocab *v = d->v;
   int special = is_special_tok(v, id), lstrip = d->strip && !special;
   size_t l = piece(v, id, d->flags & ML_DETOK_SPECIAL, lstrip, NULL, 0);
-  if (grow(&d->in, &d->cap_in, d->n_hold + l + 1, 1)) return ML_TOK_ERROR;
+  int err = 0;
+  if (GROW(d->in, d->cap_in, d->n_hold + l + 1, err), err) return ML_TOK_ERROR;
   memcpy(d->in, d->hold, d->n_hold);
   piece(v, id, d->flags & ML_DETOK_SPECIAL, lstrip, d->in + d->n_hold, l);
   d->strip = special ? (d->flags & ML_DETOK_STRIP_SPACE) && v->info.add_space_prefix : 0;

@@ -1153,6 +1153,37 @@ static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
 
 /* ---- tokenize ---- */
 
+/* Where text s[0..n) may be cut into independently tokenized chunks, at or after `from`:
+ * BPE: in "X\nL" (X printable ASCII, not a space; L an ASCII letter) after the newline.
+ * Every pre-tokenizer chain ends a piece there whether L or the end of the text follows
+ * (the newline is a one-character white space run), and NFC cannot join across it.
+ * SPM: before a space whose left neighbour is an ASCII character that never precedes
+ * "▁" in a token (see spm_fragment). n if there is no such place. */
+static size_t next_cut(const ml_vocab *v, const uint8_t *s, size_t n, size_t from) {
+  for (size_t b = ML_MAX(from, (size_t)2); b < n; b++) {
+    uint8_t p = s[b - 1], c = s[b];
+    if (v->info.type == ML_VOCAB_BPE) {
+      if (p == '\n' && s[b - 2] > ' ' && s[b - 2] < 0x7F && (c | 0x20) >= 'a' && (c | 0x20) <= 'z') return b;
+    } else if (c == ' ' && p < 0x80 && p != ' ' && !is_glue(v, p)) {
+      return b;
+    }
+  }
+  return n;
+}
+
+/* A raw fragment, in chunks of about CHUNK bytes so that scratch stays small. */
+enum { CHUNK = 1 << 16 };
+
+static int raw_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, int prefix, outbuf *o) {
+  for (size_t a = 0, b; a < n; a = b) {
+    b = n - a > 2 * CHUNK ? a + next_cut(v, s + a, n - a, CHUNK) : n;
+    int rc = v->info.type == ML_VOCAB_SPM ? spm_fragment(v, sc, s + a, b - a, prefix && a == 0, o)
+                                          : bpe_fragment(v, sc, s + a, b - a, o);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int add_bos, int add_eos,
                           int parse_special, int32_t *out, int64_t n_max) {
   if (!v) {
@@ -1188,10 +1219,7 @@ int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int a
       prev_special = 1;
       continue;
     }
-    if (v->info.type == ML_VOCAB_SPM)
-      rc = spm_fragment(v, &sc, s + f->start, f->len, v->info.add_space_prefix && prev_special, &o);
-    else
-      rc = bpe_fragment(v, &sc, s + f->start, f->len, &o);
+    rc = raw_fragment(v, &sc, s + f->start, f->len, v->info.add_space_prefix && prev_special, &o);
     prev_special = 0;
   }
   if (add_eos && v->info.eos >= 0) put(&o, v->info.eos);

@@ -6,7 +6,8 @@
  *   MOONLM_SHARED=/path/to/shared ./fuzz_tokenizer      (default ../shared)
  *
  * The vocabularies of SHARED/tokenizer (SPM, byte-level BPE, qwen2 with NFC) and
- * stories260K are loaded once. Input byte 0 picks the mode and vocabulary, byte 1 options:
+ * stories260K are loaded once, and gpt-2's again under the pre-tokenizer names default,
+ * falcon, starcoder, deepseek-llm and deepseek-coder (written to a temporary file). Input byte 0 picks the mode and vocabulary, byte 1 options:
  *   text mode: the rest is text. It is tokenized (parse_special on or off, BOS/EOS, buffers
  *     too small first), detokenized (with each flag, buffers too small), decoded as a stream,
  *     and checked: ids in range, sizes consistent, text round-trips (to its NFC form where
@@ -16,9 +17,13 @@
  *     flags) serialized as a GGUF in memory; loading must fail cleanly or give a vocabulary
  *     that tokenizes the same bytes without breaking the invariants.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* mkstemp, unlink */
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "gguf.h"
@@ -30,9 +35,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define EXPECT(c) do { if (!(c)) { fprintf(stderr, "failed: %s (line %d)\n", #c, __LINE__); __builtin_trap(); } } while (0)
 
-static ml_vocab *vocabs[8];
-static int strips[8]; /* vocab has LSTRIP/RSTRIP specials: parse_special text does not round-trip */
+static ml_vocab *vocabs[16];
+static int strips[16]; /* vocab has LSTRIP/RSTRIP specials: parse_special text does not round-trip */
 static int n_vocabs;
+
+static void add_vocab(ml_vocab *v, const char *what) {
+  if (!v) {
+    fprintf(stderr, "fuzz/tokenizer: cannot load %s: %s (set MOONLM_SHARED)\n", what, ml_errmsg());
+    exit(1);
+  }
+  for (int32_t id = 0; id < ml_vocab_get_info(v)->n_tokens; id++)
+    if (ml_vocab_token_attr(v, id) & (ML_TOKEN_LSTRIP | ML_TOKEN_RSTRIP)) strips[n_vocabs] = 1;
+  vocabs[n_vocabs++] = v;
+}
+
+/* The gpt-2 vocabulary under another pre-tokenizer name, to cover the other regex chains. */
+static ml_vocab *relabel(const ml_gguf *g, const char *pre) {
+  char path[] = "/tmp/moonlm-fuzz-vocab-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) return NULL;
+  close(fd);
+  ml_gguf_writer *w = ml_gguf_writer_new();
+  for (uint64_t i = 0; i < g->n_kv; i++) {
+    char key[256];
+    snprintf(key, sizeof key, "%.*s", (int)g->kv[i].key.len, g->kv[i].key.s);
+    ml_gguf_set_value(w, key, &g->kv[i].value);
+  }
+  ml_gguf_set_str(w, "tokenizer.ggml.pre", pre, strlen(pre));
+  int rc = ml_gguf_writer_write(w, path);
+  ml_gguf_writer_free(w);
+  ml_gguf *g2 = rc == 0 ? ml_gguf_open(path, ML_GGUF_NO_TENSORS) : NULL;
+  unlink(path);
+  ml_vocab *v = g2 ? ml_vocab_load(g2) : NULL;
+  ml_gguf_release(g2);
+  return v;
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
@@ -46,15 +83,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, files[i]);
     ml_gguf *g = ml_gguf_open(path, ML_GGUF_NO_TENSORS);
-    ml_vocab *v = g ? ml_vocab_load(g) : NULL;
-    ml_gguf_release(g);
-    if (!v) {
-      fprintf(stderr, "fuzz/tokenizer: cannot load %s: %s (set MOONLM_SHARED)\n", path, ml_errmsg());
-      exit(1);
+    add_vocab(g ? ml_vocab_load(g) : NULL, path);
+    if (g && strstr(files[i], "gpt-2")) {
+      static const char *const pres[] = {"default", "falcon", "starcoder", "deepseek-llm", "deepseek-coder"};
+      for (size_t j = 0; j < sizeof pres / sizeof pres[0]; j++) add_vocab(relabel(g, pres[j]), pres[j]);
     }
-    for (int32_t id = 0; id < ml_vocab_get_info(v)->n_tokens; id++)
-      if (ml_vocab_token_attr(v, id) & (ML_TOKEN_LSTRIP | ML_TOKEN_RSTRIP)) strips[n_vocabs] = 1;
-    vocabs[n_vocabs++] = v;
+    ml_gguf_release(g);
   }
   return 0;
 }

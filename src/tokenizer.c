@@ -956,6 +956,7 @@ static uint32_t score_key(float f) { /* order-preserving float -> uint32 */
 static int spm_try(const ml_vocab *v, scratch *sc, const uint8_t *t, int32_t l, int32_t r) {
   if (l < 0 || r < 0) return 0;
   uint32_t size = sc->len[l] + sc->len[r];
+  if (size > v->info.max_token_len) return 0;
   int32_t id = tok_find(v, t + sc->start[l], size);
   if (id < 0) return 0;
   /* best score first, then leftmost */

@@ -5,15 +5,30 @@
 -- so a prompt built here matches the one the model was trained on byte for byte.
 -- Source is lexed, parsed to a tree and compiled once into Lua closures; render() runs them.
 --
--- Values (shared with moonlm.json): strings are UTF-8 Lua strings indexed by code point;
--- numbers are ints unless float (math.type on 5.4, json.float boxes for integral floats on
--- LuaJIT); json.null is none; a table with json.array_mt, or a plain table whose t[1] is
--- non-nil, or an empty plain table, is a list; any other table is a dict (json.object keeps
--- key order; plain tables iterate in sorted key order). Missing values are Undefined.
+-- API
+--   T.compile(src)          -> tmpl | nil, err, info     (parse once ...)
+--   tmpl:render(vars)       -> string | nil, err, info   (... render many)
+--   T.render(src, vars)     compile (cached by source) and render
+--   T.builtin(name)         -> Jinja source of chatml, llama2, llama3, mistral, phi3, gemma,
+--                              zephyr | nil, err;  T.builtin_names() -> sorted list
+-- Errors are "line N: what went wrong"; info = { kind = "syntax" | "runtime" |
+-- "raise_exception" | "internal", line = N }. For raise_exception(msg) err is msg itself.
+-- Nothing raises: bad templates, bad vars and runaway loops/recursion all give nil, err.
 --
--- API: compile(src) -> tmpl | nil, err; tmpl:render(vars) -> string | nil, err, info;
--- render(src, vars); builtin(name) / builtin_names(). Errors are "line N: ..." except
--- raise_exception(msg), whose err is msg itself (info.kind tells them apart).
+-- Render variables are plain Lua values (the same model as moonlm.json):
+--   string         a Jinja string (UTF-8; length, indexing and slicing count code points)
+--   number         an int, or a float if math.type says so (5.4); on LuaJIT, where every
+--                  number is a double, integral values are ints: use json.float(1) for 1.0
+--   boolean        true / false;  json.null is none (Lua nil cannot be stored in a table)
+--   table          a list if it has json.array_mt, or t[1] ~= nil, or it is empty; a dict
+--                  otherwise. Use json.object(t, keys) for an empty dict or to keep key
+--                  order (plain tables iterate in sorted key order); json.decode output
+--                  keeps both. A messages list decoded from JSON is ready to use.
+--   function       callable from the template: f(positional..., kwargs_table_if_any)
+-- transformers also passes tools = None and documents = None; pass json.null for those to
+-- match its output. strftime_now(fmt) formats the current time with os.date unless vars
+-- provides its own strftime_now. Beyond transformers' immutable sandbox, templates may call
+-- mutating list/dict methods (append, pop, update, ...).
 
 local json = require "moonlm.json"
 
@@ -50,15 +65,20 @@ local ns_mt = { __jsontype = "Namespace" }
 local loop_mt = { __jsontype = "LoopContext" }
 local macro_mt = { __jsontype = "Macro" }
 local bound_mt = { __jsontype = "method" }
+-- Jinja's Markup (from |safe and |escape): a string whose + escapes the other operand
+local markup_mt = { __jsontype = "Markup" }
+-- a one-shot generator (what map, select, unique, ... return in Jinja): always true, no
+-- len(), not JSON serializable, empty once iterated
+local iter_mt = { __jsontype = "generator" }
 
 local KIND = {
   [array_mt] = "list", [object_mt] = "dict", [float_mt] = "num", [tuple_mt] = "tuple",
   [undef_mt] = "undef", [ns_mt] = "ns", [loop_mt] = "loop", [macro_mt] = "macro",
-  [bound_mt] = "bound", [getmetatable(null)] = "none",
+  [bound_mt] = "bound", [getmetatable(null)] = "none", [markup_mt] = "markup", [iter_mt] = "iter",
 }
 local PYTYPE = { str = "str", bool = "bool", none = "NoneType", list = "list", dict = "dict",
   tuple = "tuple", ns = "Namespace", loop = "LoopContext", macro = "Macro", bound = "method",
-  func = "function", undef = "Undefined", other = "object" }
+  func = "function", undef = "Undefined", other = "object", markup = "Markup", iter = "generator" }
 
 -- Builtin callables take (ctx, args, kwargs); any other Lua function is a user function.
 local BUILTIN = setmetatable({}, { __mode = "k" })
@@ -119,6 +139,16 @@ end
 local function fail_undef(u) fail(undef_msg(u)) end
 
 local function list(t) return setmetatable(t or {}, array_mt) end
+local function gen(t) return setmetatable({ items = t, pos = 1 }, iter_mt) end
+local function markup(s) return setmetatable({ s }, markup_mt) end
+local HTML_ESC = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&#34;", ["'"] = "&#39;" }
+local function escape_html(s) return (gsub(s, "[&<>\"']", HTML_ESC)) end
+
+-- plain string of a Markup value; anything else unchanged
+local function unmark(v)
+  if type(v) == "table" and getmetatable(v) == markup_mt then return v[1] end
+  return v
+end
 local function tuple(t) return setmetatable(t, tuple_mt) end
 local function dict() return json.object({}, {}) end
 
@@ -139,6 +169,7 @@ end
 local function toint(x)
   if x ~= x or x == huge or x == -huge then fail("ValueError: cannot convert float %s to integer", float_repr(x)) end
   local r = x >= 0 and floor(x) or -floor(-x)
+  if r == 0 then return 0 end
   return r
 end
 
@@ -301,6 +332,8 @@ local function str_other(v, depth)
   if k == "loop" then return format("<LoopContext %d/%d>", v.i + 1, v.n) end
   if k == "macro" then return format("<Macro '%s'>", v.name) end
   if k == "bound" then return format("<built-in method %s>", v.name) end
+  if k == "markup" then return v[1] end
+  if k == "iter" then return "<generator object>" end
   if k == "func" then return "<function>" end
   return tostring(v)
 end
@@ -317,6 +350,7 @@ repr = function(v, depth)
   local t = type(v)
   if t == "string" then return repr_str(v) end
   if t == "table" and getmetatable(v) == undef_mt then return "Undefined" end
+  if t == "table" and getmetatable(v) == markup_mt then return "Markup(" .. repr_str(v[1]) .. ")" end
   if t == "table" then return str_other(v, depth or 0) end
   return tostr(v)
 end
@@ -521,7 +555,6 @@ do
     push("eof", nil, line)
     return toks
   end
-  _M._lex = lex -- for the specs
 end
 
 ---------------------------------------------------------------------------------------------
@@ -1103,7 +1136,6 @@ do
     local p = setmetatable({ toks = lex(src), i = 1, depth = 0, loops = 0 }, P)
     return p:body(nil)
   end
-  _M._parse = parse
 end
 
 ---------------------------------------------------------------------------------------------
@@ -1111,6 +1143,9 @@ end
 
 local STR_METHODS, LIST_METHODS, DICT_METHODS, TUPLE_METHODS, LOOP_ATTR = {}, {}, {}, {}, {}
 local FILTERS, TESTS, GLOBALS = {}, {}, {}
+-- filters that take a Markup input as such (the others see its plain string)
+local MARKUP_FILTERS = { safe = true, escape = true, e = true, string = true, trim = true,
+  upper = true, lower = true, capitalize = true, default = true, d = true, format = true }
 -- tests that take an argument (the rest take none)
 local TEST_ARITY = { divisibleby = 1, eq = 1, equalto = 1, ["=="] = 1, ne = 1, ["!="] = 1, lt = 1,
   lessthan = 1, ["<"] = 1, gt = 1, greaterthan = 1, [">"] = 1, le = 1, ["<="] = 1, ge = 1,
@@ -1127,6 +1162,7 @@ local function truthy(v)
     if mt == nil or mt == array_mt or mt == object_mt or mt == tuple_mt then return next(v) ~= nil end
     if mt == undef_mt or v == null then return false end
     if mt == float_mt then return v[1] ~= 0 end
+    if mt == markup_mt then return v[1] ~= "" end
     return true
   end
   return v ~= nil
@@ -1141,6 +1177,9 @@ end
 local function eq(a, b, depth)
   if a == b then return true end
   local ta, tb = type(a), type(b)
+  if ta == "table" and getmetatable(a) == markup_mt then a, ta = a[1], "string" end
+  if tb == "table" and getmetatable(b) == markup_mt then b, tb = b[1], "string" end
+  if a == b then return true end
   if ta == "string" or tb == "string" then return false end
   local x = numval(a)
   if x ~= nil then
@@ -1169,6 +1208,7 @@ local function eq(a, b, depth)
 end
 
 local function lt(a, b, op)
+  a, b = unmark(a), unmark(b)
   local x, y = numval(a), numval(b)
   if x ~= nil and y ~= nil then return x < y end
   if type(a) == "string" and type(b) == "string" then return a < b end
@@ -1197,13 +1237,14 @@ local COMPARE = {
 local function keyof(k)
   if type(k) == "table" then
     local mt = getmetatable(k)
-    if mt == float_mt then return k[1] end
+    if mt == float_mt or mt == markup_mt then return k[1] end
     if mt ~= undef_mt and k ~= null then fail("TypeError: unhashable type: '%s'", pytype(k)) end
   end
   return k
 end
 
 local function contains(c, item)
+  c, item = unmark(c), unmark(item)
   local k = kind(c)
   if k == "str" then
     if type(item) ~= "string" then
@@ -1218,6 +1259,13 @@ local function contains(c, item)
     return key ~= nil and c[key] ~= nil
   elseif k == "undef" then
     return false
+  elseif k == "iter" then -- consumes up to the match, as Python does
+    local items = c.items
+    for i = c.pos, #items do
+      if eq(items[i], item) then c.pos = i + 1; return true end
+    end
+    c.pos = #items + 1
+    return false
   end
   fail("TypeError: argument of type '%s' is not iterable", pytype(c))
 end
@@ -1225,6 +1273,13 @@ end
 -- items of an iterable as an array (dicts give their keys, strings their characters)
 local function iter_items(v)
   local k = kind(v)
+  if k == "iter" then
+    local out, m, items = {}, 0, v.items
+    for i = v.pos, #items do m = m + 1; out[m] = items[i] end
+    v.pos = #items + 1
+    return out, m
+  end
+  if k == "markup" then return uchars(v[1]) end
   if k == "list" or k == "tuple" then return v, #v end
   if k == "dict" then
     local ks, copy = jkeys(v), {}
@@ -1239,6 +1294,7 @@ end
 local function bound(self, fn, name) return setmetatable({ self = self, fn = fn, name = name }, bound_mt) end
 
 local function getattr(o, name)
+  o = unmark(o)
   local k = kind(o)
   if k == "dict" then
     local m = DICT_METHODS[name]
@@ -1269,6 +1325,7 @@ local function getattr(o, name)
 end
 
 local function getitem(o, key)
+  o, key = unmark(o), unmark(key)
   local k = kind(o)
   if k == "list" or k == "tuple" or k == "str" then
     local i, fl = numval(key)
@@ -1326,6 +1383,7 @@ local function slice_index(v)
 end
 
 local function slice(o, a, b, c)
+  o = unmark(o)
   local k = kind(o)
   if k == "undef" then fail_undef(o) end
   a, b, c = slice_index(a), slice_index(b), slice_index(c)
@@ -1373,7 +1431,13 @@ local function repeat_seq(s, n, k)
   return k == "tuple" and tuple(out) or list(out)
 end
 
+local markup_binop -- forward
+
 local function binop(op, a, b)
+  if type(a) == "table" and getmetatable(a) == markup_mt
+      or type(b) == "table" and getmetatable(b) == markup_mt then
+    return markup_binop(op, a, b)
+  end
   local x, fx = numval(a)
   local y, fy = numval(b)
   if x ~= nil and y ~= nil then
@@ -1399,6 +1463,7 @@ local function binop(op, a, b)
       return mkfloat(r)
     end
     if fl then return mkfloat(r) end
+    if r == 0 then return 0 end -- no -0 from int arithmetic (LuaJIT doubles)
     return r
   end
   local ka, kb = kind(a), kind(b)
@@ -1421,6 +1486,34 @@ local function binop(op, a, b)
   fail("TypeError: unsupported operand type(s) for %s: '%s' and '%s'", op, pytype(a), pytype(b))
 end
 
+-- Markup + str escapes the str; Markup % args escapes string args; Markup * n repeats
+markup_binop = function(op, a, b)
+  local ma = type(a) == "table" and getmetatable(a) == markup_mt
+  local mb = type(b) == "table" and getmetatable(b) == markup_mt
+  if op == "+" then
+    local x, y = unmark(a), unmark(b)
+    if type(x) == "string" and type(y) == "string" then
+      check_len(#x + #y)
+      return markup((ma and x or escape_html(x)) .. (mb and y or escape_html(y)))
+    end
+  elseif op == "%" and ma then
+    local args = b
+    local k = kind(b)
+    if k == "str" then args = escape_html(b)
+    elseif k == "tuple" or k == "list" then
+      local t = {}
+      for i = 1, #b do t[i] = type(b[i]) == "string" and escape_html(b[i]) or unmark(b[i]) end
+      args = k == "tuple" and tuple(t) or list(t)
+    end
+    return markup(binop("%", a[1], args))
+  elseif op == "*" then
+    local r = binop("*", unmark(a), unmark(b))
+    if type(r) == "string" then return markup(r) end
+    return r
+  end
+  return binop(op, unmark(a), unmark(b))
+end
+
 local function negate(v)
   local x, fl = numval(v)
   if x == nil then
@@ -1428,6 +1521,7 @@ local function negate(v)
     fail("TypeError: bad operand type for unary -: '%s'", pytype(v))
   end
   if fl then return mkfloat(-x) end
+  if x == 0 then return 0 end
   return -x
 end
 
@@ -1579,9 +1673,11 @@ end
 -- Scopes are tables chained by __index: the root reads the render vars, then GLOBALS; a
 -- for-loop iteration, a macro call and a with-block each get a child scope (if does not).
 
-local cbody
+local cbody, reset_compiler
 do
   local BREAK, CONTINUE = 1, 2
+local soft = 0 -- > 0 while compiling an if body (see cfilter)
+function reset_compiler() soft = 0 end
   local CX, SX = {}, {}
 
   local function cexpr(n) return CX[n.k](n) end
@@ -1807,12 +1903,17 @@ do
 
   CX.test = function(n)
     local f = TESTS[n.name]
-    if not f then perr(n, "unknown test '%s'", n.name) end
+    if not f then
+      if soft == 0 then perr(n, "unknown test '%s'", n.name) end
+      local name = n.name
+      return function() fail("unknown test '%s'", name) end
+    end
     local a, args, negate_ = cexpr(n.a), cexprs(n.args), n.negate
     if #n.kwargs > 0 then perr(n, "test '%s' takes no keyword arguments", n.name) end
     local arity = TEST_ARITY[n.name] or 0
-    if #args ~= arity then
-      perr(n, "test '%s' takes %d argument%s, got %d", n.name, arity, arity == 1 and "" or "s", #args)
+    if #args ~= arity then -- a TypeError when it runs, as in Jinja
+      local msg = format("TypeError: test '%s' takes %d argument%s, got %d", n.name, arity, arity == 1 and "" or "s", #args)
+      return function() fail(msg) end
     end
     return function(ctx, sc)
       local v = a(ctx, sc)
@@ -1824,13 +1925,22 @@ do
     end
   end
 
-  -- filter node -> function(ctx, sc, input) -> value
+  -- filter node -> function(ctx, sc, input) -> value. Unknown filters and tests are
+  -- errors when compiled, except inside an if body, where Jinja reports them only when
+  -- that branch runs.
   local function cfilter(n)
     local f = FILTERS[n.name]
-    if not f then perr(n, "unknown filter '%s'", n.name) end
+    if not f then
+      if soft == 0 then perr(n, "unknown filter '%s'", n.name) end
+      local name = n.name
+      return function() fail("unknown filter '%s'", name) end
+    end
     local ev = cargs(n.args, n.kwargs)
+    local keeps_markup = MARKUP_FILTERS[n.name]
     return function(ctx, sc, v)
       local args, kw = ev(ctx, sc)
+      for i = 1, #args do args[i] = unmark(args[i]) end
+      if type(v) == "table" and getmetatable(v) == markup_mt and not keeps_markup then v = v[1] end
       return f(ctx, v, args, kw)
     end
   end
@@ -1845,12 +1955,15 @@ do
     if n.fn.k == "getattr" then
       local oc, name = cexpr(n.fn.obj), n.fn.name
       return function(ctx, sc)
-        local o = oc(ctx, sc)
+        local o = unmark(oc(ctx, sc))
         local k = kind(o)
         local m = (k == "str" and STR_METHODS[name]) or (k == "dict" and DICT_METHODS[name])
           or (k == "list" and LIST_METHODS[name]) or (k == "tuple" and TUPLE_METHODS[name])
         local args, kw = ev(ctx, sc)
-        if m then return m(ctx, o, args, kw) end
+        if m then
+          for i = 1, #args do args[i] = unmark(args[i]) end
+          return m(ctx, o, args, kw)
+        end
         return call_value(ctx, getattr(o, name), args, kw)
       end
     end
@@ -1926,8 +2039,10 @@ do
 
   SX["if"] = function(n)
     local tests, bodies, lines = cexprs(n.tests), {}, {}
+    soft = soft + 1
     for i, b in ipairs(n.bodies) do bodies[i] = cbody(b); lines[i] = n.tests[i].line or n.line end
     local else_body = n.else_body and cbody(n.else_body)
+    soft = soft - 1
     local nt = #tests
     return function(ctx, sc)
       for i = 1, nt do
@@ -2155,6 +2270,7 @@ end
 function _M.compile(source)
   if type(source) ~= "string" then return nil, "template source must be a string, got " .. type(source) end
   local ok, res = pcall(function() return cbody(parse(source)) end)
+  reset_compiler()
   if not ok then return error_result(res, nil, "syntax") end
   return setmetatable({ fn = res, source = source }, Template)
 end
@@ -2747,14 +2863,14 @@ do
   TESTS.defined = function(v) return kind(v) ~= "undef" end
   TESTS.undefined = function(v) return kind(v) == "undef" end
   TESTS.none = function(v) return v == null end
-  TESTS.string = function(v) return type(v) == "string" end
+  TESTS.string = function(v) return type(v) == "string" or getmetatable(v) == markup_mt end
   TESTS.number = function(v) return numval(v) ~= nil end
   TESTS.integer = function(v) return is_int(v) end
   TESTS.float = function(v) local x, fl = numval(v); return x ~= nil and fl end
   TESTS.boolean = function(v) return type(v) == "boolean" end
   TESTS.mapping = is_kind("dict")
-  TESTS.sequence = is_kind("str", "list", "tuple", "dict", "undef")
-  TESTS.iterable = is_kind("str", "list", "tuple", "dict", "undef")
+  TESTS.sequence = is_kind("str", "markup", "list", "tuple", "dict", "undef")
+  TESTS.iterable = is_kind("str", "markup", "list", "tuple", "dict", "undef", "iter")
   TESTS.callable = is_kind("func", "macro", "bound")
   TESTS["true"] = function(v) return v == true end
   TESTS["false"] = function(v) return v == false end
@@ -2805,9 +2921,17 @@ do
 
   local function str_filter(f) return function(_, v) return f(tostr(v)) end end
 
-  FILTERS.upper = str_filter(upper)
-  FILTERS.lower = str_filter(lower)
-  FILTERS.capitalize = function(ctx, v) return STR_METHODS.capitalize(ctx, tostr(v)) end
+  -- f applied to the string of v; a Markup input gives a Markup result
+  local function keep_markup(f)
+    return function(ctx, v, args, kw)
+      if type(v) == "table" and getmetatable(v) == markup_mt then return markup(f(ctx, v[1], args, kw)) end
+      return f(ctx, v, args, kw)
+    end
+  end
+
+  FILTERS.upper = keep_markup(str_filter(upper))
+  FILTERS.lower = keep_markup(str_filter(lower))
+  FILTERS.capitalize = keep_markup(function(ctx, v) return STR_METHODS.capitalize(ctx, tostr(v)) end)
   FILTERS.title = function(_, v)
     local s = tostr(v)
     return (gsub(s, "([^-%s({%[<]+)", function(word)
@@ -2815,16 +2939,25 @@ do
       return upper(cs[1]) .. lower(concat(cs, "", 2, n))
     end))
   end
-  FILTERS.trim = function(_, v, args, kw)
+  FILTERS.trim = keep_markup(function(_, v, args, kw)
     local chars = arg(args, kw, 1, "chars")
     if chars ~= nil then chars = tostr(chars) end
     return strip(tostr(v), chars, true, true)
+  end)
+  FILTERS.string = function(_, v)
+    if type(v) == "table" and getmetatable(v) == markup_mt then return v end
+    return tostr(v)
   end
-  FILTERS.string = function(_, v) return tostr(v) end
-  FILTERS.safe = function(_, v) return v end
-  local HTML = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&#34;", ["'"] = "&#39;" }
-  FILTERS.escape = function(_, v) return (gsub(tostr(v), "[&<>\"']", HTML)) end
-  FILTERS.e, FILTERS.forceescape = FILTERS.escape, FILTERS.escape
+  FILTERS.safe = function(_, v)
+    if type(v) == "table" and getmetatable(v) == markup_mt then return v end
+    return markup(tostr(v))
+  end
+  FILTERS.escape = function(_, v)
+    if type(v) == "table" and getmetatable(v) == markup_mt then return v end
+    return markup(escape_html(tostr(v)))
+  end
+  FILTERS.e = FILTERS.escape
+  FILTERS.forceescape = function(_, v) return markup(escape_html(tostr(v))) end
   FILTERS.replace = function(_, v, args, kw)
     local old, new = arg(args, kw, 1, "old"), arg(args, kw, 2, "new")
     return replace(tostr(v), tostr(old), tostr(new), opt_int(arg(args, kw, 3, "count"), "count"))
@@ -2871,8 +3004,10 @@ do
     return head .. ending
   end
   FILTERS.format = function(_, v, args, kw)
-    if kw and next(kw) then return percent_format(tostr(v), kw) end
-    return percent_format(tostr(v), tuple(args))
+    local fmt = v
+    if not (type(v) == "table" and getmetatable(v) == markup_mt) then fmt = tostr(v) end
+    if kw and next(kw) then return binop("%", fmt, kw) end
+    return binop("%", fmt, tuple(args))
   end
 
   FILTERS.length = function(_, v)
@@ -2917,17 +3052,22 @@ do
 
   FILTERS.items = function(_, v)
     local k = kind(v)
-    if k == "undef" then return list({}) end
+    if k == "undef" then return gen({}) end
     if k ~= "dict" then fail("TypeError: Can only get item pairs from a mapping.") end
-    return dict_items(v)
+    return gen(dict_items(v))
   end
 
   FILTERS.first = function(_, v)
+    if kind(v) == "iter" then -- takes one item only
+      local x = v.items[v.pos]
+      if x ~= nil then v.pos = v.pos + 1; return x end
+    end
     local items, n = iter_items(v)
     if n == 0 then local u = undef("first"); u.hint = "No first item, sequence was empty."; return u end
     return items[1]
   end
   FILTERS.last = function(_, v)
+    if kind(v) == "iter" then fail("TypeError: 'generator' object is not reversible") end
     local items, n = iter_items(v)
     if n == 0 then local u = undef("last"); u.hint = "No last item, sequence was empty."; return u end
     return items[n]
@@ -2940,13 +3080,17 @@ do
       for i = 1, n do out[i] = cs[n + 1 - i] end
       return concat(out)
     end
+    local was_iter = kind(v) == "iter"
     local items, n = iter_items(v)
     local out = {}
     for i = 1, n do out[i] = items[n + 1 - i] end
-    return list(out)
+    if was_iter then return list(out) end -- Jinja falls back to a reversed list
+    return gen(out)
   end
 
+  -- map and the select family yield nothing for a falsy input (none, undefined, empty)
   FILTERS.map = function(ctx, v, args, kw)
+    if not truthy(v) then return gen({}) end
     local items, n = iter_items(v)
     local out = {}
     if kw and kw.attribute ~= nil then
@@ -2956,7 +3100,7 @@ do
         if default ~= nil and kind(x) == "undef" then x = default end
         out[i] = x
       end
-      return list(out)
+      return gen(out)
     end
     local name = args[1]
     local f = FILTERS[name]
@@ -2964,11 +3108,12 @@ do
     local rest = {}
     for i = 2, #args do rest[i - 1] = args[i] end
     for i = 1, n do out[i] = f(ctx, items[i], rest, kw) end
-    return list(out)
+    return gen(out)
   end
 
   local function selector(by_attr, want)
     return function(_, v, args)
+      if not truthy(v) then return gen({}) end
       local items, n = iter_items(v)
       local get, ti = nil, 1
       if by_attr then get, ti = getter(args[1]), 2 end
@@ -2986,7 +3131,7 @@ do
         if test then ok = test(x, targs) and true or false else ok = truthy(x) end
         if ok == want then m = m + 1; out[m] = items[i] end
       end
-      return list(out)
+      return gen(out)
     end
   end
   FILTERS.select = selector(false, true)
@@ -3050,7 +3195,7 @@ do
       end
       if fresh then out[#out + 1] = items[i] end
     end
-    return list(out)
+    return gen(out)
   end
 
   local function aggregate(want_max)
@@ -3091,7 +3236,7 @@ do
       if fill ~= nil then while #cur < size do cur[#cur + 1] = fill end end
       out[#out + 1] = list(cur)
     end
-    return list(out)
+    return gen(out)
   end
 
   FILTERS.abs = function(_, v)

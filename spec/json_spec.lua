@@ -108,6 +108,8 @@ describe("json.encode", function()
     { 5e-324, "5e-324" }, { 123456789012345678.0, "1.2345678901234568e+17" },
     { -0.0, "-0.0" }, { json.float(1), "1.0" }, { json.float(1e15), "1000000000000000.0" },
     { math.huge, "Infinity" }, { -math.huge, "-Infinity" }, { 0 / 0, "NaN" },
+    { 792213792271227.25, "792213792271227.2" }, -- an exact tie: rounds to even
+    { 3 * 5e-324, "1.5e-323" }, { 1e23, "1e+23" }, { 2.5e-5, "2.5e-05" }, { json.float(100), "100.0" },
   }
   for _, c in ipairs(NUMBERS) do
     it("prints " .. c[2] .. " as Python does", function()

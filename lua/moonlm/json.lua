@@ -21,8 +21,9 @@ local _M = {}
 
 local type, next, pairs, tostring, tonumber = type, next, pairs, tostring, tonumber
 local setmetatable, getmetatable, pcall, error = setmetatable, getmetatable, pcall, error
-local byte, char, find, sub, format, gsub, rep =
-  string.byte, string.char, string.find, string.sub, string.format, string.gsub, string.rep
+local byte, char, find, sub, format, gsub, rep, match =
+  string.byte, string.char, string.find, string.sub, string.format, string.gsub, string.rep,
+  string.match
 local concat, sort = table.concat, table.sort
 local floor, huge = math.floor, math.huge
 local math_type = math.type
@@ -158,6 +159,25 @@ _M.is_float = is_float
 local EFMT = {}
 for p = 0, 16 do EFMT[p + 1] = "%." .. p .. "e" end
 
+-- "%.{p}e" of x with exact decimal ties rounded to even, as Python and glibc do. LuaJIT's
+-- own formatter rounds ties away from zero, so there the tie is redone from the exact
+-- expansion (which it does print exactly).
+local fmt_e
+if math_type then
+  fmt_e = function(x, p) return format(EFMT[p + 1], x) end
+else
+  fmt_e = function(x, p)
+    local s = format(EFMT[p + 1], x)
+    -- a tie wrongly rounded up from an even digit always ends in an odd one
+    if byte(s, find(s, "e", 1, true) - 1) % 2 == 0 then return s end
+    local sign, d1, frac, ex = match(format("%.80e", x), "^(%-?)(%d)%.(%d+)e([-+]%d+)$")
+    local digits = d1 .. frac
+    if not find(digits, "^50*$", p + 2) or byte(digits, p + 1) % 2 == 1 then return s end
+    -- an exact tie after an even digit: truncate (no carry, so the exponent stands)
+    return sign .. d1 .. (p > 0 and "." .. sub(digits, 2, p + 1) or "") .. "e" .. ex
+  end
+end
+
 -- Python repr(float): shortest digits that round-trip, scientific outside 1e-4 .. 1e16.
 local function float_repr(x)
   if x ~= x then return "nan" end
@@ -167,10 +187,21 @@ local function float_repr(x)
     if 1 / x < 0 then return "-0.0" end
     return "0.0"
   end
+  -- A normal double is closer to its shortest round-tripping decimal of <= 15 digits than
+  -- 15-digit decimals are spaced, so that decimal is %.14e with trailing zeros dropped;
+  -- else %.15e or %.16e. Subnormals have fewer digits: search from one digit up.
   local s
-  for p = 1, 17 do
-    s = format(EFMT[p], x)
-    if tonumber(s) == x then break end
+  if x > -2.2250738585072014e-308 and x < 2.2250738585072014e-308 then
+    for p = 0, 16 do
+      s = fmt_e(x, p)
+      if tonumber(s) == x then break end
+    end
+  else
+    s = fmt_e(x, 14)
+    if tonumber(s) ~= x then
+      s = fmt_e(x, 15)
+      if tonumber(s) ~= x then s = fmt_e(x, 16) end
+    end
   end
   local sign, d1, frac, ex = s:match("^(%-?)(%d)%.?(%d*)e([-+]%d+)$")
   local digits = (d1 .. frac):gsub("0+$", "")

@@ -2,8 +2,15 @@
 --
 -- Renders the way Hugging Face transformers does (Jinja2 with trim_blocks, lstrip_blocks,
 -- loopcontrols, generation tags, lenient undefined, no autoescape, `tojson` as json.dumps),
--- so a prompt built here matches the one the model was trained on byte for byte.
+-- so a prompt built here matches the one the model was trained on byte for byte. That
+-- includes Python's value semantics (int vs float, repr of lists and dicts, truthiness) and
+-- Jinja's quirks that change output: filters bind tighter than operators, map/select/...
+-- return one-shot generators (always true, no length), `|safe` makes a Markup whose `+`
+-- HTML-escapes the other side, unknown filters inside an if body fail only when run.
 -- Source is lexed, parsed to a tree and compiled once into Lua closures; render() runs them.
+--
+-- Sections: value model, lexer, parser, runtime operations (Python semantics), string
+-- formatting, compiler, public API, methods and globals, tests and filters, builtins.
 --
 -- API
 --   T.compile(src)          -> tmpl | nil, err, info     (parse once ...)
@@ -152,7 +159,7 @@ end
 local function tuple(t) return setmetatable(t, tuple_mt) end
 local function dict() return json.object({}, {}) end
 
--- Numbers: num(v) -> raw Lua number, is-float flag (nil when v is not a number; bool is int)
+-- numval(v) -> raw Lua number, is-float flag (nil when v is not a number; a bool is an int)
 local function numval(v)
   local t = type(v)
   if t == "number" then return v, is_float_num(v) end

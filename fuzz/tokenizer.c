@@ -1,9 +1,11 @@
 /* fuzz/tokenizer.c: libFuzzer harness for the tokenizers and the vocabulary loader.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Isrc \
- *     fuzz/tokenizer.c src/tokenizer.c src/unicode.c src/gguf.c src/error.c src/dtype.c \
- *     src/quant.c -o fuzz_tokenizer
+ *     [-DML_TOK_CACHE_MIN_TEXT=1] fuzz/tokenizer.c src/tokenizer.c src/unicode.c src/gguf.c \
+ *     src/error.c src/dtype.c src/quant.c -o fuzz_tokenizer
  *   MOONLM_SHARED=/path/to/shared ./fuzz_tokenizer      (default ../shared)
+ * (-DML_TOK_CACHE_MIN_TEXT=1 turns the tokenizer's per-call word cache on for any text, so
+ * fuzz inputs, which are short, exercise it.)
  *
  * The vocabularies of SHARED/tokenizer (SPM, byte-level BPE, qwen2 with NFC) and
  * stories260K are loaded once, and gpt-2's again under the pre-tokenizer names default,

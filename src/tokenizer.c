@@ -767,7 +767,28 @@ typedef struct scratch {
   frag *frags; size_t n_frags, cap_frags;
   uint64_t *occ; size_t n_occ, cap_occ;
   uint8_t *mask; size_t cap_mask;
+  struct piece_cache *cache;        /* NULL: off (short texts) */
 } scratch;
+
+/* Per-call memo of short pieces (BPE pre-tokens, SPM segments) -> ids. Words repeat, and a
+ * piece's tokens depend only on its bytes. Bounded: it stops growing when full. */
+enum {
+  CACHE_SLOTS = 8192, CACHE_ENTRIES = 4096, CACHE_TEXT = 65536, CACHE_IDS = 16384,
+  CACHE_PIECE = 32 /* longest piece cached, bytes */
+};
+#ifndef ML_TOK_CACHE_MIN_TEXT
+#define ML_TOK_CACHE_MIN_TEXT 4096 /* shorter texts are not worth a cache (fuzzing sets 1) */
+#endif
+typedef struct piece_cache {
+  uint16_t slot[CACHE_SLOTS]; /* entry + 1, 0: empty */
+  struct {
+    uint32_t hash, text, ids; /* offsets into text[] and id[] */
+    uint8_t len, n;           /* bytes, ids */
+  } e[CACHE_ENTRIES];
+  uint8_t text[CACHE_TEXT];
+  int32_t id[CACHE_IDS];
+  uint32_t n_e, n_text, n_id;
+} piece_cache;
 
 typedef struct outbuf {
   int32_t *ids;
@@ -826,6 +847,7 @@ static int grow_sym(scratch *sc, size_t need) {
 }
 
 static void scratch_free(scratch *sc) {
+  free(sc->cache);
   free(sc->bytes); free(sc->enc); free(sc->cp); free(sc->off); free(sc->ends); free(sc->tmp);
   free(sc->fl); free(sc->cp2); free(sc->sid); free(sc->prev); free(sc->next); free(sc->start);
   free(sc->len); free(sc->heap); free(sc->frags); free(sc->occ); free(sc->mask);
@@ -859,6 +881,49 @@ static heap_item heap_pop(scratch *sc) {
   }
   if (n) h[i] = last;
   return top;
+}
+
+/* The cache slot for piece p[0..n) with hash h: its entry, or the empty slot to fill. */
+static uint16_t *cache_slot(piece_cache *c, const uint8_t *p, size_t n, uint32_t h) {
+  for (uint32_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
+    uint16_t k = c->slot[i];
+    if (!k || (c->e[k - 1].hash == h && c->e[k - 1].len == n && memcmp(c->text + c->e[k - 1].text, p, n) == 0))
+      return &c->slot[i];
+  }
+}
+
+/* Emit the cached ids of p[0..n) and return 1, or return 0 (then *slot, *h are for cache_put). */
+static int cache_get(scratch *sc, const uint8_t *p, size_t n, outbuf *o, uint16_t **slot, uint32_t *h) {
+  piece_cache *c = sc->cache;
+  *slot = NULL;
+  if (!c || n > CACHE_PIECE) return 0;
+  *h = hash_bytes(p, n);
+  *slot = cache_slot(c, p, n, *h);
+  if (!**slot) return 0;
+  unsigned k = **slot - 1u;
+  for (unsigned i = 0; i < c->e[k].n; i++) put(o, c->id[c->e[k].ids + i]);
+  return 1;
+}
+
+/* Remember the ids o->ids[from .. o->n) just produced for p[0..n). */
+static void cache_put(scratch *sc, uint16_t *slot, uint32_t h, const uint8_t *p, size_t n, const outbuf *o,
+                      int64_t from) {
+  piece_cache *c = sc->cache;
+  int64_t m = o->n - from;
+  if (!slot || o->n > o->cap || m > CACHE_PIECE || c->n_e == CACHE_ENTRIES || c->n_text + n > CACHE_TEXT ||
+      c->n_id + (size_t)m > CACHE_IDS)
+    return; /* ids not kept (output buffer too small), or the cache is full */
+  unsigned k = c->n_e++;
+  c->e[k].hash = h;
+  c->e[k].text = c->n_text;
+  c->e[k].ids = c->n_id;
+  c->e[k].len = (uint8_t)n;
+  c->e[k].n = (uint8_t)m;
+  memcpy(c->text + c->n_text, p, n);
+  memcpy(c->id + c->n_id, o->ids + from, (size_t)m * sizeof *o->ids);
+  c->n_text += (uint32_t)n;
+  c->n_id += (uint32_t)m;
+  *slot = (uint16_t)(k + 1);
 }
 
 static void put_byte(const ml_vocab *v, outbuf *o, uint8_t b) {
@@ -1033,7 +1098,14 @@ static int spm_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
         if (!is_glue(v, cp)) break;
       }
     }
+    const uint8_t *p = t + sc->start[a];
+    size_t n_p = sc->start[b - 1] + sc->len[b - 1] - sc->start[a];
+    uint16_t *slot;
+    uint32_t h = 0;
+    if (cache_get(sc, p, n_p, o, &slot, &h)) continue;
+    int64_t from = o->n;
     if (spm_segment(v, sc, t, a, b, o)) return -1;
+    cache_put(sc, slot, h, p, n_p, o, from);
   }
   return 0;
 }
@@ -1146,8 +1218,15 @@ static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
   uint32_t a = 0;
   for (size_t i = 0; i < np; i++) {
     uint32_t b = sc->ends[i];
-    if (bpe_word(v, sc, s + sc->off[a], sc->off[b] - sc->off[a], o)) return -1;
+    const uint8_t *p = s + sc->off[a];
+    size_t n_p = sc->off[b] - sc->off[a];
+    uint16_t *slot;
+    uint32_t h = 0;
     a = b;
+    if (cache_get(sc, p, n_p, o, &slot, &h)) continue;
+    int64_t from = o->n;
+    if (bpe_word(v, sc, p, n_p, o)) return -1;
+    cache_put(sc, slot, h, p, n_p, o, from);
   }
   return 0;
 }
@@ -1211,6 +1290,10 @@ int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int a
   memset(&sc, 0, sizeof sc);
   int rc = 0;
   if (add_bos && v->info.bos >= 0) put(&o, v->info.bos);
+  if (len >= ML_TOK_CACHE_MIN_TEXT && (sc.cache = malloc(sizeof *sc.cache)) != NULL) {
+    memset(sc.cache->slot, 0, sizeof sc.cache->slot);
+    sc.cache->n_e = sc.cache->n_text = sc.cache->n_id = 0;
+  }
   if (partition(v, &sc, s, len, parse_special)) rc = -1;
   int prev_special = 1; /* SPM: a raw fragment at the start or after a special token gets the dummy prefix */
   for (size_t i = 0; rc == 0 && i < sc.n_frags; i++) {

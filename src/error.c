@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L
 /* error.c: the per-thread last-error slot behind ml_seterr / ml_errmsg, and the
  * allocation helpers that report into it. */
 #include "common.h"
@@ -10,6 +11,7 @@
 static _Thread_local char err_msg[512];
 static _Thread_local int err_arg;
 
+static void vset(int arg, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void vset(int arg, const char *fmt, va_list ap) {
   char buf[sizeof err_msg]; /* the arguments may point into err_msg itself */
   vsnprintf(buf, sizeof buf, fmt, ap);

@@ -6,6 +6,11 @@
 #include <string.h>
 
 #include "common.h"
+#include "ops.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* ---- storage ---- */
 
@@ -488,9 +493,17 @@ int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
     ml_seterr_arg(2, "cannot quantize to %s", dt->name);
     return -1;
   }
-  float *buf = ml_alloc(sizeof(float) * (size_t)n);
-  if (!buf) return -1;
+  /* rows convert independently: large conversions (quantizing a weight) use every thread */
+  int nth = (double)n * (double)rows > 1e6 ? ml_get_threads() : 1;
+  float *bufs = ml_alloc(sizeof(float) * (size_t)n * (size_t)nth);
+  if (!bufs) return -1;
+#pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
+#ifdef _OPENMP
+    float *buf = bufs + (size_t)n * (size_t)omp_get_thread_num();
+#else
+    float *buf = bufs;
+#endif
     const char *sp = (const char *)ml_tensor_data(src) + row_offset(src, r);
     char *dp = (char *)ml_tensor_data(dst) + row_offset(dst, r);
     float *row = buf;
@@ -505,7 +518,7 @@ int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
     else
       for (int64_t i = 0; i < n; i++) store_plain(dst->type, dp + i * dst_st * (int64_t)dt->size, row[i]);
   }
-  ml_free(buf);
+  ml_free(bufs);
   return 0;
 }
 
@@ -572,6 +585,11 @@ double ml_rng_normal(ml_rng *r) {
 
 void ml_tensor_rand(const ml_tensor *t, ml_rng *r, double lo, double hi) {
   int64_t n = ml_tensor_numel(t), idx[ML_MAX_DIMS];
+  if (t->type == ML_TYPE_F32 && ml_tensor_is_contiguous(t)) {
+    float *p = ml_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(lo + (hi - lo) * ml_rng_uniform(r));
+    return;
+  }
   for (int64_t i = 0; i < n; i++) {
     unflatten(t, i, idx);
     ml_tensor_set(t, idx, lo + (hi - lo) * ml_rng_uniform(r));
@@ -580,6 +598,11 @@ void ml_tensor_rand(const ml_tensor *t, ml_rng *r, double lo, double hi) {
 
 void ml_tensor_randn(const ml_tensor *t, ml_rng *r, double mean, double std) {
   int64_t n = ml_tensor_numel(t), idx[ML_MAX_DIMS];
+  if (t->type == ML_TYPE_F32 && ml_tensor_is_contiguous(t)) {
+    float *p = ml_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(mean + std * ml_rng_normal(r));
+    return;
+  }
   for (int64_t i = 0; i < n; i++) {
     unflatten(t, i, idx);
     ml_tensor_set(t, idx, mean + std * ml_rng_normal(r));

@@ -1,0 +1,103 @@
+-- Writes llama-architecture GGUF models with random weights, in a given weight type, with
+-- moonlm's own GGUF writer: the benchmark models (TinyLlama-1.1B and SmolLM-135M shapes).
+-- The files carry a 32000-token SentencePiece-style vocabulary so llama.cpp loads them too.
+local lm = require "moonlm"
+local T = lm.tensor
+
+local _M = {}
+
+_M.shapes = {
+  tinyllama = { name = "TinyLlama-1.1B shape", n_embd = 2048, n_layer = 22, n_head = 32, n_head_kv = 4,
+                n_ff = 5632, n_vocab = 32000, n_ctx = 2048 },
+  smollm = { name = "SmolLM-135M shape", n_embd = 576, n_layer = 30, n_head = 9, n_head_kv = 3,
+             n_ff = 1536, n_vocab = 32000, n_ctx = 2048 },
+}
+
+-- llama.cpp's Q4_K_M recipe, as far as these tensors go: q6_K for output, and for attn_v
+-- and ffn_down in the first and last eighth of the layers and every third one between.
+local function q4km(name, il, n_layer)
+  if name == "output" then return "q6_k" end
+  if name == "attn_v" or name == "ffn_down" then
+    local more = il < n_layer / 8 or il >= 7 * n_layer / 8 or (il - math.floor(n_layer / 8)) % 3 == 2
+    if more then return "q6_k" end
+  end
+  return "q4_k"
+end
+
+local function vocab(n)
+  local tokens, scores, types = { "<unk>", "<s>", "</s>" }, { 0, 0, 0 }, { 2, 3, 3 }
+  for b = 0, 255 do
+    tokens[#tokens + 1] = ("<0x%02X>"):format(b)
+    scores[#scores + 1] = 0
+    types[#types + 1] = 6
+  end
+  local i = 0
+  while #tokens < n do
+    i = i + 1
+    tokens[#tokens + 1] = "\226\150\129t" .. i
+    scores[#scores + 1] = -i
+    types[#types + 1] = 1
+  end
+  return tokens, scores, types
+end
+
+-- write(path, shape, wtype): wtype is "f16", "bf16", "q8_0", "q4_0", "q4_k_m", ...
+function _M.write(path, shape, wtype, seed)
+  local s = shape
+  local hd = math.floor(s.n_embd / s.n_head)
+  local t, r = {}, 0
+  local function w(rows, cols, name, il)
+    r = r + 1
+    local x = T.randn({ rows, cols }, { seed = (seed or 1) * 1000 + r, std = 0.02 })
+    local ty = wtype == "q4_k_m" and q4km(name, il or 0, s.n_layer) or wtype
+    local q = ty == "f32" and x or x:to(ty)
+    x = nil
+    collectgarbage()
+    return q
+  end
+  t["token_embd.weight"] = w(s.n_vocab, s.n_embd, "token_embd")
+  t["output_norm.weight"] = T.ones(s.n_embd)
+  t["output.weight"] = w(s.n_vocab, s.n_embd, "output")
+  for il = 0, s.n_layer - 1 do
+    local p = "blk." .. il .. "."
+    t[p .. "attn_norm.weight"] = T.ones(s.n_embd)
+    t[p .. "ffn_norm.weight"] = T.ones(s.n_embd)
+    t[p .. "attn_q.weight"] = w(s.n_head * hd, s.n_embd, "attn_q", il)
+    t[p .. "attn_k.weight"] = w(s.n_head_kv * hd, s.n_embd, "attn_k", il)
+    t[p .. "attn_v.weight"] = w(s.n_head_kv * hd, s.n_embd, "attn_v", il)
+    t[p .. "attn_output.weight"] = w(s.n_embd, s.n_head * hd, "attn_output", il)
+    t[p .. "ffn_gate.weight"] = w(s.n_ff, s.n_embd, "ffn_gate", il)
+    t[p .. "ffn_up.weight"] = w(s.n_ff, s.n_embd, "ffn_up", il)
+    t[p .. "ffn_down.weight"] = w(s.n_embd, s.n_ff, "ffn_down", il)
+  end
+  local tokens, scores, types = vocab(s.n_vocab)
+  local ftype = { f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 7, q5_0 = 8, q5_1 = 9, q4_k_m = 15, bf16 = 32 }
+  local meta = {
+    ["general.architecture"] = "llama",
+    ["general.name"] = ("random %s %s"):format(s.name, wtype),
+    ["general.file_type"] = ftype[wtype] or 0,
+    ["llama.context_length"] = s.n_ctx,
+    ["llama.embedding_length"] = s.n_embd,
+    ["llama.block_count"] = s.n_layer,
+    ["llama.feed_forward_length"] = s.n_ff,
+    ["llama.attention.head_count"] = s.n_head,
+    ["llama.attention.head_count_kv"] = s.n_head_kv,
+    ["llama.rope.dimension_count"] = hd,
+    ["llama.rope.freq_base"] = lm.gguf_value("f32", 10000),
+    ["llama.attention.layer_norm_rms_epsilon"] = lm.gguf_value("f32", 1e-5),
+    ["llama.vocab_size"] = s.n_vocab,
+    ["tokenizer.ggml.model"] = "llama",
+    ["tokenizer.ggml.tokens"] = tokens,
+    ["tokenizer.ggml.scores"] = lm.gguf_value("f32", scores),
+    ["tokenizer.ggml.token_type"] = lm.gguf_value("i32", types),
+    ["tokenizer.ggml.bos_token_id"] = 1,
+    ["tokenizer.ggml.eos_token_id"] = 2,
+    ["tokenizer.ggml.unknown_token_id"] = 0,
+  }
+  local ok, err = lm.save(path, t, meta)
+  t = nil
+  collectgarbage()
+  return ok, err
+end
+
+return _M

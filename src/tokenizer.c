@@ -919,8 +919,8 @@ static void cache_put(scratch *sc, uint16_t *slot, uint32_t h, const uint8_t *p,
   c->e[k].ids = c->n_id;
   c->e[k].len = (uint8_t)n;
   c->e[k].n = (uint8_t)m;
-  memcpy(c->text + c->n_text, p, n);
-  memcpy(c->id + c->n_id, o->ids + from, (size_t)m * sizeof *o->ids);
+  if (n) memcpy(c->text + c->n_text, p, n);
+  if (m) memcpy(c->id + c->n_id, o->ids + from, (size_t)m * sizeof *o->ids);
   c->n_text += (uint32_t)n;
   c->n_id += (uint32_t)m;
   *slot = (uint16_t)(k + 1);

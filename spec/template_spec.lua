@@ -517,6 +517,8 @@ local ERRORS = {
   { "runaway loops", "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(2) %}{% endfor %}{% endfor %}{% endfor %}",
     nil, "loop iteration limit" },
   { "huge range", "{{ range(100000000)|length }}", nil, "too large" },
+  { "quadratic work", "{% set big = range(900000)|list %}{% for i in range(900000) %}{% if i in big %}{% endif %}{% endfor %}",
+    nil, "work limit" },
   { "huge string", "{{ 'x' * 100000000 }}", nil, "MemoryError" },
   { "unknown filter in a taken branch", "{% if true %}\n{{ x|from_json }}{% endif %}", nil, "^line 2: unknown filter 'from_json'$" },
   { "length of a generator", "{{ [1, 2]|select|length }}", nil, "object of type 'generator' has no len%(%)" },

@@ -62,6 +62,8 @@ local is_float_num = json.is_float
 local MAX_DEPTH = 100        -- nested macro calls / parser nesting
 local MAX_ITER = 1000000     -- loop iterations per render
 local MAX_STR = 64 * 1024 * 1024 -- longest string one operation may build
+local MAX_STEPS = 20000000   -- element operations per render (comparisons, copies, ...)
+local MAX_BYTES = 2 ^ 30     -- bytes of strings built per render
 
 ---------------------------------------------------------------------------------------------
 -- Value model
@@ -1148,6 +1150,28 @@ end
 ---------------------------------------------------------------------------------------------
 -- Runtime operations with Python semantics
 
+-- Work done by the current render, so that no template runs for long (reset by render).
+local steps, bytes = 0, 0
+
+local function spend(n)
+  steps = steps + n
+  if steps > MAX_STEPS then fail("template exceeded its work limit (%d steps)", MAX_STEPS) end
+end
+
+-- account for building a string of n bytes
+local function check_len(n)
+  if n > MAX_STR then fail("MemoryError: result longer than %d bytes", MAX_STR) end
+  bytes = bytes + n
+  if bytes > MAX_BYTES then fail("template exceeded its work limit (%d bytes built)", MAX_BYTES) end
+end
+
+local function limits_swap(s, b)
+  local s0, b0 = steps, bytes
+  steps, bytes = s, b
+  return s0, b0
+end
+
+
 local STR_METHODS, LIST_METHODS, DICT_METHODS, TUPLE_METHODS, LOOP_ATTR = {}, {}, {}, {}, {}
 local FILTERS, TESTS, GLOBALS = {}, {}, {}
 -- filters that take a Markup input as such (the others see its plain string)
@@ -1201,6 +1225,7 @@ local function eq(a, b, depth)
   if ka == "list" or ka == "tuple" then
     local n = #a
     if #b ~= n then return false end
+    spend(n)
     for i = 1, n do if not eq(a[i], b[i], depth) then return false end end
     return true
   elseif ka == "dict" then
@@ -1259,6 +1284,7 @@ local function contains(c, item)
     end
     return find(c, item, 1, true) ~= nil
   elseif k == "list" or k == "tuple" then
+    spend(#c)
     for i = 1, #c do if eq(c[i], item) then return true end end
     return false
   elseif k == "dict" then
@@ -1280,6 +1306,7 @@ end
 -- items of an iterable as an array (dicts give their keys, strings their characters)
 local function iter_items(v)
   local k = kind(v)
+  if type(v) == "table" then spend(#v) end
   if k == "iter" then
     local out, m, items = {}, 0, v.items
     for i = v.pos, #items do m = m + 1; out[m] = items[i] end
@@ -1408,6 +1435,7 @@ local function slice(o, a, b, c)
     fail("TypeError: '%s' object is not subscriptable", pytype(o))
   end
   local start, stop, step = slice_bounds(n, a, b, c)
+  spend(n)
   local out, m, i = {}, 0, start
   if step > 0 then
     while i < stop do m = m + 1; out[m] = items[i + 1]; i = i + step end
@@ -1424,9 +1452,6 @@ local idiv = math_type and load("return function(a, b) return a // b end")()
 
 local percent_format -- forward
 
-local function check_len(n)
-  if n > MAX_STR then fail("MemoryError: result longer than %d bytes", MAX_STR) end
-end
 
 local function repeat_seq(s, n, k)
   local cnt = floor(n)
@@ -1808,7 +1833,7 @@ function reset_compiler() soft = 0 end
       return function(ctx, sc)
         local x, y = a(ctx, sc), b(ctx, sc)
         if type(x) == "string" and type(y) == "string" then
-          if #x + #y > MAX_STR then check_len(#x + #y) end
+          check_len(#x + #y)
           return x .. y
         end
         return binop("+", x, y)
@@ -2064,6 +2089,7 @@ function reset_compiler() soft = 0 end
     local it = ctx.iters + 1
     ctx.iters = it
     if it > MAX_ITER then fail("loop iteration limit (%d) exceeded", MAX_ITER) end
+    spend(1)
   end
 
   SX["for"] = function(n)
@@ -2293,7 +2319,9 @@ function Template:render(vars)
     return v
   end })
   local ctx = { out = {}, n = 0, size = 0, line = 1, iters = 0, depth = 0 }
+  local s0, b0 = limits_swap(0, 0) -- a Lua function called from a template may render too
   local ok, err = pcall(self.fn, ctx, root)
+  limits_swap(s0, b0)
   if ok then return concat(ctx.out, "", 1, ctx.n) end
   return error_result(err, ctx.line, "runtime")
 end
@@ -2613,6 +2641,7 @@ do
     if w <= n then return s end
     local m = w - n
     local left = floor(m / 2) + ((m % 2 == 1 and w % 2 == 1) and 1 or 0)
+    check_len(#s + m * #fill)
     return rep(fill, left) .. s .. rep(fill, m - left)
   end
   STR_METHODS.zfill = function(_, s, args, kw)
@@ -2803,6 +2832,7 @@ do
     if c == 0 then fail("ValueError: range() arg 3 must not be zero") end
     local cnt = c > 0 and floor((b - a + c - 1) / c) or floor((a - b - c - 1) / -c)
     if cnt > MAX_ITER then fail("range of %d items is too large", cnt) end
+    if cnt > 0 then spend(cnt) end
     local out = {}
     for i = 1, cnt do out[i] = a + (i - 1) * c end
     return list(out)
@@ -2979,7 +3009,9 @@ do
   end
   FILTERS.indent = function(_, v, args, kw)
     local width = arg(args, kw, 1, "width", 4)
-    local ind = type(width) == "string" and width or rep(" ", opt_int(width, "width"))
+    local w = type(width) == "string" and #width or opt_int(width, "width")
+  check_len(w)
+  local ind = type(width) == "string" and width or rep(" ", w)
     local first, blank = truthy(arg(args, kw, 2, "first", false)), truthy(arg(args, kw, 3, "blank", false))
     local lines = STR_METHODS.splitlines(nil, tostr(v) .. "\n", EMPTY)
     local rv
@@ -3156,6 +3188,7 @@ do
   end
 
   local function stable_sort(items, n, key, reverse)
+    spend(n * 20)
     local dec = {}
     for i = 1, n do dec[i] = { k = key(items[i]), v = items[i], i = i } end
     sort(dec, function(a, b)
@@ -3197,6 +3230,7 @@ do
         seen[h] = true
       else
         fresh = true
+        spend(#seen_list)
         for j = 1, #seen_list do if eq(seen_list[j], k) then fresh = false break end end
         if fresh then seen_list[#seen_list + 1] = k end
       end

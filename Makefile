@@ -49,7 +49,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_gguf lua_model
+BIND = lua_core lua_util lua_tensor lua_gguf lua_model lua_sample
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)

@@ -1560,6 +1560,29 @@ end
 ---------------------------------------------------------------------------------------------
 -- String formatting: printf-style ("%s" % x) and str.format ("{}".format(x))
 
+-- Python's round(x, p): half to even on the exact decimal value of the double, which
+-- string.format("%.Nf") prints exactly on both 5.4 (libc) and LuaJIT.
+local function round_half_even(x, p)
+  if x ~= x or x == huge or x == -huge then return x end
+  if p < 0 then
+    local m = 10 ^ -p
+    return round_half_even(x / m, 0) * m
+  end
+  local neg = x < 0
+  local ip, fp = match(format("%." .. (p + 25) .. "f", neg and -x or x), "^(%d+)%.(%d+)$")
+  local digits, rest = ip .. sub(fp, 1, p), sub(fp, p + 1)
+  local first = byte(rest, 1) - 48
+  local up = first > 5 or first == 5 and (find(rest, "[1-9]", 2) ~= nil or byte(digits, -1) % 2 == 1)
+  if up then
+    local i = #digits
+    while i > 0 and byte(digits, i) == 57 do i = i - 1 end
+    if i == 0 then digits = "1" .. rep("0", #digits)
+    else digits = sub(digits, 1, i - 1) .. char(byte(digits, i) + 1) .. rep("0", #digits - i) end
+  end
+  local r = tonumber(sub(digits, 1, #digits - p) .. "." .. sub(digits, #digits - p + 1) .. "0")
+  return neg and -r or r
+end
+
 local brace_format, pad
 do
   local function int_of(v, what)
@@ -1595,6 +1618,7 @@ do
     elseif conv == "%" then
       s = format("%." .. (prec or 6) .. "f%%", x * 100)
     elseif conv and conv ~= "" then
+      if not math_type and (conv == "f" or conv == "F") then x = round_half_even(x, prec or 6) end
       s = format("%" .. (alt and "#" or "") .. "." .. (prec or 6) .. conv, x)
     elseif prec then
       s = format("%." .. prec .. "g", x)
@@ -1680,6 +1704,7 @@ do
         elseif find("eEfFgG", conv, 1, true) and conv ~= "" then
           local x = numval(v)
           if x == nil then fail("TypeError: must be real number, not %s", pytype(v)) end
+          if not math_type and (conv == "f" or conv == "F") then x = round_half_even(x, tonumber(prec) or 6) end
           s = format("%" .. flags .. width .. (prec ~= "" and ("." .. prec) or "") .. conv, x)
         else
           fail("ValueError: unsupported format character '%s'", conv)
@@ -1708,8 +1733,8 @@ end
 local cbody, reset_compiler
 do
   local BREAK, CONTINUE = 1, 2
-local soft = 0 -- > 0 while compiling an if body (see cfilter)
-function reset_compiler() soft = 0 end
+  local soft = 0 -- > 0 while compiling an if body (see cfilter)
+  function reset_compiler() soft = 0 end
   local CX, SX = {}, {}
 
   local function cexpr(n) return CX[n.k](n) end
@@ -3010,8 +3035,8 @@ do
   FILTERS.indent = function(_, v, args, kw)
     local width = arg(args, kw, 1, "width", 4)
     local w = type(width) == "string" and #width or opt_int(width, "width")
-  check_len(w)
-  local ind = type(width) == "string" and width or rep(" ", w)
+    check_len(w)
+    local ind = type(width) == "string" and width or rep(" ", w)
     local first, blank = truthy(arg(args, kw, 2, "first", false)), truthy(arg(args, kw, 3, "blank", false))
     local lines = STR_METHODS.splitlines(nil, tostr(v) .. "\n", EMPTY)
     local rv
@@ -3288,30 +3313,7 @@ do
     return x
   end
 
-  -- Python's round(x, p): half to even on the exact decimal value of the double, which
--- string.format("%.Nf") prints exactly on both 5.4 (libc) and LuaJIT.
-local function round_half_even(x, p)
-  if x ~= x or x == huge or x == -huge then return x end
-  if p < 0 then
-    local m = 10 ^ -p
-    return round_half_even(x / m, 0) * m
-  end
-  local neg = x < 0
-  local ip, fp = match(format("%." .. (p + 25) .. "f", neg and -x or x), "^(%d+)%.(%d+)$")
-  local digits, rest = ip .. sub(fp, 1, p), sub(fp, p + 1)
-  local first = byte(rest, 1) - 48
-  local up = first > 5 or first == 5 and (find(rest, "[1-9]", 2) ~= nil or byte(digits, -1) % 2 == 1)
-  if up then
-    local i = #digits
-    while i > 0 and byte(digits, i) == 57 do i = i - 1 end
-    if i == 0 then digits = "1" .. rep("0", #digits)
-    else digits = sub(digits, 1, i - 1) .. char(byte(digits, i) + 1) .. rep("0", #digits - i) end
-  end
-  local r = tonumber(sub(digits, 1, #digits - p) .. "." .. sub(digits, #digits - p + 1) .. "0")
-  return neg and -r or r
-end
-
-FILTERS.round = function(_, v, args, kw)
+  FILTERS.round = function(_, v, args, kw)
     local x, fl = numval(v)
     if x == nil then fail("TypeError: type %s doesn't define __round__ method", pytype(v)) end
     local p = opt_int(arg(args, kw, 1, "precision", 0), "precision")

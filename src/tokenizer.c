@@ -1167,26 +1167,6 @@ static int bpe_word(const ml_vocab *v, scratch *sc, const uint8_t *w, size_t m, 
   return 0;
 }
 
-/* NFC of cp[0..k) into out (4 k entries), normalizing only around the characters that may
- * change: a character with ccc 0 and NFC_QC Yes (no ML_UC_NFC flag) never combines with
- * what precedes it, so the text can be cut before it. */
-static size_t nfc_spans(const uint32_t *cp, const uint8_t *fl, size_t k, uint32_t *out) {
-  size_t i = 0, w = 0;
-  while (i < k) {
-    size_t e = i;
-    while (e < k && !(fl[e] & ML_UC_NFC)) e++;
-    size_t s = e > i && e < k ? e - 1 : e; /* the starter before a run may compose with it */
-    memcpy(out + w, cp + i, (s - i) * sizeof *cp);
-    w += s - i;
-    if (e == k) break;
-    size_t f = e;
-    while (f < k && (fl[f] & ML_UC_NFC)) f++;
-    w += ml_nfc(cp + s, f - s, out + w);
-    i = f;
-  }
-  return w;
-}
-
 static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, outbuf *o) {
   if (grow_cp(sc, n + 1)) return -1;
   size_t k = 0;
@@ -1202,7 +1182,7 @@ static int bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
   if (v->info.nfc && ml_nfc_needed(sc->cp, sc->fl, k)) {
     int err = 0;
     if (GROW(sc->cp2, sc->cap_cp2, 4 * k, err), err) return -1;
-    size_t k2 = nfc_spans(sc->cp, sc->fl, k, sc->cp2), j = 0;
+    size_t k2 = ml_nfc(sc->cp, k, sc->cp2), j = 0;
     if (grow_cp(sc, k2 + 1) || (GROW(sc->bytes, sc->cap_bytes, 4 * k2, err), err)) return -1;
     for (size_t i = 0; i < k2; i++) {
       sc->cp[i] = sc->cp2[i];

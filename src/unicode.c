@@ -180,7 +180,8 @@ static uint32_t compose(uint32_t a, uint32_t b) {
   return 0;
 }
 
-size_t ml_nfc(const uint32_t *in, size_t n, uint32_t *out) {
+/* NFC of one run: decompose, reorder, compose. */
+static size_t nfc_run(const uint32_t *in, size_t n, uint32_t *out) {
   size_t m = 0;
   for (size_t i = 0; i < n; i++) m += decompose(in[i], out + m);
 
@@ -217,6 +218,25 @@ size_t ml_nfc(const uint32_t *in, size_t n, uint32_t *out) {
     }
     last_cc = cc;
     out[w++] = c;
+  }
+  return w;
+}
+
+/* Only the runs of characters that may change are normalized, each with the starter before
+ * it: a character with ccc 0 and NFC_QC Yes (no ML_UC_NFC flag) never combines with what
+ * precedes it, so the text can be cut before it. */
+size_t ml_nfc(const uint32_t *in, size_t n, uint32_t *out) {
+  size_t i = 0, w = 0;
+  while (i < n) {
+    size_t e = i;
+    while (e < n && !(ml_uc_flags(in[e]) & ML_UC_NFC)) e++;
+    size_t s = e > i && e < n ? e - 1 : e; /* the starter before a run may compose with it */
+    for (size_t j = i; j < s; j++) out[w++] = in[j];
+    if (e == n) break;
+    size_t f = e;
+    while (f < n && (ml_uc_flags(in[f]) & ML_UC_NFC)) f++;
+    w += nfc_run(in + s, f - s, out + w);
+    i = f;
   }
   return w;
 }

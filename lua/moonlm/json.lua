@@ -24,7 +24,7 @@ local setmetatable, getmetatable, pcall, error = setmetatable, getmetatable, pca
 local byte, char, find, sub, format, gsub, rep, match =
   string.byte, string.char, string.find, string.sub, string.format, string.gsub, string.rep,
   string.match
-local concat, sort = table.concat, table.sort
+local concat, sort, tremove = table.concat, table.sort, table.remove
 local floor, huge = math.floor, math.huge
 local math_type = math.type
 
@@ -71,7 +71,7 @@ function _M.set(t, k, v)
   if v == nil then
     if t[k] ~= nil then
       for i = 1, #ks do
-        if ks[i] == k then table.remove(ks, i) break end
+        if ks[i] == k then tremove(ks, i) break end
       end
     end
   elseif t[k] == nil then

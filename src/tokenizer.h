@@ -84,11 +84,12 @@ int ml_vocab_is_eog(const ml_vocab *v, int32_t id);
 /* The id whose stored text is exactly text[0..len), or -1. */
 int32_t ml_vocab_find(const ml_vocab *v, const char *text, size_t len);
 
-/* Tokenize text[0..len) (any bytes; invalid UTF-8 is kept: SPM byte-falls-back, BPE maps
- * the bytes). add_bos / add_eos: 1 yes, 0 no, -1 the vocabulary's default. parse_special:
- * control and user-defined tokens written in the text become those tokens (longest first);
- * when 0, only user-defined tokens are (as llama.cpp and Hugging Face do). Writes at most
- * n_max ids to out (out may be NULL when n_max is 0). */
+/* Tokenize text[0..len) (any bytes, up to 1 GiB; invalid UTF-8 is kept: SPM falls back to
+ * byte tokens, BPE maps the bytes). add_bos / add_eos: 1 yes, 0 no, -1 the vocabulary's
+ * default. parse_special: control and user-defined tokens written in the text become those
+ * tokens (longest first); when 0, only user-defined tokens are (as llama.cpp and Hugging
+ * Face do). Writes at most n_max ids to out (out may be NULL when n_max is 0); the ids
+ * written are the first n_max of the full result. */
 int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int add_bos, int add_eos,
                           int parse_special, int32_t *out, int64_t n_max);
 

@@ -26,6 +26,9 @@ end
 -- tensor(...) is tensor.new(...)
 setmetatable(_M.tensor, { __call = function(_, ...) return _M.tensor.new(...) end })
 
+-- sampler(opts) -> s; s:sample(logits, history) -> id (see moonlm/sampler.lua)
+function _M.sampler(opts) return require("moonlm.sampler").new(opts) end
+
 ---------------------------------------------------------------------------------------
 -- Models
 ---------------------------------------------------------------------------------------
@@ -80,7 +83,11 @@ function _M.attach(handle)
   return wrap_model(ud)
 end
 
-function Model:close() self._ud:close() end
+function Model:close()
+  if self._gen_ctx then self._gen_ctx:close() end
+  if self._embed_ctx then self._embed_ctx:close() end
+  self._ud:close()
+end
 Model.__close = Model.close
 
 function Model:__tostring()
@@ -117,6 +124,62 @@ function Model:decoder(opts) return self._ud:decoder(opts) end
 function Model:is_eog(id)
   local _, _, _, eog = self._ud:token(id)
   return eog
+end
+
+-- generate(prompt, opts) -> text, info; stream(prompt, opts) -> iterator of pieces.
+-- Options and info are documented in moonlm/generate.lua.
+function Model:generate(prompt, opts) return require("moonlm.generate").generate(self, prompt, opts) end
+function Model:stream(prompt, opts) return require("moonlm.generate").stream(self, prompt, opts) end
+
+-- chat{ system = ..., template = ..., n_ctx = ... } -> session (see moonlm/chat.lua)
+function Model:chat(opts) return require("moonlm.chat").new(self, opts) end
+-- apply_template(messages, { add_generation_prompt = true, template = ... }) -> text | nil, err
+function Model:apply_template(messages, opts) return require("moonlm.chat").apply_template(self, messages, opts) end
+-- chat_load(model, path) -> session | nil, err: a session saved with session:save(path)
+function _M.chat_load(model, path, opts) return require("moonlm.chat").load(model, path, opts) end
+
+-- embed(text | {texts}, { pooling = "mean" | "last" | "cls", normalize = true }) -> {n, n_embd}
+function Model:embed(texts, opts)
+  opts = opts or {}
+  local single = type(texts) == "string"
+  if single then texts = { texts } end
+  if type(texts) ~= "table" then
+    error(("bad argument #1 to 'embed' (string or table of strings expected, got %s)"):format(type(texts)), 2)
+  end
+  local pooling = opts.pooling or "mean"
+  if pooling ~= "mean" and pooling ~= "last" and pooling ~= "cls" then
+    error(("bad argument #2 to 'embed' (pooling must be \"mean\", \"last\" or \"cls\", got %q)"):format(tostring(pooling)), 2)
+  end
+  local T = _M.tensor
+  local batch = {}
+  for i, text in ipairs(texts) do
+    if type(text) ~= "string" then error(("bad argument #1 to 'embed' (item %d is not a string)"):format(i), 2) end
+    batch[i] = self:tokenize(text)
+    if #batch[i] == 0 then batch[i] = { self.vocab.bos or 0 } end
+  end
+  local longest = 1
+  for _, ids in ipairs(batch) do longest = math.max(longest, #ids) end
+  local ctx = self._embed_ctx
+  if not ctx or ctx.n_ctx < longest then
+    if ctx then ctx:close() end
+    local err
+    ctx, err = self:context { n_ctx = math.max(longest, 512), kv_type = "f32" }
+    if not ctx then return nil, err end
+    self._embed_ctx = ctx
+  end
+  local rows = {}
+  for i, ids in ipairs(batch) do
+    ctx:clear()
+    local h = assert(ctx:hidden(ids))
+    local v
+    if pooling == "mean" then v = h:mean(1)
+    elseif pooling == "last" then v = h[#ids]:clone()
+    else v = h[1]:clone() end
+    if opts.normalize ~= false then v = v / math.max(v:square():sum() ^ 0.5, 1e-12) end
+    rows[i] = v
+  end
+  ctx:clear()
+  return T.stack(rows, 1)
 end
 
 function Model:tensor(name) return self._ud:tensor(name) end

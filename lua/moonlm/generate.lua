@@ -1,0 +1,251 @@
+-- The generation loop: prompt -> prefill -> sample -> decode, one token at a time, with
+-- stop strings matched across token boundaries, streaming text that is always whole UTF-8
+-- characters. Plain Lua on purpose: it is the policy users want to read and change.
+--
+--   text, info = model:generate(prompt, opts)
+--   for piece, info in model:stream(prompt, opts) do io.write(piece) end
+--
+-- prompt: a string (tokenized with the model's BOS default) or a table of token ids.
+-- opts (defaults in brackets), plus every sampler option (moonlm.sampler):
+--   max_tokens [256]   tokens to generate at most
+--   stop {}            strings that end generation; never part of the output
+--   stop_tokens {}     ids that end generation, besides the model's end-of-turn tokens
+--   ignore_eos [false] keep going past end-of-generation tokens
+--   on_token(piece, id) called for every token; return false to stop ("abort")
+--   sampler            a moonlm.sampler to use instead of building one from opts
+--   context, seq [0]   where to run; by default a context kept by the model for generate
+--   keep [false]       continue the sequence instead of clearing it first
+--   special [false]    render control tokens in the output text
+--   n_ctx              size of the model's own context (default min(n_ctx_train, 4096))
+-- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort"),
+--   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids)
+local sampler = require "moonlm.sampler"
+local core = require "moonlm.core"
+
+local clock = core.clock
+local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
+local find, sub = string.find, string.sub
+
+local _M = {}
+
+local Gen = {}
+Gen.__index = Gen
+
+local function stop_list(stop)
+  if stop == nil then return {} end
+  if type(stop) == "string" then return { stop } end
+  if type(stop) ~= "table" then error("bad option 'stop' (string or table of strings expected)", 4) end
+  local out = {}
+  for _, s in ipairs(stop) do
+    if type(s) ~= "string" then error("bad option 'stop' (string or table of strings expected)", 4) end
+    if s ~= "" then out[#out + 1] = s end
+  end
+  return out
+end
+
+-- Length of the longest suffix of `text` that is a proper prefix of some stop string.
+local function held_suffix(text, stops)
+  local best = 0
+  for _, s in ipairs(stops) do
+    for k = math.min(#s - 1, #text), 1, -1 do
+      if k <= best then break end
+      if sub(text, -k) == sub(s, 1, k) then
+        best = k
+        break
+      end
+    end
+  end
+  return best
+end
+
+-- Do not split a UTF-8 character when holding back a suffix.
+local function char_start(text, i)
+  while i > 1 do
+    local b = text:byte(i)
+    if not b or b < 0x80 or b >= 0xC0 then break end
+    i = i - 1
+  end
+  return i
+end
+
+function _M.start(model, prompt, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #2 to 'generate' (table expected, got " .. type(opts) .. ")", 3) end
+  local self = setmetatable({ model = model, opts = opts }, Gen)
+  -- where to run
+  local ctx = opts.context
+  if not ctx then
+    local want = opts.n_ctx or math.min(model.n_ctx_train or 4096, 4096)
+    ctx = model._gen_ctx
+    if not ctx or ctx.n_ctx ~= want then
+      if ctx then ctx:close() end
+      local err
+      ctx, err = model:context { n_ctx = want }
+      if not ctx then error(err, 3) end
+      model._gen_ctx = ctx
+    end
+  end
+  self.ctx, self.seq = ctx, opts.seq or 0
+  if not opts.keep then ctx:clear(self.seq) end
+  -- prompt
+  local ids
+  if type(prompt) == "string" then
+    ids = model:tokenize(prompt, { special = opts.parse_special })
+  elseif type(prompt) == "table" then
+    ids = prompt
+  else
+    error("bad argument #1 to 'generate' (string or table of token ids expected, got " .. type(prompt) .. ")", 3)
+  end
+  self.history = {}
+  for i, id in ipairs(ids) do self.history[i] = id end
+  self.sampler = opts.sampler or sampler.new(opts)
+  self.decoder = model:decoder { special = opts.special }
+  self.stops = stop_list(opts.stop)
+  self.stop_ids = {}
+  if not opts.ignore_eos then
+    for _, id in ipairs(model.vocab and model.vocab.eog or {}) do self.stop_ids[id] = true end
+  end
+  for _, id in ipairs(opts.stop_tokens or {}) do self.stop_ids[id] = true end
+  self.max_tokens = opts.max_tokens or 256
+  self.pending = ""
+  self.info = { prompt_tokens = #ids, tokens = 0, ids = {}, stop_reason = nil }
+  -- prefill
+  local t0 = clock()
+  if #ids == 0 then
+    local bos = model.vocab and model.vocab.bos
+    if not bos then error("empty prompt and the model has no BOS token", 3) end
+    ids = { bos }
+    self.history[1] = bos
+  end
+  local logits, err = ctx:decode(ids, { seq = self.seq })
+  self.info.prompt_seconds = clock() - t0
+  self.info.prompt_tps = #ids / math.max(self.info.prompt_seconds, 1e-9)
+  self.t_gen = clock()
+  if not logits then
+    self.info.stop_reason = "length"
+    self.info.error = err
+    self.done = true
+  end
+  self.logits = logits
+  return self
+end
+
+function Gen:finish(reason)
+  if not self.done then
+    self.done = true
+    self.info.stop_reason = self.info.stop_reason or reason
+  end
+  local info = self.info
+  info.gen_seconds = clock() - self.t_gen
+  info.gen_tps = info.tokens / math.max(info.gen_seconds, 1e-9)
+  if self.logits then
+    self.logits:close()
+    self.logits = nil
+  end
+end
+
+-- Move safe text out of `pending`: everything, or all but a possible stop-string start.
+function Gen:release(final)
+  local text = self.pending
+  if #self.stops > 0 then
+    for _, s in ipairs(self.stops) do
+      local at = find(text, s, 1, true)
+      if at then
+        self.pending = ""
+        self.info.stop_reason = "stop"
+        self.stopped = true
+        return sub(text, 1, at - 1)
+      end
+    end
+    if not final then
+      local hold = held_suffix(text, self.stops)
+      if hold > 0 then
+        local cut = char_start(text, #text - hold + 1)
+        self.pending = sub(text, cut)
+        return sub(text, 1, cut - 1)
+      end
+    end
+  end
+  self.pending = ""
+  return text
+end
+
+-- next() -> the next piece of text (never ""), or nil when generation has ended.
+function Gen:next()
+  while true do
+    if self.stopped or self.done then
+      if not self.flushed then
+        self.flushed = true
+        if not self.stopped then
+          self.pending = self.pending .. self.decoder:flush()
+          local out = self:release(true)
+          self:finish(self.info.stop_reason or "length")
+          if out ~= "" then return out end
+        end
+        self:finish("stop")
+      end
+      return nil
+    end
+    if self.info.tokens >= self.max_tokens then
+      self.done = true
+      self.info.stop_reason = "length"
+    else
+      local id = self.sampler:sample(self.logits, self.history)
+      self.logits:close()
+      self.logits = nil
+      if self.stop_ids[id] then
+        self.done = true
+        self.info.stop_reason = "eos"
+        self.info.eos_id = id
+      else
+        self.history[#self.history + 1] = id
+        local info = self.info
+        info.tokens = info.tokens + 1
+        info.ids[info.tokens] = id
+        local piece = self.decoder:push(id)
+        if self.opts.on_token and self.opts.on_token(piece, id) == false then
+          self.info.stop_reason = "abort"
+          self.done = true
+        end
+        if not self.done and info.tokens < self.max_tokens then
+          local logits, err = self.ctx:decode({ id }, { seq = self.seq })
+          if not logits then
+            self.done = true
+            info.stop_reason = "length"
+            info.context_full = true
+            info.error = err
+          end
+          self.logits = logits
+        end
+        self.pending = self.pending .. piece
+        local out = self:release(false)
+        if self.stopped then self.done = true end
+        if out ~= "" then return out end
+      end
+    end
+  end
+end
+
+-- model:stream(prompt, opts) -> iterator of pieces (each call: piece, info)
+function _M.stream(model, prompt, opts)
+  local g = _M.start(model, prompt, opts)
+  return function()
+    local piece = g:next()
+    if piece == nil then return nil end
+    return piece, g.info
+  end, g
+end
+
+-- model:generate(prompt, opts) -> text, info
+function _M.generate(model, prompt, opts)
+  local g = _M.start(model, prompt, opts)
+  local parts = {}
+  while true do
+    local piece = g:next()
+    if piece == nil then break end
+    parts[#parts + 1] = piece
+  end
+  return table.concat(parts), g.info
+end
+
+return _M

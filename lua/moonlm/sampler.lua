@@ -1,0 +1,223 @@
+-- Sampling policy. Everything that scans the whole vocabulary (bias, penalties, the top-k
+-- cut) runs in C (core.candidates); the rest works on a few dozen candidates here, where
+-- users can change it.
+--
+--   local s = moonlm.sampler { temperature = 0.8, top_k = 40, top_p = 0.95, seed = 1 }
+--   local id = s:sample(logits, history)   -- history: the ids so far (for penalties)
+--
+-- Options (defaults in brackets):
+--   temperature [0.8]   0 or less: greedy (the best adjusted logit)
+--   top_k [40]          0: no cut (every token is a candidate)
+--   top_p [1.0]         nucleus: the smallest set with cumulative probability >= top_p
+--   min_p [0.0]         drop tokens with probability < min_p * p(best)
+--   typical_p [1.0]     locally typical sampling
+--   repeat_penalty [1.0], frequency_penalty [0], presence_penalty [0] over the last
+--   penalty_last_n [64] ids of history (repeat: positive logits divided, negative multiplied)
+--   logit_bias {}       { [id] = bias }, added before anything else (-math.huge bans a token)
+--   mirostat [0]        2: mirostat v2 with mirostat_tau [5.0] and mirostat_eta [0.1]
+--   seed                the same seed gives the same choices on every run and machine
+--   steps {}            user functions step(cands, history), see below
+--
+-- The order, as llama.cpp's default chain: logit_bias -> penalties -> top_k -> user steps
+-- -> typical_p -> top_p -> min_p -> temperature -> draw (or mirostat instead of the cuts).
+-- A step gets cands = { ids = {...}, logits = {...} } (0-based ids, sorted best first, already
+-- cut by top_k) and the history; it may edit both arrays in place (they stay parallel) or
+-- return a new cands table. Returning an empty set is an error.
+local core = require "moonlm.core"
+
+local exp, log, huge, floor = math.exp, math.log, math.huge, math.floor
+local type, error, ipairs, setmetatable = type, error, ipairs, setmetatable
+
+local _M = {}
+local Sampler = {}
+Sampler.__index = Sampler
+
+local defaults = {
+  temperature = 0.8, top_k = 40, top_p = 1.0, min_p = 0.0, typical_p = 1.0,
+  repeat_penalty = 1.0, frequency_penalty = 0.0, presence_penalty = 0.0, penalty_last_n = 64,
+  mirostat = 0, mirostat_tau = 5.0, mirostat_eta = 0.1,
+}
+
+local numeric = {
+  temperature = true, top_k = true, top_p = true, min_p = true, typical_p = true,
+  repeat_penalty = true, frequency_penalty = true, presence_penalty = true,
+  penalty_last_n = true, mirostat = true, mirostat_tau = true, mirostat_eta = true, seed = true,
+}
+
+local function argerr(msg) error("bad argument #1 to 'sampler' (" .. msg .. ")", 3) end
+
+function _M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then argerr("options table expected, got " .. type(opts)) end
+  opts = opts or {}
+  local self = setmetatable({}, Sampler)
+  for k, v in pairs(defaults) do self[k] = v end
+  for k, v in pairs(opts) do
+    if numeric[k] then
+      if type(v) ~= "number" or v ~= v then argerr(("option '%s' must be a number"):format(k)) end
+      self[k] = v
+    elseif k == "logit_bias" or k == "steps" then
+      if type(v) ~= "table" then argerr(("option '%s' must be a table"):format(k)) end
+      self[k] = v
+    elseif k ~= "greedy" then
+      -- generation options pass through the same table; they are not ours to judge
+      self[k] = v
+    end
+  end
+  if opts.greedy then self.temperature = 0 end
+  if self.top_p <= 0 or self.top_p > 1 then argerr("top_p must be in (0, 1]") end
+  if self.min_p < 0 or self.min_p > 1 then argerr("min_p must be in [0, 1]") end
+  if self.typical_p <= 0 or self.typical_p > 1 then argerr("typical_p must be in (0, 1]") end
+  if self.repeat_penalty <= 0 then argerr("repeat_penalty must be positive") end
+  if self.mirostat ~= 0 and self.mirostat ~= 2 then argerr("mirostat must be 0 or 2 (v1 is not supported)") end
+  if self.top_k < 0 then argerr("top_k must be >= 0") end
+  self.rng = core.rng(floor(self.seed or os.time()))
+  self.mu = 2 * self.mirostat_tau
+  self.c_opts = {
+    top_k = self.top_k, bias = self.logit_bias, penalty_last_n = self.penalty_last_n,
+    repeat_penalty = self.repeat_penalty, frequency_penalty = self.frequency_penalty,
+    presence_penalty = self.presence_penalty,
+  }
+  return self
+end
+
+setmetatable(_M, { __call = function(_, opts) return _M.new(opts) end })
+
+-- softmax over candidate logits (already sorted, best first) -> probabilities
+local function softmax(logits, temp)
+  local n, p, m = #logits, {}, logits[1]
+  local s = 0
+  for i = 1, n do
+    local e = exp((logits[i] - m) / temp)
+    p[i] = e
+    s = s + e
+  end
+  for i = 1, n do p[i] = p[i] / s end
+  return p
+end
+
+-- Keep the first `n` candidates.
+local function keep(c, n)
+  for i = #c.ids, n + 1, -1 do
+    c.ids[i] = nil
+    c.logits[i] = nil
+  end
+end
+
+local function top_p(c, p, min_keep)
+  if p >= 1 then return end
+  local probs = softmax(c.logits, 1)
+  local cum = 0
+  for i = 1, #probs do
+    cum = cum + probs[i]
+    if cum >= p and i >= min_keep then return keep(c, i) end
+  end
+end
+
+local function min_p(c, mp, min_keep)
+  if mp <= 0 then return end
+  local best = c.logits[1]
+  local cut = best + log(mp) -- p_i >= mp * p_best  <=>  l_i >= l_best + log(mp)
+  for i = 2, #c.logits do
+    if c.logits[i] < cut and i > min_keep then return keep(c, i - 1) end
+  end
+end
+
+local function typical(c, tp, min_keep)
+  if tp >= 1 then return end
+  local probs = softmax(c.logits, 1)
+  local ent = 0
+  for i = 1, #probs do
+    if probs[i] > 0 then ent = ent - probs[i] * log(probs[i]) end
+  end
+  -- the smallest set, by |surprise - entropy|, whose mass reaches tp
+  local order, dev = {}, {}
+  for i = 1, #probs do
+    order[i] = i
+    dev[i] = math.abs(-log(probs[i]) - ent)
+  end
+  table.sort(order, function(a, b)
+    if dev[a] ~= dev[b] then return dev[a] < dev[b] end
+    return a < b
+  end)
+  local cum, n = 0, #order
+  for k = 1, #order do
+    cum = cum + probs[order[k]]
+    if cum >= tp and k >= min_keep then n = k break end
+  end
+  local kept = {}
+  for k = 1, n do kept[order[k]] = true end
+  local ids, logits = {}, {}
+  for i = 1, #probs do -- keep the best-first order
+    if kept[i] then
+      ids[#ids + 1] = c.ids[i]
+      logits[#logits + 1] = c.logits[i]
+    end
+  end
+  c.ids, c.logits = ids, logits
+end
+
+local function draw(self, probs)
+  local u = self.rng:uniform()
+  local cum = 0
+  for i = 1, #probs do
+    cum = cum + probs[i]
+    if u < cum then return i end
+  end
+  return #probs
+end
+
+-- candidates(logits, history) -> cands after bias, penalties and top_k (C), and user steps
+function Sampler:candidates(logits, history)
+  local opts = self.c_opts
+  opts.history = history
+  local ids, vals = core.candidates(logits, opts)
+  opts.history = nil
+  local c = { ids = ids, logits = vals }
+  if self.steps then
+    for i, step in ipairs(self.steps) do
+      local r = step(c, history)
+      if r ~= nil then c = r end
+      if type(c) ~= "table" or not c.ids or #c.ids == 0 then
+        error(("sampler step %d left no candidates"):format(i), 3)
+      end
+    end
+  end
+  return c
+end
+
+-- sample(logits, history) -> id (0-based), and its probability under the final distribution
+function Sampler:sample(logits, history)
+  local c = self:candidates(logits, history)
+  if #c.ids == 0 then error("no candidates to sample from", 2) end
+  -- all candidates banned (-inf): fall back to the best of them
+  if c.logits[1] == -huge then return c.ids[1], 1 end
+  if self.temperature <= 0 then return c.ids[1], 1 end
+  if self.mirostat == 2 then
+    local probs = softmax(c.logits, self.temperature)
+    -- drop candidates more surprising than mu (keep at least one)
+    local n = #probs
+    for i = 2, #probs do
+      if -log(probs[i]) / log(2) > self.mu then n = i - 1 break end
+    end
+    keep(c, n)
+    probs = softmax(c.logits, self.temperature)
+    local i = draw(self, probs)
+    local surprise = -log(probs[i]) / log(2)
+    self.mu = self.mu - self.mirostat_eta * (surprise - self.mirostat_tau)
+    return c.ids[i], probs[i]
+  end
+  typical(c, self.typical_p, 1)
+  top_p(c, self.top_p, 1)
+  min_p(c, self.min_p, 1)
+  local probs = softmax(c.logits, self.temperature)
+  local i = draw(self, probs)
+  return c.ids[i], probs[i]
+end
+
+-- Forget adaptive state (mirostat's mu) and optionally reseed.
+function Sampler:reset(seed)
+  self.mu = 2 * self.mirostat_tau
+  if seed then self.rng:seed(floor(seed)) end
+end
+
+return _M

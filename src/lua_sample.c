@@ -1,0 +1,186 @@
+/* lua_sample.c: the parts of sampling that touch the whole vocabulary, so the Lua sampler
+ * only sees a handful of candidates per token: logit bias and repetition penalties applied
+ * on the fly (the logits tensor is not modified), then the k best candidates, sorted. Also
+ * the seeded generator samplers draw from (same seed, same draws on every machine). */
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "lua_internal.h"
+#include "lua_tensor.h"
+
+typedef struct cand { float v; int32_t id; } cand;
+
+static inline int better(cand a, cand b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
+
+static void sift(cand *h, int64_t n, int64_t i) { /* min-heap on `better`: root is the worst kept */
+  for (;;) {
+    int64_t l = 2 * i + 1, r = l + 1, w = i;
+    if (l < n && better(h[w], h[l])) w = l;
+    if (r < n && better(h[w], h[r])) w = r;
+    if (w == i) return;
+    cand t = h[i]; h[i] = h[w]; h[w] = t;
+    i = w;
+  }
+}
+
+/* candidates(logits, { top_k = 40, bias = {[id] = b}, history = {ids}, penalty_last_n = 64,
+ *   repeat_penalty = 1, frequency_penalty = 0, presence_penalty = 0, min_keep = 1 })
+ *   -> ids (0-based), values: the top_k best adjusted logits in descending order (all of
+ *   them when top_k is 0), ties broken by the lower id. */
+static int l_candidates(lua_State *L) {
+  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  if (t->type != ML_TYPE_F32 || t->ndim != 1 || t->stride[0] != 1)
+    return luaL_argerror(L, 1, "logits must be a contiguous 1-d f32 tensor (one row)");
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  int64_t n = t->shape[0];
+  const float *x = ml_tensor_data(t);
+  double top_k = 40, last_n = 64, rep = 1, freq = 0, pres = 0;
+#define NUM(field, var) \
+  lua_getfield(L, 2, field); \
+  if (!lua_isnil(L, -1)) var = luaL_checknumber(L, -1); \
+  lua_pop(L, 1)
+  if (lua_istable(L, 2)) {
+    NUM("top_k", top_k);
+    NUM("penalty_last_n", last_n);
+    NUM("repeat_penalty", rep);
+    NUM("frequency_penalty", freq);
+    NUM("presence_penalty", pres);
+  }
+#undef NUM
+  int64_t k = top_k <= 0 || top_k > (double)n ? n : (int64_t)top_k;
+  /* The few tokens whose logit changes: biased ones and those in the penalty window.
+   * adj[j] holds the final value of token ids[j]. */
+  int64_t nadj = 0;
+  int32_t *ids = NULL;
+  float *adj = NULL;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "bias");    /* 3 */
+    lua_getfield(L, 2, "history"); /* 4 */
+    int64_t nb = 0, nh = lua_istable(L, 4) ? (int64_t)lua_rawlen(L, 4) : 0;
+    if (lua_istable(L, 3))
+      for (lua_pushnil(L); lua_next(L, 3); lua_pop(L, 1)) nb++;
+    int penal = rep != 1 || freq != 0 || pres != 0;
+    int64_t h0 = !penal ? nh : last_n < 0 || (double)nh <= last_n ? 0 : nh - (int64_t)last_n;
+    int64_t cap = nb + (nh - h0) + 1;
+    ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)cap, 0);
+    adj = lua_newuserdatauv(L, sizeof(float) * (size_t)cap, 0);
+    int64_t *cnt = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)cap, 0);
+#define FIND(id, j) for (j = 0; j < nadj && ids[j] != (id); j++)
+    if (lua_istable(L, 3))
+      for (lua_pushnil(L); lua_next(L, 3); lua_pop(L, 1)) {
+        int ok;
+        lua_Integer id = lua_tointegerx(L, -2, &ok);
+        if (!ok || id < 0 || id >= n) return luaL_argerror(L, 2, "bias keys must be token ids in range");
+        if (lua_type(L, -1) != LUA_TNUMBER) return luaL_argerror(L, 2, "bias values must be numbers");
+        int64_t j;
+        FIND(id, j);
+        if (j == nadj) {
+          ids[nadj] = (int32_t)id;
+          adj[nadj] = x[id];
+          cnt[nadj++] = 0;
+        }
+        adj[j] += (float)lua_tonumber(L, -1);
+      }
+    for (int64_t i = h0; i < nh; i++) {
+      lua_rawgeti(L, 4, (lua_Integer)i + 1);
+      int ok;
+      lua_Integer id = lua_tointegerx(L, -1, &ok);
+      lua_pop(L, 1);
+      if (!ok || id < 0 || id >= n) continue;
+      int64_t j;
+      FIND(id, j);
+      if (j == nadj) {
+        ids[nadj] = (int32_t)id;
+        adj[nadj] = x[id];
+        cnt[nadj++] = 0;
+      }
+      cnt[j]++;
+    }
+#undef FIND
+    for (int64_t j = 0; j < nadj; j++)
+      if (cnt[j]) { /* as llama.cpp: divide positive logits, multiply negative ones */
+        float v = adj[j];
+        v = v > 0 ? (float)(v / rep) : (float)(v * rep);
+        adj[j] = v - (float)((double)cnt[j] * freq + pres);
+      }
+  }
+  cand *h = lua_newuserdatauv(L, sizeof(cand) * (size_t)(k ? k : 1), 0);
+  int64_t m = 0;
+  uint8_t *touched = NULL;
+  if (nadj) {
+    touched = lua_newuserdatauv(L, (size_t)n, 0);
+    memset(touched, 0, (size_t)n);
+    for (int64_t j = 0; j < nadj; j++) touched[ids[j]] = 1;
+  }
+  for (int64_t i = 0; i < n && k > 0; i++) {
+    cand c;
+    c.id = (int32_t)i;
+    c.v = x[i];
+    if (touched && touched[i])
+      for (int64_t j = 0; j < nadj; j++)
+        if (ids[j] == i) c.v = adj[j];
+    if (c.v != c.v) c.v = -INFINITY;
+    if (m < k) {
+      h[m++] = c;
+      if (m == k)
+        for (int64_t j = k / 2; j >= 0; j--) sift(h, k, j);
+    } else if (better(c, h[0])) {
+      h[0] = c;
+      sift(h, k, 0);
+    }
+  }
+  if (m < k)
+    for (int64_t j = m / 2; j >= 0; j--) sift(h, m, j);
+  for (int64_t end = m - 1; end > 0; end--) { /* heap sort: best first */
+    cand tmp = h[0]; h[0] = h[end]; h[end] = tmp;
+    sift(h, end, 0);
+  }
+  lua_createtable(L, (int)m, 0);
+  lua_createtable(L, (int)m, 0);
+  for (int64_t i = 0; i < m; i++) {
+    lua_pushinteger(L, h[i].id);
+    lua_rawseti(L, -3, (lua_Integer)i + 1);
+    lua_pushnumber(L, h[i].v);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 2;
+}
+
+/* ---- generator ---- */
+
+#define RNG_MT "moonlm.rng"
+
+static int l_rng(lua_State *L) {
+  lua_Integer seed = luaL_optinteger(L, 1, 0);
+  ml_rng *r = lua_newuserdatauv(L, sizeof *r, 0);
+  ml_rng_seed(r, (uint64_t)seed);
+  luaL_setmetatable(L, RNG_MT);
+  return 1;
+}
+
+/* rng:uniform() -> [0, 1) */
+static int rng_uniform(lua_State *L) {
+  ml_rng *r = luaL_checkudata(L, 1, RNG_MT);
+  lua_pushnumber(L, ml_rng_uniform(r));
+  return 1;
+}
+
+static int rng_seed(lua_State *L) {
+  ml_rng *r = luaL_checkudata(L, 1, RNG_MT);
+  ml_rng_seed(r, (uint64_t)luaL_checkinteger(L, 2));
+  return 0;
+}
+
+static const luaL_Reg rng_methods[] = {{"uniform", rng_uniform}, {"seed", rng_seed}, {NULL, NULL}};
+static const luaL_Reg funcs[] = {{"candidates", l_candidates}, {"rng", l_rng}, {NULL, NULL}};
+
+void ml_lua_open_sample(lua_State *L) {
+  luaL_newmetatable(L, RNG_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, rng_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

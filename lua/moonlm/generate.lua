@@ -99,7 +99,10 @@ function _M.start(model, prompt, opts)
   self.history = {}
   for i, id in ipairs(ids) do self.history[i] = id end
   self.sampler = opts.sampler or sampler.new(opts)
-  self.decoder = model:decoder { special = opts.special }
+  -- the dummy-prefix space of the first word is dropped when the output starts the text
+  -- (an empty prompt, or only BOS and other control tokens)
+  local starts = #ids == 0 or model:detokenize(ids) == ""
+  self.decoder = model:decoder { special = opts.special, strip_space = starts }
   self.stops = stop_list(opts.stop)
   self.stop_ids = {}
   if not opts.ignore_eos then

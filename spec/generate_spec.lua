@@ -8,20 +8,7 @@ local T = lm.tensor
 local stories = S.path("models/stories260K.gguf")
 local ref = json.decode(S.read_file(S.path("models/stories260K.reference.json")))
 
-local function valid_utf8(s)
-  local i, n = 1, #s
-  while i <= n do
-    local c = s:byte(i)
-    local len = c < 0x80 and 1 or c >= 0xF0 and c < 0xF8 and 4 or c >= 0xE0 and 3 or c >= 0xC2 and c < 0xE0 and 2 or nil
-    if not len or i + len - 1 > n then return false end
-    for k = i + 1, i + len - 1 do
-      local b = s:byte(k)
-      if b < 0x80 or b >= 0xC0 then return false end
-    end
-    i = i + len
-  end
-  return true
-end
+local valid_utf8 = S.valid_utf8
 
 describe("sampler", function()
   local logits = T{ 1.0, 3.0, 2.0, -1.0, 3.0, 0.5 } -- ids 1 and 4 tie at the top

@@ -35,6 +35,27 @@ function _M.read_f32(path)
   return out
 end
 
+-- is s well-formed UTF-8 (no overlongs, surrogates or truncated sequences)?
+function _M.valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len = c < 0x80 and 1 or c >= 0xC2 and c < 0xE0 and 2 or c >= 0xE0 and c < 0xF0 and 3
+                or c >= 0xF0 and c < 0xF5 and 4 or nil
+    if not len or i + len - 1 > n then return false end
+    for k = i + 1, i + len - 1 do
+      local b = s:byte(k)
+      if b < 0x80 or b >= 0xC0 then return false end
+    end
+    local c2 = s:byte(i + 1)
+    if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 >= 0xA0) or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 >= 0x90) then
+      return false
+    end
+    i = i + len
+  end
+  return true
+end
+
 function _M.tmpname(suffix)
   local n = os.tmpname()
   os.remove(n)

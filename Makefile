@@ -110,7 +110,7 @@ deps:
 # ---- the two README commands ----
 demo: deps-build
 	@$(MAKE) --no-print-directory all
-	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 examples/demo.lua
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 examples/story.lua "$(MODEL)"
 
 test: deps
 	@$(MAKE) --no-print-directory all

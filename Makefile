@@ -148,7 +148,7 @@ rock-install:
 	install -m 644 lua/moonlm/*.lua $(ROCK_LUADIR)/moonlm/
 
 # ---- fuzzing ----
-FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Isrc
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Isrc
 FUZZ_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c
 fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer
 $(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
@@ -156,7 +156,7 @@ $(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
 	clang $(FUZZ_FLAGS) fuzz/gguf.c $(FUZZ_CORE) -o $@
 $(BUILD)/fuzz/tokenizer: fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c $(HDRS)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c -o $@
+	clang $(FUZZ_FLAGS) -DML_TOK_CACHE_MIN_TEXT=1 fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c -o $@
 
 clean:
 	rm -rf build build-san

@@ -1,0 +1,43 @@
+-- The libFuzzer harnesses of the parsers of untrusted bytes (GGUF files, tokenizer input),
+-- built with AddressSanitizer and UndefinedBehaviorSanitizer, run briefly on every test run
+-- (longer campaigns: make fuzz, then run build/fuzz/* by hand). Runs once, under Lua 5.4.
+if jit then return end
+local S = require "support"
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), out
+end
+
+local build = os.getenv("BUILD") or "build"
+
+describe("fuzzing #once", function()
+  local rc, out = sh("make --no-print-directory fuzz BUILD=" .. build)
+  it("the harnesses build", function() assert.are.equal(0, rc, out) end)
+
+  local function fuzz(name, seconds, seeds)
+    local corpus = S.tmpname("-corpus")
+    os.execute("mkdir -p " .. corpus)
+    local cmd = ("MOONLM_SHARED=%s %s/fuzz/%s -max_total_time=%d -rss_limit_mb=2048 -malloc_limit_mb=1024 "
+                 .. "-max_len=16384 -print_final_stats=1 %s %s"):format(S.shared, build, name, seconds, corpus, seeds)
+    local code, log = sh(cmd)
+    os.execute("rm -rf " .. corpus)
+    return code, log
+  end
+
+  it("GGUF reader: 20 seconds, no crash, leak or timeout", function()
+    local code, log = fuzz("gguf", 20, "fuzz/seeds/gguf " .. S.path("tokenizer"))
+    assert.are.equal(0, code, log:sub(-3000))
+    local runs = tonumber(log:match("Done (%d+) runs"))
+    assert.truthy(runs, log:sub(-2000))
+    assert.is_true(runs > 1000)
+  end)
+
+  it("tokenizers: 15 seconds, no crash, leak or timeout", function()
+    local code, log = fuzz("tokenizer", 15, "")
+    assert.are.equal(0, code, log:sub(-3000))
+    assert.truthy(log:match("Done (%d+) runs"), log:sub(-2000))
+  end)
+end)

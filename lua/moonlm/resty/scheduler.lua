@@ -1,0 +1,337 @@
+-- moonlm.resty.scheduler: continuous batching for one nginx worker (see moonlm/resty.lua for
+-- the design). One context with `slots` sequences; a bounded queue of requests waiting for a
+-- slot; a driver (an ngx.timer) that, while any slot is busy, admits waiting requests, runs
+-- one stepping call in the thread pool for all busy slots together, and hands each request
+-- its new text. Requests wait on their own ngx.semaphore.
+--
+-- Everything here runs in the nginx worker's Lua VM, on the event loop, and never blocks:
+-- the only slow thing, decoding, happens inside ngx.run_worker_thread. Only the driver calls
+-- into the thread pool with this context, one call at a time, so the context is never busy
+-- when the driver truncates a slot between calls.
+local semaphore = require "ngx.semaphore"
+
+local ngx = ngx
+local now, timer_at, run_worker_thread = ngx.now, ngx.timer.at, ngx.run_worker_thread
+local log, ERR = ngx.log, ngx.ERR
+local ipairs, min, find, sub, concat = ipairs, math.min, string.find, string.sub, table.concat
+local remove = table.remove
+
+local _M = {}
+local Sched = {}
+Sched.__index = Sched
+
+-- new{ model, ctx, slots, n_ctx (per slot), max_queue, pool, limits } -> scheduler
+function _M.new(o)
+  local self = setmetatable({
+    model = o.model, ctx = o.ctx, pool = o.pool, max_queue = o.max_queue, n_ctx = o.n_ctx,
+    limits = o.limits, slots = {}, queue = {}, running = false,
+    stats = { steps = 0, tokens = 0, requests = 0, rejected = 0, max_batch = 0 },
+  }, Sched)
+  for i = 1, o.slots do
+    self.slots[i] = { seq = i - 1, tokens = {}, used = 0 }
+  end
+  return self
+end
+
+function Sched:busy()
+  local n = 0
+  for _, s in ipairs(self.slots) do
+    if s.req then n = n + 1 end
+  end
+  return n, #self.slots, #self.queue
+end
+
+---------------------------------------------------------------------------------------
+-- Text: stop strings matched across token boundaries, never split inside a UTF-8 character
+
+-- Length of the longest suffix of `text` that is a proper prefix of a stop string.
+local function held_suffix(text, stops)
+  local best = 0
+  for _, s in ipairs(stops) do
+    for k = min(#s - 1, #text), best + 1, -1 do
+      if sub(text, -k) == sub(s, 1, k) then
+        best = k
+        break
+      end
+    end
+  end
+  return best
+end
+
+local function char_start(text, i)
+  while i > 1 do
+    local b = text:byte(i)
+    if b < 0x80 or b >= 0xC0 then break end
+    i = i - 1
+  end
+  return i
+end
+
+-- Move the text that is safe to send from req.pending to req.outbox.
+local function release(req, final)
+  local text = req.pending
+  for _, s in ipairs(req.stops) do
+    local at = find(text, s, 1, true)
+    if at then
+      req.pending, req.stopped = "", true
+      text = sub(text, 1, at - 1)
+      if text ~= "" then req.outbox[#req.outbox + 1] = text end
+      return
+    end
+  end
+  if not final and #req.stops > 0 then
+    local hold = held_suffix(text, req.stops)
+    if hold > 0 then
+      local cut = char_start(text, #text - hold + 1)
+      req.pending = sub(text, cut)
+      text = sub(text, 1, cut - 1)
+      if text ~= "" then req.outbox[#req.outbox + 1] = text end
+      return
+    end
+  end
+  req.pending = ""
+  if text ~= "" then req.outbox[#req.outbox + 1] = text end
+end
+
+local function finish(req, reason, err)
+  if req.done then return end
+  if not req.stopped and req.decoder then
+    req.pending = req.pending .. req.decoder:flush()
+    release(req, true)
+  end
+  req.done = true
+  req.finish_reason = req.stopped and "stop" or reason
+  req.error = err
+  req.decoder = nil
+  req.sema:post(1)
+end
+
+-- New token ids for a request: through its streaming decoder and the stop strings.
+local function accept(req, ids)
+  for _, id in ipairs(ids) do
+    if req.stopped then break end
+    req.completion_tokens = req.completion_tokens + 1
+    req.generated[#req.generated + 1] = id
+    req.pending = req.pending .. req.decoder:push(id)
+    release(req, false)
+  end
+end
+
+---------------------------------------------------------------------------------------
+-- Requests
+
+-- submit(req) -> true | nil, status, message
+-- req: { prompt = ids, max_tokens, sampling = sampler options with a seed, stops = {...},
+--   ignore_eos, starts (the output starts the text), penalties (send history) }
+-- Adds: sema, outbox (text not yet sent), done, finish_reason, completion_tokens,
+-- cached_tokens, error.
+function Sched:submit(req)
+  if #req.prompt + 1 > self.n_ctx then
+    return nil, 400, ("this model's context per request is %d tokens, and the prompt has %d"):format(self.n_ctx, #req.prompt)
+  end
+  if #self.queue >= self.max_queue then
+    self.stats.rejected = self.stats.rejected + 1
+    return nil, 503, ("the server is busy (%d requests waiting, the limit); retry later"):format(#self.queue)
+  end
+  req.max_new = min(req.max_tokens, self.n_ctx - #req.prompt)
+  req.sema = semaphore.new()
+  req.outbox, req.pending, req.generated = {}, "", {}
+  req.completion_tokens, req.cached_tokens, req.draws = 0, 0, 0
+  req.decoder = self.model:decoder { strip_space = req.starts }
+  self.queue[#self.queue + 1] = req
+  self.stats.requests = self.stats.requests + 1
+  if not self.running then
+    local ok, err = timer_at(0, function(premature)
+      if not premature then self:drive() end
+    end)
+    if not ok then
+      remove(self.queue)
+      req.decoder = nil
+      return nil, 503, "cannot start the scheduler: " .. tostring(err)
+    end
+    self.running = true
+  end
+  return true
+end
+
+-- The client went away: stop generating for it.
+function Sched:cancel(req)
+  req.cancelled = true
+  for i, q in ipairs(self.queue) do
+    if q == req then
+      remove(self.queue, i)
+      finish(req, "abort")
+      return
+    end
+  end
+end
+
+-- wait(req) -> the text produced since the last call (maybe ""), done
+function Sched:wait(req, timeout)
+  while #req.outbox == 0 and not req.done do
+    local ok, err = req.sema:wait(timeout or 60)
+    if not ok and err ~= "timeout" then return nil, err end
+  end
+  local text = concat(req.outbox)
+  req.outbox = {}
+  return text, req.done and #req.outbox == 0
+end
+
+---------------------------------------------------------------------------------------
+-- The driver
+
+local function common_prefix(a, b)
+  local n, m = 0, min(#a, #b)
+  while n < m and a[n + 1] == b[n + 1] do n = n + 1 end
+  return n
+end
+
+-- The free slot for a prompt: the one whose cache shares the longest prefix with it; when
+-- no cache shares a useful part (16 tokens, or half the prompt), the one whose cache is
+-- worth least: empty, else least recently used.
+local function worth(s) return #s.tokens == 0 and -1 or s.used end
+
+local function pick(slots, prompt)
+  local best, best_n, spare
+  for _, s in ipairs(slots) do
+    if not s.req then
+      local n = common_prefix(s.tokens, prompt)
+      if not best or n > best_n then best, best_n = s, n end
+      if not spare or worth(s) < worth(spare) then spare = s end
+    end
+  end
+  if best and best_n < 16 and best_n * 2 < #prompt then
+    return spare, common_prefix(spare.tokens, prompt)
+  end
+  return best, best_n
+end
+
+-- Free the slots whose request finished; give waiting requests a slot, keeping the part
+-- of its cache that their prompt starts with.
+function Sched:admit()
+  for _, s in ipairs(self.slots) do
+    local r = s.req
+    if r and (r.done or r.cancelled or r.stopped) then
+      if not r.done then finish(r, r.cancelled and "abort" or "stop") end
+      s.req, s.used = nil, now()
+    end
+  end
+  while #self.queue > 0 do
+    local req = self.queue[1]
+    local best, best_n = pick(self.slots, req.prompt)
+    if not best then return end
+    remove(self.queue, 1)
+    local keep = min(best_n, #req.prompt - 1) -- decode at least one token for logits
+    self.ctx:truncate(best.seq, keep)
+    for i = #best.tokens, keep + 1, -1 do best.tokens[i] = nil end
+    req.feed = {}
+    for i = keep + 1, #req.prompt do req.feed[#req.feed + 1] = req.prompt[i] end
+    req.cached_tokens = keep
+    best.req = req
+  end
+end
+
+function Sched:batch()
+  local args, slots = {}, {}
+  for _, s in ipairs(self.slots) do
+    local r = s.req
+    if r then
+      local hist
+      if r.penalties then -- the last penalty_last_n ids of prompt and reply
+        hist = {}
+        local p, g, n = r.prompt, r.generated, r.sampling.penalty_last_n or 64
+        for i = math.max(1, #p + #g - n + 1), #p + #g do hist[#hist + 1] = i <= #p and p[i] or g[i - #p] end
+      end
+      args[#args + 1] = { id = r.id, seq = s.seq, feed = r.feed, max_new = r.max_new - #r.generated,
+                          sampling = r.sampling, draws = r.draws, mu = r.mu, hist = hist,
+                          ignore_eos = r.ignore_eos }
+      slots[#slots + 1] = s
+    end
+  end
+  return args, slots
+end
+
+-- One step's results: what each slot's cache now holds, and the new text.
+function Sched:distribute(slots, res)
+  for i, s in ipairs(slots) do
+    local r, req = res[i], s.req
+    -- the cache holds the fed tokens, then the sampled ones up to r.pos
+    local tokens, fed = s.tokens, 0
+    for k = 1, r.fed do
+      if #tokens >= r.pos then break end
+      tokens[#tokens + 1] = req.feed[k]
+      fed = k
+    end
+    for _, id in ipairs(r.ids) do
+      if #tokens >= r.pos then break end
+      tokens[#tokens + 1] = id
+    end
+    local rest = {}
+    for k = r.fed + 1, #req.feed do rest[#rest + 1] = req.feed[k] end
+    req.draws, req.mu = r.draws, r.mu
+    self.stats.tokens = self.stats.tokens + #r.ids
+    accept(req, r.ids)
+    if r.done then
+      finish(req, r.done == "eos" and "stop" or r.done == "error" and "error" or "length", r.err)
+    elseif req.stopped then
+      finish(req, "stop")
+    else
+      if #rest == 0 and #r.ids > 0 then rest[1] = r.ids[#r.ids] end
+      req.feed = rest
+      if #req.outbox > 0 then req.sema:post(1) end
+    end
+    if fed < r.fed then -- cannot happen while pos is right; never trust a broken cache
+      log(ERR, "moonlm: slot ", s.seq, " cache out of step (pos ", r.pos, ")")
+      self.ctx:clear(s.seq)
+      s.tokens = {}
+    end
+  end
+end
+
+-- A failed stepping call: fail its requests and forget their caches.
+function Sched:fail(slots, err)
+  log(ERR, "moonlm: step failed: ", err)
+  for _, s in ipairs(slots) do
+    finish(s.req, "error", err)
+    self.ctx:clear(s.seq)
+    s.tokens = {}
+  end
+end
+
+function Sched:drive()
+  local ok, err = pcall(function()
+    while true do
+      self:admit()
+      local args, slots = self:batch()
+      if #args == 0 then break end
+      if #args > self.stats.max_batch then self.stats.max_batch = #args end
+      local called, res, serr = run_worker_thread(self.pool, "moonlm.resty.thread", "step", self.ctx.handle, args, self.limits)
+      self.stats.steps = self.stats.steps + 1
+      if called and res then
+        self:distribute(slots, res)
+      else
+        self:fail(slots, called and serr or res)
+      end
+    end
+  end)
+  self.running = false
+  if not ok then
+    log(ERR, "moonlm: scheduler: ", err)
+    for _, s in ipairs(self.slots) do
+      if s.req then
+        finish(s.req, "error", tostring(err))
+        s.req = nil
+        self.ctx:clear(s.seq)
+        s.tokens = {}
+      end
+    end
+    if #self.queue > 0 then -- start over for the requests still waiting
+      self.running = true
+      timer_at(0, function(premature)
+        if not premature then self:drive() end
+      end)
+    end
+  end
+end
+
+return _M

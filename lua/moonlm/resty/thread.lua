@@ -1,0 +1,166 @@
+-- moonlm.resty.thread: the functions OpenResty runs with ngx.run_worker_thread, in pooled
+-- Lua VMs on nginx's thread pool, away from the event loop (see moonlm/resty.lua for the
+-- whole design). Only strings, numbers, booleans and tables cross between VMs, so models and
+-- contexts are reached by integer handle through the process-wide registry.
+--
+-- A pooled VM may serve any call: nothing here may depend on which VM ran the previous step.
+-- What is cached per VM (attached contexts, samplers) is checked against the state the
+-- caller passes in, and rebuilt when it does not match.
+local lm = require "moonlm"
+local core = require "moonlm.core"
+local sampler = require "moonlm.sampler"
+
+local clock, floor, min = core.clock, math.floor, math.min
+local ipairs, pcall, tostring = ipairs, pcall, tostring
+
+local _M = {}
+
+local contexts = {} -- context handle -> { ctx, eog = { [id] = true } }
+local models = {}   -- model handle -> model
+local samplers = {} -- request id -> { s = sampler, rng = counted rng }
+
+local function attach(handle)
+  local c = contexts[handle]
+  if c then return c end
+  local ctx, err = lm.attach_context(handle)
+  if not ctx then error(err, 0) end
+  local eog = {}
+  for _, id in ipairs(ctx.model.vocab.eog or {}) do eog[id] = true end
+  c = { ctx = ctx, eog = eog }
+  contexts[handle] = c
+  return c
+end
+
+-- An rng that counts its draws, so a sampler can be rebuilt in another VM at the same point
+-- of its stream: reseed, then skip `draws` numbers.
+local function counted_rng(seed)
+  local r = core.rng(seed)
+  local box = { n = 0 }
+  function box.uniform()
+    box.n = box.n + 1
+    return r:uniform()
+  end
+  function box.seed(_, s)
+    r:seed(s)
+    box.n = 0
+  end
+  return box
+end
+
+-- The sampler of slot `sl` at the state the caller recorded (draws, mu).
+local function sampler_for(sl, cache)
+  local e = samplers[sl.id]
+  if not e or e.rng.n ~= sl.draws then
+    local s = sampler.new(sl.sampling)
+    local rng = counted_rng(floor(sl.sampling.seed))
+    for _ = 1, sl.draws do rng.uniform() end
+    s.rng = rng
+    e = { s = s, rng = rng }
+  end
+  if sl.mu then e.s.mu = sl.mu end
+  cache[sl.id] = e
+  return e
+end
+
+-- step(ctx_handle, slots, limits) -> results
+-- slots: array of { id, seq, feed = {ids to decode first}, max_new (tokens it may still
+--   generate), sampling (moonlm.sampler options, seed set), draws, mu, hist (ids for the
+--   penalties, or nil), ignore_eos }
+-- limits: { max_steps, budget (seconds), chunk (prompt tokens per slot per step) }
+-- Each step decodes, in one forward pass (ctx:decode_batch), the next prompt chunk of slots
+-- still prefilling and the last sampled token of the others, then samples every slot whose
+-- logits came back. Returns per slot { ids (new tokens), fed (feed tokens consumed),
+-- done ("eos" | "length" | "error" | nil), draws, mu, pos, err }.
+local function step(handle, slots, limits)
+  local c = attach(handle)
+  local ctx, eog = c.ctx, c.eog
+  local t0 = clock()
+  local max_steps, budget, chunk = limits.max_steps or 16, limits.budget or 0.02, limits.chunk or 256
+  local cache, out, state = {}, {}, {}
+  for i, sl in ipairs(slots) do
+    out[i] = { ids = {}, fed = 0, draws = sl.draws }
+    state[i] = { at = 1, e = sampler_for(sl, cache), hist = sl.hist or {}, ng = 0 }
+    if #sl.feed == 0 or sl.max_new <= 0 then out[i].done = "length" end
+  end
+  samplers = cache -- forget requests that are no longer running
+  for _ = 1, max_steps do
+    local entries, who = {}, {}
+    for i, sl in ipairs(slots) do
+      local r, st = out[i], state[i]
+      if not r.done then
+        local ids, last
+        if st.at <= #sl.feed then
+          local n = min(#sl.feed - st.at + 1, chunk)
+          ids = {}
+          for k = 1, n do ids[k] = sl.feed[st.at + k - 1] end
+          st.at = st.at + n
+          r.fed = r.fed + n
+          last = st.at > #sl.feed
+        else
+          ids, last = { r.ids[#r.ids] }, true
+        end
+        entries[#entries + 1] = { ids, seq = sl.seq, logits = last and "last" or "none" }
+        who[#who + 1] = i
+      end
+    end
+    if #entries == 0 then break end
+    local logits, err = ctx:decode_batch(entries)
+    if not logits then
+      for _, i in ipairs(who) do
+        out[i].done, out[i].err = "error", err
+      end
+      break
+    end
+    for k, i in ipairs(who) do
+      local l = logits[k]
+      if l then
+        local sl, r, st = slots[i], out[i], state[i]
+        local id = st.e.s:sample(l, st.hist)
+        l:close()
+        if eog[id] and not sl.ignore_eos then
+          r.done = "eos"
+        else
+          r.ids[#r.ids + 1] = id
+          st.hist[#st.hist + 1] = id
+          if #r.ids >= sl.max_new then r.done = "length" end
+        end
+      end
+    end
+    if clock() - t0 >= budget then break end
+  end
+  for i, sl in ipairs(slots) do
+    local r, e = out[i], state[i].e
+    r.draws, r.mu, r.pos = e.rng.n, e.s.mu, ctx:pos(sl.seq)
+  end
+  return out
+end
+
+function _M.step(handle, slots, limits)
+  local ok, res = pcall(step, handle, slots, limits)
+  if not ok then return nil, tostring(res) end
+  return res
+end
+
+-- embed(model_handle, texts, opts) -> rows (arrays of numbers) | nil, err
+-- Each pooled VM keeps its own embedding context (on its model object), so two calls in
+-- two threads never share one.
+function _M.embed(handle, texts, opts)
+  local ok, res, err = pcall(function()
+    local m = models[handle]
+    if not m then
+      local e
+      m, e = lm.attach(handle)
+      if not m then error(e, 0) end
+      models[handle] = m
+    end
+    local t, eerr = m:embed(texts, opts)
+    if not t then return nil, eerr end
+    local rows = t:totable()
+    t:close()
+    return rows
+  end)
+  if not ok then return nil, tostring(res) end
+  return res, err
+end
+
+return _M

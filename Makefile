@@ -124,6 +124,15 @@ bench: deps-build
 	@$(MAKE) --no-print-directory all $(BUILD)/bench/peak
 	@BUILD=$(BUILD) LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 bench/run.lua
 
+# ---- make serve: the OpenAI-compatible server (examples/openresty) in the foreground ----
+#   make serve [PORT=8080] [MODEL=path.gguf] [THREADS=n]; Ctrl-C stops it
+PORT ?= 8080
+.PHONY: serve
+serve:
+	$(call install_missing,$(PKGS_BUILD) nginx libnginx-mod-http-lua curl)
+	@$(MAKE) --no-print-directory all
+	@LUA_PATH="lua/?.lua;;" luajit -e 'require("moonlm.resty.launch").serve{ port = $(PORT), model = "$(abspath $(MODEL))", threads = "$(THREADS)", lib_dir = "$(BUILD)/5.1" }'
+
 # ---- install (luarocks make uses the same targets) ----
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)

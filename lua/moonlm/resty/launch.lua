@@ -185,10 +185,15 @@ end
 
 function Server:error_log() return read(self.prefix .. "/logs/error.log") or "" end
 
--- serve{ conf, port [8080], env, lua_dir, lib_dir }: run nginx in the foreground until it
--- is interrupted (Ctrl-C), then remove its prefix.
+-- serve{ model, port [8080], threads, conf [examples/openresty/nginx.conf], env, lua_dir,
+-- lib_dir }: run nginx in the foreground until it is interrupted (Ctrl-C), then remove its
+-- prefix. What `make serve` runs.
 function _M.serve(o)
   local port = tonumber(o.port) or 8080
+  o.conf = o.conf or "examples/openresty/nginx.conf"
+  o.env = o.env or {}
+  if o.model then o.env.MOONLM_MODEL = o.model end
+  if o.threads and o.threads ~= "" then o.env.MOONLM_THREADS = tostring(o.threads) end
   local prefix, err = prepare(o, { [8080] = port })
   if not prefix then
     io.stderr:write("moonlm: ", err, "\n")

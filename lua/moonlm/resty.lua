@@ -41,6 +41,8 @@
 --     only truncated there (ctx:truncate) and prefilled from that point: the next turn of a
 --     conversation prefills only its new tokens. Across machines, balancer.conf hashes a
 --     conversation id to keep a conversation on one node.
+--   * The decoding threads lower their own priority (nice 10 by default): when a core is
+--     shared, the event loop (answering /health, accepting, streaming) gets it at once.
 --   * Embeddings run in the thread pool too (moonlm.resty.thread.embed); each pooled VM has
 --     its own embedding context.
 local lm = require "moonlm"
@@ -67,7 +69,7 @@ local init_error
 
 local defaults = {
   slots = 4, max_queue = 16, max_tokens = 256, step_ms = 20, max_steps = 16, prefill_chunk = 256,
-  thread_pool = "moonlm", pooling = "mean",
+  thread_pool = "moonlm", pooling = "mean", nice = 10,
 }
 
 local function basename(path)
@@ -83,6 +85,8 @@ end
 --   kv_type ["f16"]; template: chat template name or source [the model's, else chatml]
 --   step_ms [20], max_steps [16], prefill_chunk [256]: the size of one thread call
 --   thread_pool ["moonlm"]: the name in nginx's thread_pool directive
+--   nice [10]: decoding threads run at this nice value (Linux), so that the event loop gets
+--   the CPU at once when it needs it while they compute; 0 leaves them as they are
 --   pooling ["mean"] for embeddings
 -- A failure is logged and reported by /health and every endpoint (503).
 function _M.init(opts)
@@ -115,7 +119,7 @@ function _M.init(opts)
       sched = scheduler.new {
         model = model, ctx = ctx, slots = o.slots, n_ctx = o.n_ctx, max_queue = o.max_queue,
         pool = o.thread_pool,
-        limits = { max_steps = o.max_steps, budget = o.step_ms / 1000, chunk = o.prefill_chunk },
+        limits = { max_steps = o.max_steps, budget = o.step_ms / 1000, chunk = o.prefill_chunk, nice = o.nice },
       },
     }
   end)
@@ -368,56 +372,74 @@ local function sse(v)
   return ok, err
 end
 
--- Run a request through the scheduler; chunk(text) -> the JSON object of one stream chunk,
--- final(text) -> the whole reply. Answers the client.
+-- Stream a request's text as server-sent events; chunk(text, finish, usage) -> one chunk.
+local function stream(req, p, chunk, head)
+  ngx.header["Content-Type"] = "text/event-stream"
+  ngx.header["Cache-Control"] = "no-cache"
+  ngx.header["X-Accel-Buffering"] = "no"
+  if head and not sse(head()) then return false end
+  while true do
+    local text, done = S.sched:wait(req)
+    if text == nil then return false end
+    if text ~= "" and not sse(chunk(text)) then return false end
+    if done then break end
+  end
+  if req.finish_reason == "error" then
+    sse(obj({ error = obj({ message = "generation failed: " .. tostring(req.error), type = "server_error", param = null, code = null },
+                          { "message", "type", "param", "code" }) }))
+  else
+    sse(chunk(nil, req.finish_reason))
+    if p.include_usage then sse(chunk(nil, nil, true)) end
+  end
+  sse("[DONE]")
+  return true
+end
+
+local function collect(req)
+  local parts = {}
+  while true do
+    local text, done = S.sched:wait(req)
+    if text == nil then return nil end
+    parts[#parts + 1] = text
+    if done then break end
+  end
+  return concat(parts)
+end
+
+-- Run a request through the scheduler and answer: stream(...) or final(text) -> the reply.
+-- Whatever goes wrong on the way, the request stops generating.
 local function complete(req, p, chunk, head, final)
   req.max_tokens, req.sampling, req.stops = p.max_tokens, p.sampling, p.stops
   req.ignore_eos, req.penalties = p.ignore_eos, p.penalties
   local ok, status, msg = S.sched:submit(req)
   if not ok then
-    fail(status, msg, status == 400 and "messages" or nil, status == 503 and "server_busy" or status == 400 and "context_length_exceeded" or nil)
+    fail(status, msg, status == 400 and req.param or nil,
+         status == 503 and "server_busy" or status == 400 and "context_length_exceeded" or nil)
   end
   ngx.on_abort(function()
     S.sched:cancel(req)
     ngx.exit(499)
   end)
-  if p.stream then
-    ngx.header["Content-Type"] = "text/event-stream"
-    ngx.header["Cache-Control"] = "no-cache"
-    ngx.header["X-Accel-Buffering"] = "no"
-    if head and not sse(head()) then return S.sched:cancel(req) end
-    while true do
-      local text, done = S.sched:wait(req)
-      if text == nil then return S.sched:cancel(req) end
-      if text ~= "" and not sse(chunk(text)) then return S.sched:cancel(req) end
-      if done then break end
-    end
-    if req.finish_reason == "error" then
-      sse(obj({ error = obj({ message = "generation failed: " .. tostring(req.error), type = "server_error", param = null, code = null },
-                            { "message", "type", "param", "code" }) }))
-    else
-      sse(chunk(nil, req.finish_reason))
-      if p.include_usage then sse(chunk(nil, nil, true)) end
-    end
-    sse("[DONE]")
+  local text
+  ok, text = pcall(function()
+    if p.stream then return stream(req, p, chunk, head) end
+    return collect(req)
+  end)
+  if not ok or not text then
+    S.sched:cancel(req)
+    if not ok then error(text, 0) end
     return
   end
-  local parts = {}
-  while true do
-    local text, done = S.sched:wait(req)
-    if text == nil then return S.sched:cancel(req) end
-    parts[#parts + 1] = text
-    if done then break end
-  end
+  if p.stream then return end
   if req.finish_reason == "error" then fail(500, "generation failed: " .. tostring(req.error)) end
-  send_json(200, final(concat(parts)))
+  send_json(200, final(text))
 end
 
 local function chat_completions()
   local b = read_json()
   check_model(b)
   local p = generation_params(b, true)
-  local req = { id = next_id("chatcmpl"), prompt = chat_prompt(b), starts = false }
+  local req = { id = next_id("chatcmpl"), prompt = chat_prompt(b), starts = false, param = "messages" }
   local created = ngx.time()
   local function head_of(t, delta, finish)
     return obj({ id = req.id, object = t, created = created, model = S.name, system_fingerprint = null,
@@ -449,7 +471,7 @@ local function completions()
   check_model(b)
   local p = generation_params(b, false)
   local prompt, starts = text_prompt(b)
-  local req = { id = next_id("cmpl"), prompt = prompt, starts = starts }
+  local req = { id = next_id("cmpl"), prompt = prompt, starts = starts, param = "prompt" }
   local created = ngx.time()
   local function reply(text, finish)
     return obj({ id = req.id, object = "text_completion", created = created, model = S.name,
@@ -514,7 +536,7 @@ local function embeddings()
     n_tokens = n_tokens + math.max(n, 1)
   end
   local ok, rows, err = ngx.run_worker_thread(S.o.thread_pool, "moonlm.resty.thread", "embed", S.model.handle, texts,
-                                              { pooling = S.o.pooling })
+                                              { pooling = S.o.pooling, nice = S.o.nice })
   if not ok or not rows then fail(500, "embedding failed: " .. tostring(ok and err or rows)) end
   local data = {}
   for i, row in ipairs(rows) do
@@ -555,9 +577,9 @@ local function health()
   local st = S.sched.stats
   send_json(200, obj({ status = "ok", model = S.name, slots = slots, busy = busy, queued = queued,
                        max_queue = S.o.max_queue, requests = st.requests, rejected = st.rejected,
-                       tokens = st.tokens, steps = st.steps, max_batch = st.max_batch },
-                     { "status", "model", "slots", "busy", "queued", "max_queue", "requests", "rejected", "tokens", "steps",
-                       "max_batch" }))
+                       tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows },
+                     { "status", "model", "slots", "busy", "queued", "max_queue", "requests", "rejected", "tokens", "calls",
+                       "forwards", "rows" }))
 end
 
 ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ function _M.new(o)
   local self = setmetatable({
     model = o.model, ctx = o.ctx, pool = o.pool, max_queue = o.max_queue, n_ctx = o.n_ctx,
     limits = o.limits, slots = {}, queue = {}, running = false,
-    stats = { steps = 0, tokens = 0, requests = 0, rejected = 0, max_batch = 0 },
+    stats = { calls = 0, forwards = 0, rows = 0, tokens = 0, requests = 0, rejected = 0 },
   }, Sched)
   for i = 1, o.slots do
     self.slots[i] = { seq = i - 1, tokens = {}, used = 0 }
@@ -244,7 +244,7 @@ function Sched:batch()
       end
       args[#args + 1] = { id = r.id, seq = s.seq, feed = r.feed, max_new = r.max_new - #r.generated,
                           sampling = r.sampling, draws = r.draws, mu = r.mu, hist = hist,
-                          ignore_eos = r.ignore_eos }
+                          ignore_eos = r.ignore_eos, first = #r.generated == 0 }
       slots[#slots + 1] = s
     end
   end
@@ -253,6 +253,8 @@ end
 
 -- One step's results: what each slot's cache now holds, and the new text.
 function Sched:distribute(slots, res)
+  self.stats.forwards = self.stats.forwards + (res.forwards or 0)
+  self.stats.rows = self.stats.rows + (res.rows or 0)
   for i, s in ipairs(slots) do
     local r, req = res[i], s.req
     -- the cache holds the fed tokens, then the sampled ones up to r.pos
@@ -304,9 +306,8 @@ function Sched:drive()
       self:admit()
       local args, slots = self:batch()
       if #args == 0 then break end
-      if #args > self.stats.max_batch then self.stats.max_batch = #args end
       local called, res, serr = run_worker_thread(self.pool, "moonlm.resty.thread", "step", self.ctx.handle, args, self.limits)
-      self.stats.steps = self.stats.steps + 1
+      self.stats.calls = self.stats.calls + 1
       if called and res then
         self:distribute(slots, res)
       else

@@ -62,16 +62,30 @@ local function sampler_for(sl, cache)
   return e
 end
 
+-- Lower the priority of the calling thread (on Linux nice is per thread, and the OpenMP
+-- threads it starts later inherit it), so the event loop wins the CPU when both want it.
+local set_nice
+do
+  local ok, ffi = pcall(require, "ffi")
+  if ok and ffi.os == "Linux" then
+    pcall(ffi.cdef, "int setpriority(int which, unsigned int who, int prio);")
+    set_nice = function(n) ffi.C.setpriority(0, 0, n) end
+  end
+end
+
 -- step(ctx_handle, slots, limits) -> results
 -- slots: array of { id, seq, feed = {ids to decode first}, max_new (tokens it may still
 --   generate), sampling (moonlm.sampler options, seed set), draws, mu, hist (ids for the
---   penalties, or nil), ignore_eos }
--- limits: { max_steps, budget (seconds), chunk (prompt tokens per slot per step) }
+--   penalties, or nil), ignore_eos, first (no token generated yet) }
+-- limits: { max_steps, budget (seconds), chunk (prompt tokens per slot per step), nice (the
+--   priority of decoding threads relative to the event loop's) }
 -- Each step decodes, in one forward pass (ctx:decode_batch), the next prompt chunk of slots
 -- still prefilling and the last sampled token of the others, then samples every slot whose
 -- logits came back. Returns per slot { ids (new tokens), fed (feed tokens consumed),
--- done ("eos" | "length" | "error" | nil), draws, mu, pos, err }.
+-- done ("eos" | "length" | "error" | nil), draws, mu, pos, err }, and in forwards and rows
+-- the number of forward passes and of sequence entries in them.
 local function step(handle, slots, limits)
+  if set_nice and (limits.nice or 0) ~= 0 then set_nice(limits.nice) end
   local c = attach(handle)
   local ctx, eog = c.ctx, c.eog
   local t0 = clock()
@@ -83,6 +97,7 @@ local function step(handle, slots, limits)
     if #sl.feed == 0 or sl.max_new <= 0 then out[i].done = "length" end
   end
   samplers = cache -- forget requests that are no longer running
+  local early, forwards, rows = false, 0, 0
   for _ = 1, max_steps do
     local entries, who = {}, {}
     for i, sl in ipairs(slots) do
@@ -104,6 +119,7 @@ local function step(handle, slots, limits)
       end
     end
     if #entries == 0 then break end
+    forwards, rows = forwards + 1, rows + #entries
     local logits, err = ctx:decode_batch(entries)
     if not logits then
       for _, i in ipairs(who) do
@@ -123,15 +139,19 @@ local function step(handle, slots, limits)
           r.ids[#r.ids + 1] = id
           st.hist[#st.hist + 1] = id
           if #r.ids >= sl.max_new then r.done = "length" end
+          if sl.first and #r.ids == 1 then early = true end
         end
       end
     end
-    if clock() - t0 >= budget then break end
+    -- return as soon as a new request has its first token (time to first token), or when
+    -- the time is up
+    if early or clock() - t0 >= budget then break end
   end
   for i, sl in ipairs(slots) do
     local r, e = out[i], state[i].e
     r.draws, r.mu, r.pos = e.rng.n, e.s.mu, ctx:pos(sl.seq)
   end
+  out.forwards, out.rows = forwards, rows
   return out
 end
 
@@ -145,6 +165,7 @@ end
 -- Each pooled VM keeps its own embedding context (on its model object), so two calls in
 -- two threads never share one.
 function _M.embed(handle, texts, opts)
+  if set_nice and (opts.nice or 0) ~= 0 then set_nice(opts.nice) end
   local ok, res, err = pcall(function()
     local m = models[handle]
     if not m then

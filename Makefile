@@ -32,7 +32,7 @@ LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
 CORE = error dtype quant tensor ops matmul gguf tokenizer unicode \
-       model arch_llama arch_qwen2 arch_qwen3 kvcache context forward registry \
+       model arch_llama arch_qwen2 arch_qwen3 kvcache context forward registry rowops kernels/rowops_avx2 \
        kernels/dispatch kernels/ref
 KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2
@@ -61,6 +61,7 @@ MOD51 = $(BUILD)/5.1/moonlm/core.so
 all: $(MOD54) $(MOD51)
 
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
+$(BUILD)/obj/kernels/rowops_avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/avx512vnni.o: CFLAGS += $(ISA_avx512vnni)
 $(BUILD)/obj/kernels/amx.o: CFLAGS += $(ISA_amx)

@@ -322,16 +322,16 @@ describe("OpenResty server #once", function()
     assert.are.equal(200, http("GET", url .. "/health").status)
   end)
 
-  it("decodes concurrent requests together, each as it would be alone", function()
+  it("decodes concurrent requests together, each as it would be alone (greedy or seeded)", function()
     local prompts = { "Once upon a time", "Lily and Tom went to the park.", "The cat sat", "Hello world" }
+    -- greedy, and sampled with a seed
+    local function body(i, stream)
+      return { prompt = prompts[i], max_tokens = 128, temperature = i <= 2 and 0 or 0.9, seed = i, ignore_eos = true, stream = stream }
+    end
     local alone = {}
-    for i, p in ipairs(prompts) do
-      alone[i] = http("POST", url .. "/v1/completions", { prompt = p, max_tokens = 128, temperature = 0, ignore_eos = true }).json
-    end
+    for i = 1, #prompts do alone[i] = http("POST", url .. "/v1/completions", body(i, false)).json end
     local list = {}
-    for i, p in ipairs(prompts) do
-      list[i] = { "POST", url .. "/v1/completions", { prompt = p, max_tokens = 128, temperature = 0, ignore_eos = true, stream = i % 2 == 0 } }
-    end
+    for i = 1, #prompts do list[i] = { "POST", url .. "/v1/completions", body(i, i % 2 == 0) } end
     local before = http("GET", url .. "/health").json
     local rs = parallel(list)
     for i, r in ipairs(rs) do
@@ -504,5 +504,56 @@ describe("OpenResty server under pressure #once", function()
     if bal then bal:stop() end
     for _, n in ipairs(nodes) do n:stop() end
     assert(ok, err)
+  end)
+end)
+
+describe("moonlm.resty.thread (the code pooled VMs run) #once", function()
+  local unpack = table.unpack or unpack
+  -- Every call may land on another pooled VM: a fresh copy of the module (another VM's)
+  -- must continue a request exactly where the previous call left it.
+  local function fresh()
+    package.loaded["moonlm.resty.thread"] = nil
+    return require "moonlm.resty.thread"
+  end
+
+  it("continues sampled requests identically in another VM, with several sequences per pass", function()
+    local ctx = assert(model:context { n_ctx = 1024, seqs = 2 })
+    local function run(switch)
+      ctx:clear()
+      local th = fresh()
+      local slots, got = {}, { {}, {} }
+      for s = 1, 2 do
+        slots[s] = { id = "r" .. s, seq = s - 1, feed = model:tokenize(s == 1 and "Once upon a time" or "Lily"),
+                     max_new = 60, draws = 0, ignore_eos = true,
+                     sampling = { temperature = 0.9, top_k = 40, top_p = 0.95, seed = 10 + s,
+                                  presence_penalty = 0.5, logit_bias = { [13] = -math.huge } } }
+      end
+      for _ = 1, 30 do
+        if switch then th = fresh() end
+        local res = assert(th.step(ctx.handle, slots, { max_steps = 4, budget = 1 }))
+        assert.is_true(res.rows >= res.forwards)
+        local live = false
+        for s = 1, 2 do
+          local r = res[s]
+          for _, id in ipairs(r.ids) do got[s][#got[s] + 1] = id end
+          -- the cache holds the prompt and every sampled token but the last
+          assert.are.equal(#model:tokenize(s == 1 and "Once upon a time" or "Lily") + #got[s] - 1, r.pos)
+          slots[s].draws, slots[s].mu = r.draws, r.mu
+          slots[s].feed = r.done and {} or { r.ids[#r.ids] }
+          slots[s].max_new = 60 - #got[s]
+          slots[s].hist = { unpack(got[s]) } -- (the thread's copy, as between VMs)
+          live = live or not r.done
+        end
+        if not live then break end
+      end
+      return got
+    end
+    local same, moved = run(false), run(true)
+    assert.are.equal(60, #same[1])
+    assert.are.same(same, moved)
+    for s = 1, 2 do
+      for _, id in ipairs(same[s]) do assert.are_not.equal(13, id) end -- the banned token
+    end
+    ctx:close()
   end)
 end)

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "context.h"
+#include "ops.h"
 #include "registry.h"
 
 static int try_enter(ml_context *c) {
@@ -26,6 +27,8 @@ static void context_free(ml_context *c) {
   ml_free(c->cell);
   ml_free(c->pos);
   ml_free(c->seq);
+  for (int i = 0; i < 3; i++) ml_free(c->act[i]);
+  ml_free(c->att_scratch);
   ml_model_release(c->m);
   ml_free(c);
 }
@@ -79,6 +82,11 @@ ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
       !(c->rows = ml_alloc(f * (size_t)(B * E))) || !(c->cell = ml_alloc(sizeof(int32_t) * (size_t)B)) ||
       !(c->pos = ml_alloc(sizeof(int64_t) * (size_t)B)) || !(c->seq = ml_alloc(sizeof(int32_t) * (size_t)B)))
     goto fail;
+  c->max_threads = ml_max_threads();
+  int64_t g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
+  c->att_per_thread = (size_t)(ML_ATT_TILE * g * hd + 2 * ML_ATT_TILE * g + 2 * ML_ATT_BLOCK * hd + ML_ATT_BLOCK);
+  c->att_per_thread = (c->att_per_thread + 15) & ~(size_t)15; /* 64-byte aligned slices */
+  if (!(c->att_scratch = ml_alloc(sizeof(float) * c->att_per_thread * (size_t)c->max_threads))) goto fail;
   return c;
 fail:
   context_free(c);
@@ -105,6 +113,27 @@ static int check_seq(const ml_context *c, int seq, int arg) {
   return 0;
 }
 
+/* Activation buffers big enough for n_batch rows of every prepared weight. */
+static int ensure_act(ml_context *c) {
+  const ml_model *m = c->m;
+  size_t need = ml_mm_w_act_bytes(&m->output_w, c->n_batch);
+  for (int64_t i = 0; i < m->hp.n_layer; i++) {
+    const ml_layer_w *w = &m->lw[i];
+    const ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+    for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) need = ML_MAX(need, ml_mm_w_act_bytes(ws[j], c->n_batch));
+  }
+  if (need <= c->act_bytes) return 0;
+  for (int i = 0; i < 3; i++) {
+    ml_free(c->act[i]);
+    if (!(c->act[i] = ml_alloc(need))) {
+      c->act_bytes = 0;
+      return -1;
+    }
+  }
+  c->act_bytes = need;
+  return 0;
+}
+
 int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int32_t *seq, const uint8_t *want,
                       float *logits, float *hidden) {
   const ml_hparams *hp = &c->m->hp;
@@ -120,7 +149,12 @@ int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int
     }
     if (check_seq(c, seq[i], 2) < 0) return -1;
   }
+  if (ml_model_prepare(c->m) < 0) return -1;
   if (try_enter(c) < 0) return -1;
+  if (ensure_act(c) < 0) {
+    leave(c);
+    return -1;
+  }
   if (n > c->kv.n_cells - c->kv.n_used) {
     ml_seterr("context full (n_ctx = %lld)", (long long)c->kv.n_cells);
     leave(c);

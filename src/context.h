@@ -7,6 +7,8 @@
 #include "model.h"
 
 #define ML_MAX_BATCH 1024 /* tokens per forward chunk, at most */
+#define ML_ATT_TILE 16     /* query rows of one sequence that share key blocks */
+#define ML_ATT_BLOCK 64    /* keys converted and scored at a time */
 
 struct ml_context {
   int refcount; /* atomic */
@@ -27,6 +29,12 @@ struct ml_context {
   int32_t *cell;  /* (n_batch) cache cell of each token */
   int64_t *pos;   /* (n_batch) position of each token */
   int32_t *seq;   /* (n_batch) sequence of each token */
+  /* activations in the kernels' formats: one buffer per distinct format in flight */
+  void *act[3];
+  size_t act_bytes;
+  float *att_scratch; /* per thread: attention tile state and converted key/value blocks */
+  size_t att_per_thread;
+  int max_threads;
 };
 
 /* Run rows [0, n) of a chunk whose tokens already have cells and positions; writes logits

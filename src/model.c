@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include "arch.h"
 #include "common.h"
@@ -22,6 +24,16 @@ static void release_tensor(ml_tensor *t) {
 
 static void model_free(ml_model *m) {
   ml_registry_forget(m);
+  if (m->lw) {
+    for (int64_t i = 0; i < m->hp.n_layer; i++) {
+      ml_layer_w *w = &m->lw[i];
+      ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+      for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) ml_weight_release(ws[j]);
+    }
+    ml_free(m->lw);
+  }
+  ml_weight_release(&m->output_w);
+  pthread_mutex_destroy(&m->prep_mu);
   release_tensor(&m->tok_embd);
   release_tensor(&m->output_norm);
   release_tensor(&m->output);
@@ -287,6 +299,7 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
   ml_model *m = ml_calloc(sizeof *m);
   if (!m) return NULL;
   m->refcount = 1;
+  pthread_mutex_init(&m->prep_mu, NULL);
   m->vocab_only = opts && opts->vocab_only;
   if (!(m->path = dup_str(path, strlen(path)))) goto fail;
   m->gguf = ml_gguf_open(path, m->vocab_only ? ML_GGUF_NO_TENSORS : 0);
@@ -359,4 +372,62 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
 fail:
   model_free(m);
   return NULL;
+}
+
+/* ---- preparing the weights ---- */
+
+/* Give back the pages of a weight whose packed copy now serves every product. The mapping is
+ * private and read-only, so the kernel simply drops them (they fault back from the file if a
+ * tensor view ever reads them). Only whole pages inside the tensor are dropped. */
+static void drop_original(const ml_weight *pw) {
+  if (!pw->packed) return;
+  uintptr_t a = (uintptr_t)ml_tensor_data(&pw->w), e = a + ml_tensor_nbytes(&pw->w);
+  uintptr_t pg = 4096, a0 = (a + pg - 1) & ~(pg - 1), e0 = e & ~(pg - 1);
+  if (e0 > a0) madvise((void *)a0, e0 - a0, MADV_DONTNEED);
+}
+
+static int prep(ml_weight *pw, const ml_tensor *t, int drop) {
+  if (ml_weight_prepare(pw, t, 0) < 0) return -1;
+  if (drop) drop_original(pw);
+  return 0;
+}
+
+int ml_model_prepare(ml_model *m) {
+  if (__atomic_load_n(&m->prepared, __ATOMIC_ACQUIRE)) return 0;
+  pthread_mutex_lock(&m->prep_mu);
+  int rc = 0;
+  if (!m->prepared) {
+    double t0 = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t0 = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    m->lw = ml_calloc(sizeof(ml_layer_w) * (size_t)m->hp.n_layer);
+    rc = m->lw ? 0 : -1;
+    for (int64_t i = 0; rc == 0 && i < m->hp.n_layer; i++) {
+      const ml_layer *L = &m->layers[i];
+      ml_layer_w *w = &m->lw[i];
+      if (prep(&w->wq, &L->wq, 1) < 0 || prep(&w->wk, &L->wk, 1) < 0 || prep(&w->wv, &L->wv, 1) < 0 ||
+          prep(&w->wo, &L->wo, 1) < 0 || prep(&w->w_gate, &L->w_gate, 1) < 0 || prep(&w->w_up, &L->w_up, 1) < 0 ||
+          prep(&w->w_down, &L->w_down, 1) < 0)
+        rc = -1;
+    }
+    /* a tied output shares token_embd, whose rows the embedding lookup still reads */
+    if (rc == 0 && prep(&m->output_w, &m->output, !m->tied_output) < 0) rc = -1;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    m->prepare_seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - t0;
+    if (rc == 0) {
+      __atomic_store_n(&m->prepared, 1, __ATOMIC_RELEASE);
+    } else if (m->lw) { /* undo, so a later call starts clean */
+      for (int64_t i = 0; i < m->hp.n_layer; i++) {
+        ml_layer_w *w = &m->lw[i];
+        ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) ml_weight_release(ws[j]);
+      }
+      ml_free(m->lw);
+      m->lw = NULL;
+      ml_weight_release(&m->output_w);
+    }
+  }
+  pthread_mutex_unlock(&m->prep_mu);
+  return rc;
 }

@@ -11,7 +11,10 @@
 
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "gguf.h"
+#include "matmul.h"
 #include "tensor.h"
 #include "tokenizer.h"
 
@@ -42,6 +45,11 @@ typedef struct ml_layer {
   ml_tensor w_gate, w_up, w_down; /* (n_ff, n_embd) x2, (n_embd, n_ff) */
 } ml_layer;
 
+/* The matrices of a layer prepared for the kernel level (packed copies; see matmul.h). */
+typedef struct ml_layer_w {
+  ml_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+} ml_layer_w;
+
 typedef struct ml_arch ml_arch;
 
 typedef struct ml_model {
@@ -62,6 +70,12 @@ typedef struct ml_model {
   float *rope_inv_freq; /* (n_rot/2) per pair: base^(-2i/n_rot) * scale / freq_factor[i] */
   int64_t n_params;
   size_t weight_bytes;  /* bytes of the matrices read per token */
+  /* prepared weights, made on first use (not at load: loading stays a mapping) */
+  pthread_mutex_t prep_mu;
+  int prepared;         /* atomic: 1 once lw/output_w are ready */
+  ml_layer_w *lw;       /* n_layer */
+  ml_weight output_w;
+  double prepare_seconds;
   int64_t handle;       /* registry handle (0: not registered) */
   uint64_t dev, ino;    /* file identity, for sharing one load */
 } ml_model;
@@ -76,6 +90,8 @@ typedef struct ml_model_opts {
 ml_model *ml_model_load(const char *path, const ml_model_opts *opts);
 void ml_model_retain(ml_model *m);
 void ml_model_release(ml_model *m);
+/* Prepare the weights for the active kernel level, once (thread-safe). 0 or -1. */
+int ml_model_prepare(ml_model *m);
 
 /* ---- the process-wide registry: models and contexts by integer handle ----
  * Loading a file that is already loaded (same file, same vocab_only) returns the loaded

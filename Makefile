@@ -137,10 +137,15 @@ serve:
 # ---- install (luarocks make uses the same targets) ----
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
+# the Lua files, subfolders included (moonlm/resty/, ...)
+define install_lua
+	cd lua && find moonlm -name '*.lua' | while read f; do install -D -m 644 "$$f" "$(1)/$$f"; done
+endef
+
 install: all
 	install -d $(DESTDIR)$(LUA_LIBDIR)/moonlm $(DESTDIR)$(LUA_SHAREDIR)/moonlm
 	install -m 755 $(BUILD)/$(LUA_VERSION)/moonlm/core.so $(DESTDIR)$(LUA_LIBDIR)/moonlm/core.so
-	install -m 644 lua/moonlm/*.lua $(DESTDIR)$(LUA_SHAREDIR)/moonlm/
+	$(call install_lua,$(DESTDIR)$(LUA_SHAREDIR))
 
 # ---- luarocks make (rockspec/moonlm-scm-1.rockspec): one module for the Lua luarocks targets ----
 ROCK_LUA_INC ?= $(LUA54_INC)
@@ -155,7 +160,7 @@ rock: $(CORE_OBJS) $(BINDROCK)
 rock-install:
 	install -d $(ROCK_LIBDIR)/moonlm $(ROCK_LUADIR)/moonlm
 	install -m 755 $(BUILD)/rock/moonlm/core.so $(ROCK_LIBDIR)/moonlm/core.so
-	install -m 644 lua/moonlm/*.lua $(ROCK_LUADIR)/moonlm/
+	$(call install_lua,$(ROCK_LUADIR))
 
 # ---- fuzzing ----
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Isrc

@@ -24,6 +24,7 @@ describe("luarocks make #once", function()
         local lm = require "moonlm"
         local src = package.searchpath and package.searchpath("moonlm.core", package.cpath) or "?"
         local y = lm.tensor{{1, 2}, {3, 4}}:matmul(lm.tensor{1, 1})
+        assert(package.searchpath("moonlm.resty.scheduler", package.path), "subfolder modules installed")
         io.write(src, " ", y[1], " ", y[2])
       ]]
       local cmd = ("eval \"$(luarocks --lua-version=%s --tree %s path)\" && %s -e %q"):format(c[1], tree, c[2], script)

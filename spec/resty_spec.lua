@@ -354,17 +354,25 @@ describe("OpenResty server #once", function()
 
   it("GET /health stays fast while two generations run", function()
     local long = chat_body("Once upon a time", { max_tokens = 700, temperature = 0.8, ignore_eos = true, stream = true })
-    local list = { { "POST", url .. "/v1/chat/completions", long }, { "POST", url .. "/v1/chat/completions", long } }
-    for i = 1, 20 do list[#list + 1] = { "GET", url .. "/health", delay = 0.15 + i * 0.03 } end
-    local rs = parallel(list)
-    local times, busy = {}, 0
-    for i = 3, #rs do
-      assert.are.equal(200, rs[i].status)
-      times[#times + 1] = rs[i].seconds * 1000
-      if rs[i].json.busy >= 2 then busy = busy + 1 end
+    local gen = curl_cmd("POST", url .. "/v1/chat/completions", long, { head = "/dev/null", body = "/dev/null" })
+    -- 20 probes on one keep-alive connection, from a client that the machine's other work
+    -- does not delay (nice -10 when allowed): what is measured is the server
+    local probes, bodies = {}, {}
+    for i = 1, 20 do
+      bodies[i] = tmpfile()
+      probes[i] = "-o " .. bodies[i] .. " " .. url .. "/health"
     end
-    assert.are.equal(200, rs[1].status)
-    assert.are.equal(200, rs[2].status)
+    local out = sh(("(%s > /dev/null) & (%s > /dev/null) & sleep 0.2; nice -n -10 curl -s --rate 50/s -w '%%{http_code} %%{time_total}\\n' %s; wait")
+                   :format(gen, gen, table.concat(probes, " ")))
+    local times, busy = {}, 0
+    for status, t in out:gmatch("(%d+) ([%d.]+)\n") do
+      assert.are.equal("200", status)
+      times[#times + 1] = tonumber(t) * 1000
+    end
+    assert.are.equal(20, #times, out)
+    for i = 1, 20 do
+      if json.decode(slurp(bodies[i])).busy >= 2 then busy = busy + 1 end
+    end
     assert.is_true(busy >= 10, "the generations ended before the probes: " .. busy)
     local median, worst = p50(times)
     assert.is_true(median < 10, ("median /health latency %.1f ms (worst %.1f)"):format(median, worst))
@@ -508,7 +516,7 @@ describe("OpenResty server under pressure #once", function()
 end)
 
 describe("moonlm.resty.thread (the code pooled VMs run) #once", function()
-  local unpack = table.unpack or unpack
+  local unpack = table.unpack or unpack -- luacheck: ignore
   -- Every call may land on another pooled VM: a fresh copy of the module (another VM's)
   -- must continue a request exactly where the previous call left it.
   local function fresh()

@@ -53,7 +53,7 @@ local scheduler = require "moonlm.resty.scheduler"
 
 local ngx = ngx
 local type, pairs, ipairs, tostring, tonumber, pcall = type, pairs, ipairs, tostring, tonumber, pcall
-local floor, min, huge = math.floor, math.min, math.huge
+local floor, huge = math.floor, math.huge
 local concat = table.concat
 
 local _M = { _VERSION = lm._VERSION }
@@ -73,7 +73,7 @@ local defaults = {
 }
 
 local function basename(path)
-  return (path:match("([^/]+)$") or path):gsub("%.gguf$", "")
+  return (path:gsub("^.*/", ""):gsub("%.gguf$", ""))
 end
 
 -- init(opts), in init_worker_by_lua. opts (defaults in brackets):
@@ -102,7 +102,10 @@ function _M.init(opts)
     local ctx, cerr = model:context { n_ctx = o.n_ctx * o.slots, seqs = o.slots, kv_type = o.kv_type }
     if not ctx then error(cerr, 0) end
     local src = o.template
-    if src and not src:find("{[%%{]") then src = template.builtin(src) end
+    if src and not src:find("{[%%{]") then
+      src = template.builtin(src)
+      if not src then error(("no built-in chat template '%s'"):format(o.template), 0) end
+    end
     if not src then
       src = model.meta["tokenizer.chat_template"]
       if type(src) ~= "string" or src == "" then src = template.builtin("chatml") end
@@ -379,7 +382,7 @@ local function stream(req, p, chunk, head)
   ngx.header["X-Accel-Buffering"] = "no"
   if head and not sse(head()) then return false end
   while true do
-    local text, done = S.sched:wait(req)
+    local text, done = scheduler.wait(req)
     if text == nil then return false end
     if text ~= "" and not sse(chunk(text)) then return false end
     if done then break end
@@ -398,7 +401,7 @@ end
 local function collect(req)
   local parts = {}
   while true do
-    local text, done = S.sched:wait(req)
+    local text, done = scheduler.wait(req)
     if text == nil then return nil end
     parts[#parts + 1] = text
     if done then break end

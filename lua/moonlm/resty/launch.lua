@@ -118,7 +118,8 @@ end
 
 -- start{ conf, ports = { [port in conf] = port to use } (default: 8080 -> a free one),
 --        env = { MOONLM_MODEL = ... }, lua_dir ["lua"], lib_dir ["build/5.1"],
---        wait ["/health"], timeout [20] } -> server | nil, err
+--        wait ["/health"], timeout [20], watch [true]: stop the server when this process
+--        ends without doing so } -> server | nil, err
 -- server: { prefix, port (what 8080 became), ports, url, pid, stop = function }
 function _M.start(o)
   local last_err
@@ -142,7 +143,10 @@ function _M.start(o)
         self.pid = self.pid or tonumber(read(prefix .. "/logs/nginx.pid") or "")
         if self.pid then
           local status = o.wait == false and 200 or http_status(self.url .. (o.wait or "/health"))
-          if status == 200 then return self end
+          if status == 200 then
+            if o.watch ~= false then self:watch() end
+            return self
+          end
           if status == 503 then
             last_err = "the server did not start:\n" .. tail(prefix .. "/logs/error.log")
             break
@@ -162,9 +166,23 @@ function _M.start(o)
   return nil, last_err
 end
 
+-- A watchdog: when this Lua process ends without stopping the server (a test run that was
+-- killed), stop it and remove its prefix. It acts only on a process whose command line still
+-- names this prefix, so a recycled pid is never touched.
+function Server:watch()
+  local check = ("grep -q %s /proc/%d/cmdline 2>/dev/null"):format(sh_quote(self.prefix), self.pid)
+  local _, out = run(("(while kill -0 $PPID 2>/dev/null && %s; do sleep 1; done; %s && kill -QUIT %d; sleep 3; rm -rf %s)"
+                      .. " </dev/null >/dev/null 2>&1 & echo $!"):format(check, check, self.pid, sh_quote(self.prefix)))
+  self.watchdog = tonumber(out:match("%d+"))
+end
+
 -- stop(): kill -QUIT (graceful), then -TERM and -KILL if it does not go; remove the prefix
 -- unless keep is true.
 function Server:stop(keep)
+  if self.watchdog then
+    run("kill " .. self.watchdog)
+    self.watchdog = nil
+  end
   if self.pid then
     local pid = tostring(self.pid)
     local function alive() return (run("kill -0 " .. pid)) end

@@ -166,15 +166,15 @@ function Sched:cancel(req)
   end
 end
 
--- wait(req) -> the text produced since the last call (maybe ""), done
-function Sched:wait(req, timeout)
+-- wait(req) -> the text produced since the last call (maybe ""), done | nil, err
+function _M.wait(req, timeout)
   while #req.outbox == 0 and not req.done do
     local ok, err = req.sema:wait(timeout or 60)
     if not ok and err ~= "timeout" then return nil, err end
   end
   local text = concat(req.outbox)
   req.outbox = {}
-  return text, req.done and #req.outbox == 0
+  return text, req.done
 end
 
 ---------------------------------------------------------------------------------------
@@ -257,16 +257,19 @@ function Sched:distribute(slots, res)
   self.stats.rows = self.stats.rows + (res.rows or 0)
   for i, s in ipairs(slots) do
     local r, req = res[i], s.req
-    -- the cache holds the fed tokens, then the sampled ones up to r.pos
-    local tokens, fed = s.tokens, 0
+    -- the cache now also holds the fed tokens, then the sampled ones up to r.pos
+    local tokens = s.tokens
     for k = 1, r.fed do
       if #tokens >= r.pos then break end
       tokens[#tokens + 1] = req.feed[k]
-      fed = k
     end
     for _, id in ipairs(r.ids) do
       if #tokens >= r.pos then break end
       tokens[#tokens + 1] = id
+    end
+    if #tokens ~= r.pos and not r.done then -- never continue on a cache we cannot account for
+      log(ERR, "moonlm: slot ", s.seq, " holds ", r.pos, " tokens, ", #tokens, " expected")
+      r.done, r.err = "error", "the cache is out of step"
     end
     local rest = {}
     for k = r.fed + 1, #req.feed do rest[#rest + 1] = req.feed[k] end
@@ -282,8 +285,7 @@ function Sched:distribute(slots, res)
       req.feed = rest
       if #req.outbox > 0 then req.sema:post(1) end
     end
-    if fed < r.fed then -- cannot happen while pos is right; never trust a broken cache
-      log(ERR, "moonlm: slot ", s.seq, " cache out of step (pos ", r.pos, ")")
+    if #tokens ~= r.pos then
       self.ctx:clear(s.seq)
       s.tokens = {}
     end

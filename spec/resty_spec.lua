@@ -11,12 +11,13 @@ local BUILD = os.getenv("BUILD") or "build"
 local stories = S.path("models/stories260K.gguf")
 local NAME = "stories260K"
 
+-- sh(cmd) -> output, exit status (from the shell: LuaJIT's pipe close does not report it)
 local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  local p = io.popen("{ " .. cmd .. "\n} 2>&1; echo \"rc=$?\"")
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  if type(ok) == "number" then code = ok; ok = ok == 0 end
-  return out, (ok == true or ok == 0) and 0 or code
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return (out:gsub("rc=%d+%s*$", "")), rc
 end
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end

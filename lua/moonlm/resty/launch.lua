@@ -24,12 +24,15 @@ local function read(path)
   return s
 end
 
+-- run(cmd) -> ok, output, exit status (read from the shell: LuaJIT's pipe close does not
+-- report it)
 local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  local p = io.popen("{ " .. cmd .. "\n} 2>&1; echo \"rc=$?\"")
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  if type(ok) == "number" then code = ok; ok = ok == 0 end -- Lua 5.1
-  return ok == true or ok == 0, out, code
+  p:close()
+  local code = tonumber(out:match("rc=(%d+)%s*$"))
+  out = out:gsub("rc=%d+%s*$", "")
+  return code == 0, out, code
 end
 
 local function sleep(s) os.execute("sleep " .. s) end
@@ -80,11 +83,11 @@ end
 
 -- Prepare a prefix: conf (ports replaced), logs/, tmp/, lua -> lua_dir, lib -> lib_dir.
 local function prepare(o, ports)
+  local conf = read(o.conf)
+  if not conf then return nil, "cannot read " .. o.conf end
   local ok, prefix = run("mktemp -d /tmp/moonlm-nginx.XXXXXX")
   if not ok then return nil, "mktemp: " .. prefix end
   prefix = prefix:gsub("%s+$", "")
-  local conf = read(o.conf)
-  if not conf then return nil, "cannot read " .. o.conf end
   conf = conf:gsub("(127%.0%.0%.1:)(%d+)", function(host, p)
     local new = ports[tonumber(p)]
     return host .. (new or p)
@@ -97,7 +100,10 @@ local function prepare(o, ports)
     sh_quote(prefix), sh_quote(prefix), sh_quote(prefix), sh_quote(abspath(o.lua_dir or "lua")), sh_quote(prefix),
     sh_quote(abspath(o.lib_dir or "build/5.1")), sh_quote(prefix))
   local rok, out = run(cmd)
-  if not rok then return nil, out end
+  if not rok then
+    run("rm -rf " .. sh_quote(prefix))
+    return nil, out
+  end
   local f = assert(io.open(prefix .. "/nginx.conf", "wb"))
   f:write(conf)
   f:close()
@@ -155,7 +161,7 @@ function _M.start(o)
         sleep(0.05)
       end
       last_err = last_err or ("no answer from %s:\n%s"):format(self.url, tail(prefix .. "/logs/error.log"))
-      self:stop(true)
+      self:stop()
     else
       last_err = out
       run("rm -rf " .. sh_quote(prefix))

@@ -307,6 +307,8 @@ describe("OpenResty server #once", function()
       { "unknown model (GET)", "GET", "/v1/models/nope", nil, 404, "model" },
       { "unknown URL", "GET", "/v2/nothing", nil, 404 },
       { "wrong method", "GET", "/v1/chat/completions", nil, 405 },
+      { "text beyond any context", "POST", "/v1/chat/completions", chat_body(("x"):rep(200000)), 400, "messages", "context_length_exceeded" },
+      { "body over nginx's limit", "POST", "/v1/completions", { prompt = ("x"):rep(1100000) }, 413, nil, "request_too_large" },
     }
     for _, c in ipairs(cases) do
       local r = http(c[2], url .. c[3], c[4])

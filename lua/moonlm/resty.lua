@@ -287,6 +287,17 @@ local function generation_params(b, chat)
   return p
 end
 
+-- Text longer than this cannot fit in a slot's context whatever the tokenizer does (no token
+-- is that long on average); refusing it early keeps template rendering and tokenization of
+-- huge inputs off the event loop.
+local function check_bytes(n, param)
+  local limit = S.o.n_ctx * 64
+  if n > limit then
+    fail(400, ("the input has %d bytes, more than a context of %d tokens can hold"):format(n, S.o.n_ctx), param,
+         "context_length_exceeded")
+  end
+end
+
 local function message_text(m, i)
   local c = m.content
   if c == nil or c == null then return "" end
@@ -308,12 +319,14 @@ local function chat_prompt(b)
   local msgs = b.messages
   if type(msgs) ~= "table" or json.table_kind(msgs) ~= "array" then fail(400, "'messages' must be an array", "messages") end
   if #msgs == 0 then fail(400, "'messages' must not be empty", "messages") end
-  local list = {}
+  local list, bytes = {}, 0
   for i, m in ipairs(msgs) do
     if type(m) ~= "table" or json.table_kind(m) ~= "object" then fail(400, ("messages[%d] must be an object"):format(i - 1), "messages") end
     if type(m.role) ~= "string" then fail(400, ("messages[%d].role must be a string"):format(i - 1), "messages") end
     list[i] = { role = m.role, content = message_text(m, i) }
+    bytes = bytes + #list[i].content + #m.role
   end
+  check_bytes(bytes, "messages")
   local text, err = S.tmpl:render {
     messages = list, add_generation_prompt = true, bos_token = S.bos_text, eos_token = S.eos_text,
     tools = null, documents = null,
@@ -338,6 +351,7 @@ local function text_prompt(b)
   end
   local ids
   if type(p) == "string" then
+    check_bytes(#p, "prompt")
     ids = S.model:tokenize(p)
   elseif type(p) == "table" and json.table_kind(p) == "array" then
     ids = {}
@@ -534,6 +548,7 @@ local function embeddings()
   end
   local n_tokens = 0
   for _, t in ipairs(texts) do
+    check_bytes(#t, "input")
     local n = #S.model:tokenize(t)
     if n > S.o.n_ctx then fail(400, ("input has %d tokens; at most %d"):format(n, S.o.n_ctx), "input", "context_length_exceeded") end
     n_tokens = n_tokens + math.max(n, 1)

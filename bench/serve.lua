@@ -146,7 +146,7 @@ local function health(url)
     local h = json.decode(sh(("curl -s %s/health"):format(url)))
     rows[#rows + 1] = { nice = nice, ms = ms, bad = bad + (200 - #ms - bad), busy = h and h.busy or 0 }
   end
-  for pid in pids:gmatch("%d+") do sh("kill -- -" .. pid) end
+  for pid in pids:gmatch("%d+") do sh("kill -TERM -" .. pid) end -- each loop is its own process group
   return rows
 end
 

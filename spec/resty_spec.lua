@@ -518,6 +518,51 @@ describe("OpenResty server under pressure #once", function()
   end)
 end)
 
+describe("make serve #once", function()
+  setup(function() tmp = sh("mktemp -d /tmp/moonlm-spec.XXXXXX"):gsub("%s+$", "") end)
+  teardown(function()
+    if tmp and tmp:find("^/tmp/moonlm%-spec") then sh("rm -rf " .. q(tmp)) end
+    tmp = nil
+  end)
+
+  it("serves in the foreground, prints its URL, and stops and cleans up on Ctrl-C", function()
+    local port = launch.free_port()
+    local interp = jit and "luajit" or "lua5.4"
+    local log = os.tmpname()
+    -- what `make serve PORT=...` runs after building, in its own process group
+    local pgid = sh(("setsid %s -e 'require(\"moonlm.resty.launch\").serve{ port = %d, model = \"%s\", lib_dir = \"%s/5.1\" }'"
+                     .. " > %s 2>&1 < /dev/null & echo $!"):format(interp, port, stories, BUILD, log)):match("%d+")
+    local ok, err = pcall(function()
+      local status
+      for _ = 1, 100 do
+        status = http("GET", ("http://127.0.0.1:%d/health"):format(port)).status
+        if status == 200 then break end
+        sh("sleep 0.05")
+      end
+      assert.are.equal(200, status, S.read_file(log))
+      local out = S.read_file(log)
+      assert.truthy(out:find(("http://127.0.0.1:%d/v1"):format(port), 1, true), out)
+      local prefix = out:match("logs in (%S+)/logs")
+      assert.truthy(prefix, out)
+      local r = http("POST", ("http://127.0.0.1:%d/v1/completions"):format(port), { prompt = "Once", max_tokens = 4 })
+      assert.are.equal(200, r.status)
+      sh("kill -INT -" .. pgid) -- Ctrl-C reaches the whole foreground group
+      local gone
+      for _ = 1, 100 do
+        gone = select(2, sh("kill -0 " .. pgid)) ~= 0
+        if gone then break end
+        sh("sleep 0.05")
+      end
+      assert.is_true(gone, "still running")
+      assert.is_false(S.exists(prefix .. "/nginx.conf"), "prefix left behind")
+      assert.are_not.equal(200, http("GET", ("http://127.0.0.1:%d/health"):format(port)).status)
+    end)
+    sh("kill -KILL -" .. pgid .. " 2>/dev/null")
+    os.remove(log)
+    assert(ok, err)
+  end)
+end)
+
 describe("moonlm.resty.thread (the code pooled VMs run) #once", function()
   local unpack = table.unpack or unpack -- luacheck: ignore
   -- Every call may land on another pooled VM: a fresh copy of the module (another VM's)

@@ -7,7 +7,8 @@
 --
 -- Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings,
 -- GET /v1/models, GET /v1/models/{id}, GET /health. Errors are OpenAI-style
--- { "error": { "message", "type", "param", "code" } } with 400, 404, 405 or 503.
+-- { "error": { "message", "type", "param", "code" } }: 400 (bad JSON or parameters, prompt
+-- too long), 404 (unknown model or URL), 405, 413 (from nginx.conf), 503 (queue full).
 --
 -- Design
 --
@@ -22,7 +23,8 @@
 --     steps every busy slot together: each step is one ctx:decode_batch forward pass over
 --     the next prompt chunk of slots still prefilling and the last sampled token of the
 --     others (continuous batching: requests join and leave between steps), followed by
---     sampling. A call runs up to `max_steps` steps or `step_ms` milliseconds, then returns
+--     sampling. A call runs up to `max_steps` steps or `step_ms` milliseconds (and ends
+--     right after a new request's first token, for time to first token), then returns
 --     the new token ids of every slot; the driver turns them into text and wakes the request
 --     coroutines (ngx.semaphore), which forward it (server-sent events with ngx.flush(true)).
 --     Only the driver touches the context, one call at a time, so it is never "in use by
@@ -37,8 +39,8 @@
 --     characters only) and stop strings matched across token boundaries; a stop string or a
 --     client that went away frees the slot at the next step.
 --   * KV cache reuse: a finished request leaves its tokens in its slot. A new request gets
---     the free slot whose cache shares the longest prefix with its prompt, which is then
---     only truncated there (ctx:truncate) and prefilled from that point: the next turn of a
+--     the free slot whose cache shares the longest prefix with its prompt; the cache is cut
+--     back to that prefix (ctx:truncate) and only the rest is prefilled: the next turn of a
 --     conversation prefills only its new tokens. Across machines, balancer.conf hashes a
 --     conversation id to keep a conversation on one node.
 --   * The decoding threads lower their own priority (nice 10 by default): when a core is

@@ -83,6 +83,25 @@ describe("sampler", function()
     assert.are.same({ 1 }, support { typical_p = 0.25 })
   end)
 
+  it("without top_k, C returns only the head that top_p keeps, with the same draws", function()
+    local l = T.randn({ 32000 }, { seed = 4, std = 6 })
+    local head = lm.sampler { top_k = 0, top_p = 0.9, temperature = 1 }:candidates(l)
+    local all = lm.sampler { top_k = 0, temperature = 1 }:candidates(l)
+    assert.are.equal(32000, #all.ids)
+    assert.is_true(#head.ids < 32000)
+    local z, mass = 0, 0
+    for i = 1, #all.logits do z = z + math.exp(all.logits[i] - all.logits[1]) end
+    for i = 1, #head.logits do
+      assert.are.equal(all.ids[i], head.ids[i])
+      mass = mass + math.exp(head.logits[i] - all.logits[1])
+    end
+    assert.is_true(mass / z >= 0.9)
+    -- a (no-op) user step makes C return everything: the draws must not change
+    local a = lm.sampler { top_k = 0, top_p = 0.9, temperature = 1, seed = 3 }
+    local b = lm.sampler { top_k = 0, top_p = 0.9, temperature = 1, seed = 3, steps = { function() end } }
+    for _ = 1, 200 do assert.are.equal(a:sample(l), b:sample(l)) end
+  end)
+
   it("mirostat v2 adapts mu toward tau", function()
     local l = T.randn({ 512 }, { seed = 2, std = 3 })
     local s = lm.sampler { mirostat = 2, mirostat_tau = 3, mirostat_eta = 0.1, top_k = 0, temperature = 1, seed = 1 }

@@ -24,10 +24,44 @@ static void sift(cand *h, int64_t n, int64_t i) { /* min-heap on `better`: root 
   }
 }
 
+static float adjusted(const int32_t *ids, const float *adj, int64_t nadj, int64_t i) {
+  for (int64_t j = 0; j < nadj; j++)
+    if (ids[j] == i) return adj[j];
+  return 0;
+}
+
+/* The k best of the n (adjusted) values into h, sorted best first; returns how many. */
+static int64_t select_top(cand *h, const float *x, int64_t n, int64_t k, const uint8_t *touched, const int32_t *ids,
+                          const float *adj, int64_t nadj) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < n && k > 0; i++) {
+    cand c;
+    c.id = (int32_t)i;
+    c.v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+    if (c.v != c.v) c.v = -INFINITY;
+    if (m < k) {
+      h[m++] = c;
+      if (m == k)
+        for (int64_t j = k / 2; j >= 0; j--) sift(h, k, j);
+    } else if (better(c, h[0])) {
+      h[0] = c;
+      sift(h, k, 0);
+    }
+  }
+  if (m < k)
+    for (int64_t j = m / 2; j >= 0; j--) sift(h, m, j);
+  for (int64_t end = m - 1; end > 0; end--) { /* heap sort: best first */
+    cand tmp = h[0]; h[0] = h[end]; h[end] = tmp;
+    sift(h, end, 0);
+  }
+  return m;
+}
+
 /* candidates(logits, { top_k = 40, bias = {[id] = b}, history = {ids}, penalty_last_n = 64,
- *   repeat_penalty = 1, frequency_penalty = 0, presence_penalty = 0, min_keep = 1 })
+ *   repeat_penalty = 1, frequency_penalty = 0, presence_penalty = 0, top_p_hint = 1 })
  *   -> ids (0-based), values: the top_k best adjusted logits in descending order (all of
- *   them when top_k is 0), ties broken by the lower id. */
+ *   them when top_k is 0, or, with top_p_hint < 1, the shortest head whose probability mass
+ *   reaches it), ties broken by the lower id. */
 static int l_candidates(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
   if (t->type != ML_TYPE_F32 || t->ndim != 1 || t->stride[0] != 1)
@@ -36,7 +70,7 @@ static int l_candidates(lua_State *L) {
   lua_settop(L, 2);
   int64_t n = t->shape[0];
   const float *x = ml_tensor_data(t);
-  double top_k = 40, last_n = 64, rep = 1, freq = 0, pres = 0;
+  double top_k = 40, last_n = 64, rep = 1, freq = 0, pres = 0, hint_p = 1;
 #define NUM(field, var) \
   lua_getfield(L, 2, field); \
   if (!lua_isnil(L, -1)) var = luaL_checknumber(L, -1); \
@@ -47,6 +81,7 @@ static int l_candidates(lua_State *L) {
     NUM("repeat_penalty", rep);
     NUM("frequency_penalty", freq);
     NUM("presence_penalty", pres);
+    NUM("top_p_hint", hint_p);
   }
 #undef NUM
   int64_t k = top_k <= 0 || top_k > (double)n ? n : (int64_t)top_k;
@@ -106,36 +141,37 @@ static int l_candidates(lua_State *L) {
         adj[j] = v - (float)((double)cnt[j] * freq + pres);
       }
   }
-  cand *h = lua_newuserdatauv(L, sizeof(cand) * (size_t)(k ? k : 1), 0);
-  int64_t m = 0;
   uint8_t *touched = NULL;
   if (nadj) {
     touched = lua_newuserdatauv(L, (size_t)n, 0);
     memset(touched, 0, (size_t)n);
     for (int64_t j = 0; j < nadj; j++) touched[ids[j]] = 1;
   }
-  for (int64_t i = 0; i < n && k > 0; i++) {
-    cand c;
-    c.id = (int32_t)i;
-    c.v = x[i];
-    if (touched && touched[i])
-      for (int64_t j = 0; j < nadj; j++)
-        if (ids[j] == i) c.v = adj[j];
-    if (c.v != c.v) c.v = -INFINITY;
-    if (m < k) {
-      h[m++] = c;
-      if (m == k)
-        for (int64_t j = k / 2; j >= 0; j--) sift(h, k, j);
-    } else if (better(c, h[0])) {
-      h[0] = c;
-      sift(h, k, 0);
+  /* Without a top_k cut, a top_p hint lets us return only the head of the distribution:
+   * the smallest prefix (in logit order) whose probability mass reaches top_p. The Lua side
+   * passes the hint only when no later step (user steps, typical_p) needs the whole set. */
+  int64_t want = k;
+  double mmax = -INFINITY, z = 0;
+  if (k == n && hint_p < 1 && n > 64) {
+    for (int64_t i = 0; i < n; i++) {
+      float v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      if (v > mmax) mmax = v;
     }
+    for (int64_t i = 0; i < n; i++) {
+      float v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      if (v == v) z += exp((double)v - mmax);
+    }
+    want = 64;
   }
-  if (m < k)
-    for (int64_t j = m / 2; j >= 0; j--) sift(h, m, j);
-  for (int64_t end = m - 1; end > 0; end--) { /* heap sort: best first */
-    cand tmp = h[0]; h[0] = h[end]; h[end] = tmp;
-    sift(h, end, 0);
+  cand *h = lua_newuserdatauv(L, sizeof(cand) * (size_t)(k ? k : 1), 0);
+  int64_t m;
+  for (;;) {
+    m = select_top(h, x, n, want, touched, ids, adj, nadj);
+    if (want >= k) break;
+    double mass = 0;
+    for (int64_t i = 0; i < m; i++) mass += exp((double)h[i].v - mmax);
+    if (mass >= hint_p * z) break;
+    want = want * 4 < k ? want * 4 : k;
   }
   lua_createtable(L, (int)m, 0);
   lua_createtable(L, (int)m, 0);

@@ -77,6 +77,11 @@ function _M.new(opts)
     repeat_penalty = self.repeat_penalty, frequency_penalty = self.frequency_penalty,
     presence_penalty = self.presence_penalty,
   }
+  -- with no top_k cut, C may return just the head of the distribution that top_p keeps,
+  -- when nothing between top_k and top_p needs the rest (user steps, typical_p, mirostat)
+  if self.top_k == 0 and self.top_p < 1 and not self.steps and self.typical_p >= 1 and self.mirostat == 0 then
+    self.c_opts.top_p_hint = self.top_p
+  end
   return self
 end
 

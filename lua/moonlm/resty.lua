@@ -131,8 +131,10 @@ function _M.init(opts)
   if not ok then
     init_error = tostring(err)
     ngx.log(ngx.ERR, "moonlm: ", init_error)
+    return false, init_error
   end
-  return ok, not ok and init_error or nil
+  S.sched:start() -- warm-up: /health says "loading" (503) until the first decode is done
+  return true
 end
 
 ---------------------------------------------------------------------------------------
@@ -595,7 +597,7 @@ local function health()
   end
   local busy, slots, queued = S.sched:busy()
   local st = S.sched.stats
-  send_json(200, obj({ status = "ok", model = S.name, slots = slots, busy = busy, queued = queued,
+  send_json(S.sched.warm and 200 or 503, obj({ status = S.sched.warm and "ok" or "loading", model = S.name, slots = slots, busy = busy, queued = queued,
                        max_queue = S.o.max_queue, requests = st.requests, rejected = st.rejected,
                        tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows },
                      { "status", "model", "slots", "busy", "queued", "max_queue", "requests", "rejected", "tokens", "calls",

@@ -117,14 +117,15 @@ local function env_prefix(env)
   return #parts > 0 and "env " .. table.concat(parts, " ") .. " " or ""
 end
 
-local function http_status(url)
-  local _, out = run(("curl -s -o /dev/null -m 2 -w '%%{http_code}' %s"):format(sh_quote(url)))
-  return tonumber(out:match("(%d+)%s*$"))
+-- http_get(url) -> status, body
+local function http_get(url)
+  local _, out = run(("curl -s -m 2 -w '\n%%{http_code}' %s"):format(sh_quote(url)))
+  return tonumber(out:match("(%d+)%s*$")), out:match("^(.*)\n%d+%s*$")
 end
 
 -- start{ conf, ports = { [port in conf] = port to use } (default: 8080 -> a free one),
 --        env = { MOONLM_MODEL = ... }, lua_dir ["lua"], lib_dir ["build/5.1"],
---        wait ["/health"], timeout [20], watch [true]: stop the server when this process
+--        wait ["/health": until it answers 200], timeout [60], watch [true]: stop the server when this process
 --        ends without doing so } -> server | nil, err
 -- server: { prefix, port (what 8080 became), ports, url, pid, stop = function }
 function _M.start(o)
@@ -144,16 +145,17 @@ function _M.start(o)
     local self = setmetatable({ prefix = prefix, ports = ports, port = ports[8080] or select(2, next(ports)) }, Server)
     self.url = "http://127.0.0.1:" .. self.port
     if ok then
-      local deadline = os.time() + (o.timeout or 20)
+      local deadline = os.time() + (o.timeout or 60)
       while os.time() <= deadline do
         self.pid = self.pid or tonumber(read(prefix .. "/logs/nginx.pid") or "")
         if self.pid then
-          local status = o.wait == false and 200 or http_status(self.url .. (o.wait or "/health"))
+          local status, body = 200, nil
+          if o.wait ~= false then status, body = http_get(self.url .. (o.wait or "/health")) end
           if status == 200 then
             if o.watch ~= false then self:watch() end
             return self
           end
-          if status == 503 then
+          if status == 503 and not (body or ""):find('"loading"', 1, true) then
             last_err = "the server did not start:\n" .. tail(prefix .. "/logs/error.log")
             break
           end

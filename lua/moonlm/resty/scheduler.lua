@@ -140,16 +140,11 @@ function Sched:submit(req)
   req.decoder = self.model:decoder { strip_space = req.starts }
   self.queue[#self.queue + 1] = req
   self.stats.requests = self.stats.requests + 1
-  if not self.running then
-    local ok, err = timer_at(0, function(premature)
-      if not premature then self:drive() end
-    end)
-    if not ok then
-      remove(self.queue)
-      req.decoder = nil
-      return nil, 503, "cannot start the scheduler: " .. tostring(err)
-    end
-    self.running = true
+  local ok, err = self:start()
+  if not ok then
+    remove(self.queue)
+    req.decoder = nil
+    return nil, 503, "cannot start the scheduler: " .. tostring(err)
   end
   return true
 end
@@ -302,8 +297,23 @@ function Sched:fail(slots, err)
   end
 end
 
+-- Start the driver now: it warms the context up before the first request (init calls it).
+function Sched:start()
+  if self.running then return true end
+  local ok, err = timer_at(0, function(premature)
+    if not premature then self:drive() end
+  end)
+  if ok then self.running = true end
+  return ok, err
+end
+
 function Sched:drive()
   local ok, err = pcall(function()
+    if not self.warm then
+      local called, res, werr = run_worker_thread(self.pool, "moonlm.resty.thread", "warm", self.ctx.handle, self.limits.nice)
+      if not (called and res) then log(ERR, "moonlm: warm-up: ", tostring(called and werr or res)) end
+      self.warm = true
+    end
     while true do
       self:admit()
       local args, slots = self:batch()
@@ -328,12 +338,7 @@ function Sched:drive()
         s.tokens = {}
       end
     end
-    if #self.queue > 0 then -- start over for the requests still waiting
-      self.running = true
-      timer_at(0, function(premature)
-        if not premature then self:drive() end
-      end)
-    end
+    if #self.queue > 0 then self:start() end -- start over for the requests still waiting
   end
 end
 

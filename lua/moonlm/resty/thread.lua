@@ -161,6 +161,22 @@ function _M.step(handle, slots, limits)
   return res
 end
 
+-- warm(ctx_handle) -> true | nil, err: one decode on sequence 0, then forgotten, so that
+-- what the core prepares on first use (packed weights) is ready before the first request.
+function _M.warm(handle, nice)
+  if set_nice and (nice or 0) ~= 0 then set_nice(nice) end
+  local ok, err = pcall(function()
+    local c = attach(handle)
+    local bos = c.ctx.model.vocab.bos
+    local l, derr = c.ctx:decode({ bos or 0 }, { seq = 0 })
+    if not l then error(derr, 0) end
+    l:close()
+    c.ctx:clear(0)
+  end)
+  if not ok then return nil, tostring(err) end
+  return true
+end
+
 -- embed(model_handle, texts, opts) -> rows (arrays of numbers) | nil, err
 -- Each pooled VM keeps its own embedding context (on its model object), so two calls in
 -- two threads never share one.

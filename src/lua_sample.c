@@ -61,7 +61,8 @@ static int64_t select_top(cand *h, const float *x, int64_t n, int64_t k, const u
  *   repeat_penalty = 1, frequency_penalty = 0, presence_penalty = 0, top_p_hint = 1 })
  *   -> ids (0-based), values: the top_k best adjusted logits in descending order (all of
  *   them when top_k is 0, or, with top_p_hint < 1, the shortest head whose probability mass
- *   reaches it), ties broken by the lower id. */
+ *   reaches it), ties broken by the lower id. When only a head is returned, a third value is
+ *   sum(exp(v - best)) over the whole vocabulary, for probabilities of the full distribution. */
 static int l_candidates(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
   if (t->type != ML_TYPE_F32 || t->ndim != 1 || t->stride[0] != 1)
@@ -180,6 +181,10 @@ static int l_candidates(lua_State *L) {
     lua_rawseti(L, -3, (lua_Integer)i + 1);
     lua_pushnumber(L, h[i].v);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  if (m < n && z > 0) { /* a head only: the whole distribution's normaliser, relative to the best */
+    lua_pushnumber(L, z * exp(mmax - (double)h[0].v));
+    return 3;
   }
   return 2;
 }

@@ -111,6 +111,12 @@ end
 local function top_p(c, p, min_keep)
   if p >= 1 then return end
   local probs = softmax(c.logits, 1)
+  if c.z then -- only the head came back from C: probabilities of the full distribution
+    local s = 0
+    for i = 1, #probs do s = s + exp(c.logits[i] - c.logits[1]) end
+    local scale = s / c.z
+    for i = 1, #probs do probs[i] = probs[i] * scale end
+  end
   local cum = 0
   for i = 1, #probs do
     cum = cum + probs[i]
@@ -175,9 +181,9 @@ end
 function Sampler:candidates(logits, history)
   local opts = self.c_opts
   opts.history = history
-  local ids, vals = core.candidates(logits, opts)
+  local ids, vals, z = core.candidates(logits, opts)
   opts.history = nil
-  local c = { ids = ids, logits = vals }
+  local c = { ids = ids, logits = vals, z = z }
   if self.steps then
     for i, step in ipairs(self.steps) do
       local r = step(c, history)

@@ -1081,6 +1081,14 @@ static int m_index_select(lua_State *L) {
   return 1;
 }
 
+/* x:pairwise_dot([diagonal]): (..., n, d) -> (..., pairs), see ml_pairwise_dot */
+static int m_pairwise_dot(lua_State *L) {
+  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  int diagonal = lua_toboolean(L, 2);
+  ml_tensor *o = ml_lua_push_tensor(L);
+  CHECK(L, ml_pairwise_dot(o, a, diagonal));
+  return 1;
+}
 /* embedding(ids): rows of a 2-d table picked by 0-based ids (token ids), as f32 */
 static int m_embedding(lua_State *L) {
   ml_tensor *a = ml_lua_check_tensor(L, 1);
@@ -1122,6 +1130,7 @@ static const luaL_Reg methods[] = {
   {"argmin", m_argmin}, {"softmax", m_softmax}, {"log_softmax", m_log_softmax},
   {"rmsnorm", m_rmsnorm}, {"layernorm", m_layernorm}, {"matmul", m_matmul}, {"linear", m_linear},
   {"topk", m_topk}, {"index_select", m_index_select}, {"embedding", m_embedding},
+  {"pairwise_dot", m_pairwise_dot},
   {"close", m_close}, {"release", m_close},
   {NULL, NULL}};
 

@@ -48,5 +48,9 @@ int ml_cat(ml_tensor *out, const ml_tensor *const *ts, int n, int dim);
 int ml_stack(ml_tensor *out, const ml_tensor *const *ts, int n, int dim);
 /* Rows of a (first dim) picked by 0-based ids (any integer or float tensor / array). */
 int ml_index_select(ml_tensor *out, const ml_tensor *a, int dim, const int64_t *ids, int64_t n);
+/* a (..., n, d) -> (..., n(n-1)/2): the dot products of every pair of rows i > j of each
+ * (n, d) matrix, in the order (1,0), (2,0), (2,1), (3,0) ... (0-based); with diagonal, every
+ * i >= j: (0,0), (1,0), (1,1) ... (n(n+1)/2 values). DLRM's feature interaction. */
+int ml_pairwise_dot(ml_tensor *out, const ml_tensor *a, int diagonal);
 
 #endif

@@ -38,8 +38,10 @@ KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2
 KERNELS_AVX512 = kernels/avx512 kernels/avx512vnni
 KERNELS_AMX    = kernels/amx
-ISA_avx2   = -mavx2 -mfma -mf16c
-ISA_avx512 = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -mavx2
+# kernels keep arrays of accumulators in registers: let GCC scalarize them
+KOPT       = --param sra-max-scalarization-size-Ospeed=4096
+ISA_avx2   = -mavx2 -mfma -mf16c $(KOPT)
+ISA_avx512 = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -mavx2 $(KOPT)
 ISA_avx512vnni = $(ISA_avx512) -mavx512vnni -mavx512bf16
 ISA_amx    = $(ISA_avx512vnni) -mamx-tile -mamx-int8 -mamx-bf16
 KERNEL_SRCS = $(wildcard $(addprefix src/,$(addsuffix .c,$(KERNELS_C) $(KERNELS_AVX2) $(KERNELS_AVX512) $(KERNELS_AMX))))

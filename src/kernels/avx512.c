@@ -11,6 +11,7 @@
 #include "kernels.h"
 
 #define X16_VNNI 0
+#define X16_BF16_F32 1 /* activations of bf16 weights as float pairs */
 
 static inline __m512i x16_dot4(__m512i acc, __m512i u, __m512i s) {
   /* pairs of u8 x s8 products fit int16 for u <= 127 (the formats here use <= 63) */
@@ -19,12 +20,13 @@ static inline __m512i x16_dot4(__m512i acc, __m512i u, __m512i s) {
 static inline __m512i x16_dot2w(__m512i acc, __m512i a, __m512i b) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
 }
-static inline __m512 x16_bf16(__m512 acc, __m512i w, const uint16_t *abf, const float *af) {
+static inline __m512 x16_bf16(__m512 acc, __m512i w, const uint8_t *pair) {
+  float a[2];
+  memcpy(a, pair, 8);
   __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xFFFF0000u)));
-  (void)abf;
-  acc = _mm512_fmadd_ps(we, _mm512_set1_ps(af[0]), acc);
-  return _mm512_fmadd_ps(wo, _mm512_set1_ps(af[1]), acc);
+  acc = _mm512_fmadd_ps(we, _mm512_set1_ps(a[0]), acc);
+  return _mm512_fmadd_ps(wo, _mm512_set1_ps(a[1]), acc);
 }
 
 #include "avx512_x16.h"

@@ -2,10 +2,11 @@
  * only) and avx512vnni.c (with VNNI and BF16). The includer defines the dot steps first:
  *
  *   X16_VNNI                        1 if x16_dot4 is vpdpbusd (q8_0 then packs as w + 128)
+ *   X16_BF16_F32                    1 if x16_bf16 takes float activations, 0 for bf16
  *   x16_dot4(acc, u8, s8)           acc.i32 += sum of 4 u8 x s8 products per lane
  *   x16_dot2w(acc, a16, b16)        acc.i32 += sum of 2 i16 x i16 products per lane
- *   x16_bf16(acc, w, abf, af)       acc += w.even * a[0] + w.odd * a[1] (w: 16 bf16 pairs;
- *                                   abf / af: the pair of activations as bf16 / as float)
+ *   x16_bf16(acc, w, pair)          acc += w.even * a[0] + w.odd * a[1] (w: 16 bf16 pairs;
+ *                                   pair: the two activations, 2 bf16 or 2 floats)
  *
  * One zmm of weights is a k-group: 16 rows x 4 int8 (or 2 bf16) consecutive K values, so
  * every dot step updates the 16 outputs of a tile at once and no horizontal sums are
@@ -207,96 +208,7 @@ X16_AI void unpack_kq(ml_type wt, const uint8_t *o, uint8_t *u) {
   }
 }
 
-/* ---- activation rows of one register block ---- */
-
-typedef struct arows {
-  const int8_t *q[16];
-  const float *d[16], *fs[16], *f[16];
-  const int32_t *is[16];
-  const int16_t *bs[16];
-  const uint16_t *bf[16];
-} arows;
-
-X16_AI void arows_at(arows *r, const ml_packed_args *p, const ml_panel *pl, int64_t m0, int mr, int bs32) {
-  for (int m = 0; m < mr; m++) {
-    const uint8_t *row = (const uint8_t *)p->a + (size_t)(m0 + m) * p->a_row_bytes;
-    r->q[m] = (const int8_t *)(row + pl->qs);
-    r->d[m] = (const float *)(row + pl->d);
-    r->is[m] = (const int32_t *)(row + pl->isum);
-    r->fs[m] = (const float *)(row + pl->fsum);
-    r->bs[m] = (const int16_t *)(row + (bs32 ? pl->bs32 : pl->bs16));
-    r->bf[m] = (const uint16_t *)(row + pl->bf16);
-    r->f[m] = (const float *)(row + pl->f32);
-  }
-}
-
-/* ---- micro-kernels: MR rows x 16 outputs over unpacked blocks [0, nb) of u, whose
- * activation blocks start at ab0 ---- */
-
-X16_AI void micro_b32(const uint8_t *u, int64_t nb, int64_t ab0, const arows *a, int off, int has_min, __m512 *acc,
-                      const int MR) {
-  for (int64_t b = 0; b < nb; b++, u += UB32_STRIDE) {
-    int64_t ab = ab0 + b;
-    __m512i ia[16]; /* MR <= 16 used */
-    for (int m = 0; m < MR; m++) ia[m] = off ? _mm512_set1_epi32(-off * a->is[m][ab]) : _mm512_setzero_si512();
-    for (int g = 0; g < 8; g++) {
-      __m512i w = ld(u + 64 * g);
-      for (int m = 0; m < MR; m++) ia[m] = x16_dot4(ia[m], w, bcast32(a->q[m] + 32 * ab + 4 * g));
-    }
-    __m512 dw = _mm512_loadu_ps(u + UB32_D);
-    for (int m = 0; m < MR; m++)
-      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m]), _mm512_mul_ps(dw, _mm512_set1_ps(a->d[m][ab])), acc[m]);
-    if (has_min) {
-      __m512 mw = _mm512_loadu_ps(u + UB32_M);
-      for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->fs[m][ab]), acc[m]);
-    }
-  }
-}
-
-X16_AI void micro_kq(const uint8_t *u, int64_t nb, int64_t ab0, const arows *a, int sub, __m512 *acc, const int MR) {
-  const int J = 256 / sub, G = sub / 4, stride = sub == 16 ? UKQ_STRIDE16 : UKQ_STRIDE32;
-  const int mnoff = sub == 16 ? UKQ_MN16 : UKQ_MN32;
-  for (int64_t b = 0; b < nb; b++, u += stride) {
-    int64_t ab = ab0 + b;
-    __m512i it[16];
-    for (int m = 0; m < MR; m++) it[m] = _mm512_setzero_si512();
-    for (int j = 0; j < J; j++) {
-      __m512i t[16];
-      for (int m = 0; m < MR; m++) t[m] = _mm512_setzero_si512();
-      for (int g = 0; g < G; g++) {
-        __m512i w = ld(u + 64 * (G * j + g));
-        for (int m = 0; m < MR; m++) t[m] = x16_dot4(t[m], w, bcast32(a->q[m] + 256 * ab + sub * j + 4 * g));
-      }
-      __m512i sc = ld(u + UKQ_SC + 64 * j);
-      for (int m = 0; m < MR; m++) it[m] = _mm512_add_epi32(it[m], _mm512_mullo_epi32(t[m], sc));
-    }
-    __m512 dw = _mm512_loadu_ps(u + UKQ_D), dm = _mm512_loadu_ps(u + UKQ_DMIN);
-    for (int m = 0; m < MR; m++) {
-      __m512i im = _mm512_setzero_si512();
-      for (int p = 0; p < J / 2; p++) im = x16_dot2w(im, ld(u + mnoff + 64 * p), bcast32(a->bs[m] + J * ab + 2 * p));
-      __m512 da = _mm512_set1_ps(a->d[m][ab]);
-      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(it[m]), _mm512_mul_ps(dw, da), acc[m]);
-      acc[m] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dm, da), acc[m]);
-    }
-  }
-}
-
-/* bf16: the packed tile read as is; k-pairs [kp0, kp1) */
-X16_AI void micro_bf16(const uint8_t *tile, int64_t kp0, int64_t kp1, const arows *a, __m512 *acc, const int MR) {
-  for (int64_t kp = kp0; kp < kp1; kp++) {
-    __m512i w = ld(tile + 64 * kp);
-    for (int m = 0; m < MR; m++) acc[m] = x16_bf16(acc[m], w, a->bf[m] + 2 * kp, a->f[m] + 2 * kp);
-  }
-}
-
-X16_AI void micro_f16(const uint8_t *tile, int64_t k0, int64_t k1, const arows *a, __m512 *acc, const int MR) {
-  for (int64_t k = k0; k < k1; k++) {
-    __m512 w = ld_f16(tile + 32 * k);
-    for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a->f[m][k]), acc[m]);
-  }
-}
-
-/* ---- drivers ---- */
+/* ---- drivers: context ---- */
 
 typedef struct x16_ctx {
   ml_type wt;
@@ -306,14 +218,216 @@ typedef struct x16_ctx {
   size_t bb, ustride; /* packed / unpacked block bytes */
 } x16_ctx;
 
+/* ml_x16_info_get, inlined so that the kind and constants fold per type */
+X16_AI void x16_info(ml_type wt, ml_x16_info *in) {
+  in->kind = wt == ML_TYPE_BF16 ? ML_X16_BF16 : wt == ML_TYPE_F16 ? ML_X16_F16
+           : wt == ML_TYPE_Q2_K || wt == ML_TYPE_Q3_K || wt == ML_TYPE_Q4_K || wt == ML_TYPE_Q5_K || wt == ML_TYPE_Q6_K
+               ? ML_X16_KQ : ML_X16_B32;
+  in->blck = in->kind == ML_X16_KQ ? 256 : 32;
+  in->off = wt == ML_TYPE_Q8_0 ? 128 : wt == ML_TYPE_Q4_0 ? 8 : wt == ML_TYPE_Q5_0 ? 16 : 0;
+  in->has_min = wt == ML_TYPE_Q4_1 || wt == ML_TYPE_Q5_1;
+  in->sub = wt == ML_TYPE_Q4_K || wt == ML_TYPE_Q5_K ? 32 : 16;
+}
+
 X16_AI void ctx_init(x16_ctx *c, const ml_packed_args *p, ml_type wt) {
   c->wt = wt;
-  ml_x16_info_get(wt, &c->in);
+  x16_info(wt, &c->in);
   ml_panel_layout(wt, p->K, &c->pl);
   c->nb = p->K / c->in.blck;
   c->bb = p->tile_bytes / (size_t)c->nb;
   c->ustride = c->in.kind == ML_X16_B32 ? UB32_STRIDE : c->in.sub == 16 ? UKQ_STRIDE16 : UKQ_STRIDE32;
 }
+
+/* ---- activations, packed per register block ----
+ * The R rows of a register block are interleaved so that one pointer reaches them all
+ * with constant offsets: per block, k-group g of row m at 4 (g R + m), then per-row
+ * scalars (32-element formats: d, isum [, fsum]; K formats: d, then the J/2 pairs of
+ * activation sums as int16 pairs at 4 (p R + m)). bf16: k-pair kp of row m at
+ * 4 (kp R + m) (X16_BF16_F32: the pair as two floats at 8 (kp R + m)); f16: float k of
+ * row m at 4 (k R + m). */
+X16_AI size_t ablock_bytes(const x16_ctx *c, int R) {
+  switch (c->in.kind) {
+  case ML_X16_B32: return (size_t)(c->in.has_min ? 44 : 40) * (size_t)R;
+  case ML_X16_KQ: return (size_t)(260 + 2 * (256 / c->in.sub)) * (size_t)R;
+  case ML_X16_BF16: return (size_t)(X16_BF16_F32 ? 128 : 64) * (size_t)R;
+  default: return (size_t)128 * (size_t)R;
+  }
+}
+
+/* rows m0 .. m0 + r - 1 into a register block of R >= r rows (the others zero) */
+X16_AI void apack(const x16_ctx *c, const ml_packed_args *p, int64_t m0, int R, int r, int64_t b0, int64_t b1,
+                  uint8_t *ap) {
+  const ml_panel *pl = &c->pl;
+  size_t abb = ablock_bytes(c, R);
+  int J = 256 / c->in.sub;
+  if (r < R) memset(ap, 0, abb * (size_t)(b1 - b0));
+  for (int m = 0; m < r; m++) {
+    const uint8_t *row = (const uint8_t *)p->a + (size_t)(m0 + m) * p->a_row_bytes;
+    uint8_t *o = ap;
+    for (int64_t b = b0; b < b1; b++, o += abb) {
+      switch (c->in.kind) {
+      case ML_X16_B32: {
+        const uint8_t *q = row + pl->qs + 32 * b;
+        for (int g = 0; g < 8; g++) memcpy(o + 4 * (g * R + m), q + 4 * g, 4);
+        memcpy(o + 32 * R + 4 * m, row + pl->d + 4 * b, 4);
+        int32_t is;
+        memcpy(&is, row + pl->isum + 4 * b, 4);
+        is *= -c->in.off; /* the offset correction, the initial integer sum */
+        memcpy(o + 36 * R + 4 * m, &is, 4);
+        if (c->in.has_min) memcpy(o + 40 * R + 4 * m, row + pl->fsum + 4 * b, 4);
+      } break;
+      case ML_X16_KQ: {
+        const uint8_t *q = row + pl->qs + 256 * b;
+        for (int g = 0; g < 64; g++) memcpy(o + 4 * (g * R + m), q + 4 * g, 4);
+        memcpy(o + 256 * R + 4 * m, row + pl->d + 4 * b, 4);
+        const uint8_t *bs = row + (c->in.sub == 32 ? pl->bs32 : pl->bs16) + 2 * J * b;
+        for (int q2 = 0; q2 < J / 2; q2++) memcpy(o + 260 * R + 4 * (q2 * R + m), bs + 4 * q2, 4);
+      } break;
+      case ML_X16_BF16:
+        if (X16_BF16_F32)
+          for (int kp = 0; kp < 16; kp++) memcpy(o + 8 * (kp * R + m), row + pl->f32 + 4 * (32 * b + 2 * kp), 8);
+        else
+          for (int kp = 0; kp < 16; kp++) memcpy(o + 4 * (kp * R + m), row + pl->bf16 + 2 * (32 * b + 2 * kp), 4);
+        break;
+      default:
+        for (int k = 0; k < 32; k++) memcpy(o + 4 * (k * R + m), row + pl->f32 + 4 * (32 * b + k), 4);
+        break;
+      }
+    }
+  }
+}
+
+/* ---- micro-kernels: MR rows x NV tiles of 16 outputs over nb blocks; acc[m * NV + v].
+ * u: unpacked weights of tile v at u + v us (bf16 / f16: the packed tiles); ap: the rows'
+ * packed activations for the same blocks. Register budget (32 zmm): the 32-element
+ * formats hold 2 MR NV accumulators, the K formats 3 MR NV, the float formats MR NV. */
+
+X16_AI void micro_b32(const uint8_t *u, size_t us, int64_t nb, const uint8_t *ap, int off, int has_min, __m512 *acc,
+                      const int MR, const int NV) {
+  const size_t abb = (size_t)(has_min ? 44 : 40) * MR;
+  for (int64_t b = 0; b < nb; b++, u += UB32_STRIDE, ap += abb) {
+    const float *d = (const float *)(ap + 32 * MR), *fs = (const float *)(ap + 40 * MR);
+    __m512i ia[24]; /* MR NV <= 24 used */
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) {
+      __m512i init = off ? bcast32(ap + 36 * MR + 4 * m) : _mm512_setzero_si512();
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) ia[m * NV + v] = init;
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < 8; g++) {
+      __m512i w[2];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) w[v] = ld(u + v * us + 64 * g);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; m++) {
+        __m512i x = bcast32(ap + 4 * (g * MR + m));
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) ia[m * NV + v] = x16_dot4(ia[m * NV + v], w[v], x);
+      }
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+      __m512 dw = _mm512_loadu_ps(u + v * us + UB32_D);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; m++)
+        acc[m * NV + v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m * NV + v]), _mm512_mul_ps(dw, _mm512_set1_ps(d[m])),
+                                          acc[m * NV + v]);
+      if (has_min) {
+        __m512 mw = _mm512_loadu_ps(u + v * us + UB32_M);
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; m++) acc[m * NV + v] = _mm512_fmadd_ps(mw, _mm512_set1_ps(fs[m]), acc[m * NV + v]);
+      }
+    }
+  }
+}
+
+X16_AI void micro_kq(const uint8_t *u, size_t us, int64_t nb, const uint8_t *ap, int sub, __m512 *acc, const int MR,
+                     const int NV) {
+  const int J = 256 / sub, G = sub / 4, stride = sub == 16 ? UKQ_STRIDE16 : UKQ_STRIDE32;
+  const int mnoff = sub == 16 ? UKQ_MN16 : UKQ_MN32;
+  const size_t abb = (size_t)(260 + 2 * J) * MR;
+  for (int64_t b = 0; b < nb; b++, u += stride, ap += abb) {
+    __m512i it[24];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR * NV; i++) it[i] = _mm512_setzero_si512();
+    for (int j = 0; j < J; j++) {
+      __m512i t[24];
+#pragma GCC unroll 16
+      for (int i = 0; i < MR * NV; i++) t[i] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int g = 0; g < G; g++) {
+        __m512i w[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) w[v] = ld(u + v * us + 64 * (G * j + g));
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; m++) {
+          __m512i x = bcast32(ap + 4 * ((G * j + g) * MR + m));
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; v++) t[m * NV + v] = x16_dot4(t[m * NV + v], w[v], x);
+        }
+      }
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) {
+        __m512i sc = ld(u + v * us + UKQ_SC + 64 * j);
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; m++) it[m * NV + v] = _mm512_add_epi32(it[m * NV + v], _mm512_mullo_epi32(t[m * NV + v], sc));
+      }
+    }
+    const float *da = (const float *)(ap + 256 * MR);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+      __m512 dw = _mm512_loadu_ps(u + v * us + UKQ_D), dm = _mm512_loadu_ps(u + v * us + UKQ_DMIN);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; m++) {
+        __m512i im = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int q = 0; q < J / 2; q++)
+          im = x16_dot2w(im, ld(u + v * us + mnoff + 64 * q), bcast32(ap + 260 * MR + 4 * (q * MR + m)));
+        __m512 s = _mm512_set1_ps(da[m]);
+        acc[m * NV + v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(it[m * NV + v]), _mm512_mul_ps(dw, s), acc[m * NV + v]);
+        acc[m * NV + v] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dm, s), acc[m * NV + v]);
+      }
+    }
+  }
+}
+
+/* bf16 / f16: the packed tiles read as is, blocks of 32 elements */
+X16_AI void micro_bf16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR,
+                       const int NV) {
+  const int ab = X16_BF16_F32 ? 8 : 4;
+  for (int64_t kp = 0; kp < 16 * nb; kp++, tile += 64, ap += ab * MR) {
+    __m512i w[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) w[v] = ld(tile + v * us);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[m * NV + v] = x16_bf16(acc[m * NV + v], w[v], ap + ab * m);
+  }
+}
+
+X16_AI void micro_f16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR,
+                      const int NV) {
+  for (int64_t k = 0; k < 32 * nb; k++, tile += 32, ap += 4 * MR) {
+    __m512 w[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) w[v] = ld_f16(tile + v * us);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) {
+      __m512 x = _mm512_set1_ps(((const float *)ap)[m]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[m * NV + v] = _mm512_fmadd_ps(w[v], x, acc[m * NV + v]);
+    }
+  }
+}
+
+/* ---- drivers ---- */
+
+/* work: [0, X16_WORK_U) unpacked weights (two tiles' chunks), then packed activations */
+#define X16_WORK_U (32 << 10)
+
+X16_AI int packed_only(const x16_ctx *c) { return c->in.kind == ML_X16_BF16 || c->in.kind == ML_X16_F16; }
 
 X16_AI void unpack_blocks(const x16_ctx *c, const uint8_t *tile, int64_t b0, int64_t b1, uint8_t *u) {
   for (int64_t b = b0; b < b1; b++, u += c->ustride) {
@@ -324,38 +438,55 @@ X16_AI void unpack_blocks(const x16_ctx *c, const uint8_t *tile, int64_t b0, int
   }
 }
 
-X16_AI void store_rows(const ml_packed_args *p, int64_t t, int64_t m0, const __m512 *acc, int mr) {
+X16_AI __mmask16 tile_mask(const ml_packed_args *p, int64_t t) {
   int64_t left = p->N - t * ML_X16;
-  __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-  for (int m = 0; m < mr; m++) _mm512_mask_storeu_ps(p->y + (m0 + m) * p->ldy + t * ML_X16, k, acc[m]);
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
-/* MR rows from m0 over the blocks [b0, b1) of a tile, unpacked at u (block b0 first). */
-X16_AI void run_rows(const x16_ctx *c, const uint8_t *tile, const uint8_t *u, int64_t b0, int64_t b1, const arows *a,
-                     __m512 *acc, const int MR) {
+/* A register block of MR rows (the first r of them real) x NV tiles from t over blocks
+ * [b0, b1): u holds them unpacked (tile v at u + v us), ap the rows' activations; y is
+ * added to when b0 > 0. */
+X16_AI void run_rows(ml_type wt, const ml_packed_args *p, int64_t t, const uint8_t *u, size_t us,
+                     int64_t b0, int64_t b1, const uint8_t *ap, int64_t m0, int r, const int MR, const int NV) {
+  x16_ctx cc, *c = &cc; /* the type's constants only (no panel layout needed here) */
+  x16_info(wt, &cc.in);
+  __m512 acc[24];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; m++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++)
+      acc[m * NV + v] = b0 > 0 && m < r ? _mm512_maskz_loadu_ps(tile_mask(p, t + v), p->y + (m0 + m) * p->ldy + (t + v) * ML_X16)
+                                        : _mm512_setzero_ps();
+  const uint8_t *tile = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
   switch (c->in.kind) {
-  case ML_X16_B32: micro_b32(u, b1 - b0, b0, a, c->in.off, c->in.has_min, acc, MR); break;
-  case ML_X16_KQ: micro_kq(u, b1 - b0, b0, a, c->in.sub, acc, MR); break;
-  case ML_X16_BF16: micro_bf16(tile, 16 * b0, 16 * b1, a, acc, MR); break;
-  default: micro_f16(tile, 32 * b0, 32 * b1, a, acc, MR); break;
+  case ML_X16_B32: micro_b32(u, us, b1 - b0, ap, c->in.off, c->in.has_min, acc, MR, NV); break;
+  case ML_X16_KQ: micro_kq(u, us, b1 - b0, ap, c->in.sub, acc, MR, NV); break;
+  case ML_X16_BF16: micro_bf16(tile + (size_t)b0 * X16_BF16_BYTES, p->tile_bytes, b1 - b0, ap, acc, MR, NV); break;
+  default: micro_f16(tile + (size_t)b0 * X16_F16_BYTES, p->tile_bytes, b1 - b0, ap, acc, MR, NV); break;
   }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; m++)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++)
+      if (m < r) _mm512_mask_storeu_ps(p->y + (m0 + m) * p->ldy + (t + v) * ML_X16, tile_mask(p, t + v), acc[m * NV + v]);
 }
 
-/* GEMV: per tile, per pass of up to 8 rows, stream the blocks in chunks through L1. */
-X16_AI void gemv_rows(const x16_ctx *c, const ml_packed_args *p, const uint8_t *tile, int64_t t, uint8_t *u,
-                      int64_t m0, const int MR) {
-  arows a;
-  arows_at(&a, p, &c->pl, m0, MR, c->in.sub == 32);
-  __m512 acc[16];
-  for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();
-  int packed_only = c->in.kind == ML_X16_BF16 || c->in.kind == ML_X16_F16;
+/* GEMV: passes of up to 8 rows (1, 2, 4 or 8 in registers), their activations packed
+ * once; each tile's blocks are unpacked a few at a time (L1) and streamed once. */
+X16_AI void gemv_pass(const x16_ctx *c, const ml_packed_args *p, int64_t t0, int64_t t1, uint8_t *work, int64_t m0,
+                      int r, const int MR) {
+  uint8_t *u = work, *ap = work + X16_WORK_U;
+  apack(c, p, m0, MR, r, 0, c->nb, ap);
+  size_t abb = ablock_bytes(c, MR);
   int64_t chunk = c->in.kind == ML_X16_KQ ? 1 : 8;
-  for (int64_t b0 = 0; b0 < c->nb; b0 += chunk) {
-    int64_t b1 = b0 + chunk < c->nb ? b0 + chunk : c->nb;
-    if (!packed_only) unpack_blocks(c, tile, b0, b1, u);
-    run_rows(c, tile, u, b0, b1, &a, acc, MR);
+  for (int64_t t = t0; t < t1; t++) {
+    const uint8_t *tile = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
+    for (int64_t b0 = 0; b0 < c->nb; b0 += chunk) {
+      int64_t b1 = b0 + chunk < c->nb ? b0 + chunk : c->nb;
+      if (!packed_only(c)) unpack_blocks(c, tile, b0, b1, u);
+      run_rows(c->wt, p, t, u, 0, b0, b1, ap + (size_t)b0 * abb, m0, r, MR, 1);
+    }
   }
-  store_rows(p, t, m0, acc, MR);
 }
 
 X16_AI void gemv_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_type wt) {
@@ -363,87 +494,96 @@ X16_AI void gemv_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_t
   ctx_init(&c, p, wt);
   int64_t t0, t1;
   ml_slice((p->N + ML_X16 - 1) / ML_X16, ith, nth, &t0, &t1);
-  for (int64_t t = t0; t < t1; t++) {
-    const uint8_t *tile = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
-    for (int64_t m0 = 0; m0 < p->M; m0 += 8) {
-      int mr = p->M - m0 < 8 ? (int)(p->M - m0) : 8;
-      switch (mr) {
-      case 1: gemv_rows(&c, p, tile, t, work, m0, 1); break;
-      case 2: gemv_rows(&c, p, tile, t, work, m0, 2); break;
-      case 3: gemv_rows(&c, p, tile, t, work, m0, 3); break;
-      case 4: gemv_rows(&c, p, tile, t, work, m0, 4); break;
-      case 5: gemv_rows(&c, p, tile, t, work, m0, 5); break;
-      case 6: gemv_rows(&c, p, tile, t, work, m0, 6); break;
-      case 7: gemv_rows(&c, p, tile, t, work, m0, 7); break;
-      default: gemv_rows(&c, p, tile, t, work, m0, 8); break;
-      }
-    }
+  if (t0 >= t1) return;
+  for (int64_t m0 = 0; m0 < p->M; m0 += 8) {
+    int r = p->M - m0 < 8 ? (int)(p->M - m0) : 8;
+    if (r == 1) gemv_pass(&c, p, t0, t1, work, m0, r, 1);
+    else if (r == 2) gemv_pass(&c, p, t0, t1, work, m0, r, 2);
+    else if (r <= 4) gemv_pass(&c, p, t0, t1, work, m0, r, 4);
+    else gemv_pass(&c, p, t0, t1, work, m0, r, 8);
   }
 }
 
-/* GEMM: per tile, unpack all of K once, then M in register blocks of MR rows. */
-X16_AI void gemm_rows(const x16_ctx *c, const ml_packed_args *p, const uint8_t *tile, int64_t t, const uint8_t *u,
-                      int64_t m0, const int MR) {
-  arows a;
-  arows_at(&a, p, &c->pl, m0, MR, c->in.sub == 32);
-  __m512 acc[16];
-  for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();
-  run_rows(c, tile, u, 0, c->nb, &a, acc, MR);
-  store_rows(p, t, m0, acc, MR);
+/* GEMM: cache blocking. A chunk of K (kcb blocks) of two tiles, unpacked (<= 24 KB, L1),
+ * runs over a chunk of activation rows packed for that K range (<= X16_L2_ACT, L2) in
+ * register blocks of MR rows (the last one padded with zero rows); partial sums go through
+ * y between K chunks (y stays in L3). The register block is a function of its own per type
+ * (X16_ENTRY), so that its registers are allocated apart from the drivers'. */
+#define X16_L2_ACT (384 << 10)
+
+typedef void (*x16_rows_fn)(const ml_packed_args *p, int64_t t, const uint8_t *u, size_t us, int64_t b0, int64_t b1,
+                            const uint8_t *ap, int64_t m0, int r);
+
+X16_AI void gemm_tiles(const x16_ctx *c, const ml_packed_args *p, int64_t t, uint8_t *u, int64_t b0, int64_t b1,
+                       const uint8_t *ap, int64_t mc0, int64_t mc1, x16_rows_fn rows, const int MR, const int NV) {
+  size_t us = packed_only(c) ? 0 : c->ustride * (size_t)(b1 - b0);
+  for (int v = 0; v < NV && !packed_only(c); v++)
+    unpack_blocks(c, (const uint8_t *)p->w + (size_t)(t + v) * p->tile_bytes, b0, b1, u + v * us);
+  size_t abb = ablock_bytes(c, MR) * (size_t)(b1 - b0);
+  for (int64_t m0 = mc0; m0 < mc1; m0 += MR, ap += abb) rows(p, t, u, us, b0, b1, ap, m0, mc1 - m0 < MR ? (int)(mc1 - m0) : MR);
 }
 
-X16_AI void gemm_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_type wt, const int MR) {
+X16_AI void gemm_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_type wt, x16_rows_fn rows2,
+                     x16_rows_fn rows1, const int MR) {
   x16_ctx c;
   ctx_init(&c, p, wt);
   int64_t t0, t1;
   ml_slice((p->N + ML_X16 - 1) / ML_X16, ith, nth, &t0, &t1);
-  int packed_only = c.in.kind == ML_X16_BF16 || c.in.kind == ML_X16_F16;
-  for (int64_t t = t0; t < t1; t++) {
-    const uint8_t *tile = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
-    if (!packed_only) unpack_blocks(&c, tile, 0, c.nb, work);
-    int64_t m0 = 0;
-    for (; m0 + MR <= p->M; m0 += MR) gemm_rows(&c, p, tile, t, work, m0, MR);
-    while (m0 < p->M) {
-      int mr = p->M - m0 < 8 ? (int)(p->M - m0) : 8;
-      switch (mr) {
-      case 1: gemm_rows(&c, p, tile, t, work, m0, 1); break;
-      case 2: gemm_rows(&c, p, tile, t, work, m0, 2); break;
-      case 3: gemm_rows(&c, p, tile, t, work, m0, 3); break;
-      case 4: gemm_rows(&c, p, tile, t, work, m0, 4); break;
-      case 5: gemm_rows(&c, p, tile, t, work, m0, 5); break;
-      case 6: gemm_rows(&c, p, tile, t, work, m0, 6); break;
-      case 7: gemm_rows(&c, p, tile, t, work, m0, 7); break;
-      default: gemm_rows(&c, p, tile, t, work, m0, 8); break;
-      }
-      m0 += mr;
+  if (t0 >= t1) return;
+  uint8_t *u = work, *ap = (uint8_t *)work + X16_WORK_U;
+  int64_t kcb = c.in.kind == ML_X16_KQ ? 2 : 16; /* blocks per K chunk: two tiles in L1 */
+  if (kcb > c.nb) kcb = c.nb;
+  int64_t mc = X16_L2_ACT / ((int64_t)ablock_bytes(&c, 1) * kcb) / MR * MR;
+  if (mc < MR) mc = MR;
+  for (int64_t mc0 = 0; mc0 < p->M; mc0 += mc) {
+    int64_t mc1 = mc0 + mc < p->M ? mc0 + mc : p->M;
+    for (int64_t b0 = 0; b0 < c.nb; b0 += kcb) {
+      int64_t b1 = b0 + kcb < c.nb ? b0 + kcb : c.nb;
+      size_t abb = ablock_bytes(&c, MR) * (size_t)(b1 - b0);
+      uint8_t *a = ap;
+      for (int64_t m0 = mc0; m0 < mc1; m0 += MR, a += abb)
+        apack(&c, p, m0, MR, mc1 - m0 < MR ? (int)(mc1 - m0) : MR, b0, b1, a);
+      int64_t t = t0;
+      for (; t + 2 <= t1; t += 2) gemm_tiles(&c, p, t, u, b0, b1, ap, mc0, mc1, rows2, MR, 2);
+      if (t < t1) gemm_tiles(&c, p, t, u, b0, b1, ap, mc0, mc1, rows1, MR, 1);
     }
   }
 }
 
-/* One GEMV and one GEMM entry point per type; MR of the GEMM by register budget: the
- * 32-element formats hold 2 MR accumulators, the K formats 3 MR, the float ones MR. */
-#define X16_ENTRY(name, type, mr)                                                              \
-  __attribute__((unused)) static void gemv_##name(const ml_packed_args *p, void *w, int ith, int nth) { \
-    gemv_x16(p, w, ith, nth, type);                                                              \
-  }                                                                                              \
-  __attribute__((unused)) static void gemm_##name(const ml_packed_args *p, void *w, int ith, int nth) { \
-    gemm_x16(p, w, ith, nth, type, mr);                                                          \
+/* One GEMV and one GEMM entry point per type; the GEMM's MR (rows per register block,
+ * with two tiles) by the register budget of its micro-kernel. */
+#define X16_ENTRY(name, type, mr)                                                                          \
+  __attribute__((noinline, unused)) static void rows2_##name(const ml_packed_args *p, int64_t t, const uint8_t *u,  \
+                                                             size_t us, int64_t b0, int64_t b1, const uint8_t *ap, \
+                                                             int64_t m0, int r) {                                  \
+    run_rows(type, p, t, u, us, b0, b1, ap, m0, r, mr, 2);                                                         \
+  }                                                                                                                \
+  __attribute__((noinline, unused)) static void rows1_##name(const ml_packed_args *p, int64_t t, const uint8_t *u,  \
+                                                             size_t us, int64_t b0, int64_t b1, const uint8_t *ap, \
+                                                             int64_t m0, int r) {                                  \
+    run_rows(type, p, t, u, us, b0, b1, ap, m0, r, mr, 1);                                                         \
+  }                                                                                                                \
+  __attribute__((unused)) static void gemv_##name(const ml_packed_args *p, void *w, int ith, int nth) {            \
+    gemv_x16(p, w, ith, nth, type);                                                                                \
+  }                                                                                                                \
+  __attribute__((unused)) static void gemm_##name(const ml_packed_args *p, void *w, int ith, int nth) {            \
+    gemm_x16(p, w, ith, nth, type, rows2_##name, rows1_##name, mr);                                                \
   }
 
 #if X16_VNNI
-X16_ENTRY(q8_0, ML_TYPE_Q8_0, 12)
+X16_ENTRY(q8_0, ML_TYPE_Q8_0, 6)
 #endif
-X16_ENTRY(q4_0, ML_TYPE_Q4_0, 12)
-X16_ENTRY(q4_1, ML_TYPE_Q4_1, 12)
-X16_ENTRY(q5_0, ML_TYPE_Q5_0, 12)
-X16_ENTRY(q5_1, ML_TYPE_Q5_1, 12)
-X16_ENTRY(q2_K, ML_TYPE_Q2_K, 8)
-X16_ENTRY(q3_K, ML_TYPE_Q3_K, 8)
-X16_ENTRY(q4_K, ML_TYPE_Q4_K, 8)
-X16_ENTRY(q5_K, ML_TYPE_Q5_K, 8)
-X16_ENTRY(q6_K, ML_TYPE_Q6_K, 8)
-X16_ENTRY(bf16, ML_TYPE_BF16, 16)
-X16_ENTRY(f16, ML_TYPE_F16, 16)
+X16_ENTRY(q4_0, ML_TYPE_Q4_0, 6)
+X16_ENTRY(q4_1, ML_TYPE_Q4_1, 6)
+X16_ENTRY(q5_0, ML_TYPE_Q5_0, 6)
+X16_ENTRY(q5_1, ML_TYPE_Q5_1, 6)
+X16_ENTRY(q2_K, ML_TYPE_Q2_K, 4)
+X16_ENTRY(q3_K, ML_TYPE_Q3_K, 4)
+X16_ENTRY(q4_K, ML_TYPE_Q4_K, 4)
+X16_ENTRY(q5_K, ML_TYPE_Q5_K, 4)
+X16_ENTRY(q6_K, ML_TYPE_Q6_K, 4)
+X16_ENTRY(bf16, ML_TYPE_BF16, 12)
+X16_ENTRY(f16, ML_TYPE_F16, 12)
 
 #undef X16_ENTRY
 

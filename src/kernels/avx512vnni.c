@@ -8,14 +8,14 @@
 #include "kernels.h"
 
 #define X16_VNNI 1
+#define X16_BF16_F32 0 /* activations of bf16 weights as bf16 pairs */
 
 static inline __m512i x16_dot4(__m512i acc, __m512i u, __m512i s) { return _mm512_dpbusd_epi32(acc, u, s); }
 static inline __m512i x16_dot2w(__m512i acc, __m512i a, __m512i b) { return _mm512_dpwssd_epi32(acc, a, b); }
-static inline __m512 x16_bf16(__m512 acc, __m512i w, const uint16_t *abf, const float *af) {
-  int32_t pair;
-  memcpy(&pair, abf, 4);
-  (void)af;
-  return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32(pair));
+static inline __m512 x16_bf16(__m512 acc, __m512i w, const uint8_t *pair) {
+  int32_t v;
+  memcpy(&v, pair, 4);
+  return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32(v));
 }
 
 #include "avx512_x16.h"

@@ -528,7 +528,29 @@ ml_gguf *ml_gguf_open(const char *path, int flags) {
     close(fd);
     goto fail;
   }
-  if (st.st_size > 0) { /* mmap refuses length 0; the parser reports the empty file */
+  if (st.st_size > 0 && (flags & ML_GGUF_READ)) { /* a private copy in memory, read now */
+    size_t len = (size_t)st.st_size, got = 0;
+    m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      ml_seterr("cannot allocate %zu bytes for '%s': %s", len, path, strerror(errno));
+      close(fd);
+      goto fail;
+    }
+    a->map = m;
+    a->map_size = len;
+    while (got < len) {
+      ssize_t k = read(fd, (char *)m + got, len - got);
+      if (k <= 0) {
+        ml_seterr("cannot read '%s': %s", path, k < 0 ? strerror(errno) : "file shrank while reading");
+        close(fd);
+        goto fail;
+      }
+      got += (size_t)k;
+    }
+    g->mapped = 2;
+    g->base = m;
+    g->size = len;
+  } else if (st.st_size > 0) { /* mmap refuses length 0; the parser reports the empty file */
     m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (m == MAP_FAILED) {
       ml_seterr("cannot map '%s': %s", path, strerror(errno));

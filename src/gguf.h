@@ -84,13 +84,14 @@ typedef struct ml_gguf {
   size_t size;
   /* private */
   int refcount;         /* atomic; ml_gguf_retain/ml_gguf_release */
-  int mapped;           /* base is an mmap to munmap on close */
+  int mapped;           /* 1: base maps the file; 2: base is a private copy read into memory */
   void *arena;          /* allocations owned by this object */
 } ml_gguf;
 
 /* Open and validate. flags: ML_GGUF_NO_TENSORS skips tensor-data bounds checks beyond the
  * infos (vocab-only loads). Returns NULL and sets ml_errmsg on failure. refcount starts at 1. */
 #define ML_GGUF_NO_TENSORS 1
+#define ML_GGUF_READ 2 /* read the file into memory instead of mapping it (mapped = 2) */
 ml_gguf *ml_gguf_open(const char *path, int flags);
 /* Parse a buffer in place (not copied; must outlive the result). For fuzzing and tests. */
 ml_gguf *ml_gguf_from_memory(const void *data, size_t size, int flags);

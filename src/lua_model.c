@@ -89,7 +89,7 @@ static const char *opt_str(lua_State *L, int t, const char *k, const char *def) 
 static int l_load(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-  ml_model_opts o = {opt_bool(L, 2, "vocab_only", 0)};
+  ml_model_opts o = {opt_bool(L, 2, "vocab_only", 0), !opt_bool(L, 2, "mmap", 1)};
   lmodel *u = push_model(L);
   u->m = ml_registry_load(path, &o);
   if (!u->m) {

@@ -302,7 +302,7 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
   pthread_mutex_init(&m->prep_mu, NULL);
   m->vocab_only = opts && opts->vocab_only;
   if (!(m->path = dup_str(path, strlen(path)))) goto fail;
-  m->gguf = ml_gguf_open(path, m->vocab_only ? ML_GGUF_NO_TENSORS : 0);
+  m->gguf = ml_gguf_open(path, (m->vocab_only ? ML_GGUF_NO_TENSORS : 0) | (opts && opts->no_mmap ? ML_GGUF_READ : 0));
   if (!m->gguf) goto fail;
   const ml_gguf_str *an = ml_gguf_get_str(m->gguf, "general.architecture");
   if (!an) {
@@ -392,6 +392,9 @@ static int prep(ml_weight *pw, const ml_tensor *t, int drop) {
   return 0;
 }
 
+/* Pages can be dropped only from a mapping of the file (a copy in memory would be lost). */
+static int droppable(const ml_model *m) { return m->gguf->mapped == 1; }
+
 int ml_model_prepare(ml_model *m) {
   if (__atomic_load_n(&m->prepared, __ATOMIC_ACQUIRE)) return 0;
   pthread_mutex_lock(&m->prep_mu);
@@ -406,13 +409,14 @@ int ml_model_prepare(ml_model *m) {
     for (int64_t i = 0; rc == 0 && i < m->hp.n_layer; i++) {
       const ml_layer *L = &m->layers[i];
       ml_layer_w *w = &m->lw[i];
-      if (prep(&w->wq, &L->wq, 1) < 0 || prep(&w->wk, &L->wk, 1) < 0 || prep(&w->wv, &L->wv, 1) < 0 ||
-          prep(&w->wo, &L->wo, 1) < 0 || prep(&w->w_gate, &L->w_gate, 1) < 0 || prep(&w->w_up, &L->w_up, 1) < 0 ||
-          prep(&w->w_down, &L->w_down, 1) < 0)
+      int d = droppable(m);
+      if (prep(&w->wq, &L->wq, d) < 0 || prep(&w->wk, &L->wk, d) < 0 || prep(&w->wv, &L->wv, d) < 0 ||
+          prep(&w->wo, &L->wo, d) < 0 || prep(&w->w_gate, &L->w_gate, d) < 0 || prep(&w->w_up, &L->w_up, d) < 0 ||
+          prep(&w->w_down, &L->w_down, d) < 0)
         rc = -1;
     }
     /* a tied output shares token_embd, whose rows the embedding lookup still reads */
-    if (rc == 0 && prep(&m->output_w, &m->output, !m->tied_output) < 0) rc = -1;
+    if (rc == 0 && prep(&m->output_w, &m->output, !m->tied_output && droppable(m)) < 0) rc = -1;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     m->prepare_seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - t0;
     if (rc == 0) {

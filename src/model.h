@@ -83,6 +83,7 @@ typedef struct ml_model {
 /* Options of ml_model_load. */
 typedef struct ml_model_opts {
   int vocab_only; /* tokenizer and metadata only; no weights are checked or touched */
+  int no_mmap;    /* read the file into memory instead of mapping it */
 } ml_model_opts;
 
 /* Load a GGUF file. NULL + ml_errmsg on failure ("unsupported architecture 'x'", a tensor

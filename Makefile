@@ -95,7 +95,7 @@ $(MOD51): $(CORE_OBJS) $(BIND51)
 # ---- system packages (Debian 12); quiet when nothing is missing ----
 PKGS_BUILD = gcc make libc6-dev lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev libopenblas-dev
 PKGS_TEST  = $(PKGS_BUILD) lua-busted clang libclang-rt-14-dev luarocks nginx libnginx-mod-http-lua \
-             love xvfb xauth curl nodejs npm
+             love xvfb xauth curl
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -107,8 +107,12 @@ endef
 
 deps-build:
 	$(call install_missing,$(PKGS_BUILD))
+# node and npm (for the openai client in the server specs) may come from elsewhere than
+# Debian (nodesource ships npm inside its nodejs): install Debian's only when npm is missing
 deps:
 	$(call install_missing,$(PKGS_TEST))
+	@command -v npm >/dev/null 2>&1 || { echo "moonlm: installing nodejs npm"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
 
 # ---- the two README commands ----
 demo: deps-build

@@ -417,6 +417,14 @@ static int m_nbytes(lua_State *L) {
   return 1;
 }
 
+/* t:bytes() -> the raw bytes of a contiguous tensor, as stored (e.g. GGUF blocks) */
+static int m_bytes(lua_State *L) {
+  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  if (!ml_tensor_is_contiguous(t)) return luaL_argerror(L, 1, "bytes needs a contiguous tensor");
+  lua_pushlstring(L, ml_tensor_data(t), ml_tensor_nbytes(t));
+  return 1;
+}
+
 /* Read indices at i.. (ndim of them), 1-based with negatives from the end. */
 static void read_index(lua_State *L, const ml_tensor *t, int i, int64_t *idx) {
   for (int d = 0; d < t->ndim; d++) {
@@ -1109,7 +1117,7 @@ static int m_close(lua_State *L) { return m_gc(L); }
 
 static const luaL_Reg methods[] = {
   {"shape", m_shape}, {"size", m_size}, {"stride", m_stride}, {"numel", m_numel}, {"dim", m_dim},
-  {"is_contiguous", m_is_contiguous}, {"nbytes", m_nbytes}, {"get", m_get}, {"set", m_set},
+  {"is_contiguous", m_is_contiguous}, {"nbytes", m_nbytes}, {"bytes", m_bytes}, {"get", m_get}, {"set", m_set},
   {"totable", m_totable}, {"item", m_item}, {"view", m_view}, {"reshape", m_reshape},
   {"narrow", m_narrow}, {"slice", m_slice}, {"select", m_select}, {"transpose", m_transpose},
   {"t", m_transpose}, {"permute", m_permute}, {"expand", m_expand}, {"squeeze", m_squeeze},

@@ -330,6 +330,15 @@ describe("model errors", function()
     os.remove(p)
   end)
 
+  it("prepare packs the weights once, up front", function()
+    local m = assert(lm.load(S.path("ref/mini-q8_0.gguf")))
+    local t = m:prepare()
+    assert.are.equal("number", type(t))
+    assert.are.equal(t, m:prepare()) -- already done: the same figure
+    local v = assert(lm.load(S.path("tokenizer/ggml-vocab-gpt-2.gguf"), { vocab_only = true }))
+    assert.has_error(function() v:prepare() end, "the model was loaded with vocab_only: it has no weights")
+  end)
+
   it("mmap = false reads the file into memory and computes the same", function()
     local a = assert(lm.load(S.path("ref/mini-q4_0.gguf")))
     local want = assert(a:context { n_ctx = 32 }):decode({ 1, 403, 407 }, { logits = "all" }):clone()

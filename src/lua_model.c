@@ -191,6 +191,16 @@ static int m_tensor_names(lua_State *L) {
   return 1;
 }
 
+/* prepare() -> seconds: pack the weights for the kernel level now rather than on the first
+ * decode (a server does this at start so no request pays for it) */
+static int m_prepare(lua_State *L) {
+  lmodel *u = check_model(L, 1);
+  if (u->m->vocab_only) return luaL_error(L, "the model was loaded with vocab_only: it has no weights");
+  if (ml_model_prepare(u->m) < 0) return ml_lua_error(L);
+  lua_pushnumber(L, u->m->prepare_seconds);
+  return 1;
+}
+
 /* ---- vocabulary ---- */
 
 static void push_id(lua_State *L, const char *k, int32_t id) {
@@ -718,7 +728,7 @@ static int c_model(lua_State *L) {
 }
 
 static const luaL_Reg model_methods[] = {
-  {"info", m_info}, {"meta", m_meta}, {"tensor", m_tensor}, {"tensor_names", m_tensor_names},
+  {"info", m_info}, {"meta", m_meta}, {"prepare", m_prepare}, {"tensor", m_tensor}, {"tensor_names", m_tensor_names},
   {"vocab", m_vocab}, {"tokenize", m_tokenize}, {"detokenize", m_detokenize}, {"piece", m_piece},
   {"token", m_token}, {"find_token", m_find_token}, {"decoder", m_decoder}, {"context", m_context},
   {"close", m_gc}, {NULL, NULL}};

@@ -182,6 +182,10 @@ function Model:embed(texts, opts)
   return T.stack(rows, 1)
 end
 
+-- prepare() -> seconds: pack the weights for the kernel level now (otherwise the first
+-- decode does it); loading itself only maps the file
+function Model:prepare() return self._ud:prepare() end
+
 function Model:tensor(name) return self._ud:tensor(name) end
 function Model:tensor_names() return self._ud:tensor_names() end
 

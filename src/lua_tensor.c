@@ -14,6 +14,11 @@
 /* ---- plumbing ---- */
 
 ml_tensor *ml_lua_push_tensor(lua_State *L) {
+  /* Tensor memory is invisible to the collector, which sees a small userdata per tensor:
+   * let it work as if the storage allocated since the last tensor were Lua memory, so
+   * dropped tensors are freed at the pace they are made. */
+  size_t pending = ml_storage_take_pending();
+  if (pending >= (size_t)1 << 16) lua_gc(L, LUA_GCSTEP, (int)ML_MIN(pending >> 10, (size_t)1 << 30));
   ml_tensor *t = lua_newuserdatauv(L, sizeof(ml_tensor), 0);
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, ML_TENSOR_MT);

@@ -19,7 +19,7 @@
 /* OpenBLAS keeps its own thread pool; we size it to ours (declared here so any cblas.h works). */
 extern void openblas_set_num_threads(int);
 
-#define PAR_MIN 32768 /* elements below which fork/join costs more than it saves */
+#define PAR_MIN (1 << 20) /* elements below which fork/join costs more than it saves */
 
 static int n_threads = 0;
 
@@ -238,7 +238,13 @@ static inline float gelu1(float x) {
 }
 
 static void unop_row(ml_unop op, float *o, int64_t so, const float *a, int64_t sa, int64_t n) {
-#define UNARY(expr) for (int64_t i = 0; i < n; i++) { float x = a[i * sa]; o[i * so] = (expr); } break
+  /* contiguous rows get loops the compiler can vectorise; strided ones the general form */
+#define UNARY(expr) \
+  if (so == 1 && sa == 1) \
+    for (int64_t i = 0; i < n; i++) { float x = a[i]; o[i] = (expr); } \
+  else \
+    for (int64_t i = 0; i < n; i++) { float x = a[i * sa]; o[i * so] = (expr); } \
+  break
   switch (op) {
   case ML_OP_NEG: UNARY(-x);
   case ML_OP_EXP: UNARY(expf(x));
@@ -246,7 +252,7 @@ static void unop_row(ml_unop op, float *o, int64_t so, const float *a, int64_t s
   case ML_OP_SQRT: UNARY(sqrtf(x));
   case ML_OP_RSQRT: UNARY(1.0f / sqrtf(x));
   case ML_OP_TANH: UNARY(tanhf(x));
-  case ML_OP_RELU: UNARY(x > 0 ? x : 0.0f);
+  case ML_OP_RELU: UNARY(fmaxf(x, 0.0f));
   case ML_OP_SILU: UNARY(x / (1.0f + expf(-x)));
   case ML_OP_SIGMOID: UNARY(1.0f / (1.0f + expf(-x)));
   case ML_OP_GELU: UNARY(gelu1(x));

@@ -14,7 +14,18 @@
 
 /* ---- storage ---- */
 
+/* Bytes of storage this thread allocated since the binding last asked: the Lua collector
+ * cannot see this memory, so the binding turns it into collection steps. */
+static _Thread_local size_t alloc_pending;
+
+size_t ml_storage_take_pending(void) {
+  size_t n = alloc_pending;
+  alloc_pending = 0;
+  return n;
+}
+
 ml_storage *ml_storage_new(size_t nbytes) {
+  alloc_pending += nbytes;
   ml_storage *s = ml_calloc(sizeof *s);
   if (!s) return NULL;
   s->data = ml_calloc(nbytes);

@@ -37,6 +37,8 @@ typedef struct ml_tensor {
 
 /* storage */
 ml_storage *ml_storage_new(size_t nbytes); /* zero-filled */
+/* Bytes ml_storage_new allocated on this thread since the last call (and reset). */
+size_t ml_storage_take_pending(void);
 ml_storage *ml_storage_external(void *data, size_t nbytes, void (*release)(void *), void *ctx);
 void ml_storage_retain(ml_storage *s);
 void ml_storage_release(ml_storage *s);

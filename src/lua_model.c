@@ -627,24 +627,62 @@ static int c_decode_batch(lua_State *L) {
 }
 
 /* ctx:embed(ids, seq) -> hidden state after the final norm for every token {n, n_embd} */
+/* ctx:hidden(ids [, seq]) -> final hidden states {n, n_embd} (after the output norm), or
+ * ctx:hidden({ ids1, ids2, ... }) -> { {n1, n_embd}, ... }: text i in sequence i-1, all in
+ * one forward pass (the context needs that many sequences). */
 static int c_hidden(lua_State *L) {
   lcontext *u = check_context(L, 1);
   ml_model *m = ml_context_model(u->c);
   lua_settop(L, 3);
-  int64_t n;
-  int32_t *ids = read_token_ids(L, 2, m->hp.n_vocab, &n);
-  if (n == 0) return luaL_argerror(L, 2, "nothing to decode (no tokens)");
-  int seq = (int)luaL_optinteger(L, 3, 0);
-  int32_t *seqs = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)n, 0);
-  uint8_t *want = lua_newuserdatauv(L, (size_t)n, 0);
-  for (int64_t i = 0; i < n; i++) {
-    seqs[i] = seq;
-    want[i] = 1;
+  int batch = 0;
+  if (lua_istable(L, 2)) {
+    lua_rawgeti(L, 2, 1);
+    batch = lua_istable(L, -1);
+    lua_pop(L, 1);
   }
-  ml_tensor *t = ml_lua_push_tensor(L);
-  int64_t shape[2] = {n, m->hp.n_embd};
-  if (ml_tensor_init(t, ML_TYPE_F32, 2, shape, 0) < 0) return ml_lua_error(L);
-  if (ml_context_decode(u->c, n, ids, seqs, want, NULL, ml_tensor_data(t)) < 0) return decode_error(L, 2, 3);
+  int ne = batch ? (int)lua_rawlen(L, 2) : 1;
+  if (batch && ne > ml_context_n_seq(u->c))
+    return luaL_argerror(L, 2, lua_pushfstring(L, "%d texts, but the context has %d sequences", ne, ml_context_n_seq(u->c)));
+  int64_t *counts = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)ne, 0); /* 4 */
+  lua_createtable(L, ne, 0);                                                   /* 5: id arrays */
+  int64_t total = 0;
+  for (int e = 1; e <= ne; e++) {
+    if (batch) lua_rawgeti(L, 2, e);
+    else lua_pushvalue(L, 2);
+    int64_t n;
+    read_token_ids(L, lua_gettop(L), m->hp.n_vocab, &n);
+    if (n == 0) return luaL_argerror(L, 2, "nothing to decode (no tokens)");
+    lua_rawseti(L, 5, e);
+    lua_pop(L, 1);
+    counts[e - 1] = n;
+    total += n;
+  }
+  int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)total, 0);
+  int32_t *seqs = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)total, 0);
+  uint8_t *want = lua_newuserdatauv(L, (size_t)total, 0);
+  int seq0 = batch ? 0 : (int)luaL_optinteger(L, 3, 0);
+  for (int e = 0, at = 0; e < ne; e++) {
+    lua_rawgeti(L, 5, e + 1);
+    const int32_t *src = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    for (int64_t i = 0; i < counts[e]; i++, at++) {
+      ids[at] = src[i];
+      seqs[at] = seq0 + e;
+      want[at] = 1;
+    }
+  }
+  ml_tensor *all = ml_lua_push_tensor(L);
+  int64_t shape[2] = {total, m->hp.n_embd};
+  if (ml_tensor_init(all, ML_TYPE_F32, 2, shape, 0) < 0) return ml_lua_error(L);
+  if (ml_context_decode(u->c, total, ids, seqs, want, NULL, ml_tensor_data(all)) < 0) return decode_error(L, 2, 3);
+  if (!batch) return 1;
+  lua_createtable(L, ne, 0);
+  for (int e = 0, at = 0; e < ne; e++) {
+    ml_tensor *t = ml_lua_push_tensor(L);
+    if (ml_tensor_narrow(t, all, 0, at, counts[e]) < 0) return ml_lua_error(L);
+    at += (int)counts[e];
+    lua_rawseti(L, -2, e + 1);
+  }
   return 1;
 }
 

@@ -157,26 +157,37 @@ function Model:embed(texts, opts)
     batch[i] = self:tokenize(text)
     if #batch[i] == 0 then batch[i] = { self.vocab.bos or 0 } end
   end
-  local longest = 1
-  for _, ids in ipairs(batch) do longest = math.max(longest, #ids) end
+  -- texts go through together, one sequence each, in groups that fit the context
+  local seqs = math.min(#batch, 16)
+  local need = 0
+  for _, ids in ipairs(batch) do need = math.max(need, #ids) end
   local ctx = self._embed_ctx
-  if not ctx or ctx.n_ctx < longest then
+  if not ctx or ctx.n_ctx < need or ctx.seqs < seqs then
     if ctx then ctx:close() end
     local err
-    ctx, err = self:context { n_ctx = math.max(longest, 512), kv_type = "f32" }
+    ctx, err = self:context { n_ctx = math.max(need * seqs, 512), seqs = math.max(seqs, 1), kv_type = "f32" }
     if not ctx then return nil, err end
     self._embed_ctx = ctx
   end
-  local rows = {}
-  for i, ids in ipairs(batch) do
+  local rows, i = {}, 1
+  while i <= #batch do
+    local group, used = {}, 0
+    while i <= #batch and #group < ctx.seqs and used + #batch[i] <= ctx.n_ctx do
+      group[#group + 1] = batch[i]
+      used = used + #batch[i]
+      i = i + 1
+    end
     ctx:clear()
-    local h = assert(ctx:hidden(ids))
-    local v
-    if pooling == "mean" then v = h:mean(1)
-    elseif pooling == "last" then v = h[#ids]:clone()
-    else v = h[1]:clone() end
-    if opts.normalize ~= false then v = v / math.max(v:square():sum() ^ 0.5, 1e-12) end
-    rows[i] = v
+    local hs = assert(ctx:hidden(group))
+    for g, h in ipairs(hs) do
+      local n = #group[g]
+      local v
+      if pooling == "mean" then v = h:mean(1)
+      elseif pooling == "last" then v = h[n]:clone()
+      else v = h[1]:clone() end
+      if opts.normalize ~= false then v = v / math.max(v:square():sum() ^ 0.5, 1e-12) end
+      rows[#rows + 1] = v
+    end
   end
   ctx:clear()
   return T.stack(rows, 1)

@@ -147,30 +147,34 @@ function Gen:finish(reason)
   end
 end
 
--- Move safe text out of `pending`: everything, or all but a possible stop-string start.
-function Gen:release(final)
-  local text = self.pending
-  if #self.stops > 0 then
-    for _, s in ipairs(self.stops) do
-      local at = find(text, s, 1, true)
-      if at then
-        self.pending = ""
-        self.info.stop_reason = "stop"
-        self.stopped = true
-        return sub(text, 1, at - 1)
-      end
-    end
-    if not final then
-      local hold = held_suffix(text, self.stops)
-      if hold > 0 then
-        local cut = char_start(text, #text - hold + 1)
-        self.pending = sub(text, cut)
-        return sub(text, 1, cut - 1)
-      end
+-- split_stop(text, stops, final) -> emit, held, stopped. The text before the first stop
+-- string (then stopped = true and nothing is held), or all of it but a tail that may be the
+-- start of a stop string (held back, unless final), never splitting a UTF-8 character.
+-- Shared with the OpenResty scheduler.
+function _M.split_stop(text, stops, final)
+  for _, s in ipairs(stops) do
+    local at = find(text, s, 1, true)
+    if at then return sub(text, 1, at - 1), "", true end
+  end
+  if not final and #stops > 0 then
+    local hold = held_suffix(text, stops)
+    if hold > 0 then
+      local cut = char_start(text, #text - hold + 1)
+      return sub(text, 1, cut - 1), sub(text, cut), false
     end
   end
-  self.pending = ""
-  return text
+  return text, "", false
+end
+
+-- Move safe text out of `pending`: everything, or all but a possible stop-string start.
+function Gen:release(final)
+  local out, held, stopped = _M.split_stop(self.pending, self.stops, final)
+  self.pending = held
+  if stopped then
+    self.info.stop_reason = "stop"
+    self.stopped = true
+  end
+  return out
 end
 
 -- next() -> the next piece of text (never ""), or nil when generation has ended.

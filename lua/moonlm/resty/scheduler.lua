@@ -9,11 +9,12 @@
 -- into the thread pool with this context, one call at a time, so the context is never busy
 -- when the driver truncates a slot between calls.
 local semaphore = require "ngx.semaphore"
+local split_stop = require("moonlm.generate").split_stop
 
 local ngx = ngx
 local now, timer_at, run_worker_thread = ngx.now, ngx.timer.at, ngx.run_worker_thread
 local log, ERR = ngx.log, ngx.ERR
-local ipairs, min, find, sub, concat = ipairs, math.min, string.find, string.sub, table.concat
+local ipairs, min, concat = ipairs, math.min, table.concat
 local remove = table.remove
 
 local _M = {}
@@ -44,53 +45,12 @@ end
 ---------------------------------------------------------------------------------------
 -- Text: stop strings matched across token boundaries, never split inside a UTF-8 character
 
--- Length of the longest suffix of `text` that is a proper prefix of a stop string.
-local function held_suffix(text, stops)
-  local best = 0
-  for _, s in ipairs(stops) do
-    for k = min(#s - 1, #text), best + 1, -1 do
-      if sub(text, -k) == sub(s, 1, k) then
-        best = k
-        break
-      end
-    end
-  end
-  return best
-end
-
-local function char_start(text, i)
-  while i > 1 do
-    local b = text:byte(i)
-    if b < 0x80 or b >= 0xC0 then break end
-    i = i - 1
-  end
-  return i
-end
-
 -- Move the text that is safe to send from req.pending to req.outbox.
 local function release(req, final)
-  local text = req.pending
-  for _, s in ipairs(req.stops) do
-    local at = find(text, s, 1, true)
-    if at then
-      req.pending, req.stopped = "", true
-      text = sub(text, 1, at - 1)
-      if text ~= "" then req.outbox[#req.outbox + 1] = text end
-      return
-    end
-  end
-  if not final and #req.stops > 0 then
-    local hold = held_suffix(text, req.stops)
-    if hold > 0 then
-      local cut = char_start(text, #text - hold + 1)
-      req.pending = sub(text, cut)
-      text = sub(text, 1, cut - 1)
-      if text ~= "" then req.outbox[#req.outbox + 1] = text end
-      return
-    end
-  end
-  req.pending = ""
-  if text ~= "" then req.outbox[#req.outbox + 1] = text end
+  local out, held, stopped = split_stop(req.pending, req.stops, final)
+  req.pending = held
+  if stopped then req.stopped = true end
+  if out ~= "" then req.outbox[#req.outbox + 1] = out end
 end
 
 local function finish(req, reason, err)

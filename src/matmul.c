@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "common.h"
@@ -271,6 +272,37 @@ int ml_mm(const ml_tensor *w, int64_t N, int64_t K, const float *x, int64_t ldx,
 
 /* ---- prepared weights ---- */
 
+/* Packed copies of 2 MB and more are anonymous mappings advised to use huge pages: the
+ * GEMV streams them once per token, and 4 KB pages would cost a TLB miss every 4 KB. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static void *packed_alloc(ml_weight *pw, size_t n) {
+  pw->mapped_bytes = 0;
+#ifdef MADV_HUGEPAGE
+  if (n >= HUGE_PAGE) {
+    size_t len = (n + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    /* over-map by a huge page to align the start to one */
+    uint8_t *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      uint8_t *a = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+      if (a > p) munmap(p, (size_t)(a - p));
+      if (a + len < p + len + HUGE_PAGE) munmap(a + len, (size_t)(p + len + HUGE_PAGE - (a + len)));
+      madvise(a, len, MADV_HUGEPAGE);
+      pw->mapped_bytes = len;
+      return a;
+    }
+  }
+#endif
+  return ml_alloc(n);
+}
+
+static void packed_free(ml_weight *pw) {
+  if (pw->mapped_bytes) munmap(pw->packed, pw->mapped_bytes);
+  else ml_free(pw->packed);
+  pw->packed = NULL;
+  pw->mapped_bytes = 0;
+}
+
 int ml_weight_prepare_with(ml_weight *pw, const ml_tensor *w, const ml_kernels *k, int flags) {
   memset(pw, 0, sizeof *pw);
   if (w->ndim != 2) {
@@ -288,7 +320,7 @@ int ml_weight_prepare_with(ml_weight *pw, const ml_tensor *w, const ml_kernels *
   pw->tile_bytes = ml_x16_tile_bytes(w->type, K);
   pw->packed_bytes = pw->tile_bytes * (size_t)((N + ML_X16 - 1) / ML_X16);
   double t0 = now();
-  pw->packed = ml_alloc(pw->packed_bytes);
+  pw->packed = packed_alloc(pw, pw->packed_bytes);
   if (!pw->packed) {
     ml_tensor_release(&pw->w);
     return -1;
@@ -303,8 +335,7 @@ int ml_weight_prepare(ml_weight *pw, const ml_tensor *w, int flags) {
 }
 
 void ml_weight_release(ml_weight *pw) {
-  ml_free(pw->packed);
-  pw->packed = NULL;
+  packed_free(pw);
   if (pw->w.storage) ml_tensor_release(&pw->w);
 }
 

@@ -64,6 +64,7 @@ typedef struct ml_weight {
   const ml_kernels *k;    /* the kernel table it was prepared for */
   void *packed;           /* x16 copy (ceil(N/16) tiles), or NULL: kernels read w */
   size_t packed_bytes, tile_bytes;
+  size_t mapped_bytes;    /* > 0: packed is an anonymous mapping (huge pages) of this size */
   double prepare_seconds; /* wall time of the packing */
 } ml_weight;
 

@@ -32,6 +32,10 @@
 #include "x16.h"
 #include "x16_drv.h"
 
+#ifndef X16_PREFETCH
+#define X16_PREFETCH 4096 /* bytes ahead in the packed weights: > bandwidth x memory latency */
+#endif
+
 X16_AI __m512i bcast32(const void *p) {
   int32_t v;
   memcpy(&v, p, 4);
@@ -46,22 +50,20 @@ X16_AI __mmask64 ld_mask64(const void *p) {
   return _cvtu64_mask64(v);
 }
 
-/* ---- unpacking one packed block into work ---- */
+/* ---- reading packed blocks: values of one k-group, scales ----
+ * These produce the unsigned values and scale vectors in registers; the GEMV consumes
+ * them directly, the GEMM stores them once per tile chunk (unpack_*) and reuses them. */
 
-X16_AI void unpack_b32(ml_type wt, const uint8_t *o, uint8_t *u) {
+/* 32-element formats: the 8 k-groups of block o (q4 / q5: one load gives g and g + 4) */
+X16_AI void b32_vals(ml_type wt, const uint8_t *o, __m512i w[8]) {
   const __m512i lo4 = _mm512_set1_epi8(0x0F), b16 = _mm512_set1_epi8(16);
-  _mm512_storeu_ps(u + UB32_D, ld_f16(o));
   if (wt == ML_TYPE_Q8_0) {
-#if X16_VNNI
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (int g = 0; g < 8; g++) st(u + 64 * g, _mm512_xor_si512(ld(o + X16_Q8_0_Q + 64 * g), flip));
-#endif
+    for (int g = 0; g < 8; g++) w[g] = _mm512_xor_si512(ld(o + X16_Q8_0_Q + 64 * g), _mm512_set1_epi8((char)0x80));
     return;
   }
   int qoff = wt == ML_TYPE_Q4_0 ? X16_Q4_0_Q : wt == ML_TYPE_Q4_1 ? X16_Q4_1_Q : wt == ML_TYPE_Q5_0 ? X16_Q5_0_Q : X16_Q5_1_Q;
   int hoff = wt == ML_TYPE_Q5_0 ? X16_Q5_0_HB : X16_Q5_1_HB;
   int has_hb = wt == ML_TYPE_Q5_0 || wt == ML_TYPE_Q5_1;
-  if (wt == ML_TYPE_Q4_1 || wt == ML_TYPE_Q5_1) _mm512_storeu_ps(u + UB32_M, ld_f16(o + 32));
   for (int g = 0; g < 4; g++) {
     __m512i x = ld(o + qoff + 64 * g);
     __m512i l = _mm512_and_si512(x, lo4), h = _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
@@ -69,9 +71,16 @@ X16_AI void unpack_b32(ml_type wt, const uint8_t *o, uint8_t *u) {
       l = _mm512_mask_add_epi8(l, ld_mask64(o + hoff + 8 * g), l, b16);
       h = _mm512_mask_add_epi8(h, ld_mask64(o + hoff + 8 * (g + 4)), h, b16);
     }
-    st(u + 64 * g, l);
-    st(u + 64 * (g + 4), h);
+    w[g] = l, w[g + 4] = h;
   }
+}
+
+X16_AI void unpack_b32(ml_type wt, const uint8_t *o, uint8_t *u) {
+  __m512i w[8];
+  _mm512_storeu_ps(u + UB32_D, ld_f16(o));
+  if (wt == ML_TYPE_Q4_1 || wt == ML_TYPE_Q5_1) _mm512_storeu_ps(u + UB32_M, ld_f16(o + 32));
+  b32_vals(wt, o, w);
+  for (int g = 0; g < 8; g++) st(u + 64 * g, w[g]);
 }
 
 /* byte j of every 32-bit lane, zero-extended (j < 4) */
@@ -81,122 +90,100 @@ X16_AI __m512i pair16(__m512i lo, __m512i hi) {
   return _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(hi, 16));
 }
 
-/* q4_K / q5_K scales: 12 bytes per row as 3 u32 planes -> sc[8], mn pairs[4] */
-X16_AI void unpack_sc_q4k(const uint8_t *sc3, uint8_t *u) {
-  const __m512i m6 = _mm512_set1_epi32(0x3F3F3F3F), m4 = _mm512_set1_epi32(0x0F0F0F0F), m2 = _mm512_set1_epi32(0x03030303);
-  __m512i u0 = ld(sc3), u1 = ld(sc3 + 64), u2 = ld(sc3 + 128);
-  __m512i s03 = _mm512_and_si512(u0, m6), n03 = _mm512_and_si512(u1, m6);
-  __m512i s47 = _mm512_or_si512(_mm512_and_si512(u2, m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), m2), 4));
-  __m512i n47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), m4),
-                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), m2), 4));
-  __m512i mn[8];
-  for (int j = 0; j < 4; j++) {
-    st(u + UKQ_SC + 64 * j, byte_lane(s03, j));
-    st(u + UKQ_SC + 64 * (j + 4), byte_lane(s47, j));
-    mn[j] = byte_lane(n03, j);
-    mn[j + 4] = byte_lane(n47, j);
+/* K formats: the scale of each sub-block (int32 per row) and the mins as int16 pairs
+ * (mn_2p, mn_2p+1) per row, with w = d sc v - dmin mn in sub-block j */
+X16_AI void kq_scales(ml_type wt, const uint8_t *o, __m512i sc[16], __m512i mnp[8]) {
+  __m512i mn[16];
+  switch (wt) {
+  case ML_TYPE_Q4_K: case ML_TYPE_Q5_K: { /* 12 bytes per row as 3 u32 planes, ggml's 6-bit packing */
+    const __m512i m6 = _mm512_set1_epi32(0x3F3F3F3F), m4 = _mm512_set1_epi32(0x0F0F0F0F), m2 = _mm512_set1_epi32(0x03030303);
+    const uint8_t *s3 = o + X16_Q4_K_SC;
+    __m512i u0 = ld(s3), u1 = ld(s3 + 64), u2 = ld(s3 + 128);
+    __m512i s03 = _mm512_and_si512(u0, m6), n03 = _mm512_and_si512(u1, m6);
+    __m512i s47 = _mm512_or_si512(_mm512_and_si512(u2, m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), m2), 4));
+    __m512i n47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), m4),
+                                  _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), m2), 4));
+    for (int j = 0; j < 4; j++) {
+      sc[j] = byte_lane(s03, j), sc[j + 4] = byte_lane(s47, j);
+      mn[j] = byte_lane(n03, j), mn[j + 4] = byte_lane(n47, j);
+    }
+    for (int q = 0; q < 4; q++) mnp[q] = pair16(mn[2 * q], mn[2 * q + 1]);
+  } break;
+  case ML_TYPE_Q3_K: { /* 16 signed 6-bit scales, ggml's aux[] decoding */
+    const __m512i k1 = _mm512_set1_epi32(0x03030303), k2 = _mm512_set1_epi32(0x0F0F0F0F), b32 = _mm512_set1_epi32(32);
+    const uint8_t *s3 = o + X16_Q3_K_SC;
+    __m512i a0 = ld(s3), a1 = ld(s3 + 64), t = ld(s3 + 128), w4[4];
+    w4[0] = _mm512_or_si512(_mm512_and_si512(a0, k2), _mm512_slli_epi32(_mm512_and_si512(t, k1), 4));
+    w4[1] = _mm512_or_si512(_mm512_and_si512(a1, k2), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 2), k1), 4));
+    w4[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(a0, 4), k2),
+                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 4), k1), 4));
+    w4[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(a1, 4), k2),
+                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 6), k1), 4));
+    for (int j = 0; j < 16; j++) sc[j] = _mm512_sub_epi32(byte_lane(w4[j / 4], j % 4), b32);
+    for (int q = 0; q < 8; q++) mnp[q] = _mm512_slli_epi16(pair16(sc[2 * q], sc[2 * q + 1]), 2); /* 4 sc */
+  } break;
+  case ML_TYPE_Q6_K:
+    for (int j = 0; j < 16; j++) sc[j] = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(o + X16_Q6_K_SC + 16 * j)));
+    for (int q = 0; q < 8; q++) mnp[q] = _mm512_slli_epi16(pair16(sc[2 * q], sc[2 * q + 1]), 5); /* 32 sc */
+    break;
+  default: /* q2_K: 4-bit scale | 4-bit min */
+    for (int j = 0; j < 16; j++) {
+      __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(o + X16_Q2_K_SC + 16 * j)));
+      sc[j] = _mm512_and_si512(b, _mm512_set1_epi32(0xF));
+      mn[j] = _mm512_srli_epi32(b, 4);
+    }
+    for (int q = 0; q < 8; q++) mnp[q] = pair16(mn[2 * q], mn[2 * q + 1]);
+    break;
   }
-  for (int p = 0; p < 4; p++) st(u + UKQ_MN32 + 64 * p, pair16(mn[2 * p], mn[2 * p + 1]));
 }
 
-/* q3_K scales: 12 bytes per row -> 16 signed 6-bit scales (ggml's aux[] decoding) */
-X16_AI void unpack_sc_q3k(const uint8_t *sc3, uint8_t *u) {
-  const __m512i k1 = _mm512_set1_epi32(0x03030303), k2 = _mm512_set1_epi32(0x0F0F0F0F), b32 = _mm512_set1_epi32(32);
-  __m512i a0 = ld(sc3), a1 = ld(sc3 + 64), t = ld(sc3 + 128);
-  __m512i w[4];
-  w[0] = _mm512_or_si512(_mm512_and_si512(a0, k2), _mm512_slli_epi32(_mm512_and_si512(t, k1), 4));
-  w[1] = _mm512_or_si512(_mm512_and_si512(a1, k2), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 2), k1), 4));
-  w[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(a0, 4), k2),
-                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 4), k1), 4));
-  w[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(a1, 4), k2),
-                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 6), k1), 4));
-  __m512i sc[16];
-  for (int j = 0; j < 16; j++) {
-    sc[j] = _mm512_sub_epi32(byte_lane(w[j / 4], j % 4), b32);
-    st(u + UKQ_SC + 64 * j, sc[j]);
+/* K formats: the values of k-group g (< sub / 4) of sub-block j */
+X16_AI __m512i kq_val(ml_type wt, const uint8_t *o, int j, int g) {
+  const __m512i lo4 = _mm512_set1_epi8(0x0F);
+  switch (wt) {
+  case ML_TYPE_Q4_K: case ML_TYPE_Q5_K: { /* sub-block 2c: low nibbles of chunk c, 2c + 1: high */
+    __m512i x = ld(o + (wt == ML_TYPE_Q5_K ? X16_Q5_K_Q : X16_Q4_K_Q) + 512 * (j / 2) + 64 * g);
+    __m512i v = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4) : _mm512_and_si512(x, lo4);
+    if (wt == ML_TYPE_Q5_K) v = _mm512_mask_add_epi8(v, ld_mask64(o + X16_Q5_K_HB + 64 * j + 8 * g), v, _mm512_set1_epi8(16));
+    return v;
   }
-  for (int p = 0; p < 8; p++) st(u + UKQ_MN16 + 64 * p, _mm512_slli_epi16(pair16(sc[2 * p], sc[2 * p + 1]), 2));
+  case ML_TYPE_Q6_K: { /* sub-block j = 8h + 2k + j', element 128h + 32k + 16j' + 4g + i */
+    int h = j / 8, k = (j % 8) / 2, gg = 4 * (j % 2) + g;
+    __m512i x = ld(o + X16_Q6_K_QL + 1024 * h + 512 * (k & 1) + 64 * gg);
+    __m512i qh = ld(o + X16_Q6_K_QH + 512 * h + 64 * gg);
+    __m512i lo = k < 2 ? _mm512_and_si512(x, lo4) : _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
+    /* bits 2k, 2k + 1 of qh to bits 4, 5 */
+    __m512i hi = k <= 2 ? _mm512_slli_epi16(qh, 4 - 2 * k) : _mm512_srli_epi16(qh, 2 * k - 4);
+    return _mm512_or_si512(lo, _mm512_and_si512(hi, _mm512_set1_epi8(0x30)));
+  }
+  case ML_TYPE_Q3_K: {
+    int h = j / 8, k = (j % 8) / 2, gg = 4 * (j % 2) + g, sb = 4 * h + k; /* hmask bit, to bit 2 */
+    __m512i x = ld(o + X16_Q3_K_Q + 512 * h + 64 * gg), hm = ld(o + X16_Q3_K_HM + 64 * gg);
+    __m512i hb = sb <= 2 ? _mm512_slli_epi16(hm, 2 - sb) : _mm512_srli_epi16(hm, sb - 2);
+    return _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(x, 2 * k), _mm512_set1_epi8(3)),
+                           _mm512_and_si512(hb, _mm512_set1_epi8(4)));
+  }
+  default: { /* q2_K */
+    int h = j / 8, k = (j % 8) / 2, gg = 4 * (j % 2) + g;
+    return _mm512_and_si512(_mm512_srli_epi16(ld(o + X16_Q2_K_Q + 512 * h + 64 * gg), 2 * k), _mm512_set1_epi8(3));
+  }
+  }
 }
+
+X16_AI int kq_sub(ml_type wt) { return wt == ML_TYPE_Q4_K || wt == ML_TYPE_Q5_K ? 32 : 16; }
+X16_AI int kq_has_dmin(ml_type wt) { return wt == ML_TYPE_Q4_K || wt == ML_TYPE_Q5_K || wt == ML_TYPE_Q2_K; }
 
 X16_AI void unpack_kq(ml_type wt, const uint8_t *o, uint8_t *u) {
-  const __m512i lo4 = _mm512_set1_epi8(0x0F), b16 = _mm512_set1_epi8(16), c3 = _mm512_set1_epi8(3);
+  const int S = kq_sub(wt), J = 256 / S, G = S / 4;
+  __m512i sc[16], mnp[8];
   __m512 d = ld_f16(o);
   _mm512_storeu_ps(u + UKQ_D, d);
-  switch (wt) {
-  case ML_TYPE_Q4_K: case ML_TYPE_Q5_K: {
-    _mm512_storeu_ps(u + UKQ_DMIN, ld_f16(o + X16_Q4_K_DMIN));
-    unpack_sc_q4k(o + X16_Q4_K_SC, u);
-    const uint8_t *q = o + (wt == ML_TYPE_Q5_K ? X16_Q5_K_Q : X16_Q4_K_Q);
-    for (int c = 0; c < 4; c++)
-      for (int g = 0; g < 8; g++) {
-        __m512i x = ld(q + 512 * c + 64 * g);
-        __m512i l = _mm512_and_si512(x, lo4), h = _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
-        if (wt == ML_TYPE_Q5_K) {
-          l = _mm512_mask_add_epi8(l, ld_mask64(o + X16_Q5_K_HB + 64 * (2 * c) + 8 * g), l, b16);
-          h = _mm512_mask_add_epi8(h, ld_mask64(o + X16_Q5_K_HB + 64 * (2 * c + 1) + 8 * g), h, b16);
-        }
-        st(u + 64 * (16 * c + g), l);     /* sub-block 2c, k-group g */
-        st(u + 64 * (16 * c + 8 + g), h); /* sub-block 2c + 1 */
-      }
-  } break;
-  case ML_TYPE_Q6_K: {
-    _mm512_storeu_ps(u + UKQ_DMIN, d);
-    __m512i sc[16];
-    for (int j = 0; j < 16; j++) {
-      sc[j] = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(o + X16_Q6_K_SC + 16 * j)));
-      st(u + UKQ_SC + 64 * j, sc[j]);
-    }
-    for (int p = 0; p < 8; p++) st(u + UKQ_MN16 + 64 * p, _mm512_slli_epi16(pair16(sc[2 * p], sc[2 * p + 1]), 5));
-    const __m512i m30 = _mm512_set1_epi8(0x30);
-    for (int h = 0; h < 2; h++)
-      for (int g = 0; g < 8; g++) {
-        __m512i qh = ld(o + X16_Q6_K_QH + 512 * h + 64 * g);
-        /* the high 2 bits of k = 0..3, moved to bits 4..5 */
-        __m512i hk[4] = {_mm512_and_si512(_mm512_slli_epi16(qh, 4), m30), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30),
-                         _mm512_and_si512(qh, m30), _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30)};
-        for (int kk = 0; kk < 2; kk++) {
-          __m512i x = ld(o + X16_Q6_K_QL + 1024 * h + 512 * kk + 64 * g);
-          __m512i l = _mm512_or_si512(_mm512_and_si512(x, lo4), hk[kk]);
-          __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(x, 4), lo4), hk[kk + 2]);
-          st(u + 64 * (32 * h + 8 * kk + g), l);
-          st(u + 64 * (32 * h + 8 * (kk + 2) + g), hi);
-        }
-      }
-  } break;
-  case ML_TYPE_Q3_K: {
-    _mm512_storeu_ps(u + UKQ_DMIN, d);
-    unpack_sc_q3k(o + X16_Q3_K_SC, u);
-    const __m512i c4 = _mm512_set1_epi8(4);
-    for (int g = 0; g < 8; g++) {
-      __m512i hm = ld(o + X16_Q3_K_HM + 64 * g);
-      for (int h = 0; h < 2; h++) {
-        __m512i x = ld(o + X16_Q3_K_Q + 512 * h + 64 * g);
-        for (int k = 0; k < 4; k++) {
-          int s = 4 * h + k; /* hmask bit, to move to bit 2 */
-          __m512i hb = s <= 2 ? _mm512_slli_epi16(hm, 2 - s) : _mm512_srli_epi16(hm, s - 2);
-          __m512i v = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(x, 2 * k), c3), _mm512_and_si512(hb, c4));
-          st(u + 64 * (32 * h + 8 * k + g), v);
-        }
-      }
-    }
-  } break;
-  case ML_TYPE_Q2_K: {
-    _mm512_storeu_ps(u + UKQ_DMIN, ld_f16(o + X16_Q2_K_DMIN));
-    __m512i mn[16];
-    for (int j = 0; j < 16; j++) {
-      __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(o + X16_Q2_K_SC + 16 * j)));
-      st(u + UKQ_SC + 64 * j, _mm512_and_si512(s, _mm512_set1_epi32(0xF)));
-      mn[j] = _mm512_srli_epi32(s, 4);
-    }
-    for (int p = 0; p < 8; p++) st(u + UKQ_MN16 + 64 * p, pair16(mn[2 * p], mn[2 * p + 1]));
-    for (int h = 0; h < 2; h++)
-      for (int g = 0; g < 8; g++) {
-        __m512i x = ld(o + X16_Q2_K_Q + 512 * h + 64 * g);
-        for (int k = 0; k < 4; k++) st(u + 64 * (32 * h + 8 * k + g), _mm512_and_si512(_mm512_srli_epi16(x, 2 * k), c3));
-      }
-  } break;
-  default: break;
-  }
+  _mm512_storeu_ps(u + UKQ_DMIN, kq_has_dmin(wt) ? ld_f16(o + 32) : d);
+  kq_scales(wt, o, sc, mnp);
+  for (int j = 0; j < J; j++) st(u + UKQ_SC + 64 * j, sc[j]);
+  for (int q = 0; q < J / 2; q++) st(u + (S == 16 ? UKQ_MN16 : UKQ_MN32) + 64 * q, mnp[q]);
+  for (int j = 0; j < J; j++)
+    for (int g = 0; g < G; g++) st(u + 64 * (G * j + g), kq_val(wt, o, j, g));
 }
 
 /* ---- micro-kernels: MR rows x NV tiles of 16 outputs over nb blocks; acc[m * NV + v].
@@ -294,6 +281,116 @@ X16_AI void micro_kq(const uint8_t *u, size_t us, int64_t nb, const uint8_t *ap,
   }
 }
 
+/* GEMV micro-kernels: MR rows x one tile over nb packed blocks from o (bb bytes each), the
+ * values unpacked in registers as they stream in (no store and reload through work). */
+
+X16_AI void prefetch_block(const uint8_t *o, size_t bb) {
+  for (size_t off = 0; off < bb; off += 64) _mm_prefetch((const char *)o + X16_PREFETCH + off, _MM_HINT_T0);
+}
+
+X16_AI void stream_b32(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR) {
+  ml_x16_info in;
+  x16_info(wt, &in);
+  const size_t abb = (size_t)(in.has_min ? 44 : 40) * MR;
+  for (int64_t b = 0; b < nb; b++, o += bb, ap += abb) {
+    prefetch_block(o, bb);
+    const float *d = (const float *)(ap + 32 * MR), *fs = (const float *)(ap + 40 * MR);
+    __m512i w[8], ia[8];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) ia[m] = in.off ? bcast32(ap + 36 * MR + 4 * m) : _mm512_setzero_si512();
+    if (X16_VNNI && (wt == ML_TYPE_Q4_0 || wt == ML_TYPE_Q4_1)) { /* (16 v x s8 pairs would saturate vpmaddubsw) */
+      /* high nibbles kept in place (16 v): one op per vector, a second chain, >> 4 at the end */
+      __m512i ih[8];
+      const uint8_t *q = o + (wt == ML_TYPE_Q4_0 ? X16_Q4_0_Q : X16_Q4_1_Q);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; m++) ih[m] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; g++) {
+        __m512i x = ld(q + 64 * g);
+        __m512i lo = _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), hi = _mm512_and_si512(x, _mm512_set1_epi8((char)0xF0));
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+          ia[m] = x16_dot4(ia[m], lo, bcast32(ap + 4 * (g * MR + m)));
+          ih[m] = x16_dot4(ih[m], hi, bcast32(ap + 4 * ((g + 4) * MR + m)));
+        }
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; m++) ia[m] = _mm512_add_epi32(ia[m], _mm512_srai_epi32(ih[m], 4));
+    } else {
+      b32_vals(wt, o, w);
+#pragma GCC unroll 8
+      for (int g = 0; g < 8; g++)
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) ia[m] = x16_dot4(ia[m], w[g], bcast32(ap + 4 * (g * MR + m)));
+    }
+    __m512 dw = ld_f16(o), mw = in.has_min ? ld_f16(o + 32) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) {
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m]), _mm512_mul_ps(dw, _mm512_set1_ps(d[m])), acc[m]);
+      if (in.has_min) acc[m] = _mm512_fmadd_ps(mw, _mm512_set1_ps(fs[m]), acc[m]);
+    }
+  }
+}
+
+X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR) {
+  const int S = kq_sub(wt), J = 256 / S, G = S / 4;
+  const size_t abb = (size_t)(260 + 2 * J) * MR;
+  for (int64_t b = 0; b < nb; b++, o += bb, ap += abb) {
+    prefetch_block(o, bb);
+    __m512i sc[16], mnp[8], it[8];
+    kq_scales(wt, o, sc, mnp);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) it[m] = _mm512_setzero_si512();
+    if (X16_VNNI && wt == ML_TYPE_Q4_K) {
+      /* sub-blocks 2c and 2c + 1 share their bytes: high nibbles kept in place (16 v) */
+      for (int c = 0; c < 4; c++) {
+        __m512i tl[8], th[8];
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) tl[m] = th[m] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+          __m512i x = ld(o + X16_Q4_K_Q + 512 * c + 64 * g);
+          __m512i lo = _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), hi = _mm512_and_si512(x, _mm512_set1_epi8((char)0xF0));
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; m++) {
+            tl[m] = x16_dot4(tl[m], lo, bcast32(ap + 4 * ((16 * c + g) * MR + m)));
+            th[m] = x16_dot4(th[m], hi, bcast32(ap + 4 * ((16 * c + 8 + g) * MR + m)));
+          }
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++)
+          it[m] = _mm512_add_epi32(it[m], _mm512_add_epi32(_mm512_mullo_epi32(tl[m], sc[2 * c]),
+                                                           _mm512_mullo_epi32(_mm512_srai_epi32(th[m], 4), sc[2 * c + 1])));
+      }
+    } else {
+      for (int j = 0; j < J; j++) {
+        __m512i t[8];
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) t[m] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int g = 0; g < G; g++) {
+          __m512i v = kq_val(wt, o, j, g);
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; m++) t[m] = x16_dot4(t[m], v, bcast32(ap + 4 * ((G * j + g) * MR + m)));
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) it[m] = _mm512_add_epi32(it[m], _mm512_mullo_epi32(t[m], sc[j]));
+      }
+    }
+    const float *da = (const float *)(ap + 256 * MR);
+    __m512 dw = ld_f16(o), dm = kq_has_dmin(wt) ? ld_f16(o + 32) : dw;
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) {
+      __m512i im = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int q = 0; q < J / 2; q++) im = x16_dot2w(im, mnp[q], bcast32(ap + 260 * MR + 4 * (q * MR + m)));
+      __m512 s = _mm512_set1_ps(da[m]);
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(it[m]), _mm512_mul_ps(dw, s), acc[m]);
+      acc[m] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dm, s), acc[m]);
+    }
+  }
+}
+
 /* bf16 / f16: the packed tiles read as is, blocks of 32 elements */
 X16_AI void micro_bf16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR,
                        const int NV) {
@@ -334,7 +431,7 @@ X16_AI int packed_only(const x16_ctx *c) { return c->in.kind == ML_X16_BF16 || c
 X16_AI void unpack_blocks(const x16_ctx *c, const uint8_t *tile, int64_t b0, int64_t b1, uint8_t *u) {
   for (int64_t b = b0; b < b1; b++, u += c->ustride) {
     const uint8_t *o = tile + (size_t)b * c->bb;
-    _mm_prefetch((const char *)o + 4096, _MM_HINT_T0);
+    for (size_t off = 0; off < c->bb; off += 64) _mm_prefetch((const char *)o + X16_PREFETCH + off, _MM_HINT_T0);
     if (c->in.kind == ML_X16_B32) unpack_b32(c->wt, o, u);
     else unpack_kq(c->wt, o, u);
   }
@@ -374,20 +471,25 @@ X16_AI void run_rows(ml_type wt, const ml_packed_args *p, int64_t t, const uint8
 }
 
 /* GEMV: passes of up to 8 rows (1, 2, 4 or 8 in registers), their activations packed
- * once; each tile's blocks are unpacked a few at a time (L1) and streamed once. */
+ * once; each tile streams once through the registers. */
 X16_AI void gemv_pass(const x16_ctx *c, const ml_packed_args *p, int64_t t0, int64_t t1, uint8_t *work, int64_t m0,
                       int r, const int MR) {
-  uint8_t *u = work, *ap = work + X16_WORK_U;
+  uint8_t *ap = work + X16_WORK_U;
   apack(c, p, m0, MR, r, 0, c->nb, ap);
-  size_t abb = ablock_bytes(c, MR);
-  int64_t chunk = c->in.kind == ML_X16_KQ ? 1 : 8;
   for (int64_t t = t0; t < t1; t++) {
     const uint8_t *tile = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
-    for (int64_t b0 = 0; b0 < c->nb; b0 += chunk) {
-      int64_t b1 = b0 + chunk < c->nb ? b0 + chunk : c->nb;
-      if (!packed_only(c)) unpack_blocks(c, tile, b0, b1, u);
-      run_rows(c->wt, p, t, u, 0, b0, b1, ap + (size_t)b0 * abb, m0, r, MR, 1);
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();
+    switch (c->in.kind) {
+    case ML_X16_B32: stream_b32(c->wt, tile, c->bb, c->nb, ap, acc, MR); break;
+    case ML_X16_KQ: stream_kq(c->wt, tile, c->bb, c->nb, ap, acc, MR); break;
+    case ML_X16_BF16: micro_bf16(tile, 0, c->nb, ap, acc, MR, 1); break;
+    default: micro_f16(tile, 0, c->nb, ap, acc, MR, 1); break;
     }
+#pragma GCC unroll 8
+    for (int m = 0; m < r; m++)
+      _mm512_mask_storeu_ps(p->y + (m0 + m) * p->ldy + t * ML_X16, tile_mask(p, t), acc[m]);
   }
 }
 

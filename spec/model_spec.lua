@@ -275,6 +275,12 @@ describe("model errors", function()
     end)
   end
 
+  it("errors point at the caller's line, not at moonlm's own wrappers", function()
+    local ok, err = pcall(function() return ctx:decode({ 512 }) end) -- this line
+    assert.is_false(ok)
+    assert.truthy(err:find("^spec/model_spec%.lua:%d+: bad argument #2 to 'decode'"), err)
+  end)
+
   it("files that are not models give nil, err", function()
     local m, err = lm.load("/nonexistent.gguf")
     assert.is_nil(m)

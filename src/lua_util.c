@@ -29,6 +29,32 @@ void ml_register_names(lua_State *L, const char *prefix) {
   lua_settop(L, t);
 }
 
+/* Is this chunk one of moonlm's own Lua modules (lua/moonlm/...)? */
+static int own_chunk(const char *src) {
+  static const char *const mods[] = {"init.lua", "generate.lua", "chat.lua", "sampler.lua", "template.lua",
+                                     "json.lua", "resty.lua", "resty/", "template/"};
+  const char *p = NULL, *q = src;
+  while ((q = strstr(q, "moonlm/"))) p = q++; /* the last "moonlm/" */
+  if (!p) return 0;
+  p += 7;
+  for (size_t i = 0; i < sizeof mods / sizeof mods[0]; i++)
+    if (strncmp(p, mods[i], strlen(mods[i])) == 0) return 1;
+  return 0;
+}
+
+/* "chunk:line:" of the first caller outside moonlm's own Lua modules, so an error raised
+ * through a thin wrapper (model:tokenize -> the userdata method) points at user code. */
+static void push_where(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Sl", &ar);
+    if (ar.currentline <= 0 || own_chunk(ar.source)) continue;
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    return;
+  }
+  lua_pushliteral(L, "");
+}
+
 int ml_argerror(lua_State *L, int arg, const char *msg) {
   lua_Debug ar;
   const char *name = NULL;
@@ -43,7 +69,10 @@ int ml_argerror(lua_State *L, int arg, const char *msg) {
     }
     if (!name) name = ar.name;
   }
-  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, name ? name : "?", msg);
+  push_where(L);
+  lua_pushfstring(L, "bad argument #%d to '%s' (%s)", arg, name ? name : "?", msg);
+  lua_concat(L, 2);
+  return lua_error(L);
 }
 
 static int typeerror(lua_State *L, int arg, const char *tname) {
@@ -86,5 +115,8 @@ void ml_checktype(lua_State *L, int arg, int t) {
 int ml_lua_error(lua_State *L) {
   int arg = ml_errarg();
   if (arg > 0) return ml_argerror(L, arg, ml_errmsg());
-  return luaL_error(L, "%s", ml_errmsg());
+  push_where(L);
+  lua_pushstring(L, ml_errmsg());
+  lua_concat(L, 2);
+  return lua_error(L);
 }

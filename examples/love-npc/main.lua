@@ -1,5 +1,5 @@
 -- An NPC that talks: type to Pip, and the reply streams into a speech bubble while the game
--- keeps drawing. Generation runs in a love.thread (npc_thread.lua); pieces of the reply come
+-- keeps drawing. Generation runs in a love.thread (moonlm.love); pieces of the reply come
 -- back over a Channel. See README.md for how the game finds moonlm.
 --
 --   love examples/love-npc [--model file.gguf] [--threads n] [--temperature t] [--seed n]
@@ -73,7 +73,7 @@ end
 -- State
 ---------------------------------------------------------------------------------------
 local opts, log, json, lm, model
-local thread, inbox, outbox
+local mind -- moonlm.love's chat in a love.thread
 local font, small
 local npc = {
   state = "loading", -- loading | idle | thinking | talking | error
@@ -103,7 +103,7 @@ local function ask(text)
   last_question = text
   npc.heard, npc.shown, npc.state, npc.generating = "", 0, "thinking", true
   gen.frames, gen.worst, gen.t0 = 0, 0, love.timer.getTime()
-  inbox:push(text)
+  mind:ask(text)
   logf("question %s", json.encode(text))
 end
 
@@ -135,9 +135,7 @@ function love.load(args)
   local settings = { system = opts.system, temperature = opts.temperature, seed = opts.seed,
                      max_tokens = opts.max_tokens, n_ctx = opts.n_ctx }
   logf("settings %s", json.encode(settings, { compact = true }))
-  inbox, outbox = love.thread.newChannel(), love.thread.newChannel()
-  thread = love.thread.newThread("npc_thread.lua")
-  thread:start(package.path, package.cpath, model.handle, settings, inbox, outbox)
+  mind = require("moonlm.love").chat(model, settings)
   npc.state = "idle"
 end
 
@@ -145,9 +143,7 @@ end
 -- Update: drain the channel, reveal text, count frames, drive the scripted mode
 ---------------------------------------------------------------------------------------
 local function receive()
-  while outbox do
-    local msg = outbox:pop()
-    if not msg then break end
+  for _, msg in ipairs(mind and mind:poll() or {}) do
     if msg.piece then
       npc.heard = npc.heard .. msg.piece
       npc.state = "talking"
@@ -253,17 +249,14 @@ function love.keypressed(key)
       input = ""
     elseif npc.state == "talking" or npc.state == "thinking" then
       -- Enter while Pip talks: "hush" (ends the reply, shows what was said)
-      if npc.generating then inbox:push { stop = true } end
+      if npc.generating then mind:stop() end
       npc.shown = math.huge
     end
   end
 end
 
 function love.quit()
-  if thread and thread:isRunning() then
-    inbox:push { quit = true }
-    thread:wait()
-  end
+  if mind then mind:close() end
   if model then model:close() end
   if log then log:close() end
 end

@@ -32,7 +32,7 @@ void ml_register_names(lua_State *L, const char *prefix) {
 /* Is this chunk one of moonlm's own Lua modules (lua/moonlm/...)? */
 static int own_chunk(const char *src) {
   static const char *const mods[] = {"init.lua", "generate.lua", "chat.lua", "sampler.lua", "template.lua",
-                                     "json.lua", "resty.lua", "resty/", "template/"};
+                                     "json.lua", "resty.lua", "love.lua", "resty/", "template/"};
   const char *p = NULL, *q = src;
   while ((q = strstr(q, "moonlm/"))) p = q++; /* the last "moonlm/" */
   if (!p) return 0;

@@ -5,9 +5,11 @@
 --   GEMM (prefill) 512x4096x4096: operations per second / the peak of the dot instruction
 --   the kernel uses (vpdpbusd for the int8 formats, vdpbf16ps for bf16, FMA for f16, f32).
 -- Weights are prepared as the model prepares them (x16 packed copy where the level has one).
--- On a shared machine other processes come and go within seconds, so everything, the
--- limits included, is measured in ROUNDS rounds spread over the run, and each figure is
--- the best of them: our best against the machine's best.
+-- On a shared machine other processes come and go within seconds, and the VM's memory
+-- bandwidth switches between a slow and a fast state every few minutes; so each figure is
+-- a ratio to the limit measured right before it (bandwidth before each type's GEMVs, the
+-- dot peaks before the GEMMs), taken in ROUNDS rounds spread over the run, and the table
+-- shows the round with the best ratio.
 -- Environment: THREADS (2), ROUNDS (3), LEVELS ("avx2 avx512 amx", those this CPU has),
 -- TYPES (all), QUICK=1 (one GEMV shape, M = 256, one round).
 local lm = require "moonlm"
@@ -40,20 +42,24 @@ local function loadavg()
   return s:match("^(%S+)")
 end
 
--- best values over the rounds
+-- per figure: the measurement with the best ratio to its limit, over the rounds
 local best = {}
-local function keep(key, v) if not best[key] or v > best[key] then best[key] = v end end
+local function keep(key, v, limit)
+  if not best[key] or v / limit > best[key].r then best[key] = {v = v, r = v / limit, limit = limit} end
+end
 
-local function measure_peaks()
-  local p = io.popen(("%s/bench/peak all %d; %s/bench/peak bw 1"):format(B.build, threads, B.build))
-  local out = p:read("*a")
+local now, seen = {}, {}
+local function peak(what, nth)
+  local p = io.popen(("%s/bench/peak %s %d"):format(B.build, what, nth))
+  local v = tonumber(p:read("*a"):match("%S+%s+([%d%.]+)"))
   p:close()
-  local seen_bw = false
-  for name, v in out:gmatch("(%S+) ([%d%.]+)") do
-    if name == "bw_gbs" and seen_bw then name = "bw1" end
-    if name == "bw_gbs" then seen_bw = true end
-    keep("peak " .. name, tonumber(v))
+  local key = what .. nth
+  now[key] = v
+  if v then
+    seen[key] = seen[key] or {min = v, max = v}
+    seen[key].min, seen[key].max = math.min(seen[key].min, v), math.max(seen[key].max, v)
   end
+  return v
 end
 
 -- one random matrix per shape, quantized once per type; copies give distinct memory
@@ -87,8 +93,8 @@ local function gemv(level, ty, N, K)
     return nbytes * copies / B.best(function() for i = 1, copies do ws[i]:mm(x, "auto", y) end end, quick and 3 or 6) / 1e9
   end
   local key = ("%s %s %dx%d"):format(level, ty, N, K)
-  keep("gemv " .. key, run(threads))
-  if N == shapes[1][1] then keep("gemv1 " .. key, run(1)) end
+  keep("gemv " .. key, run(threads), now["bw" .. threads])
+  if N == shapes[1][1] then keep("gemv1 " .. key, run(1), now.bw1) end
   lm.threads(threads)
   local info = ws[1]:info()
   info.pack_ms_per_mb = prep / copies * 1e3 / (nbytes / 1e6)
@@ -103,40 +109,46 @@ local function gemm(level, ty)
   local y = T.zeros({GM, GN})
   lm.threads(threads)
   local t = B.best(function() w:mm(x, "auto", y) end, quick and 2 or 3)
-  keep(("gemm %s %s"):format(level, ty), 2 * GM * GN * GK / t / 1e9)
+  local pk = ty == "bf16" and now["bf16" .. threads] or (ty == "bf16" or ty == "f16" or ty == "f32") and now["fma" .. threads]
+             or now["vnni" .. threads] or now["fma" .. threads]
+  keep(("gemm %s %s"):format(level, ty), 2 * GM * GN * GK / t / 1e9, pk)
   info_of["gemm " .. level .. ty] = w:info()
   w:release()
 end
 
 local load0 = loadavg()
 for r = 1, rounds do
-  measure_peaks()
   for _, ty in ipairs(types) do
+    peak("bw", threads)
+    peak("bw", 1)
     for _, l in ipairs(levels) do
       for _, s in ipairs(shapes) do gemv(l, ty, s[1], s[2]) end
     end
   end
-  measure_peaks()
+  for _, what in ipairs{"fma", "vnni", "bf16"} do peak(what, threads) end
   for _, ty in ipairs(types) do
     for _, l in ipairs(levels) do gemm(l, ty) end
   end
 end
-measure_peaks()
 
-local bw, bw1 = best["peak bw_gbs"], best["peak bw1"]
-local vnni, bf16, fma = best["peak vnni_gops"], best["peak bf16_gflops"], best["peak fma_gflops"]
+local function range(key, unit)
+  local r = seen[key]
+  if not r then return "n/a" end
+  if r.max - r.min < 0.02 * r.max then return ("%.0f %s"):format(r.max, unit) end
+  return ("%.0f-%.0f %s"):format(r.min, r.max, unit)
+end
+local peak_name = {vnni = "int8 dot", bf16 = "bf16 dot", fma = "f32 FMA"}
 local function peak_for(ty)
-  if ty == "bf16" and bf16 then return bf16, "bf16 dot" end
-  if ty == "bf16" or ty == "f16" or ty == "f32" then return fma, "f32 FMA" end
-  if vnni then return vnni, "int8 dot" end
-  return fma, "f32 FMA"
+  if ty == "bf16" and seen["bf16" .. threads] then return "bf16" end
+  if ty == "bf16" or ty == "f16" or ty == "f32" or not seen["vnni" .. threads] then return "fma" end
+  return "vnni"
 end
 
 B.row("## Quantized matmul kernels")
 B.row("")
-B.row("Limits, best of %d measurements spread over the run: read bandwidth %.1f GB/s on %d threads and %.1f GB/s on 1; on %d threads f32 FMA %.0f GFLOP/s, int8 dot (vpdpbusd) %s GOP/s, bf16 dot %s GFLOP/s. Each figure below is the best of %d rounds. Load average %s before, %s after.",
-  2 * rounds + 1, bw, threads, bw1, threads, fma, vnni and ("%.0f"):format(vnni) or "n/a",
-  bf16 and ("%.0f"):format(bf16) or "n/a", rounds, load0, loadavg())
+B.row("Limits measured during the run (%d threads unless said): read bandwidth %s, 1 thread %s; f32 FMA %s; int8 dot (vpdpbusd) %s; bf16 dot (vdpbf16ps) %s. Each figure below is the best of %d rounds by its ratio to the limit measured just before it. Load average %s before, %s after.",
+  threads, range("bw" .. threads, "GB/s"), range("bw1", "GB/s"), range("fma" .. threads, "GFLOP/s"),
+  range("vnni" .. threads, "GOP/s"), range("bf16" .. threads, "GFLOP/s"), rounds, load0, loadavg())
 B.row("")
 B.row("### GEMV, 1 activation row: weight bytes streamed per second, %% of the read bandwidth")
 B.row("")
@@ -155,11 +167,11 @@ for _, ty in ipairs(types) do
   local line, info = "| " .. ty .. " |", nil
   for _, l in ipairs(levels) do
     for _, s in ipairs(shapes) do
-      local v = best[("gemv %s %s %dx%d"):format(l, ty, s[1], s[2])]
-      line = line .. (" %.1f GB/s %.0f%% |"):format(v, 100 * v / bw)
+      local b = best[("gemv %s %s %dx%d"):format(l, ty, s[1], s[2])]
+      line = line .. (" %.1f GB/s %.0f%% |"):format(b.v, 100 * b.r)
     end
-    local v1 = best[("gemv1 %s %s %dx%d"):format(l, ty, shapes[1][1], shapes[1][2])]
-    line = line .. (" %.1f GB/s %.0f%% |"):format(v1, 100 * v1 / bw1)
+    local b1 = best[("gemv1 %s %s %dx%d"):format(l, ty, shapes[1][1], shapes[1][2])]
+    line = line .. (" %.1f GB/s %.0f%% |"):format(b1.v, 100 * b1.r)
     info = info_of["gemv " .. l .. ty]
   end
   B.row("%s %s | %s |", line, info.packed and info.gemv or (info.dot .. " dot"),
@@ -179,11 +191,10 @@ end
 B.row("%s kernel |", hdr)
 B.row("%s---|", sep)
 for _, ty in ipairs(types) do
-  local pk, pkname = peak_for(ty)
-  local line, info = ("| %s | %s |"):format(ty, pkname), nil
+  local line, info = ("| %s | %s |"):format(ty, peak_name[peak_for(ty)]), nil
   for _, l in ipairs(levels) do
-    local v = best[("gemm %s %s"):format(l, ty)]
-    line = line .. (" %.0f %.0f%% |"):format(v, 100 * v / pk)
+    local b = best[("gemm %s %s"):format(l, ty)]
+    line = line .. (" %.0f %.0f%% |"):format(b.v, 100 * b.r)
     info = info_of["gemm " .. l .. ty]
   end
   B.row("%s %s |", line, info.packed and info.gemm or (ty == "f32" and "OpenBLAS sgemm" or info.dot .. " dot"))

@@ -147,11 +147,11 @@ static int l_weight(lua_State *L) {
 }
 
 /* w:mm(x [, path [, y]]) -> y = x wT; x (M, K) f32 with unit column stride, any row
- * stride; path "auto" | "gemv" | "gemm" | "plain"; y (M, N) f32 to write into. */
+ * stride; path "auto" | "gemv" | "gemm" | "plain" | "phases"; y (M, N) f32 to write into. */
 static int w_mm(lua_State *L) {
   ml_weight *w = luaL_checkudata(L, 1, ML_WEIGHT_MT);
   ml_tensor *x = ml_lua_check_tensor(L, 2);
-  static const char *const paths[] = {"auto", "gemv", "gemm", "plain", NULL};
+  static const char *const paths[] = {"auto", "gemv", "gemm", "plain", "phases", NULL};
   int path = luaL_checkoption(L, 3, "auto", paths);
   if (x->type != ML_TYPE_F32 || x->ndim != 2 || x->shape[1] != w->K || (x->stride[1] != 1 && w->K > 1))
     return luaL_argerror(L, 2, "expected an f32 (M, K) tensor with contiguous rows");

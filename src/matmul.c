@@ -235,7 +235,7 @@ int ml_mm_raw(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t 
   const ml_kernels *k = ml_kernels_active();
   if (check_type(wt, K) < 0) return -1;
   if (M == 0 || N == 0) return 0;
-  if (M >= ML_MM_PACK_MIN_M && k->gemm[wt] && has_packed(k, wt, K) && w_row_bytes % 4 == 0) {
+  if (M >= ML_MM_PACK_MIN_M && k->gemm[wt] && has_packed(k, wt, K)) {
     size_t tb = ml_x16_tile_bytes(wt, K);
     int64_t tiles = (N + ML_X16 - 1) / ML_X16;
     void *packed = ml_alloc(tb * (size_t)tiles);
@@ -339,6 +339,8 @@ void ml_weight_release(ml_weight *pw) {
   if (pw->w.storage) ml_tensor_release(&pw->w);
 }
 
+static int mm_phases(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy);
+
 int ml_mm_w_path(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy,
                  ml_mm_path path) {
   if (!pw->w.storage) {
@@ -346,10 +348,26 @@ int ml_mm_w_path(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, fl
     return -1;
   }
   if (M == 0 || pw->N == 0) return 0;
+  if (path == ML_MM_PHASES) return mm_phases(pw, x, ldx, M, y, ldy);
   if (pw->packed && path != ML_MM_PLAIN)
     return mm_packed(pw->k, pw->type, pw->packed, pw->tile_bytes, pw->N, pw->K, x, ldx, M, y, ldy, path);
   return mm_plain(pw->k, pw->type, ml_tensor_data(&pw->w), row_bytes_of(&pw->w, pw->N, pw->K), pw->N, pw->K, x, ldx,
                   M, y, ldy);
+}
+
+/* the two-phase API as a caller's own region would use it */
+static int mm_phases(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy) {
+  void *act = ml_alloc(ml_mm_w_act_bytes(pw, M) + 64);
+  int ok = act != NULL;
+#pragma omp parallel num_threads(ml_get_threads()) reduction(&& : ok)
+  {
+    int ith = thread_id(), n = thread_count();
+    ok = act && ml_mm_w_quantize(pw, x, ldx, M, act, ith, n) == 0;
+#pragma omp barrier
+    ok = act && ml_mm_w_compute(pw, act, M, y, ldy, ith, n) == 0 && ok;
+  }
+  ml_free(act);
+  return ok ? 0 : -1;
 }
 
 int ml_mm_w(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy) {

@@ -84,8 +84,9 @@ int ml_mm_w_quantize(const ml_weight *pw, const float *x, int64_t ldx, int64_t M
 int ml_mm_w_compute(const ml_weight *pw, const void *act, int64_t M, float *y, int64_t ldy, int ith, int nth);
 
 /* Which kernel ml_mm_w runs: auto (GEMM from ML_GEMM_MIN_M rows, else GEMV), or forced
- * (tests, benchmarks). PLAIN runs the dot products over the original weights. */
-typedef enum ml_mm_path { ML_MM_AUTO, ML_MM_GEMV, ML_MM_GEMM, ML_MM_PLAIN } ml_mm_path;
+ * (tests, benchmarks). PLAIN runs the dot products over the original weights; PHASES is
+ * auto through ml_mm_w_quantize / ml_mm_w_compute in a region of ml_get_threads(). */
+typedef enum ml_mm_path { ML_MM_AUTO, ML_MM_GEMV, ML_MM_GEMM, ML_MM_PLAIN, ML_MM_PHASES } ml_mm_path;
 #define ML_GEMM_MIN_M 16
 int ml_mm_w_path(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy,
                  ml_mm_path path);

@@ -128,7 +128,7 @@ describe("OpenResty server #once", function()
   setup(function()
     assert.truthy(launch.module_dir(), "lua-nginx-module is not installed (make deps)")
     tmp = sh("mktemp -d /tmp/moonlm-spec.XXXXXX"):gsub("%s+$", "")
-    srv = start { MOONLM_SLOTS = "4", MOONLM_QUEUE = "8" }
+    srv = start { MOONLM_SLOTS = "4", MOONLM_QUEUE = "8", MOONLM_N_CTX = "2048" }
     url = srv.url
   end)
 
@@ -356,7 +356,9 @@ describe("OpenResty server #once", function()
   end)
 
   it("GET /health stays fast while two generations run", function()
-    local long = chat_body("Once upon a time", { max_tokens = 700, temperature = 0.8, ignore_eos = true, stream = true })
+    -- long enough (the slots hold 2048 tokens here) that a fast machine is still generating
+    -- when the probes run; the probes start once /health reports both generations running
+    local long = chat_body("Once upon a time", { max_tokens = 2000, temperature = 0.8, ignore_eos = true, stream = true })
     local gen = curl_cmd("POST", url .. "/v1/chat/completions", long, { head = "/dev/null", body = "/dev/null" })
     -- 20 probes on one keep-alive connection, from a client that the machine's other work
     -- does not delay (nice -10 when allowed): what is measured is the server
@@ -365,8 +367,10 @@ describe("OpenResty server #once", function()
       bodies[i] = tmpfile()
       probes[i] = "-o " .. bodies[i] .. " " .. url .. "/health"
     end
-    local out = sh(("(%s > /dev/null) & (%s > /dev/null) & sleep 0.2; nice -n -10 curl -s --rate 50/s -w '%%{http_code} %%{time_total}\\n' %s; wait")
-                   :format(gen, gen, table.concat(probes, " ")))
+    local wait_busy = ("for i in $(seq 200); do curl -s %s/health | grep -q '\"busy\":[2-9]' && break; sleep 0.01; done")
+                      :format(url)
+    local out = sh(("(%s > /dev/null) & (%s > /dev/null) & %s; nice -n -10 curl -s --rate 50/s -w '%%{http_code} %%{time_total}\\n' %s; wait")
+                   :format(gen, gen, wait_busy, table.concat(probes, " ")))
     local times, busy = {}, 0
     for status, t in out:gmatch("(%d+) ([%d.]+)\n") do
       assert.are.equal("200", status)

@@ -35,19 +35,47 @@ local function stats(xs)
   return m, math.sqrt(v / math.max(1, #xs - 1))
 end
 
+-- one CSV line: fields, quoted ("..." with "" for a quote) or bare
+local function csv_fields(line)
+  local f, i = {}, 1
+  while i <= #line + 1 do
+    if line:sub(i, i) == '"' then
+      local buf, j = {}, i + 1
+      while true do
+        local q = line:find('"', j, true)
+        if not q then buf[#buf + 1] = line:sub(j); i = #line + 2; break end
+        buf[#buf + 1] = line:sub(j, q - 1)
+        if line:sub(q + 1, q + 1) == '"' then buf[#buf + 1] = '"'; j = q + 2
+        else i = q + 2; break end
+      end
+      f[#f + 1] = table.concat(buf)
+    else
+      local c = line:find(",", i, true) or #line + 1
+      f[#f + 1] = line:sub(i, c - 1)
+      i = c + 1
+    end
+  end
+  return f
+end
+
 local function llama_bench(path)
   local exe = os.getenv("LLAMA_BENCH")
   if not exe or exe == "" then return nil end
   local p = io.popen(("%s -m %s -t %d -p %d -n %d -r %d -o csv 2>/dev/null"):format(exe, path, threads, PP, TG, reps))
   local out = p:read("*a")
   p:close()
-  local pp, tg
+  local pp, tg, header
   for line in out:gmatch("[^\n]+") do
-    -- csv: the last two fields are avg_ts, stddev_ts; n_prompt / n_gen decide the row
-    local n_prompt, n_gen = line:match(',"?(%d+)"?,"?(%d+)"?,"?%d+"?,"?[^,]*"?,"?%d+"?,"?[%d.]+"?,"?[%d.]+"?,"?[%d.]+"?,"?[%d.]+"?$')
-    local avg = line:match(',"?([%d.]+)"?,"?[%d.]+"?$')
-    if n_prompt and avg then
-      if tonumber(n_prompt) > 0 then pp = tonumber(avg) elseif tonumber(n_gen) > 0 then tg = tonumber(avg) end
+    local f = csv_fields(line)
+    if not header then
+      header = {}
+      for i, name in ipairs(f) do header[name] = i end
+      if not (header.n_prompt and header.n_gen and header.avg_ts) then return nil end
+    else
+      local n_prompt, n_gen, avg = tonumber(f[header.n_prompt]), tonumber(f[header.n_gen]), tonumber(f[header.avg_ts])
+      if n_prompt and n_gen and avg then
+        if n_prompt > 0 and n_gen == 0 then pp = avg elseif n_gen > 0 and n_prompt == 0 then tg = avg end
+      end
     end
   end
   return pp, tg

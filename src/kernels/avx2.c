@@ -544,9 +544,9 @@ static inline void unpack_kq(ml_type wt, const uint8_t *o, uint8_t *u) {
     case ML_TYPE_Q6_K:
       for (int hh = 0; hh < 2; hh++)
         for (int g = 0; g < 8; g++) {
-          __m256i qh = ld(o + X16_Q6_K_QH + 512 * hh + 64 * g + base);
+          __m256i qh = ld(o + X16_Q6_K_QH(hh, g) + base);
           for (int kk = 0; kk < 2; kk++) {
-            __m256i x = ld(o + X16_Q6_K_QL + 1024 * hh + 512 * kk + 64 * g + base);
+            __m256i x = ld(o + X16_Q6_K_QL(hh, kk, g) + base);
             __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk), mask8(3)), 4);
             __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk + 4), mask8(3)), 4);
             st(u + 64 * (32 * hh + 8 * kk + g) + base, _mm256_or_si256(_mm256_and_si256(x, mask8(0x0F)), h0));

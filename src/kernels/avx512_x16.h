@@ -146,8 +146,8 @@ X16_AI __m512i kq_val(ml_type wt, const uint8_t *o, int j, int g) {
   }
   case ML_TYPE_Q6_K: { /* sub-block j = 8h + 2k + j', element 128h + 32k + 16j' + 4g + i */
     int h = j / 8, k = (j % 8) / 2, gg = 4 * (j % 2) + g;
-    __m512i x = ld(o + X16_Q6_K_QL + 1024 * h + 512 * (k & 1) + 64 * gg);
-    __m512i qh = ld(o + X16_Q6_K_QH + 512 * h + 64 * gg);
+    __m512i x = ld(o + X16_Q6_K_QL(h, k & 1, gg));
+    __m512i qh = ld(o + X16_Q6_K_QH(h, gg));
     __m512i lo = k < 2 ? _mm512_and_si512(x, lo4) : _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
     /* bits 2k, 2k + 1 of qh to bits 4, 5 */
     __m512i hi = k <= 2 ? _mm512_slli_epi16(qh, 4 - 2 * k) : _mm512_srli_epi16(qh, 2 * k - 4);
@@ -355,6 +355,38 @@ X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const
           it[m] = _mm512_add_epi32(it[m], _mm512_add_epi32(_mm512_mullo_epi32(tl[m], sc[2 * c]),
                                                            _mm512_mullo_epi32(_mm512_srai_epi32(th[m], 4), sc[2 * c + 1])));
       }
+    } else if (wt == ML_TYPE_Q6_K) {
+      /* in storage order: one 64-byte vector of low bits holds k-group g of sub-blocks ja
+       * (low nibbles) and jb = ja + 4 (high nibbles); a high-bit vector serves four */
+      for (int h = 0; h < 2; h++)
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; half++)
+#pragma GCC unroll 2
+          for (int kk = 0; kk < 2; kk++) {
+            const int ja = 8 * h + 2 * kk + half, jb = ja + 4;
+            __m512i ta[8], tb[8];
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++) ta[m] = tb[m] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+              const int gg = 4 * half + g;
+              __m512i x = ld(o + X16_Q6_K_QL(h, kk, gg));
+              __m512i qh = ld(o + X16_Q6_K_QH(h, gg));
+              const __m512i lo4 = _mm512_set1_epi8(0x0F), b45 = _mm512_set1_epi8(0x30);
+              /* bits 2kk, 2kk + 1 of qh (sub-block ja) and 2kk + 4, 2kk + 5 (jb) to bits 4, 5 */
+              __m512i va = _mm512_ternarylogic_epi32(_mm512_and_si512(x, lo4), _mm512_slli_epi16(qh, 4 - 2 * kk), b45, 0xF8);
+              __m512i vb = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(x, 4), lo4),
+                                                     _mm512_srli_epi16(qh, 2 * kk), b45, 0xF8);
+#pragma GCC unroll 8
+              for (int m = 0; m < MR; m++) {
+                ta[m] = x16_dot4(ta[m], va, bcast32(ap + 4 * ((4 * ja + g) * MR + m)));
+                tb[m] = x16_dot4(tb[m], vb, bcast32(ap + 4 * ((4 * jb + g) * MR + m)));
+              }
+            }
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++)
+              it[m] = _mm512_add_epi32(it[m], _mm512_add_epi32(_mm512_mullo_epi32(ta[m], sc[ja]), _mm512_mullo_epi32(tb[m], sc[jb])));
+          }
     } else {
       for (int j = 0; j < J; j++) {
         __m512i t[8];

@@ -30,7 +30,11 @@ int ml_x16_info_get(ml_type wt, ml_x16_info *in) {
 }
 
 /* bytes of one packed block (16 rows x one block of blck elements) */
-static size_t block_bytes(ml_type wt, int blck) { return ML_X16 * ml_type_nbytes(wt, blck); }
+static size_t block_bytes(ml_type wt, int blck) {
+  if (wt == ML_TYPE_Q6_K) return X16_Q6_K_BYTES;
+  if (wt == ML_TYPE_Q3_K) return X16_Q3_K_BYTES;
+  return ML_X16 * ml_type_nbytes(wt, blck);
+}
 
 size_t ml_x16_tile_bytes(ml_type wt, int64_t K) {
   ml_x16_info in;
@@ -136,8 +140,10 @@ static void pack_block(ml_type wt, const uint8_t *const rows[ML_X16], size_t bsz
       memcpy(o + 2 * r, &s->d, 2);
       for (int j = 0; j < 16; j++) o[X16_Q6_K_SC + 16 * j + r] = (uint8_t)s->scales[j];
       for (int h = 0; h < 2; h++) {
-        for (int kk = 0; kk < 2; kk++) put_q32(o + X16_Q6_K_QL + 1024 * h + 512 * kk, r, s->ql + 64 * h + 32 * kk);
-        put_q32(o + X16_Q6_K_QH + 512 * h, r, s->qh + 32 * h);
+        for (int s4 = 0; s4 < 2; s4++) {
+          for (int kk = 0; kk < 2; kk++) put_q16(o + X16_Q6_K_QL(h, kk, 4 * s4), r, s->ql + 64 * h + 32 * kk + 16 * s4);
+          put_q16(o + X16_Q6_K_QH(h, 4 * s4), r, s->qh + 32 * h + 16 * s4);
+        }
       }
     } break;
     case ML_TYPE_Q3_K: {
@@ -252,8 +258,8 @@ static void unpack_kq(ml_type wt, const uint8_t *o, ml_x16_block *u) {
       }
       for (int e = 0; e < 256; e++) {
         int h = e / 128, k = (e / 32) % 4, l = e % 32, g = l / 4, i = l % 4;
-        int lo = nib(o + X16_Q6_K_QL + 1024 * h + 512 * (k & 1), g, r, i, k >= 2);
-        int hi = (o[X16_Q6_K_QH + 512 * h + 64 * g + 4 * r + i] >> (2 * k)) & 3;
+        int lo = nib(o + X16_Q6_K_QL(h, k & 1, g), 0, r, i, k >= 2);
+        int hi = (o[X16_Q6_K_QH(h, g) + 4 * r + i] >> (2 * k)) & 3;
         u->v[r][e] = (uint8_t)(lo | hi << 4);
       }
       break;

@@ -12,9 +12,10 @@
  *   q4_K  d | dmin | sc[3][16] u32 = scales bytes 4j..4j+3 of row r |
  *         q[4 c][8 g][16 r][4 i] = qs[32c+4g+i]   low nibble: sub-block 2c, high: 2c + 1
  *   q5_K  d | dmin | sc | hb[8 j][8 g] u64, bit 4r+i = bit j of qh[4g+i] | q as q4_K
- *   q6_K  d | sc[16 j][16 r] i8 | ql[2 h][2 kk][8 g][16 r][4 i] = ql[64h+32kk+4g+i] |
- *         qh[2 h][8 g][16 r][4 i] = qh[32h+4g+i]
- *         element 128h+32k+4g+i: ql nibble of kk = k & 1 (low if k < 2), qh bits 2k..2k+1
+ *   q6_K  d | sc[16 j][16 r] i8 | pad | v[2 h][2 s] { qh[4 g'][16 r][4 i] = qh[32h+4g+i],
+ *         ql[2 kk][4 g'][16 r][4 i] = ql[64h+32kk+4g+i] }, g = 4s+g'
+ *         element 128h+32k+4g+i: ql nibble of kk = k & 1 (low if k < 2), qh bits 2k..2k+1;
+ *         a kernel going through h, s, kk reads the block strictly in order
  *   q3_K  d | sc[3][16] u32 | q[2 h][8 g][16 r][4 i] = qs[32h+4g+i] |
  *         hm[8 g][16 r][4 i] = hmask[4g+i]
  *         element 128h+32k+4g+i: bits 2k..2k+1 of q, bit 4h+k of hm
@@ -22,7 +23,10 @@
  *   bf16  blocks of 32: p[16 kp][16 r][2] = elements 2kp, 2kp+1 (an AMX-BF16 B tile)
  *   f16   blocks of 32: p[32 k][16 r]
  *
- * The offsets below are in bytes from the start of a packed block.
+ * The offsets below are in bytes from the start of a packed block. The value arrays start
+ * on a 64-byte boundary, and q6_K / q3_K blocks are padded to a multiple of 64 bytes (+1% /
+ * +2%) so every vector load is one cache line: unaligned, q6_K's GEMV streamed at a third
+ * of the bandwidth.
  */
 #ifndef ML_X16_LAYOUT_H
 #define ML_X16_LAYOUT_H
@@ -35,10 +39,14 @@ enum {
   X16_Q5_1_M = 32, X16_Q5_1_HB = 64, X16_Q5_1_Q = 128, X16_Q5_1_BYTES = 384,
   X16_Q4_K_DMIN = 32, X16_Q4_K_SC = 64, X16_Q4_K_Q = 256, X16_Q4_K_BYTES = 2304,
   X16_Q5_K_DMIN = 32, X16_Q5_K_SC = 64, X16_Q5_K_HB = 256, X16_Q5_K_Q = 768, X16_Q5_K_BYTES = 2816,
-  X16_Q6_K_SC = 32, X16_Q6_K_QL = 288, X16_Q6_K_QH = 2336, X16_Q6_K_BYTES = 3360,
-  X16_Q3_K_SC = 32, X16_Q3_K_Q = 224, X16_Q3_K_HM = 1248, X16_Q3_K_BYTES = 1760,
+  X16_Q6_K_SC = 32, X16_Q6_K_V = 320, X16_Q6_K_BYTES = 3392,
+  X16_Q3_K_SC = 32, X16_Q3_K_Q = 256, X16_Q3_K_HM = 1280, X16_Q3_K_BYTES = 1792,
   X16_Q2_K_DMIN = 32, X16_Q2_K_SC = 64, X16_Q2_K_Q = 320, X16_Q2_K_BYTES = 1344,
   X16_BF16_BYTES = 1024, X16_F16_BYTES = 1024
 };
+
+/* q6_K: byte offsets of k-group g's high bits (h) and low bits (h, kk) */
+#define X16_Q6_K_QH(h, g) (X16_Q6_K_V + 768 * (2 * (h) + (g) / 4) + 64 * ((g) % 4))
+#define X16_Q6_K_QL(h, kk, g) (X16_Q6_K_QH(h, g) + 256 + 256 * (kk))
 
 #endif

@@ -525,15 +525,14 @@ static inline void unpack_kq(ml_type wt, const uint8_t *o, uint8_t *u) {
     int base = 32 * h;
     switch (wt) {
     case ML_TYPE_Q4_K: case ML_TYPE_Q5_K: {
-      const uint8_t *q = o + (wt == ML_TYPE_Q5_K ? X16_Q5_K_Q : X16_Q4_K_Q);
       for (int c = 0; c < 4; c++)
         for (int g = 0; g < 8; g++) {
-          __m256i x = ld(q + 512 * c + 64 * g + base);
+          __m256i x = ld(o + X16_QK_CHUNK(wt == ML_TYPE_Q5_K, c) + 64 * g + base);
           __m256i l = _mm256_and_si256(x, mask8(0x0F)), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), mask8(0x0F));
           if (wt == ML_TYPE_Q5_K) {
             __m256i bl[2], bh[2];
-            hb64(o + X16_Q5_K_HB + 64 * (2 * c) + 8 * g, bl);
-            hb64(o + X16_Q5_K_HB + 64 * (2 * c + 1) + 8 * g, bh);
+            hb64(o + X16_Q5_K_HB(2 * c, g), bl);
+            hb64(o + X16_Q5_K_HB(2 * c + 1, g), bh);
             l = _mm256_or_si256(l, bl[h]);
             hi = _mm256_or_si256(hi, bh[h]);
           }

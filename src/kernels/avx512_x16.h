@@ -139,9 +139,9 @@ X16_AI __m512i kq_val(ml_type wt, const uint8_t *o, int j, int g) {
   const __m512i lo4 = _mm512_set1_epi8(0x0F);
   switch (wt) {
   case ML_TYPE_Q4_K: case ML_TYPE_Q5_K: { /* sub-block 2c: low nibbles of chunk c, 2c + 1: high */
-    __m512i x = ld(o + (wt == ML_TYPE_Q5_K ? X16_Q5_K_Q : X16_Q4_K_Q) + 512 * (j / 2) + 64 * g);
+    __m512i x = ld(o + X16_QK_CHUNK(wt == ML_TYPE_Q5_K, j / 2) + 64 * g);
     __m512i v = j % 2 ? _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4) : _mm512_and_si512(x, lo4);
-    if (wt == ML_TYPE_Q5_K) v = _mm512_mask_add_epi8(v, ld_mask64(o + X16_Q5_K_HB + 64 * j + 8 * g), v, _mm512_set1_epi8(16));
+    if (wt == ML_TYPE_Q5_K) v = _mm512_mask_add_epi8(v, ld_mask64(o + X16_Q5_K_HB(j, g)), v, _mm512_set1_epi8(16));
     return v;
   }
   case ML_TYPE_Q6_K: { /* sub-block j = 8h + 2k + j', element 128h + 32k + 16j' + 4g + i */
@@ -334,16 +334,24 @@ X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const
     kq_scales(wt, o, sc, mnp);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++) it[m] = _mm512_setzero_si512();
-    if (X16_VNNI && wt == ML_TYPE_Q4_K) {
-      /* sub-blocks 2c and 2c + 1 share their bytes: high nibbles kept in place (16 v) */
+    if (X16_VNNI && (wt == ML_TYPE_Q4_K || wt == ML_TYPE_Q5_K)) {
+      /* sub-blocks 2c and 2c + 1 share their bytes: q4_K keeps the high nibbles in place
+       * (16 v, >> 4 at the end); q5_K shifts them down to add the fifth bits */
+      const int is5 = wt == ML_TYPE_Q5_K;
       for (int c = 0; c < 4; c++) {
         __m512i tl[8], th[8];
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) tl[m] = th[m] = _mm512_setzero_si512();
 #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
-          __m512i x = ld(o + X16_Q4_K_Q + 512 * c + 64 * g);
+          __m512i x = ld(o + X16_QK_CHUNK(is5, c) + 64 * g);
           __m512i lo = _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), hi = _mm512_and_si512(x, _mm512_set1_epi8((char)0xF0));
+          if (is5) {
+            const __m512i b16 = _mm512_set1_epi8(16);
+            lo = _mm512_mask_add_epi8(lo, ld_mask64(o + X16_Q5_K_HB(2 * c, g)), lo, b16);
+            hi = _mm512_srli_epi16(hi, 4);
+            hi = _mm512_mask_add_epi8(hi, ld_mask64(o + X16_Q5_K_HB(2 * c + 1, g)), hi, b16);
+          }
 #pragma GCC unroll 8
           for (int m = 0; m < MR; m++) {
             tl[m] = x16_dot4(tl[m], lo, bcast32(ap + 4 * ((16 * c + g) * MR + m)));
@@ -353,7 +361,7 @@ X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++)
           it[m] = _mm512_add_epi32(it[m], _mm512_add_epi32(_mm512_mullo_epi32(tl[m], sc[2 * c]),
-                                                           _mm512_mullo_epi32(_mm512_srai_epi32(th[m], 4), sc[2 * c + 1])));
+                                                           _mm512_mullo_epi32(is5 ? th[m] : _mm512_srai_epi32(th[m], 4), sc[2 * c + 1])));
       }
     } else if (wt == ML_TYPE_Q6_K) {
       /* in storage order: one 64-byte vector of low bits holds k-group g of sub-blocks ja

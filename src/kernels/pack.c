@@ -124,12 +124,11 @@ static void pack_block(ml_type wt, const uint8_t *const rows[ML_X16], size_t bsz
       memcpy(o + X16_Q4_K_DMIN + 2 * r, is5 ? &s5->dmin : &s4->dmin, 2);
       const uint8_t *sc = is5 ? s5->scales : s4->scales, *qs = is5 ? s5->qs : s4->qs;
       for (int j = 0; j < 3; j++) memcpy(o + X16_Q4_K_SC + 64 * j + 4 * r, sc + 4 * j, 4);
-      uint8_t *q = o + (is5 ? X16_Q5_K_Q : X16_Q4_K_Q);
-      for (int c = 0; c < 4; c++) put_q32(q + 512 * c, r, qs + 32 * c);
+      for (int c = 0; c < 4; c++) put_q32(o + X16_QK_CHUNK(is5, c), r, qs + 32 * c);
       if (is5)
         for (int j = 0; j < 8; j++)
           for (int g = 0; g < 8; g++) {
-            uint8_t *hb = o + X16_Q5_K_HB + 64 * j + 8 * g;
+            uint8_t *hb = o + X16_Q5_K_HB(j, g);
             uint64_t v = get_u64(hb);
             for (int i = 0; i < 4; i++) v |= (uint64_t)((s5->qh[4 * g + i] >> j) & 1) << (4 * r + i);
             put_u64(hb, v);
@@ -238,15 +237,14 @@ static void unpack_kq(ml_type wt, const uint8_t *o, ml_x16_block *u) {
     switch (wt) {
     case ML_TYPE_Q4_K: case ML_TYPE_Q5_K: {
       scales12(o + X16_Q4_K_SC, r, s12);
-      const uint8_t *q = o + (wt == ML_TYPE_Q5_K ? X16_Q5_K_Q : X16_Q4_K_Q);
       for (int j = 0; j < 8; j++) {
         uint8_t sc, mn;
         ml_q4k_scale_min(s12, j, &sc, &mn);
         u->sc[j][r] = sc;
         u->mn[j][r] = mn;
         for (int l = 0; l < 32; l++) {
-          int v = nib(q + 512 * (j / 2), l / 4, r, l % 4, j % 2);
-          if (wt == ML_TYPE_Q5_K) v |= (int)((get_u64(o + X16_Q5_K_HB + 64 * j + 8 * (l / 4)) >> (4 * r + l % 4)) & 1) << 4;
+          int v = nib(o + X16_QK_CHUNK(wt == ML_TYPE_Q5_K, j / 2), l / 4, r, l % 4, j % 2);
+          if (wt == ML_TYPE_Q5_K) v |= (int)((get_u64(o + X16_Q5_K_HB(j, l / 4)) >> (4 * r + l % 4)) & 1) << 4;
           u->v[r][32 * j + l] = (uint8_t)v;
         }
       }

@@ -130,6 +130,8 @@ $(BUILD)/bench/peak: bench/peak.c
 bench: deps-build
 	@$(MAKE) --no-print-directory all $(BUILD)/bench/peak
 	@BUILD=$(BUILD) LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" LUA_CPATH="$(BUILD)/5.4/?.so;;" lua5.4 bench/run.lua
+	@if [ -z "$(BENCH)" ] || [ "$(BENCH)" = serve ]; then \
+	  BUILD=$(BUILD) LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;" LUA_CPATH="$(BUILD)/5.1/?.so;;" luajit bench/serve.lua; fi
 
 # ---- make serve: the OpenAI-compatible server (examples/openresty) in the foreground ----
 #   make serve [PORT=8080] [MODEL=path.gguf] [THREADS=n]; Ctrl-C stops it

@@ -94,6 +94,11 @@ for item in list:gmatch("[^,]+") do
     assert(gen.write(path, gen.shapes[shape], wtype))
     collectgarbage()
   end
+  collectgarbage()
+  -- peak RSS per model: reset the high-water mark (Linux: "5" to clear_refs), which the
+  -- benchmarks run before in the same process would otherwise own
+  local cr = io.open("/proc/self/clear_refs", "w")
+  if cr then cr:write("5"); cr:close() end
   local rss0 = rss_kb()
   local t0 = lm.clock()
   local model = assert(lm.load(path))

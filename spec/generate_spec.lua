@@ -96,10 +96,58 @@ describe("sampler", function()
       mass = mass + math.exp(head.logits[i] - all.logits[1])
     end
     assert.is_true(mass / z >= 0.9)
-    -- a (no-op) user step makes C return everything: the draws must not change
-    local a = lm.sampler { top_k = 0, top_p = 0.9, temperature = 1, seed = 3 }
-    local b = lm.sampler { top_k = 0, top_p = 0.9, temperature = 1, seed = 3, steps = { function() end } }
-    for _ = 1, 200 do assert.are.equal(a:sample(l), b:sample(l)) end
+  end)
+
+  it("without top_k or user steps, the whole chain runs in C: same distribution as in Lua", function()
+    local l = T.randn({ 1000 }, { seed = 4, std = 3 })
+    for _, o in ipairs { { top_p = 0.9, temperature = 1 }, { top_p = 0.7, min_p = 0.05, temperature = 0.7 },
+                         { temperature = 1.5 } } do
+      -- the expected distribution, from the Lua chain's candidates (sorted, full precision)
+      local all = lm.sampler { top_k = 0, temperature = 1 }:candidates(l)
+      local z, cum, keep = 0, 0, #all.ids
+      for i = 1, #all.logits do z = z + math.exp(all.logits[i] - all.logits[1]) end
+      for i = 1, #all.logits do
+        cum = cum + math.exp(all.logits[i] - all.logits[1]) / z
+        if o.top_p and cum >= o.top_p then keep = i break end
+      end
+      local cut = o.min_p and all.logits[1] + math.log(o.min_p) or -math.huge
+      local want, s = {}, 0
+      for i = 1, keep do
+        if all.logits[i] >= cut then
+          want[all.ids[i]] = math.exp((all.logits[i] - all.logits[1]) / o.temperature)
+          s = s + want[all.ids[i]]
+        end
+      end
+      for id, e in pairs(want) do want[id] = e / s end
+      -- C's draws: only kept tokens, each with its probability, at the right frequencies
+      local a = lm.sampler { top_k = 0, top_p = o.top_p, min_p = o.min_p, temperature = o.temperature, seed = 3 }
+      local b = lm.sampler { top_k = 0, top_p = o.top_p, min_p = o.min_p, temperature = o.temperature, seed = 3,
+                             steps = { function() end } } -- a user step: the Lua chain
+      local ca, cb, n = {}, {}, 4000
+      for _ = 1, n do
+        local id, p = a:sample(l)
+        assert.is_not_nil(want[id], "drew a token outside the kept set")
+        assert.is_true(math.abs(p - want[id]) <= 1e-5 * want[id] + 1e-9, ("p %g, want %g"):format(p, want[id]))
+        ca[id] = (ca[id] or 0) + 1
+        local jd = b:sample(l)
+        cb[jd] = (cb[jd] or 0) + 1
+      end
+      for id, p in pairs(want) do
+        if p > 0.05 then
+          local sd = math.sqrt(p * (1 - p) / n)
+          assert.is_true(math.abs((ca[id] or 0) / n - p) < 5 * sd, ("C: token %d %d/%d, p %.3f"):format(id, ca[id] or 0, n, p))
+          assert.is_true(math.abs((cb[id] or 0) / n - p) < 5 * sd, ("Lua: token %d %d/%d, p %.3f"):format(id, cb[id] or 0, n, p))
+        end
+      end
+      -- the same seed gives the same draws
+      local a2 = lm.sampler { top_k = 0, top_p = o.top_p, min_p = o.min_p, temperature = o.temperature, seed = 3 }
+      local a3 = lm.sampler { top_k = 0, top_p = o.top_p, min_p = o.min_p, temperature = o.temperature, seed = 3 }
+      for _ = 1, 50 do assert.are.equal(a2:sample(l), a3:sample(l)) end
+    end
+    -- greedy, and every token banned: the best (lowest id among equals)
+    assert.are.equal(2, (lm.sampler { top_k = 0, temperature = 0 }:sample(T{ 1, 2, 3, 3 })))
+    assert.are.equal(0, (lm.sampler { top_k = 0, logit_bias = { [0] = -math.huge, [1] = -math.huge } }:sample(T{ 1, 2 })))
+    assert.are.equal(1, (lm.sampler { top_k = 0, logit_bias = { [0] = -math.huge } }:sample(T{ 5, 2 })))
   end)
 
   it("mirostat v2 adapts mu toward tau", function()

@@ -57,12 +57,78 @@ static int64_t select_top(cand *h, const float *x, int64_t n, int64_t k, const u
   return m;
 }
 
+/* The whole-vocabulary chain top_p -> min_p -> temperature -> draw, for top_k = 0 without
+ * user steps: what would otherwise hand tens of thousands of candidates to Lua when the
+ * distribution is flat. No sort: the top_p head is found by selection on the logits with
+ * running probability mass (expected O(n)), then drawn from in the order selection left
+ * it, which is a fixed function of the logits, so a seed still gives the same text.
+ * c[0..n) holds every token's adjusted logit. Returns the index in c of the drawn token
+ * and its probability. */
+typedef struct wcand { float v; int32_t id; double e; } wcand;
+
+static void wswap(wcand *a, wcand *b) { wcand t = *a; *a = *b; *b = t; }
+static int wbetter(const wcand *a, const wcand *b) { return a->v > b->v || (a->v == b->v && a->id < b->id); }
+
+static int64_t draw_whole(wcand *c, int64_t n, double top_p, double min_p, double temp, double u, double *prob) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; i++)
+    if (wbetter(&c[i], &c[best])) best = i;
+  double mmax = c[best].v, z = 0;
+  if (mmax == -INFINITY || temp <= 0) { /* everything banned, or greedy: the best */
+    *prob = 1;
+    return best;
+  }
+  for (int64_t i = 0; i < n; i++) z += c[i].e = expf(c[i].v - (float)mmax); /* float exp: 4x cheaper */
+  /* top_p: the shortest best-first prefix whose mass reaches top_p z; [0, lo) is taken */
+  int64_t lo = 0, hi = n, last = n - 1;
+  double need = top_p >= 1 ? INFINITY : top_p * z;
+  while (need != INFINITY && hi - lo > 1) {
+    int64_t a = lo, mid = lo + (hi - lo) / 2, b = hi - 1; /* median of three as the pivot, to hi - 1 */
+    if (wbetter(&c[mid], &c[a])) wswap(&c[mid], &c[a]);
+    if (wbetter(&c[b], &c[a])) wswap(&c[b], &c[a]);
+    if (wbetter(&c[mid], &c[b])) wswap(&c[mid], &c[b]);
+    wcand pv = c[b];
+    int64_t w = lo;
+    double up = 0;
+    for (int64_t i = lo; i < b; i++)
+      if (wbetter(&c[i], &pv)) {
+        up += c[i].e;
+        wswap(&c[i], &c[w++]);
+      }
+    wswap(&c[w], &c[b]); /* the pivot at w: better ones before it, the others after */
+    if (up >= need) hi = w;
+    else if (up + c[w].e >= need) { lo = hi = w; break; }
+    else need -= up + c[w].e, lo = w + 1;
+  }
+  if (need != INFINITY) last = lo < n ? lo : n - 1;
+  /* min_p, relative to the best; then softmax at the temperature over what is left */
+  double cut = min_p > 0 ? mmax + log(min_p) : -INFINITY, s = 0;
+  float itemp = (float)(1 / temp);
+  for (int64_t i = 0; i <= last; i++)
+    if ((double)c[i].v >= cut) s += c[i].e = expf((c[i].v - (float)mmax) * itemp);
+    else c[i].e = 0;
+  double cum = 0;
+  int64_t pick = -1;
+  for (int64_t i = 0; i <= last; i++) {
+    if (c[i].e == 0) continue;
+    pick = i;
+    cum += c[i].e / s;
+    if (u < cum) break;
+  }
+  if (pick < 0) pick = best;
+  *prob = c[pick].e / s;
+  return pick;
+}
+
 /* candidates(logits, { top_k = 40, bias = {[id] = b}, history = {ids}, penalty_last_n = 64,
  *   repeat_penalty = 1, frequency_penalty = 0, presence_penalty = 0, top_p_hint = 1 })
  *   -> ids (0-based), values: the top_k best adjusted logits in descending order (all of
  *   them when top_k is 0, or, with top_p_hint < 1, the shortest head whose probability mass
  *   reaches it), ties broken by the lower id. When only a head is returned, a third value is
- *   sum(exp(v - best)) over the whole vocabulary, for probabilities of the full distribution. */
+ *   sum(exp(v - best)) over the whole vocabulary, for probabilities of the full distribution.
+ * With `draw = u` (a uniform number in [0, 1)) and top_k = 0, the chain top_p -> min_p ->
+ * temperature -> draw runs here over the whole vocabulary (draw_whole), and the result is
+ * id, probability instead (options temperature [1], top_p [1], min_p [0]). */
 static int l_candidates(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
   if (t->type != ML_TYPE_F32 || t->ndim != 1 || t->stride[0] != 1)
@@ -72,6 +138,7 @@ static int l_candidates(lua_State *L) {
   int64_t n = t->shape[0];
   const float *x = ml_tensor_data(t);
   double top_k = 40, last_n = 64, rep = 1, freq = 0, pres = 0, hint_p = 1;
+  double draw_u = -1, temp = 1, top_p = 1, min_p = 0;
 #define NUM(field, var) \
   lua_getfield(L, 2, field); \
   if (!lua_isnil(L, -1)) var = luaL_checknumber(L, -1); \
@@ -83,6 +150,10 @@ static int l_candidates(lua_State *L) {
     NUM("frequency_penalty", freq);
     NUM("presence_penalty", pres);
     NUM("top_p_hint", hint_p);
+    NUM("draw", draw_u);
+    NUM("temperature", temp);
+    NUM("top_p", top_p);
+    NUM("min_p", min_p);
   }
 #undef NUM
   int64_t k = top_k <= 0 || top_k > (double)n ? n : (int64_t)top_k;
@@ -147,6 +218,19 @@ static int l_candidates(lua_State *L) {
     touched = lua_newuserdatauv(L, (size_t)n, 0);
     memset(touched, 0, (size_t)n);
     for (int64_t j = 0; j < nadj; j++) touched[ids[j]] = 1;
+  }
+  if (draw_u >= 0 && k == n && n > 0) {
+    wcand *c = lua_newuserdatauv(L, sizeof(wcand) * (size_t)n, 0);
+    for (int64_t i = 0; i < n; i++) {
+      float v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      c[i].v = v == v ? v : -INFINITY;
+      c[i].id = (int32_t)i;
+    }
+    double prob;
+    int64_t i = draw_whole(c, n, top_p, min_p, temp, draw_u, &prob);
+    lua_pushinteger(L, c[i].id);
+    lua_pushnumber(L, prob);
+    return 2;
   }
   /* Without a top_k cut, a top_p hint lets us return only the head of the distribution:
    * the smallest prefix (in logit order) whose probability mass reaches top_p. The Lua side

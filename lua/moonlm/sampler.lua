@@ -23,6 +23,11 @@
 -- A step gets cands = { ids = {...}, logits = {...} } (0-based ids, sorted best first, already
 -- cut by top_k) and the history; it may edit both arrays in place (they stay parallel) or
 -- return a new cands table. Returning an empty set is an error.
+-- Where it runs: the work over the whole vocabulary (bias, penalties, top_k) is C, the rest
+-- Lua over the few candidates left. With top_k = 0 and no steps, typical_p or mirostat, the
+-- cuts and the draw run in C as well (with a number from this sampler's generator), since a
+-- flat distribution would otherwise hand most of the vocabulary to Lua; the draws then
+-- follow the same distribution in a different order than with a step added.
 local core = require "moonlm.core"
 
 local exp, log, huge, floor = math.exp, math.log, math.huge, math.floor
@@ -81,6 +86,14 @@ function _M.new(opts)
   -- when nothing between top_k and top_p needs the rest (user steps, typical_p, mirostat)
   if self.top_k == 0 and self.top_p < 1 and not self.steps and self.typical_p >= 1 and self.mirostat == 0 then
     self.c_opts.top_p_hint = self.top_p
+  end
+  -- and sample() then runs top_p, min_p, temperature and the draw in C too, with a uniform
+  -- number from our generator: with a flat distribution the head is most of the vocabulary
+  if self.top_k == 0 and not self.steps and self.typical_p >= 1 and self.mirostat == 0 then
+    self.whole = { top_k = 0, bias = self.logit_bias, penalty_last_n = self.penalty_last_n,
+                   repeat_penalty = self.repeat_penalty, frequency_penalty = self.frequency_penalty,
+                   presence_penalty = self.presence_penalty, temperature = self.temperature,
+                   top_p = self.top_p, min_p = self.min_p }
   end
   return self
 end
@@ -198,6 +211,13 @@ end
 
 -- sample(logits, history) -> id (0-based), and its probability under the final distribution
 function Sampler:sample(logits, history)
+  local w = self.whole
+  if w then
+    w.history, w.draw = history, self.temperature > 0 and self.rng:uniform() or 0
+    local id, p = core.candidates(logits, w)
+    w.history = nil
+    return id, p
+  end
   local c = self:candidates(logits, history)
   if #c.ids == 0 then error("no candidates to sample from", 2) end
   -- all candidates banned (-inf): fall back to the best of them

@@ -31,7 +31,7 @@
 local core = require "moonlm.core"
 
 local exp, log, huge, floor = math.exp, math.log, math.huge, math.floor
-local type, error, ipairs, setmetatable = type, error, ipairs, setmetatable
+local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
 
 local _M = {}
 local Sampler = {}
@@ -90,10 +90,9 @@ function _M.new(opts)
   -- and sample() then runs top_p, min_p, temperature and the draw in C too, with a uniform
   -- number from our generator: with a flat distribution the head is most of the vocabulary
   if self.top_k == 0 and not self.steps and self.typical_p >= 1 and self.mirostat == 0 then
-    self.whole = { top_k = 0, bias = self.logit_bias, penalty_last_n = self.penalty_last_n,
-                   repeat_penalty = self.repeat_penalty, frequency_penalty = self.frequency_penalty,
-                   presence_penalty = self.presence_penalty, temperature = self.temperature,
-                   top_p = self.top_p, min_p = self.min_p }
+    local w = { temperature = self.temperature, top_p = self.top_p, min_p = self.min_p }
+    for k, v in pairs(self.c_opts) do w[k] = v end
+    self.whole = w
   end
   return self
 end

@@ -173,6 +173,12 @@ static char *stream(const ml_vocab *v, const int32_t *ids, int64_t n, int flags,
   return b;
 }
 
+static int has_user_defined(const ml_vocab *v, const int32_t *ids, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    if (ml_vocab_token_attr(v, ids[i]) & ML_TOKEN_USER_DEFINED) return 1;
+  return 0;
+}
+
 static void fuzz_text(int vi, uint8_t opt, const uint8_t *s, size_t n) {
   const ml_vocab *v = vocabs[vi];
   const ml_vocab_info *in = ml_vocab_get_info(v);
@@ -186,7 +192,18 @@ static void fuzz_text(int vi, uint8_t opt, const uint8_t *s, size_t n) {
   int flags = ML_DETOK_STRIP_SPACE | (special ? ML_DETOK_SPECIAL : 0);
   int lead = bos && in->bos >= 0, trail = eos && in->eos >= 0; /* the ids added around the text */
   char *dt = detokenize(v, ids + lead, k - lead - trail, flags, (opt >> 5) & 7, &dl);
-  if (!special || (!strips[vi] && !in->nfc)) EXPECT(dl == el && memcmp(dt, exp, el) == 0);
+  if (!special || (!strips[vi] && !in->nfc)) {
+    if (in->nfc && has_user_defined(v, ids, k)) {
+      /* user-defined tokens are matched before normalising, as the reference does, so NFC
+       * applies to the text between them: only the text's NFC form is the same */
+      size_t nl;
+      char *nd = expected(v, (const uint8_t *)dt, dl, &nl);
+      EXPECT(nl == el && memcmp(nd, exp, el) == 0);
+      free(nd);
+    } else {
+      EXPECT(dl == el && memcmp(dt, exp, el) == 0);
+    }
+  }
   char *sm = stream(v, ids + lead, k - lead - trail, flags, &sl);
   if (valid_utf8(dt, dl)) EXPECT(sl == dl && memcmp(sm, dt, dl) == 0);
   free(exp);

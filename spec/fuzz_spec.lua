@@ -36,7 +36,7 @@ describe("fuzzing #once", function()
   end)
 
   it("tokenizers: 15 seconds, no crash, leak or timeout", function()
-    local code, log = fuzz("tokenizer", 15, "")
+    local code, log = fuzz("tokenizer", 15, "fuzz/seeds/tokenizer")
     assert.are.equal(0, code, log:sub(-3000))
     assert.truthy(log:match("Done (%d+) runs"), log:sub(-2000))
   end)

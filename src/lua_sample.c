@@ -2,12 +2,15 @@
  * only sees a handful of candidates per token: logit bias and repetition penalties applied
  * on the fly (the logits tensor is not modified), then the k best candidates, sorted. Also
  * the seeded generator samplers draw from (same seed, same draws on every machine). */
+#include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
 #include "lua_internal.h"
 #include "lua_tensor.h"
+#include "rowops.h"
 
 typedef struct cand { float v; int32_t id; } cand;
 
@@ -59,64 +62,82 @@ static int64_t select_top(cand *h, const float *x, int64_t n, int64_t k, const u
 
 /* The whole-vocabulary chain top_p -> min_p -> temperature -> draw, for top_k = 0 without
  * user steps: what would otherwise hand tens of thousands of candidates to Lua when the
- * distribution is flat. No sort: the top_p head is found by selection on the logits with
- * running probability mass (expected O(n)), then drawn from in the order selection left
- * it, which is a fixed function of the logits, so a seed still gives the same text.
- * c[0..n) holds every token's adjusted logit. Returns the index in c of the drawn token
+ * distribution is flat. No sort of the vocabulary: a histogram of the probability mass by
+ * distance below the best logit finds the bin where the top_p head ends, and only that bin's
+ * tokens are sorted. The head is then the tokens better than the last one it needs (higher
+ * logit, or equal with a lower id), and the draw goes through it in id order, a fixed
+ * function of the logits, so a seed still gives the same text. The exponentials are a row
+ * op (vectorised at the AVX2 level and above).
+ * v: every token's adjusted logit (NaN as -inf); e, cs, bins: scratch of n. Returns the drawn id
  * and its probability. */
-typedef struct wcand { float v; int32_t id; double e; } wcand;
+enum { DRAW_BINS = 4096 };
+#define DRAW_BIN_SCALE 128.0f /* bins per unit of logit below the best: 32 logits in all */
 
-static void wswap(wcand *a, wcand *b) { wcand t = *a; *a = *b; *b = t; }
-static int wbetter(const wcand *a, const wcand *b) { return a->v > b->v || (a->v == b->v && a->id < b->id); }
+static int draw_bin(float best, float v) {
+  float x = (best - v) * DRAW_BIN_SCALE;
+  return x < (float)(DRAW_BINS - 1) ? (int)x : DRAW_BINS - 1;
+}
 
-static int64_t draw_whole(wcand *c, int64_t n, double top_p, double min_p, double temp, double u, double *prob) {
+static int cand_cmp(const void *pa, const void *pb) {
+  const cand *a = pa, *b = pb;
+  return better(*a, *b) ? -1 : better(*b, *a) ? 1 : 0;
+}
+
+static int64_t draw_whole(const float *v, float *e, cand *cs, uint16_t *bins, int64_t n, double top_p, double min_p,
+                          double temp, double u, double *prob) {
+  const ml_rowops *ro = ml_rowops_get();
+  float m8[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
   int64_t best = 0;
-  for (int64_t i = 1; i < n; i++)
-    if (wbetter(&c[i], &c[best])) best = i;
-  double mmax = c[best].v, z = 0;
-  if (mmax == -INFINITY || temp <= 0) { /* everything banned, or greedy: the best */
-    *prob = 1;
-    return best;
+  for (; best + 8 <= n; best += 8) /* eight running maxima: no chain through one register */
+    for (int j = 0; j < 8; j++) m8[j] = v[best + j] > m8[j] ? v[best + j] : m8[j];
+  float mmax = -INFINITY;
+  for (int j = 0; j < 8; j++) mmax = m8[j] > mmax ? m8[j] : mmax;
+  for (; best < n; best++) mmax = v[best] > mmax ? v[best] : mmax;
+  for (best = 0; best < n - 1 && !(v[best] == mmax); best++) {} /* the first of equals: the lowest id */
+  *prob = 1;
+  if (mmax == -INFINITY || temp <= 0) return best; /* everything banned, or greedy */
+  /* top_p: the last token (v_last, id_last) of the shortest best-first prefix reaching it */
+  float v_last = -FLT_MAX;
+  int64_t id_last = n;
+  if (top_p < 1) {
+    double z = ro->exp_shift(e, v, n, mmax, 1.0f, -FLT_MAX), need = top_p * z, mass[DRAW_BINS] = {0}, cum = 0;
+    for (int64_t i = 0; i < n; i++) {
+      bins[i] = (uint16_t)draw_bin(mmax, v[i]); /* -inf: the last bin, with no mass */
+      mass[bins[i]] += e[i];
+    }
+    int bin = 0;
+    while (bin < DRAW_BINS && cum + mass[bin] < need) cum += mass[bin++];
+    if (bin < DRAW_BINS) {
+      int64_t m = 0;
+      for (int64_t i = 0; i < n; i++)
+        if (bins[i] == bin && v[i] > -INFINITY) cs[m].v = v[i], cs[m++].id = (int32_t)i;
+      qsort(cs, (size_t)m, sizeof *cs, cand_cmp);
+      int64_t j = 0;
+      for (double acc = cum; j < m - 1; j++)
+        if ((acc += e[cs[j].id]) >= need) break;
+      v_last = cs[j].v, id_last = cs[j].id;
+    }
   }
-  for (int64_t i = 0; i < n; i++) z += c[i].e = expf(c[i].v - (float)mmax); /* float exp: 4x cheaper */
-  /* top_p: the shortest best-first prefix whose mass reaches top_p z; [0, lo) is taken */
-  int64_t lo = 0, hi = n, last = n - 1;
-  double need = top_p >= 1 ? INFINITY : top_p * z;
-  while (need != INFINITY && hi - lo > 1) {
-    int64_t a = lo, mid = lo + (hi - lo) / 2, b = hi - 1; /* median of three as the pivot, to hi - 1 */
-    if (wbetter(&c[mid], &c[a])) wswap(&c[mid], &c[a]);
-    if (wbetter(&c[b], &c[a])) wswap(&c[b], &c[a]);
-    if (wbetter(&c[mid], &c[b])) wswap(&c[mid], &c[b]);
-    wcand pv = c[b];
-    int64_t w = lo;
-    double up = 0;
-    for (int64_t i = lo; i < b; i++)
-      if (wbetter(&c[i], &pv)) {
-        up += c[i].e;
-        wswap(&c[i], &c[w++]);
-      }
-    wswap(&c[w], &c[b]); /* the pivot at w: better ones before it, the others after */
-    if (up >= need) hi = w;
-    else if (up + c[w].e >= need) { lo = hi = w; break; }
-    else need -= up + c[w].e, lo = w + 1;
+  /* min_p relative to the best, as a float bound equivalent to the double comparison */
+  float cut = -FLT_MAX;
+  if (min_p > 0) {
+    double c = (double)mmax + log(min_p);
+    cut = (float)c;
+    if ((double)cut < c) cut = nextafterf(cut, INFINITY);
   }
-  if (need != INFINITY) last = lo < n ? lo : n - 1;
-  /* min_p, relative to the best; then softmax at the temperature over what is left */
-  double cut = min_p > 0 ? mmax + log(min_p) : -INFINITY, s = 0;
-  float itemp = (float)(1 / temp);
-  for (int64_t i = 0; i <= last; i++)
-    if ((double)c[i].v >= cut) s += c[i].e = expf((c[i].v - (float)mmax) * itemp);
-    else c[i].e = 0;
-  double cum = 0;
-  int64_t pick = -1;
-  for (int64_t i = 0; i <= last; i++) {
-    if (c[i].e == 0) continue;
+  if (v_last > cut) cut = v_last;
+  double s = ro->exp_shift(e, v, n, mmax, (float)(1 / temp), cut);
+  if (v_last >= cut) /* ties with the last token of the head: only the lower ids are in */
+    for (int64_t i = id_last + 1; i < n; i++)
+      if (v[i] == v_last) s -= e[i], e[i] = 0;
+  double target = u * s, acc = 0;
+  int64_t pick = best;
+  for (int64_t i = 0; i < n; i++) {
+    if (e[i] == 0) continue;
     pick = i;
-    cum += c[i].e / s;
-    if (u < cum) break;
+    if ((acc += e[i]) > target) break;
   }
-  if (pick < 0) pick = best;
-  *prob = c[pick].e / s;
+  *prob = e[pick] / s;
   return pick;
 }
 
@@ -220,15 +241,14 @@ static int l_candidates(lua_State *L) {
     for (int64_t j = 0; j < nadj; j++) touched[ids[j]] = 1;
   }
   if (draw_u >= 0 && k == n && n > 0) {
-    wcand *c = lua_newuserdatauv(L, sizeof(wcand) * (size_t)n, 0);
+    float *v = lua_newuserdatauv(L, (sizeof(float) * 2 + sizeof(cand) + sizeof(uint16_t)) * (size_t)n, 0);
     for (int64_t i = 0; i < n; i++) {
-      float v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
-      c[i].v = v == v ? v : -INFINITY;
-      c[i].id = (int32_t)i;
+      float a = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      v[i] = a == a ? a : -INFINITY;
     }
     double prob;
-    int64_t i = draw_whole(c, n, top_p, min_p, temp, draw_u, &prob);
-    lua_pushinteger(L, c[i].id);
+    int64_t id = draw_whole(v, v + n, (cand *)(v + 2 * n), (uint16_t *)(v + 4 * n), n, top_p, min_p, temp, draw_u, &prob);
+    lua_pushinteger(L, id);
     lua_pushnumber(L, prob);
     return 2;
   }

@@ -50,8 +50,14 @@ static void silu_mul_ref(float *g, const float *u, int64_t n) {
   for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static double exp_shift_ref(float *y, const float *x, int64_t n, float shift, float scale, float cut) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += y[i] = x[i] >= cut ? expf((x[i] - shift) * scale) : 0.0f;
+  return s;
+}
+
 const ml_rowops ml_rowops_ref = {"ref", dot_ref, axpy_ref, scale_ref, add_ref, f16_to_f32_ref, f32_to_f16_ref,
-                                 rmsnorm_ref, silu_mul_ref};
+                                 rmsnorm_ref, silu_mul_ref, exp_shift_ref};
 
 extern const ml_rowops ml_rowops_avx2 __attribute__((weak));
 

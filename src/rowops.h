@@ -20,6 +20,8 @@ typedef struct ml_rowops {
   /* y = x / sqrt(mean(x²) + eps) * w */
   void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, float eps);
   void (*silu_mul)(float *g, const float *u, int64_t n);      /* g = silu(g) * u */
+  /* y = x >= cut ? exp((x - shift) * scale) : 0, returning the sum of y (in double) */
+  double (*exp_shift)(float *y, const float *x, int64_t n, float shift, float scale, float cut);
 } ml_rowops;
 
 extern const ml_rowops ml_rowops_ref;

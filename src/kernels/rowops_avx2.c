@@ -109,5 +109,23 @@ static void silu_mul_avx2(float *g, const float *u, int64_t n) {
   for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static double exp_shift_avx2(float *y, const float *x, int64_t n, float shift, float scale, float cut) {
+  const __m256 vs = _mm256_set1_ps(shift), vk = _mm256_set1_ps(scale), vc = _mm256_set1_ps(cut);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256 e = _mm256_and_ps(exp_avx2(_mm256_mul_ps(_mm256_sub_ps(v, vs), vk)), _mm256_cmp_ps(v, vc, _CMP_GE_OQ));
+    _mm256_storeu_ps(y + i, e);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  double t[4], s = 0;
+  _mm256_storeu_pd(t, _mm256_add_pd(s0, s1));
+  s = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < n; i++) s += y[i] = x[i] >= cut ? expf((x[i] - shift) * scale) : 0.0f;
+  return s;
+}
+
 const ml_rowops ml_rowops_avx2 = {"avx2", dot_avx2, axpy_avx2, scale_avx2, add_avx2, f16_to_f32_avx2, f32_to_f16_avx2,
-                                  rmsnorm_avx2, silu_mul_avx2};
+                                  rmsnorm_avx2, silu_mul_avx2, exp_shift_avx2};

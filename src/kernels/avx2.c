@@ -556,9 +556,9 @@ static inline void unpack_kq(ml_type wt, const uint8_t *o, uint8_t *u) {
       break;
     case ML_TYPE_Q3_K:
       for (int g = 0; g < 8; g++) {
-        __m256i hm = ld(o + X16_Q3_K_HM + 64 * g + base);
+        __m256i hm = ld(o + X16_Q3_K_HM(g) + base);
         for (int hh = 0; hh < 2; hh++) {
-          __m256i x = ld(o + X16_Q3_K_Q + 512 * hh + 64 * g + base);
+          __m256i x = ld(o + X16_Q3_K_Q(hh, g) + base);
           for (int k = 0; k < 4; k++) {
             __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * hh + k), mask8(1)), 2);
             st(u + 64 * (32 * hh + 8 * k + g) + base, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 2 * k), mask8(3)), hb));

@@ -155,7 +155,7 @@ X16_AI __m512i kq_val(ml_type wt, const uint8_t *o, int j, int g) {
   }
   case ML_TYPE_Q3_K: {
     int h = j / 8, k = (j % 8) / 2, gg = 4 * (j % 2) + g, sb = 4 * h + k; /* hmask bit, to bit 2 */
-    __m512i x = ld(o + X16_Q3_K_Q + 512 * h + 64 * gg), hm = ld(o + X16_Q3_K_HM + 64 * gg);
+    __m512i x = ld(o + X16_Q3_K_Q(h, gg)), hm = ld(o + X16_Q3_K_HM(gg));
     __m512i hb = sb <= 2 ? _mm512_slli_epi16(hm, 2 - sb) : _mm512_srli_epi16(hm, sb - 2);
     return _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(x, 2 * k), _mm512_set1_epi8(3)),
                            _mm512_and_si512(hb, _mm512_set1_epi8(4)));
@@ -363,6 +363,26 @@ X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const
           it[m] = _mm512_add_epi32(it[m], _mm512_add_epi32(_mm512_mullo_epi32(tl[m], sc[2 * c]),
                                                            _mm512_mullo_epi32(is5 ? th[m] : _mm512_srai_epi32(th[m], 4), sc[2 * c + 1])));
       }
+    } else if (wt == ML_TYPE_Q3_K) {
+      /* in storage order (half s, then h): sub-blocks j = 8h + 2k + s, k-groups 4s..4s+3 */
+      for (int half = 0; half < 2; half++)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++) {
+            const int j = 8 * h + 2 * k + half;
+            __m512i t[8];
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++) t[m] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+              __m512i v = kq_val(wt, o, j, g);
+#pragma GCC unroll 8
+              for (int m = 0; m < MR; m++) t[m] = x16_dot4(t[m], v, bcast32(ap + 4 * ((4 * j + g) * MR + m)));
+            }
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++) it[m] = _mm512_add_epi32(it[m], _mm512_mullo_epi32(t[m], sc[j]));
+          }
     } else if (wt == ML_TYPE_Q6_K) {
       /* in storage order: one 64-byte vector of low bits holds k-group g of sub-blocks ja
        * (low nibbles) and jb = ja + 4 (high nibbles); a high-bit vector serves four */

@@ -149,8 +149,10 @@ static void pack_block(ml_type wt, const uint8_t *const rows[ML_X16], size_t bsz
       const ml_block_q3_K *s = (const void *)x;
       memcpy(o + 2 * r, &s->d, 2);
       for (int j = 0; j < 3; j++) memcpy(o + X16_Q3_K_SC + 64 * j + 4 * r, s->scales + 4 * j, 4);
-      for (int h = 0; h < 2; h++) put_q32(o + X16_Q3_K_Q + 512 * h, r, s->qs + 32 * h);
-      put_q32(o + X16_Q3_K_HM, r, s->hmask);
+      for (int s4 = 0; s4 < 2; s4++) {
+        for (int h = 0; h < 2; h++) put_q16(o + X16_Q3_K_Q(h, 4 * s4), r, s->qs + 32 * h + 16 * s4);
+        put_q16(o + X16_Q3_K_HM(4 * s4), r, s->hmask + 16 * s4);
+      }
     } break;
     case ML_TYPE_Q2_K: {
       const ml_block_q2_K *s = (const void *)x;
@@ -270,8 +272,8 @@ static void unpack_kq(ml_type wt, const uint8_t *o, ml_x16_block *u) {
       }
       for (int e = 0; e < 256; e++) {
         int h = e / 128, k = (e / 32) % 4, l = e % 32, g = l / 4, i = l % 4;
-        int q2 = (o[X16_Q3_K_Q + 512 * h + 64 * g + 4 * r + i] >> (2 * k)) & 3;
-        int hb = (o[X16_Q3_K_HM + 64 * g + 4 * r + i] >> (4 * h + k)) & 1;
+        int q2 = (o[X16_Q3_K_Q(h, g) + 4 * r + i] >> (2 * k)) & 3;
+        int hb = (o[X16_Q3_K_HM(g) + 4 * r + i] >> (4 * h + k)) & 1;
         u->v[r][e] = (uint8_t)(q2 | hb << 2);
       }
       break;

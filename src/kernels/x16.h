@@ -18,8 +18,8 @@
  *         ql[2 kk][4 g'][16 r][4 i] = ql[64h+32kk+4g+i] }, g = 4s+g'
  *         element 128h+32k+4g+i: ql nibble of kk = k & 1 (low if k < 2), qh bits 2k..2k+1;
  *         a kernel going through h, s, kk reads the block strictly in order
- *   q3_K  d | sc[3][16] u32 | q[2 h][8 g][16 r][4 i] = qs[32h+4g+i] |
- *         hm[8 g][16 r][4 i] = hmask[4g+i]
+ *   q3_K  d | sc[3][16] u32 | pad | v[2 s] { hm[4 g'][16 r][4 i] = hmask[4g+i],
+ *         q[2 h][4 g'][16 r][4 i] = qs[32h+4g+i] }, g = 4s+g'
  *         element 128h+32k+4g+i: bits 2k..2k+1 of q, bit 4h+k of hm
  *   q2_K  d | dmin | sc[16 j][16 r] u8 | q[2 h][8 g][16 r][4 i] = qs[32h+4g+i]
  *   bf16  blocks of 32: p[16 kp][16 r][2] = elements 2kp, 2kp+1 (an AMX-BF16 B tile)
@@ -42,11 +42,14 @@ enum {
   X16_Q4_K_DMIN = 32, X16_Q4_K_SC = 64, X16_Q4_K_Q = 256, X16_Q4_K_BYTES = 2304,
   X16_Q5_K_DMIN = 32, X16_Q5_K_SC = 64, X16_Q5_K_V = 256, X16_Q5_K_BYTES = 2816,
   X16_Q6_K_SC = 32, X16_Q6_K_V = 320, X16_Q6_K_BYTES = 3392,
-  X16_Q3_K_SC = 32, X16_Q3_K_Q = 256, X16_Q3_K_HM = 1280, X16_Q3_K_BYTES = 1792,
+  X16_Q3_K_SC = 32, X16_Q3_K_V = 256, X16_Q3_K_BYTES = 1792,
   X16_Q2_K_DMIN = 32, X16_Q2_K_SC = 64, X16_Q2_K_Q = 320, X16_Q2_K_BYTES = 1344,
   X16_BF16_BYTES = 1024, X16_F16_BYTES = 1024
 };
 
+/* q3_K: byte offsets of k-group g's high-bit mask, and of its low bits in half h */
+#define X16_Q3_K_HM(g) (X16_Q3_K_V + 768 * ((g) / 4) + 64 * ((g) % 4))
+#define X16_Q3_K_Q(h, g) (X16_Q3_K_HM(g) + 256 + 256 * (h))
 /* q5_K: byte offsets of sub-block j's fifth bits of k-group g, and of chunk c's low bits */
 #define X16_Q5_K_HB(j, g) (X16_Q5_K_V + 640 * ((j) / 2) + 64 * ((j) % 2) + 8 * (g))
 #define X16_Q5_K_QC(c) (X16_Q5_K_V + 640 * (c) + 128)

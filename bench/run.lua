@@ -1,4 +1,5 @@
--- make bench: every benchmark in turn. Each prints a markdown table with its ratios.
+-- make bench: every benchmark in turn, each in its own process. Each prints a markdown table
+-- with its ratios.
 local lm = require "moonlm"
 local info = lm.info()
 io.write(("# moonlm benchmarks\n\nmachine: %s, %d threads available, kernel level %s, %s\n\n"):format(
@@ -10,7 +11,11 @@ for _, name in ipairs{"matmul_f32", "matmul", "tokenizer", "e2e", "sampling", "r
     local f = io.open(path)
     if f then
       f:close()
-      dofile(path)
+      -- each in a process of its own: memory figures (peak RSS) must not carry what the
+      -- benchmarks before it allocated
+      io.stdout:flush()
+      local ok = os.execute(("%s %s"):format(arg[-1] or "lua5.4", path))
+      if not ok then io.write(("(%s failed)\n"):format(path)) end
       io.write("\n")
     end
   end

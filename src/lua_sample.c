@@ -141,6 +141,20 @@ static int64_t draw_whole(const float *v, float *e, cand *cs, uint16_t *bins, in
   return pick;
 }
 
+/* A buffer of at least `bytes` kept in the registry of this Lua state and reused from call
+ * to call (pages stay mapped and warm: a fresh half-megabyte per token cost page faults).
+ * It is pushed on the stack; C functions never yield, so no two calls share it. */
+static void *scratch(lua_State *L, size_t bytes) {
+  static const char key[] = "moonlm.sample.scratch";
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  if (lua_isuserdata(L, -1) && lua_rawlen(L, -1) >= bytes) return lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  void *p = lua_newuserdatauv(L, bytes, 0);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+  return p;
+}
+
 /* candidates(logits, { top_k = 40, bias = {[id] = b}, history = {ids}, penalty_last_n = 64,
  *   repeat_penalty = 1, frequency_penalty = 0, presence_penalty = 0, top_p_hint = 1 })
  *   -> ids (0-based), values: the top_k best adjusted logits in descending order (all of
@@ -241,7 +255,7 @@ static int l_candidates(lua_State *L) {
     for (int64_t j = 0; j < nadj; j++) touched[ids[j]] = 1;
   }
   if (draw_u >= 0 && k == n && n > 0) {
-    float *v = lua_newuserdatauv(L, (sizeof(float) * 2 + sizeof(cand) + sizeof(uint16_t)) * (size_t)n, 0);
+    float *v = scratch(L, (sizeof(float) * 2 + sizeof(cand) + sizeof(uint16_t)) * (size_t)n);
     for (int64_t i = 0; i < n; i++) {
       float a = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
       v[i] = a == a ? a : -INFINITY;

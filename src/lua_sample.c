@@ -33,6 +33,12 @@ static float adjusted(const int32_t *ids, const float *adj, int64_t nadj, int64_
   return 0;
 }
 
+/* token i's logit after bias and penalties */
+static inline float value_at(const float *x, const uint8_t *touched, const int32_t *ids, const float *adj,
+                             int64_t nadj, int64_t i) {
+  return touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+}
+
 /* The k best of the n (adjusted) values into h, sorted best first; returns how many. */
 static int64_t select_top(cand *h, const float *x, int64_t n, int64_t k, const uint8_t *touched, const int32_t *ids,
                           const float *adj, int64_t nadj) {
@@ -40,7 +46,7 @@ static int64_t select_top(cand *h, const float *x, int64_t n, int64_t k, const u
   for (int64_t i = 0; i < n && k > 0; i++) {
     cand c;
     c.id = (int32_t)i;
-    c.v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+    c.v = value_at(x, touched, ids, adj, nadj, i);
     if (c.v != c.v) c.v = -INFINITY;
     if (m < k) {
       h[m++] = c;
@@ -257,7 +263,7 @@ static int l_candidates(lua_State *L) {
   if (draw_u >= 0 && k == n && n > 0) {
     float *v = scratch(L, (sizeof(float) * 2 + sizeof(cand) + sizeof(uint16_t)) * (size_t)n);
     for (int64_t i = 0; i < n; i++) {
-      float a = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      float a = value_at(x, touched, ids, adj, nadj, i);
       v[i] = a == a ? a : -INFINITY;
     }
     double prob;
@@ -273,11 +279,11 @@ static int l_candidates(lua_State *L) {
   double mmax = -INFINITY, z = 0;
   if (k == n && hint_p < 1 && n > 64) {
     for (int64_t i = 0; i < n; i++) {
-      float v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      float v = value_at(x, touched, ids, adj, nadj, i);
       if (v > mmax) mmax = v;
     }
     for (int64_t i = 0; i < n; i++) {
-      float v = touched && touched[i] ? adjusted(ids, adj, nadj, i) : x[i];
+      float v = value_at(x, touched, ids, adj, nadj, i);
       if (v == v) z += exp((double)v - mmax);
     }
     want = 64;

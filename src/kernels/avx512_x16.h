@@ -364,7 +364,9 @@ X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const
                                                            _mm512_mullo_epi32(is5 ? th[m] : _mm512_srai_epi32(th[m], 4), sc[2 * c + 1])));
       }
     } else if (wt == ML_TYPE_Q3_K) {
-      /* in storage order (half s, then h): sub-blocks j = 8h + 2k + s, k-groups 4s..4s+3 */
+      /* in storage order (half s, then h): sub-blocks j = 8h + 2k + s, k-groups 4s..4s+3;
+       * unrolled, so the bit positions are constants: the generic loop below visiting j in
+       * this order measured 12 GB/s against 17 (one thread) */
       for (int half = 0; half < 2; half++)
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++)

@@ -13,11 +13,35 @@
 --                  Jinja source [the model's tokenizer.chat_template, else chatml]
 --   n_ctx          context size [min(n_ctx_train, 4096)]; context, seq: run in a given one
 --   max_tokens     per reply [512]
+--   tools          the functions the model may call, OpenAI's list (a Lua array or JSON text):
+--                  { { type = "function", ["function"] = { name = ..., description = ...,
+--                  parameters = <JSON Schema> } } }; also per turn
+--   tool_choice    "auto" [default with tools]: the reply is text or tool calls; "none": text
+--                  only (the tools are still shown to the model)
+--   tool_format    the tool-call markup to parse (see moonlm.tools) [detected from the
+--                  template and the vocabulary]
+--   reasoning      [true] take <think>...</think> out of the reply into info.reasoning_content
+--                  (models that reason first: DeepSeek R1, Qwen 3, ...); false keeps it in
+--   stream_reasoning [false] stream() also yields the reasoning, as (piece, info, "reasoning")
+--   vars           extra template variables (e.g. { enable_thinking = false } for Qwen 3)
 -- When the conversation outgrows the context, the oldest turns (never the system prompt)
 -- are dropped and the reply's info says truncated = true.
+--
+-- Tool calls:
+--   local reply, info = chat:say("Weather in Paris?", { tools = my_tools })
+--   for _, call in ipairs(info.tool_calls or {}) do     -- OpenAI-shaped: call.id,
+--     local args = json.decode(call["function"].arguments)  -- call["function"].name
+--     chat:tool_result(call.id, run(call["function"].name, args))
+--   end
+--   reply, info = chat:say()   -- no new user text: the model answers from the results
+-- info.reasoning_content holds the reasoning of models that think first. The chat template
+-- renders the tools; what it cannot render (many templates know no tools) is written in
+-- the model's own format by moonlm.tools.
 local template = require "moonlm.template"
 local generate = require "moonlm.generate"
 local json = require "moonlm.json"
+local tools = require "moonlm.tools"
+local core = require "moonlm.core"
 
 local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
 
@@ -45,20 +69,62 @@ local function template_source(model, opt)
   return template.builtin("chatml")
 end
 
--- model:apply_template(messages, { add_generation_prompt = true, template = ... }) -> text | nil, err
-function _M.apply_template(model, messages, opts)
-  opts = opts or {}
-  local tmpl, err = template.compile(template_source(model, opts.template))
-  if not tmpl then return nil, err end
-  local vars = {
-    messages = messages,
-    add_generation_prompt = opts.add_generation_prompt ~= false,
+local function has_token(model)
+  return function(text) return model:find_token(text) ~= nil end
+end
+
+-- The tool-call format of a model and template (option tool_format overrides detection).
+local function tool_format(model, src, opts)
+  local f
+  if opts.tool_format ~= nil then
+    local err
+    f, err = tools.format(opts.tool_format)
+    if not f then error("bad option 'tool_format' (" .. err .. ")", 4) end
+    local d = tools.detect(src, has_token(model), model.meta)
+    if f.think == nil then f.think = d.think end
+  else
+    f = tools.detect(src, has_token(model), model.meta)
+  end
+  if opts.reasoning == false then f.think = false end
+  return f
+end
+
+local function base_vars(model)
+  return {
     bos_token = token_text(model, model.vocab.bos),
     eos_token = token_text(model, model.vocab.eos),
     tools = json.null,
     documents = json.null,
   }
+end
+
+local function has_tool_turns(messages)
+  for _, m in ipairs(messages) do
+    if m.role == "tool" or (m.role == "assistant" and type(m.tool_calls) == "table" and #m.tool_calls > 0) then
+      return true
+    end
+  end
+  return false
+end
+
+-- model:apply_template(messages, { add_generation_prompt = true, template = ..., tools = ...,
+-- vars = {...} }) -> text | nil, err. Messages may hold tool calls and tool results (OpenAI
+-- shape); what the template cannot render is written in the model's format (moonlm.tools).
+function _M.apply_template(model, messages, opts)
+  opts = opts or {}
+  local src = template_source(model, opts.template)
+  local tmpl, err = template.compile(src)
+  if not tmpl then return nil, err end
+  local vars = base_vars(model)
+  vars.add_generation_prompt = opts.add_generation_prompt ~= false
   for k, v in pairs(opts.vars or {}) do vars[k] = v end
+  local list, terr = tools.check(opts.tools)
+  if terr then return nil, terr end
+  if list or has_tool_turns(messages) then
+    local caps = tools.caps(tmpl, vars)
+    messages, vars.tools = tools.prepare(messages, list, caps, tool_format(model, src, opts))
+  end
+  vars.messages = messages
   return tmpl:render(vars)
 end
 
@@ -70,6 +136,8 @@ function _M.new(model, opts)
   if not tmpl then error("chat template: " .. err, 3) end
   local self = setmetatable({ model = model, opts = opts, tmpl = tmpl, history = {}, tokens = {} }, Chat)
   self.system = opts.system
+  self.fmt = tool_format(model, src, opts)
+  self.rng = core.rng(opts.seed and math.floor(opts.seed) + 7919 or os.time())
   if opts.context then
     self.ctx, self.own_ctx = opts.context, false
   else
@@ -92,15 +160,19 @@ function Chat:messages(extra)
   return msgs
 end
 
-function Chat:render(extra)
-  local text, err = self.tmpl:render {
-    messages = self:messages(extra),
-    add_generation_prompt = true,
-    bos_token = self.bos_text,
-    eos_token = token_text(self.model, self.model.vocab.eos),
-    tools = json.null,
-    documents = json.null,
-  }
+-- The prompt text for the next reply: the conversation, the new user turn (extra) and the
+-- tools of this turn (list).
+function Chat:render(extra, list, opts)
+  local vars = base_vars(self.model)
+  for k, v in pairs(opts and opts.vars or self.opts.vars or {}) do vars[k] = v end
+  vars.add_generation_prompt = true
+  vars.bos_token = self.bos_text
+  local msgs = self:messages(extra)
+  if list or has_tool_turns(msgs) then
+    msgs, vars.tools = tools.prepare(msgs, list, tools.caps(self.tmpl, vars), self.fmt)
+  end
+  vars.messages = msgs
+  local text, err = self.tmpl:render(vars)
   if not text then error("chat template: " .. err, 4) end
   return text
 end
@@ -113,21 +185,24 @@ function Chat:tokenize(text)
   return self.model:tokenize(text, { bos = bos and true or false, special = true })
 end
 
--- Prepare the prompt for a user turn: drop old turns while it does not fit, then keep the
--- cached prefix and return the tokens still to prefill.
-function Chat:prepare(text, opts)
-  local user = { role = "user", content = text }
+-- Prepare the prompt for a user turn (text nil: a reply to tool results): drop old turns
+-- while it does not fit, then keep the cached prefix and return the tokens still to prefill.
+function Chat:prepare(text, opts, list)
+  local user = text and { role = "user", content = text } or nil
   local n_ctx = self.ctx.n_ctx
   -- room kept for the reply: max_tokens, but never more than a quarter of the context
   local max_tokens = math.min(opts.max_tokens or self.opts.max_tokens or 512, math.floor(n_ctx / 4))
   local truncated = false
-  local ids = self:tokenize(self:render(user))
-  while #ids + max_tokens > n_ctx and #self.history > 0 do
-    -- drop the oldest exchange (a user turn and the reply that followed it)
+  local prompt = self:render(user, list, opts)
+  local ids = self:tokenize(prompt)
+  while #ids + max_tokens > n_ctx and #self.history > 1 do
+    -- drop the oldest exchange: a user turn and everything up to the next one (replies,
+    -- tool calls and their results), keeping at least the latest turn
     table.remove(self.history, 1)
-    if self.history[1] and self.history[1].role == "assistant" then table.remove(self.history, 1) end
+    while self.history[2] and self.history[1].role ~= "user" do table.remove(self.history, 1) end
     truncated = true
-    ids = self:tokenize(self:render(user))
+    prompt = self:render(user, list, opts)
+    ids = self:tokenize(prompt)
   end
   if #ids >= n_ctx then return nil, ("the message does not fit in the context (%d tokens, n_ctx = %d)"):format(#ids, n_ctx) end
   -- keep the longest prefix already in the cache (at least one token is decoded again,
@@ -140,6 +215,7 @@ function Chat:prepare(text, opts)
   for i = keep + 1, #ids do rest[#rest + 1] = ids[i] end
   self.pending_user = user
   self.prompt_ids = ids
+  self.prompt_text = prompt
   return rest, truncated, keep
 end
 
@@ -150,26 +226,100 @@ local function merged(defaults, opts)
   return o
 end
 
--- The generation for one turn (a generate.lua state machine).
-function Chat:turn(text, opts)
-  if type(text) ~= "string" then error("bad argument #1 to 'say' (string expected, got " .. type(text) .. ")", 3) end
+-- Every tool call of the conversation must have its result before the model goes on.
+function Chat:check_results(what)
+  local open, order = {}, {}
+  for _, m in ipairs(self.history) do
+    if m.role == "assistant" and m.tool_calls then
+      for _, c in ipairs(m.tool_calls) do
+        open[c.id] = c["function"].name
+        order[#order + 1] = c.id
+      end
+    elseif m.role == "tool" then
+      open[m.tool_call_id] = nil
+    end
+  end
+  for _, id in ipairs(order) do
+    if open[id] then
+      error(("bad argument #1 to '%s' (tool call '%s' (%s) has no result yet: chat:tool_result(id, content))")
+        :format(what, id, open[id]), 4)
+    end
+  end
+end
+
+local function check_choice(choice, list)
+  if choice == nil or choice == "auto" or choice == "none" then return choice or "auto" end
+  if choice == "required" or type(choice) == "table" then
+    if not list then error("bad option 'tool_choice' (no tools given)", 4) end
+    error("bad option 'tool_choice' (\"required\" and named functions need constrained decoding, not available yet)", 4)
+  end
+  error(("bad option 'tool_choice' (\"auto\", \"none\", \"required\" or {type = \"function\", ...} expected, got %s)")
+    :format(type(choice) == "string" and ("%q"):format(choice) or type(choice)), 4)
+end
+
+-- Options of the chat, not of generate.
+local CHAT_ONLY = { "system", "template", "n_ctx", "kv_type", "tools", "tool_choice", "tool_format", "reasoning",
+                    "stream_reasoning", "vars" }
+
+-- The generation for one turn (a generate.lua state machine), and the parser of its reply
+-- (nil when there is nothing to take out of the text).
+function Chat:turn(text, opts, what)
+  if text == nil then
+    local last = self.history[#self.history]
+    if not (last and last.role == "tool") then
+      error(("bad argument #1 to '%s' (string expected, got nil; only a reply to tool results needs no text)"):format(what), 3)
+    end
+  elseif type(text) ~= "string" then
+    error(("bad argument #1 to '%s' (string expected, got %s)"):format(what, type(text)), 3)
+  end
+  self:check_results(what)
   opts = merged(self.opts, opts)
-  opts.system, opts.template, opts.n_ctx = nil, nil, nil
-  local rest, truncated, kept = self:prepare(text, opts)
+  local list, terr = tools.check(opts.tools)
+  if terr then error("bad option 'tools' (" .. terr .. ")", 3) end
+  local choice = check_choice(opts.tool_choice, list)
+  local rest, truncated, kept = self:prepare(text, opts, list)
   if not rest then return nil, truncated end
+  local parse_tools = list ~= nil and choice ~= "none"
+  local parser
+  if parse_tools or self.fmt.think then
+    parser = tools.parser(self.fmt, { tools = list, tools_off = not parse_tools,
+                                      open_think = tools.open_think(self.prompt_text, self.fmt) })
+    local keep = {}
+    for _, t in ipairs(tools.preserved(self.fmt)) do keep[#keep + 1] = self.model:find_token(t) end
+    opts.preserved_tokens = keep
+  end
+  local stream_reasoning = opts.stream_reasoning
+  for _, k in ipairs(CHAT_ONLY) do opts[k] = nil end
   opts.context, opts.seq, opts.keep = self.ctx, self.seq, true
   opts.max_tokens = opts.max_tokens or 512
   local g = generate.start(self.model, rest, opts)
   g.info.prompt_tokens = #rest
   g.info.cached_tokens = kept
   g.info.truncated = truncated
+  g.parser, g.stream_reasoning = parser, stream_reasoning
   return g
 end
 
+-- The reply as a message, once generation is over; info gets tool_calls, reasoning_content.
+function Chat:reply(g, text)
+  local msg = { role = "assistant", content = text }
+  if g.parser then
+    local _, _, m, err = g.parser:finish()
+    msg.content, msg.reasoning_content = m.content, m.reasoning_content
+    if m.tool_calls then
+      msg.tool_calls = tools.assign_ids(m.tool_calls, self.fmt, self.rng)
+      g.info.tool_calls = msg.tool_calls
+    end
+    g.info.reasoning_content = m.reasoning_content
+    g.info.tool_parse_error = err
+  end
+  return msg
+end
+
 -- After a turn: record the reply and what the cache now holds.
-function Chat:commit(g, reply)
-  self.history[#self.history + 1] = self.pending_user
-  self.history[#self.history + 1] = { role = "assistant", content = reply }
+function Chat:commit(g, msg)
+  if self.pending_user then self.history[#self.history + 1] = self.pending_user end
+  self.history[#self.history + 1] = msg
   local toks = {}
   for i, id in ipairs(self.prompt_ids) do toks[i] = id end
   local n = self.ctx:pos(self.seq)
@@ -180,38 +330,85 @@ function Chat:commit(g, reply)
   self.tokens = toks
 end
 
--- say(text, opts) -> reply, info | nil, err
+-- say(text, opts) -> reply, info | nil, err. text nil: the reply to the tool results just
+-- added. info.tool_calls: the calls the model made (OpenAI shape, with ids), if any;
+-- info.reasoning_content: its reasoning, if it gave any.
 function Chat:say(text, opts)
-  local g, err = self:turn(text, opts)
+  local g, err = self:turn(text, opts, "say")
   if not g then return nil, err end
   local parts = {}
   while true do
     local piece = g:next()
     if not piece then break end
     parts[#parts + 1] = piece
+    if g.parser then g.parser:push(piece) end
   end
-  local reply = table.concat(parts)
-  self:commit(g, reply)
-  return reply, g.info
+  local msg = self:reply(g, table.concat(parts))
+  self:commit(g, msg)
+  return msg.content, g.info
 end
 
--- stream(text, opts) -> iterator of pieces (piece, info); the turn is recorded at the end
+-- stream(text, opts) -> iterator of pieces (piece, info, kind); the turn is recorded at the
+-- end. Pieces are the reply's text; tool-call markup and reasoning are held back (kind
+-- "reasoning" pieces come too with stream_reasoning = true). When the iterator ends,
+-- info.tool_calls and info.reasoning_content are set as with say().
 function Chat:stream(text, opts)
-  local g, err = self:turn(text, opts)
+  local g, err = self:turn(text, opts, "stream")
   if not g then error(err, 2) end
-  local parts = {}
-  return function()
-    local piece = g:next()
-    if piece then
-      parts[#parts + 1] = piece
-      return piece, g.info
-    end
-    if not g.committed then
-      g.committed = true
-      self:commit(g, table.concat(parts))
-    end
-    return nil
+  local parts, queue = {}, {}
+  local function enqueue(content, reasoning)
+    if reasoning ~= "" and g.stream_reasoning then queue[#queue + 1] = { reasoning, "reasoning" } end
+    if content ~= "" then queue[#queue + 1] = { content, "content" } end
   end
+  return function()
+    while true do
+      local q = table.remove(queue, 1)
+      if q then return q[1], g.info, q[2] end
+      if g.committed then return nil end
+      local piece = g:next()
+      if piece then
+        parts[#parts + 1] = piece
+        if g.parser then
+          enqueue(g.parser:push(piece))
+        else
+          return piece, g.info, "content"
+        end
+      else
+        if g.parser then enqueue(g.parser:finish()) end
+        g.committed = true
+        self:commit(g, self:reply(g, table.concat(parts)))
+      end
+    end
+  end
+end
+
+-- tool_result(id, content): the result of the tool call `id` of the last reply, as the
+-- next turn of the conversation. content: text, or a table sent as JSON.
+function Chat:tool_result(id, content)
+  if type(id) ~= "string" then error("bad argument #1 to 'tool_result' (tool call id expected, got " .. type(id) .. ")", 2) end
+  if type(content) == "table" then
+    local text, err = json.encode(content)
+    if not text then error("bad argument #2 to 'tool_result' (" .. err .. ")", 2) end
+    content = text
+  elseif type(content) ~= "string" then
+    error("bad argument #2 to 'tool_result' (string or table expected, got " .. type(content) .. ")", 2)
+  end
+  -- the call must be one of the latest assistant turn's, not answered yet
+  local call
+  for i = #self.history, 1, -1 do
+    local m = self.history[i]
+    if m.role == "tool" and m.tool_call_id == id then
+      error(("bad argument #1 to 'tool_result' (tool call '%s' already has a result)"):format(id), 2)
+    end
+    if m.role == "assistant" then
+      for _, c in ipairs(m.tool_calls or {}) do
+        if c.id == id then call = c end
+      end
+      break
+    end
+  end
+  if not call then error(("bad argument #1 to 'tool_result' (no tool call '%s' in the last reply)"):format(id), 2) end
+  self.history[#self.history + 1] = { role = "tool", tool_call_id = id, name = call["function"].name, content = content }
 end
 
 function Chat:reset(system)

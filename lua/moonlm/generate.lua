@@ -16,6 +16,8 @@
 --   context, seq [0]   where to run; by default a context kept by the model for generate
 --   keep [false]       continue the sequence instead of clearing it first
 --   special [false]    render control tokens in the output text
+--   preserved_tokens {} ids of control tokens whose text goes into the output all the same
+--                      (tool-call markers such as [TOOL_CALLS] that a parser must see)
 --   n_ctx              size of the model's own context (default min(n_ctx_train, 4096))
 -- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort"),
 --   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids)
@@ -103,6 +105,10 @@ function _M.start(model, prompt, opts)
   -- (an empty prompt, or only BOS and other control tokens)
   local starts = #ids == 0 or model:detokenize(ids) == ""
   self.decoder = model:decoder { special = opts.special, strip_space = starts }
+  if opts.preserved_tokens and not opts.special then
+    self.preserved = {}
+    for _, id in ipairs(opts.preserved_tokens) do self.preserved[id] = true end
+  end
   self.stops = stop_list(opts.stop)
   self.stop_ids = {}
   if not opts.ignore_eos then
@@ -209,7 +215,12 @@ function Gen:next()
         local info = self.info
         info.tokens = info.tokens + 1
         info.ids[info.tokens] = id
-        local piece = self.decoder:push(id)
+        local piece
+        if self.preserved and self.preserved[id] then
+          piece = self.decoder:flush() .. self.model:piece(id, true)
+        else
+          piece = self.decoder:push(id)
+        end
         if self.opts.on_token and self.opts.on_token(piece, id) == false then
           self.info.stop_reason = "abort"
           self.done = true

@@ -420,6 +420,18 @@ function _M.decode(s, opts)
   return nil, "json: " .. tostring(v)
 end
 
+-- json.decode_at(str, pos [, opts]) -> value, next_pos | nil, err: one JSON value starting at
+-- `pos` (after optional whitespace), for JSON embedded in other text (tool calls in model
+-- output); next_pos is the byte after it.
+function _M.decode_at(s, pos, opts)
+  if type(s) ~= "string" then return nil, "json: expected a string, got " .. type(s) end
+  local ef = opts and opts.exact_floats and not math_type
+  local ok, v, p = pcall(parse_value, s, skip(s, pos or 1), 0, ef)
+  if ok then return v, p end
+  if type(v) == "table" and v.json_error then return nil, v.json_error end
+  return nil, "json: " .. tostring(v)
+end
+
 ---------------------------------------------------------------------------------------------
 -- Encoding
 

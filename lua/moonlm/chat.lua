@@ -195,11 +195,13 @@ function Chat:prepare(text, opts, list)
   local truncated = false
   local prompt = self:render(user, list, opts)
   local ids = self:tokenize(prompt)
-  while #ids + max_tokens > n_ctx and #self.history > 1 do
+  while #ids + max_tokens > n_ctx do
     -- drop the oldest exchange: a user turn and everything up to the next one (replies,
-    -- tool calls and their results), keeping at least the latest turn
-    table.remove(self.history, 1)
-    while self.history[2] and self.history[1].role ~= "user" do table.remove(self.history, 1) end
+    -- tool calls and their results); a reply to tool results keeps the exchange it is in
+    local n = #self.history > 0 and 1 or nil
+    while n and self.history[n + 1] and self.history[n + 1].role ~= "user" do n = n + 1 end
+    if not n or (text == nil and n >= #self.history) then break end
+    for _ = 1, n do table.remove(self.history, 1) end
     truncated = true
     prompt = self:render(user, list, opts)
     ids = self:tokenize(prompt)
@@ -264,6 +266,7 @@ local CHAT_ONLY = { "system", "template", "n_ctx", "kv_type", "tools", "tool_cho
 -- The generation for one turn (a generate.lua state machine), and the parser of its reply
 -- (nil when there is nothing to take out of the text).
 function Chat:turn(text, opts, what)
+  self:check_results(what)
   if text == nil then
     local last = self.history[#self.history]
     if not (last and last.role == "tool") then
@@ -272,7 +275,6 @@ function Chat:turn(text, opts, what)
   elseif type(text) ~= "string" then
     error(("bad argument #1 to '%s' (string expected, got %s)"):format(what, type(text)), 3)
   end
-  self:check_results(what)
   opts = merged(self.opts, opts)
   local list, terr = tools.check(opts.tools)
   if terr then error("bad option 'tools' (" .. terr .. ")", 3) end

@@ -726,6 +726,13 @@ describe("tool calls in chat sessions (stories260K)", function()
     assert.are.same({ "user", "assistant", "tool", "assistant" },
                     { chat.history[1].role, chat.history[2].role, chat.history[3].role, chat.history[4].role })
     assert.are.equal("get_weather", chat.history[3].name)
+    -- a saved session keeps the calls and results
+    local path = S.tmpname(".chat")
+    assert(chat:save(path))
+    local back = assert(lm.chat_load(model, path, { template = qwen3 }))
+    os.remove(path)
+    assert.are.same(json.decode(json.encode(chat.history)), json.decode(json.encode(back.history)))
+    assert.are.equal(call.id, back.history[2].tool_calls[1].id)
   end)
 
   it("stream: pieces are the text only; the calls arrive with the info at the end", function()

@@ -67,21 +67,25 @@ $(BUILD)/obj/kernels/rowops_avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/avx512vnni.o: CFLAGS += $(ISA_avx512vnni)
 $(BUILD)/obj/kernels/amx.o: CFLAGS += $(ISA_amx)
-$(BUILD)/obj/kernels/amx_emu.o: src/kernels/amx.c $(HDRS)
+# each object depends on the headers it includes (-MMD writes them into a .d beside it)
+DEPFLAGS = -MMD -MP
+$(BUILD)/obj/kernels/amx_emu.o: src/kernels/amx.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DML_AMX_EMULATE -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -DML_AMX_EMULATE -c $< -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(HDRS)
+$(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj-5.4/%.o: src/%.c $(HDRS)
+$(BUILD)/obj-5.4/%.o: src/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -I$(LUA54_INC) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -I$(LUA54_INC) -c $< -o $@
 
-$(BUILD)/obj-5.1/%.o: src/%.c $(HDRS)
+$(BUILD)/obj-5.1/%.o: src/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -I$(LUAJIT_INC) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -I$(LUAJIT_INC) -c $< -o $@
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # Lua symbols resolve in the host interpreter, so allow them to stay undefined.
 $(MOD54): $(CORE_OBJS) $(BIND54)
@@ -159,9 +163,9 @@ install: all
 ROCK_LUA_INC ?= $(LUA54_INC)
 ROCK_OBJ = $(BUILD)/obj-rock$(subst /,_,$(ROCK_LUA_INC))
 BINDROCK = $(addprefix $(ROCK_OBJ)/,$(addsuffix .o,$(BIND)))
-$(ROCK_OBJ)/%.o: src/%.c $(HDRS)
+$(ROCK_OBJ)/%.o: src/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -I$(ROCK_LUA_INC) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -I$(ROCK_LUA_INC) -c $< -o $@
 rock: $(CORE_OBJS) $(BINDROCK)
 	@mkdir -p $(BUILD)/rock/moonlm
 	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $(BUILD)/rock/moonlm/core.so $(LIBS)

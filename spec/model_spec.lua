@@ -227,6 +227,7 @@ describe("contexts and sequences", function()
     ok, err = ctx2:state_load(0, bytes:sub(1, -5))
     assert.is_nil(ok)
     assert.truthy(err:find("damaged", 1, true))
+    assert.are.same({ nil, "saved state is truncated" }, { ctx2:state_load(0, "abc") })
   end)
 
   it("kv_type q8_0 and f16 stay close to f32", function()
@@ -265,6 +266,15 @@ describe("model errors", function()
      "bad argument #2 to 'context' (kv_type must be f16, f32 or q8_0, got 'q4_0')"},
     {"seqs", function() return model:context { seqs = 65 } end,
      "bad argument #2 to 'context' (seqs = 65: at most 64 sequences)"},
+    -- misuse of a sequence or a count is raised against the argument that holds it, while
+    -- a bad saved state (an expected failure) is nil, err
+    {"state_load sequence", function() return ctx:state_load(3, "") end,
+     "bad argument #2 to 'state_load' (sequence 3 out of range (the context has 1: 0 to 0))"},
+    {"truncate count", function() return ctx:truncate(0, -1) end, "bad argument #3 to 'truncate' (cannot keep -1 tokens)"},
+    {"copy target", function() return ctx:copy(0, 2) end,
+     "bad argument #3 to 'copy' (sequence 2 out of range (the context has 1: 0 to 0))"},
+    {"hidden sequence", function() return ctx:hidden({ 1 }, 4) end,
+     "bad argument #3 to 'hidden' (sequence 4 out of range (the context has 1: 0 to 0))"},
   }
   for _, c in ipairs(cases) do
     it(c[1], function()

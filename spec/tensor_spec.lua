@@ -429,10 +429,18 @@ describe("tensor errors", function()
     {"topk k", function() return T{1, 2}:topk(3) end, "bad argument #2 to 'topk' (k = 3 out of range (dimension has 2 elements))"},
     {"cat shapes", function() return T.cat({a, T.zeros(2, 2)}, 1) end, "bad argument #1 to 'cat' (tensor 2 has size 2 in dimension 2, tensor 1 has 3)"},
     {"in-place dtype", function() return T({1, 2}, "i32"):add_(1) end, "bad argument #1 to 'add_' (in-place operations need an f32 tensor, got i32)"},
-    {"in-place shape", function() return T{1, 2}:add_(T.zeros(2, 2)) end, "bad argument #2 to 'add_' (in-place result would change the shape of argument 1)"},
+    {"in-place shape", function() return T{1, 2}:add_(T.zeros(2, 2)) end, "bad argument #2 to 'add_' (in-place result would change the shape of the tensor written into)"},
     {"set on quantized", function() return T.zeros(1, 32):quantize("q8_0"):set(1, 1, 2) end, "set: cannot write single elements of a q8_0 tensor (dequantize first)"},
     {"huge", function() return T.zeros(2 ^ 40, 2 ^ 20) end, "bad argument #1 to 'zeros' (tensor too large)"},
     {"embedding id", function() return a:embedding({2}) end, "bad argument #2 to 'embedding' (index 3 out of range (dimension 1 has size 2))"},
+    -- the core names the input it rejects; the binding maps it to the Lua argument holding it
+    {"dtype after a shape", function() return T.zeros(2, 3, "q4_0") end, "bad argument #3 to 'zeros' (q4_0 needs the last dimension to be a multiple of 32, got 3)"},
+    {"dtype of arange", function() return T.arange(10, "q4_0") end, "bad argument #2 to 'arange' (q4_0 needs the last dimension to be a multiple of 32, got 10)"},
+    {"dtype of randn", function() return T.randn({2, 3}, "q8_0") end, "bad argument #2 to 'randn' (q8_0 needs the last dimension to be a multiple of 32, got 3)"},
+    {"row assigned", function() local t = T.zeros(2, 3); t[1] = T.zeros(4) end, "bad argument #3 to '__newindex' (cannot expand size 4 to 3 in dimension 1)"},
+    {"copy source", function() return T.zeros(2, 3):copy_(T.zeros(4)) end, "bad argument #2 to 'copy_' (cannot expand size 4 to 3 in dimension 2)"},
+    {"weight type", function() return a:linear(T.zeros(4, 3):to("i32")) end, "bad argument #2 to 'linear' (no matmul kernel for i32 weights)"},
+    {"topk dim", function() return T.zeros(2, 3):topk(1, 3) end, "bad argument #3 to 'topk' (dimension 3 out of range (tensor has 2))"},
   }
   for _, c in ipairs(cases) do
     it(c[1], function()

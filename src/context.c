@@ -43,25 +43,25 @@ ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
   const ml_hparams *hp = &m->hp;
   if (o.n_ctx <= 0) o.n_ctx = ML_MIN(hp->n_ctx_train, 4096);
   if (o.n_ctx > (INT64_C(1) << 24)) {
-    ml_seterr_arg(2, "n_ctx = %lld is too large", (long long)o.n_ctx);
+    ml_misuse(2, "n_ctx = %lld is too large", (long long)o.n_ctx);
     return NULL;
   }
   if (o.n_batch <= 0) o.n_batch = 512;
   if (o.n_batch > ML_MAX_BATCH) o.n_batch = ML_MAX_BATCH;
   if (o.n_seq <= 0) o.n_seq = 1;
   if (o.n_seq > ML_MAX_SEQ) {
-    ml_seterr_arg(2, "seqs = %d: at most %d sequences", o.n_seq, ML_MAX_SEQ);
+    ml_misuse(2, "seqs = %d: at most %d sequences", o.n_seq, ML_MAX_SEQ);
     return NULL;
   }
   if (!opts) o.kv_type = -1;
   if (o.kv_type < 0) o.kv_type = ML_TYPE_F16;
   int64_t row = hp->n_head_kv * hp->head_dim;
   if (o.kv_type != ML_TYPE_F32 && o.kv_type != ML_TYPE_F16 && o.kv_type != ML_TYPE_Q8_0) {
-    ml_seterr_arg(2, "kv_type must be f16, f32 or q8_0");
+    ml_misuse(2, "kv_type must be f16, f32 or q8_0");
     return NULL;
   }
   if (o.kv_type == ML_TYPE_Q8_0 && hp->head_dim % 32) {
-    ml_seterr_arg(2, "kv_type q8_0 needs a head size that is a multiple of 32 (this model has %lld)", (long long)hp->head_dim);
+    ml_misuse(2, "kv_type q8_0 needs a head size that is a multiple of 32 (this model has %lld)", (long long)hp->head_dim);
     return NULL;
   }
   ml_context *c = ml_calloc(sizeof *c);
@@ -105,9 +105,9 @@ int ml_context_n_seq(const ml_context *c) { return c->kv.n_seq; }
 ml_type ml_context_kv_type(const ml_context *c) { return c->kv.type; }
 int64_t ml_context_used(const ml_context *c) { return c->kv.n_used; }
 
-static int check_seq(const ml_context *c, int seq, int arg) {
+static int check_seq(const ml_context *c, int seq, int input) {
   if (seq < 0 || seq >= c->kv.n_seq) {
-    ml_seterr_arg(arg, "sequence %d out of range (the context has %d: 0 to %d)", seq, c->kv.n_seq, c->kv.n_seq - 1);
+    ml_misuse(input, "sequence %d out of range (the context has %d: 0 to %d)", seq, c->kv.n_seq, c->kv.n_seq - 1);
     return -1;
   }
   return 0;
@@ -138,16 +138,16 @@ int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int
                       float *logits, float *hidden) {
   const ml_hparams *hp = &c->m->hp;
   if (n <= 0) {
-    ml_seterr_arg(1, "nothing to decode (no tokens)");
+    ml_misuse(2, "nothing to decode (no tokens)");
     return -1;
   }
   for (int64_t i = 0; i < n; i++) {
     if (tokens[i] < 0 || tokens[i] >= hp->n_vocab) {
-      ml_seterr_arg(1, "token id %d out of range (the vocabulary has %lld: 0 to %lld)", tokens[i], (long long)hp->n_vocab,
-                    (long long)hp->n_vocab - 1);
+      ml_misuse(2, "token id %d out of range (the vocabulary has %lld: 0 to %lld)", tokens[i], (long long)hp->n_vocab,
+                (long long)hp->n_vocab - 1);
       return -1;
     }
-    if (check_seq(c, seq[i], 2) < 0) return -1;
+    if (check_seq(c, seq[i], 3) < 0) return -1;
   }
   if (ml_model_prepare(c->m) < 0) return -1;
   if (try_enter(c) < 0) return -1;
@@ -203,7 +203,7 @@ int ml_context_clear(ml_context *c, int seq) {
 int ml_context_truncate(ml_context *c, int seq, int64_t n) {
   if (check_seq(c, seq, 2) < 0) return -1;
   if (n < 0) {
-    ml_seterr_arg(3, "cannot keep %lld tokens", (long long)n);
+    ml_misuse(3, "cannot keep %lld tokens", (long long)n);
     return -1;
   }
   if (try_enter(c) < 0) return -1;

@@ -165,7 +165,7 @@ static int w_mm(lua_State *L) {
   } else {
     y = ml_lua_push_tensor(L);
     int64_t shape[2] = {M, w->N};
-    if (ml_tensor_init(y, ML_TYPE_F32, 2, shape, 0) < 0) return ml_lua_error(L);
+    if (ml_tensor_init(y, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
   }
   if (ml_mm_w_path(w, ml_tensor_data(x), ldx, M, ml_tensor_data(y), y->stride[0], (ml_mm_path)path) < 0)
     return ml_lua_error(L);

@@ -472,12 +472,7 @@ static int m_context(lua_State *L) {
     return luaL_argerror(L, 2, lua_pushfstring(L, "kv_type must be f16, f32 or q8_0, got '%s'", kv));
   lcontext *c = push_context(L);
   c->c = ml_context_new(u->m, &o);
-  if (!c->c) {
-    if (ml_errarg()) return ml_lua_error(L);
-    lua_pushnil(L);
-    lua_pushstring(L, ml_errmsg());
-    return 2;
-  }
+  if (!c->c) return ml_lua_fail(L, 2);
   return 1;
 }
 
@@ -520,13 +515,11 @@ static ml_tensor *logits_tensor(lua_State *L, lcontext *u, int64_t rows, int64_t
   return t;
 }
 
+/* ml_context_decode's misuse of its ids (input 2) or sequences (3) raised against the Lua
+ * arguments holding them; a failure (context full, busy) is nil, err */
 static int decode_error(lua_State *L, int ids_arg, int opts_arg) {
-  int arg = ml_errarg();
-  if (arg == 1) return luaL_argerror(L, ids_arg, ml_errmsg());
-  if (arg == 2) return luaL_argerror(L, opts_arg, ml_errmsg());
-  lua_pushnil(L);
-  lua_pushstring(L, ml_errmsg());
-  return 2;
+  int input = ml_errinput();
+  return ml_lua_fail(L, input == 2 ? ids_arg : input == 3 ? opts_arg : 0);
 }
 
 /* ctx:decode(ids, { seq = 0, logits = "last" | "all" | "none", embeddings = false })
@@ -618,7 +611,7 @@ static int c_decode_batch(lua_State *L) {
     ml_tensor *t = ml_lua_push_tensor(L);
     int64_t shape[2] = {r, m->hp.n_vocab};
     int vec = r == 1 && n >= 1 && !(r == n && n > 1);
-    if (ml_tensor_init(t, ML_TYPE_F32, vec ? 1 : 2, vec ? shape + 1 : shape, 0) < 0) return ml_lua_error(L);
+    if (ml_tensor_init(t, ML_TYPE_F32, vec ? 1 : 2, vec ? shape + 1 : shape) < 0) return ml_lua_error(L);
     memcpy(ml_tensor_data(t), logits + row * m->hp.n_vocab, sizeof(float) * (size_t)(r * m->hp.n_vocab));
     row += r;
     lua_rawseti(L, -2, e);
@@ -673,7 +666,7 @@ static int c_hidden(lua_State *L) {
   }
   ml_tensor *all = ml_lua_push_tensor(L);
   int64_t shape[2] = {total, m->hp.n_embd};
-  if (ml_tensor_init(all, ML_TYPE_F32, 2, shape, 0) < 0) return ml_lua_error(L);
+  if (ml_tensor_init(all, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
   if (ml_context_decode(u->c, total, ids, seqs, want, NULL, ml_tensor_data(all)) < 0) return decode_error(L, 2, 3);
   if (!batch) return 1;
   lua_createtable(L, ne, 0);
@@ -747,12 +740,7 @@ static int c_state_load(lua_State *L) {
   int seq = seq_arg(L, 2);
   size_t len;
   const char *s = luaL_checklstring(L, 3, &len);
-  if (ml_context_state_load(u->c, seq, s, len) < 0) {
-    if (ml_errarg()) return ml_lua_error(L);
-    lua_pushnil(L);
-    lua_pushstring(L, ml_errmsg());
-    return 2;
-  }
+  if (ml_context_state_load(u->c, seq, s, len) < 0) return ml_lua_fail(L, 0);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -41,9 +41,15 @@ ml_tensor *ml_lua_check_tensor(lua_State *L, int i) {
 }
 
 
+/* A core call whose inputs are the Lua arguments in order (CHECK), or whose misuse is
+ * always about Lua argument `arg` (CHECK_AT); see lua_util.h. */
 #define CHECK(L, call) \
   do { \
     if ((call) < 0) return ml_lua_error(L); \
+  } while (0)
+#define CHECK_AT(L, call, arg) \
+  do { \
+    if ((call) < 0) return ml_lua_error_at(L, (arg)); \
   } while (0)
 
 ml_type ml_lua_check_dtype(lua_State *L, int i, ml_type def) {
@@ -171,12 +177,12 @@ static ml_tensor *from_table(lua_State *L, int i, ml_type type) {
   i = lua_absindex(L, i);
   table_shape(L, i, 0, &ndim, shape);
   ml_tensor *t = ml_lua_push_tensor(L);
-  if (ml_tensor_init(t, ML_TYPE_F32, ndim, shape, i) < 0) ml_lua_error(L);
+  if (ml_tensor_init(t, ML_TYPE_F32, ndim, shape) < 0) ml_lua_error_at(L, i);
   float *p = ml_tensor_data(t);
   table_fill(L, i, 0, ndim, shape, &p, i);
   if (type != ML_TYPE_F32) {
     ml_tensor *c = ml_lua_push_tensor(L);
-    if (ml_tensor_to(c, t, type) < 0) ml_lua_error(L);
+    if (ml_tensor_to(c, t, type) < 0) ml_lua_error_at(L, i + 1); /* the dtype follows the table */
     lua_remove(L, -2);
     return c;
   }
@@ -218,7 +224,7 @@ static int t_new(lua_State *L) {
   if (lua_type(L, 1) == LUA_TNUMBER) {
     ml_type ty = opt_dtype(L, 2, ML_TYPE_F32);
     ml_tensor *t = ml_lua_push_tensor(L);
-    CHECK(L, ml_tensor_init(t, ty, 0, NULL, 1));
+    CHECK_AT(L, ml_tensor_init(t, ty, 0, NULL), 2); /* only a block type can fail */
     ml_tensor_fill(t, lua_tonumber(L, 1));
     return 1;
   }
@@ -241,14 +247,14 @@ static int filled(lua_State *L, int has_value, double value) {
   ml_tensor *t = ml_lua_push_tensor(L);
   if (ml_type_traits_get(ty)->blck > 1) { /* build in f32, then quantize */
     ml_tensor f;
-    CHECK(L, ml_tensor_init(&f, ML_TYPE_F32, ndim, shape, 1));
+    CHECK_AT(L, ml_tensor_init(&f, ML_TYPE_F32, ndim, shape), 1);
     if (has_value) ml_tensor_fill(&f, value);
     int rc = ml_tensor_to(t, &f, ty);
     ml_tensor_release(&f);
-    CHECK(L, rc);
+    CHECK_AT(L, rc, next);
     return 1;
   }
-  CHECK(L, ml_tensor_init(t, ty, ndim, shape, 1));
+  CHECK_AT(L, ml_tensor_init(t, ty, ndim, shape), 1);
   if (has_value && value != 0) ml_tensor_fill(t, value);
   return 1;
 }
@@ -279,7 +285,7 @@ static int t_arange(lua_State *L) {
   int64_t n = nd > 0 ? (int64_t)nd : 0;
   ml_type ty = opt_dtype(L, opt, ML_TYPE_F32);
   ml_tensor *t = ml_lua_push_tensor(L);
-  CHECK(L, ml_tensor_init(t, ty, 1, &n, 1));
+  CHECK_AT(L, ml_tensor_init(t, ty, 1, &n), opt); /* a block type whose block n does not fill */
   for (int64_t i = 0; i < n; i++) ml_tensor_set(t, &i, start + (double)i * step);
   return 1;
 }
@@ -320,7 +326,7 @@ static int random_tensor(lua_State *L, int normal) {
   opt_field_number(L, next, normal ? "mean" : "min", &a);
   opt_field_number(L, next, normal ? "std" : "max", &b);
   ml_tensor f, *t = ml_lua_push_tensor(L);
-  CHECK(L, ml_tensor_init(&f, ML_TYPE_F32, ndim, shape, 1));
+  CHECK_AT(L, ml_tensor_init(&f, ML_TYPE_F32, ndim, shape), 1);
   if (normal)
     ml_tensor_randn(&f, r, a, b);
   else
@@ -331,7 +337,7 @@ static int random_tensor(lua_State *L, int normal) {
   }
   int rc = ml_tensor_to(t, &f, ty);
   ml_tensor_release(&f);
-  CHECK(L, rc);
+  CHECK_AT(L, rc, next);
   return 1;
 }
 
@@ -770,7 +776,7 @@ static int m_dequantize(lua_State *L) {
 static int m_copy_(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
   ml_tensor *s = to_tensor(L, 2), e;
-  CHECK(L, ml_tensor_expand(&e, s, t->ndim, t->shape));
+  CHECK_AT(L, ml_tensor_expand(&e, s, t->ndim, t->shape), 2);
   int rc = ml_tensor_copy_into(t, &e);
   ml_tensor_release(&e);
   CHECK(L, rc);
@@ -860,7 +866,7 @@ static int m_newindex(lua_State *L) {
     ml_tensor_release(&e);
   }
   ml_tensor_release(&row);
-  CHECK(L, rc);
+  CHECK_AT(L, rc, 3); /* the value assigned does not fit the row */
   return 0;
 }
 
@@ -1108,10 +1114,7 @@ static int m_embedding(lua_State *L) {
   if (a->ndim != 2) return luaL_argerror(L, 1, "embedding table must be 2-d (rows, dim)");
   int64_t n, *ids = read_ids(L, 2, &n, 0);
   ml_tensor sel, *o = ml_lua_push_tensor(L);
-  if (ml_index_select(&sel, a, 0, ids, n) < 0) {
-    ml_seterr_arg(2, "%s", ml_errmsg());
-    return ml_lua_error(L);
-  }
+  if (ml_index_select(&sel, a, 0, ids, n) < 0) return ml_lua_error_at(L, 2);
   int rc = ml_tensor_f32(o, &sel);
   ml_tensor_release(&sel);
   CHECK(L, rc);

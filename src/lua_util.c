@@ -112,11 +112,27 @@ void ml_checktype(lua_State *L, int arg, int t) {
   if (lua_type(L, arg) != t) typeerror(L, arg, lua_typename(L, t));
 }
 
-int ml_lua_error(lua_State *L) {
-  int arg = ml_errarg();
-  if (arg > 0) return ml_argerror(L, arg, ml_errmsg());
+static int raise_msg(lua_State *L) {
   push_where(L);
   lua_pushstring(L, ml_errmsg());
   lua_concat(L, 2);
   return lua_error(L);
+}
+
+int ml_lua_error(lua_State *L) {
+  int input = ml_errinput();
+  if (ml_errclass_get() == ML_ERR_MISUSE && input > 0) return ml_argerror(L, input, ml_errmsg());
+  return raise_msg(L);
+}
+
+int ml_lua_error_at(lua_State *L, int arg) {
+  if (ml_errclass_get() == ML_ERR_MISUSE) return ml_argerror(L, arg, ml_errmsg());
+  return raise_msg(L);
+}
+
+int ml_lua_fail(lua_State *L, int arg) {
+  if (ml_errclass_get() == ML_ERR_MISUSE) return arg > 0 ? ml_lua_error_at(L, arg) : ml_lua_error(L);
+  lua_pushnil(L);
+  lua_pushstring(L, ml_errmsg());
+  return 2;
 }

@@ -17,8 +17,17 @@ const char *ml_checklstring(lua_State *L, int arg, size_t *len);
 void ml_checktype(lua_State *L, int arg, int t);
 /* Remember names of the functions in the table on top (for error messages). */
 void ml_register_names(lua_State *L, const char *prefix);
-/* Raise the core's last error (as an argument error when it names one). */
+/* The core's last error (common.h), worded for Lua. A misuse is raised as
+ * "bad argument #n to 'f' (msg)"; a failure is raised as its message (ml_lua_error*) or
+ * returned as nil, msg (ml_lua_fail, which pushes both and returns 2).
+ *   ml_lua_error     n = the misused input's position: for functions whose Lua arguments
+ *                    are the core function's inputs in the same order (a misuse that names
+ *                    no input is raised as its message)
+ *   ml_lua_error_at  n = arg, whatever input the core named
+ *   ml_lua_fail      n = arg, or as ml_lua_error when arg is 0 */
 int ml_lua_error(lua_State *L);
+int ml_lua_error_at(lua_State *L, int arg);
+int ml_lua_fail(lua_State *L, int arg);
 
 #define luaL_argerror(L, a, m) ml_argerror(L, (a), (m))
 #define luaL_checkinteger(L, a) ml_checkinteger(L, (a))

@@ -92,11 +92,11 @@ static double now(void) {
 static int check_type(ml_type wt, int64_t K) {
   const ml_type_traits *tr = ml_type_traits_get(wt);
   if (!tr || !ml_kernels_ref.vec_dot[wt]) {
-    ml_seterr_arg(2, "no matmul kernel for %s weights", tr ? tr->name : "unknown");
+    ml_misuse(1, "no matmul kernel for %s weights", tr ? tr->name : "unknown");
     return -1;
   }
   if (K % tr->blck) {
-    ml_seterr_arg(2, "%s rows need a multiple of %d elements, got %lld", tr->name, tr->blck, (long long)K);
+    ml_misuse(1, "%s rows need a multiple of %d elements, got %lld", tr->name, tr->blck, (long long)K);
     return -1;
   }
   return 0;
@@ -259,7 +259,7 @@ static size_t row_bytes_of(const ml_tensor *w, int64_t N, int64_t K) {
 int ml_mm(const ml_tensor *w, int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy) {
   ml_tensor c;
   if (w->ndim != 2 || w->shape[0] != N || w->shape[1] != K) {
-    ml_seterr_arg(2, "weight shape mismatch");
+    ml_misuse(1, "weight shape mismatch");
     return -1;
   }
   size_t rb = row_bytes_of(w, N, K);
@@ -306,7 +306,7 @@ static void packed_free(ml_weight *pw) {
 int ml_weight_prepare_with(ml_weight *pw, const ml_tensor *w, const ml_kernels *k, int flags) {
   memset(pw, 0, sizeof *pw);
   if (w->ndim != 2) {
-    ml_seterr_arg(1, "weight must be a matrix (out, in), got %d dimensions", w->ndim);
+    ml_misuse(1, "weight must be a matrix (out, in), got %d dimensions", w->ndim);
     return -1;
   }
   int64_t N = w->shape[0], K = w->shape[1];
@@ -344,7 +344,7 @@ static int mm_phases(const ml_weight *pw, const float *x, int64_t ldx, int64_t M
 int ml_mm_w_path(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy,
                  ml_mm_path path) {
   if (!pw->w.storage) {
-    ml_seterr_arg(1, "weight was released");
+    ml_misuse(1, "weight was released");
     return -1;
   }
   if (M == 0 || pw->N == 0) return 0;

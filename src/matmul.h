@@ -43,7 +43,8 @@
 #include "tensor.h"
 
 /* w: (N, K) tensor whose rows are contiguous (any type); x: M rows of K floats, ldx apart;
- * y: M rows of N floats, ldy apart. Returns 0, or -1 with an error. */
+ * y: M rows of N floats, ldy apart. Returns 0, or -1 with an error (a weight of a type with no
+ * matmul kernel, or rows that are not whole blocks, is a misuse of input 1). */
 int ml_mm(const ml_tensor *w, int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, float *y,
           int64_t ldy);
 /* The same on raw weights: N rows of K elements of wt, w_row_bytes apart. */

@@ -387,7 +387,11 @@ static void drop_original(const ml_weight *pw) {
 }
 
 static int prep(ml_weight *pw, const ml_tensor *t, int drop) {
-  if (ml_weight_prepare(pw, t, 0) < 0) return -1;
+  if (ml_weight_prepare(pw, t, 0) < 0) {
+    /* a weight no kernel takes is the model file's failure, not its caller's misuse */
+    if (ml_errclass_get() == ML_ERR_MISUSE) ml_seterr("%s", ml_errmsg());
+    return -1;
+  }
   if (drop) drop_original(pw);
   return 0;
 }

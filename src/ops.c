@@ -55,7 +55,7 @@ static int as_f32(ml_tensor *dst, const ml_tensor *src) {
 }
 
 static int new_f32(ml_tensor *t, int ndim, const int64_t *shape) {
-  return ml_tensor_init(t, ML_TYPE_F32, ndim, shape, 0);
+  return ml_tensor_init(t, ML_TYPE_F32, ndim, shape);
 }
 
 static int64_t rows_of(const ml_tensor *t) {
@@ -85,8 +85,8 @@ int ml_broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_
     int ia = a->ndim - n + i, ib = b->ndim - n + i;
     int64_t sa = ia >= 0 ? a->shape[ia] : 1, sb = ib >= 0 ? b->shape[ib] : 1;
     if (sa != sb && sa != 1 && sb != 1) {
-      ml_seterr_arg(2, "shapes do not broadcast (size %lld and %lld in dimension %d)", (long long)sa,
-                    (long long)sb, i + 1);
+      ml_misuse(2, "shapes do not broadcast (size %lld and %lld in dimension %d)", (long long)sa,
+                (long long)sb, i + 1);
       return -1;
     }
     shape[i] = sa == 1 ? sb : sa;
@@ -165,7 +165,7 @@ static int binary_into(const ml_tensor *o, const ml_tensor *a, const ml_tensor *
   ml_tensor_release(&fb);
   return 0;
 fail_b:
-  ml_seterr_arg(2, "%s", ml_errmsg());
+  ml_misuse_input(2);
   ml_tensor_release(&fb);
 fail_a:
   ml_tensor_release(&fa);
@@ -201,12 +201,12 @@ int ml_binary_scalar(ml_tensor *out, const ml_tensor *a, double s, ml_binop op, 
 
 static int check_inplace(const ml_tensor *a) {
   if (a->type != ML_TYPE_F32) {
-    ml_seterr_arg(1, "in-place operations need an f32 tensor, got %s", ml_type_traits_get(a->type)->name);
+    ml_misuse(1, "in-place operations need an f32 tensor, got %s", ml_type_traits_get(a->type)->name);
     return -1;
   }
   for (int i = 0; i < a->ndim; i++)
     if (a->stride[i] == 0 && a->shape[i] > 1) {
-      ml_seterr_arg(1, "cannot write in place into an expanded (broadcast) view");
+      ml_misuse(1, "cannot write in place into an expanded (broadcast) view");
       return -1;
     }
   return 0;
@@ -217,7 +217,7 @@ int ml_binary_(const ml_tensor *a, const ml_tensor *b, ml_binop op) {
   int64_t shape[ML_MAX_DIMS];
   if (check_inplace(a) < 0 || ml_broadcast_shape(a, b, &nd, shape) < 0) return -1;
   if (nd != a->ndim || memcmp(shape, a->shape, sizeof(int64_t) * (size_t)nd)) {
-    ml_seterr_arg(2, "in-place result would change the shape of argument 1");
+    ml_misuse(2, "in-place result would change the shape of the tensor written into");
     return -1;
   }
   return binary_into(a, a, b, op);
@@ -300,7 +300,7 @@ static int dim_last(ml_tensor *v, const ml_tensor *a, int dim) {
   ml_tensor fa;
   int perm[ML_MAX_DIMS], k = 0;
   if (dim < 0 || dim >= a->ndim) {
-    ml_seterr_arg(2, "dimension %d out of range (tensor has %d)", dim + 1, a->ndim);
+    ml_misuse(2, "dimension %d out of range (tensor has %d)", dim + 1, a->ndim);
     return -1;
   }
   if (as_f32(&fa, a) < 0) return -1;
@@ -348,7 +348,7 @@ int ml_reduce(ml_tensor *out, const ml_tensor *a, int dim, int keepdim, ml_redop
     ml_tensor fa, flat;
     int64_t n = ml_tensor_numel(a);
     if ((op == ML_RED_MAX || op == ML_RED_MIN || is_arg) && n == 0) {
-      ml_seterr_arg(1, "cannot reduce an empty tensor");
+      ml_misuse(1, "cannot reduce an empty tensor");
       return -1;
     }
     if (ml_tensor_f32(&fa, a) < 0) return -1;
@@ -359,7 +359,7 @@ int ml_reduce(ml_tensor *out, const ml_tensor *a, int dim, int keepdim, ml_redop
     ml_tensor_release(&fa);
     double r = reduce_row(op, f32p(&flat), 1, n);
     ml_tensor_release(&flat);
-    if (ml_tensor_init(&o, ot, 0, NULL, 0) < 0) return -1;
+    if (ml_tensor_init(&o, ot, 0, NULL) < 0) return -1;
     ml_tensor_set(&o, NULL, r);
     *out = o;
     return 0;
@@ -368,7 +368,7 @@ int ml_reduce(ml_tensor *out, const ml_tensor *a, int dim, int keepdim, ml_redop
   int64_t n = last_dim(&v), st = last_stride(&v), rows = rows_of(&v);
   if (n == 0 && op != ML_RED_SUM && op != ML_RED_MEAN) {
     ml_tensor_release(&v);
-    ml_seterr_arg(2, "cannot reduce an empty dimension");
+    ml_misuse(2, "cannot reduce an empty dimension");
     return -1;
   }
   for (int i = 0; i < a->ndim; i++) {
@@ -377,7 +377,7 @@ int ml_reduce(ml_tensor *out, const ml_tensor *a, int dim, int keepdim, ml_redop
     else if (keepdim)
       shape[nd++] = 1;
   }
-  if (ml_tensor_init(&o, ot, nd, shape, 0) < 0) {
+  if (ml_tensor_init(&o, ot, nd, shape) < 0) {
     ml_tensor_release(&v);
     return -1;
   }
@@ -449,13 +449,13 @@ static int softmax_impl(ml_tensor *out, const ml_tensor *a, int dim, int logsm) 
 int ml_softmax(ml_tensor *out, const ml_tensor *a, int dim) { return softmax_impl(out, a, dim, 0); }
 int ml_log_softmax(ml_tensor *out, const ml_tensor *a, int dim) { return softmax_impl(out, a, dim, 1); }
 
-static int check_vec(const ml_tensor *w, int64_t n, int arg, const char *what, ml_tensor *fw) {
+static int check_vec(const ml_tensor *w, int64_t n, int input, const char *what, ml_tensor *fw) {
   if (!w) {
     fw->storage = NULL;
     return 0;
   }
   if (w->ndim != 1 || w->shape[0] != n) {
-    ml_seterr_arg(arg, "%s must have shape {%lld}", what, (long long)n);
+    ml_misuse(input, "%s must have shape {%lld}", what, (long long)n);
     return -1;
   }
   return ml_tensor_f32(fw, w);
@@ -465,7 +465,7 @@ static int norm_impl(ml_tensor *out, const ml_tensor *a, const ml_tensor *w, con
                      double eps, int layer) {
   ml_tensor fa, fw, fb, o;
   if (a->ndim == 0) {
-    ml_seterr_arg(1, "needs at least one dimension");
+    ml_misuse(1, "needs at least one dimension");
     return -1;
   }
   int64_t n = last_dim(a);
@@ -543,12 +543,12 @@ int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b) {
   ml_tensor fa, fb, va, vb, o;
   int64_t shape[ML_MAX_DIMS], bshape[ML_MAX_DIMS];
   if (a->ndim == 0 || b->ndim == 0) {
-    ml_seterr_arg(a->ndim == 0 ? 1 : 2, "matmul needs tensors with at least one dimension");
+    ml_misuse(a->ndim == 0 ? 1 : 2, "matmul needs tensors with at least one dimension");
     return -1;
   }
   int64_t k = last_dim(a), kb = b->ndim == 1 ? b->shape[0] : b->shape[b->ndim - 2];
   if (k != kb) {
-    ml_seterr_arg(2, "inner dimensions %lld and %lld differ", (long long)k, (long long)kb);
+    ml_misuse(2, "inner dimensions %lld and %lld differ", (long long)k, (long long)kb);
     return -1;
   }
   /* promote vectors to matrices: a (k) -> (1, k); b (k) -> (k, 1) */
@@ -577,7 +577,7 @@ int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b) {
     int ia = fa.ndim - 2 - nb + i, ib = fb.ndim - 2 - nb + i;
     int64_t sa = ia >= 0 ? fa.shape[ia] : 1, sb = ib >= 0 ? fb.shape[ib] : 1;
     if (sa != sb && sa != 1 && sb != 1) {
-      ml_seterr_arg(2, "batch dimensions do not broadcast (%lld and %lld)", (long long)sa, (long long)sb);
+      ml_misuse(2, "batch dimensions do not broadcast (%lld and %lld)", (long long)sa, (long long)sb);
       goto fail;
     }
     shape[i] = sa == 1 ? sb : sa;
@@ -663,16 +663,16 @@ fail:
 int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_tensor *b) {
   ml_tensor fx, fb, o;
   if (x->ndim == 0) {
-    ml_seterr_arg(1, "linear needs an input with at least one dimension");
+    ml_misuse(1, "linear needs an input with at least one dimension");
     return -1;
   }
   if (w->ndim != 2) {
-    ml_seterr_arg(2, "weight must be a matrix (out, in), got %d dimensions", w->ndim);
+    ml_misuse(2, "weight must be a matrix (out, in), got %d dimensions", w->ndim);
     return -1;
   }
   int64_t K = last_dim(x), N = w->shape[0];
   if (w->shape[1] != K) {
-    ml_seterr_arg(2, "inner dimensions %lld and %lld differ", (long long)K, (long long)w->shape[1]);
+    ml_misuse(2, "inner dimensions %lld and %lld differ", (long long)K, (long long)w->shape[1]);
     return -1;
   }
   if (check_vec(b, N, 3, "bias", &fb) < 0) return -1;
@@ -683,6 +683,7 @@ int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_t
   if (new_f32(&o, x->ndim, shape) < 0) goto fail_x;
   int64_t M = rows_of(&fx);
   if (ml_mm(w, N, K, f32p(&fx), K, M, f32p(&o), N) < 0) {
+    ml_misuse_input(2); /* the weight */
     ml_tensor_release(&o);
     goto fail_x;
   }
@@ -749,11 +750,14 @@ static void topk_row(const float *x, int64_t st, int64_t n, int64_t k, int large
 
 int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k, int dim, int largest) {
   ml_tensor v, ov, oi;
-  if (dim_last(&v, a, dim) < 0) return -1;
+  if (dim_last(&v, a, dim) < 0) {
+    ml_misuse_input(3); /* dim */
+    return -1;
+  }
   int64_t n = last_dim(&v), st = last_stride(&v), rows = rows_of(&v);
   if (k < 0 || k > n) {
     ml_tensor_release(&v);
-    ml_seterr_arg(2, "k = %lld out of range (dimension has %lld elements)", (long long)k, (long long)n);
+    ml_misuse(2, "k = %lld out of range (dimension has %lld elements)", (long long)k, (long long)n);
     return -1;
   }
   int64_t shape[ML_MAX_DIMS];
@@ -761,7 +765,7 @@ int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k
   shape[v.ndim - 1] = k;
   kv_pair *h = ml_alloc(sizeof(kv_pair) * (size_t)(k ? k : 1));
   if (!h || new_f32(&ov, v.ndim, shape) < 0) goto fail_h;
-  if (ml_tensor_init(&oi, ML_TYPE_I32, v.ndim, shape, 0) < 0) goto fail_ov;
+  if (ml_tensor_init(&oi, ML_TYPE_I32, v.ndim, shape) < 0) goto fail_ov;
   for (int64_t r = 0; r < rows; r++) {
     topk_row(f32p(&v) + row_elems(&v, r), st, n, k, largest, h);
     float *pv = f32p(&ov) + r * k;
@@ -809,12 +813,12 @@ fail_h:
 int ml_cat(ml_tensor *out, const ml_tensor *const *ts, int n, int dim) {
   ml_tensor o;
   if (n < 1) {
-    ml_seterr_arg(1, "nothing to concatenate");
+    ml_misuse(1, "nothing to concatenate");
     return -1;
   }
   const ml_tensor *t0 = ts[0];
   if (dim < 0 || dim >= t0->ndim) {
-    ml_seterr_arg(2, "dimension %d out of range (tensor has %d)", dim + 1, t0->ndim);
+    ml_misuse(2, "dimension %d out of range (tensor has %d)", dim + 1, t0->ndim);
     return -1;
   }
   ml_type type = t0->type;
@@ -824,25 +828,28 @@ int ml_cat(ml_tensor *out, const ml_tensor *const *ts, int n, int dim) {
   for (int i = 0; i < n; i++) {
     const ml_tensor *t = ts[i];
     if (t->ndim != t0->ndim) {
-      ml_seterr_arg(1, "tensor %d has %d dimensions, tensor 1 has %d", i + 1, t->ndim, t0->ndim);
+      ml_misuse(1, "tensor %d has %d dimensions, tensor 1 has %d", i + 1, t->ndim, t0->ndim);
       return -1;
     }
     for (int d = 0; d < t->ndim; d++)
       if (d != dim && t->shape[d] != t0->shape[d]) {
-        ml_seterr_arg(1, "tensor %d has size %lld in dimension %d, tensor 1 has %lld", i + 1,
-                      (long long)t->shape[d], d + 1, (long long)t0->shape[d]);
+        ml_misuse(1, "tensor %d has size %lld in dimension %d, tensor 1 has %lld", i + 1,
+                  (long long)t->shape[d], d + 1, (long long)t0->shape[d]);
         return -1;
       }
     if (t->type != type) type = ML_TYPE_F32;
     shape[dim] += t->shape[dim];
   }
-  if (ml_tensor_init(&o, type, t0->ndim, shape, 1) < 0) return -1;
+  if (ml_tensor_init(&o, type, t0->ndim, shape) < 0) {
+    ml_misuse_input(1);
+    return -1;
+  }
   int64_t at = 0;
   for (int i = 0; i < n; i++) {
     ml_tensor part;
     if (ml_tensor_narrow(&part, &o, dim, at, ts[i]->shape[dim]) < 0 || (ml_tensor_copy_into(&part, ts[i]) < 0 && (ml_tensor_release(&part), 1))) {
       ml_tensor_release(&o);
-      ml_seterr_arg(1, "%s", ml_errmsg());
+      ml_misuse_input(1);
       return -1;
     }
     ml_tensor_release(&part);
@@ -854,11 +861,11 @@ int ml_cat(ml_tensor *out, const ml_tensor *const *ts, int n, int dim) {
 
 int ml_stack(ml_tensor *out, const ml_tensor *const *ts, int n, int dim) {
   if (n < 1) {
-    ml_seterr_arg(1, "nothing to stack");
+    ml_misuse(1, "nothing to stack");
     return -1;
   }
   if (dim < 0 || dim > ts[0]->ndim || ts[0]->ndim + 1 > ML_MAX_DIMS) {
-    ml_seterr_arg(2, "dimension %d out of range", dim + 1);
+    ml_misuse(2, "dimension %d out of range", dim + 1);
     return -1;
   }
   ml_tensor *vs = ml_alloc(sizeof(ml_tensor) * (size_t)n);
@@ -868,7 +875,7 @@ int ml_stack(ml_tensor *out, const ml_tensor *const *ts, int n, int dim) {
   for (int i = 0; i < n; i++) {
     const ml_tensor *t = ts[i];
     if (t->ndim != ts[0]->ndim || memcmp(t->shape, ts[0]->shape, sizeof(int64_t) * (size_t)t->ndim)) {
-      ml_seterr_arg(1, "tensor %d has a different shape from tensor 1", i + 1);
+      ml_misuse(1, "tensor %d has a different shape from tensor 1", i + 1);
       goto done;
     }
     vs[i] = *t;
@@ -891,19 +898,22 @@ done:
 int ml_index_select(ml_tensor *out, const ml_tensor *a, int dim, const int64_t *ids, int64_t n) {
   ml_tensor o;
   if (dim < 0 || dim >= a->ndim) {
-    ml_seterr_arg(2, "dimension %d out of range (tensor has %d)", dim + 1, a->ndim);
+    ml_misuse(2, "dimension %d out of range (tensor has %d)", dim + 1, a->ndim);
     return -1;
   }
   for (int64_t i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= a->shape[dim]) {
-      ml_seterr_arg(3, "index %lld out of range (dimension %d has size %lld)", (long long)ids[i] + 1, dim + 1,
-                    (long long)a->shape[dim]);
+      ml_misuse(3, "index %lld out of range (dimension %d has size %lld)", (long long)ids[i] + 1, dim + 1,
+                (long long)a->shape[dim]);
       return -1;
     }
   int64_t shape[ML_MAX_DIMS];
   memcpy(shape, a->shape, sizeof(int64_t) * (size_t)a->ndim);
   shape[dim] = n;
-  if (ml_tensor_init(&o, a->type, a->ndim, shape, 1) < 0) return -1;
+  if (ml_tensor_init(&o, a->type, a->ndim, shape) < 0) {
+    ml_misuse_input(3);
+    return -1;
+  }
   for (int64_t i = 0; i < n; i++) {
     ml_tensor src, dst;
     if (ml_tensor_narrow(&src, a, dim, ids[i], 1) < 0) goto fail;
@@ -938,7 +948,7 @@ static float dot_rows(const float *x, const float *y, int64_t d) {
 int ml_pairwise_dot(ml_tensor *out, const ml_tensor *a, int diagonal) {
   ml_tensor c, o;
   if (a->ndim < 2) {
-    ml_seterr_arg(1, "pairwise_dot needs a tensor (..., n, d), got %d dimensions", a->ndim);
+    ml_misuse(1, "pairwise_dot needs a tensor (..., n, d), got %d dimensions", a->ndim);
     return -1;
   }
   int64_t n = a->shape[a->ndim - 2], d = a->shape[a->ndim - 1];

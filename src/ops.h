@@ -1,6 +1,7 @@
 /* ops.h: tensor arithmetic. Inputs may be any type and any strides; math runs in f32 and
  * results are new contiguous f32 tensors (indices are i32). In-place forms need an f32
- * target. Dimensions are 0-based here; `out` is initialised only on success. */
+ * target. Dimensions are 0-based here; `out` is initialised only on success. A misuse names
+ * its input as common.h counts them (the first tensor is 1). */
 #ifndef ML_OPS_H
 #define ML_OPS_H
 
@@ -18,7 +19,7 @@ int ml_get_threads(void);
 int ml_set_threads(int n);
 int ml_max_threads(void);
 
-/* Broadcast shape of a and b (numpy rules); -1 with an error naming argument 2. */
+/* Broadcast shape of a and b (numpy rules); -1 with a misuse of input 2. */
 int ml_broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape);
 
 int ml_binary(ml_tensor *out, const ml_tensor *a, const ml_tensor *b, ml_binop op);

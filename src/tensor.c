@@ -66,17 +66,17 @@ int ml_shape_numel(int ndim, const int64_t *shape, int64_t *out) {
   int64_t n = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) {
-      ml_seterr("negative dimension %lld", (long long)shape[i]);
+      ml_misuse(0, "negative dimension %lld", (long long)shape[i]);
       return -1;
     }
     if (shape[i] != 0 && n > (INT64_C(1) << 50) / shape[i]) {
-      ml_seterr("tensor too large");
+      ml_misuse(0, "tensor too large");
       return -1;
     }
     n *= shape[i];
   }
   if (n > (INT64_C(1) << 50)) {
-    ml_seterr("tensor too large");
+    ml_misuse(0, "tensor too large");
     return -1;
   }
   *out = n;
@@ -91,31 +91,29 @@ static void set_contiguous_strides(ml_tensor *t) {
   }
 }
 
-static int check_shape(ml_type type, int ndim, const int64_t *shape, int arg, int64_t *numel) {
+/* type, ndim and shape describe one thing: a misuse of them blames no one input (0) */
+static int check_shape(ml_type type, int ndim, const int64_t *shape, int64_t *numel) {
   const ml_type_traits *tr = ml_type_traits_get(type);
   if (!tr) {
-    ml_seterr_arg(arg, "unknown dtype %d", (int)type);
+    ml_misuse(0, "unknown dtype %d", (int)type);
     return -1;
   }
   if (ndim < 0 || ndim > ML_MAX_DIMS) {
-    ml_seterr_arg(arg, "at most %d dimensions, got %d", ML_MAX_DIMS, ndim);
+    ml_misuse(0, "at most %d dimensions, got %d", ML_MAX_DIMS, ndim);
     return -1;
   }
-  if (ml_shape_numel(ndim, shape, numel) < 0) {
-    ml_seterr_arg(arg, "%s", ml_errmsg());
-    return -1;
-  }
+  if (ml_shape_numel(ndim, shape, numel) < 0) return -1;
   if (tr->blck > 1 && (ndim == 0 || shape[ndim - 1] % tr->blck != 0)) {
-    ml_seterr_arg(arg, "%s needs the last dimension to be a multiple of %d, got %lld", tr->name,
-                  tr->blck, ndim ? (long long)shape[ndim - 1] : 1LL);
+    ml_misuse(0, "%s needs the last dimension to be a multiple of %d, got %lld", tr->name, tr->blck,
+              ndim ? (long long)shape[ndim - 1] : 1LL);
     return -1;
   }
   return 0;
 }
 
-int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape, int arg) {
+int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape) {
   int64_t n;
-  if (check_shape(type, ndim, shape, arg, &n) < 0) return -1;
+  if (check_shape(type, ndim, shape, &n) < 0) return -1;
   ml_storage *s = ml_storage_new(ml_type_nbytes(type, n));
   if (!s) return -1;
   memset(t, 0, sizeof *t);
@@ -130,7 +128,7 @@ int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape, i
 int ml_tensor_init_on(ml_tensor *t, ml_storage *s, size_t offset, ml_type type, int ndim,
                       const int64_t *shape) {
   int64_t n;
-  if (check_shape(type, ndim, shape, 0, &n) < 0) return -1;
+  if (check_shape(type, ndim, shape, &n) < 0) return -1;
   size_t nb = ml_type_nbytes(type, n);
   if (offset > s->nbytes || nb > s->nbytes - offset) {
     ml_seterr("tensor of %zu bytes at offset %zu exceeds its storage (%zu bytes)", nb, offset,
@@ -266,15 +264,15 @@ void ml_tensor_fill(const ml_tensor *t, double v) {
 
 /* ---- views ---- */
 
-static int check_dim(const ml_tensor *t, int dim, int arg) {
+static int check_dim(const ml_tensor *t, int dim, int input) {
   if (dim < 0 || dim >= t->ndim) {
-    ml_seterr_arg(arg, "dimension %d out of range (tensor has %d)", dim + 1, t->ndim);
+    ml_misuse(input, "dimension %d out of range (tensor has %d)", dim + 1, t->ndim);
     return -1;
   }
   return 0;
 }
 
-static int blocks_ok(const ml_tensor *t, int arg) {
+static int blocks_ok(const ml_tensor *t, int input) {
   const ml_type_traits *tr = ml_type_traits_get(t->type);
   if (tr->blck == 1) return 0;
   if (t->ndim == 0 || t->stride[t->ndim - 1] != 1 || t->shape[t->ndim - 1] % tr->blck) goto bad;
@@ -282,26 +280,26 @@ static int blocks_ok(const ml_tensor *t, int arg) {
     if (t->stride[i] % tr->blck) goto bad;
   return 0;
 bad:
-  ml_seterr_arg(arg, "this view would split %s blocks of %d (dequantize first)", tr->name, tr->blck);
+  ml_misuse(input, "this view would split %s blocks of %d (dequantize first)", tr->name, tr->blck);
   return -1;
 }
 
 int ml_tensor_reshape_view(ml_tensor *dst, const ml_tensor *src, int ndim, const int64_t *shape) {
   int64_t n, infer = -1, known = 1, sh[ML_MAX_DIMS];
   if (ndim < 0 || ndim > ML_MAX_DIMS) {
-    ml_seterr_arg(2, "at most %d dimensions", ML_MAX_DIMS);
+    ml_misuse(2, "at most %d dimensions", ML_MAX_DIMS);
     return -1;
   }
   for (int i = 0; i < ndim; i++) {
     sh[i] = shape[i];
     if (shape[i] == -1) {
       if (infer >= 0) {
-        ml_seterr_arg(2, "only one dimension can be -1");
+        ml_misuse(2, "only one dimension can be -1");
         return -1;
       }
       infer = i;
     } else if (shape[i] < 0) {
-      ml_seterr_arg(2, "negative dimension %lld", (long long)shape[i]);
+      ml_misuse(2, "negative dimension %lld", (long long)shape[i]);
       return -1;
     } else {
       known *= shape[i];
@@ -310,19 +308,19 @@ int ml_tensor_reshape_view(ml_tensor *dst, const ml_tensor *src, int ndim, const
   n = ml_tensor_numel(src);
   if (infer >= 0) {
     if (known == 0 || n % known) {
-      ml_seterr_arg(2, "cannot infer -1: %lld elements do not divide by %lld", (long long)n, (long long)known);
+      ml_misuse(2, "cannot infer -1: %lld elements do not divide by %lld", (long long)n, (long long)known);
       return -1;
     }
     sh[infer] = n / known;
   }
   int64_t m;
   if (ml_shape_numel(ndim, sh, &m) < 0 || m != n) {
-    ml_seterr_arg(2, "shape has %lld elements, tensor has %lld", (long long)(ml_shape_numel(ndim, sh, &m) < 0 ? -1 : m),
-                  (long long)n);
+    ml_misuse(2, "shape has %lld elements, tensor has %lld", (long long)(ml_shape_numel(ndim, sh, &m) < 0 ? -1 : m),
+              (long long)n);
     return -1;
   }
   if (!ml_tensor_is_contiguous(src)) {
-    ml_seterr_arg(1, "view needs a contiguous tensor (call contiguous() or use reshape)");
+    ml_misuse(1, "view needs a contiguous tensor (call contiguous() or use reshape)");
     return -1;
   }
   ml_tensor t = *src;
@@ -337,20 +335,20 @@ int ml_tensor_reshape_view(ml_tensor *dst, const ml_tensor *src, int ndim, const
 int ml_tensor_narrow(ml_tensor *dst, const ml_tensor *src, int dim, int64_t start, int64_t len) {
   if (check_dim(src, dim, 2) < 0) return -1;
   if (start < 0 || start > src->shape[dim]) {
-    ml_seterr_arg(3, "start %lld out of range (dimension %d has size %lld)", (long long)start + 1,
-                  dim + 1, (long long)src->shape[dim]);
+    ml_misuse(3, "start %lld out of range (dimension %d has size %lld)", (long long)start + 1,
+              dim + 1, (long long)src->shape[dim]);
     return -1;
   }
   if (len < 0 || len > src->shape[dim] - start) {
-    ml_seterr_arg(4, "length %lld out of range (%lld elements from %lld)", (long long)len,
-                  (long long)(src->shape[dim] - start), (long long)start + 1);
+    ml_misuse(4, "length %lld out of range (%lld elements from %lld)", (long long)len,
+              (long long)(src->shape[dim] - start), (long long)start + 1);
     return -1;
   }
   ml_tensor t = *src;
   const ml_type_traits *tr = ml_type_traits_get(t.type);
   int64_t e = start * src->stride[dim];
   if (e % tr->blck) {
-    ml_seterr_arg(3, "this view would split %s blocks of %d (dequantize first)", tr->name, tr->blck);
+    ml_misuse(3, "this view would split %s blocks of %d (dequantize first)", tr->name, tr->blck);
     return -1;
   }
   t.offset += (size_t)(e / tr->blck * (int64_t)tr->size);
@@ -363,8 +361,8 @@ int ml_tensor_narrow(ml_tensor *dst, const ml_tensor *src, int dim, int64_t star
 int ml_tensor_select(ml_tensor *dst, const ml_tensor *src, int dim, int64_t index) {
   if (check_dim(src, dim, 2) < 0) return -1;
   if (index < 0 || index >= src->shape[dim]) {
-    ml_seterr_arg(3, "index %lld out of range (dimension %d has size %lld)", (long long)index + 1,
-                  dim + 1, (long long)src->shape[dim]);
+    ml_misuse(3, "index %lld out of range (dimension %d has size %lld)", (long long)index + 1,
+              dim + 1, (long long)src->shape[dim]);
     return -1;
   }
   ml_tensor t;
@@ -401,7 +399,7 @@ int ml_tensor_permute(ml_tensor *dst, const ml_tensor *src, const int *perm) {
   ml_tensor t = *src;
   for (int i = 0; i < src->ndim; i++) {
     if (perm[i] < 0 || perm[i] >= src->ndim || seen[perm[i]]) {
-      ml_seterr_arg(2, "not a permutation of the %d dimensions", src->ndim);
+      ml_misuse(2, "not a permutation of the %d dimensions", src->ndim);
       return -1;
     }
     seen[perm[i]] = 1;
@@ -415,7 +413,7 @@ int ml_tensor_permute(ml_tensor *dst, const ml_tensor *src, const int *perm) {
 
 int ml_tensor_expand(ml_tensor *dst, const ml_tensor *src, int ndim, const int64_t *shape) {
   if (ndim < src->ndim || ndim > ML_MAX_DIMS) {
-    ml_seterr_arg(2, "cannot expand %d dimensions to %d", src->ndim, ndim);
+    ml_misuse(2, "cannot expand %d dimensions to %d", src->ndim, ndim);
     return -1;
   }
   ml_tensor t = *src;
@@ -425,8 +423,7 @@ int ml_tensor_expand(ml_tensor *dst, const ml_tensor *src, int ndim, const int64
     int j = i - off;
     int64_t have = j >= 0 ? src->shape[j] : 1, st = j >= 0 ? src->stride[j] : 0;
     if (shape[i] < 0 || (have != shape[i] && have != 1)) {
-      ml_seterr_arg(2, "cannot expand size %lld to %lld in dimension %d", (long long)have,
-                    (long long)shape[i], i + 1);
+      ml_misuse(2, "cannot expand size %lld to %lld in dimension %d", (long long)have, (long long)shape[i], i + 1);
       return -1;
     }
     t.shape[i] = shape[i];
@@ -475,12 +472,12 @@ static void row_to_f32(const ml_tensor *t, const char *p, int64_t st, int64_t n,
 
 int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
   if (dst->ndim != src->ndim || memcmp(dst->shape, src->shape, sizeof(int64_t) * (size_t)dst->ndim)) {
-    ml_seterr_arg(2, "shapes differ");
+    ml_misuse(2, "shapes differ");
     return -1;
   }
   const ml_type_traits *dt = ml_type_traits_get(dst->type);
   if (dt->blck > 1 && !ml_tensor_is_contiguous(dst)) {
-    ml_seterr_arg(1, "cannot write into a non-contiguous %s tensor", dt->name);
+    ml_misuse(1, "cannot write into a non-contiguous %s tensor", dt->name);
     return -1;
   }
   int64_t n = src->ndim ? src->shape[src->ndim - 1] : 1, rows = row_count(src);
@@ -501,7 +498,7 @@ int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
     return 0;
   }
   if (dt->blck > 1 && !dt->from_float) {
-    ml_seterr_arg(2, "cannot quantize to %s", dt->name);
+    ml_misuse(2, "cannot quantize to %s", dt->name);
     return -1;
   }
   /* rows convert independently: large conversions (quantizing a weight) use every thread */
@@ -535,8 +532,12 @@ int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
 
 int ml_tensor_to(ml_tensor *dst, const ml_tensor *src, ml_type type) {
   ml_tensor t;
-  if (ml_tensor_init(&t, type, src->ndim, src->shape, 2) < 0) return -1;
-  if (ml_tensor_copy_into(&t, src) < 0) {
+  if (ml_tensor_init(&t, type, src->ndim, src->shape) < 0) {
+    ml_misuse_input(2);
+    return -1;
+  }
+  if (ml_tensor_copy_into(&t, src) < 0) { /* only "cannot quantize to" can fail: the type */
+    ml_misuse_input(2);
     ml_tensor_release(&t);
     return -1;
   }

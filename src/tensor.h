@@ -43,10 +43,10 @@ ml_storage *ml_storage_external(void *data, size_t nbytes, void (*release)(void 
 void ml_storage_retain(ml_storage *s);
 void ml_storage_release(ml_storage *s);
 
-/* Initialise `t` (caller-owned struct) as a new contiguous tensor. Returns 0 or -1 (error set:
- * bad shape, dims not whole blocks, too large, out of memory). `arg` is the Lua argument the
- * shape came from, for error messages. */
-int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape, int arg);
+/* Initialise `t` (caller-owned struct) as a new contiguous tensor. Returns 0 or -1 with an
+ * error: a misuse with no one input to blame (bad shape, dims not whole blocks, too large), or
+ * out of memory. */
+int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape);
 /* Initialise as a contiguous tensor over existing storage at `offset` (retains it). */
 int ml_tensor_init_on(ml_tensor *t, ml_storage *s, size_t offset, ml_type type, int ndim,
                       const int64_t *shape);
@@ -71,8 +71,9 @@ void ml_tensor_set(const ml_tensor *t, const int64_t *idx, double v);
 /* Read the element at flat (row-major, logical) position i, any type incl. blocks: slow path. */
 double ml_tensor_get_flat(const ml_tensor *t, int64_t i);
 
-/* Views (dst is overwritten; on error dst is untouched and -1 is returned with an error).
- * dims are 0-based here; the binding converts from Lua's 1-based. */
+/* Views (dst is overwritten; on error dst is untouched and -1 is returned with an error: a
+ * misuse names its input as common.h counts them, src being 1). dims are 0-based here; the
+ * binding converts from Lua's 1-based. */
 int ml_tensor_reshape_view(ml_tensor *dst, const ml_tensor *src, int ndim, const int64_t *shape);
 int ml_tensor_narrow(ml_tensor *dst, const ml_tensor *src, int dim, int64_t start, int64_t len);
 int ml_tensor_select(ml_tensor *dst, const ml_tensor *src, int dim, int64_t index);

@@ -681,7 +681,7 @@ static void model_quirks(ml_vocab *v) {
 
 ml_vocab *ml_vocab_load(ml_gguf *g) {
   if (!g) {
-    ml_seterr_arg(1, "no GGUF to load a vocabulary from");
+    ml_misuse(1, "no GGUF to load a vocabulary from");
     return NULL;
   }
   ml_vocab *v = ml_calloc(sizeof *v);
@@ -1247,19 +1247,19 @@ static int raw_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t
 int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int add_bos, int add_eos,
                           int parse_special, int32_t *out, int64_t n_max) {
   if (!v) {
-    ml_seterr_arg(1, "no vocabulary");
+    ml_misuse(1, "no vocabulary");
     return ML_TOK_ERROR;
   }
   if (!text && len) {
-    ml_seterr_arg(2, "text is NULL");
+    ml_misuse(2, "text is NULL");
     return ML_TOK_ERROR;
   }
   if (len > MAX_TEXT) {
-    ml_seterr_arg(2, "text too long to tokenize at once (%zu bytes, at most %zu)", len, MAX_TEXT);
+    ml_misuse(2, "text too long to tokenize at once (%zu bytes, at most %zu)", len, MAX_TEXT);
     return ML_TOK_ERROR;
   }
   if (n_max < 0 || (!out && n_max > 0)) {
-    ml_seterr_arg(7, "bad output buffer");
+    ml_misuse(0, "bad output buffer");
     return ML_TOK_ERROR;
   }
   if (add_bos < 0) add_bos = v->info.add_bos;
@@ -1367,7 +1367,7 @@ static int is_special_tok(const ml_vocab *v, int32_t id) {
 
 int64_t ml_vocab_piece(const ml_vocab *v, int32_t id, int flags, char *buf, size_t cap) {
   if (!v || !valid_id(v, id)) {
-    ml_seterr_arg(2, "token id %d out of range", (int)id);
+    ml_misuse(2, "token id %d out of range", (int)id);
     return ML_TOK_ERROR;
   }
   if (!buf) cap = 0;
@@ -1410,12 +1410,12 @@ static size_t clean_spaces(char *t, size_t n) {
 
 int64_t ml_vocab_detokenize(const ml_vocab *v, const int32_t *ids, int64_t n, int flags, char *buf, size_t cap) {
   if (!v || n < 0 || (!ids && n > 0)) {
-    ml_seterr("bad arguments to detokenize");
+    ml_misuse(0, "bad arguments to detokenize");
     return ML_TOK_ERROR;
   }
   for (int64_t i = 0; i < n; i++)
     if (!valid_id(v, ids[i])) {
-      ml_seterr_arg(2, "token id %d (at index %lld) out of range", (int)ids[i], (long long)i + 1);
+      ml_misuse(2, "token id %d (at index %lld) out of range", (int)ids[i], (long long)i + 1);
       return ML_TOK_ERROR;
     }
   if (!buf) cap = 0;
@@ -1450,7 +1450,7 @@ struct ml_decoder {
 
 ml_decoder *ml_decoder_new(const ml_vocab *v, int flags) {
   if (!v) {
-    ml_seterr_arg(1, "no vocabulary");
+    ml_misuse(1, "no vocabulary");
     return NULL;
   }
   ml_decoder *d = ml_calloc(sizeof *d);
@@ -1503,7 +1503,7 @@ static int64_t decode_utf8(ml_decoder *d, const uint8_t *in, size_t n, int final
 int64_t ml_decoder_push(ml_decoder *d, int32_t id, const char **out) {
   *out = "";
   if (!valid_id(d->v, id)) {
-    ml_seterr_arg(2, "token id %d out of range", (int)id);
+    ml_misuse(2, "token id %d out of range", (int)id);
     return ML_TOK_ERROR;
   }
   const ml_vocab *v = d->v;

@@ -31,7 +31,7 @@ LDFLAGS += -shared -fopenmp -Wl,-z,nodelete -Wl,--no-undefined $(SANLD)
 LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
-CORE = error dtype quant tensor ops matmul gguf tokenizer unicode \
+CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer unicode \
        model arch_llama arch_qwen2 arch_qwen3 kvcache context forward registry rowops kernels/rowops_avx2 \
        kernels/dispatch kernels/ref
 KERNELS_C      = kernels/pack

@@ -159,6 +159,33 @@ describe("sampler", function()
     assert.is_true(s.mu > 0 and s.mu < 12)
   end)
 
+  it("a token mask (core.candidates' allow) bans tokens before bias and penalties, in every path", function()
+    local core = require "moonlm.core"
+    -- allowed: ids 0, 2, 3, 5 (bits 0, 2, 3, 5 of the one byte: 45)
+    local mask = string.char(45)
+    local ids, vals = core.candidates(logits, { top_k = 0, allow = mask, bias = { [1] = 10 }, history = { 4 },
+                                                repeat_penalty = 0.5 })
+    assert.are.same({ 2, 0, 5, 3, 1, 4 }, ids)
+    assert.are.same({ 2, 1, 0.5, -1, -math.huge, -math.huge }, vals)
+    assert.are.equal(2, (core.candidates(logits, { top_k = 0, allow = mask, draw = 0.9, temperature = 0 })))
+    -- 300 tokens, every third allowed: the whole-vocabulary draw and the top-k path keep to them
+    local n, bytes = 300, {}
+    for b = 0, math.floor((n + 7) / 8) - 1 do
+      local x = 0
+      for i = 0, 7 do if (8 * b + i) % 3 == 0 then x = x + 2 ^ i end end
+      bytes[#bytes + 1] = string.char(x)
+    end
+    local big, rng = T.randn({ n }, { seed = 3 }), core.rng(1)
+    for _ = 1, 200 do
+      local id = core.candidates(big, { top_k = 0, allow = table.concat(bytes), draw = rng:uniform(), top_p = 0.9 })
+      assert.are.equal(0, id % 3)
+    end
+    local top = core.candidates(big, { top_k = 100, allow = table.concat(bytes) })
+    for i, id in ipairs(top) do assert.are.equal(i <= 100 and 0 or 1, id % 3) end
+    assert.has_error(function() core.candidates(logits, { allow = "ab" }) end,
+      "bad argument #2 to 'candidates' (allow has 2 bytes, the vocabulary needs 1)")
+  end)
+
   it("user steps see the top_k candidates and can edit them", function()
     local seen
     local s = lm.sampler { temperature = 0, top_k = 3, steps = {

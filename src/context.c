@@ -5,8 +5,8 @@
 
 #include "common.h"
 #include "context.h"
-#include "ops.h"
 #include "registry.h"
+#include "threads.h"
 
 static int try_enter(ml_context *c) {
   int expected = 0;

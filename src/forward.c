@@ -24,6 +24,7 @@
 #include "context.h"
 #include "ops.h"
 #include "rowops.h"
+#include "threads.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -310,9 +311,7 @@ static void run(fwd *f, int ith, int nth) {
 
 /* Threads for a chunk: one when the work is too small to split (tiny models, one token). */
 static int threads_for(const ml_model *m, int64_t n) {
-  double work = (double)m->weight_bytes * (double)n;
-  int nth = ml_get_threads();
-  return work < (double)(1 << 20) ? 1 : nth;
+  return ml_threads_for(ML_WORK_CHUNK, (double)m->weight_bytes * (double)n);
 }
 
 int ml_forward(ml_context *c, int64_t n, const int32_t *tokens, const uint8_t *want, float *logits, float *hidden) {

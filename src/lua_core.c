@@ -12,6 +12,7 @@
 #include "lua_util.h"
 #include "matmul.h"
 #include "ops.h"
+#include "threads.h"
 
 #define ML_VERSION "0.1.0"
 

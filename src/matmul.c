@@ -14,19 +14,7 @@
 
 #include "common.h"
 #include "kernels/dispatch.h"
-#include "ops.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-extern void openblas_set_num_threads(int);
-
-/* Below this many weight bytes (GEMV) or multiply-adds (GEMM) one thread is faster than
- * waking the others: a fork/join costs a few microseconds, in which one core streams
- * ~50 KB of weights or does ~100k int8 multiply-adds. */
-#define MM_PAR_MIN_BYTES (256 << 10)
-#define MM_PAR_MIN_MACS ((int64_t)1 << 21)
+#include "threads.h"
 
 /* ---- per-thread scratch ---- */
 
@@ -66,21 +54,6 @@ static void *thread_buf(int which, size_t n) {
   return s->p[which];
 }
 
-static int thread_id(void) {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-static int thread_count(void) {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -103,10 +76,7 @@ static int check_type(ml_type wt, int64_t K) {
 }
 
 static int threads_for(ml_type wt, int64_t N, int64_t K, int64_t M) {
-  double bytes = (double)N * (double)ml_type_nbytes(wt, K);
-  double macs = (double)N * (double)K * (double)M;
-  if (bytes < MM_PAR_MIN_BYTES && macs < (double)MM_PAR_MIN_MACS) return 1;
-  return ml_get_threads();
+  return ml_threads_for_product((double)N * (double)ml_type_nbytes(wt, K), (double)N * (double)K * (double)M);
 }
 
 static int refused(ml_type wt, int64_t N, int64_t K, int64_t M) {
@@ -119,7 +89,7 @@ static int refused(ml_type wt, int64_t N, int64_t K, int64_t M) {
 static int f32_blas(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K, const float *x, int64_t ldx,
                     int64_t M, float *y, int64_t ldy) {
   if (wt != ML_TYPE_F32 || M < 16 || N < 16 || K < 16 || w_row_bytes % 4) return 0;
-  openblas_set_num_threads(ml_get_threads());
+  ml_blas_threads();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)ldx, (const float *)w,
               (int)(w_row_bytes / 4), 0.0f, y, (int)ldy);
   return 1;
@@ -141,7 +111,7 @@ static int mm_plain(const ml_kernels *k, ml_type wt, const void *w, size_t w_row
   } else {
 #pragma omp parallel num_threads(nth) reduction(&& : ok)
     {
-      int ith = thread_id(), n = thread_count();
+      int ith = ml_thread_id(), n = ml_thread_count();
       if (wt != ML_TYPE_F32) ok = ml_matmul_quantize_acts(k, wt, x, ldx, M, K, act, arb, ith, n);
 #pragma omp barrier
       ok = ml_matmul_run(k, &p, ith, n) && ok;
@@ -162,7 +132,7 @@ static int pack_into(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, i
 #pragma omp parallel num_threads(nth)
   {
     int64_t t0, t1;
-    ml_slice(tiles, thread_id(), thread_count(), &t0, &t1);
+    ml_slice(tiles, ml_thread_id(), ml_thread_count(), &t0, &t1);
     ml_x16_pack(wt, w, w_row_bytes, N, K, dst, t0, t1);
   }
   return 0;
@@ -215,7 +185,7 @@ static int mm_packed(const ml_kernels *k, ml_type wt, const void *packed, size_t
   } else {
 #pragma omp parallel num_threads(nth) reduction(&& : ok)
     {
-      int ith = thread_id(), n = thread_count();
+      int ith = ml_thread_id(), n = ml_thread_count();
       ok = quantize_panel(k, wt, K, x, ldx, M, act, pl.row_bytes, ith, n);
 #pragma omp barrier
       ok = run_packed(k, fn, wt, packed, tile_bytes, N, K, act, pl.row_bytes, M, y, ldy, ith, n) && ok;
@@ -361,7 +331,7 @@ static int mm_phases(const ml_weight *pw, const float *x, int64_t ldx, int64_t M
   int ok = act != NULL;
 #pragma omp parallel num_threads(ml_get_threads()) reduction(&& : ok)
   {
-    int ith = thread_id(), n = thread_count();
+    int ith = ml_thread_id(), n = ml_thread_count();
     ok = act && ml_mm_w_quantize(pw, x, ldx, M, act, ith, n) == 0;
 #pragma omp barrier
     ok = act && ml_mm_w_compute(pw, act, M, y, ldy, ith, n) == 0 && ok;

@@ -11,37 +11,8 @@
 
 #include "common.h"
 #include "matmul.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-/* OpenBLAS keeps its own thread pool; we size it to ours (declared here so any cblas.h works). */
-extern void openblas_set_num_threads(int);
-
-#define PAR_MIN (1 << 20) /* elements below which fork/join costs more than it saves */
-
-static int n_threads = 0;
-
-int ml_max_threads(void) {
-#ifdef _OPENMP
-  return omp_get_num_procs();
-#else
-  return 1;
-#endif
-}
-
-int ml_get_threads(void) {
-  if (n_threads <= 0) n_threads = ml_max_threads();
-  return n_threads;
-}
-
-int ml_set_threads(int n) {
-  int max = ml_max_threads();
-  n_threads = n < 1 ? 1 : n > max ? max : n;
-  openblas_set_num_threads(n_threads);
-  return n_threads;
-}
+#include "sample.h"
+#include "threads.h"
 
 /* ---- helpers ---- */
 
@@ -139,12 +110,13 @@ static void binary_apply(const ml_tensor *o, const ml_tensor *a, const ml_tensor
   int64_t rows = rows_of(o), n = last_dim(o), so = last_stride(o), sa = last_stride(a), sb = last_stride(b);
   float *po = f32p(o);
   const float *pa = f32p(a), *pb = f32p(b);
-  if (rows == 1 || n * rows < PAR_MIN) {
+  int nth = rows == 1 ? 1 : ml_threads_for(ML_WORK_ELEMS, (double)n * (double)rows);
+  if (nth == 1) {
     for (int64_t r = 0; r < rows; r++)
       binop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, pb + row_elems(b, r), sb, n);
     return;
   }
-#pragma omp parallel for num_threads(ml_get_threads()) schedule(static)
+#pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t r = 0; r < rows; r++)
     binop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, pb + row_elems(b, r), sb, n);
 }
@@ -266,11 +238,12 @@ static void unary_apply(const ml_tensor *o, const ml_tensor *a, ml_unop op) {
   int64_t rows = rows_of(o), n = last_dim(o), so = last_stride(o), sa = last_stride(a);
   float *po = f32p(o);
   const float *pa = f32p(a);
-  if (rows == 1 || n * rows < PAR_MIN) {
+  int nth = rows == 1 ? 1 : ml_threads_for(ML_WORK_ELEMS, (double)n * (double)rows);
+  if (nth == 1) {
     for (int64_t r = 0; r < rows; r++) unop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, n);
     return;
   }
-#pragma omp parallel for num_threads(ml_get_threads()) schedule(static)
+#pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t r = 0; r < rows; r++) unop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, n);
 }
 
@@ -425,7 +398,7 @@ static int softmax_impl(ml_tensor *out, const ml_tensor *a, int dim, int logsm) 
   int64_t n = last_dim(&v), st = last_stride(&v), rows = rows_of(&v);
   const float *pv = f32p(&v);
   float *po = f32p(&o);
-#pragma omp parallel for num_threads(ml_get_threads()) if (rows * n >= PAR_MIN) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) softmax_row(po + r * n, pv + row_elems(&v, r), st, n, logsm);
   ml_tensor_release(&v);
   if (dim == a->ndim - 1) {
@@ -476,7 +449,7 @@ static int norm_impl(ml_tensor *out, const ml_tensor *a, const ml_tensor *w, con
   int64_t rows = rows_of(&fa), st = last_stride(&fa);
   const float *pa = f32p(&fa), *pw = fw.storage ? f32p(&fw) : NULL, *pb = fb.storage ? f32p(&fb) : NULL;
   float *po = f32p(&o);
-#pragma omp parallel for num_threads(ml_get_threads()) if (rows * n >= PAR_MIN) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = pa + row_elems(&fa, r);
     float *y = po + r * n;
@@ -617,7 +590,7 @@ int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b) {
   }
   int64_t batches = 1;
   for (int i = 0; i < nb; i++) batches *= shape[i];
-  openblas_set_num_threads(ml_get_threads());
+  ml_blas_threads();
   for (int64_t bi = 0; bi < batches; bi++) {
     int64_t ea = 0, eb = 0, r = bi;
     for (int d = nb - 1; d >= 0; d--) {
@@ -706,48 +679,6 @@ fail_b:
 
 /* ---- top-k ---- */
 
-typedef struct { float v; int32_t i; } kv_pair;
-
-/* a ranks before b: larger value (or smaller, for !largest), then lower index */
-static inline int before(kv_pair a, kv_pair b, int largest) {
-  if (a.v != b.v) return largest ? a.v > b.v : a.v < b.v;
-  return a.i < b.i;
-}
-
-static void sift_down(kv_pair *h, int64_t n, int64_t i, int largest) {
-  /* heap whose root is the *worst* kept element */
-  for (;;) {
-    int64_t l = 2 * i + 1, r = l + 1, w = i;
-    if (l < n && before(h[w], h[l], largest)) w = l;
-    if (r < n && before(h[w], h[r], largest)) w = r;
-    if (w == i) return;
-    kv_pair t = h[i]; h[i] = h[w]; h[w] = t;
-    i = w;
-  }
-}
-
-static void topk_row(const float *x, int64_t st, int64_t n, int64_t k, int largest, kv_pair *h) {
-  int64_t m = 0;
-  if (k == 0) return;
-  for (int64_t i = 0; i < n; i++) {
-    kv_pair p = { x[i * st], (int32_t)i };
-    if (p.v != p.v) p.v = largest ? -INFINITY : INFINITY; /* NaN ranks last */
-    if (m < k) {
-      h[m++] = p;
-      if (m == k)
-        for (int64_t j = k / 2; j >= 0; j--) sift_down(h, k, j, largest);
-    } else if (before(p, h[0], largest)) {
-      h[0] = p;
-      sift_down(h, k, 0, largest);
-    }
-  }
-  /* heap sort: move the worst to the end until the best is first */
-  for (int64_t end = k - 1; end > 0; end--) {
-    kv_pair t = h[0]; h[0] = h[end]; h[end] = t;
-    sift_down(h, end, 0, largest);
-  }
-}
-
 int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k, int dim, int largest) {
   ml_tensor v, ov, oi;
   if (dim_last(&v, a, dim) < 0) {
@@ -763,16 +694,16 @@ int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k
   int64_t shape[ML_MAX_DIMS];
   memcpy(shape, v.shape, sizeof(int64_t) * (size_t)v.ndim);
   shape[v.ndim - 1] = k;
-  kv_pair *h = ml_alloc(sizeof(kv_pair) * (size_t)(k ? k : 1));
+  ml_cand *h = ml_alloc(sizeof(ml_cand) * (size_t)(k ? k : 1));
   if (!h || new_f32(&ov, v.ndim, shape) < 0) goto fail_h;
   if (ml_tensor_init(&oi, ML_TYPE_I32, v.ndim, shape) < 0) goto fail_ov;
   for (int64_t r = 0; r < rows; r++) {
-    topk_row(f32p(&v) + row_elems(&v, r), st, n, k, largest, h);
+    ml_top_k(f32p(&v) + row_elems(&v, r), st, n, k, largest, h);
     float *pv = f32p(&ov) + r * k;
     int32_t *pi = (int32_t *)ml_tensor_data(&oi) + r * k;
-    for (int64_t j = 0; j < k; j++) {
-      pv[j] = f32p(&v)[row_elems(&v, r) + h[j].i * st];
-      pi[j] = h[j].i;
+    for (int64_t j = 0; j < k; j++) { /* the value itself (a NaN ranked last stays NaN) */
+      pv[j] = f32p(&v)[row_elems(&v, r) + h[j].id * st];
+      pi[j] = h[j].id;
     }
   }
   ml_free(h);
@@ -964,7 +895,7 @@ int ml_pairwise_dot(ml_tensor *out, const ml_tensor *a, int diagonal) {
   const float *x = f32p(&c);
   float *y = f32p(&o);
   double macs = (double)batches * (double)pairs * (double)d;
-#pragma omp parallel for num_threads(ml_get_threads()) if (macs >= 4.0 * PAR_MIN) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_MACS, macs)) schedule(static)
   for (int64_t b = 0; b < batches; b++) {
     const float *m = x + b * n * d;
     float *p = y + b * pairs;

@@ -14,11 +14,6 @@ typedef enum ml_unop {
 } ml_unop;
 typedef enum ml_redop { ML_RED_SUM, ML_RED_MEAN, ML_RED_MAX, ML_RED_MIN, ML_RED_ARGMAX, ML_RED_ARGMIN } ml_redop;
 
-/* Thread count for the ops and kernels (process-wide default, >= 1). */
-int ml_get_threads(void);
-int ml_set_threads(int n);
-int ml_max_threads(void);
-
 /* Broadcast shape of a and b (numpy rules); -1 with a misuse of input 2. */
 int ml_broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape);
 

@@ -6,11 +6,7 @@
 #include <string.h>
 
 #include "common.h"
-#include "ops.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threads.h"
 
 /* ---- storage ---- */
 
@@ -502,16 +498,12 @@ int ml_tensor_copy_into(const ml_tensor *dst, const ml_tensor *src) {
     return -1;
   }
   /* rows convert independently: large conversions (quantizing a weight) use every thread */
-  int nth = (double)n * (double)rows > 1e6 ? ml_get_threads() : 1;
+  int nth = ml_threads_for(ML_WORK_ELEMS, (double)n * (double)rows);
   float *bufs = ml_alloc(sizeof(float) * (size_t)n * (size_t)nth);
   if (!bufs) return -1;
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
-#ifdef _OPENMP
-    float *buf = bufs + (size_t)n * (size_t)omp_get_thread_num();
-#else
-    float *buf = bufs;
-#endif
+    float *buf = bufs + (size_t)n * (size_t)ml_thread_id();
     const char *sp = (const char *)ml_tensor_data(src) + row_offset(src, r);
     char *dp = (char *)ml_tensor_data(dst) + row_offset(dst, r);
     float *row = buf;

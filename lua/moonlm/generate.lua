@@ -19,8 +19,14 @@
 --   preserved_tokens {} ids of control tokens whose text goes into the output all the same
 --                      (tool-call markers such as [TOOL_CALLS] that a parser must see)
 --   n_ctx              size of the model's own context (default min(n_ctx_train, 4096))
+--   logprobs           n >= 0 (true: 0): info.logprobs gets, for every generated token,
+--                      its log-probability and the n most likely tokens at its place (see
+--                      sampler:logprobs: temperature 1, after logit_bias and penalties)
 -- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort"),
---   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids)
+--   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids),
+--   logprobs (with the option: one entry per id, { id, token, bytes, logprob,
+--   top_logprobs = { { id, token, bytes, logprob }, ... } }; token is the token's bytes,
+--   bytes the same as a list of numbers, as OpenAI's)
 local sampler = require "moonlm.sampler"
 local core = require "moonlm.core"
 
@@ -116,8 +122,16 @@ function _M.start(model, prompt, opts)
   end
   for _, id in ipairs(opts.stop_tokens or {}) do self.stop_ids[id] = true end
   self.max_tokens = opts.max_tokens or 256
+  local lp = opts.logprobs
+  if lp ~= nil and lp ~= false then
+    if lp == true then lp = 0 end
+    if type(lp) ~= "number" or lp < 0 or lp ~= math.floor(lp) then
+      error("bad option 'logprobs' (true or a whole number >= 0 expected)", 3)
+    end
+    self.logprobs_n, self.token_info = lp, {}
+  end
   self.pending = ""
-  self.info = { prompt_tokens = #ids, tokens = 0, ids = {}, stop_reason = nil }
+  self.info = { prompt_tokens = #ids, tokens = 0, ids = {}, stop_reason = nil, logprobs = self.logprobs_n and {} or nil }
   -- prefill
   local t0 = clock()
   if #ids == 0 then
@@ -183,6 +197,19 @@ function Gen:release(final)
   return out
 end
 
+-- { id, token, bytes, logprob } for a token (its text and bytes cached per generation)
+function Gen:token_entry(id, logprob)
+  local t = self.token_info[id]
+  if not t then
+    local text = self.model:piece(id, true)
+    t = { text, { text:byte(1, -1) } }
+    self.token_info[id] = t
+  end
+  local bytes = {}
+  for i, b in ipairs(t[2]) do bytes[i] = b end
+  return { id = id, token = t[1], bytes = bytes, logprob = logprob }
+end
+
 -- next() -> the next piece of text (never ""), or nil when generation has ended.
 function Gen:next()
   while true do
@@ -204,6 +231,8 @@ function Gen:next()
       self.info.stop_reason = "length"
     else
       local id = self.sampler:sample(self.logits, self.history)
+      local lp, top
+      if self.logprobs_n then lp, top = self.sampler:logprobs(self.logits, self.history, id, self.logprobs_n) end
       self.logits:close()
       self.logits = nil
       if self.stop_ids[id] then
@@ -215,6 +244,12 @@ function Gen:next()
         local info = self.info
         info.tokens = info.tokens + 1
         info.ids[info.tokens] = id
+        if lp then
+          local e = self:token_entry(id, lp)
+          e.top_logprobs = {}
+          for i, t in ipairs(top) do e.top_logprobs[i] = self:token_entry(t.id, t.logprob) end
+          info.logprobs[info.tokens] = e
+        end
         local piece
         if self.preserved and self.preserved[id] then
           piece = self.decoder:flush() .. self.model:piece(id, true)

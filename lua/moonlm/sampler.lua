@@ -244,6 +244,22 @@ function Sampler:sample(logits, history)
   return c.ids[i], probs[i]
 end
 
+-- logprobs(logits, history, id, n) -> logprob, top: the log-probability of token `id` and
+-- the n most likely tokens as { { id = , logprob = }, ... } best first (fewer if fewer
+-- tokens are possible). The distribution is the softmax at temperature 1 of the logits after
+-- logit_bias and the penalties (what the sampler starts from), before temperature and the
+-- cuts (top_k, top_p, min_p, typical_p, mirostat, user steps): OpenAI's logprobs. A banned
+-- token has -math.huge. Computed in C over the whole vocabulary.
+function Sampler:logprobs(logits, history, id, n)
+  local opts = self.c_opts
+  opts.history = history
+  local lp, ids, lps = core.logprobs(logits, opts, id, n or 0)
+  opts.history = nil
+  local top = {}
+  for i = 1, #ids do top[i] = { id = ids[i], logprob = lps[i] } end
+  return lp, top
+end
+
 -- Forget adaptive state (mirostat's mu) and optionally reseed.
 function Sampler:reset(seed)
   self.mu = 2 * self.mirostat_tau

@@ -35,7 +35,9 @@ static size_t up8(size_t n) { return (n + 7) & ~(size_t)7; }
  * temperature -> draw runs over the whole vocabulary, and the result is id, probability
  * instead (options temperature [1], top_p [1], min_p [0]). `allow` is a token mask applied
  * before anything else: a string of ceil(n / 8) bytes, token i allowed when bit i % 8 of byte
- * i / 8 is set (others are banned: -inf). The work is sample.c's; this only reads the options. */
+ * i / 8 is set (others are banned: -inf). With `logprobs = k` and `logprob_id = id` the result
+ * is the log-probability of id and the k most likely tokens instead: lp, ids, lps
+ * (ml_sample_logprobs). The work is sample.c's; this only reads the options. */
 static int l_candidates(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
   if (t->type != ML_TYPE_F32 || t->ndim != 1 || t->stride[0] != 1)
@@ -44,7 +46,7 @@ static int l_candidates(lua_State *L) {
   lua_settop(L, 2);
   int64_t n = t->shape[0];
   double top_k = 40, last_n = 64, rep = 1, freq = 0, pres = 0, hint_p = 1;
-  double draw_u = -1, temp = 1, top_p = 1, min_p = 0;
+  double draw_u = -1, temp = 1, top_p = 1, min_p = 0, lp_k = -1, lp_id = -1;
 #define NUM(field, var) \
   lua_getfield(L, 2, field); \
   if (!lua_isnil(L, -1)) var = luaL_checknumber(L, -1); \
@@ -60,6 +62,8 @@ static int l_candidates(lua_State *L) {
     NUM("temperature", temp);
     NUM("top_p", top_p);
     NUM("min_p", min_p);
+    NUM("logprobs", lp_k);
+    NUM("logprob_id", lp_id);
   }
 #undef NUM
   int64_t k = top_k <= 0 || top_k > (double)n ? n : (int64_t)top_k;
@@ -96,7 +100,9 @@ static int l_candidates(lua_State *L) {
   size_t work = up8(ml_sample_work_bytes(n, &a)), ib = up8(sizeof(int32_t) * (size_t)nb);
   size_t fb = up8(sizeof(float) * (size_t)nb), hb = up8(sizeof(int32_t) * (size_t)a.n_history);
   size_t mb = mask ? up8(sizeof(uint32_t) * (size_t)((n + 31) / 32)) : 0;
-  uint8_t *p = scratch(L, work + ib + fb + hb + mb + sizeof(ml_cand) * (size_t)(k ? k : 1));
+  if (lp_k >= 0 && lp_k > (double)n) lp_k = (double)n;
+  int64_t nout = lp_k >= 0 ? (int64_t)lp_k : k;
+  uint8_t *p = scratch(L, work + ib + fb + hb + mb + sizeof(ml_cand) * (size_t)(nout ? nout : 1));
   int32_t *bias_id = (int32_t *)(p + work), *hist = (int32_t *)(p + work + ib);
   float *bias = (float *)(p + work + ib + hb);
   uint32_t *allow = (uint32_t *)(p + work + ib + hb + fb);
@@ -132,6 +138,20 @@ static int l_candidates(lua_State *L) {
   a.history = hist;
   ml_sample_row r;
   if (ml_sample_prepare(&r, ml_tensor_data(t), n, &a, p) < 0) return ml_lua_error_at(L, 2);
+  if (lp_k >= 0) {
+    double lp;
+    int64_t m = ml_sample_logprobs(&r, (int64_t)lp_id, nout, &lp, out);
+    lua_pushnumber(L, lp);
+    lua_createtable(L, (int)m, 0);
+    lua_createtable(L, (int)m, 0);
+    for (int64_t i = 0; i < m; i++) {
+      lua_pushinteger(L, out[i].id);
+      lua_rawseti(L, -3, (lua_Integer)i + 1);
+      lua_pushnumber(L, out[i].v);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 3;
+  }
   if (draw_u >= 0 && k == n && n > 0) {
     ml_sample_cuts c = {top_p, min_p, temp};
     double prob;

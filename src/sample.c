@@ -304,3 +304,26 @@ int64_t ml_sample_draw(const ml_sample_row *r, const ml_sample_cuts *c, double u
   uint16_t *bins = (uint16_t *)(cs + n);
   return draw_whole(v, e, cs, bins, n, c->top_p, c->min_p, c->temperature, u, prob);
 }
+
+/* ---- log-probabilities ---- */
+
+int64_t ml_sample_logprobs(const ml_sample_row *r, int64_t id, int64_t k, double *lp, ml_cand *top) {
+  int64_t n = r->n, i = 0;
+  const float *v = adjusted_row(r, 1);
+  float m8[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  for (; i + 8 <= n; i += 8) /* eight running maxima: no chain through one register */
+    for (int j = 0; j < 8; j++) m8[j] = v[i + j] > m8[j] ? v[i + j] : m8[j];
+  float mmax = -INFINITY;
+  for (int j = 0; j < 8; j++) mmax = m8[j] > mmax ? m8[j] : mmax;
+  for (; i < n; i++) mmax = v[i] > mmax ? v[i] : mmax;
+  *lp = -INFINITY;
+  if (mmax == -INFINITY) return 0; /* every token banned */
+  /* log-sum-exp, the exponentials as a row op (vectorised at the AVX2 level and above) */
+  double s = ml_rowops_get()->exp_shift(r->draw_work, v, n, mmax, 1.0f, -FLT_MAX);
+  double lse = (double)mmax + log(s);
+  if (id >= 0 && id < n && v[id] > -INFINITY) *lp = (float)((double)v[id] - lse);
+  int64_t m = k > 0 ? ml_top_k(v, 1, n, k, 1, top) : 0;
+  while (m > 0 && top[m - 1].v == -INFINITY) m--;
+  for (int64_t j = 0; j < m; j++) top[j].v = (float)((double)top[j].v - lse);
+  return m;
+}

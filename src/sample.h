@@ -93,4 +93,11 @@ typedef struct ml_sample_cuts {
 } ml_sample_cuts;
 int64_t ml_sample_draw(const ml_sample_row *r, const ml_sample_cuts *c, double u, double *prob);
 
+/* Log-probabilities over the whole vocabulary, as OpenAI's logprobs: the log-softmax at
+ * temperature 1 of the adjusted row (mask, bias, penalties), before temperature and any cut.
+ * *lp is token id's (-inf if banned); top[0..k) the k most likely tokens, best first (ties:
+ * the lower id), their log-probability in .v; banned tokens are never listed, so fewer than k
+ * may come back. Both rounded to float. Returns how many are in top. */
+int64_t ml_sample_logprobs(const ml_sample_row *r, int64_t id, int64_t k, double *lp, ml_cand *top);
+
 #endif

@@ -63,8 +63,9 @@ function _M.new(opts)
     elseif k == "logit_bias" or k == "steps" then
       if type(v) ~= "table" then argerr(("option '%s' must be a table"):format(k)) end
       self[k] = v
-    elseif k ~= "greedy" then
-      -- generation options pass through the same table; they are not ours to judge
+    elseif k ~= "greedy" and Sampler[k] == nil then
+      -- generation options pass through the same table; they are not ours to judge (but
+      -- one named like a method, as generate's logprobs, must not hide it)
       self[k] = v
     end
   end
@@ -252,9 +253,9 @@ end
 -- token has -math.huge. Computed in C over the whole vocabulary.
 function Sampler:logprobs(logits, history, id, n)
   local opts = self.c_opts
-  opts.history = history
-  local lp, ids, lps = core.logprobs(logits, opts, id, n or 0)
-  opts.history = nil
+  opts.history, opts.logprobs, opts.logprob_id = history, n or 0, id
+  local lp, ids, lps = core.candidates(logits, opts)
+  opts.history, opts.logprobs, opts.logprob_id = nil, nil, nil
   local top = {}
   for i = 1, #ids do top[i] = { id = ids[i], logprob = lps[i] } end
   return lp, top

@@ -32,7 +32,8 @@ LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
 CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer unicode \
-       model arch_llama arch_qwen2 arch_qwen3 kvcache context forward registry rowops kernels/rowops_avx2 \
+       model arch arch_llama arch_qwen2 arch_qwen3 \
+       kvcache context forward attention registry rowops kernels/rowops_avx2 \
        kernels/dispatch kernels/ref
 KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2

@@ -182,6 +182,20 @@ describe("architectures against a plain-Lua forward pass", function()
     end)
   end
 
+  it("a tensor the family does not declare is refused, not ignored", function()
+    local t = {}
+    for k, x in pairs(assert(lm.load_tensors((build("llama", {}))))) do t[k] = x:clone() end
+    t["blk.1.attn_q_norm.weight"] = T.ones({ E / H })
+    local path = S.tmpname(".gguf")
+    assert(lm.save(path, t, { ["general.architecture"] = "llama", ["llama.embedding_length"] = E,
+      ["llama.block_count"] = NL, ["llama.feed_forward_length"] = FF, ["llama.attention.head_count"] = H,
+      ["llama.attention.head_count_kv"] = KV }))
+    local m, err = lm.load(path)
+    assert.is_nil(m)
+    assert.matches("tensor 'blk.1.attn_q_norm.weight' is not part of moonlm's llama", err, 1, true)
+    os.remove(path)
+  end)
+
   it("the wrong RoPE mode would be caught", function()
     local path, W, HD = build("qwen2", { bias = true })
     local model = assert(lm.load(path))

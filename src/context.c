@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "arch.h"
 #include "context.h"
 #include "registry.h"
 #include "threads.h"
@@ -22,9 +23,12 @@ static void leave(ml_context *c) { __atomic_store_n(&c->busy, 0, __ATOMIC_RELEAS
 static void context_free(ml_context *c) {
   ml_registry_forget(c);
   ml_kvcache_free(&c->kv);
-  float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->g, c->u, c->rows};
+  ml_kvcache_free(&c->kv_swa);
+  ml_free(c->kv_layer);
+  float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->g, c->u, c->tmp, c->rows};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ml_free(bufs[i]);
   ml_free(c->cell);
+  ml_free(c->cell_swa);
   ml_free(c->pos);
   ml_free(c->seq);
   for (int i = 0; i < 3; i++) ml_free(c->act[i]);
@@ -72,19 +76,37 @@ ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
   c->n_batch = o.n_batch;
   c->embeddings = o.embeddings;
   if (ml_registry_add_context(c) < 0) goto fail;
-  if (ml_kvcache_init(&c->kv, o.n_ctx, hp->n_layer, row, (ml_type)o.kv_type, o.n_seq) < 0) goto fail;
+  /* global layers in kv; sliding-window layers in kv_swa, which holds for each sequence the
+   * window, some slack for rewinding (truncate), and room for one chunk */
+  int64_t n_swa_layers = 0;
+  if (!(c->kv_layer = ml_alloc(sizeof(int64_t) * (size_t)hp->n_layer))) goto fail;
+  for (int64_t il = 0; il < hp->n_layer; il++)
+    c->kv_layer[il] = ml_layer_is_swa(hp, il) ? n_swa_layers++ : il - n_swa_layers;
+  int64_t swa_cells = 0;
+  if (n_swa_layers) {
+    c->swa_keep = hp->n_swa - 1 + ML_SWA_SLACK;
+    swa_cells = ML_MIN(o.n_ctx, (int64_t)o.n_seq * c->swa_keep + o.n_batch);
+  }
+  if (ml_kvcache_init(&c->kv, o.n_ctx, hp->n_layer - n_swa_layers, row, (ml_type)o.kv_type, o.n_seq) < 0) goto fail;
+  if (ml_kvcache_init(&c->kv_swa, swa_cells ? swa_cells : 1, n_swa_layers, row, (ml_type)o.kv_type, o.n_seq) < 0)
+    goto fail;
+  /* LongRoPE: the long factors when a sequence may run past the original context */
+  c->rope = m->rope_inv_freq_long && o.n_ctx / o.n_seq > hp->n_ctx_orig ? m->rope_inv_freq_long : m->rope_inv_freq;
   int64_t B = o.n_batch, E = hp->n_embd, nq = hp->n_head * hp->head_dim;
+  int64_t ntmp = ML_MAX(nq + 2 * row, 2 * hp->n_ff);
   size_t f = sizeof(float);
   if (!(c->x = ml_alloc(f * (size_t)(B * E))) || !(c->h = ml_alloc(f * (size_t)(B * ML_MAX(E, nq)))) ||
       !(c->q = ml_alloc(f * (size_t)(B * nq))) || !(c->k = ml_alloc(f * (size_t)(B * row))) ||
       !(c->v = ml_alloc(f * (size_t)(B * row))) || !(c->att = ml_alloc(f * (size_t)(B * nq))) ||
       !(c->g = ml_alloc(f * (size_t)(B * hp->n_ff))) || !(c->u = ml_alloc(f * (size_t)(B * hp->n_ff))) ||
-      !(c->rows = ml_alloc(f * (size_t)(B * E))) || !(c->cell = ml_alloc(sizeof(int32_t) * (size_t)B)) ||
+      !(c->tmp = ml_alloc(f * (size_t)(B * ntmp))) || !(c->rows = ml_alloc(f * (size_t)(B * E))) ||
+      !(c->cell = ml_alloc(sizeof(int32_t) * (size_t)B)) || !(c->cell_swa = ml_alloc(sizeof(int32_t) * (size_t)B)) ||
       !(c->pos = ml_alloc(sizeof(int64_t) * (size_t)B)) || !(c->seq = ml_alloc(sizeof(int32_t) * (size_t)B)))
     goto fail;
   c->max_threads = ml_max_threads();
   int64_t g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
   c->att_per_thread = (size_t)(ML_ATT_TILE * g * hd + 2 * ML_ATT_TILE * g + 2 * ML_ATT_BLOCK * hd + ML_ATT_BLOCK);
+  c->att_per_thread = ML_MAX(c->att_per_thread, (size_t)E);       /* also a row of embeddings */
   c->att_per_thread = (c->att_per_thread + 15) & ~(size_t)15; /* 64-byte aligned slices */
   if (!(c->att_scratch = ml_alloc(sizeof(float) * c->att_per_thread * (size_t)c->max_threads))) goto fail;
   return c;
@@ -116,11 +138,12 @@ static int check_seq(const ml_context *c, int seq, int input) {
 /* Activation buffers big enough for n_batch rows of every prepared weight. */
 static int ensure_act(ml_context *c) {
   const ml_model *m = c->m;
-  size_t need = ml_mm_w_act_bytes(&m->output_w, c->n_batch);
+  size_t need = m->output.storage ? ml_mm_w_act_bytes(&m->output_w, c->n_batch) : 0;
   for (int64_t i = 0; i < m->hp.n_layer; i++) {
     const ml_layer_w *w = &m->lw[i];
-    const ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
-    for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) need = ML_MAX(need, ml_mm_w_act_bytes(ws[j], c->n_batch));
+    const ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wqkv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+    for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++)
+      if (ws[j]->w.storage) need = ML_MAX(need, ml_mm_w_act_bytes(ws[j], c->n_batch));
   }
   if (need <= c->act_bytes) return 0;
   for (int i = 0; i < 3; i++) {
@@ -134,9 +157,42 @@ static int ensure_act(ml_context *c) {
   return 0;
 }
 
+/* Keep the first n tokens of seq in both caches; returns how many are kept. A sliding-window
+ * cache that no longer holds the window before position n cannot resume there: then the
+ * whole sequence goes (0), and its caller decodes it again. */
+static int64_t seq_truncate(ml_context *c, int seq, int64_t n) {
+  if (n >= c->kv.len[seq]) return c->kv.len[seq];
+  /* position n would read positions n - (n_swa - 1) .. n - 1 */
+  if (c->kv_swa.n_layer && n > 0 && ML_MAX(n - (c->m->hp.n_swa - 1), 0) < c->kv_swa.off[seq]) n = 0;
+  ml_kvcache_truncate(&c->kv, seq, n);
+  ml_kvcache_truncate(&c->kv_swa, seq, n);
+  return n;
+}
+
+/* An encoder reads each call on its own: its sequences start empty, must fit in one chunk
+ * (every token attends to every other) and in the learned positions. */
+static int check_encoder(ml_context *c, int64_t n, const int32_t *seq) {
+  const ml_model *m = c->m;
+  if (!m->hp.causal && n > c->n_batch) {
+    ml_seterr("%lld tokens: an encoder (%s) reads its input in one pass of at most n_batch = %lld tokens",
+                  (long long)n, m->arch->name, (long long)c->n_batch);
+    return -1;
+  }
+  if (!m->pos_embd.storage) return 0;
+  int64_t count[ML_MAX_SEQ] = {0};
+  for (int64_t i = 0; i < n; i++)
+    if (++count[seq[i]] > m->hp.n_ctx_train) {
+      ml_seterr("sequence %d has more than %lld tokens, the most %s's learned positions allow", seq[i],
+                    (long long)m->hp.n_ctx_train, m->arch->name);
+      return -1;
+    }
+  return 0;
+}
+
 int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int32_t *seq, const uint8_t *want,
                       float *logits, float *hidden) {
-  const ml_hparams *hp = &c->m->hp;
+  const ml_model *m = c->m;
+  const ml_hparams *hp = &m->hp;
   if (n <= 0) {
     ml_misuse(2, "nothing to decode (no tokens)");
     return -1;
@@ -149,12 +205,19 @@ int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int
     }
     if (check_seq(c, seq[i], 3) < 0) return -1;
   }
+  if (logits && !m->output.storage) {
+    ml_seterr("%s has no output head (it is an embedding model): ask for hidden states or embeddings", m->arch->name);
+    return -1;
+  }
+  if (check_encoder(c, n, seq) < 0) return -1;
   if (ml_model_prepare(c->m) < 0) return -1;
   if (try_enter(c) < 0) return -1;
   if (ensure_act(c) < 0) {
     leave(c);
     return -1;
   }
+  if (!hp->causal)
+    for (int64_t i = 0; i < n; i++) seq_truncate(c, seq[i], 0);
   if (n > c->kv.n_cells - c->kv.n_used) {
     ml_seterr("context full (n_ctx = %lld)", (long long)c->kv.n_cells);
     leave(c);
@@ -163,7 +226,7 @@ int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int
   int64_t start[ML_MAX_SEQ];
   for (int s = 0; s < c->kv.n_seq; s++) start[s] = c->kv.len[s];
   int64_t done = 0, out_rows = 0;
-  int rc = 0;
+  int rc = 0, swa = c->kv_swa.n_layer > 0;
   while (done < n) {
     int64_t k = ML_MIN(c->n_batch, n - done);
     for (int64_t i = 0; i < k; i++) {
@@ -171,17 +234,24 @@ int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int
       c->seq[i] = s;
       c->pos[i] = c->kv.len[s];
       c->cell[i] = ml_kvcache_append(&c->kv, s); /* cannot fail: counted above */
+      /* cannot fail either: between chunks a sequence holds at most swa_keep cells there */
+      if (swa) c->cell_swa[i] = ml_kvcache_append(&c->kv_swa, s);
     }
     int64_t nw = 0;
     for (int64_t i = 0; i < k; i++) nw += want[done + i] != 0;
     rc = ml_forward(c, k, tokens + done, want + done, logits ? logits + out_rows * hp->n_vocab : NULL,
                     hidden ? hidden + out_rows * hp->n_embd : NULL);
+    if (swa)
+      for (int64_t i = 0; i < k; i++)
+        ml_kvcache_evict(&c->kv_swa, c->seq[i], c->kv_swa.len[c->seq[i]] - c->swa_keep);
     if (rc < 0) break;
     out_rows += nw;
     done += k;
   }
   if (rc < 0)
-    for (int s = 0; s < c->kv.n_seq; s++) ml_kvcache_truncate(&c->kv, s, start[s]);
+    for (int s = 0; s < c->kv.n_seq; s++) seq_truncate(c, s, start[s]);
+  if (!hp->causal) /* nothing is kept between an encoder's calls */
+    for (int64_t i = 0; i < n; i++) seq_truncate(c, seq[i], 0);
   leave(c);
   return rc;
 }
@@ -195,69 +265,84 @@ int ml_context_clear(ml_context *c, int seq) {
   if (seq >= 0 && check_seq(c, seq, 2) < 0) return -1;
   if (try_enter(c) < 0) return -1;
   for (int s = 0; s < c->kv.n_seq; s++)
-    if (seq < 0 || s == seq) ml_kvcache_truncate(&c->kv, s, 0);
+    if (seq < 0 || s == seq) seq_truncate(c, s, 0);
   leave(c);
   return 0;
 }
 
-int ml_context_truncate(ml_context *c, int seq, int64_t n) {
+int64_t ml_context_truncate(ml_context *c, int seq, int64_t n) {
   if (check_seq(c, seq, 2) < 0) return -1;
   if (n < 0) {
     ml_misuse(3, "cannot keep %lld tokens", (long long)n);
     return -1;
   }
   if (try_enter(c) < 0) return -1;
-  ml_kvcache_truncate(&c->kv, seq, n);
+  int64_t kept = seq_truncate(c, seq, n);
   leave(c);
-  return 0;
+  return kept;
 }
 
 int ml_context_copy(ml_context *c, int from, int to) {
   if (check_seq(c, from, 2) < 0 || check_seq(c, to, 3) < 0) return -1;
   if (try_enter(c) < 0) return -1;
   ml_kvcache_copy(&c->kv, from, to);
+  ml_kvcache_copy(&c->kv_swa, from, to);
   leave(c);
   return 0;
 }
 
-/* ---- state: [magic, n_layer, row, type, len] then per layer the K and V rows in position order ---- */
+/* ---- state: a header, then per layer of kv the K and V rows of positions [0, len), then
+ * per layer of kv_swa those of [off, len) ---- */
 
-#define STATE_MAGIC 0x4d4c4b56u /* "VKLM" */
+#define STATE_MAGIC 0x324b4c4du /* "MLK2" */
 
 typedef struct state_head {
   uint32_t magic, type;
-  int64_t n_layer, row, len;
+  int64_t n_layer, n_layer_swa, row, len, off;
 } state_head;
+
+static size_t state_bytes(const ml_context *c, int64_t len, int64_t off) {
+  return sizeof(state_head) + 2 * c->kv.row_bytes * ((size_t)c->kv.n_layer * (size_t)len +
+                                                     (size_t)c->kv_swa.n_layer * (size_t)(len - off));
+}
 
 size_t ml_context_state_size(const ml_context *c, int seq) {
   if (check_seq(c, seq, 2) < 0) return 0;
-  return sizeof(state_head) + 2 * (size_t)c->kv.n_layer * (size_t)c->kv.len[seq] * c->kv.row_bytes;
+  return state_bytes(c, c->kv.len[seq], c->kv_swa.n_layer ? c->kv_swa.off[seq] : c->kv.len[seq]);
+}
+
+/* Copy the rows of positions [a, b) of seq's layers in cache kv to (save) or from p. */
+static uint8_t *rows_io(const ml_kvcache *kv, int seq, int64_t a, int64_t b, uint8_t *p, int save) {
+  for (int64_t l = 0; l < kv->n_layer; l++)
+    for (int64_t t = a; t < b; t++) {
+      int32_t cell = ml_kvcache_cell(kv, seq, t);
+      uint8_t *k = ml_kvcache_k(kv, l, cell), *v = ml_kvcache_v(kv, l, cell);
+      memcpy(save ? p : k, save ? k : p, kv->row_bytes);
+      p += kv->row_bytes;
+      memcpy(save ? p : v, save ? v : p, kv->row_bytes);
+      p += kv->row_bytes;
+    }
+  return p;
 }
 
 int ml_context_state_save(const ml_context *c, int seq, void *buf, size_t cap) {
-  const ml_kvcache *kv = &c->kv;
   size_t need = ml_context_state_size(c, seq);
   if (!need) return -1;
   if (cap < need) {
     ml_seterr("state buffer too small");
     return -1;
   }
-  state_head h = {STATE_MAGIC, (uint32_t)kv->type, kv->n_layer, kv->row, kv->len[seq]};
+  int64_t len = c->kv.len[seq], off = c->kv_swa.n_layer ? c->kv_swa.off[seq] : len;
+  state_head h = {STATE_MAGIC, (uint32_t)c->kv.type, c->kv.n_layer, c->kv_swa.n_layer, c->kv.row, len, off};
   uint8_t *p = buf;
   memcpy(p, &h, sizeof h);
-  p += sizeof h;
-  for (int64_t l = 0; l < kv->n_layer; l++)
-    for (int64_t t = 0; t < kv->len[seq]; t++) {
-      memcpy(p, ml_kvcache_k(kv, l, kv->cells[seq][t]), kv->row_bytes);
-      p += kv->row_bytes;
-      memcpy(p, ml_kvcache_v(kv, l, kv->cells[seq][t]), kv->row_bytes);
-      p += kv->row_bytes;
-    }
+  p = rows_io(&c->kv, seq, 0, len, p + sizeof h, 1);
+  rows_io(&c->kv_swa, seq, off, len, p, 1);
   return 0;
 }
 
 int ml_context_state_load(ml_context *c, int seq, const void *buf, size_t len) {
-  ml_kvcache *kv = &c->kv;
+  ml_kvcache *kv = &c->kv, *ks = &c->kv_swa;
   state_head h;
   if (check_seq(c, seq, 2) < 0) return -1;
   if (len < sizeof h) {
@@ -265,30 +350,32 @@ int ml_context_state_load(ml_context *c, int seq, const void *buf, size_t len) {
     return -1;
   }
   memcpy(&h, buf, sizeof h);
-  if (h.magic != STATE_MAGIC || h.n_layer != kv->n_layer || h.row != kv->row || h.type != (uint32_t)kv->type) {
+  if (h.magic != STATE_MAGIC || h.n_layer != kv->n_layer || h.n_layer_swa != ks->n_layer || h.row != kv->row ||
+      h.type != (uint32_t)kv->type) {
     ml_seterr("saved state does not match this model and context (layers, head sizes or cache type differ)");
     return -1;
   }
-  if (h.len < 0 || h.len > kv->n_cells || len != sizeof h + 2 * (size_t)h.n_layer * (size_t)h.len * kv->row_bytes) {
+  int64_t held = ks->n_layer ? h.len - h.off : 0;
+  if (h.len < 0 || h.len > kv->n_cells || h.off < 0 || h.off > h.len || held > c->swa_keep ||
+      len != state_bytes(c, h.len, ks->n_layer ? h.off : h.len)) {
     ml_seterr("saved state is damaged (its size does not match its header)");
     return -1;
   }
   if (try_enter(c) < 0) return -1;
-  ml_kvcache_truncate(kv, seq, 0);
-  if (h.len > kv->n_cells - kv->n_used) {
+  seq_truncate(c, seq, 0);
+  if (h.len > kv->n_cells - kv->n_used || held > ks->n_cells - ks->n_used) {
     leave(c);
     ml_seterr("context full (n_ctx = %lld)", (long long)kv->n_cells);
     return -1;
   }
   for (int64_t t = 0; t < h.len; t++) ml_kvcache_append(kv, seq);
+  if (ks->n_layer) {
+    ks->len[seq] = ks->off[seq] = h.off;
+    for (int64_t t = h.off; t < h.len; t++) ml_kvcache_append(ks, seq);
+  }
   const uint8_t *p = (const uint8_t *)buf + sizeof h;
-  for (int64_t l = 0; l < kv->n_layer; l++)
-    for (int64_t t = 0; t < h.len; t++) {
-      memcpy(ml_kvcache_k(kv, l, kv->cells[seq][t]), p, kv->row_bytes);
-      p += kv->row_bytes;
-      memcpy(ml_kvcache_v(kv, l, kv->cells[seq][t]), p, kv->row_bytes);
-      p += kv->row_bytes;
-    }
+  p = rows_io(kv, seq, 0, h.len, (uint8_t *)p, 0);
+  rows_io(ks, seq, h.off, h.len, (uint8_t *)p, 0);
   leave(c);
   return 0;
 }

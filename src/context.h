@@ -1,5 +1,5 @@
 /* context.h: the inside of a context, shared by context.c (life cycle, sequences, the
- * decode entry point) and forward.c (the forward pass). */
+ * decode entry point), forward.c (the chunk driver and the shared blocks) and attention.c. */
 #ifndef ML_CONTEXT_H
 #define ML_CONTEXT_H
 
@@ -9,6 +9,8 @@
 #define ML_MAX_BATCH 1024 /* tokens per forward chunk, at most */
 #define ML_ATT_TILE 16     /* query rows of one sequence that share key blocks */
 #define ML_ATT_BLOCK 64    /* keys converted and scored at a time */
+#define ML_SWA_SLACK 64    /* positions a sliding-window cache keeps beyond the window, so a
+                              sequence can be rewound that far (truncate) */
 
 struct ml_context {
   int refcount; /* atomic */
@@ -17,7 +19,11 @@ struct ml_context {
   ml_model *m;
   int64_t n_batch;
   int embeddings;
-  ml_kvcache kv;
+  ml_kvcache kv;       /* keys and values of the global layers */
+  ml_kvcache kv_swa;   /* of the sliding-window layers (no layers when the family has none) */
+  int64_t *kv_layer;   /* (n_layer) each layer's index in its cache */
+  int64_t swa_keep;    /* positions a sequence keeps in kv_swa between chunks */
+  const float *rope;   /* RoPE table of the global layers (LongRoPE: short or long by n_ctx) */
   /* scratch for one chunk of up to n_batch tokens, allocated once */
   float *x;       /* (n_batch, n_embd) residual stream */
   float *h;       /* (n_batch, max(n_embd, n_head*hd)) normalised input / projection out */
@@ -25,8 +31,10 @@ struct ml_context {
   float *k, *v;   /* (n_batch, n_kv*hd) */
   float *att;     /* (n_batch, n_head*hd) attention output */
   float *g, *u;   /* (n_batch, n_ff) feed-forward */
+  float *tmp;     /* (n_batch, max(n_head*hd + 2*n_kv*hd, 2*n_ff)) fused projection outputs */
   float *rows;    /* (n_batch, n_embd) final-norm rows whose logits are wanted */
   int32_t *cell;  /* (n_batch) cache cell of each token */
+  int32_t *cell_swa; /* (n_batch) its cell in kv_swa */
   int64_t *pos;   /* (n_batch) position of each token */
   int32_t *seq;   /* (n_batch) sequence of each token */
   /* activations in the kernels' formats: one buffer per distinct format in flight */

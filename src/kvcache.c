@@ -13,13 +13,15 @@ int ml_kvcache_init(ml_kvcache *c, int64_t n_cells, int64_t n_layer, int64_t row
   c->type = type;
   c->row_bytes = ml_type_nbytes(type, row);
   c->n_seq = n_seq;
-  if (!(c->k = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer)) || !(c->v = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer)))
+  if (n_layer && (!(c->k = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer)) ||
+                  !(c->v = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer))))
     goto fail;
   for (int64_t l = 0; l < n_layer; l++)
     if (!(c->k[l] = ml_alloc(c->row_bytes * (size_t)n_cells)) || !(c->v[l] = ml_alloc(c->row_bytes * (size_t)n_cells)))
       goto fail;
   if (!(c->mask = ml_calloc(sizeof(uint64_t) * (size_t)n_cells))) goto fail;
-  if (!(c->cells = ml_calloc(sizeof(int32_t *) * (size_t)n_seq)) || !(c->len = ml_calloc(sizeof(int64_t) * (size_t)n_seq)))
+  if (!(c->cells = ml_calloc(sizeof(int32_t *) * (size_t)n_seq)) || !(c->len = ml_calloc(sizeof(int64_t) * (size_t)n_seq)) ||
+      !(c->off = ml_calloc(sizeof(int64_t) * (size_t)n_seq)))
     goto fail;
   for (int s = 0; s < n_seq; s++)
     if (!(c->cells[s] = ml_alloc(sizeof(int32_t) * (size_t)n_cells))) goto fail;
@@ -43,6 +45,7 @@ void ml_kvcache_free(ml_kvcache *c) {
   ml_free(c->mask);
   ml_free(c->cells);
   ml_free(c->len);
+  ml_free(c->off);
   memset(c, 0, sizeof *c);
 }
 
@@ -53,31 +56,51 @@ int32_t ml_kvcache_append(ml_kvcache *c, int seq) {
   c->mask[i] = UINT64_C(1) << seq;
   c->n_used++;
   c->next_free = i + 1 == c->n_cells ? 0 : i + 1;
-  c->cells[seq][c->len[seq]++] = (int32_t)i;
+  c->cells[seq][c->len[seq]++ - c->off[seq]] = (int32_t)i;
   return (int32_t)i;
 }
 
-void ml_kvcache_truncate(ml_kvcache *c, int seq, int64_t n) {
+/* Give up seq's claim on cells[seq][a, b) (list indices). */
+static void release(ml_kvcache *c, int seq, int64_t a, int64_t b) {
   uint64_t bit = UINT64_C(1) << seq;
-  for (int64_t p = n; p < c->len[seq]; p++) {
-    int32_t i = c->cells[seq][p];
+  for (int64_t k = a; k < b; k++) {
+    int32_t i = c->cells[seq][k];
     c->mask[i] &= ~bit;
     if (!c->mask[i]) {
       c->n_used--;
       if (i < c->next_free) c->next_free = i; /* keep the lowest free cell first */
     }
   }
-  if (n < c->len[seq]) c->len[seq] = n;
+}
+
+void ml_kvcache_truncate(ml_kvcache *c, int seq, int64_t n) {
+  if (n >= c->len[seq]) return;
+  if (n < c->off[seq]) n = 0;
+  int64_t held = c->len[seq] - c->off[seq];
+  release(c, seq, n ? n - c->off[seq] : 0, held);
+  c->len[seq] = n;
+  if (!n) c->off[seq] = 0;
+}
+
+void ml_kvcache_evict(ml_kvcache *c, int seq, int64_t from) {
+  int64_t k = from - c->off[seq], held = c->len[seq] - c->off[seq];
+  if (k <= 0) return;
+  if (k > held) k = held;
+  release(c, seq, 0, k);
+  memmove(c->cells[seq], c->cells[seq] + k, sizeof(int32_t) * (size_t)(held - k));
+  c->off[seq] += k;
 }
 
 void ml_kvcache_copy(ml_kvcache *c, int from, int to) {
   if (from == to) return;
   ml_kvcache_truncate(c, to, 0);
   uint64_t bit = UINT64_C(1) << to;
-  for (int64_t p = 0; p < c->len[from]; p++) {
-    int32_t i = c->cells[from][p];
+  int64_t held = c->len[from] - c->off[from];
+  for (int64_t k = 0; k < held; k++) {
+    int32_t i = c->cells[from][k];
     c->mask[i] |= bit;
-    c->cells[to][p] = i;
+    c->cells[to][k] = i;
   }
   c->len[to] = c->len[from];
+  c->off[to] = c->off[from];
 }

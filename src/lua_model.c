@@ -156,7 +156,7 @@ static int m_info(lua_State *L) {
     lua_setfield(L, -2, "norm_eps");
     lua_pushboolean(L, m->tied_output);
     lua_setfield(L, -2, "tied_output");
-    lua_pushstring(L, ml_type_traits_get(m->layers[0].wq.type)->name);
+    lua_pushstring(L, ml_type_traits_get(m->main_type)->name);
     lua_setfield(L, -2, "type");
   }
   return 1;
@@ -700,8 +700,10 @@ static int c_truncate(lua_State *L) {
   lcontext *u = check_context(L, 1);
   int seq = (int)luaL_checkinteger(L, 2);
   lua_Integer n = luaL_checkinteger(L, 3);
-  if (ml_context_truncate(u->c, seq, n) < 0) return ml_lua_error(L);
-  return 0;
+  int64_t kept = ml_context_truncate(u->c, seq, n);
+  if (kept < 0) return ml_lua_error(L);
+  lua_pushinteger(L, (lua_Integer)kept);
+  return 1;
 }
 
 static int c_copy(lua_State *L) {

@@ -22,26 +22,34 @@ static void release_tensor(ml_tensor *t) {
   if (t->storage) ml_tensor_release(t);
 }
 
+/* Every tensor field of a layer, and every matrix of its prepared weights. */
+#define LAYER_TENSORS(L)                                                                                  \
+  {&L->attn_norm, &L->attn_norm_b, &L->wq, &L->wk, &L->wv, &L->wo, &L->wqkv, &L->bq, &L->bk, &L->bv,      \
+   &L->bqkv, &L->bo, &L->q_norm, &L->k_norm, &L->attn_post_norm, &L->attn_out_norm, &L->attn_out_norm_b, \
+   &L->ffn_norm, &L->ffn_norm_b, &L->w_gate, &L->w_up, &L->w_down, &L->b_up, &L->b_down,                 \
+   &L->ffn_post_norm, &L->out_norm, &L->out_norm_b}
+
+static void release_layer_w(ml_layer_w *w) {
+  ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wqkv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+  for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) ml_weight_release(ws[j]);
+}
+
 static void model_free(ml_model *m) {
   ml_registry_forget(m);
   if (m->lw) {
-    for (int64_t i = 0; i < m->hp.n_layer; i++) {
-      ml_layer_w *w = &m->lw[i];
-      ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
-      for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) ml_weight_release(ws[j]);
-    }
+    for (int64_t i = 0; i < m->hp.n_layer; i++) release_layer_w(&m->lw[i]);
     ml_free(m->lw);
   }
   ml_weight_release(&m->output_w);
   pthread_mutex_destroy(&m->prep_mu);
-  release_tensor(&m->tok_embd);
-  release_tensor(&m->output_norm);
-  release_tensor(&m->output);
+  ml_tensor *gs[] = {&m->tok_embd, &m->pos_embd, &m->tok_types, &m->tok_norm, &m->tok_norm_b, &m->output_norm,
+                     &m->output_norm_b, &m->output, &m->rope_freqs, &m->rope_long, &m->rope_short,
+                     &m->cls, &m->cls_b, &m->cls_out, &m->cls_out_b};
+  for (size_t j = 0; j < sizeof gs / sizeof gs[0]; j++) release_tensor(gs[j]);
   if (m->layers) {
     for (int64_t i = 0; i < m->hp.n_layer; i++) {
       ml_layer *L = &m->layers[i];
-      ml_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv,
-                         &L->q_norm, &L->k_norm, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down};
+      ml_tensor *ts[] = LAYER_TENSORS(L);
       for (size_t j = 0; j < sizeof ts / sizeof ts[0]; j++) release_tensor(ts[j]);
     }
     ml_free(m->layers);
@@ -50,6 +58,9 @@ static void model_free(ml_model *m) {
   if (m->storage) ml_storage_release(m->storage);
   ml_gguf_release(m->gguf);
   ml_free(m->rope_inv_freq);
+  ml_free(m->rope_inv_freq_long);
+  ml_free(m->rope_inv_freq_swa);
+  ml_free(m->alibi_slopes);
   ml_free(m->path);
   ml_free(m->arch_name);
   ml_free(m);
@@ -75,6 +86,7 @@ static char *dup_str(const char *s, size_t n) {
 typedef struct loader {
   ml_model *m;
   char key[256];
+  uint8_t *used; /* (n_tensors) bound by a declaration */
 } loader;
 
 static const ml_gguf_kv *akey(loader *ld, const char *suffix) {
@@ -128,6 +140,49 @@ static int hp_float(loader *ld, const char *suffix, double def, double lo, doubl
   return 0;
 }
 
+static int hp_bool(loader *ld, const char *suffix, int def, int *out) {
+  const ml_gguf_kv *kv = akey(ld, suffix);
+  if (!kv) {
+    *out = def;
+    return 0;
+  }
+  if (kv->value.type != ML_GGUF_BOOL) {
+    ml_seterr("%s: '%s' should be a boolean, it is a %s", ld->m->path, ld->key, ml_gguf_vtype_name(kv->value.type));
+    return -1;
+  }
+  *out = kv->value.v.u != 0;
+  return 0;
+}
+
+/* The family's own keys (arch.h), into their ml_hparams fields. */
+static int read_arch_keys(loader *ld, const ml_key_decl *k) {
+  ml_hparams *hp = &ld->m->hp;
+  for (; k && k->suffix; k++) {
+    void *field = (char *)hp + k->offset;
+    int64_t i;
+    switch (k->kind) {
+    case ML_KEY_INT:
+      if (hp_int(ld, k->suffix, (int64_t)k->def, k->required, (int64_t)k->lo, (int64_t)k->hi, field) < 0) return -1;
+      break;
+    case ML_KEY_UINT_ENUM:
+      if (hp_int(ld, k->suffix, (int64_t)k->def, k->required, (int64_t)k->lo, (int64_t)k->hi, &i) < 0) return -1;
+      *(int *)field = (int)i;
+      break;
+    case ML_KEY_FLOAT:
+      if (k->required && !akey(ld, k->suffix)) {
+        ml_seterr("%s: missing metadata key '%s'", ld->m->path, ld->key);
+        return -1;
+      }
+      if (hp_float(ld, k->suffix, k->def, k->lo, k->hi, field) < 0) return -1;
+      break;
+    case ML_KEY_BOOL:
+      if (hp_bool(ld, k->suffix, (int)k->def, field) < 0) return -1;
+      break;
+    }
+  }
+  return 0;
+}
+
 static int read_hparams(loader *ld) {
   ml_hparams *hp = &ld->m->hp;
   if (hp_int(ld, "embedding_length", 0, 1, 1, MAX_DIM, &hp->n_embd) < 0) return -1;
@@ -154,7 +209,6 @@ static int read_hparams(loader *ld) {
     ml_seterr("%s: rope.dimension_count %lld is odd", ld->m->path, (long long)hp->n_rot);
     return -1;
   }
-  if (hp_float(ld, "attention.layer_norm_rms_epsilon", 1e-5, 0, 1, &hp->norm_eps) < 0) return -1;
   if (hp_float(ld, "rope.freq_base", 10000.0, 1e-6, 1e30, &hp->rope_base) < 0) return -1;
   hp->rope_scale = 1.0;
   const ml_gguf_kv *st = akey(ld, "rope.scaling.type");
@@ -172,8 +226,18 @@ static int read_hparams(loader *ld) {
     if (hp_float(ld, "rope.scale_linear", 1.0, 1e-6, 1e6, &factor) < 0) return -1;
     hp->rope_scale = 1.0 / factor;
   }
-  hp->rope_type = ld->m->arch->rope_type;
-  if (ld->m->arch->fixup && ld->m->arch->fixup(ld->m->gguf, hp) < 0) return -1;
+  if (hp_float(ld, "rope.scaling.attn_factor", 1.0, 1e-6, 1e6, &hp->rope_attn_factor) < 0) return -1;
+  if (hp_int(ld, "rope.scaling.original_context_length", hp->n_ctx_train, 0, 1, INT64_C(1) << 32, &hp->n_ctx_orig) < 0)
+    return -1;
+  /* what the families that need them change */
+  hp->rope_type = ML_ROPE_NORM;
+  hp->norm_eps = 1e-5;
+  hp->causal = 1;
+  hp->embd_scale = 1.0;
+  hp->attn_scale = 1.0 / sqrt((double)hp->head_dim);
+  const ml_arch *arch = ld->m->arch;
+  if (read_arch_keys(ld, arch->keys) < 0) return -1;
+  if (arch->hparams && arch->hparams(hp, ld->m->gguf, ld->m->path) < 0) return -1;
   return 0;
 }
 
@@ -196,12 +260,17 @@ static int bind(loader *ld, ml_tensor *out, const char *name, int nd, int64_t d0
     return required ? -1 : 0;
   }
   const ml_gguf_tensor *info = &m->gguf->tensors[idx];
+  if (ld->used) ld->used[idx] = 1;
   int64_t want[2] = {d0, d1}, have[2] = {0, 0};
   int hn = info->n_dims;
   /* GGUF lists ne innermost first; trailing 1s are the same shape */
   while (hn > 1 && info->ne[hn - 1] == 1) hn--;
   if (hn == nd) {
     for (int i = 0; i < nd; i++) have[i] = info->ne[nd - 1 - i];
+  } else if (nd == 2 && hn == 1 && d0 == 1) { /* a matrix of one row */
+    have[0] = 1;
+    have[1] = info->ne[0];
+    hn = 2;
   }
   if (hn != nd || have[0] != want[0] || (nd == 2 && have[1] != want[1])) {
     char w[64], h[64];
@@ -238,30 +307,56 @@ static int bind(loader *ld, ml_tensor *out, const char *name, int nd, int64_t d0
   return 0;
 }
 
-static int bind_layer(loader *ld, int64_t il) {
+static int64_t dim_of(const ml_hparams *hp, int d) {
+  switch ((ml_dim)d) {
+  case ML_DIM_NONE: return 0;
+  case ML_DIM_EMBD: return hp->n_embd;
+  case ML_DIM_VOCAB: return hp->n_vocab;
+  case ML_DIM_Q: return hp->n_head * hp->head_dim;
+  case ML_DIM_KV: return hp->n_head_kv * hp->head_dim;
+  case ML_DIM_QKV: return (hp->n_head + 2 * hp->n_head_kv) * hp->head_dim;
+  case ML_DIM_FF: return hp->n_ff;
+  case ML_DIM_FF2: return 2 * hp->n_ff;
+  case ML_DIM_HEAD: return hp->head_dim;
+  case ML_DIM_ROT2: return hp->n_rot / 2;
+  case ML_DIM_POS: return hp->n_ctx_train;
+  case ML_DIM_TYPES: return hp->n_token_types;
+  case ML_DIM_CLASSES: return hp->n_classes;
+  }
+  return 0;
+}
+
+/* Bind every tensor the family declares, per layer for ML_T_LAYER ones. */
+static int bind_declared(loader *ld) {
   ml_model *m = ld->m;
-  ml_hparams *hp = &m->hp;
-  ml_layer *L = &m->layers[il];
-  int64_t nq = hp->n_head * hp->head_dim, nkv = hp->n_head_kv * hp->head_dim, E = hp->n_embd;
-  char name[96];
-#define NAME(s) (snprintf(name, sizeof name, "blk.%lld." s, (long long)il), name)
-  if (bind(ld, &L->attn_norm, NAME("attn_norm.weight"), 1, E, 0, 1) < 0) return -1;
-  if (bind(ld, &L->wq, NAME("attn_q.weight"), 2, nq, E, 1) < 0) return -1;
-  if (bind(ld, &L->wk, NAME("attn_k.weight"), 2, nkv, E, 1) < 0) return -1;
-  if (bind(ld, &L->wv, NAME("attn_v.weight"), 2, nkv, E, 1) < 0) return -1;
-  if (bind(ld, &L->wo, NAME("attn_output.weight"), 2, E, nq, 1) < 0) return -1;
-  int nb = m->arch->needs_qkv_bias;
-  if (bind(ld, &L->bq, NAME("attn_q.bias"), 1, nq, 0, nb) < 0) return -1;
-  if (bind(ld, &L->bk, NAME("attn_k.bias"), 1, nkv, 0, nb) < 0) return -1;
-  if (bind(ld, &L->bv, NAME("attn_v.bias"), 1, nkv, 0, nb) < 0) return -1;
-  int nn = m->arch->needs_qk_norm;
-  if (bind(ld, &L->q_norm, NAME("attn_q_norm.weight"), 1, hp->head_dim, 0, nn) < 0) return -1;
-  if (bind(ld, &L->k_norm, NAME("attn_k_norm.weight"), 1, hp->head_dim, 0, nn) < 0) return -1;
-  if (bind(ld, &L->ffn_norm, NAME("ffn_norm.weight"), 1, E, 0, 1) < 0) return -1;
-  if (bind(ld, &L->w_gate, NAME("ffn_gate.weight"), 2, hp->n_ff, E, 1) < 0) return -1;
-  if (bind(ld, &L->w_up, NAME("ffn_up.weight"), 2, hp->n_ff, E, 1) < 0) return -1;
-  if (bind(ld, &L->w_down, NAME("ffn_down.weight"), 2, E, hp->n_ff, 1) < 0) return -1;
-#undef NAME
+  const ml_hparams *hp = &m->hp;
+  char name[128];
+  for (int64_t il = -1; il < hp->n_layer; il++) {
+    for (const ml_tensor_decl *d = m->arch->tensors; d->name; d++) {
+      int layer = (d->flags & ML_T_LAYER) != 0;
+      if ((il >= 0) != layer) continue;
+      ml_tensor *out = (ml_tensor *)((char *)(layer ? (void *)&m->layers[il] : (void *)m) + d->offset);
+      if (layer) snprintf(name, sizeof name, "blk.%lld.%s", (long long)il, d->name);
+      else snprintf(name, sizeof name, "%s", d->name);
+      int required = (d->flags & ML_T_REQUIRED) != 0;
+      int nd = d->d1 == ML_DIM_NONE ? 1 : 2;
+      if (bind(ld, out, name, nd, dim_of(hp, d->d0), dim_of(hp, d->d1), required) < 0) return -1;
+    }
+  }
+  return 0;
+}
+
+/* A tensor no declaration names would be ignored: a variant of the family moonlm does not
+ * implement (MPT with q/k LayerNorms, ...). Refuse it rather than compute something else. */
+static int check_all_used(loader *ld) {
+  ml_model *m = ld->m;
+  for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
+    if (!ld->used[i]) {
+      const ml_gguf_str *n = &m->gguf->tensors[i].name;
+      ml_seterr("%s: tensor '%.*s' is not part of moonlm's %s (a variant of the architecture moonlm does not run)",
+                m->path, (int)ML_MIN(n->len, 96), n->s, m->arch->name);
+      return -1;
+    }
   return 0;
 }
 
@@ -273,30 +368,57 @@ static int64_t vocab_size(loader *ld) {
   return 0;
 }
 
-static int rope_freqs(loader *ld) {
-  ml_model *m = ld->m;
-  ml_hparams *hp = &m->hp;
+/* Inverse frequencies base^(-2i/n_rot) * scale, divided by the factors when given. */
+static float *rope_table(const ml_hparams *hp, double base, double scale, const ml_tensor *factors) {
   int64_t half = hp->n_rot / 2;
-  ml_tensor ff = {0};
-  if (bind(ld, &ff, "rope_freqs.weight", 1, half, 0, 0) < 0) return -1;
-  m->rope_inv_freq = ml_alloc(sizeof(float) * (size_t)(half ? half : 1));
-  if (!m->rope_inv_freq) {
-    release_tensor(&ff);
-    return -1;
-  }
+  float *t = ml_alloc(sizeof(float) * (size_t)(half ? half : 1));
+  if (!t) return NULL;
   for (int64_t i = 0; i < half; i++) {
-    double f = pow(hp->rope_base, -2.0 * (double)i / (double)hp->n_rot) * hp->rope_scale;
-    if (ff.storage) f /= ((const float *)ml_tensor_data(&ff))[i];
-    m->rope_inv_freq[i] = (float)f;
+    double f = pow(base, -2.0 * (double)i / (double)hp->n_rot) * scale;
+    if (factors && factors->storage) f /= ((const float *)ml_tensor_data(factors))[i];
+    t[i] = (float)f;
   }
-  release_tensor(&ff);
+  return t;
+}
+
+static int rope_tables(ml_model *m) {
+  const ml_hparams *hp = &m->hp;
+  const ml_tensor *short_f = m->rope_freqs.storage ? &m->rope_freqs : &m->rope_short;
+  if (!(m->rope_inv_freq = rope_table(hp, hp->rope_base, hp->rope_scale, short_f))) return -1;
+  if (m->rope_long.storage && !(m->rope_inv_freq_long = rope_table(hp, hp->rope_base, hp->rope_scale, &m->rope_long)))
+    return -1;
+  /* local layers never scale (gemma3) */
+  if (hp->rope_base_swa > 0 && !(m->rope_inv_freq_swa = rope_table(hp, hp->rope_base_swa, 1.0, NULL))) return -1;
+  return 0;
+}
+
+/* ALiBi slopes as ggml computes them: n2 = 2^floor(log2 H) heads get m0^(h+1), the rest
+ * m1^(2(h - n2) + 1), with m0 = 2^(-max_bias / n2) and m1 = 2^(-max_bias / 2 / n2). */
+static int alibi_slopes(ml_model *m) {
+  const ml_hparams *hp = &m->hp;
+  if (hp->alibi_bias <= 0) return 0;
+  if (!(m->alibi_slopes = ml_alloc(sizeof(float) * (size_t)hp->n_head))) return -1;
+  int64_t n2 = 1;
+  while (n2 * 2 <= hp->n_head) n2 *= 2;
+  float mb = (float)hp->alibi_bias;
+  float m0 = powf(2.0f, -mb / (float)n2), m1 = powf(2.0f, -(mb / 2.0f) / (float)n2);
+  for (int64_t h = 0; h < hp->n_head; h++)
+    m->alibi_slopes[h] = h < n2 ? powf(m0, (float)(h + 1)) : powf(m1, (float)(2 * (h - n2) + 1));
   return 0;
 }
 
 static size_t tensor_bytes(const ml_tensor *t) { return t->storage ? ml_tensor_nbytes(t) : 0; }
 
+/* Does the family declare a global tensor at this ml_model offset? */
+static int declares(const ml_arch *a, size_t offset) {
+  for (const ml_tensor_decl *d = a->tensors; d->name; d++)
+    if (!(d->flags & ML_T_LAYER) && d->offset == offset) return 1;
+  return 0;
+}
+
 ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
   ml_model *m = ml_calloc(sizeof *m);
+  loader ld = {m, {0}, NULL};
   if (!m) return NULL;
   m->refcount = 1;
   pthread_mutex_init(&m->prep_mu, NULL);
@@ -331,7 +453,6 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
   }
   if (!(m->storage = ml_storage_external((void *)m->gguf->base, m->gguf->size, release_gguf, m->gguf))) goto fail;
   ml_gguf_retain(m->gguf);
-  loader ld = {m, {0}};
   if (read_hparams(&ld) < 0) goto fail;
   ml_hparams *hp = &m->hp;
   hp->n_vocab = vocab_size(&ld);
@@ -344,17 +465,18 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
               ml_vocab_get_info(m->vocab)->n_tokens, (long long)hp->n_vocab);
     goto fail;
   }
-  if (bind(&ld, &m->tok_embd, "token_embd.weight", 2, hp->n_vocab, hp->n_embd, 1) < 0) goto fail;
-  if (bind(&ld, &m->output_norm, "output_norm.weight", 1, hp->n_embd, 0, 1) < 0) goto fail;
-  if (bind(&ld, &m->output, "output.weight", 2, hp->n_vocab, hp->n_embd, 0) < 0) goto fail;
-  if (!m->output.storage) {
+  if (!(m->layers = ml_calloc(sizeof(ml_layer) * (size_t)hp->n_layer))) goto fail;
+  if (!(ld.used = ml_calloc(m->gguf->n_tensors ? (size_t)m->gguf->n_tensors : 1))) goto fail;
+  if (bind_declared(&ld) < 0 || check_all_used(&ld) < 0) goto fail;
+  ml_free(ld.used);
+  ld.used = NULL;
+  if (!m->output.storage && declares(m->arch, offsetof(ml_model, output))) {
     ml_tensor_view_of(&m->output, &m->tok_embd);
     m->tied_output = 1;
   }
-  if (!(m->layers = ml_calloc(sizeof(ml_layer) * (size_t)hp->n_layer))) goto fail;
-  for (int64_t il = 0; il < hp->n_layer; il++)
-    if (bind_layer(&ld, il) < 0) goto fail;
-  if (rope_freqs(&ld) < 0) goto fail;
+  if (rope_tables(m) < 0 || alibi_slopes(m) < 0) goto fail;
+  const ml_layer *L0 = &m->layers[0];
+  m->main_type = (L0->wqkv.storage ? &L0->wqkv : &L0->wq)->type;
   for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
     const ml_gguf_tensor *t = &m->gguf->tensors[i];
     int64_t n = 1;
@@ -364,12 +486,12 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
   m->weight_bytes = tensor_bytes(&m->output) + tensor_bytes(&m->output_norm);
   for (int64_t il = 0; il < hp->n_layer; il++) {
     ml_layer *L = &m->layers[il];
-    m->weight_bytes += tensor_bytes(&L->wq) + tensor_bytes(&L->wk) + tensor_bytes(&L->wv) + tensor_bytes(&L->wo) +
-                       tensor_bytes(&L->w_gate) + tensor_bytes(&L->w_up) + tensor_bytes(&L->w_down) +
-                       tensor_bytes(&L->attn_norm) + tensor_bytes(&L->ffn_norm);
+    ml_tensor *ts[] = LAYER_TENSORS(L);
+    for (size_t j = 0; j < sizeof ts / sizeof ts[0]; j++) m->weight_bytes += tensor_bytes(ts[j]);
   }
   return m;
 fail:
+  ml_free(ld.used);
   model_free(m);
   return NULL;
 }
@@ -414,23 +536,19 @@ int ml_model_prepare(ml_model *m) {
       const ml_layer *L = &m->layers[i];
       ml_layer_w *w = &m->lw[i];
       int d = droppable(m);
-      if (prep(&w->wq, &L->wq, d) < 0 || prep(&w->wk, &L->wk, d) < 0 || prep(&w->wv, &L->wv, d) < 0 ||
-          prep(&w->wo, &L->wo, d) < 0 || prep(&w->w_gate, &L->w_gate, d) < 0 || prep(&w->w_up, &L->w_up, d) < 0 ||
-          prep(&w->w_down, &L->w_down, d) < 0)
-        rc = -1;
+      const ml_tensor *mats[] = {&L->wq, &L->wk, &L->wv, &L->wqkv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+      ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wqkv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+      for (size_t j = 0; rc == 0 && j < sizeof mats / sizeof mats[0]; j++)
+        if (mats[j]->storage && prep(ws[j], mats[j], d) < 0) rc = -1;
     }
     /* a tied output shares token_embd, whose rows the embedding lookup still reads */
-    if (rc == 0 && prep(&m->output_w, &m->output, !m->tied_output && droppable(m)) < 0) rc = -1;
+    if (rc == 0 && m->output.storage && prep(&m->output_w, &m->output, !m->tied_output && droppable(m)) < 0) rc = -1;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     m->prepare_seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - t0;
     if (rc == 0) {
       __atomic_store_n(&m->prepared, 1, __ATOMIC_RELEASE);
     } else if (m->lw) { /* undo, so a later call starts clean */
-      for (int64_t i = 0; i < m->hp.n_layer; i++) {
-        ml_layer_w *w = &m->lw[i];
-        ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
-        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) ml_weight_release(ws[j]);
-      }
+      for (int64_t i = 0; i < m->hp.n_layer; i++) release_layer_w(&m->lw[i]);
       ml_free(m->lw);
       m->lw = NULL;
       ml_weight_release(&m->output_w);

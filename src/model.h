@@ -20,6 +20,11 @@
 
 typedef enum ml_rope_type { ML_ROPE_NORM = 0, ML_ROPE_NEOX = 2 } ml_rope_type;
 
+/* Pooling of an embedding model's hidden states (llama.cpp's pooling_type values). */
+typedef enum ml_pooling {
+  ML_POOL_NONE = 0, ML_POOL_MEAN = 1, ML_POOL_CLS = 2, ML_POOL_LAST = 3, ML_POOL_RANK = 4
+} ml_pooling;
+
 typedef struct ml_hparams {
   int64_t n_vocab;
   int64_t n_ctx_train;
@@ -30,24 +35,55 @@ typedef struct ml_hparams {
   int64_t head_dim;    /* per head, for q, k and v */
   int64_t n_ff;        /* feed-forward hidden width */
   int64_t n_rot;       /* leading dims of each head that RoPE rotates */
-  double norm_eps;
+  double norm_eps;     /* RMSNorm or LayerNorm epsilon, as the family reads it */
   double rope_base;    /* rope.freq_base */
   double rope_scale;   /* 1 / linear scaling factor */
   ml_rope_type rope_type;
+  /* set by the families that use them (arch_<name>.c reads their keys) */
+  int causal;             /* 0: every token attends to its whole sequence (encoders) */
+  double attn_scale;      /* multiplies q·k: 1/sqrt(head_dim) unless the family says */
+  double embd_scale;      /* multiplies the token embeddings (gemma: sqrt(n_embd)); 1 */
+  double alibi_bias;      /* ALiBi's max bias (mpt): slopes when > 0 */
+  double clamp_kqv;       /* q, k and v clamped to [-c, c] when > 0 (mpt) */
+  double attn_softcap;    /* scores become cap * tanh(s / cap) when > 0 (gemma2) */
+  double final_softcap;   /* the same on the logits */
+  int64_t n_swa;          /* sliding window: keys a local layer's query sees, itself included; 0 none */
+  int64_t swa_pattern;    /* layers il with il % pattern < pattern - 1 are local */
+  double rope_base_swa;   /* RoPE base of the local layers (gemma3) */
+  double rope_attn_factor;/* multiplies the rotated q and k (LongRoPE's attention factor); 1 */
+  int64_t n_ctx_orig;     /* rope.scaling.original_context_length (LongRoPE picks its factors by it) */
+  ml_pooling pooling;     /* embedding models: what model:embed returns by default */
+  int64_t n_token_types;  /* rows of token_types (BERT) */
+  int64_t n_classes;      /* outputs of a reranker's classifier (cls.output) */
 } ml_hparams;
 
+/* Is layer il a sliding-window (local) layer? */
+static inline int ml_layer_is_swa(const ml_hparams *hp, int64_t il) {
+  return hp->n_swa > 0 && hp->swa_pattern > 0 && il % hp->swa_pattern < hp->swa_pattern - 1;
+}
+
+/* Every tensor a layer of any family may have; a family binds the ones it declares (the
+ * others stay empty, storage NULL). Shapes are (out, in) for matrices. E = n_embd,
+ * Q = n_head*hd, KV = n_head_kv*hd, F = n_ff. */
 typedef struct ml_layer {
-  ml_tensor attn_norm;            /* (n_embd) */
-  ml_tensor wq, wk, wv, wo;       /* (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd) */
-  ml_tensor bq, bk, bv;           /* optional biases (qwen2) */
-  ml_tensor q_norm, k_norm;       /* optional per-head RMSNorm weights (hd) (qwen3) */
-  ml_tensor ffn_norm;             /* (n_embd) */
-  ml_tensor w_gate, w_up, w_down; /* (n_ff, n_embd) x2, (n_embd, n_ff) */
+  ml_tensor attn_norm, attn_norm_b;     /* (E) pre-attention norm, and its bias (LayerNorm) */
+  ml_tensor wq, wk, wv, wo;             /* (Q, E), (KV, E) x2, (E, Q) */
+  ml_tensor wqkv;                       /* (Q + 2 KV, E): q, k, v fused, in that order */
+  ml_tensor bq, bk, bv, bqkv, bo;       /* optional biases */
+  ml_tensor q_norm, k_norm;             /* (hd) per-head RMSNorm of q and k (qwen3, gemma3) */
+  ml_tensor attn_post_norm;             /* (E) norm of the attention output (gemma) */
+  ml_tensor attn_out_norm, attn_out_norm_b; /* (E) post-LN after the attention residual (bert) */
+  ml_tensor ffn_norm, ffn_norm_b;       /* (E) pre-FFN norm */
+  ml_tensor w_gate, w_up, w_down;       /* (F, E) x2, (E, F); w_up is (2F, E) [gate; up] when fused */
+  ml_tensor b_up, b_down;               /* optional biases */
+  ml_tensor ffn_post_norm;              /* (E) norm of the FFN output (gemma) */
+  ml_tensor out_norm, out_norm_b;       /* (E) post-LN after the FFN residual (bert) */
 } ml_layer;
 
-/* The matrices of a layer prepared for the kernel level (packed copies; see matmul.h). */
+/* The matrices of a layer prepared for the kernel level (packed copies; see matmul.h).
+ * Those the family does not have stay empty. */
 typedef struct ml_layer_w {
-  ml_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+  ml_weight wq, wk, wv, wqkv, wo, w_gate, w_up, w_down;
 } ml_layer_w;
 
 typedef struct ml_arch ml_arch;
@@ -63,11 +99,23 @@ typedef struct ml_model {
   int vocab_only;
   ml_hparams hp;
   ml_tensor tok_embd;   /* (n_vocab, n_embd) */
-  ml_tensor output_norm;/* (n_embd) */
-  ml_tensor output;     /* (n_vocab, n_embd); a view of tok_embd when tied */
+  ml_tensor pos_embd;   /* (n_ctx_train, n_embd) learned positions (bert) */
+  ml_tensor tok_types;  /* (n_token_types, n_embd) (bert) */
+  ml_tensor tok_norm, tok_norm_b; /* (n_embd) LayerNorm of the embeddings (bert) */
+  ml_tensor output_norm, output_norm_b; /* (n_embd) */
+  ml_tensor output;     /* (n_vocab, n_embd); a view of tok_embd when tied; empty for encoders */
+  ml_tensor rope_freqs; /* (n_rot/2) frequency factors (Llama 3.1) */
+  ml_tensor rope_long, rope_short; /* (n_rot/2) LongRoPE factors (phi3 128k) */
+  ml_tensor cls, cls_b;         /* (n_embd, n_embd) classifier head of a reranker (bert) */
+  ml_tensor cls_out, cls_out_b; /* (n_classes, n_embd) */
   int tied_output;
   ml_layer *layers;     /* n_layer */
-  float *rope_inv_freq; /* (n_rot/2) per pair: base^(-2i/n_rot) * scale / freq_factor[i] */
+  /* RoPE inverse frequencies per pair (n_rot/2): base^(-2i/n_rot) * scale / factor[i]; the
+   * long table exists with LongRoPE factors, the swa table for families whose local layers
+   * have their own base */
+  float *rope_inv_freq, *rope_inv_freq_long, *rope_inv_freq_swa;
+  float *alibi_slopes;  /* (n_head) when hp.alibi_bias > 0 */
+  ml_type main_type;    /* type of the first layer's attention matrix, for info */
   int64_t n_params;
   size_t weight_bytes;  /* bytes of the matrices read per token */
   /* prepared weights, made on first use (not at load: loading stays a mapping) */
@@ -137,7 +185,9 @@ int ml_context_decode(ml_context *c, int64_t n, const int32_t *tokens, const int
 /* Sequences */
 int64_t ml_context_pos(const ml_context *c, int seq);       /* tokens in seq */
 int ml_context_clear(ml_context *c, int seq);               /* seq < 0: all */
-int ml_context_truncate(ml_context *c, int seq, int64_t n); /* keep the first n tokens */
+/* Keep the first n tokens of seq; returns how many are kept (fewer when a sliding-window
+ * cache no longer holds what position n needs: then 0), or -1. */
+int64_t ml_context_truncate(ml_context *c, int seq, int64_t n);
 int ml_context_copy(ml_context *c, int from, int to);       /* to becomes a copy of from (shares cells) */
 
 /* Serialise the cache of one sequence (and its tokens' cells) for sessions. */

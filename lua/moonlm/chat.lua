@@ -212,7 +212,8 @@ function Chat:prepare(text, opts, list)
   local keep = 0
   local cached = self.tokens
   while keep < #cached and keep < #ids - 1 and cached[keep + 1] == ids[keep + 1] do keep = keep + 1 end
-  self.ctx:truncate(self.seq, keep)
+  -- (fewer when a sliding-window cache cannot resume there: then it says how many)
+  keep = self.ctx:truncate(self.seq, keep)
   local rest = {}
   for i = keep + 1, #ids do rest[#rest + 1] = ids[i] end
   self.pending_user = user

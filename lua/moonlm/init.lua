@@ -238,6 +238,9 @@ function Context:decode_batch(entries) return self._ud:decode_batch(entries) end
 function Context:hidden(ids, seq) return self._ud:hidden(ids, seq) end
 function Context:pos(seq) return self._ud:pos(seq) end
 function Context:clear(seq) return self._ud:clear(seq) end
+-- truncate(seq, n) -> kept: keep the first n tokens of seq. Sliding-window layers (gemma2/3)
+-- hold only the last positions, so a rewind further back than they reach keeps 0 tokens
+-- (decode the sequence again); the result says how many were kept.
 function Context:truncate(seq, n) return self._ud:truncate(seq, n) end
 function Context:copy(from, to) return self._ud:copy(from, to) end
 function Context:used() return self._ud:info().used end

@@ -177,7 +177,8 @@ function Sched:admit()
     if not best then return end
     remove(self.queue, 1)
     local keep = min(best_n, #req.prompt - 1) -- decode at least one token for logits
-    self.ctx:truncate(best.seq, keep)
+    keep = self.ctx:truncate(best.seq, keep) -- a sliding-window cache may keep less
+
     for i = #best.tokens, keep + 1, -1 do best.tokens[i] = nil end
     req.feed = {}
     for i = keep + 1, #req.prompt do req.feed[#req.feed + 1] = req.prompt[i] end

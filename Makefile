@@ -31,7 +31,7 @@ LDFLAGS += -shared -fopenmp -Wl,-z,nodelete -Wl,--no-undefined $(SANLD)
 LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
-CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer unicode \
+CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokenize tokenizer_spm tokenizer_bpe tokenizer_decode unicode \
        model arch arch_llama arch_qwen2 arch_qwen3 \
        kvcache context forward attention registry rowops kernels/rowops_avx2 \
        kernels/dispatch kernels/ref
@@ -182,9 +182,10 @@ fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer
 $(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/gguf.c $(FUZZ_CORE) -o $@
-$(BUILD)/fuzz/tokenizer: fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c $(HDRS)
+TOK_SRCS = src/tokenizer.c src/tokenize.c src/tokenizer_spm.c src/tokenizer_bpe.c src/tokenizer_decode.c src/unicode.c
+$(BUILD)/fuzz/tokenizer: fuzz/tokenizer.c $(FUZZ_CORE) $(TOK_SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) -DML_TOK_CACHE_MIN_TEXT=1 fuzz/tokenizer.c $(FUZZ_CORE) src/tokenizer.c src/unicode.c -o $@
+	clang $(FUZZ_FLAGS) -DML_TOK_CACHE_MIN_TEXT=1 fuzz/tokenizer.c $(FUZZ_CORE) $(TOK_SRCS) -o $@
 
 clean:
 	rm -rf build build-san

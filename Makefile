@@ -34,6 +34,7 @@ LIBS     = -lopenblas -lm -lpthread
 CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokenize tokenizer_spm tokenizer_bpe tokenizer_decode unicode \
        model arch arch_llama arch_qwen2 arch_qwen3 \
        kvcache context forward attention registry rowops kernels/rowops_avx2 \
+       json grammar_schema grammar_schema_leaf \
        kernels/dispatch kernels/ref
 KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2
@@ -52,7 +53,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_gguf lua_model lua_sample
+BIND = lua_core lua_util lua_tensor lua_gguf lua_model lua_sample lua_grammar_schema
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)

@@ -535,7 +535,7 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
         v->nenum = w;
       }
     } else if (!strcmp(key, "minLength") || !strcmp(key, "maxLength")) {
-      uint64_t x;
+      uint64_t x = 0;
       if (get_count(c, n, k, &x) < 0) return -1;
       if (key[1] == 'i') { if (x > v->str.min_len) v->str.min_len = x; }
       else if (x < v->str.max_len) v->str.max_len = x;
@@ -580,7 +580,7 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
     } else if (!strcmp(key, "additionalItems")) {
       additional_items = k;
     } else if (!strcmp(key, "minItems") || !strcmp(key, "maxItems")) {
-      uint64_t x;
+      uint64_t x = 0;
       if (get_count(c, n, k, &x) < 0) return -1;
       if (key[1] == 'i') { if (x > v->min_items) v->min_items = x; }
       else if (x < v->max_items) v->max_items = x;
@@ -604,7 +604,7 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
       if (!(v->types & T_OBJ)) continue;
       return schema_fail(&c->b, n, "unsupported keyword '%s'", key);
     } else if (!strcmp(key, "minProperties") || !strcmp(key, "maxProperties")) {
-      uint64_t x;
+      uint64_t x = 0;
       if (get_count(c, n, k, &x) < 0) return -1;
       if (key[1] == 'i') { if (x > v->min_props) v->min_props = x; }
       else if (x < v->max_props) v->max_props = x;
@@ -1302,6 +1302,10 @@ char *ml_schema_to_gbnf(const char *text, size_t len, const ml_schema_opts *opts
   c.root = ml_json_root(doc);
   const char *reserved[] = {"root", "ws", "char", "json-value", "json-object", "json-array", "json-string", "json-number"};
   for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++) map_find(&c.names, reserved[i], strlen(reserved[i]), 1);
+  /* leaves equal to a builtin rule use it */
+  static const char json_string_body[] = "\"\\\"\" char* \"\\\"\"";
+  entry *js = map_find(&c.bodies, json_string_body, strlen(json_string_body), 1);
+  if (js) js->val = strdup("json-string");
   mset s = {0};
   int rc = flatten(&c, &s, c.root, 0, 0);
   const char *top = rc < 0 ? NULL : rc > 0 ? EMPTY : compile_set(&c, &s, "value");

@@ -696,6 +696,14 @@ static int rx_emit(rxp *p, const rx *r, sbuf *o) {
     int e;
     rx_len(r->k[0], &a, &b, &e);
     if (e || r->max == 0) { sb_puts(o, "\"\""); return 0; }
+    /* (x*)* = x*, (x+)* = x*, (x*)+ = x*, (x+)+ = x+, (x*)? = x*, (x+)? = x* */
+    const rx *in = r->k[0];
+    while (in->kind == RX_SEQ && in->n == 1) in = in->k[0];
+    if (in->kind == RX_REP && in->max == RX_INF && in->min <= 1 && r->min <= 1 && (r->max == RX_INF || r->max == 1)) {
+      rx merged = *in;
+      merged.min = r->min && in->min ? 1 : 0;
+      return rx_emit(p, &merged, o);
+    }
     size_t lim = p->c->opts.max_repeat;
     if (r->min > lim || (r->max != RX_INF && r->max > lim))
       return rx_err(p, "repeats more times than the compile budget allows");

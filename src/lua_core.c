@@ -267,6 +267,7 @@ int luaopen_moonlm_core(lua_State *L) {
   ml_lua_open_gguf(L);
   ml_lua_open_model(L);
   ml_lua_open_sample(L);
+  ml_lua_open_schema(L);
   ml_register_names(L, "");
   return 1;
 }

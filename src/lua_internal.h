@@ -8,5 +8,6 @@
 void ml_lua_open_gguf(lua_State *L);  /* save, load_tensors */
 void ml_lua_open_model(lua_State *L); /* load, attach_model, attach_context */
 void ml_lua_open_sample(lua_State *L); /* candidates, rng */
+void ml_lua_open_schema(lua_State *L); /* schema_to_gbnf */
 
 #endif

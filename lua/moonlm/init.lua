@@ -249,4 +249,7 @@ function Context:state_load(seq, bytes) return self._ud:state_load(seq, bytes) e
 function Context:close() self._ud:close() end
 Context.__close = Context.close
 
+-- lm.grammar: JSON Schema -> grammar (moonlm.grammar_schema) beside the engine's constructors
+_M.grammar = require("moonlm.grammar_schema").install(_M.grammar)
+
 return _M

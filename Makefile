@@ -179,7 +179,7 @@ rock-install:
 # ---- fuzzing ----
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Isrc
 FUZZ_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c
-fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer
+fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer $(BUILD)/fuzz/schema
 $(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/gguf.c $(FUZZ_CORE) -o $@
@@ -187,6 +187,11 @@ TOK_SRCS = src/tokenizer.c src/tokenize.c src/tokenizer_spm.c src/tokenizer_bpe.
 $(BUILD)/fuzz/tokenizer: fuzz/tokenizer.c $(FUZZ_CORE) $(TOK_SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -DML_TOK_CACHE_MIN_TEXT=1 fuzz/tokenizer.c $(FUZZ_CORE) $(TOK_SRCS) -o $@
+
+SCHEMA_C = src/json.c src/grammar_schema.c src/grammar_schema_leaf.c src/error.c
+$(BUILD)/fuzz/schema: fuzz/schema.c $(SCHEMA_C) $(HDRS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) fuzz/schema.c $(SCHEMA_C) -o $@
 
 clean:
 	rm -rf build build-san

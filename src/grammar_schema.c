@@ -36,6 +36,7 @@ typedef struct {
   const char *name; /* decoded */
   uint32_t nlen;
   const ml_json *key; /* the member node in `properties`, or the string naming it */
+  const ml_json *listed_by; /* the last member whose `properties` named it */
   mset schemas;
   int required;
 } prop;
@@ -65,6 +66,7 @@ typedef struct {
   uint64_t min_props, max_props;
   const ml_json *props_at;
   const ml_json *any_member;   /* for errors */
+  struct map *index;           /* property name -> position + 1 */
 } view;
 
 typedef struct {
@@ -75,7 +77,7 @@ typedef struct {
   int nest;
 } entry;
 
-typedef struct {
+typedef struct map {
   entry *e;
   size_t n, cap;
 } map;
@@ -235,7 +237,11 @@ static const char *new_name(comp *c, const char *hint) {
   if (!w) memcpy(base, "r", 1), w = 1;
   base[w] = 0;
   snprintf(name, sizeof name, "%s", base);
-  for (int k = 2; map_find(&c->names, name, strlen(name), 0); k++) snprintf(name, sizeof name, "%s-%d", base, k);
+  /* the base's entry remembers the next suffix to try */
+  entry *b = map_find(&c->names, base, strlen(base), 0);
+  int k = b && b->nest > 1 ? b->nest : 2;
+  while (map_find(&c->names, name, strlen(name), 0)) snprintf(name, sizeof name, "%s-%d", base, k++);
+  if (b) b->nest = k;
   entry *e = map_find(&c->names, name, strlen(name), 1);
   if (!e) { schema_fail(&c->b, NULL, "out of memory"); return NULL; }
   return e->key;
@@ -351,30 +357,31 @@ static int flatten(comp *c, mset *s, const ml_json *node, unsigned skip, int dep
   if (node->kind == ML_JSON_FALSE) return 1;
   if (node->kind != ML_JSON_OBJECT) return schema_fail(&c->b, node, "a schema must be an object or a boolean");
   if (depth > 200) return schema_fail(&c->b, node, "schema nesting deeper than the compile budget");
-  for (int i = 0; i < s->n; i++)
-    if (s->m[i].node == node && s->m[i].skip == skip) return 0;
+  for (int j = 0; j < c->nchain; j++)
+    if (c->chain[j] == node) return schema_fail(&c->b, node, "$ref cycle with no base case");
+  for (int i = 0; i < s->n; i++) {
+    if (s->m[i].node != node) continue;
+    if (s->m[i].skip == skip) return 0;
+    /* back to a node whose anyOf/oneOf this set is already inside, before any input:
+     * recursion without a base case (the grammar would be left-recursive) */
+    if (!skip) return schema_fail(&c->b, node, "$ref cycle with no base case (left recursion)");
+  }
+  if (c->nchain >= 64) return schema_fail(&c->b, node, "$ref chain deeper than the compile budget");
   if (ms_push(s, node, skip) < 0) return schema_fail(&c->b, NULL, "out of memory");
-  for (uint32_t i = 0; i < node->n; i++) {
+  c->chain[c->nchain++] = node;
+  int rc = 0;
+  for (uint32_t i = 0; i < node->n && !rc; i++) {
     const ml_json *k = node->kids[i];
     if (!strcmp(k->key, "$ref")) {
       const ml_json *t = resolve_ref(c, node, k);
-      if (!t) return -1;
-      for (int j = 0; j < c->nchain; j++)
-        if (c->chain[j] == t) return schema_fail(&c->b, node, "$ref cycle with no base case");
-      if (c->nchain >= 64) return schema_fail(&c->b, node, "$ref chain deeper than the compile budget");
-      c->chain[c->nchain++] = t;
-      int rc = flatten(c, s, t, 0, depth + 1);
-      c->nchain--;
-      if (rc) return rc;
+      rc = t ? flatten(c, s, t, 0, depth + 1) : -1;
     } else if (!strcmp(k->key, "allOf")) {
-      if (k->kind != ML_JSON_ARRAY || !k->n) return schema_fail(&c->b, node, "'allOf' must be a non-empty array");
-      for (uint32_t j = 0; j < k->n; j++) {
-        int rc = flatten(c, s, k->kids[j], 0, depth + 1);
-        if (rc) return rc;
-      }
+      if (k->kind != ML_JSON_ARRAY || !k->n) rc = schema_fail(&c->b, node, "'allOf' must be a non-empty array");
+      for (uint32_t j = 0; j < k->n && !rc; j++) rc = flatten(c, s, k->kids[j], 0, depth + 1);
     }
   }
-  return 0;
+  c->nchain--;
+  return rc;
 }
 
 /* the first member with a branch keyword still to split on */
@@ -426,13 +433,41 @@ static void view_free(view *v) {
   free(v->props);
   ms_free(&v->additional);
   free(v->required);
+  if (v->index) map_free(v->index), free(v->index);
   memset(v, 0, sizeof *v);
 }
 
 static prop *find_prop(view *v, const char *name, uint32_t len) {
+  if (v->index) {
+    entry *e = map_find(v->index, name, len, 0);
+    return e ? &v->props[e->state - 1] : NULL;
+  }
   for (int i = 0; i < v->nprops; i++)
     if (v->props[i].nlen == len && !memcmp(v->props[i].name, name, len)) return &v->props[i];
   return NULL;
+}
+
+/* a new, empty property at the end */
+static prop *add_prop(comp *c, view *v, const char *name, uint32_t len, const ml_json *key) {
+  prop *np = realloc(v->props, (size_t)(v->nprops + 1) * sizeof *np);
+  if (!np) { schema_fail(&c->b, NULL, "out of memory"); return NULL; }
+  v->props = np;
+  prop *p = &v->props[v->nprops++];
+  memset(p, 0, sizeof *p);
+  p->name = name, p->nlen = len, p->key = key;
+  if (!v->index && v->nprops > 16) {
+    v->index = calloc(1, sizeof *v->index);
+    for (int i = 0; v->index && i < v->nprops - 1; i++) {
+      entry *e = map_find(v->index, v->props[i].name, v->props[i].nlen, 1);
+      if (e) e->state = i + 1;
+    }
+  }
+  if (v->index) {
+    entry *e = map_find(v->index, name, len, 1);
+    if (!e) { schema_fail(&c->b, NULL, "out of memory"); return NULL; }
+    e->state = v->nprops;
+  }
+  return p;
 }
 
 static int is_annotation_only(const ml_json *n, const char *allowed) {
@@ -468,15 +503,7 @@ static int apply_not(comp *c, view *v, const ml_json *node, const ml_json *n) {
       /* the property must be absent: forbid it */
       const ml_json *name = r->kids[0];
       prop *p = find_prop(v, name->str, name->n);
-      if (!p) {
-        prop *np = realloc(v->props, (size_t)(v->nprops + 1) * sizeof *np);
-        if (!np) return schema_fail(&c->b, NULL, "out of memory");
-        v->props = np;
-        p = &v->props[v->nprops++];
-        memset(p, 0, sizeof *p);
-        p->name = name->str, p->nlen = name->n;
-        p->key = name;
-      }
+      if (!p && !(p = add_prop(c, v, name->str, name->n, name))) return -1;
       static const ml_json never = {ML_JSON_FALSE, 0, NULL, NULL, 0, 0, NULL, NULL, 0};
       if (ms_push(&p->schemas, &never, 0) < 0) return schema_fail(&c->b, NULL, "out of memory");
       return 0;
@@ -539,6 +566,7 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
       if (get_count(c, n, k, &x) < 0) return -1;
       if (key[1] == 'i') { if (x > v->str.min_len) v->str.min_len = x; }
       else if (x < v->str.max_len) v->str.max_len = x;
+      v->str.len_at = n;
     } else if (!strcmp(key, "pattern")) {
       if (!is_str(k)) return schema_fail(&c->b, n, "'pattern' must be a string");
       if (v->str.pattern && strcmp(v->str.pattern->str, k->str))
@@ -554,14 +582,14 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
       num_bound *b = key[1] == 'i' ? &lo : &hi;
       b->set = 1, b->value = k;
     } else if (!strcmp(key, "exclusiveMinimum") || !strcmp(key, "exclusiveMaximum")) {
-      num_bound *b = key[9] == 'i' ? &lo : &hi;
+      num_bound *b = key[10] == 'i' ? &lo : &hi;
       if (k->kind == ML_JSON_TRUE) b->exclusive = 2; /* draft 4: applies to minimum/maximum */
       else if (k->kind == ML_JSON_FALSE) continue;
       else if (k->kind == ML_JSON_NUMBER) {
         /* draft 6+: a bound of its own; intersect with the plain one below */
         num_bound e = {1, 1, k};
-        num_bound *dst = key[9] == 'i' ? &v->num.lo : &v->num.hi;
-        int tighter = !dst->set || (key[9] == 'i' ? !num_lt(&e, dst) : !num_lt(dst, &e));
+        num_bound *dst = key[10] == 'i' ? &v->num.lo : &v->num.hi;
+        int tighter = !dst->set || (key[10] == 'i' ? !num_lt(&e, dst) : !num_lt(dst, &e));
         if (tighter) *dst = e;
       } else {
         return schema_fail(&c->b, n, "'%s' must be a number or a boolean", key);
@@ -646,13 +674,7 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
       const ml_json *pk = props->kids[i];
       prop *p = find_prop(v, pk->key, pk->key_len);
       if (!p) {
-        prop *np = realloc(v->props, (size_t)(v->nprops + 1) * sizeof *np);
-        if (!np) return schema_fail(&c->b, NULL, "out of memory");
-        v->props = np;
-        p = &v->props[v->nprops++];
-        memset(p, 0, sizeof *p);
-        p->name = pk->key, p->nlen = pk->key_len;
-        p->key = pk;
+        if (!(p = add_prop(c, v, pk->key, pk->key_len, pk))) return -1;
         /* members before this one did not list it: their additionalProperties apply */
         if (!first_obj) {
           if (v->additional_false) ms_push(&p->schemas, NULL, 0);
@@ -660,16 +682,14 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
         }
       }
       if (ms_push(&p->schemas, pk, 0) < 0) return schema_fail(&c->b, NULL, "out of memory");
+      p->listed_by = n;
     }
   }
   if (obj_kw || req) {
     /* properties this member does not list take its additionalProperties */
     for (int i = 0; i < v->nprops; i++) {
       prop *p = &v->props[i];
-      int listed = 0;
-      for (uint32_t j = 0; props && j < props->n && !listed; j++)
-        listed = props->kids[j]->key_len == p->nlen && !memcmp(props->kids[j]->key, p->name, p->nlen);
-      if (listed || !addl) continue;
+      if (p->listed_by == n || !addl) continue;
       if (addl->kind == ML_JSON_FALSE) ms_push(&p->schemas, NULL, 0);
       else if (addl->kind != ML_JSON_TRUE) ms_push(&p->schemas, addl, 0);
     }
@@ -868,12 +888,7 @@ static int emit_object(comp *c, view *v, const char *hint, sbuf *o) {
     const ml_json *r = v->required[i];
     prop *p = find_prop(v, r->str, r->n);
     if (!p) {
-      prop *np = realloc(v->props, (size_t)(v->nprops + 1) * sizeof *np);
-      if (!np) return schema_fail(&c->b, NULL, "out of memory");
-      v->props = np;
-      p = &v->props[v->nprops++];
-      memset(p, 0, sizeof *p);
-      p->name = r->str, p->nlen = r->n, p->key = r;
+      if (!(p = add_prop(c, v, r->str, r->n, r))) return -1;
       if (v->additional_false) ms_push(&p->schemas, NULL, 0);
       for (int j = 0; j < v->additional.n; j++) ms_push(&p->schemas, v->additional.m[j].node, 0);
     }
@@ -1195,6 +1210,10 @@ static int cmp_member(const void *x, const void *y) {
 
 static const char *compile_set(comp *c, mset *s, const char *hint) {
   if (over_budget(c, s->n ? s->m[0].node : NULL)) return NULL;
+  if (c->nest > 128) {
+    schema_fail(&c->b, s->n ? s->m[0].node : NULL, "schema nesting deeper than the compile budget (128)");
+    return NULL;
+  }
   if (s->n == 0) return any_value(c);
   /* memo by members (order-free) */
   member *sorted = malloc((size_t)s->n * sizeof *sorted);

@@ -36,6 +36,7 @@ typedef struct {
   uint64_t min_len, max_len;          /* code points; max_len UINT64_MAX: unbounded */
   const ml_json *pattern, *pattern_at; /* the pattern string and the schema holding it */
   const ml_json *format, *format_at;
+  const ml_json *len_at;             /* schema holding minLength/maxLength */
 } str_view;
 
 /* a numeric bound as written in the schema */

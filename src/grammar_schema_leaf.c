@@ -920,7 +920,7 @@ int leaf_string(schema_base *c, const str_view *v, sbuf *o) {
   if (!r) {
     rxp_free(&p);
     sb_puts(o, "\"\\\"\" ");
-    if (emit_counted(c, "char", v->min_len, v->max_len, v->format_at ? v->format_at : v->pattern_at, o) < 0) return -1;
+    if (emit_counted(c, "char", v->min_len, v->max_len, v->len_at, o) < 0) return -1;
     sb_puts(o, " \"\\\"\"");
     return 0;
   }

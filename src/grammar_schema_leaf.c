@@ -706,7 +706,10 @@ static int rx_emit(rxp *p, const rx *r, sbuf *o) {
     }
     size_t lim = p->c->opts.max_repeat;
     if (r->min > lim || (r->max != RX_INF && r->max > lim))
-      return rx_err(p, "repeats more times than the compile budget allows");
+    {
+      p->err = 1;
+      return schema_fail(p->c, p->at, "%s repeats more times than the compile budget allows (%zu)", p->what, lim);
+    }
     sb_puts(o, "( ");
     if (rx_emit(p, r->k[0], o) < 0) return -1;
     sb_puts(o, " )");

@@ -1,0 +1,199 @@
+-- JSON Schema -> grammar (lm.grammar.json_schema / schema_to_gbnf): refusals with the
+-- keyword and its JSON pointer, hostile schemas within the compile budget, options, and
+-- per keyword the instances the grammar accepts and refuses (through the engine's matcher,
+-- over a byte vocabulary), plus a fixed sample of the shared JSONSchemaBench set.
+local S = require "support"
+local lm = require "moonlm"
+local json = require "moonlm.json"
+local G = lm.grammar
+local CASES = require "grammar_schema_cases"
+
+local function compile(schema, opts) return G.schema_to_gbnf(schema, opts) end
+
+describe("JSON Schema compiler", function()
+  describe("refuses what it cannot enforce, naming keyword and pointer", function()
+    local REFUSED = {
+      { [[{"type":"object","properties":{"foo":{"type":"object","patternProperties":{"^x":{}}}}}]],
+        "unsupported keyword 'patternProperties' at /properties/foo" },
+      { [[{"not":{"minimum":3}}]], "unsupported keyword 'not' at /" },
+      { [[{"oneOf":[{"type":"string"},{"type":"string","maxLength":3}]}]],
+        "unsupported keyword 'oneOf' (branches 0 and 1 may both match) at /" },
+      { [[{"type":"array","uniqueItems":true}]], "unsupported keyword 'uniqueItems' at /" },
+      { [[{"if":{"type":"string"},"then":{"minLength":2}}]], "unsupported keyword 'if' at /" },
+      { [[{"type":"integer","multipleOf":3}]], "unsupported keyword 'multipleOf' at /" },
+      { [[{"type":"object","dependencies":{"a":["b"]}}]], "unsupported keyword 'dependencies' at /" },
+      { [[{"type":"array","contains":{"type":"string"}}]], "unsupported keyword 'contains' at /" },
+      { [[{"unevaluatedProperties":false}]], "unsupported keyword 'unevaluatedProperties' at /" },
+      { [[{"type":"object","minProperties":2}]], "unsupported keyword 'minProperties' at /" },
+      { [[{"type":"object","maxProperties":1}]], "unsupported keyword 'maxProperties' at /" },
+      { [[{"items":{"type":"string","format":"ipv6"}}]], "unsupported format 'ipv6' at /items" },
+      { [[{"type":"string","pattern":"(a)\\1"}]], "pattern uses a backreference, which is not supported (position 5) at /" },
+      { [[{"type":"string","pattern":"a(?=b)"}]], "pattern uses a lookaround or group flag, which is not supported (position 2) at /" },
+      { [[{"type":"string","pattern":"a\\bc"}]], "pattern uses '\\b' (word boundary), which is not supported (position 3) at /" },
+      { [[{"type":"string","pattern":"a^b"}]], "pattern has an anchor inside, which is not supported (position 3) at /" },
+      { [[{"type":"string","pattern":"^[a-z]+","maxLength":5}]], "unsupported combination of 'pattern' and 'minLength'/'maxLength' at /" },
+      { [[{"$ref":"#"}]], "$ref cycle with no base case at /" },
+      { [[{"$defs":{"a":{"anyOf":[{"$ref":"#/$defs/a"},{"type":"null"}]}},"$ref":"#/$defs/a"}]],
+        "$ref cycle with no base case (left recursion) at /$defs/a" },
+      { [[{"$ref":"#/definitions/nope"}]], "unresolved $ref '#/definitions/nope' at /" },
+      { [[{"$ref":"http://x/y.json"}]], "unsupported $ref 'http://x/y.json' (not in this document) at /" },
+      { "false", "the schema accepts no value" },
+      { [[{"type":"strong"}]], "unknown type in 'type' at /" },
+      { [[{"properties":{"a":{"minLength":-1}}}]], "'minLength' must be a non-negative integer at /properties/a" },
+      { [[{"type":"object","properties":{"a":{"type":"string"}}]], "invalid JSON: expected ',' or '}' at line 1 column 54" },
+    }
+    for _, c in ipairs(REFUSED) do
+      it(c[2], function()
+        local g, err = compile(c[1])
+        assert.is_nil(g)
+        assert.are.equal(c[2], err)
+      end)
+    end
+  end)
+
+  describe("hostile schemas get a clean error", function()
+    it("huge counts", function()
+      assert.are.same({ nil, "minLength/maxLength 100000 is over the compile budget (4096) at /properties/s" },
+        { compile([[{"properties":{"s":{"type":"string","maxLength":100000}}}]]) })
+      assert.are.same({ nil, "minItems/maxItems 5000 is over the compile budget (4096) at /" },
+        { compile([[{"type":"array","minItems":5000}]]) })
+      assert.are.same({ nil, "pattern repeats more times than the compile budget allows (4096) at /" },
+        { compile([[{"type":"string","pattern":"^a{99999}$"}]]) })
+    end)
+    it("deep nesting", function()
+      local deep = string.rep('{"items":', 200) .. "{}" .. string.rep("}", 200)
+      local g, err = compile(deep)
+      assert.is_nil(g)
+      assert.truthy(err:find("^schema nesting deeper than the compile budget %(128%) at /items/items/"), err)
+      g, err = compile(string.rep("[", 600) .. string.rep("]", 600))
+      assert.are.equal("invalid JSON: nesting too deep at line 1 column 513", err)
+    end)
+    it("a 1 MB schema compiles or stops at the size budget", function()
+      local props = {}
+      for i = 1, 20000 do props[i] = ('"p%05d":{"type":"string","maxLength":%d}'):format(i, i % 50) end
+      local big = '{"type":"object","properties":{' .. table.concat(props, ",") .. "}}"
+      assert.is_true(#big > 800000)
+      local g, err = compile(big)
+      assert.truthy(g, err)
+      assert.truthy(g:find('"\\"p20000\\""', 1, true))
+      g, err = compile(big, { max_bytes = 100000 })
+      assert.is_nil(g)
+      assert.truthy(err:find("^grammar larger than the compile budget %(100000 bytes%)"), err)
+    end)
+    it("many $ref cycles and a time budget", function()
+      local defs = {}
+      for i = 1, 300 do defs[i] = ('"d%d":{"anyOf":[{"$ref":"#/$defs/d%d"},{"type":"array","items":{"$ref":"#/$defs/d%d"}}]}'):format(i, i % 300 + 1, (i * 7) % 300 + 1) end
+      local g, err = compile('{"$defs":{' .. table.concat(defs, ",") .. '},"$ref":"#/$defs/d1"}')
+      assert.is_nil(g)
+      assert.truthy(err:find("^%$ref cycle with no base case"), err)
+    end)
+  end)
+
+  describe("options", function()
+    it("refuses unknown options and bad values", function()
+      assert.has_error(function() G.schema_to_gbnf("{}", { whitespace = "none" }) end,
+        "bad argument #2 to 'schema_to_gbnf' (whitespace must be \"json\" or \"compact\")")
+      assert.has_error(function() G.json_schema("{}", { indent = 2 }) end,
+        "bad argument #2 to 'json_schema' (unknown option 'indent')")
+      assert.has_error(function() G.json_schema(42) end,
+        "bad argument #1 to 'json_schema' (table or JSON text expected, got number)")
+      assert.has_error(function() G.schema_to_gbnf("{}", { property_order = { "a" } }) end,
+        "bad argument #2 to 'schema_to_gbnf' (property_order applies to table schemas; JSON text keeps its own order)")
+      assert.has_error(function() G.schema_to_gbnf({}, { max_ms = -1 }) end,
+        "bad argument #2 to 'schema_to_gbnf' (max_ms must be a positive number)")
+    end)
+    it("compact whitespace has no whitespace rule", function()
+      local g = assert(compile([[{"type":"array","items":{"type":"integer"}}]], { whitespace = "compact" }))
+      assert.is_nil(g:find("ws", 1, true))
+      assert.are.equal("root ::= value\n", g:match("^[^\n]*\n"))
+      g = assert(compile([[{"type":"array","items":{"type":"integer"}}]]))
+      assert.truthy(g:find("\nws ::= [ \\t\\n\\r]*\n", 1, true))
+    end)
+    it("a table schema: property_order first, recorded order, then sorted", function()
+      local t = { type = "object", properties = { b = { type = "integer" }, a = { type = "string" }, c = {} } }
+      local function order(g)
+        local line, names = g:match("\nvalue ::= ([^\n]*)"), {}
+        for name in line:gmatch('"\\"(%a)\\""') do names[#names + 1] = name end
+        return names
+      end
+      assert.are.same({ "a", "b", "c" }, order(assert(compile(t, { whitespace = "compact" }))))
+      assert.are.same({ "c", "b", "a" }, order(assert(compile(t, { whitespace = "compact", property_order = { "c", "b" } }))))
+      local o = json.object({ z = { type = "null" }, y = { type = "null" } }, { "z", "y" })
+      g = assert(compile({ type = "object", properties = o, required = { "z", "y" } }, { whitespace = "compact" }))
+      assert.are.same({ "z" }, order(g)) -- z first and required: y follows in the tail rule
+      assert.truthy(g:find('\nvalue%-tail%-2 ::=  "," "\\"y\\""'), g)
+    end)
+  end)
+
+  describe("instances through the engine's matcher", function()
+    if not (G.gbnf and G.vocab) then
+      pending("needs the grammar engine (lm.grammar.gbnf), which lands separately")
+      return
+    end
+    local bytes = {}
+    for i = 0, 255 do bytes[i + 1] = string.char(i) end
+    local vocab = G.vocab(bytes)
+    local function accepts(g, text)
+      local m = g:matcher(vocab)
+      return m:accept_text(text) and m:can_end()
+    end
+    for _, c in ipairs(CASES) do
+      it(c[1], function()
+        local g, err = G.json_schema(c[2])
+        assert.truthy(g, err)
+        for _, t in ipairs(c.ok) do assert.is_true(accepts(g, t), "refused " .. t) end
+        for _, t in ipairs(c.bad) do assert.is_false(accepts(g, t), "accepted " .. t) end
+      end)
+    end
+  end)
+
+  describe("JSONSchemaBench sample (every 23rd schema)", function()
+    local sample, names = {}, {}
+    local i = 0
+    for line in io.lines(S.path("jsonschema/schemas.jsonl")) do
+      if i % 23 == 0 then
+        local d = json.decode(line)
+        sample[#sample + 1] = d
+        names[d.schema] = #sample
+      end
+      i = i + 1
+    end
+    it("62 schemas, 49 compile, the refusals are named", function()
+      local ok, refused = 0, 0
+      for _, d in ipairs(sample) do
+        local g, err = compile(d.text)
+        if g then ok = ok + 1 else
+          refused = refused + 1
+          assert.truthy(err:find("unsupported") or err:find("budget") or err:find("not supported"), err)
+        end
+      end
+      assert.are.same({ 62, 49, 13 }, { #sample, ok, refused })
+    end)
+    if not (G.gbnf and G.vocab) then
+      pending("instances need the grammar engine (lm.grammar.gbnf)")
+      return
+    end
+    it("no invalidation error, and the expected schemas pass", function()
+      local bytes = {}
+      for b = 0, 255 do bytes[b + 1] = string.char(b) end
+      local vocab = G.vocab(bytes)
+      local grammars, inv, verr = {}, {}, {}
+      for line in io.lines(S.path("jsonschema/instances.jsonl")) do
+        local d = json.decode(line)
+        local k = names[d.schema]
+        if k then
+          if grammars[k] == nil then grammars[k] = G.json_schema(sample[k].text) or false end
+          local g = grammars[k]
+          if g then
+            local m = g:matcher(vocab)
+            local acc = m:accept_text(d.text) and m:can_end()
+            if acc and not d.valid then inv[#inv + 1] = d.schema end
+            if not acc and d.valid then verr[#verr + 1] = d.schema end
+          end
+        end
+      end
+      assert.are.same({}, inv)
+      assert.is_true(#verr <= 1, table.concat(verr, ", "))
+    end)
+  end)
+end)

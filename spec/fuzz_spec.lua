@@ -35,6 +35,12 @@ describe("fuzzing #once", function()
     assert.is_true(runs > 1000)
   end)
 
+  it("JSON Schema compiler: 10 seconds, no crash, leak or timeout", function()
+    local code, log = fuzz("schema", 10, "fuzz/seeds/schema")
+    assert.are.equal(0, code, log:sub(-3000))
+    assert.truthy(log:match("Done (%d+) runs"), log:sub(-2000))
+  end)
+
   it("tokenizers: 15 seconds, no crash, leak or timeout", function()
     local code, log = fuzz("tokenizer", 15, "fuzz/seeds/tokenizer")
     assert.are.equal(0, code, log:sub(-3000))

@@ -31,8 +31,9 @@ LDFLAGS += -shared -fopenmp -Wl,-z,nodelete -Wl,--no-undefined $(SANLD)
 LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
-CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokenize tokenizer_spm tokenizer_bpe tokenizer_decode unicode \
-       model arch arch_llama arch_qwen2 arch_qwen3 \
+CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokenize tokenizer_spm tokenizer_bpe tokenizer_wpm \
+       tokenizer_decode unicode \
+       model arch arch_llama arch_qwen2 arch_qwen3 arch_phi3 arch_mpt arch_gemma2 arch_gemma3 arch_bert \
        kvcache context forward attention registry rowops kernels/rowops_avx2 \
        json grammar_schema grammar_schema_leaf \
        kernels/dispatch kernels/ref
@@ -183,7 +184,8 @@ fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer $(BUILD)/fuzz/schema
 $(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/gguf.c $(FUZZ_CORE) -o $@
-TOK_SRCS = src/tokenizer.c src/tokenize.c src/tokenizer_spm.c src/tokenizer_bpe.c src/tokenizer_decode.c src/unicode.c
+TOK_SRCS = src/tokenizer.c src/tokenize.c src/tokenizer_spm.c src/tokenizer_bpe.c src/tokenizer_wpm.c \
+           src/tokenizer_decode.c src/unicode.c
 $(BUILD)/fuzz/tokenizer: fuzz/tokenizer.c $(FUZZ_CORE) $(TOK_SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -DML_TOK_CACHE_MIN_TEXT=1 fuzz/tokenizer.c $(FUZZ_CORE) $(TOK_SRCS) -o $@

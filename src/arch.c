@@ -6,7 +6,8 @@
 #include <string.h>
 
 static const ml_arch *const all[] = {
-  &ml_arch_llama, &ml_arch_qwen2, &ml_arch_qwen3,
+  &ml_arch_llama, &ml_arch_qwen2, &ml_arch_qwen3, &ml_arch_phi3, &ml_arch_mpt,
+  &ml_arch_gemma2, &ml_arch_gemma3, &ml_arch_bert,
 };
 
 const ml_arch *ml_arch_find(const char *name, size_t len) {

@@ -126,6 +126,10 @@ int64_t ml_context_n_ctx(const ml_context *c) { return c->kv.n_cells; }
 int ml_context_n_seq(const ml_context *c) { return c->kv.n_seq; }
 ml_type ml_context_kv_type(const ml_context *c) { return c->kv.type; }
 int64_t ml_context_used(const ml_context *c) { return c->kv.n_used; }
+size_t ml_context_kv_bytes(const ml_context *c) {
+  return 2 * c->kv.row_bytes * ((size_t)c->kv.n_cells * (size_t)c->kv.n_layer +
+                                (size_t)c->kv_swa.n_cells * (size_t)c->kv_swa.n_layer);
+}
 
 static int check_seq(const ml_context *c, int seq, int input) {
   if (seq < 0 || seq >= c->kv.n_seq) {

@@ -113,7 +113,7 @@ static void norm_row(const ml_thr *t, float *y, const float *x, int64_t dim, ml_
 
 void ml_blk_norm(ml_thr *t, float *y, const float *x, int64_t dim, ml_norm_kind kind, const ml_tensor *w,
                  const ml_tensor *b) {
-  const float *pw = vec(w), *pb = b ? vec(b) : NULL;
+  const float *pw = w ? vec(w) : NULL, *pb = b ? vec(b) : NULL;
   for (int64_t r = t->r0; r < t->r1; r++) norm_row(t, y + r * dim, x + r * dim, dim, kind, pw, pb);
   t->dirty = 1;
 }

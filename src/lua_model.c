@@ -158,6 +158,15 @@ static int m_info(lua_State *L) {
     lua_setfield(L, -2, "tied_output");
     lua_pushstring(L, ml_type_traits_get(m->main_type)->name);
     lua_setfield(L, -2, "type");
+    lua_pushboolean(L, hp->causal);
+    lua_setfield(L, -2, "causal");
+    if (hp->n_swa > 0 && hp->swa_pattern > 0) set_int(L, "n_swa", hp->n_swa);
+    /* embedding models say how they pool; for the others model:embed chooses */
+    static const char *const pool_names[] = {"none", "mean", "cls", "last", "rank"};
+    if (!hp->causal || ml_gguf_find(m->gguf, "bert.pooling_type")) {
+      lua_pushstring(L, pool_names[hp->pooling]);
+      lua_setfield(L, -2, "pooling");
+    }
   }
   return 1;
 }
@@ -235,6 +244,12 @@ static int m_vocab(lua_State *L) {
   lua_setfield(L, -2, "add_eos");
   lua_pushboolean(L, vi->add_space_prefix);
   lua_setfield(L, -2, "add_space_prefix");
+  if (vi->type == ML_VOCAB_WPM) {
+    lua_pushboolean(L, vi->lowercase);
+    lua_setfield(L, -2, "lowercase");
+    lua_pushboolean(L, vi->strip_accents);
+    lua_setfield(L, -2, "strip_accents");
+  }
   /* end-of-generation ids */
   lua_newtable(L);
   for (int32_t id = 0, n = 0; id < vi->n_tokens; id++)
@@ -722,6 +737,7 @@ static int c_info(lua_State *L) {
   set_int(L, "model_handle", ml_model_handle(ml_context_model(u->c)));
   lua_pushstring(L, ml_type_traits_get(ml_context_kv_type(u->c))->name);
   lua_setfield(L, -2, "kv_type");
+  set_int(L, "kv_bytes", (int64_t)ml_context_kv_bytes(u->c));
   return 1;
 }
 

@@ -173,6 +173,7 @@ int64_t ml_context_n_ctx(const ml_context *c);
 int ml_context_n_seq(const ml_context *c);
 ml_type ml_context_kv_type(const ml_context *c);
 int64_t ml_context_used(const ml_context *c); /* cells in use */
+size_t ml_context_kv_bytes(const ml_context *c); /* memory of the key/value caches */
 
 /* One decode call: tokens[i] goes to sequence seq[i] at that sequence's next position, in
  * order. Rows with want[i] set get logits (n_vocab floats each, in order) in `logits`

@@ -221,12 +221,15 @@ static int partition(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n,
  * Every pre-tokenizer chain ends a piece there whether L or the end of the text follows
  * (the newline is a one-character white space run), and NFC cannot join across it.
  * SPM: before a space whose left neighbour is an ASCII character that never precedes
- * "▁" in a token (see spm_fragment). n if there is no such place. */
+ * "▁" in a token (see spm_fragment). WordPiece: at a space (always a word break). n if
+ * there is no such place. */
 static size_t next_cut(const ml_vocab *v, const uint8_t *s, size_t n, size_t from) {
   for (size_t b = ML_MAX(from, (size_t)2); b < n; b++) {
     uint8_t p = s[b - 1], c = s[b];
     if (v->info.type == ML_VOCAB_BPE) {
       if (p == '\n' && s[b - 2] > ' ' && s[b - 2] < 0x7F && (c | 0x20) >= 'a' && (c | 0x20) <= 'z') return b;
+    } else if (v->info.type == ML_VOCAB_WPM) {
+      if (c == ' ') return b;
     } else if (c == ' ' && p < 0x80 && p != ' ' && !ml_tok_is_glue(v, p)) {
       return b;
     }
@@ -240,8 +243,9 @@ enum { CHUNK = 1 << 16 };
 static int raw_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, int prefix, outbuf *o) {
   for (size_t a = 0, b; a < n; a = b) {
     b = n - a > 2 * CHUNK ? a + next_cut(v, s + a, n - a, CHUNK) : n;
-    int rc = v->info.type == ML_VOCAB_SPM ? ml_tok_spm_fragment(v, sc, s + a, b - a, prefix && a == 0, o)
-                                          : ml_tok_bpe_fragment(v, sc, s + a, b - a, o);
+    int rc = v->info.type == ML_VOCAB_SPM   ? ml_tok_spm_fragment(v, sc, s + a, b - a, prefix && a == 0, o)
+             : v->info.type == ML_VOCAB_BPE ? ml_tok_bpe_fragment(v, sc, s + a, b - a, o)
+                                            : ml_tok_wpm_fragment(v, sc, s + a, b - a, o);
     if (rc) return rc;
   }
   return 0;

@@ -127,6 +127,26 @@ static const struct pre_def {
   {"minerva-7b", ML_PRETOK_STARCODER, 0},
   {"command-r", ML_PRETOK_STARCODER, PRE_KEEP_SPACES},
   {"smollm", ML_PRETOK_STARCODER, PRE_KEEP_SPACES},
+  /* names newer llama.cpp gives to the same regex sets */
+  {"jina-v5-nano", ML_PRETOK_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+  {"a.x-4.0", ML_PRETOK_GPT2, 0},
+  {"mellum", ML_PRETOK_GPT2, 0},
+  {"modern-bert", ML_PRETOK_GPT2, 0},
+  {"kormo", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"f2llmv2", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"solar-open", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"grok-2", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"mellum2", ML_PRETOK_STARCODER, 0},
+};
+
+/* Pre-tokenizers llama.cpp knows whose regex sets moonlm does not implement yet: refused
+ * by name, so the error says what is missing rather than "unknown". */
+static const char *const pre_missing[] = {
+  "deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4", "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2",
+  "kimi-k2", "seed-coder", "bailingmoe", "bailingmoe2", "llada-moe", "ufakzeka", "qwen35", "minicpm5", "spark2_5",
+  "youtu", "jais-2", "tekken", "chameleon", "poro-chat", "bloom", "gpt3-finnish", "viking", "superbpe", "tiny_aya",
+  "cohere2moe", "granite-embed-multi-97m", "granite-embed-multi-311m", "afmoe", "laguna", "exaone-moe", "gemma4",
+  "sarvam-moe", "whitespace", NULL,
 };
 
 static int load_model(ml_vocab *v) {
@@ -148,8 +168,16 @@ static int load_model(ml_vocab *v) {
     v->pretok = ML_PRETOK_NONE;
     return 0;
   }
+  if (model->len == 4 && memcmp(model->s, "bert", 4) == 0) {
+    v->info.type = ML_VOCAB_WPM;
+    v->info.add_bos = v->info.add_eos = 1; /* [CLS] text [SEP] */
+    v->info.add_space_prefix = 1;          /* word-initial tokens begin with "▁" */
+    v->info.clean_spaces = 1;              /* " ," -> "," when asked, as llama.cpp */
+    v->pretok = ML_PRETOK_NONE;
+    return 0;
+  }
   if (!(model->len == 4 && memcmp(model->s, "gpt2", 4) == 0)) {
-    ml_seterr("unsupported tokenizer model '%.*s' (" KEY("model") "; supported: llama, gpt2)",
+    ml_seterr("unsupported tokenizer model '%.*s' (" KEY("model") "; supported: llama, gpt2, bert)",
               (int)ML_MIN(model->len, 64), model->s);
     return -1;
   }
@@ -169,7 +197,13 @@ static int load_model(ml_vocab *v) {
     v->info.nfc = (d->flags & PRE_NFC) != 0;
     return 0;
   }
-  ml_seterr("unsupported pre-tokenizer '%.*s' (" KEY("pre") ")", (int)ML_MIN(pre->len, 64), pre->s);
+  for (const char *const *m = pre_missing; *m; m++)
+    if (strlen(*m) == pre->len && memcmp(*m, pre->s, pre->len) == 0) {
+      ml_seterr("pre-tokenizer '%s' (" KEY("pre") ") is not supported by moonlm yet: its regex set is not "
+                "implemented, and another one would give different ids", *m);
+      return -1;
+    }
+  ml_seterr("unknown pre-tokenizer '%.*s' (" KEY("pre") ")", (int)ML_MIN(pre->len, 64), pre->s);
   return -1;
 }
 
@@ -386,6 +420,12 @@ static int load_special_ids(ml_vocab *v) {
     in->unk = 0 < n ? 0 : -1;
     in->bos = 1 < n ? 1 : -1;
     in->eos = 2 < n ? 2 : -1;
+  } else if (in->type == ML_VOCAB_WPM) { /* BERT's [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103 */
+    in->pad = 0 < n ? 0 : -1;
+    in->unk = 100 < n ? 100 : -1;
+    in->bos = 101 < n ? 101 : -1;
+    in->sep = 102 < n ? 102 : -1;
+    in->mask = 103 < n ? 103 : -1;
   }
   const struct { const char *key; int32_t *id; } ids[] = {
     {KEY("bos_token_id"), &in->bos}, {KEY("eos_token_id"), &in->eos},
@@ -396,10 +436,18 @@ static int load_special_ids(ml_vocab *v) {
     {KEY("middle_token_id"), &in->fim_mid},
     {KEY("fim_pre_token_id"), &in->fim_pre}, {KEY("fim_suf_token_id"), &in->fim_suf},
     {KEY("fim_mid_token_id"), &in->fim_mid}, {KEY("fim_pad_token_id"), &in->fim_pad},
+    {KEY("cls_token_id"), &in->bos}, /* BERT: [CLS] opens the text */
     {KEY("fim_rep_token_id"), &in->fim_rep}, {KEY("fim_sep_token_id"), &in->fim_sep},
   };
   for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
     if (read_id(v, ids[i].key, ids[i].id) != 0) return -1;
+  if (in->type == ML_VOCAB_WPM) { /* the text ends with [SEP] */
+    in->eos = in->sep;
+    if (in->unk < 0) {
+      ml_seterr("a WordPiece vocabulary needs an unknown token (" KEY("unknown_token_id") ")");
+      return -1;
+    }
+  }
   int b = ml_gguf_get_bool(v->g, KEY("add_bos_token"), -1);
   if (b >= 0) in->add_bos = b;
   b = ml_gguf_get_bool(v->g, KEY("add_eos_token"), -1);
@@ -592,6 +640,12 @@ ml_vocab *ml_vocab_load(ml_gguf *g) {
   }
   build_byte_tables(v);
   if (v->info.type == ML_VOCAB_SPM) find_glue(v);
+  if (v->info.type == ML_VOCAB_WPM) {
+    /* llama.cpp's keys; without them, a vocabulary with upper-case letters is cased */
+    v->info.lowercase = ml_gguf_get_bool(v->g, KEY("normalizer.lowercase"), -1);
+    if (v->info.lowercase < 0) v->info.lowercase = ml_tok_wpm_lowercase(v);
+    v->info.strip_accents = ml_gguf_get_bool(v->g, KEY("normalizer.strip_accents"), v->info.lowercase);
+  }
   v->info.nl = v->byte_tok['\n'] >= 0 ? v->byte_tok['\n'] : v->info.pad;
   mark_eog(v);
   if (build_specials(v) != 0) {

@@ -1,12 +1,13 @@
 /* tokenizer.h: the vocabulary of a GGUF model, and text <-> token ids.
  *
- * Two tokenizer families, chosen by tokenizer.ggml.model:
+ * Three tokenizer families, chosen by tokenizer.ggml.model:
  *   "llama"  SentencePiece BPE driven by token scores, byte fallback, dummy-prefix space;
  *   "gpt2"   byte-level BPE driven by merge ranks, with the pre-tokenizer named by
  *            tokenizer.ggml.pre (gpt-2, llama-bpe, qwen2, default, falcon, starcoder,
- *            deepseek-llm, deepseek-coder and their aliases).
- * Both reproduce llama.cpp's llama_tokenize and, for qwen2 (whose tokenizer.json normalizes
- * to NFC), Hugging Face's ids.
+ *            deepseek-llm, deepseek-coder and their aliases);
+ *   "bert"   WordPiece: BERT's normalizer and pre-tokenizer, greedy longest pieces.
+ * They reproduce llama.cpp's llama_tokenize and, where llama.cpp departs from the model's
+ * own tokenizer (qwen2's NFC, BERT's accents and long words), Hugging Face's ids.
  *
  * An ml_vocab is immutable after loading: any number of threads may use one at once. It
  * retains the ml_gguf it was loaded from and points into its mapping.
@@ -29,7 +30,8 @@ typedef struct ml_vocab ml_vocab;
 
 typedef enum ml_vocab_type {
   ML_VOCAB_SPM = 1, /* tokenizer.ggml.model = "llama" */
-  ML_VOCAB_BPE = 2  /* tokenizer.ggml.model = "gpt2" */
+  ML_VOCAB_BPE = 2, /* tokenizer.ggml.model = "gpt2" */
+  ML_VOCAB_WPM = 3  /* tokenizer.ggml.model = "bert" */
 } ml_vocab_type;
 
 /* Token attributes (bit set). The first six come from tokenizer.ggml.token_type
@@ -53,7 +55,7 @@ typedef struct ml_vocab_info {
   ml_vocab_type type;
   int32_t n_tokens;
   int32_t n_merges;        /* merges in use (BPE) */
-  const char *model;       /* "llama" or "gpt2" */
+  const char *model;       /* "llama", "gpt2" or "bert" */
   const char *pre;         /* pre-tokenizer name as given ("" if absent) */
   int32_t bos, eos, eot, eom, unk, pad, sep, nl, mask;
   int32_t fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep;
@@ -62,6 +64,8 @@ typedef struct ml_vocab_info {
   int clean_spaces;        /* ML_DETOK_CLEAN_SPACES applies to this vocabulary */
   int ignore_merges;       /* a pre-token that is itself a token is emitted as is (llama-bpe) */
   int nfc;                 /* text is normalized to NFC before pre-tokenizing (qwen2) */
+  int lowercase;           /* WordPiece: text is lower-cased ... */
+  int strip_accents;       /* ... and its accents stripped (tokenizer.ggml.normalizer.*) */
   int n_eog;               /* number of end-of-generation tokens */
   size_t max_token_len;    /* bytes */
 } ml_vocab_info;

@@ -36,7 +36,7 @@ static size_t piece(const ml_vocab *v, int32_t id, int special, int lstrip, char
   int raw = (a & (ML_TOKEN_UNKNOWN | ML_TOKEN_CONTROL | ML_TOKEN_USER_DEFINED)) != 0;
   if (!raw && (a & ML_TOKEN_NORMAL)) {
     for (size_t i = 0; i < n;) {
-      if (v->info.type == ML_VOCAB_SPM) {
+      if (v->info.type != ML_VOCAB_BPE) { /* SPM and WordPiece: "▁" is a space */
         if (i + 2 < n && s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81) {
           OUT(' ');
           i += 3;

@@ -185,6 +185,8 @@ int ml_tok_is_glue(const ml_vocab *v, uint32_t cp); /* SPM: may precede "▁" in
  * space goes in front. */
 int ml_tok_spm_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, int prefix, outbuf *o);
 int ml_tok_bpe_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, outbuf *o);
+int ml_tok_wpm_fragment(const ml_vocab *v, scratch *sc, const uint8_t *s, size_t n, outbuf *o);
+int ml_tok_wpm_lowercase(const ml_vocab *v); /* does this WordPiece vocabulary lower-case? */
 
 /* tokenizer_decode.c */
 int ml_tok_is_special(const ml_vocab *v, int32_t id);

@@ -163,6 +163,52 @@ static size_t decompose(uint32_t cp, uint32_t *out) {
   return 1;
 }
 
+size_t ml_nfd(const uint32_t *in, size_t n, uint32_t *out) {
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) k += decompose(in[i], out + k);
+  /* canonical order: stable sort of each run of non-starters by combining class */
+  for (size_t i = 1; i < k; i++) {
+    int c = ccc_of(out[i]);
+    if (!c) continue;
+    uint32_t x = out[i];
+    size_t j = i;
+    while (j > 0 && ccc_of(out[j - 1]) > c) {
+      out[j] = out[j - 1];
+      j--;
+    }
+    out[j] = x;
+  }
+  return k;
+}
+
+int ml_uc_is_mn(uint32_t cp) {
+  return cp >= 0x300 && cp < 0x110000 && range_find(ml_mn_lo, ml_mn_hi, NELEM(ml_mn_lo), cp) >= 0;
+}
+
+size_t ml_uc_lower(uint32_t cp, uint32_t out[2]) {
+  for (int i = 0; i < NELEM(ml_lower2_cp); i++)
+    if (ml_lower2_cp[i] == cp) {
+      out[0] = ml_lower2_to[2 * i];
+      out[1] = ml_lower2_to[2 * i + 1];
+      return 2;
+    }
+  out[0] = cp;
+  if (cp >= 'A' && cp <= 'Z') out[0] = cp + 32;
+  else if (cp >= 0xC0 && cp < 0x110000) {
+    int a = 0, b = NELEM(ml_lower_cp) - 1;
+    while (a <= b) {
+      int m = (a + b) / 2;
+      if (cp < ml_lower_cp[m]) b = m - 1;
+      else if (cp > ml_lower_cp[m]) a = m + 1;
+      else {
+        out[0] = ml_lower_to[m];
+        break;
+      }
+    }
+  }
+  return 1;
+}
+
 /* The primary composite of (a, b), or 0. */
 static uint32_t compose(uint32_t a, uint32_t b) {
   if (a - HG_LBASE < (uint32_t)HG_LCOUNT && b - HG_VBASE < (uint32_t)HG_VCOUNT)

@@ -46,6 +46,15 @@ int ml_utf8_check(const uint8_t *s, size_t n);
 int ml_nfc_needed(const uint32_t *cp, const uint8_t *fl, size_t n);
 size_t ml_nfc(const uint32_t *in, size_t n, uint32_t *out);
 
+/* NFD: the full canonical decomposition of in[0..n) in canonical order, into out (room
+ * for 4 * n); returns its length. */
+size_t ml_nfd(const uint32_t *in, size_t n, uint32_t *out);
+/* Is cp a nonspacing mark (Mn)? */
+int ml_uc_is_mn(uint32_t cp);
+/* The full lower-case mapping of cp (unconditional, as Rust's char::to_lowercase): 1 or 2
+ * code points. */
+size_t ml_uc_lower(uint32_t cp, uint32_t out[2]);
+
 /* Pre-tokenizers: the regex chains of llama.cpp's llm_tokenizer_bpe, each regex written
  * out by hand. Multi-regex chains apply each regex to every piece of the previous one,
  * keeping matched and unmatched parts. */

@@ -138,7 +138,20 @@ function Model:apply_template(messages, opts) return require("moonlm.chat").appl
 -- chat_load(model, path) -> session | nil, err: a session saved with session:save(path)
 function _M.chat_load(model, path, opts) return require("moonlm.chat").load(model, path, opts) end
 
--- embed(text | {texts}, { pooling = "mean" | "last" | "cls", normalize = true }) -> {n, n_embd}
+-- embed(text | {texts}, opts) -> pooled rows {n, n_embd}, what llama.cpp's embeddings API
+-- returns; with pooling "none", a table of {n_tokens, n_embd} tensors, one per text.
+--   pooling    "mean" | "cls" | "last" | "none" | "rank"; default: the file's pooling_type
+--              (BERT models carry one), else "mean". "rank" is a reranker's score, {n, 1}.
+--   normalize  [false] divide each pooled row by its L2 norm
+--   truncate   [false] cut texts longer than an encoder's positions (keeping its [SEP])
+--              instead of failing
+-- Texts go through together, one sequence each, in groups that fit a context.
+local POOLINGS = { none = true, mean = true, cls = true, last = true, rank = true }
+
+local function norm_rows(v)
+  return v / math.max(v:square():sum() ^ 0.5, 1e-12)
+end
+
 function Model:embed(texts, opts)
   opts = opts or {}
   local single = type(texts) == "string"
@@ -146,26 +159,43 @@ function Model:embed(texts, opts)
   if type(texts) ~= "table" then
     error(("bad argument #1 to 'embed' (string or table of strings expected, got %s)"):format(type(texts)), 2)
   end
-  local pooling = opts.pooling or "mean"
-  if pooling ~= "mean" and pooling ~= "last" and pooling ~= "cls" then
-    error(("bad argument #2 to 'embed' (pooling must be \"mean\", \"last\" or \"cls\", got %q)"):format(tostring(pooling)), 2)
+  local pooling = opts.pooling or self.pooling or "mean"
+  if not POOLINGS[pooling] then
+    error(("bad argument #2 to 'embed' (pooling must be \"mean\", \"cls\", \"last\", \"none\" or \"rank\", got %q)"):format(tostring(pooling)), 2)
+  end
+  if pooling == "rank" and not self:tensor("cls.output.weight") and not self:tensor("cls.weight") then
+    error("bad argument #2 to 'embed' (pooling \"rank\" needs a reranker's classifier head, which this model has not)", 2)
   end
   local T = _M.tensor
+  local encoder = self.causal == false
+  local max_len = encoder and self.n_ctx_train or math.huge
   local batch = {}
   for i, text in ipairs(texts) do
     if type(text) ~= "string" then error(("bad argument #1 to 'embed' (item %d is not a string)"):format(i), 2) end
-    batch[i] = self:tokenize(text)
-    if #batch[i] == 0 then batch[i] = { self.vocab.bos or 0 } end
+    local ids = self:tokenize(text)
+    if #ids == 0 then ids = { self.vocab.bos or 0 } end
+    if #ids > max_len then
+      if not opts.truncate then
+        return nil, ("text %d has %d tokens, more than the %d positions of %s (truncate = true cuts it)"):format(
+          i, #ids, max_len, self.arch)
+      end
+      local last = ids[#ids]
+      for k = #ids, max_len + 1, -1 do ids[k] = nil end
+      if self.vocab.add_eos and last == self.vocab.eos then ids[max_len] = last end
+    end
+    batch[i] = ids
   end
-  -- texts go through together, one sequence each, in groups that fit the context
-  local seqs = math.min(#batch, 16)
+  -- an encoder reads each group in one pass: a group is at most n_batch tokens
+  local seqs = math.min(#batch, encoder and 64 or 16)
   local need = 0
   for _, ids in ipairs(batch) do need = math.max(need, #ids) end
+  local budget = encoder and 1024 or math.max(need * seqs, 512)
   local ctx = self._embed_ctx
-  if not ctx or ctx.n_ctx < need or ctx.seqs < seqs then
+  if not ctx or ctx.n_ctx < need or ctx.seqs < seqs or (encoder and ctx.n_ctx < budget) then
     if ctx then ctx:close() end
     local err
-    ctx, err = self:context { n_ctx = math.max(need * seqs, 512), seqs = math.max(seqs, 1), kv_type = "f32" }
+    ctx, err = self:context { n_ctx = budget, n_batch = encoder and budget or nil, seqs = math.max(seqs, 1),
+                              kv_type = "f32" }
     if not ctx then return nil, err end
     self._embed_ctx = ctx
   end
@@ -177,20 +207,38 @@ function Model:embed(texts, opts)
       used = used + #batch[i]
       i = i + 1
     end
-    ctx:clear()
-    local hs = assert(ctx:hidden(group))
+    if not encoder then ctx:clear() end
+    local hs, err = ctx:hidden(group)
+    if not hs then return nil, err end
     for g, h in ipairs(hs) do
       local n = #group[g]
       local v
-      if pooling == "mean" then v = h:mean(1)
+      if pooling == "none" then v = h:clone()
+      elseif pooling == "mean" then v = h:mean(1)
       elseif pooling == "last" then v = h[n]:clone()
       else v = h[1]:clone() end
-      if opts.normalize ~= false then v = v / math.max(v:square():sum() ^ 0.5, 1e-12) end
+      if pooling == "rank" then v = self:_rank(v) end
+      if opts.normalize then v = norm_rows(v) end
       rows[#rows + 1] = v
     end
   end
-  ctx:clear()
+  if not encoder then ctx:clear() end
+  if pooling == "none" then return rows end
   return T.stack(rows, 1)
+end
+
+-- A reranker's score from the hidden state of its first token ([CLS]), as llama.cpp's
+-- rank pooling: cls_out(tanh(cls(x))) with the biases the file has.
+function Model:_rank(x)
+  local function lin(v, w, b)
+    local y = v:view(1, -1):linear(self:tensor(w)):view(-1)
+    local bias = self:tensor(b)
+    if bias then y = y + bias:to("f32") end
+    return y
+  end
+  if self:tensor("cls.weight") then x = lin(x, "cls.weight", "cls.bias"):tanh() end
+  if self:tensor("cls.output.weight") then x = lin(x, "cls.output.weight", "cls.output.bias") end
+  return x
 end
 
 -- prepare() -> seconds: pack the weights for the kernel level now (otherwise the first
@@ -244,6 +292,8 @@ function Context:clear(seq) return self._ud:clear(seq) end
 function Context:truncate(seq, n) return self._ud:truncate(seq, n) end
 function Context:copy(from, to) return self._ud:copy(from, to) end
 function Context:used() return self._ud:info().used end
+-- info() -> { n_ctx, seqs, used, kv_type, kv_bytes (memory of the key/value caches), ... }
+function Context:info() return self._ud:info() end
 function Context:state_save(seq) return self._ud:state_save(seq) end
 function Context:state_load(seq, bytes) return self._ud:state_load(seq, bytes) end
 function Context:close() self._ud:close() end

@@ -558,7 +558,7 @@ local function embeddings()
     n_tokens = n_tokens + math.max(n, 1)
   end
   local ok, rows, err = ngx.run_worker_thread(S.o.thread_pool, "moonlm.resty.thread", "embed", S.model.handle, texts,
-                                              { pooling = S.o.pooling, nice = S.o.nice })
+                                              { pooling = S.o.pooling, normalize = true, nice = S.o.nice })
   if not ok or not rows then fail(500, "embedding failed: " .. tostring(ok and err or rows)) end
   local data = {}
   for i, row in ipairs(rows) do

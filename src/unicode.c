@@ -304,7 +304,10 @@ enum rx {
   RX_WS_END,       /* \s+$ */
   RX_CJK,          /* [一-龥ࠀ-一가-퟿]+ */
   RX_SP_LETTERS,   /* \s?\p{L}+ */
-  RX_SP_PUNCT      /* \s?\p{P}+ */
+  RX_SP_PUNCT,     /* \s?\p{P}+ */
+  RX_NUM3,         /* \p{N}{1,3} */
+  RX_HAN_KANA,     /* [一-龥ぁ-ゟ゠-ヿ]+ */
+  RX_DS3           /* DeepSeek V3's main regex (split_ds3) */
 };
 
 static const uint8_t chains[ML_PRETOK_COUNT][7] = {
@@ -317,6 +320,7 @@ static const uint8_t chains[ML_PRETOK_COUNT][7] = {
   [ML_PRETOK_STARCODER] = {RX_NUM, RX_GPT2},
   [ML_PRETOK_DEEPSEEK_LLM] = {RX_CRLF, RX_DS_LETTERS, RX_DS_PUNCT, RX_WS_END, RX_CJK, RX_NUMS},
   [ML_PRETOK_DEEPSEEK_CODER] = {RX_CRLF, RX_SP_LETTERS, RX_SP_PUNCT, RX_CJK, RX_NUM},
+  [ML_PRETOK_DEEPSEEK3] = {RX_NUM3, RX_HAN_KANA, RX_DS3},
 };
 
 /* The letter class of DeepSeek LLM's second regex, as inclusive code point ranges. */
@@ -373,6 +377,9 @@ static int in_class(int rx, uint32_t c, uint8_t f) {
   case RX_CJK:
     if (f & ML_UC_WS) return 0;
     return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x0800 && c <= 0x4E00) || (c >= 0xAC00 && c <= 0xD7FF);
+  case RX_HAN_KANA:
+    return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x309F) || (c >= 0x30A0 && c <= 0x30FF);
+  case RX_NUM3: return (f & ML_UC_N) != 0;
   case RX_SP_LETTERS: return (f & ML_UC_L) != 0;
   case RX_SP_PUNCT: return (f & ML_UC_P) != 0;
   default: return 0;
@@ -385,6 +392,9 @@ static uint32_t match_simple(int rx, const uint32_t *cp, const uint8_t *fl, uint
   switch (rx) {
   case RX_NUM:
   case RX_CRLF: return in_class(rx, cp[p], fl[p]) ? p + 1 : p;
+  case RX_NUM3:
+    while (q < hi && q - p < 3 && in_class(rx, cp[q], fl[q])) q++;
+    return q;
   case RX_DIGIT3:
     if (hi - p >= 3 && in_class(rx, cp[p], fl[p]) && in_class(rx, cp[p + 1], fl[p + 1]) &&
         in_class(rx, cp[p + 2], fl[p + 2]))
@@ -522,8 +532,57 @@ static uint32_t *split_llama3(const uint32_t *cp, const uint8_t *fl, uint32_t lo
   return w;
 }
 
+static int ascii_punct(uint32_t c) {
+  return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
+}
+static int ascii_alpha(uint32_t c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
+
+/* The end of DeepSeek V3's match at p, or p if none of its alternatives matches there:
+ * [ASCII punctuation][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|
+ * \s*[\r\n]+|\s+(?!\S)|\s+ */
+static uint32_t match_ds3(const uint32_t *cp, const uint8_t *fl, uint32_t p, uint32_t hi) {
+  uint32_t c = cp[p], q;
+  const uint8_t LM = ML_UC_L | ML_UC_M, PS = ML_UC_P | ML_UC_S;
+  if (ascii_punct(c) && p + 1 < hi && ascii_alpha(cp[p + 1])) {
+    for (q = p + 1; q < hi && ascii_alpha(cp[q]); q++) {}
+    return q;
+  }
+  q = p;
+  if (c != '\r' && c != '\n' && !(fl[p] & (ML_UC_L | PS)) && p + 1 < hi && (fl[p + 1] & LM)) q = p + 1;
+  if (fl[q] & LM) {
+    while (q < hi && (fl[q] & LM)) q++;
+    return q;
+  }
+  q = p + (c == ' ');
+  if (q < hi && (fl[q] & PS)) {
+    while (q < hi && (fl[q] & PS)) q++;
+    while (q < hi && (cp[q] == '\r' || cp[q] == '\n')) q++;
+    return q;
+  }
+  return IS_WS(p) ? split_space(cp, fl, p, hi, 1) : p;
+}
+
+/* A regex whose alternatives do not cover every character: matches and the gaps between
+ * them become pieces. */
+static uint32_t *split_ds3(const uint32_t *cp, const uint8_t *fl, uint32_t lo, uint32_t hi, uint32_t *w) {
+  uint32_t gap = lo;
+  for (uint32_t p = lo; p < hi;) {
+    uint32_t e = match_ds3(cp, fl, p, hi);
+    if (e == p) {
+      p++;
+      continue;
+    }
+    if (gap < p) *w++ = p;
+    *w++ = e;
+    gap = p = e;
+  }
+  if (gap < hi) *w++ = hi;
+  return w;
+}
+
 static uint32_t *split_one(int rx, const uint32_t *cp, const uint8_t *fl, uint32_t lo, uint32_t hi, uint32_t *w) {
   switch (rx) {
+  case RX_DS3: return split_ds3(cp, fl, lo, hi, w);
   case RX_GPT2: return split_gpt2(cp, fl, lo, hi, w);
   case RX_LLAMA3: return split_llama3(cp, fl, lo, hi, 3, w);
   case RX_QWEN2: return split_llama3(cp, fl, lo, hi, 1, w);

@@ -68,6 +68,8 @@ typedef enum ml_pretok {
   ML_PRETOK_STARCODER,    /* \p{N}, GPT2 (also refact, smollm, command-r ...) */
   ML_PRETOK_DEEPSEEK_LLM, /* [\r\n], \s?[Latin/Greek/.. letters]+, \s?[ASCII/fullwidth punct]+, \s+$, [CJK]+, \p{N}+ */
   ML_PRETOK_DEEPSEEK_CODER, /* [\r\n], \s?\p{L}+, \s?\p{P}+, [CJK]+, \p{N} */
+  ML_PRETOK_DEEPSEEK3,    /* \p{N}{1,3}, [Han, kana]+, then [punct][A-Za-z]+ | letters and marks |
+                             punctuation and symbols | white space (deepseek-v3) */
   ML_PRETOK_COUNT
 } ml_pretok;
 

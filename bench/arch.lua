@@ -1,0 +1,192 @@
+-- The model families (issue 13) at the speed of the llama block: Q8_0 files of each decoder
+-- family in the TinyLlama-1.1B (or SmolLM-135M) shape (mpt, which has no GQA and a
+-- two-matrix GELU FFN, with an n_ff that makes its weights the same bytes), written once into build/bench-models/ by
+-- bench/modelgen.lua; pp512 / tg128 like bench/e2e.lua, each as a ratio to the llama file
+-- measured in the same run, and llama.cpp on the same file when LLAMA_BENCH is set. Then
+-- BERT: embeddings per second for 64 texts of 32 tokens (a bge-small shape), against
+-- LLAMA_EMBEDDING (llama-embedding) on the same file when set.
+--   FAMILIES="llama,phi3,mpt,gemma2,gemma3"; SHAPE=tinyllama|smollm; REPS=2; PP=512; TG=128
+local lm = require "moonlm"
+local B = require "common"
+local gen = require "modelgen"
+
+local threads = tonumber(os.getenv("THREADS")) or 2
+local reps = tonumber(os.getenv("REPS")) or 2
+local PP, TG = tonumber(os.getenv("PP")) or 512, tonumber(os.getenv("TG")) or 128
+lm.threads(threads)
+local dir = B.build .. "/bench-models"
+os.execute("mkdir -p " .. dir)
+
+local function best(f)
+  local b = 0
+  for r = 0, reps do
+    local v = f()
+    if r > 0 and v > b then b = v end
+  end
+  return b
+end
+
+local function llama_bench(path)
+  local exe = os.getenv("LLAMA_BENCH")
+  if not exe or exe == "" then return nil end
+  local p = io.popen(("%s -m %s -t %d -p %d -n %d -r %d -o csv 2>/dev/null"):format(exe, path, threads, PP, TG, reps))
+  local out = p:read("*a")
+  p:close()
+  local header, pp, tg
+  for line in out:gmatch("[^\n]+") do
+    local f = {}
+    for x in (line .. ","):gmatch('"?([^,"]*)"?,') do f[#f + 1] = x end
+    if not header then
+      header = {}
+      for i, name in ipairs(f) do header[name] = i end
+      if not (header.n_prompt and header.n_gen and header.avg_ts) then return nil end
+    else
+      local np, ng, avg = tonumber(f[header.n_prompt]), tonumber(f[header.n_gen]), tonumber(f[header.avg_ts])
+      if np and ng and avg then
+        if np > 0 and ng == 0 then pp = avg elseif ng > 0 and np == 0 then tg = avg end
+      end
+    end
+  end
+  return pp, tg
+end
+
+local shape_name = os.getenv("SHAPE") or "tinyllama"
+local shape = {}
+for k, v in pairs(gen.shapes[shape_name]) do shape[k] = v end
+-- mpt: no GQA and a two-matrix FFN; n_ff chosen so that its weights are the llama file's bytes
+local mpt_ff = { tinyllama = 6656, smollm = 1920 }
+B.row("## Model families (%s, Q8_0, %d threads, pp%d / tg%d, best of %d)", shape.name, threads, PP, TG, reps)
+B.row("| family | size | pp%d t/s | tg%d t/s | of llama pp / tg | llama.cpp pp / tg | ours/theirs pp / tg |", PP, TG)
+B.row("|---|---|---|---|---|---|---|")
+local base
+for fam in (os.getenv("FAMILIES") or "llama,phi3,mpt,gemma2,gemma3"):gmatch("[^,]+") do
+  local s = {}
+  for k, v in pairs(shape) do s[k] = v end
+  if fam == "mpt" then s.n_head_kv, s.n_ff = s.n_head, mpt_ff[shape_name] end
+  local path = ("%s/%s-%s-q8_0.gguf"):format(dir, shape_name, fam)
+  local f = io.open(path)
+  if f then f:close() else
+    io.stderr:write(("writing %s ...\n"):format(path))
+    assert(gen.write(path, s, "q8_0", 1, fam ~= "llama" and fam or nil))
+    collectgarbage()
+  end
+  local model = assert(lm.load(path))
+  model:prepare()
+  local ctx = assert(model:context { n_ctx = PP + TG + 16 })
+  local ids = {}
+  for i = 1, PP do ids[i] = 3 + (i * 7919) % (model.n_vocab - 3) end
+  local pp = best(function()
+    ctx:clear()
+    local t0 = lm.clock()
+    assert(ctx:decode(ids))
+    return PP / (lm.clock() - t0)
+  end)
+  local tg = best(function()
+    ctx:clear()
+    local t0, id = lm.clock(), 1
+    for _ = 1, TG do
+      local l = assert(ctx:decode({ id }))
+      id = 3 + (id * 31 + 7) % (model.n_vocab - 3)
+      l:close()
+    end
+    return TG / (lm.clock() - t0)
+  end)
+  base = base or { pp, tg }
+  local lpp, ltg = llama_bench(path)
+  local size = io.open(path):seek("end") / 2 ^ 20
+  B.row("| %s | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %s | %s |", fam, size, pp, tg, pp / base[1], tg / base[2],
+    lpp and ("%.1f / %.1f"):format(lpp, ltg or 0) or "-",
+    lpp and ("%.2f / %.2f"):format(pp / lpp, tg / (ltg or math.huge)) or "-")
+  ctx:close()
+  model:close()
+  collectgarbage()
+end
+
+-- BERT: embeddings per second, 64 texts of 32 tokens ([CLS] 30 words [SEP]) in one call,
+-- in a bge-small shape (384 wide, 12 layers, 12 heads, n_ff 1536, 512 positions) with the
+-- BGE vocabulary of ../shared/ref-arch, Q8_0, CLS pooling.
+local shared = os.getenv("MOONLM_SHARED") or "../shared"
+local vocab_src = shared .. "/ref-arch/bert-f32.gguf"
+local bpath = dir .. "/bge-small-shape-q8_0.gguf"
+if io.open(vocab_src) then
+  if not io.open(bpath) then
+    io.stderr:write(("writing %s ...\n"):format(bpath))
+    local T = lm.tensor
+    local src = assert(lm.load(vocab_src, { vocab_only = true }))
+    local meta = {}
+    for k, v in pairs(src.meta) do
+      if k:match("^tokenizer%.") then
+        meta[k] = type(v) == "number" and lm.gguf_value("u32", v) or v
+      end
+    end
+    meta["tokenizer.ggml.token_type"] = lm.gguf_value("i32", src.meta["tokenizer.ggml.token_type"])
+    local E, L, H, F, V, P = 384, 12, 12, 1536, src.n_vocab, 512
+    for k, v in pairs { context_length = P, embedding_length = E, block_count = L, feed_forward_length = F,
+                        ["attention.head_count"] = H, pooling_type = 2 } do meta["bert." .. k] = lm.gguf_value("u32", v) end
+    meta["general.architecture"] = "bert"
+    meta["bert.attention.layer_norm_epsilon"] = lm.gguf_value("f32", 1e-12)
+    meta["bert.attention.causal"] = false
+    local t, r = {}, 0
+    local function w(rows, cols)
+      r = r + 1
+      return T.randn({ rows, cols }, { seed = 500 + r, std = 0.05 }):to("q8_0")
+    end
+    local function v(n, base) r = r + 1 return T.randn({ n }, { seed = 500 + r, std = 0.02 }) + base end
+    t["token_embd.weight"], t["position_embd.weight"] = w(V, E), T.randn({ P, E }, { seed = 1, std = 0.05 })
+    t["token_types.weight"] = T.randn({ 2, E }, { seed = 2, std = 0.05 })
+    t["token_embd_norm.weight"], t["token_embd_norm.bias"] = v(E, 1), v(E, 0)
+    for il = 0, L - 1 do
+      local p = "blk." .. il .. "."
+      for _, n in ipairs { "attn_q", "attn_k", "attn_v", "attn_output" } do t[p .. n .. ".weight"], t[p .. n .. ".bias"] = w(E, E), v(E, 0) end
+      t[p .. "ffn_up.weight"], t[p .. "ffn_up.bias"] = w(F, E), v(F, 0)
+      t[p .. "ffn_down.weight"], t[p .. "ffn_down.bias"] = w(E, F), v(E, 0)
+      for _, n in ipairs { "attn_output_norm", "layer_output_norm" } do t[p .. n .. ".weight"], t[p .. n .. ".bias"] = v(E, 1), v(E, 0) end
+    end
+    assert(lm.save(bpath, t, meta))
+    src:close()
+    t = nil
+    collectgarbage()
+  end
+  local model = assert(lm.load(bpath))
+  model:prepare()
+  local texts = {}
+  for i = 1, 64 do
+    local words = {}
+    for k = 1, 30 do
+      local tok = model:token(2000 + (i * 31 + k * 7) % 6000)
+      words[k] = tok:gsub("^\226\150\129", "")
+    end
+    texts[i] = table.concat(words, " ")
+  end
+  local n_tok = 0
+  for _, s in ipairs(texts) do n_tok = n_tok + #model:tokenize(s) end
+  local eps = best(function()
+    local t0 = lm.clock()
+    assert(model:embed(texts))
+    return #texts / (lm.clock() - t0)
+  end)
+  local theirs = "-"
+  local exe = os.getenv("LLAMA_EMBEDDING")
+  if exe and exe ~= "" then
+    local tf = dir .. "/bert-texts.txt"
+    local f = io.open(tf, "w")
+    f:write(table.concat(texts, "\n"), "\n")
+    f:close()
+    local b = 0
+    for _ = 1, reps do
+      local p = io.popen(("%s -m %s -f %s -t %d -b 2048 -ub 2048 --pooling cls 2>&1 >/dev/null"):format(exe, bpath, tf, threads))
+      local out = p:read("*a")
+      p:close()
+      local ms = tonumber(out:match("prompt eval time =%s*([%d%.]+) ms"))
+      if ms and #texts / (ms / 1000) > b then b = #texts / (ms / 1000) end
+    end
+    if b > 0 then theirs = ("%.0f (ours/theirs %.2f)"):format(b, eps / b) end
+  end
+  B.row("")
+  B.row("## BERT embeddings (bge-small shape, Q8_0, CLS pooling, %d threads, 64 texts, %d tokens in all, best of %d)",
+    threads, n_tok, reps)
+  B.row("| embeddings/s | tokens/s | llama.cpp llama-embedding embeddings/s |")
+  B.row("|---|---|---|")
+  B.row("| %.0f | %.0f | %s |", eps, eps * n_tok / #texts, theirs)
+  model:close()
+end

@@ -207,3 +207,126 @@ describe("architectures against a plain-Lua forward pass", function()
     os.remove(path)
   end)
 end)
+
+-- MPT with 6 heads: ALiBi's slopes for a head count that is not a power of two (ggml's
+-- second series, m1^(2(h - n2) + 1) for the heads past n2 = 4), which ../shared/ref-arch's
+-- 4-head model does not reach; against a plain-Lua MPT forward pass.
+describe("mpt ALiBi with 6 heads against a plain-Lua forward pass", function()
+  local E6, H6, FF6, NL6, V6, MAXB = 48, 6, 96, 2, 40, 8
+  local function mpt_file(heads_slopes_wrong)
+    local seed = 300
+    local function w(r, c) seed = seed + 1 return T.randn({ r, c }, { seed = seed, std = 0.3 }) end
+    local function v(n, base) seed = seed + 1 return T.randn({ n }, { seed = seed, std = 0.1 }) + base end
+    local t = { ["token_embd.weight"] = w(V6, E6), ["output_norm.weight"] = v(E6, 1) }
+    for l = 0, NL6 - 1 do
+      local p = "blk." .. l .. "."
+      t[p .. "attn_norm.weight"], t[p .. "ffn_norm.weight"] = v(E6, 1), v(E6, 1)
+      t[p .. "attn_qkv.weight"], t[p .. "attn_output.weight"] = w(3 * E6, E6), w(E6, E6)
+      t[p .. "ffn_up.weight"], t[p .. "ffn_down.weight"] = w(FF6, E6), w(E6, FF6)
+    end
+    local path = S.tmpname(".gguf")
+    assert(lm.save(path, t, {
+      ["general.architecture"] = "mpt", ["mpt.context_length"] = 64, ["mpt.embedding_length"] = E6,
+      ["mpt.block_count"] = NL6, ["mpt.feed_forward_length"] = FF6, ["mpt.attention.head_count"] = H6,
+      ["mpt.attention.layer_norm_epsilon"] = lm.gguf_value("f32", 1e-5),
+      ["mpt.attention.max_alibi_bias"] = lm.gguf_value("f32", MAXB),
+      ["mpt.attention.clamp_kqv"] = lm.gguf_value("f32", 1.5),
+    }))
+    local back, W = assert(lm.load_tensors(path)), {}
+    for k, x in pairs(back) do W[k] = x:dequantize():totable() end
+    return path, W
+  end
+
+  local function reference(W, slopes, ids)
+    local hd = E6 / H6
+    local function ln(x, w)
+      local m, v = 0, 0
+      for i = 1, #x do m = m + x[i] end
+      m = m / #x
+      for i = 1, #x do v = v + (x[i] - m) ^ 2 end
+      local s = 1 / math.sqrt(v / #x + 1e-5)
+      local y = {}
+      for i = 1, #x do y[i] = (x[i] - m) * s * w[i] end
+      return y
+    end
+    local function mv(m, x)
+      local y = {}
+      for r = 1, #m do
+        local s = 0
+        for c = 1, #x do s = s + m[r][c] * x[c] end
+        y[r] = s
+      end
+      return y
+    end
+    local function gelu(x) return 0.5 * x * (1 + math.tanh(0.7978845608 * (x + 0.044715 * x ^ 3))) end
+    local xs, ks, vs = {}, {}, {}
+    for t, id in ipairs(ids) do
+      xs[t] = {}
+      for i = 1, E6 do xs[t][i] = W["token_embd.weight"][id + 1][i] end
+    end
+    for l = 0, NL6 - 1 do
+      local p = "blk." .. l .. "."
+      ks[l], vs[l] = {}, {}
+      for t = 1, #ids do
+        local x = xs[t]
+        local qkv = mv(W[p .. "attn_qkv.weight"], ln(x, W[p .. "attn_norm.weight"]))
+        for i = 1, #qkv do qkv[i] = math.max(-1.5, math.min(1.5, qkv[i])) end
+        local k, v = {}, {}
+        for i = 1, E6 do k[i], v[i] = qkv[E6 + i], qkv[2 * E6 + i] end
+        ks[l][t], vs[l][t] = k, v
+        local att = {}
+        for h = 0, H6 - 1 do
+          local sc, mx = {}, -math.huge
+          for j = 1, t do
+            local s = 0
+            for i = 1, hd do s = s + qkv[h * hd + i] * ks[l][j][h * hd + i] end
+            sc[j] = s / math.sqrt(hd) - slopes[h + 1] * (t - j)
+            mx = math.max(mx, sc[j])
+          end
+          local z = 0
+          for j = 1, t do sc[j] = math.exp(sc[j] - mx) z = z + sc[j] end
+          for i = 1, hd do
+            local a = 0
+            for j = 1, t do a = a + sc[j] / z * vs[l][j][h * hd + i] end
+            att[h * hd + i] = a
+          end
+        end
+        local o = mv(W[p .. "attn_output.weight"], att)
+        for i = 1, E6 do x[i] = x[i] + o[i] end
+        local u = mv(W[p .. "ffn_up.weight"], ln(x, W[p .. "ffn_norm.weight"]))
+        for i = 1, #u do u[i] = gelu(u[i]) end
+        local d = mv(W[p .. "ffn_down.weight"], u)
+        for i = 1, E6 do x[i] = x[i] + d[i] end
+      end
+    end
+    local out = {}
+    for t = 1, #ids do out[t] = mv(W["token_embd.weight"], ln(xs[t], W["output_norm.weight"])) end
+    return out
+  end
+
+  it("uses m0^(h+1) for the first 4 heads and m1^(2(h-4)+1) for the others", function()
+    local path, W = mpt_file()
+    local model = assert(lm.load(path))
+    local got = assert(model:context { n_ctx = 32, kv_type = "f32" }):decode(ids, { logits = "all" }):totable()
+    local m0, m1 = 2 ^ (-MAXB / 4), 2 ^ (-MAXB / 2 / 4)
+    local ggml = { m0, m0 ^ 2, m0 ^ 3, m0 ^ 4, m1, m1 ^ 3 }
+    local naive = {}
+    for h = 1, H6 do naive[h] = 2 ^ (-MAXB * h / H6) end
+    local function diff(slopes)
+      local want, maxabs, d = reference(W, slopes, ids), 0, 0
+      for t = 1, #ids do
+        for v = 1, V6 do
+          maxabs = math.max(maxabs, math.abs(want[t][v]))
+          d = math.max(d, math.abs(got[t][v] - want[t][v]))
+        end
+      end
+      return d / maxabs
+    end
+    -- the GELU table rounds to f16: 1e-3 of the largest logit, as for the ref-arch models
+    local good, bad = diff(ggml), diff(naive)
+    assert.is_true(good < 1e-3, ("ggml slopes: %.3g"):format(good))
+    assert.is_true(bad > 10 * good, ("the simple formula would give %.3g (ggml %.3g)"):format(bad, good))
+    model:close()
+    os.remove(path)
+  end)
+end)

@@ -126,6 +126,47 @@ describe("BERT embeddings against llama.cpp (ref-arch)", function()
   end)
 end)
 
+describe("a BERT reranker (pooling rank: the classifier head on [CLS])", function()
+  it("scores as cls.output(tanh(cls(h_cls)))", function()
+    local T = lm.tensor
+    local src = assert(lm.load(ref("bert-f32.gguf")))
+    local meta = {}
+    for k, v in pairs(src.meta) do
+      if type(v) == "number" then
+        meta[k] = lm.gguf_value(k:find("epsilon", 1, true) and "f32" or "u32", v)
+      elseif k ~= "tokenizer.ggml.token_type" then
+        meta[k] = v
+      end
+    end
+    meta["tokenizer.ggml.token_type"] = lm.gguf_value("i32", src.meta["tokenizer.ggml.token_type"])
+    meta["bert.pooling_type"] = lm.gguf_value("u32", 4)
+    local t = {}
+    for k, x in pairs(assert(lm.load_tensors(ref("bert-f32.gguf")))) do t[k] = x:clone() end
+    t["cls.weight"], t["cls.bias"] = T.randn({ 128, 128 }, { seed = 5, std = 0.1 }), T.randn({ 128 }, { seed = 6, std = 0.1 })
+    t["cls.output.weight"], t["cls.output.bias"] = T.randn({ 1, 128 }, { seed = 7, std = 0.3 }), T.randn({ 1 }, { seed = 8 })
+    local path = S.tmpname(".gguf")
+    assert(lm.save(path, t, meta))
+    src:close()
+    local m = assert(lm.load(path))
+    assert.are.equal("rank", m.pooling)
+    local texts = { "what is a panda?", "The giant panda is a bear native to China." }
+    local scores, cls = m:embed(texts):totable(), m:embed(texts, { pooling = "cls" }):totable()
+    local W, b = t["cls.weight"]:totable(), t["cls.bias"]:totable()
+    local wo, bo = t["cls.output.weight"]:totable()[1], t["cls.output.bias"]:totable()[1]
+    for i = 1, #texts do
+      local s = bo
+      for r = 1, 128 do
+        local y = b[r]
+        for c = 1, 128 do y = y + W[r][c] * cls[i][c] end
+        s = s + wo[r] * math.tanh(y)
+      end
+      assert.is_true(math.abs(scores[i][1] - s) < 1e-4 * math.max(1, math.abs(s)), ("%g vs %g"):format(scores[i][1], s))
+    end
+    m:close()
+    os.remove(path)
+  end)
+end)
+
 describe("sliding-window layers", function()
   it("keep only the window in their cache, and decoding past it stays exact", function()
     local m = assert(lm.load(ref("gemma2-f32.gguf")))

@@ -257,8 +257,38 @@ local function utf8_code(ch)
 end
 _M.utf8_code = utf8_code
 
+-- utf8_error(s) -> nil when s is valid UTF-8 (RFC 3629: shortest forms, no surrogates,
+-- nothing beyond U+10FFFF), else the byte position where it stops being valid.
+local function utf8_error(s)
+  local i = 1
+  while true do
+    i = find(s, "[\128-\255]", i)
+    if not i then return nil end
+    local c = byte(s, i)
+    local len, lo, hi -- the length, and the range of the second byte
+    if c >= 0xC2 and c <= 0xDF then len, lo, hi = 2, 0x80, 0xBF
+    elseif c == 0xE0 then len, lo, hi = 3, 0xA0, 0xBF
+    elseif c == 0xED then len, lo, hi = 3, 0x80, 0x9F
+    elseif c >= 0xE1 and c <= 0xEF then len, lo, hi = 3, 0x80, 0xBF
+    elseif c == 0xF0 then len, lo, hi = 4, 0x90, 0xBF
+    elseif c >= 0xF1 and c <= 0xF3 then len, lo, hi = 4, 0x80, 0xBF
+    elseif c == 0xF4 then len, lo, hi = 4, 0x80, 0x8F
+    else return i end
+    local c2 = byte(s, i + 1)
+    if not c2 or c2 < lo or c2 > hi then return i end
+    for k = 2, len - 1 do
+      local ck = byte(s, i + k)
+      if not ck or ck < 0x80 or ck > 0xBF then return i end
+    end
+    i = i + len
+  end
+end
+_M.utf8_error = utf8_error
+
 ---------------------------------------------------------------------------------------------
 -- Decoding
+
+local strict = false -- decode(s, { strict = true }) in progress (decoding never yields)
 
 local ESCAPE_CHAR = {
   [34] = '"', [92] = "\\", [47] = "/", [98] = "\b", [102] = "\f", [110] = "\n",
@@ -298,13 +328,18 @@ local function parse_string(s, pos)
       if not hex then decode_error(s, j + 1, "invalid \\uXXXX escape") end
       local cp = tonumber(hex, 16)
       i = j + 6
+      local paired = false
       if cp >= 0xD800 and cp <= 0xDBFF then
         local lo = s:match("^\\u(%x%x%x%x)", i)
         local lcp = lo and tonumber(lo, 16)
         if lcp and lcp >= 0xDC00 and lcp <= 0xDFFF then
           cp = 0x10000 + (cp - 0xD800) * 1024 + (lcp - 0xDC00)
           i = i + 6
+          paired = true
         end
+      end
+      if strict and not paired and cp >= 0xD800 and cp <= 0xDFFF then
+        decode_error(s, j, "lone surrogate escape \\u" .. hex .. " (not a character)")
       end
       np = np + 1; parts[np] = utf8_char(cp)
     else
@@ -406,15 +441,26 @@ end
 -- json.decode(str [, opts]) -> value | nil, err
 -- opts.exact_floats: under LuaJIT, return integral floats ("1.0") as json.float boxes so
 -- they re-encode as "1.0" (Lua 5.3+ keeps the float subtype without this).
+-- opts.strict: the text must be valid UTF-8 and every \u escape a character (a surrogate
+-- only as half of a pair), as RFC 8259 requires of text exchanged between systems.
 function _M.decode(s, opts)
   if type(s) ~= "string" then return nil, "json: expected a string, got " .. type(s) end
   local ef = opts and opts.exact_floats and not math_type
+  strict = opts and opts.strict or false
+  if strict then
+    local bad = utf8_error(s)
+    if bad then
+      strict = false
+      return nil, format("json: invalid UTF-8 at byte %d", bad)
+    end
+  end
   local ok, v, pos = pcall(function()
     local val, p = parse_value(s, skip(s, 1), 0, ef)
     p = skip(s, p)
     if p <= #s then decode_error(s, p, "trailing characters") end
     return val, p
   end)
+  strict = false
   if ok then return v end
   if type(v) == "table" and v.json_error then return nil, v.json_error end
   return nil, "json: " .. tostring(v)

@@ -3,12 +3,16 @@
 -- a complete configuration.
 --
 --   init_worker_by_lua_block { require("moonlm.resty").init { model = "/path/model.gguf" } }
---   location / { content_by_lua_block { require("moonlm.resty").serve() } }
+--   location / { content_by_lua_block { require("moonlm.resty").serve() }
+--                log_by_lua_block { require("moonlm.resty").log() } }
 --
 -- Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings,
--- GET /v1/models, GET /v1/models/{id}, GET /health. Errors are OpenAI-style
--- { "error": { "message", "type", "param", "code" } }: 400 (bad JSON or parameters, prompt
--- too long), 404 (unknown model or URL), 405, 413 (from nginx.conf), 503 (queue full).
+-- GET /v1/models, GET /v1/models/{id}, POST /tokenize, POST /detokenize, GET /props,
+-- GET /health, GET /metrics (Prometheus), POST /admin/drain. Errors are OpenAI-style
+-- { "error": { "message", "type", "param", "code" } }: 400 (bad JSON or parameters, a field
+-- the server cannot honour, prompt too long), 401 (API key), 403, 404 (unknown model or
+-- URL), 405, 413 (from nginx.conf), 429 (per-key limits, with Retry-After), 503 (queue
+-- full, draining, loading; with Retry-After).
 --
 -- Design
 --
@@ -16,19 +20,21 @@
 --     a call (module moonlm.resty.thread, function step) to its thread pool, where a pooled
 --     Lua VM attaches to the model and context by integer handle (the registry is
 --     process-wide), and the calling coroutine yields until the call returns.
---   * One scheduler per nginx worker (moonlm.resty.scheduler): one context with `slots`
---     sequences of `n_ctx` tokens each, and a queue of at most `max_queue` requests waiting
---     for a slot (beyond that: 503). A driver, an ngx.timer that lives while any request is
---     running, loops: admit waiting requests into free slots, then make ONE thread call that
---     steps every busy slot together: each step is one ctx:decode_batch forward pass over
---     the next prompt chunk of slots still prefilling and the last sampled token of the
---     others (continuous batching: requests join and leave between steps), followed by
---     sampling. A call runs up to `max_steps` steps or `step_ms` milliseconds (and ends
---     right after a new request's first token, for time to first token), then returns
---     the new token ids of every slot; the driver turns them into text and wakes the request
---     coroutines (ngx.semaphore), which forward it (server-sent events with ngx.flush(true)).
+--   * One scheduler per model per nginx worker (moonlm.resty.scheduler): one context with
+--     `slots` sequences of `n_ctx` tokens each, and a queue of at most `max_queue` requests
+--     waiting for a slot (beyond that: 503). A driver, an ngx.timer that lives while any
+--     request is running, loops: admit waiting requests into free slots, then make ONE
+--     thread call that steps every busy slot together: each step is one ctx:decode_batch
+--     forward pass over the next prompt chunk of slots still prefilling and the last sampled
+--     token of the others (continuous batching: requests join and leave between steps),
+--     followed by sampling. A call runs up to `max_steps` steps or `step_ms` milliseconds
+--     (and ends right after a new request's first token, for time to first token), then
+--     returns the new token ids of every slot; the driver turns them into text, one piece
+--     per token, and wakes the request coroutines (ngx.semaphore), which forward them as
+--     server-sent events: one event per token (flush = "token") or per call ("call").
 --     Only the driver touches the context, one call at a time, so it is never "in use by
---     another thread".
+--     another thread". Several models in one server share the thread pool and take turns:
+--     one call at a time across models, since each call uses every core.
 --   * Sampling runs in the thread, so a call can step many tokens. Sampler state must not
 --     depend on which pooled VM runs the next call: each request has a seed (given or drawn
 --     at arrival), and the driver keeps the number of random draws and the mirostat state
@@ -38,25 +44,35 @@
 --   * Text is made in the worker VM: a streaming decoder per request (whole UTF-8
 --     characters only) and stop strings matched across token boundaries; a stop string or a
 --     client that went away frees the slot at the next step.
---   * KV cache reuse: a finished request leaves its tokens in its slot. A new request gets
---     the free slot whose cache shares the longest prefix with its prompt; the cache is cut
---     back to that prefix (ctx:truncate) and only the rest is prefilled: the next turn of a
---     conversation prefills only its new tokens. Across machines, balancer.conf hashes a
+--   * Prompt cache: a finished request leaves its tokens in its slot. A new request gets the
+--     free slot whose cache shares the longest prefix with its prompt, or, when a busy slot
+--     shares a longer one, a copy of that slot's cache (ctx:copy shares the cells); the
+--     cache is cut back to the prefix (ctx:truncate) and only the rest is prefilled
+--     (usage.prompt_tokens_details.cached_tokens). Across machines, balancer.conf hashes a
 --     conversation id to keep a conversation on one node.
 --   * The decoding threads lower their own priority (nice 10 by default): when a core is
 --     shared, the event loop (answering /health, accepting, streaming) gets it at once.
 --   * Embeddings run in the thread pool too (moonlm.resty.thread.embed); each pooled VM has
 --     its own embedding context.
+--   * Access (moonlm.resty.access): API keys, CORS, per-key limits. Observability
+--     (moonlm.resty.metrics): /metrics, and one JSON access-log line per request from log().
+--   * Drain (POST /admin/drain): new requests get 503 (a balancer sends them elsewhere),
+--     /health says "draining", running requests finish, then the worker asks the nginx
+--     master to quit gracefully (SIGQUIT), after `drain_grace` seconds without a request.
 local lm = require "moonlm"
 local json = require "moonlm.json"
 local template = require "moonlm.template"
-local sampler = require "moonlm.sampler"
 local scheduler = require "moonlm.resty.scheduler"
+local access = require "moonlm.resty.access"
+local metrics = require "moonlm.resty.metrics"
+local request = require "moonlm.resty.request"
+local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
 local type, pairs, ipairs, tostring, tonumber, pcall = type, pairs, ipairs, tostring, tonumber, pcall
-local floor, huge = math.floor, math.huge
-local concat = table.concat
+local floor, huge, max = math.floor, math.huge, math.max
+local concat, sort = table.concat, table.sort
+local fail, opt = request.fail, request.opt
 
 local _M = { _VERSION = lm._VERSION }
 
@@ -70,70 +86,222 @@ local init_error
 -- Set-up
 
 local defaults = {
-  slots = 4, max_queue = 16, max_tokens = 256, step_ms = 20, max_steps = 16, prefill_chunk = 256,
-  thread_pool = "moonlm", pooling = "mean", nice = 10,
+  slots = 4, max_queue = 16, max_tokens = 256, step_ms = 5, max_steps = 16, prefill_chunk = 256,
+  thread_pool = "moonlm", pooling = "mean", nice = 10, flush = "token",
+  open = { "/health", "/metrics" }, key_concurrency = 0, key_tokens_per_minute = 0,
+  shared_dict = "moonlm", drain_grace = 1,
+}
+
+-- what init accepts; model-level ones may also be given per model in `models`
+local model_options = { model = true, name = true, aliases = true, slots = true, n_ctx = true, max_queue = true,
+                        kv_type = true, template = true, max_tokens = true }
+local server_options = {
+  models = true, default_model = true, threads = true, step_ms = true, max_steps = true, prefill_chunk = true,
+  thread_pool = true, pooling = true, nice = true, flush = true, keys = true, open = true, key_concurrency = true,
+  key_tokens_per_minute = true, cors_origins = true, cors_max_age = true, max_tokens_limit = true,
+  shared_dict = true, node = true, node_header = true, drain_grace = true,
 }
 
 local function basename(path)
   return (path:gsub("^.*/", ""):gsub("%.gguf$", ""))
 end
 
+-- The models to serve: a list of { name, options }.
+local function model_specs(o)
+  local list = {}
+  local function add(name, v, where)
+    local e = type(v) == "table" and v or { model = v }
+    if type(e.model) ~= "string" or e.model == "" then error(where .. ": no model path", 0) end
+    for k in pairs(e) do
+      if not model_options[k] then error(("%s: unknown option '%s'"):format(where, tostring(k)), 0) end
+    end
+    list[#list + 1] = { name = name or e.name or basename(e.model), o = e }
+  end
+  local m = o.models
+  if m ~= nil then
+    if o.model ~= nil then error("give either model or models, not both", 0) end
+    if type(m) == "string" then -- "name=path,name=path" (MOONLM_MODELS)
+      for item in m:gmatch("[^,]+") do
+        local name, path = item:match("^%s*([^=%s]+)%s*=%s*(.-)%s*$")
+        if not name then name, path = nil, item:match("^%s*(.-)%s*$") end
+        add(name, path, "models")
+      end
+    elseif type(m) == "table" then
+      for i, v in ipairs(m) do add(nil, v, ("models[%d]"):format(i)) end
+      local names = {}
+      for k in pairs(m) do
+        if type(k) == "string" then names[#names + 1] = k end
+      end
+      sort(names)
+      for _, k in ipairs(names) do add(k, m[k], "models." .. k) end
+    else
+      error("models must be a table or a string 'name=path,...'", 0)
+    end
+    if #list == 0 then error("models is empty", 0) end
+  else
+    if type(o.model) ~= "string" or o.model == "" then error("no model: set init{ model = path }", 0) end
+    local e = {}
+    for k in pairs(model_options) do e[k] = o[k] end
+    add(o.name, e, "init")
+  end
+  return list
+end
+
+local function load_model(spec, o, lock)
+  local mo = {}
+  for k, v in pairs(o) do mo[k] = v end
+  for k, v in pairs(spec.o) do mo[k] = v end
+  local model, lerr = lm.load(mo.model)
+  if not model then error(spec.name .. ": " .. tostring(lerr), 0) end
+  mo.n_ctx = mo.n_ctx or math.min(model.n_ctx_train or 2048, 2048)
+  local ctx, cerr = model:context { n_ctx = mo.n_ctx * mo.slots, seqs = mo.slots, kv_type = mo.kv_type }
+  if not ctx then error(spec.name .. ": " .. tostring(cerr), 0) end
+  local src = mo.template
+  if src and not src:find("{[%%{]") then
+    src = template.builtin(src)
+    if not src then error(("%s: no built-in chat template '%s'"):format(spec.name, mo.template), 0) end
+  end
+  if not src then
+    src = model.meta["tokenizer.chat_template"]
+    if type(src) ~= "string" or src == "" then src = template.builtin("chatml") end
+  end
+  local tmpl, terr = template.compile(src)
+  if not tmpl then error(spec.name .. ": chat template: " .. terr, 0) end
+  local bos, eos = model.vocab.bos, model.vocab.eos
+  return {
+    name = spec.name, o = mo, model = model, ctx = ctx, tmpl = tmpl, template_source = src, created = ngx.time(),
+    bos_text = bos and model:token(bos) or "", eos_text = eos and model:token(eos) or "",
+    label = metrics.labels { model = spec.name },
+    sched = scheduler.new {
+      model = model, ctx = ctx, slots = mo.slots, n_ctx = mo.n_ctx, max_queue = mo.max_queue, pool = mo.thread_pool,
+      lock = lock,
+      limits = { max_steps = mo.max_steps, budget = mo.step_ms / 1000, chunk = mo.prefill_chunk, nice = mo.nice },
+    },
+  }
+end
+
+local function register_metrics(R)
+  R:counter("moonlm_requests_total", "HTTP requests answered, by endpoint and status.")
+  R:counter("moonlm_requests_rejected_total", "Requests refused before any work: 429 (per-key limits) and 503 (queue full, draining, loading), by reason.")
+  R:counter("moonlm_prompt_tokens_total", "Prompt tokens of finished generation requests.")
+  R:counter("moonlm_prompt_tokens_cached_total", "Prompt tokens found in the KV cache (not prefilled again).")
+  R:counter("moonlm_generated_tokens_total", "Tokens generated.")
+  R:counter("moonlm_embedding_tokens_total", "Tokens embedded.")
+  R:histogram("moonlm_time_to_first_token_seconds", "From the request's arrival to its first generated token.",
+              { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 })
+  R:histogram("moonlm_time_per_output_token_seconds", "Per request: (last token - first token) / (generated tokens - 1).",
+              { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1 })
+  R:histogram("moonlm_request_duration_seconds", "From arrival to the end of the answer, generation requests.",
+              { 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120 })
+  local function per_model(f)
+    return function()
+      local rows = {}
+      for _, name in ipairs(S.order) do
+        local M = S.models[name]
+        rows[#rows + 1] = { M.label, f(M) }
+      end
+      return rows
+    end
+  end
+  R:gauge("moonlm_slots", "Sequences decoded together (slots) per model.", per_model(function(M) return #M.sched.slots end))
+  R:gauge("moonlm_slots_busy", "Slots running a request.", per_model(function(M) return (M.sched:busy()) end))
+  R:gauge("moonlm_queue_length", "Requests waiting for a slot.", per_model(function(M) return #M.sched.queue end))
+  R:gauge("moonlm_queue_limit", "Requests that may wait before 503.", per_model(function(M) return M.sched.max_queue end))
+  R:gauge("moonlm_batch_occupancy_ratio", "Sequences per forward pass / slots, over the last decoding call.",
+          per_model(function(M) return M.sched.occupancy end))
+  R:gauge("moonlm_forward_passes", "Forward passes since start (this worker).", per_model(function(M) return M.sched.stats.forwards end))
+  R:gauge("moonlm_batch_rows", "Sequence entries in those forward passes (rows / passes = mean batch).",
+          per_model(function(M) return M.sched.stats.rows end))
+  R:gauge("moonlm_kv_cache_tokens", "KV cache cells in use (tokens cached, shared prefixes once).",
+          per_model(function(M) return M.sched.kv_used end))
+  R:gauge("moonlm_kv_cache_capacity_tokens", "KV cache cells.", per_model(function(M) return M.sched.kv_cells end))
+  R:gauge("moonlm_kv_cache_usage_ratio", "KV cache cells in use / cells.",
+          per_model(function(M) return M.sched.kv_used / M.sched.kv_cells end))
+  R:gauge("moonlm_draining", "1 while the server drains (POST /admin/drain).", function() return { { "", S.draining and 1 or 0 } } end)
+  R:gauge("moonlm_info", "The server's version.", function() return { { metrics.labels { version = lm._VERSION }, 1 } } end)
+end
+
 -- init(opts), in init_worker_by_lua. opts (defaults in brackets):
---   model         path of the GGUF file (required)
+--   model         path of the GGUF file; or models = { name = path | { model = path, slots,
+--                 n_ctx, ... }, ... }, or a list of { name, model, ... }, or "name=path,...":
+--                 several models in one server, chosen by the request's `model`; the first
+--                 in the list (the first name in order for a map, or default_model) answers
+--                 requests without one
 --   name          model id in the API [file name without .gguf]; aliases {} other ids
 --   slots [4]     requests decoded together; n_ctx per slot [min(n_ctx_train, 2048)]
 --   max_queue [16] requests waiting for a slot before 503
---   max_tokens [256] default reply length; threads: kernel threads [all cores]
+--   max_tokens [256] default reply length; max_tokens_limit: the most a request may ask
+--   (more is a 400); threads: kernel threads [all cores]
 --   kv_type ["f16"]; template: chat template name or source [the model's, else chatml]
---   step_ms [20], max_steps [16], prefill_chunk [256]: the size of one thread call
+--   step_ms [5], max_steps [16], prefill_chunk [256]: the size of one thread call
+--   flush ["token"]: one server-sent event per generated token, or "call": one per thread call
 --   thread_pool ["moonlm"]: the name in nginx's thread_pool directive
 --   nice [10]: decoding threads run at this nice value (Linux), so that the event loop gets
 --   the CPU at once when it needs it while they compute; 0 leaves them as they are
 --   pooling ["mean"] for embeddings
+--   keys [MOONLM_API_KEYS]: API keys (see moonlm/resty/access.lua); none: no key needed
+--   open [{"/health", "/metrics"}]: paths answered without a key
+--   key_concurrency [0], key_tokens_per_minute [0]: per-key limits unless the key sets its
+--   own (0: none)
+--   cors_origins: "*" or a list of origins allowed to call from a browser; cors_max_age [600]
+--   shared_dict ["moonlm"]: a lua_shared_dict for the metrics (optional)
+--   drain_grace [1]: seconds a drained server stays idle before it quits
+--   node: the X-Moonlm-Node header [address:port]; node_header = false leaves it out
 -- A failure is logged and reported by /health and every endpoint (503).
 function _M.init(opts)
   local ok, err = pcall(function()
+    opts = opts or {}
+    for k in pairs(opts) do
+      if not server_options[k] and not model_options[k] then error(("unknown option '%s'"):format(tostring(k)), 0) end
+    end
     local o = {}
     for k, v in pairs(defaults) do o[k] = v end
-    for k, v in pairs(opts or {}) do o[k] = v end
-    if type(o.model) ~= "string" or o.model == "" then error("no model: set init{ model = path }", 0) end
+    for k, v in pairs(opts) do
+      if not model_options[k] or k == "slots" or k == "max_queue" or k == "max_tokens" or k == "kv_type" or k == "n_ctx" then
+        o[k] = v
+      end
+    end
+    if o.flush ~= "token" and o.flush ~= "call" then error("flush must be \"token\" or \"call\"", 0) end
+    if o.max_tokens_limit ~= nil and (type(o.max_tokens_limit) ~= "number" or o.max_tokens_limit < 1) then
+      error("max_tokens_limit must be a number >= 1", 0)
+    end
+    local specs = model_specs(opts)
+    local keys = opts.keys
+    if keys == nil then keys = os.getenv("MOONLM_API_KEYS") end
+    local list, kerr = access.load(keys)
+    if not list then error(kerr, 0) end
+    local cors, cerr = access.cors(o.cors_origins, o.cors_max_age)
+    if cerr then error(cerr, 0) end
     if o.threads then lm.threads(o.threads) end
-    local model, lerr = lm.load(o.model)
-    if not model then error(lerr, 0) end
-    o.n_ctx = o.n_ctx or math.min(model.n_ctx_train or 2048, 2048)
-    local ctx, cerr = model:context { n_ctx = o.n_ctx * o.slots, seqs = o.slots, kv_type = o.kv_type }
-    if not ctx then error(cerr, 0) end
-    local src = o.template
-    if src and not src:find("{[%%{]") then
-      src = template.builtin(src)
-      if not src then error(("no built-in chat template '%s'"):format(o.template), 0) end
-    end
-    if not src then
-      src = model.meta["tokenizer.chat_template"]
-      if type(src) ~= "string" or src == "" then src = template.builtin("chatml") end
-    end
-    local tmpl, terr = template.compile(src)
-    if not tmpl then error("chat template: " .. terr, 0) end
-    local names = { [o.name or basename(o.model)] = true }
-    for _, a in ipairs(o.aliases or {}) do names[a] = true end
-    local bos, eos = model.vocab.bos, model.vocab.eos
+    local open = {}
+    for _, p in ipairs(type(o.open) == "table" and o.open or {}) do open[p] = true end
+    local dict = o.shared_dict and ngx.shared[o.shared_dict]
     S = {
-      o = o, model = model, ctx = ctx, tmpl = tmpl, name = o.name or basename(o.model), names = names,
-      created = ngx.time(), counter = 0,
-      bos_text = bos and model:token(bos) or "", eos_text = eos and model:token(eos) or "",
-      sched = scheduler.new {
-        model = model, ctx = ctx, slots = o.slots, n_ctx = o.n_ctx, max_queue = o.max_queue,
-        pool = o.thread_pool,
-        limits = { max_steps = o.max_steps, budget = o.step_ms / 1000, chunk = o.prefill_chunk, nice = o.nice },
-      },
+      o = o, models = {}, order = {}, names = {}, counter = 0, active = 0, draining = false,
+      keys = access.new(list, { concurrent = o.key_concurrency, tokens_per_minute = o.key_tokens_per_minute }),
+      cors = cors, open = open, metrics = metrics.new { dict = dict },
     }
+    local lock = #specs > 1 and semaphore.new(1) or nil
+    for _, spec in ipairs(specs) do
+      if S.models[spec.name] then error(("the model name '%s' is used twice"):format(spec.name), 0) end
+      local M = load_model(spec, o, lock)
+      S.models[spec.name] = M
+      S.order[#S.order + 1] = spec.name
+      S.names[spec.name] = M
+      for _, a in ipairs(M.o.aliases or {}) do S.names[a] = M end
+    end
+    S.default = S.names[opts.default_model or S.order[1]]
+    if not S.default then error(("default_model '%s' is not one of the models"):format(tostring(opts.default_model)), 0) end
+    register_metrics(S.metrics)
   end)
   if not ok then
     init_error = tostring(err)
+    S = nil
     ngx.log(ngx.ERR, "moonlm: ", init_error)
     return false, init_error
   end
-  S.sched:start() -- warm-up: /health says "loading" (503) until the first decode is done
+  -- warm-up: /health says "loading" (503) until the first decode of every model is done
+  for _, name in ipairs(S.order) do S.models[name].sched:start() end
   return true
 end
 
@@ -142,9 +310,9 @@ end
 
 local function obj(t, keys) return json.object(t, keys) end
 
-local error_types = { [400] = "invalid_request_error", [404] = "invalid_request_error",
-                      [405] = "invalid_request_error", [413] = "invalid_request_error",
-                      [500] = "server_error", [503] = "server_error" }
+local error_types = { [400] = "invalid_request_error", [401] = "invalid_request_error", [403] = "invalid_request_error",
+                      [404] = "invalid_request_error", [405] = "invalid_request_error", [413] = "invalid_request_error",
+                      [429] = "requests", [500] = "server_error", [503] = "server_error" }
 
 local function send_json(status, body)
   ngx.status = status
@@ -152,35 +320,10 @@ local function send_json(status, body)
   ngx.print(json.encode(body, C))
 end
 
-local function send_error(status, message, param, code)
-  send_json(status, obj({ error = obj({ message = message, type = error_types[status] or "server_error",
+local function send_error(status, message, param, code, etype)
+  send_json(status, obj({ error = obj({ message = message, type = etype or error_types[status] or "server_error",
                                         param = param or null, code = code or null },
                                       { "message", "type", "param", "code" }) }))
-end
-
--- A request error, raised by the validators and caught by serve().
-local function fail(status, message, param, code)
-  error({ status = status, message = message, param = param, code = code }, 0)
-end
-
-local function read_json()
-  ngx.req.read_body()
-  local body = ngx.req.get_body_data()
-  if not body then
-    local file = ngx.req.get_body_file()
-    if file then
-      local f = io.open(file, "rb")
-      if f then
-        body = f:read("*a")
-        f:close()
-      end
-    end
-  end
-  if not body or body == "" then fail(400, "the request body is empty: a JSON object is expected") end
-  local v, err = json.decode(body)
-  if v == nil then fail(400, "the request body is not valid JSON (" .. tostring(err) .. ")") end
-  if type(v) ~= "table" or json.table_kind(v) ~= "object" then fail(400, "the request body must be a JSON object") end
-  return v
 end
 
 local function next_id(prefix)
@@ -188,192 +331,58 @@ local function next_id(prefix)
   return ("%s-%x%x%04d"):format(prefix, ngx.worker.pid(), floor(ngx.now() * 1000) % 0x100000, S.counter % 10000)
 end
 
----------------------------------------------------------------------------------------
--- Validation
+-- The request's bookkeeping, for the metrics and the access log (ngx.ctx.moonlm).
+local function info() return ngx.ctx.moonlm end
 
-local function opt(b, k)
-  local v = b[k]
-  if v == null then return nil end
-  return v
+local function reject(status, reason, message, code, retry, etype)
+  S.metrics:inc("moonlm_requests_rejected_total", metrics.labels { status = status, reason = reason })
+  fail(status, message, nil, code or reason, retry, etype)
 end
 
-local function is_int(v) return type(v) == "number" and v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 end
-
-local function number_in(b, k, lo, hi)
-  local v = opt(b, k)
-  if v == nil then return nil end
-  if type(v) ~= "number" or v ~= v then fail(400, ("'%s' must be a number"):format(k), k) end
-  if v < lo or v > hi then fail(400, ("'%s' must be between %s and %s, got %s"):format(k, lo, hi, v), k) end
-  return v
-end
-
-local function integer_in(b, k, lo, hi)
-  local v = opt(b, k)
-  if v == nil then return nil end
-  if not is_int(v) then fail(400, ("'%s' must be an integer"):format(k), k) end
-  if v < lo or v > hi then fail(400, ("'%s' must be between %d and %s, got %d"):format(k, lo, hi, v), k) end
-  return v
-end
-
-local function boolean(b, k)
-  local v = opt(b, k)
-  if v ~= nil and type(v) ~= "boolean" then fail(400, ("'%s' must be a boolean"):format(k), k) end
-  return v
-end
-
-local function check_model(b)
+-- The model a request names (or the default one); unknown ones are a 404.
+local function model_of(b)
   local m = opt(b, "model")
-  if m == nil then return end
+  if m == nil then
+    info().model = S.default.name
+    return S.default
+  end
   if type(m) ~= "string" then fail(400, "'model' must be a string", "model") end
-  if not S.names[m] then
-    fail(404, ("The model '%s' does not exist (this server has '%s')"):format(m, S.name), "model", "model_not_found")
+  local M = S.names[m]
+  if not M then
+    fail(404, ("The model '%s' does not exist (this server has %s)"):format(m, concat(S.order, ", ")), "model",
+         "model_not_found")
   end
+  info().model = M.name
+  return M
 end
 
--- The generation options shared by chat and text completions.
-local function generation_params(b, chat)
-  local p = {}
-  p.max_tokens = integer_in(b, "max_tokens", 1, huge)
-  if chat then p.max_tokens = integer_in(b, "max_completion_tokens", 1, huge) or p.max_tokens end
-  p.max_tokens = p.max_tokens or S.o.max_tokens
-  local n = integer_in(b, "n", 1, huge)
-  if n and n > 1 then fail(400, "'n' greater than 1 is not supported", "n") end
-  p.stream = boolean(b, "stream") or false
-  local so = opt(b, "stream_options")
-  if so ~= nil and (type(so) ~= "table" or json.table_kind(so) ~= "object") then
-    fail(400, "'stream_options' must be an object", "stream_options")
+local function check_serving(M)
+  if S.draining then
+    reject(503, "draining", "the server is draining for a restart; retry on another node", "draining", 1)
   end
-  p.include_usage = so and so.include_usage == true
-  local stop = opt(b, "stop")
-  p.stops = {}
-  if type(stop) == "string" then
-    if stop ~= "" then p.stops[1] = stop end
-  elseif type(stop) == "table" and json.table_kind(stop) == "array" then
-    if #stop > 16 then fail(400, "'stop' may have at most 16 strings", "stop") end
-    for _, s in ipairs(stop) do
-      if type(s) ~= "string" then fail(400, "'stop' must be a string or an array of strings", "stop") end
-      if s ~= "" then p.stops[#p.stops + 1] = s end
-    end
-  elseif stop ~= nil then
-    fail(400, "'stop' must be a string or an array of strings", "stop")
-  end
-  p.ignore_eos = boolean(b, "ignore_eos") or false
-  local seed = integer_in(b, "seed", -2 ^ 53 + 1, 2 ^ 53 - 1)
-  if not seed then seed = (floor(ngx.now() * 1000) * 7919 + S.counter) % 2147483647 end
-  local s = {
-    temperature = number_in(b, "temperature", 0, 2) or 1.0,
-    top_p = number_in(b, "top_p", 0, 1) or 1.0,
-    top_k = integer_in(b, "top_k", 0, huge) or 40,
-    min_p = number_in(b, "min_p", 0, 1),
-    frequency_penalty = number_in(b, "frequency_penalty", -2, 2),
-    presence_penalty = number_in(b, "presence_penalty", -2, 2),
-    repeat_penalty = number_in(b, "repeat_penalty", 0, huge),
-    seed = seed,
-  }
-  if s.top_p == 0 then s.top_p = 1e-9 end -- "only the best token": the smallest nucleus
-  local bias = opt(b, "logit_bias")
-  if bias ~= nil then
-    if type(bias) ~= "table" or json.table_kind(bias) ~= "object" then fail(400, "'logit_bias' must be an object", "logit_bias") end
-    s.logit_bias = {}
-    for k, v in pairs(bias) do
-      local id = tonumber(k)
-      if not is_int(id) or id < 0 or id >= S.model.n_vocab then
-        fail(400, ("'logit_bias' has a key that is not a token id: %s"):format(tostring(k)), "logit_bias")
-      end
-      if type(v) ~= "number" or v < -100 or v > 100 then fail(400, "'logit_bias' values must be numbers from -100 to 100", "logit_bias") end
-      s.logit_bias[id] = v <= -100 and -huge or v
-    end
-  end
-  local ok, err = pcall(sampler.new, s)
-  if not ok then fail(400, tostring(err):gsub("^.-bad argument #1 to 'sampler' %((.*)%)$", "%1")) end
-  p.penalties = (s.frequency_penalty or 0) ~= 0 or (s.presence_penalty or 0) ~= 0 or (s.repeat_penalty or 1) ~= 1
-  p.sampling = s
-  return p
+  if not M.sched.warm then reject(503, "loading", "the model is still loading; retry shortly", "loading", 1) end
 end
 
--- Text longer than this cannot fit in a slot's context whatever the tokenizer does (no token
--- is that long on average); refusing it early keeps template rendering and tokenization of
--- huge inputs off the event loop.
-local function check_bytes(n, param)
-  local limit = S.o.n_ctx * 64
-  if n > limit then
-    fail(400, ("the input has %d bytes, more than a context of %d tokens can hold"):format(n, S.o.n_ctx), param,
-         "context_length_exceeded")
+-- Per-key limits: a request runs under its key's budget from here until it ends.
+local function admit_key(tokens)
+  local I = info()
+  local ok, why = S.keys:acquire(I.key_entry, tokens)
+  if not ok then
+    reject(429, why.type == "tokens" and "tokens_per_minute" or "concurrency", why.message, "rate_limit_exceeded",
+           why.retry_after, why.type)
   end
+  I.holds_key = true
+  local h = S.keys:headers(I.key_entry)
+  for k, v in pairs(h or {}) do ngx.header[k] = v end
 end
 
-local function message_text(m, i)
-  local c = m.content
-  if c == nil or c == null then return "" end
-  if type(c) == "string" then return c end
-  if type(c) == "table" and json.table_kind(c) == "array" then
-    local parts = {}
-    for _, part in ipairs(c) do
-      if type(part) ~= "table" or part.type ~= "text" or type(part.text) ~= "string" then
-        fail(400, ("messages[%d].content: only text parts ({\"type\": \"text\", \"text\": ...}) are supported"):format(i - 1), "messages")
-      end
-      parts[#parts + 1] = part.text
-    end
-    return concat(parts)
+local function release_key()
+  local I = info()
+  if I and I.holds_key then
+    I.holds_key = false
+    S.keys:charge(I.key_entry, I.req and I.req.completion_tokens or 0)
+    S.keys:release(I.key_entry)
   end
-  fail(400, ("messages[%d].content must be a string or an array of text parts"):format(i - 1), "messages")
-end
-
-local function chat_prompt(b)
-  local msgs = b.messages
-  if type(msgs) ~= "table" or json.table_kind(msgs) ~= "array" then fail(400, "'messages' must be an array", "messages") end
-  if #msgs == 0 then fail(400, "'messages' must not be empty", "messages") end
-  local list, bytes = {}, 0
-  for i, m in ipairs(msgs) do
-    if type(m) ~= "table" or json.table_kind(m) ~= "object" then fail(400, ("messages[%d] must be an object"):format(i - 1), "messages") end
-    if type(m.role) ~= "string" then fail(400, ("messages[%d].role must be a string"):format(i - 1), "messages") end
-    list[i] = { role = m.role, content = message_text(m, i) }
-    bytes = bytes + #list[i].content + #m.role
-  end
-  check_bytes(bytes, "messages")
-  local text, err = S.tmpl:render {
-    messages = list, add_generation_prompt = true, bos_token = S.bos_text, eos_token = S.eos_text,
-    tools = null, documents = null,
-  }
-  if not text then fail(400, "the chat template failed: " .. tostring(err), "messages") end
-  -- a template that writes the BOS text itself gets it as a special token; others get the
-  -- model's default BOS in front (as moonlm.chat does)
-  local bos = S.model.vocab.add_bos and S.bos_text ~= "" and text:sub(1, #S.bos_text) ~= S.bos_text
-  return S.model:tokenize(text, { bos = bos and true or false, special = true })
-end
-
-local function text_prompt(b)
-  local p = opt(b, "prompt")
-  if p == nil then p = "" end
-  if type(p) == "table" and json.table_kind(p) == "array" then
-    if #p == 1 and type(p[1]) == "string" then
-      p = p[1]
-    elseif #p > 0 and type(p[1]) == "table" then
-      if #p > 1 then fail(400, "only one prompt per request is supported", "prompt") end
-      p = p[1]
-    end
-  end
-  local ids
-  if type(p) == "string" then
-    check_bytes(#p, "prompt")
-    ids = S.model:tokenize(p)
-  elseif type(p) == "table" and json.table_kind(p) == "array" then
-    ids = {}
-    for i, id in ipairs(p) do
-      if not is_int(id) or id < 0 or id >= S.model.n_vocab then
-        fail(400, ("prompt[%d] is not a token id of this model (0 to %d)"):format(i - 1, S.model.n_vocab - 1), "prompt")
-      end
-      ids[i] = id
-    end
-  else
-    fail(400, "'prompt' must be a string, an array of one string, or an array of token ids", "prompt")
-  end
-  if #ids == 0 then
-    local bos = S.model.vocab.bos
-    if not bos then fail(400, "the prompt is empty and the model has no BOS token", "prompt") end
-    ids = { bos }
-  end
-  return ids, S.model:detokenize(ids) == ""
 end
 
 ---------------------------------------------------------------------------------------
@@ -387,9 +396,10 @@ local function usage(req, details)
   return u
 end
 
-local function sse(v)
-  local ok, err = ngx.print("data: ", type(v) == "string" and v or json.encode(v, C), "\n\n")
-  if ok then ok, err = ngx.flush(true) end
+local function event(v) return ngx.print("data: ", type(v) == "string" and v or json.encode(v, C), "\n\n") end
+
+local function flush()
+  local ok, err = ngx.flush(true)
   return ok, err
 end
 
@@ -398,30 +408,39 @@ local function stream(req, p, chunk, head)
   ngx.header["Content-Type"] = "text/event-stream"
   ngx.header["Cache-Control"] = "no-cache"
   ngx.header["X-Accel-Buffering"] = "no"
-  if head and not sse(head()) then return false end
+  if head and not (event(head()) and flush()) then return false end
+  local per_token = S.o.flush == "token"
   while true do
-    local text, done = scheduler.wait(req)
-    if text == nil then return false end
-    if text ~= "" and not sse(chunk(text)) then return false end
+    local pieces, done = scheduler.wait(req)
+    if pieces == nil then return false end
+    if per_token then
+      for _, piece in ipairs(pieces) do
+        if not event(chunk(piece)) then return false end
+      end
+    elseif #pieces > 0 then
+      if not event(chunk(scheduler.text(pieces))) then return false end
+    end
+    if #pieces > 0 and not flush() then return false end
     if done then break end
   end
   if req.finish_reason == "error" then
-    sse(obj({ error = obj({ message = "generation failed: " .. tostring(req.error), type = "server_error", param = null, code = null },
-                          { "message", "type", "param", "code" }) }))
+    event(obj({ error = obj({ message = "generation failed: " .. tostring(req.error), type = "server_error", param = null, code = null },
+                            { "message", "type", "param", "code" }) }))
   else
-    sse(chunk(nil, req.finish_reason))
-    if p.include_usage then sse(chunk(nil, nil, true)) end
+    event(chunk(nil, req.finish_reason))
+    if p.include_usage then event(chunk(nil, nil, true)) end
   end
-  sse("[DONE]")
+  event("[DONE]")
+  flush()
   return true
 end
 
 local function collect(req)
   local parts = {}
   while true do
-    local text, done = scheduler.wait(req)
-    if text == nil then return nil end
-    parts[#parts + 1] = text
+    local pieces, done = scheduler.wait(req)
+    if pieces == nil then return nil end
+    parts[#parts + 1] = scheduler.text(pieces)
     if done then break end
   end
   return concat(parts)
@@ -429,16 +448,33 @@ end
 
 -- Run a request through the scheduler and answer: stream(...) or final(text) -> the reply.
 -- Whatever goes wrong on the way, the request stops generating.
-local function complete(req, p, chunk, head, final)
+local function complete(M, req, p, chunk, head, final)
   req.max_tokens, req.sampling, req.stops = p.max_tokens, p.sampling, p.stops
-  req.ignore_eos, req.penalties = p.ignore_eos, p.penalties
-  local ok, status, msg = S.sched:submit(req)
-  if not ok then
-    fail(status, msg, status == 400 and req.param or nil,
-         status == 503 and "server_busy" or status == 400 and "context_length_exceeded" or nil)
+  req.ignore_eos, req.penalties, req.no_cache = p.ignore_eos, p.penalties, p.no_cache
+  local I = info()
+  I.id, I.stream, I.user = req.id, p.stream, p.user
+  check_serving(M)
+  if #req.prompt + 1 > M.o.n_ctx then
+    fail(400, ("this model's context per request is %d tokens, and the prompt has %d"):format(M.o.n_ctx, #req.prompt),
+         req.param, "context_length_exceeded")
   end
+  if #M.sched.queue >= M.sched.max_queue then
+    M.sched.stats.rejected = M.sched.stats.rejected + 1
+    reject(503, "busy", ("the server is busy (%d requests waiting, the limit); retry later"):format(#M.sched.queue),
+           "server_busy", 1)
+  end
+  admit_key(#req.prompt)
+  local ok, status, msg = M.sched:submit(req)
+  if not ok then
+    if status == 503 then reject(503, "busy", msg, "server_busy", 1) end
+    fail(status, msg, status == 400 and req.param or nil, status == 400 and "context_length_exceeded" or nil)
+  end
+  I.req, I.M = req, M
+  S.active = S.active + 1
+  I.running = true
   ngx.on_abort(function()
-    S.sched:cancel(req)
+    M.sched:cancel(req)
+    _M.finish(499)
     ngx.exit(499)
   end)
   local text
@@ -447,7 +483,7 @@ local function complete(req, p, chunk, head, final)
     return collect(req)
   end)
   if not ok or not text then
-    S.sched:cancel(req)
+    M.sched:cancel(req)
     if not ok then error(text, 0) end
     return
   end
@@ -457,13 +493,14 @@ local function complete(req, p, chunk, head, final)
 end
 
 local function chat_completions()
-  local b = read_json()
-  check_model(b)
-  local p = generation_params(b, true)
-  local req = { id = next_id("chatcmpl"), prompt = chat_prompt(b), starts = false, param = "messages" }
+  local b = request.read_json()
+  request.check_fields(b, "chat")
+  local M = model_of(b)
+  local p = request.generation(b, true, M, S.counter)
+  local req = { id = next_id("chatcmpl"), prompt = request.chat_prompt(b, M), starts = false, param = "messages" }
   local created = ngx.time()
   local function head_of(t, delta, finish)
-    return obj({ id = req.id, object = t, created = created, model = S.name, system_fingerprint = null,
+    return obj({ id = req.id, object = t, created = created, model = M.name, system_fingerprint = null,
                  choices = { obj({ index = 0, [t == "chat.completion" and "message" or "delta"] = delta, logprobs = null,
                                    finish_reason = finish or null },
                                  { "index", t == "chat.completion" and "message" or "delta", "logprobs", "finish_reason" }) } },
@@ -476,10 +513,16 @@ local function chat_completions()
       json.set(c, "usage", usage(req, true))
       return c
     end
-    return head_of("chat.completion.chunk", text and obj({ content = text }) or obj({}), finish)
+    local c = head_of("chat.completion.chunk", text and obj({ content = text }) or obj({}), finish)
+    if p.include_usage then json.set(c, "usage", null) end -- as OpenAI: null on every chunk but the last
+    return c
   end
-  complete(req, p, chunk,
-    function() return head_of("chat.completion.chunk", obj({ role = "assistant", content = "" }, { "role", "content" })) end,
+  complete(M, req, p, chunk,
+    function()
+      local c = head_of("chat.completion.chunk", obj({ role = "assistant", content = "" }, { "role", "content" }))
+      if p.include_usage then json.set(c, "usage", null) end
+      return c
+    end,
     function(text)
       local r = head_of("chat.completion", obj({ role = "assistant", content = text }, { "role", "content" }), req.finish_reason)
       json.set(r, "usage", usage(req, true))
@@ -488,31 +531,32 @@ local function chat_completions()
 end
 
 local function completions()
-  local b = read_json()
-  check_model(b)
-  local p = generation_params(b, false)
-  local prompt, starts = text_prompt(b)
+  local b = request.read_json()
+  request.check_fields(b, "completions")
+  local M = model_of(b)
+  local p = request.generation(b, false, M, S.counter)
+  local prompt, starts = request.text_prompt(b, M)
   local req = { id = next_id("cmpl"), prompt = prompt, starts = starts, param = "prompt" }
   local created = ngx.time()
   local function reply(text, finish)
-    return obj({ id = req.id, object = "text_completion", created = created, model = S.name,
+    return obj({ id = req.id, object = "text_completion", created = created, model = M.name,
                  choices = { obj({ text = text, index = 0, logprobs = null, finish_reason = finish or null },
                                  { "text", "index", "logprobs", "finish_reason" }) } },
                { "id", "object", "created", "model", "choices" })
   end
-  complete(req, p,
+  complete(M, req, p,
     function(text, finish, with_usage)
       if with_usage then
         local c = reply("")
         c.choices = json.array {}
-        json.set(c, "usage", usage(req))
+        json.set(c, "usage", usage(req, true))
         return c
       end
       return reply(text or "", finish)
     end, nil,
     function(text)
       local r = reply(text, req.finish_reason)
-      json.set(r, "usage", usage(req))
+      json.set(r, "usage", usage(req, true))
       return r
     end)
 end
@@ -528,8 +572,9 @@ local function base64_floats(row)
 end
 
 local function embeddings()
-  local b = read_json()
-  check_model(b)
+  local b = request.read_json()
+  request.check_fields(b, "embeddings")
+  local M = model_of(b)
   local input = opt(b, "input")
   local texts
   if type(input) == "string" then
@@ -546,19 +591,23 @@ local function embeddings()
   end
   local fmt = opt(b, "encoding_format") or "float"
   if fmt ~= "float" and fmt ~= "base64" then fail(400, "'encoding_format' must be \"float\" or \"base64\"", "encoding_format") end
-  local dims = integer_in(b, "dimensions", 1, huge)
-  if dims and dims ~= S.model.n_embd then
-    fail(400, ("this model gives %d dimensions"):format(S.model.n_embd), "dimensions")
+  local dims = request.integer_in(b, "dimensions", 1, huge)
+  if dims and dims ~= M.model.n_embd then
+    fail(400, ("this model gives %d dimensions"):format(M.model.n_embd), "dimensions")
   end
   local n_tokens = 0
   for _, t in ipairs(texts) do
-    check_bytes(#t, "input")
-    local n = #S.model:tokenize(t)
-    if n > S.o.n_ctx then fail(400, ("input has %d tokens; at most %d"):format(n, S.o.n_ctx), "input", "context_length_exceeded") end
-    n_tokens = n_tokens + math.max(n, 1)
+    request.check_bytes(M, #t, "input")
+    local n = #M.model:tokenize(t)
+    if n > M.o.n_ctx then fail(400, ("input has %d tokens; at most %d"):format(n, M.o.n_ctx), "input", "context_length_exceeded") end
+    n_tokens = n_tokens + max(n, 1)
   end
-  local ok, rows, err = ngx.run_worker_thread(S.o.thread_pool, "moonlm.resty.thread", "embed", S.model.handle, texts,
-                                              { pooling = S.o.pooling, normalize = true, nice = S.o.nice })
+  check_serving(M)
+  admit_key(n_tokens)
+  local I = info()
+  I.embedding_tokens = n_tokens
+  local ok, rows, err = ngx.run_worker_thread(M.o.thread_pool, "moonlm.resty.thread", "embed", M.model.handle, texts,
+                                              { pooling = M.o.pooling, normalize = true, nice = M.o.nice })
   if not ok or not rows then fail(500, "embedding failed: " .. tostring(ok and err or rows)) end
   local data = {}
   for i, row in ipairs(rows) do
@@ -570,38 +619,192 @@ local function embeddings()
     end
     data[i] = obj({ object = "embedding", index = i - 1, embedding = v }, { "object", "index", "embedding" })
   end
-  send_json(200, obj({ object = "list", data = data, model = S.name,
+  S.metrics:inc("moonlm_embedding_tokens_total", M.label, n_tokens)
+  send_json(200, obj({ object = "list", data = data, model = M.name,
                        usage = obj({ prompt_tokens = n_tokens, total_tokens = n_tokens }, { "prompt_tokens", "total_tokens" }) },
                      { "object", "data", "model", "usage" }))
 end
 
 ---------------------------------------------------------------------------------------
--- Models and health
+-- Tokenizer endpoints (llama-server's /tokenize and /detokenize)
 
-local function model_entry()
-  return obj({ id = S.name, object = "model", created = S.created, owned_by = "moonlm" },
+local function tokenize()
+  local b = request.read_json()
+  request.check_fields(b, "tokenize")
+  local M = model_of(b)
+  local content = opt(b, "content")
+  if type(content) ~= "string" then fail(400, "'content' must be a string", "content") end
+  request.check_bytes(M, #content, "content")
+  local add_special = request.boolean(b, "add_special") or false
+  local parse_special = request.boolean(b, "parse_special")
+  if parse_special == nil then parse_special = true end
+  local with_pieces = request.boolean(b, "with_pieces") or false
+  local ids = M.model:tokenize(content, { bos = add_special and M.model.vocab.add_bos or false,
+                                          eos = add_special and M.model.vocab.add_eos or false, special = parse_special })
+  local tokens = json.array {}
+  for i, id in ipairs(ids) do
+    if with_pieces then
+      local piece = M.model:piece(id)
+      if json.utf8_error(piece) then
+        local bytes = json.array {}
+        for k = 1, #piece do bytes[k] = piece:byte(k) end
+        piece = bytes
+      end
+      tokens[i] = obj({ id = id, piece = piece }, { "id", "piece" })
+    else
+      tokens[i] = id
+    end
+  end
+  send_json(200, obj({ tokens = tokens }))
+end
+
+local function detokenize()
+  local b = request.read_json()
+  request.check_fields(b, "detokenize")
+  local M = model_of(b)
+  local t = opt(b, "tokens")
+  if type(t) ~= "table" or json.table_kind(t) ~= "array" then fail(400, "'tokens' must be an array of token ids", "tokens") end
+  local ids = request.token_ids(t, M, "tokens")
+  send_json(200, obj({ content = M.model:detokenize(ids, { strip_space = false }) }))
+end
+
+---------------------------------------------------------------------------------------
+-- Models, props, health, metrics
+
+local function model_entry(M, id)
+  return obj({ id = id or M.name, object = "model", created = M.created, owned_by = "moonlm" },
              { "id", "object", "created", "owned_by" })
 end
 
 local function models(id)
   if id then
-    if not S.names[id] then fail(404, ("The model '%s' does not exist"):format(id), "model", "model_not_found") end
-    return send_json(200, model_entry())
+    local M = S.names[id]
+    if not M then fail(404, ("The model '%s' does not exist"):format(id), "model", "model_not_found") end
+    return send_json(200, model_entry(M, id))
   end
-  send_json(200, obj({ object = "list", data = { model_entry() } }, { "object", "data" }))
+  local data = {}
+  for _, name in ipairs(S.order) do data[#data + 1] = model_entry(S.models[name]) end
+  send_json(200, obj({ object = "list", data = data }, { "object", "data" }))
+end
+
+-- GET /props[?model=name]: what a client needs to know about a model and the server.
+local function props()
+  local args = ngx.req.get_uri_args()
+  local name = args.model
+  local M = S.default
+  if name ~= nil then
+    if type(name) ~= "string" or not S.names[name] then fail(404, ("The model '%s' does not exist"):format(tostring(name)), "model", "model_not_found") end
+    M = S.names[name]
+  end
+  local m = M.model
+  local list = json.array {}
+  for i, n in ipairs(S.order) do list[i] = n end
+  send_json(200, obj({
+    model = M.name, models = list, model_path = basename(m.path) .. ".gguf",
+    total_slots = #M.sched.slots, n_ctx = M.o.n_ctx,
+    default_generation_settings = obj({ n_ctx = M.o.n_ctx, max_tokens = M.o.max_tokens, max_tokens_limit = S.o.max_tokens_limit or null,
+                                        temperature = 1.0, top_p = 1.0, top_k = 40 },
+                                      { "n_ctx", "max_tokens", "max_tokens_limit", "temperature", "top_p", "top_k" }),
+    meta = obj({ arch = m.arch, n_params = m.n_params, n_vocab = m.n_vocab, n_embd = m.n_embd, n_layer = m.n_layer,
+                 n_ctx_train = m.n_ctx_train, type = m.type, kv_type = M.o.kv_type or "f16" },
+               { "arch", "n_params", "n_vocab", "n_embd", "n_layer", "n_ctx_train", "type", "kv_type" }),
+    chat_template = M.template_source, bos_token = M.bos_text, eos_token = M.eos_text,
+    modalities = obj({ vision = false, audio = false }, { "vision", "audio" }),
+    build_info = "moonlm " .. lm._VERSION .. " (" .. lm.isa() .. ")",
+  }, { "model", "models", "model_path", "total_slots", "n_ctx", "default_generation_settings", "meta", "chat_template",
+       "bos_token", "eos_token", "modalities", "build_info" }))
 end
 
 local function health()
   if not S then
     return send_json(503, obj({ status = "error", error = init_error or "not initialised" }, { "status", "error" }))
   end
-  local busy, slots, queued = S.sched:busy()
-  local st = S.sched.stats
-  send_json(S.sched.warm and 200 or 503, obj({ status = S.sched.warm and "ok" or "loading", model = S.name, slots = slots, busy = busy, queued = queued,
-                       max_queue = S.o.max_queue, requests = st.requests, rejected = st.rejected,
+  local busy, slots, queued, limit, warm = 0, 0, 0, 0, true
+  local st = { requests = 0, rejected = 0, tokens = 0, calls = 0, forwards = 0, rows = 0 }
+  for _, name in ipairs(S.order) do
+    local sch = S.models[name].sched
+    local b, n, q = sch:busy()
+    busy, slots, queued, limit = busy + b, slots + n, queued + q, limit + sch.max_queue
+    warm = warm and sch.warm
+    for k in pairs(st) do st[k] = st[k] + sch.stats[k] end
+  end
+  local status = S.drained and "drained" or S.draining and "draining" or warm and "ok" or "loading"
+  send_json(status == "ok" and 200 or 503, obj({ status = status, model = S.default.name, slots = slots, busy = busy,
+                       queued = queued, max_queue = limit, requests = st.requests, rejected = st.rejected,
                        tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows },
                      { "status", "model", "slots", "busy", "queued", "max_queue", "requests", "rejected", "tokens", "calls",
                        "forwards", "rows" }))
+end
+
+local function metrics_page()
+  ngx.status = 200
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+  ngx.print(S.metrics:render())
+end
+
+---------------------------------------------------------------------------------------
+-- Drain
+
+local function idle()
+  if S.active > 0 then return false end
+  for _, name in ipairs(S.order) do
+    local b, _, q = S.models[name].sched:busy()
+    if b > 0 or q > 0 then return false end
+  end
+  return true
+end
+
+local function quit_master()
+  local pid = require("ngx.process").get_master_pid()
+  if not pid then
+    local f = io.open(ngx.config.prefix() .. "logs/nginx.pid", "rb")
+    pid = f and tonumber(f:read("*a"))
+    if f then f:close() end
+  end
+  if not pid then return ngx.log(ngx.ERR, "moonlm: drained, but the master's pid is unknown: stop nginx yourself") end
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "int kill(int pid, int sig); char *strerror(int errnum);")
+  S.drained = true
+  if ffi.C.kill(pid, 3) == 0 then -- SIGQUIT: graceful shutdown
+    return ngx.log(ngx.NOTICE, "moonlm: drained, asking nginx (pid ", pid, ") to quit")
+  end
+  -- a master started as root runs its workers as another user, who may not signal it
+  ngx.log(ngx.ERR, "moonlm: drained, but the nginx master (pid ", pid, ") cannot be signalled: ",
+          ffi.string(ffi.C.strerror(ffi.errno())), "; stop it with `nginx -s quit`, or run nginx as the",
+          " user of its workers so that a drain ends it")
+end
+
+local function watch_drain(premature)
+  if premature then return end
+  if idle() then
+    S.idle_since = S.idle_since or ngx.now()
+    if ngx.now() - S.idle_since >= S.o.drain_grace then return quit_master() end
+  else
+    S.idle_since = nil
+  end
+  ngx.timer.at(0.1, watch_drain)
+end
+
+local function is_loopback(addr) return addr == "127.0.0.1" or addr == "::1" or (addr or ""):match("^127%.") ~= nil end
+
+local function drain()
+  local I = info()
+  if S.keys.enabled then
+    if not (I.key_entry and I.key_entry.admin) then fail(403, "draining needs an admin key", nil, "forbidden") end
+  elseif not is_loopback(ngx.var.remote_addr) then
+    fail(403, "without API keys, only loopback clients may drain this server", nil, "forbidden")
+  end
+  if not S.draining then
+    S.draining = true
+    ngx.log(ngx.NOTICE, "moonlm: draining (", I.key or "loopback", ")")
+    ngx.timer.at(0, watch_drain)
+  end
+  local busy, queued = 0, 0
+  for _, name in ipairs(S.order) do
+    local b, _, q = S.models[name].sched:busy()
+    busy, queued = busy + b, queued + q
+  end
+  send_json(202, obj({ status = "draining", running = busy, queued = queued }, { "status", "running", "queued" }))
 end
 
 ---------------------------------------------------------------------------------------
@@ -612,40 +815,162 @@ local routes = {
   ["/v1/completions"] = { POST = completions },
   ["/v1/embeddings"] = { POST = embeddings },
   ["/v1/models"] = { GET = function() models() end },
+  ["/tokenize"] = { POST = tokenize },
+  ["/detokenize"] = { POST = detokenize },
+  ["/props"] = { GET = props },
   ["/health"] = { GET = health },
+  ["/metrics"] = { GET = metrics_page },
+  ["/admin/drain"] = { POST = drain },
 }
+local model_route = { GET = true }
+
+local function methods_of(route)
+  local list = {}
+  for m in pairs(route) do list[#list + 1] = m end
+  sort(list)
+  return list
+end
+
+-- finish(status): count the request once (also for clients that went away: 499).
+function _M.finish(status)
+  local I = info()
+  if not I or I.counted or not S then return end
+  I.counted = true
+  I.status = status
+  release_key()
+  if I.running then
+    I.running = false
+    S.active = S.active - 1
+  end
+  S.metrics:inc("moonlm_requests_total", metrics.labels { endpoint = I.endpoint, status = status })
+  local req, M = I.req, I.M
+  if req and M then
+    local t = ngx.now()
+    S.metrics:inc("moonlm_prompt_tokens_total", M.label, #req.prompt)
+    S.metrics:inc("moonlm_prompt_tokens_cached_total", M.label, req.cached_tokens or 0)
+    S.metrics:inc("moonlm_generated_tokens_total", M.label, req.completion_tokens or 0)
+    S.metrics:observe("moonlm_request_duration_seconds", M.label, t - I.start)
+    if req.t_first then
+      S.metrics:observe("moonlm_time_to_first_token_seconds", M.label, max(0, req.t_first - I.start))
+      if (req.completion_tokens or 0) > 1 then
+        S.metrics:observe("moonlm_time_per_output_token_seconds", M.label,
+                          (req.t_last - req.t_first) / (req.completion_tokens - 1))
+      end
+    end
+  end
+end
+
+local function handle(uri, method, I)
+  local route = routes[uri]
+  local mid = not route and uri:match("^/v1/models/(.+)$")
+  if mid then
+    route = model_route
+    I.endpoint = "/v1/models/{id}"
+  elseif route then
+    I.endpoint = uri
+  end
+  local origin = ngx.var.http_origin
+  if S and S.cors and origin then S.cors:apply(origin) end
+  if method == "OPTIONS" and route then
+    local list = methods_of(route)
+    local ask = ngx.var.http_access_control_request_method
+    if S and S.cors and origin and ask then
+      local status, why = S.cors:preflight(origin, ask, ngx.var.http_access_control_request_headers, list)
+      if status ~= 204 then fail(status, why, nil, status == 403 and "cors_origin_not_allowed" or "method_not_allowed") end
+    end
+    list[#list + 1] = "OPTIONS"
+    ngx.header["Allow"] = concat(list, ", ")
+    ngx.status = 204
+    return
+  end
+  if not route then fail(404, ("Unknown request URL: %s %s"):format(method, ngx.var.uri), nil, "unknown_url") end
+  if not S then
+    if uri == "/health" then return health() end
+    fail(503, "the model is not loaded: " .. tostring(init_error or "init was not called"))
+  end
+  if S.keys.enabled and not S.open[uri] then
+    local e, why = S.keys:check(ngx.var.http_authorization)
+    if not e then
+      ngx.header["WWW-Authenticate"] = 'Bearer realm="moonlm"'
+      fail(401, why, nil, "invalid_api_key")
+    end
+    I.key_entry, I.key = e, e.id
+  end
+  local h = route[method]
+  if not h then
+    local list = methods_of(route)
+    list[#list + 1] = "OPTIONS"
+    ngx.header["Allow"] = concat(list, ", ")
+    fail(405, ("Method %s is not allowed for %s (use %s)"):format(method, uri, concat(methods_of(route), ", ")), nil,
+         "method_not_allowed")
+  end
+  if S.o.node_header ~= false then
+    ngx.header["X-Moonlm-Node"] = S.o.node or (ngx.var.server_addr .. ":" .. ngx.var.server_port)
+  end
+  if mid then return models(ngx.unescape_uri(mid)) end
+  h()
+end
 
 -- serve(): the content handler for every endpoint.
 function _M.serve()
   local uri, method = ngx.var.uri, ngx.req.get_method()
   uri = uri:gsub("/+$", "")
-  if uri == "/health" and method == "GET" then return health() end -- first: it must stay fast
-  local ok, err = pcall(function()
-    local route = routes[uri]
-    local mid = not route and uri:match("^/v1/models/(.+)$")
-    if mid then route = { GET = function() models(ngx.unescape_uri(mid)) end } end
-    if not route then fail(404, ("Unknown request URL: %s %s"):format(method, ngx.var.uri), nil, "unknown_url") end
-    local h = route[method]
-    if not h then
-      local allowed = {}
-      for m in pairs(route) do allowed[#allowed + 1] = m end
-      ngx.header["Allow"] = concat(allowed, ", ")
-      fail(405, ("Method %s is not allowed for %s (use %s)"):format(method, uri, concat(allowed, ", ")), nil, "method_not_allowed")
+  local I = { endpoint = "other", start = ngx.req.start_time(), method = method }
+  ngx.ctx.moonlm = I
+  local ok, err = pcall(handle, uri, method, I)
+  if not ok then
+    if type(err) == "table" and err.status then
+      if not ngx.headers_sent then
+        if err.retry then ngx.header["Retry-After"] = tostring(err.retry) end
+        send_error(err.status, err.message, err.param, err.code, err.etype)
+      end
+    else
+      ngx.log(ngx.ERR, "moonlm: ", tostring(err))
+      if not ngx.headers_sent then send_error(500, "internal error: " .. tostring(err)) end
     end
-    if not S then fail(503, "the model is not loaded: " .. tostring(init_error or "init was not called")) end
-    if S.o.node_header ~= false then
-      ngx.header["X-Moonlm-Node"] = S.o.node or (ngx.var.server_addr .. ":" .. ngx.var.server_port)
-    end
-    h()
-  end)
-  if ok then return end
-  if type(err) == "table" and err.status then
-    if ngx.headers_sent then return end
-    if err.status == 503 then ngx.header["Retry-After"] = "1" end
-    return send_error(err.status, err.message, err.param, err.code)
   end
-  ngx.log(ngx.ERR, "moonlm: ", tostring(err))
-  if not ngx.headers_sent then send_error(500, "internal error: " .. tostring(err)) end
+  _M.finish(ngx.status)
+end
+
+-- serve_error(status): an error nginx raised itself (error_page), in the OpenAI format.
+function _M.serve_error(status)
+  local I = { endpoint = "other", start = ngx.req.start_time(), method = ngx.req.get_method() }
+  ngx.ctx.moonlm = I
+  local origin = ngx.var.http_origin
+  if S and S.cors and origin then S.cors:apply(origin) end
+  if status == 413 then
+    send_error(413, "the request body is too large", nil, "request_too_large")
+  else
+    send_error(status, "request refused by nginx (" .. status .. ")")
+  end
+  _M.finish(status)
+end
+
+-- log(): in log_by_lua. One JSON line per request into the nginx variable $moonlm_log (for
+-- an access_log with `log_format moonlm escape=none '$moonlm_log'`), or, without that
+-- variable, into the error log at level notice. Fields: time, id, endpoint, method, status,
+-- key (the key's id, never the key), model, user, stream, prompt_tokens, cached_tokens,
+-- completion_tokens, ttft_ms, total_ms, finish_reason, remote_addr.
+function _M.log()
+  local I = ngx.ctx.moonlm
+  if not I then return end
+  _M.finish(ngx.status) -- counted already unless the request ended outside serve()
+  ngx.update_time()
+  local req = I.req
+  local line = json.encode(obj({
+    time = ngx.utctime():gsub(" ", "T") .. "Z", id = I.id or null, endpoint = I.endpoint, method = I.method, status = I.status or ngx.status,
+    key = I.key or null, model = I.model or null, user = I.user or null, stream = I.stream or false,
+    prompt_tokens = req and #req.prompt or I.embedding_tokens or null,
+    cached_tokens = req and req.cached_tokens or null,
+    completion_tokens = req and req.completion_tokens or null,
+    ttft_ms = req and req.t_first and floor((req.t_first - I.start) * 1e4 + 0.5) / 10 or null,
+    total_ms = floor((ngx.now() - I.start) * 1e4 + 0.5) / 10,
+    finish_reason = req and req.finish_reason or null,
+    remote_addr = ngx.var.remote_addr,
+  }, { "time", "id", "endpoint", "method", "status", "key", "model", "user", "stream", "prompt_tokens", "cached_tokens",
+       "completion_tokens", "ttft_ms", "total_ms", "finish_reason", "remote_addr" }), C)
+  local ok = pcall(function() ngx.var.moonlm_log = line end)
+  if not ok then ngx.log(ngx.NOTICE, "moonlm access ", line) end
 end
 
 return _M

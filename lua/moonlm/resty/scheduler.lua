@@ -21,12 +21,15 @@ local _M = {}
 local Sched = {}
 Sched.__index = Sched
 
--- new{ model, ctx, slots, n_ctx (per slot), max_queue, pool, limits } -> scheduler
+-- new{ model, ctx, slots, n_ctx (per slot), max_queue, pool, limits, lock } -> scheduler
+-- lock: an ngx.semaphore with one resource shared by the schedulers of several models in
+-- one worker, so that only one of them computes at a time (each call uses every core).
 function _M.new(o)
   local self = setmetatable({
     model = o.model, ctx = o.ctx, pool = o.pool, max_queue = o.max_queue, n_ctx = o.n_ctx,
-    limits = o.limits, slots = {}, queue = {}, running = false,
-    stats = { calls = 0, forwards = 0, rows = 0, tokens = 0, requests = 0, rejected = 0 },
+    limits = o.limits, lock = o.lock, slots = {}, queue = {}, running = false,
+    stats = { calls = 0, forwards = 0, rows = 0, tokens = 0, requests = 0, rejected = 0, copies = 0 },
+    kv_used = 0, kv_cells = o.n_ctx * o.slots, occupancy = 0,
   }, Sched)
   for i = 1, o.slots do
     self.slots[i] = { seq = i - 1, tokens = {}, used = 0 }
@@ -45,7 +48,9 @@ end
 ---------------------------------------------------------------------------------------
 -- Text: stop strings matched across token boundaries, never split inside a UTF-8 character
 
--- Move the text that is safe to send from req.pending to req.outbox.
+-- Move the text that is safe to send from req.pending to req.outbox: one piece per call, so
+-- one per token (a token whose text is held back, part of a UTF-8 character or maybe the
+-- start of a stop string, joins the piece of the token that completes it).
 local function release(req, final)
   local out, held, stopped = split_stop(req.pending, req.stops, final)
   req.pending = held
@@ -68,6 +73,11 @@ end
 
 -- New token ids for a request: through its streaming decoder and the stop strings.
 local function accept(req, ids)
+  if #ids > 0 then
+    local t = now()
+    req.t_first = req.t_first or t
+    req.t_last = t
+  end
   for _, id in ipairs(ids) do
     if req.stopped then break end
     req.completion_tokens = req.completion_tokens + 1
@@ -83,8 +93,10 @@ end
 -- submit(req) -> true | nil, status, message
 -- req: { prompt = ids, max_tokens, sampling = sampler options with a seed, stops = {...},
 --   ignore_eos, starts (the output starts the text), penalties (send history) }
--- Adds: sema, outbox (text not yet sent), done, finish_reason, completion_tokens,
--- cached_tokens, error.
+-- no_cache (prefill the whole prompt: no reuse of cached tokens)
+-- Adds: sema, outbox (pieces of text not yet sent, one per token), done, finish_reason,
+-- completion_tokens, cached_tokens, error, t_first and t_last (ngx.now() when the first and
+-- the last token came back from the thread).
 function Sched:submit(req)
   if #req.prompt + 1 > self.n_ctx then
     return nil, 400, ("this model's context per request is %d tokens, and the prompt has %d"):format(self.n_ctx, #req.prompt)
@@ -121,16 +133,20 @@ function Sched:cancel(req)
   end
 end
 
--- wait(req) -> the text produced since the last call (maybe ""), done | nil, err
+-- wait(req) -> the pieces of text produced since the last call (a list, maybe empty), done
+-- | nil, err
 function _M.wait(req, timeout)
   while #req.outbox == 0 and not req.done do
     local ok, err = req.sema:wait(timeout or 60)
     if not ok and err ~= "timeout" then return nil, err end
   end
-  local text = concat(req.outbox)
+  local pieces = req.outbox
   req.outbox = {}
-  return text, req.done
+  return pieces, req.done
 end
+
+-- The text of a list of pieces.
+_M.text = concat
 
 ---------------------------------------------------------------------------------------
 -- The driver
@@ -141,23 +157,29 @@ local function common_prefix(a, b)
   return n
 end
 
--- The free slot for a prompt: the one whose cache shares the longest prefix with it; when
--- no cache shares a useful part (16 tokens, or half the prompt), the one whose cache is
--- worth least: empty, else least recently used.
+-- The free slot for a prompt, and where its cache comes from: the free slot whose cache
+-- shares the longest prefix with the prompt; when no free cache shares a useful part (16
+-- tokens, or half the prompt), the one whose cache is worth least (empty, else least
+-- recently used). When a busy slot holds a longer prefix, the chosen slot gets a copy of
+-- its cache (the cells are shared, not duplicated) -> slot, tokens kept, source slot or nil.
 local function worth(s) return #s.tokens == 0 and -1 or s.used end
 
-local function pick(slots, prompt)
-  local best, best_n, spare
+local function useful(n, prompt) return n >= 16 or n * 2 >= #prompt end
+
+local function pick(slots, prompt, no_cache)
+  local best, best_n, spare, busy, busy_n
   for _, s in ipairs(slots) do
+    local n = no_cache and 0 or common_prefix(s.tokens, prompt)
     if not s.req then
-      local n = common_prefix(s.tokens, prompt)
       if not best or n > best_n then best, best_n = s, n end
       if not spare or worth(s) < worth(spare) then spare = s end
+    elseif n > 0 and (not busy or n > busy_n) then
+      busy, busy_n = s, n
     end
   end
-  if best and best_n < 16 and best_n * 2 < #prompt then
-    return spare, common_prefix(spare.tokens, prompt)
-  end
+  if not best then return nil end
+  if not useful(best_n, prompt) then best, best_n = spare, no_cache and 0 or common_prefix(spare.tokens, prompt) end
+  if busy and busy_n > best_n and useful(busy_n, prompt) then return spare, busy_n, busy end
   return best, best_n
 end
 
@@ -173,12 +195,17 @@ function Sched:admit()
   end
   while #self.queue > 0 do
     local req = self.queue[1]
-    local best, best_n = pick(self.slots, req.prompt)
+    local best, best_n, from = pick(self.slots, req.prompt, req.no_cache)
     if not best then return end
     remove(self.queue, 1)
     local keep = min(best_n, #req.prompt - 1) -- decode at least one token for logits
+    if from then
+      self.ctx:copy(from.seq, best.seq)
+      best.tokens = {}
+      for i = 1, keep do best.tokens[i] = from.tokens[i] end
+      self.stats.copies = self.stats.copies + 1
+    end
     keep = self.ctx:truncate(best.seq, keep) -- a sliding-window cache may keep less
-
     for i = #best.tokens, keep + 1, -1 do best.tokens[i] = nil end
     req.feed = {}
     for i = keep + 1, #req.prompt do req.feed[#req.feed + 1] = req.prompt[i] end
@@ -211,6 +238,7 @@ end
 function Sched:distribute(slots, res)
   self.stats.forwards = self.stats.forwards + (res.forwards or 0)
   self.stats.rows = self.stats.rows + (res.rows or 0)
+  if (res.forwards or 0) > 0 then self.occupancy = res.rows / res.forwards / #self.slots end
   for i, s in ipairs(slots) do
     local r, req = res[i], s.req
     -- the cache now also holds the fed tokens, then the sampled ones up to r.pos
@@ -271,7 +299,9 @@ end
 function Sched:drive()
   local ok, err = pcall(function()
     if not self.warm then
+      local locked = self.lock and self.lock:wait(600)
       local called, res, werr = run_worker_thread(self.pool, "moonlm.resty.thread", "warm", self.ctx.handle, self.limits.nice)
+      if locked then self.lock:post(1) end
       if not (called and res) then log(ERR, "moonlm: warm-up: ", tostring(called and werr or res)) end
       self.warm = true
     end
@@ -279,13 +309,19 @@ function Sched:drive()
       self:admit()
       local args, slots = self:batch()
       if #args == 0 then break end
+      if self.lock then
+        local locked, lerr = self.lock:wait(600)
+        if not locked then error("waiting for the other models' decoding: " .. tostring(lerr), 0) end
+      end
       local called, res, serr = run_worker_thread(self.pool, "moonlm.resty.thread", "step", self.ctx.handle, args, self.limits)
+      if self.lock then self.lock:post(1) end
       self.stats.calls = self.stats.calls + 1
       if called and res then
         self:distribute(slots, res)
       else
         self:fail(slots, called and serr or res)
       end
+      self.kv_used = self.ctx:used()
     end
   end)
   self.running = false

@@ -1,104 +1,19 @@
 -- The OpenResty server (moonlm.resty) as clients see it: a real nginx with lua-nginx-module
 -- on a free loopback port and a temporary prefix, started from examples/openresty/*.conf,
 -- driven with curl and with the official `openai` npm client, and stopped by its pid.
--- Tagged #once: it runs once per interpreter, not once per kernel level.
+-- Tagged #once: it runs once per interpreter, not once per kernel level. Keys, CORS, limits
+-- and several models: resty_access_spec.lua; nodes behind the balancer: resty_scaleout_spec.lua.
 local S = require "support"
+local H = require "resty_helpers"
 local lm = require "moonlm"
 local json = require "moonlm.json"
 local launch = require "moonlm.resty.launch"
 
-local BUILD = os.getenv("BUILD") or "build"
-local stories = S.path("models/stories260K.gguf")
+local BUILD = H.BUILD
+local stories = H.stories
 local NAME = "stories260K"
-
--- sh(cmd) -> output, exit status (from the shell: LuaJIT's pipe close does not report it)
-local function sh(cmd)
-  local p = io.popen("{ " .. cmd .. "\n} 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return (out:gsub("rc=%d+%s*$", "")), rc
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local tmp -- a scratch folder for request and response files, removed in teardown
-local nfile = 0
-local function tmpfile(content)
-  nfile = nfile + 1
-  local path = ("%s/f%d"):format(tmp, nfile)
-  if content then
-    local f = assert(io.open(path, "wb"))
-    f:write(content)
-    f:close()
-  end
-  return path
-end
-
-local function enc(v) return type(v) == "string" and v or assert(json.encode(v, { compact = true })) end
-
--- The curl command for one request; its output: "<status> <seconds>" (body and headers in files).
-local function curl_cmd(method, url, body, files, extra)
-  local cmd = ("curl -s -N -m 60 -X %s -D %s -o %s -w '%%{http_code} %%{time_total}\\n' %s"):format(
-    method, files.head, files.body, extra or "")
-  if body then cmd = cmd .. (" -H 'Content-Type: application/json' --data-binary @%s"):format(tmpfile(enc(body))) end
-  return cmd .. " " .. q(url)
-end
-
-local function slurp(path) return S.exists(path) and S.read_file(path) or "" end
-
-local function result(files, meta)
-  local status, secs = meta:match("(%d+) ([%d.]+)")
-  local r = { status = tonumber(status), seconds = tonumber(secs), text = slurp(files.body), head = slurp(files.head) }
-  r.json = json.decode(r.text)
-  r.node = r.head:match("[Xx]%-[Mm]oonlm%-[Nn]ode: ([^\r\n]+)")
-  return r
-end
-
-local function http(method, url, body, extra)
-  local files = { head = tmpfile(), body = tmpfile() }
-  local meta = sh(curl_cmd(method, url, body, files, extra))
-  return result(files, meta)
-end
-
--- Requests at once: each { method, url, body, extra, delay (seconds before it starts) }.
-local function parallel(list)
-  local lines, files = { "#!/bin/sh" }, {}
-  for i, r in ipairs(list) do
-    files[i] = { head = tmpfile(), body = tmpfile(), meta = tmpfile() }
-    lines[#lines + 1] = ("(%s%s > %s) &"):format(r.delay and ("sleep %s; "):format(r.delay) or "",
-      curl_cmd(r[1], r[2], r[3], files[i], r.extra), files[i].meta)
-  end
-  lines[#lines + 1] = "wait"
-  local script = tmpfile(table.concat(lines, "\n") .. "\n")
-  sh("sh " .. script)
-  local out = {}
-  for i, f in ipairs(files) do out[i] = result(f, slurp(f.meta)) end
-  return out
-end
-
--- Server-sent events -> list of decoded chunks, and whether the stream ended with [DONE].
-local function events(text)
-  local chunks, done = {}, false
-  for data in text:gmatch("data: ([^\n]*)\n\n") do
-    assert.is_false(done, "data after [DONE]")
-    if data == "[DONE]" then
-      done = true
-    else
-      chunks[#chunks + 1] = assert(json.decode(data), data)
-    end
-  end
-  return chunks, done
-end
-
-local function start(env, conf, ports)
-  local e = { MOONLM_MODEL = stories, MOONLM_THREADS = "1" }
-  for k, v in pairs(env or {}) do e[k] = v end
-  local srv, err = launch.start { conf = conf or "examples/openresty/nginx.conf", env = e, ports = ports,
-                                  lib_dir = BUILD .. "/5.1" }
-  assert(srv, err)
-  return srv
-end
+local sh, q, tmpfile, enc, http, parallel, events, slurp = H.sh, H.q, H.tmpfile, H.enc, H.http, H.parallel, H.events, H.slurp
+local curl_cmd, start = H.curl_cmd, H.start
 
 local model = assert(lm.load(stories))
 
@@ -127,15 +42,14 @@ describe("OpenResty server #once", function()
 
   setup(function()
     assert.truthy(launch.module_dir(), "lua-nginx-module is not installed (make deps)")
-    tmp = sh("mktemp -d /tmp/moonlm-spec.XXXXXX"):gsub("%s+$", "")
-    srv = start { MOONLM_SLOTS = "4", MOONLM_QUEUE = "8", MOONLM_N_CTX = "2048" }
+    H.tmpdir()
+    srv = start { MOONLM_SLOTS = "4", MOONLM_QUEUE = "8", MOONLM_N_CTX = "2048", MOONLM_MAX_TOKENS_LIMIT = "4096" }
     url = srv.url
   end)
 
   teardown(function()
     if srv then srv:stop() end
-    if tmp and tmp:find("^/tmp/moonlm%-spec") then sh("rm -rf " .. q(tmp)) end
-    tmp = nil
+    H.cleanup()
   end)
 
   it("GET /health and /v1/models", function()
@@ -309,6 +223,33 @@ describe("OpenResty server #once", function()
       { "wrong method", "GET", "/v1/chat/completions", nil, 405 },
       { "text beyond any context", "POST", "/v1/chat/completions", chat_body(("x"):rep(200000)), 400, "messages", "context_length_exceeded" },
       { "body over nginx's limit", "POST", "/v1/completions", { prompt = ("x"):rep(1100000) }, 413, nil, "request_too_large" },
+      -- what the server cannot honour is refused, never ignored
+      { "unknown field", "POST", "/v1/completions", { prompt = "hi", temprature = 0.5 }, 400, "temprature", "unknown_parameter" },
+      { "response_format json", "POST", "/v1/chat/completions", chat_body("hi", { response_format = { type = "json_object" } }),
+        400, "response_format", "unsupported_parameter" },
+      { "response_format schema", "POST", "/v1/completions", { prompt = "hi", response_format = { type = "json_schema" } },
+        400, "response_format", "unsupported_parameter" },
+      { "tools", "POST", "/v1/chat/completions", chat_body("hi", { tools = { { type = "function", ["function"] = { name = "f" } } } }),
+        400, "tools", "unsupported_parameter" },
+      { "tool_choice", "POST", "/v1/chat/completions", chat_body("hi", { tool_choice = "required" }), 400, "tool_choice", "unsupported_parameter" },
+      { "logprobs", "POST", "/v1/chat/completions", chat_body("hi", { logprobs = true }), 400, "logprobs", "unsupported_parameter" },
+      { "top_logprobs", "POST", "/v1/chat/completions", chat_body("hi", { top_logprobs = 2 }), 400, "top_logprobs", "unsupported_parameter" },
+      { "logprobs (completions)", "POST", "/v1/completions", { prompt = "hi", logprobs = 3 }, 400, "logprobs", "unsupported_parameter" },
+      { "grammar", "POST", "/v1/completions", { prompt = "hi", grammar = "root ::= \"a\"" }, 400, "grammar", "unsupported_parameter" },
+      { "echo", "POST", "/v1/completions", { prompt = "hi", echo = true }, 400, "echo", "unsupported_parameter" },
+      { "stream_options without stream", "POST", "/v1/completions", { prompt = "hi", stream_options = { include_usage = true } },
+        400, "stream_options" },
+      { "stream_options unknown", "POST", "/v1/completions", { prompt = "hi", stream = true, stream_options = { foo = true } },
+        400, "stream_options", "unknown_parameter" },
+      { "max_tokens over the ceiling", "POST", "/v1/completions", { prompt = "hi", max_tokens = 5000 }, 400, "max_tokens", "max_tokens_exceeded" },
+      { "max_completion_tokens over the ceiling", "POST", "/v1/chat/completions", chat_body("hi", { max_completion_tokens = 4097 }),
+        400, "max_completion_tokens", "max_tokens_exceeded" },
+      { "lone surrogate", "POST", "/v1/completions", '{"prompt": "a\\ud800b"}', 400, nil, "invalid_utf8" },
+      { "lone low surrogate", "POST", "/v1/chat/completions", '{"messages": [{"role": "user", "content": "\\udc00"}]}', 400, nil, "invalid_utf8" },
+      { "invalid UTF-8", "POST", "/v1/completions", '{"prompt": "caf\xE9"}', 400, nil, "invalid_utf8" },
+      { "overlong UTF-8", "POST", "/v1/completions", '{"prompt": "\xC0\xAF"}', 400, nil, "invalid_utf8" },
+      { "encoded surrogate", "POST", "/v1/embeddings", '{"input": "\xED\xA0\x80"}', 400, nil, "invalid_utf8" },
+      { "OPTIONS unknown URL", "OPTIONS", "/v2/nothing", nil, 404 },
     }
     for _, c in ipairs(cases) do
       local r = http(c[2], url .. c[3], c[4])
@@ -320,9 +261,20 @@ describe("OpenResty server #once", function()
       if c[6] then assert.are.equal(c[6], e.param, c[1]) end
       if c[7] then assert.are.equal(c[7], e.code, c[1]) end
     end
+    -- what is accepted at its neutral value
+    local neutral = http("POST", url .. "/v1/chat/completions", chat_body("Once upon a time", {
+      max_tokens = 5, n = 1, logprobs = false, response_format = { type = "text" }, tools = {}, tool_choice = "none",
+      store = false, user = "someone", stream_options = json.null, seed = 3 }))
+    assert.are.equal(200, neutral.status, neutral.text)
+    local pair = http("POST", url .. "/v1/completions", '{"prompt": "\\ud83d\\ude00 caf\u{e9}", "max_tokens": 2}')
+    assert.are.equal(200, pair.status, pair.text) -- a surrogate pair and UTF-8 text are fine
     local ok = http("POST", url .. "/v1/chat/completions", chat_body("Once upon a time", { max_tokens = 5 }))
     assert.are.equal(200, ok.status)
     assert.are.equal(200, http("GET", url .. "/health").status)
+    -- OPTIONS without CORS: the methods of the URL
+    local o = http("OPTIONS", url .. "/v1/chat/completions")
+    assert.are.equal(204, o.status)
+    assert.are.equal("POST, OPTIONS", o.header("allow"))
   end)
 
   it("decodes concurrent requests together, each as it would be alone (greedy or seeded)", function()
@@ -386,45 +338,45 @@ describe("OpenResty server #once", function()
   end)
 
   it("the official openai npm client: chat, streaming, completions, embeddings, models, errors", function()
-    local dir = tmp .. "/npm"
-    local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error openai"):format(dir, dir))
-    assert.are.equal(0, rc, "npm install openai failed: " .. out)
-    local script = dir .. "/drive.mjs"
-    local f = assert(io.open(script, "wb"))
-    f:write([==[
+    local j = H.node([==[
 import OpenAI from "openai";
 const client = new OpenAI({ baseURL: process.argv[2] + "/v1", apiKey: "unused", maxRetries: 0 });
 const msgs = [{ role: "user", content: "Once upon a time" }];
 const out = {};
 out.chat = await client.chat.completions.create({ model: "stories260K", messages: msgs, max_tokens: 24, temperature: 0 });
-const stream = await client.chat.completions.create({ model: "stories260K", messages: msgs, max_tokens: 24, temperature: 0, stream: true });
-out.stream = { text: "", chunks: 0, finish: null };
+const stream = await client.chat.completions.create({ model: "stories260K", messages: msgs, max_tokens: 24, temperature: 0,
+                                                      stream: true, stream_options: { include_usage: true } });
+out.stream = { text: "", chunks: 0, content_chunks: 0, finish: null, usage: null };
 for await (const c of stream) {
   out.stream.chunks++;
-  out.stream.text += c.choices[0]?.delta?.content ?? "";
+  const t = c.choices[0]?.delta?.content ?? "";
+  if (t !== "") out.stream.content_chunks++;
+  out.stream.text += t;
   if (c.choices[0]?.finish_reason) out.stream.finish = c.choices[0].finish_reason;
+  if (c.usage) out.stream.usage = c.usage;
 }
 out.completion = await client.completions.create({ model: "stories260K", prompt: "Once upon a time", max_tokens: 16, temperature: 0 });
 const emb = await client.embeddings.create({ model: "stories260K", input: ["Lily", "Tom"] });
 out.embeddings = emb.data.map(d => Array.from(d.embedding));
 out.models = (await client.models.list()).data.map(m => m.id);
 for (const [name, req] of [["missing", { model: "no-such-model", messages: msgs }],
-                           ["bad", { model: "stories260K", messages: msgs, temperature: "hot" }]]) {
+                           ["bad", { model: "stories260K", messages: msgs, temperature: "hot" }],
+                           ["format", { model: "stories260K", messages: msgs, response_format: { type: "json_object" } }],
+                           ["tools", { model: "stories260K", messages: msgs,
+                                       tools: [{ type: "function", function: { name: "f", parameters: {} } }] }]]) {
   try { await client.chat.completions.create(req); out[name] = "no error"; }
   catch (e) { out[name] = { status: e.status, cls: e.constructor.name, code: e.code ?? null, param: e.param ?? null }; }
 }
 console.log(JSON.stringify(out));
-]==])
-    f:close()
-    local res, nrc = sh(("node %s %s"):format(script, url))
-    assert.are.equal(0, nrc, res)
-    local j = assert(json.decode(res:match("[^\n]*$") ~= "" and res:match("[^\n]*$") or res:match("([^\n]*)\n$")), res)
+]==], url)
     local want = local_chat({ { role = "user", content = "Once upon a time" } }, 24)
     assert.are.equal(want, j.chat.choices[1].message.content)
     assert.are.equal(24, j.chat.usage.completion_tokens)
     assert.are.equal(want, j.stream.text)
     assert.are.equal("length", j.stream.finish)
-    assert.is_true(j.stream.chunks >= 3)
+    -- one chunk per generated token (the reply is ASCII: no token is held back)
+    assert.are.equal(24, j.stream.usage.completion_tokens)
+    assert.are.equal(24, j.stream.content_chunks)
     assert.are.equal(model:generate("Once upon a time", { temperature = 0, max_tokens = 16 }), j.completion.choices[1].text)
     local e = model:embed({ "Lily", "Tom" }, { normalize = true }):totable()
     assert.is_true(S.maxdiff(e[1], j.embeddings[1]) < 1e-5) -- the client asks for base64 and decodes it
@@ -432,15 +384,197 @@ console.log(JSON.stringify(out));
     assert.are.same({ NAME }, j.models)
     assert.are.same({ status = 404, cls = "NotFoundError", code = "model_not_found", param = "model" }, j.missing)
     assert.are.same({ status = 400, cls = "BadRequestError", code = json.null, param = "temperature" }, j.bad)
+    assert.are.same({ status = 400, cls = "BadRequestError", code = "unsupported_parameter", param = "response_format" }, j.format)
+    assert.are.same({ status = 400, cls = "BadRequestError", code = "unsupported_parameter", param = "tools" }, j.tools)
+  end)
+
+  it("streams one server-sent event per generated token, the usage last (stream_options.include_usage)", function()
+    for _, path in ipairs { "/v1/chat/completions", "/v1/completions" } do
+      local body = path == "/v1/completions"
+        and { prompt = "Once upon a time", max_tokens = 40, temperature = 0, ignore_eos = true, stream = true,
+              stream_options = { include_usage = true } }
+        or chat_body("Once upon a time", { max_tokens = 40, temperature = 0, ignore_eos = true, stream = true,
+                                           stream_options = { include_usage = true } })
+      local r = http("POST", url .. path, body)
+      assert.are.equal(200, r.status, r.text)
+      local chunks, done = events(r.text)
+      assert.is_true(done)
+      local text, n = H.content(chunks)
+      local usage = chunks[#chunks].usage
+      assert.are.equal(40, usage.completion_tokens)
+      assert.are.equal(40, n, path) -- ASCII text: every token completes its own piece
+      assert.are.equal(0, #chunks[#chunks].choices)
+      for i = 1, #chunks - 1 do assert.are.equal(json.null, chunks[i].usage, path) end -- null until the last
+      json.set(body, "stream", nil)
+      json.set(body, "stream_options", nil)
+      local plain = http("POST", url .. path, body).json
+      local c = plain.choices[1]
+      assert.are.equal(c.text or c.message.content, text)
+    end
+  end)
+
+  it("POST /tokenize and /detokenize (llama-server's), GET /props", function()
+    local text = "Once upon a time, Lily saw a naïve cat."
+    local r = http("POST", url .. "/tokenize", { content = text })
+    assert.are.equal(200, r.status, r.text)
+    local ids = model:tokenize(text, { bos = false, special = true })
+    assert.are.same(ids, r.json.tokens)
+    local rb = http("POST", url .. "/tokenize", { content = text, add_special = true }).json
+    assert.are.same({ model.vocab.bos }, { rb.tokens[1] })
+    assert.are.equal(#ids + 1, #rb.tokens)
+    -- pieces: strings, or byte arrays for tokens that hold part of a UTF-8 character
+    local p = http("POST", url .. "/tokenize", { content = text, with_pieces = true }).json.tokens
+    local bytes = {}
+    for i, t in ipairs(p) do
+      assert.are.equal(ids[i], t.id)
+      if type(t.piece) == "string" then
+        bytes[#bytes + 1] = t.piece
+      else
+        for _, b in ipairs(t.piece) do bytes[#bytes + 1] = string.char(b) end
+      end
+    end
+    assert.are.equal(" " .. text, table.concat(bytes))
+    local split = 0
+    for _, t in ipairs(p) do
+      if type(t.piece) == "table" then split = split + 1 end
+    end
+    assert.is_true(split >= 2, "ï as byte tokens") -- stories260K has no token for ï
+    local d = http("POST", url .. "/detokenize", { tokens = ids })
+    assert.are.equal(200, d.status, d.text)
+    assert.are.equal(model:detokenize(ids, { strip_space = false }), d.json.content)
+    assert.are.equal(" " .. text, d.json.content)
+    for _, c in ipairs {
+      { "/tokenize", { content = 5 }, "content" }, { "/tokenize", { content = "x", with_pieces = "yes" }, "with_pieces" },
+      { "/tokenize", { content = "x", add_bos = true }, "add_bos" }, { "/detokenize", { tokens = { 1, 99999 } }, "tokens" },
+      { "/detokenize", { tokens = "1 2" }, "tokens" },
+    } do
+      local e = http("POST", url .. c[1], c[2])
+      assert.are.equal(400, e.status, e.text)
+      assert.are.equal(c[3], e.json.error.param)
+    end
+    local pr = http("GET", url .. "/props")
+    assert.are.equal(200, pr.status, pr.text)
+    local j = pr.json
+    assert.are.equal(NAME, j.model)
+    assert.are.same({ NAME }, j.models)
+    assert.are.equal(4, j.total_slots)
+    assert.are.equal(2048, j.n_ctx)
+    assert.are.equal(2048, j.default_generation_settings.n_ctx)
+    assert.are.equal(4096, j.default_generation_settings.max_tokens_limit)
+    assert.are.equal(512, j.meta.n_vocab)
+    assert.are.equal("llama", j.meta.arch)
+    assert.are.equal("stories260K.gguf", j.model_path)
+    assert.are.equal(model:token(model.vocab.bos), j.bos_token)
+    assert.truthy(j.chat_template:find("im_start", 1, true)) -- stories260K has none: chatml
+    assert.truthy(j.build_info:find("^moonlm "))
+    assert.are.equal(404, http("GET", url .. "/props?model=nope").status)
+  end)
+
+  it("reuses the longest cached prompt prefix of any slot, a busy one too (cached_tokens)", function()
+    local base = "In a quiet village by the sea there lived an old fisherman who had a small boat and a cat."
+    local n_base = #model:tokenize(base)
+    local long = H.background("POST", url .. "/v1/completions",
+                              { prompt = base, max_tokens = 1900, ignore_eos = true, temperature = 0, stream = true })
+    -- once it decodes, a request that extends its prompt gets a copy of its cache
+    assert.truthy(H.until_true(20, function()
+      local h = http("GET", url .. "/health").json
+      return h.busy >= 1 and h.tokens > 0
+    end))
+    local prompt = base .. " Every morning the cat"
+    local r = http("POST", url .. "/v1/completions", { prompt = prompt, max_tokens = 12, temperature = 0 })
+    long.kill()
+    assert.are.equal(200, r.status, r.text)
+    local cached = r.json.usage.prompt_tokens_details.cached_tokens
+    assert.is_true(cached >= n_base - 1 and cached < r.json.usage.prompt_tokens, enc(r.json.usage))
+    -- and the copied cache gives the reply the model gives alone
+    assert.are.equal(model:generate(prompt, { temperature = 0, max_tokens = 12 }), r.json.choices[1].text)
+    -- cache_prompt = false (llama-server's field) prefills everything
+    local cold = http("POST", url .. "/v1/completions", { prompt = prompt, max_tokens = 12, temperature = 0, cache_prompt = false }).json
+    assert.are.equal(0, cold.usage.prompt_tokens_details.cached_tokens)
+    assert.are.equal(r.json.choices[1].text, cold.choices[1].text)
+  end)
+
+  it("GET /metrics: the Prometheus text format (parsed by parse-prometheus-text-format), counters that move", function()
+    local before = H.scrape(url)
+    local body = chat_body("Once upon a time", { max_tokens = 30, temperature = 0, stream = true, ignore_eos = true })
+    json.set(body, "stream_options", { include_usage = true })
+    local ok = http("POST", url .. "/v1/chat/completions", body)
+    assert.are.equal(200, ok.status)
+    local ev = events(ok.text)
+    ok.json_usage_cached = ev[#ev].usage.prompt_tokens_details.cached_tokens
+    local bad = http("POST", url .. "/v1/chat/completions", chat_body("hi", { temperature = "hot" }))
+    assert.are.equal(400, bad.status)
+    local again = http("POST", url .. "/v1/chat/completions", chat_body("Once upon a time", { max_tokens = 2 })).json
+    local after, text = H.scrape(url)
+    local function delta(name, labels) return H.sample(after, name, labels) - H.sample(before, name, labels) end
+    assert.is_true(again.usage.prompt_tokens_details.cached_tokens > 0)
+    assert.are.equal(again.usage.prompt_tokens_details.cached_tokens + ok.json_usage_cached,
+                     delta("moonlm_prompt_tokens_cached_total", { model = NAME }))
+    local ep = "/v1/chat/completions"
+    assert.are.equal(2, delta("moonlm_requests_total", { endpoint = ep, status = 200 }))
+    assert.are.equal(1, delta("moonlm_requests_total", { endpoint = ep, status = 400 }))
+    assert.are.equal(32, delta("moonlm_generated_tokens_total", { model = NAME }))
+    local _, n_prompt = local_chat({ { role = "user", content = "Once upon a time" } }, 1)
+    assert.are.equal(2 * n_prompt, delta("moonlm_prompt_tokens_total", { model = NAME }))
+    local types = { moonlm_requests_total = "COUNTER", moonlm_requests_rejected_total = "COUNTER",
+                    moonlm_time_to_first_token_seconds = "HISTOGRAM", moonlm_time_per_output_token_seconds = "HISTOGRAM",
+                    moonlm_slots_busy = "GAUGE", moonlm_queue_length = "GAUGE", moonlm_kv_cache_usage_ratio = "GAUGE",
+                    moonlm_batch_occupancy_ratio = "GAUGE" }
+    for name, t in pairs(types) do assert.are.equal(t, after[name] and after[name].type, name) end
+    assert.are.equal(4, H.sample(after, "moonlm_slots", { model = NAME }))
+    assert.are.equal(8, H.sample(after, "moonlm_queue_limit", { model = NAME }))
+    assert.are.equal(4 * 2048, H.sample(after, "moonlm_kv_cache_capacity_tokens", { model = NAME }))
+    assert.is_true(H.sample(after, "moonlm_kv_cache_tokens", { model = NAME }) > 0)
+    -- histograms: the parser keeps the buckets; the +Inf bucket and _count moved by one
+    local function inf(fams, name)
+      local m = fams[name] and fams[name].metrics[1]
+      return m and tonumber(m.buckets["+Inf"]) or 0
+    end
+    assert.are.equal(2, inf(after, "moonlm_time_to_first_token_seconds") - inf(before, "moonlm_time_to_first_token_seconds"))
+    assert.are.equal(2, inf(after, "moonlm_time_per_output_token_seconds") - inf(before, "moonlm_time_per_output_token_seconds"))
+    local count = tonumber(text:match('moonlm_time_to_first_token_seconds_count{model="stories260K"} (%d+)'))
+    assert.are.equal(inf(after, "moonlm_time_to_first_token_seconds"), count)
+    local last = -1
+    for _, v in pairs(after.moonlm_time_to_first_token_seconds.metrics[1].buckets) do last = math.max(last, tonumber(v)) end
+    assert.are.equal(count, last) -- cumulative buckets: none above +Inf
+  end)
+
+  it("writes one JSON access-log line per request (log_by_lua), keys by id only", function()
+    local r = http("POST", url .. "/v1/completions", { prompt = "Once upon a time", max_tokens = 7, temperature = 0, user = "u-42" })
+    local bad = http("POST", url .. "/v1/completions", { prompt = "hi", foo = 1 })
+    assert.are.equal(400, bad.status)
+    local lines = {}
+    assert.truthy(H.until_true(5, function()
+      lines = {}
+      for l in slurp(srv.prefix .. "/logs/moonlm.log"):gmatch("[^\n]+") do lines[#lines + 1] = assert(json.decode(l), l) end
+      return #lines >= 2 and lines[#lines].status == 400
+    end))
+    local mine
+    for _, l in ipairs(lines) do
+      if l.id == r.json.id then mine = l end
+    end
+    assert.truthy(mine, "no line for " .. r.json.id)
+    assert.are.equal("/v1/completions", mine.endpoint)
+    assert.are.equal("POST", mine.method)
+    assert.are.equal(200, mine.status)
+    assert.are.equal(NAME, mine.model)
+    assert.are.equal("u-42", mine.user)
+    assert.are.equal(r.json.usage.prompt_tokens, mine.prompt_tokens)
+    assert.are.equal(7, mine.completion_tokens)
+    assert.are.equal("length", mine.finish_reason)
+    assert.are.equal("number", type(mine.ttft_ms))
+    assert.is_true(mine.total_ms >= mine.ttft_ms)
+    assert.are.equal(json.null, mine.key) -- no keys on this server
+    assert.truthy(mine.time:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$"))
+    local last = lines[#lines]
+    assert.are.equal(400, last.status)
+    assert.are.equal("/v1/completions", last.endpoint)
   end)
 end)
 
 describe("OpenResty server under pressure #once", function()
-  setup(function() tmp = sh("mktemp -d /tmp/moonlm-spec.XXXXXX"):gsub("%s+$", "") end)
-  teardown(function()
-    if tmp and tmp:find("^/tmp/moonlm%-spec") then sh("rm -rf " .. q(tmp)) end
-    tmp = nil
-  end)
+  setup(H.tmpdir)
+  teardown(H.cleanup)
 
   it("answers 503 with an OpenAI-style error when the queue is full, and frees slots of clients that left", function()
     local srv = start { MOONLM_SLOTS = "1", MOONLM_QUEUE = "1" }
@@ -523,11 +657,8 @@ describe("OpenResty server under pressure #once", function()
 end)
 
 describe("make serve #once", function()
-  setup(function() tmp = sh("mktemp -d /tmp/moonlm-spec.XXXXXX"):gsub("%s+$", "") end)
-  teardown(function()
-    if tmp and tmp:find("^/tmp/moonlm%-spec") then sh("rm -rf " .. q(tmp)) end
-    tmp = nil
-  end)
+  setup(H.tmpdir)
+  teardown(H.cleanup)
 
   it("serves in the foreground, prints its URL, and stops and cleans up on Ctrl-C", function()
     local port = launch.free_port()

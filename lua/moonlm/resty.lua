@@ -552,7 +552,9 @@ local function completions()
         json.set(c, "usage", usage(req, true))
         return c
       end
-      return reply(text or "", finish)
+      local c = reply(text or "", finish)
+      if p.include_usage then json.set(c, "usage", null) end
+      return c
     end, nil,
     function(text)
       local r = reply(text, req.finish_reason)

@@ -14,7 +14,8 @@
 --     failed checks in a row take a node out (a draining node answers 503 "draining"), `rise`
 --     passed ones bring it back.
 --   * A node that is out gets no new request; requests already there run to their end.
---     When no node is left, the request ends with 503 (the error_page of balancer.conf).
+--     When no node is left, the request ends with 502, which balancer.conf's error_page
+--     turns into an OpenAI-style 503.
 --
 -- State is per balancer worker (run the balancer with worker_processes 1, or accept that
 -- each worker learns the nodes' health on its own).
@@ -185,9 +186,11 @@ function _M.balance()
   if conv == "" then conv = nil end
   local i = pick(st.tried, conv, t)
   if not i then
+    -- no peer set: nginx falls back to the placeholder server, which cannot be reached, and
+    -- ends the request with 502 (the error_page of balancer.conf turns it into a JSON 503)
     st.current = nil
     ngx.log(ngx.ERR, "moonlm balancer: no node available")
-    return ngx.exit(503)
+    return
   end
   local n = B.nodes[i]
   st.tried[i], st.current, st.tries = true, i, st.tries + 1

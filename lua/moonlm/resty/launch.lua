@@ -126,7 +126,8 @@ end
 -- start{ conf, ports = { [port in conf] = port to use } (default: 8080 -> a free one),
 --        env = { MOONLM_MODEL = ... }, lua_dir ["lua"], lib_dir ["build/5.1"],
 --        wait ["/health": until it answers 200], timeout [60], watch [true]: stop the server when this process
---        ends without doing so } -> server | nil, err
+--        ends without doing so, user: run nginx (master and workers) as this user (when root;
+--        e.g. "nobody", so that a worker may signal its master) } -> server | nil, err
 -- server: { prefix, port (what 8080 became), ports, url, pid, stop = function }
 function _M.start(o)
   local last_err
@@ -141,7 +142,14 @@ function _M.start(o)
     end
     local prefix, err = prepare(o, ports)
     if not prefix then return nil, err end
-    local ok, out = run(("%snginx -p %s/ -c %s/nginx.conf"):format(env_prefix(o.env), sh_quote(prefix), sh_quote(prefix)))
+    local as = ""
+    if o.user and select(2, run("id -u")):match("^0") then
+      run(("chown %s %s %s/logs %s/tmp %s/nginx.conf"):format(sh_quote(o.user), sh_quote(prefix), sh_quote(prefix),
+                                                             sh_quote(prefix), sh_quote(prefix)))
+      as = "runuser -u " .. sh_quote(o.user) .. " -- "
+    end
+    local ok, out = run(("%s%snginx -p %s/ -c %s/nginx.conf -e %s/logs/error.log"):format(as, env_prefix(o.env),
+                        sh_quote(prefix), sh_quote(prefix), sh_quote(prefix)))
     local self = setmetatable({ prefix = prefix, ports = ports, port = ports[8080] or select(2, next(ports)) }, Server)
     self.url = "http://127.0.0.1:" .. self.port
     if ok then

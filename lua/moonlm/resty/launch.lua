@@ -233,7 +233,8 @@ function _M.serve(o)
     io.stderr:write("moonlm: ", err, "\n")
     return false
   end
-  io.write(("moonlm: serving %s at http://127.0.0.1:%d/v1 (GET /health, /v1/models; POST /v1/chat/completions, /v1/completions, /v1/embeddings)\n"):format(
+  io.write(("moonlm: serving %s at http://127.0.0.1:%d/v1 (POST /v1/chat/completions, /v1/completions, /v1/embeddings,"
+            .. " /tokenize, /detokenize; GET /v1/models, /props, /health, /metrics)\n"):format(
     o.env and o.env.MOONLM_MODEL or "", port))
   io.write(("moonlm: logs in %s/logs; Ctrl-C stops\n"):format(prefix))
   io.flush()

@@ -84,6 +84,7 @@ describe("OpenResty server #once", function()
     assert.are.equal(n_prompt + 40, j.usage.total_tokens)
     assert.are.equal("length", j.choices[1].finish_reason)
     assert.truthy(r.head:find("application/json", 1, true))
+    assert.are.equal(j.id, r.header("x-request-id"))
   end)
 
   it("stop strings end the reply (finish_reason stop); seeds repeat; the next turn reuses the cache", function()
@@ -519,12 +520,14 @@ console.log(JSON.stringify(out));
     local types = { moonlm_requests_total = "COUNTER", moonlm_requests_rejected_total = "COUNTER",
                     moonlm_time_to_first_token_seconds = "HISTOGRAM", moonlm_time_per_output_token_seconds = "HISTOGRAM",
                     moonlm_slots_busy = "GAUGE", moonlm_queue_length = "GAUGE", moonlm_kv_cache_usage_ratio = "GAUGE",
-                    moonlm_batch_occupancy_ratio = "GAUGE" }
+                    moonlm_batch_occupancy_ratio = "GAUGE", moonlm_forward_passes_total = "COUNTER" }
     for name, t in pairs(types) do assert.are.equal(t, after[name] and after[name].type, name) end
     assert.are.equal(4, H.sample(after, "moonlm_slots", { model = NAME }))
     assert.are.equal(8, H.sample(after, "moonlm_queue_limit", { model = NAME }))
     assert.are.equal(4 * 2048, H.sample(after, "moonlm_kv_cache_capacity_tokens", { model = NAME }))
     assert.is_true(H.sample(after, "moonlm_kv_cache_tokens", { model = NAME }) > 0)
+    assert.is_true(delta("moonlm_batch_rows_total", { model = NAME }) >= delta("moonlm_forward_passes_total", { model = NAME }))
+    assert.is_true(delta("moonlm_forward_passes_total", { model = NAME }) >= 30) -- a pass per token at least
     -- histograms: the parser keeps the buckets; the +Inf bucket and _count moved by one
     local function inf(fams, name)
       local m = fams[name] and fams[name].metrics[1]

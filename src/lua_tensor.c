@@ -872,7 +872,18 @@ static int m_newindex(lua_State *L) {
 
 /* ---- math ---- */
 
+/* torch7 gave add and sub more arguments (x:add(v, y), x:sub(i, j)): say what they are here
+ * rather than ignore them */
+static int extra_operands(lua_State *L, ml_binop op) {
+  if (op == ML_OP_SUB)
+    return luaL_argerror(L, 3, "sub takes one operand (x - y); torch7's x:sub(i, j) is x:slice(1, i, j) here");
+  if (op == ML_OP_ADD)
+    return luaL_argerror(L, 3, "add takes one operand; torch7's x:add(v, y) is x:add(y * v) here");
+  return luaL_argerror(L, 3, "one operand expected");
+}
+
 static int binary(lua_State *L, ml_binop op, int inplace, int meta) {
+  if (!meta && lua_gettop(L) > 2) return extra_operands(L, op);
   if (meta && lua_type(L, 1) == LUA_TNUMBER) { /* 2 - t */
     ml_tensor *b = ml_lua_check_tensor(L, 2);
     ml_tensor *o = ml_lua_push_tensor(L);
@@ -1193,6 +1204,19 @@ static int shape_eq(lua_State *L) {
   return 1;
 }
 
+int ml_lua_check_dim(lua_State *L, int i, int ndim, int def, int extra) { return check_dim(L, i, ndim, def, extra); }
+ml_tensor *ml_lua_to_tensor(lua_State *L, int i) { return to_tensor(L, i); }
+int ml_lua_read_shape(lua_State *L, int i, int *ndim, int64_t *shape) { return read_shape(L, i, ndim, shape); }
+
+ml_rng *ml_lua_rng(lua_State *L, int i, ml_rng *local) {
+  double seed;
+  if (opt_field_number(L, i, "seed", &seed)) {
+    ml_rng_seed(local, (uint64_t)(int64_t)seed);
+    return local;
+  }
+  return state_rng(L);
+}
+
 void ml_lua_open_tensor(lua_State *L) {
   luaL_newmetatable(L, "moonlm.shape");
   lua_pushcfunction(L, shape_tostring);
@@ -1217,4 +1241,5 @@ void ml_lua_open_tensor(lua_State *L) {
   lua_getfield(L, -1, "methods");
   lua_setfield(L, -3, "methods"); /* tensor.methods: for Lua code to add methods */
   lua_pop(L, 1);
+  ml_lua_open_tensor_ext(L);
 }

@@ -17,4 +17,17 @@ ml_tensor *ml_lua_test_tensor(lua_State *L, int i); /* NULL if not a live tensor
 ml_type ml_lua_check_dtype(lua_State *L, int i, ml_type def);
 void ml_lua_open_tensor(lua_State *L); /* leaves the `tensor` table on the stack */
 
+/* Shared with the other tensor binding files (lua_tensor_ext.c). */
+/* 1-based (negative from the end) dimension at i -> 0-based; def when absent; `extra`
+ * allows ndim + 1 (insertion). */
+int ml_lua_check_dim(lua_State *L, int i, int ndim, int def, int extra);
+/* The tensor at i, converting a nested table (replaced in place); else an argument error. */
+ml_tensor *ml_lua_to_tensor(lua_State *L, int i);
+/* A shape from a table at i, or from the numbers at i..; returns the next argument index. */
+int ml_lua_read_shape(lua_State *L, int i, int *ndim, int64_t *shape);
+/* The state's generator, or `local` seeded from the field seed of the options table at i. */
+ml_rng *ml_lua_rng(lua_State *L, int i, ml_rng *local);
+/* lua_tensor_ext.c: registers its methods and functions; the `tensor` table on top. */
+void ml_lua_open_tensor_ext(lua_State *L);
+
 #endif

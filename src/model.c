@@ -13,6 +13,7 @@
 #include "arch.h"
 #include "common.h"
 #include "registry.h"
+#include "rope.h"
 
 #define MAX_DIM (INT64_C(1) << 20)
 
@@ -373,11 +374,7 @@ static float *rope_table(const ml_hparams *hp, double base, double scale, const 
   int64_t half = hp->n_rot / 2;
   float *t = ml_alloc(sizeof(float) * (size_t)(half ? half : 1));
   if (!t) return NULL;
-  for (int64_t i = 0; i < half; i++) {
-    double f = pow(base, -2.0 * (double)i / (double)hp->n_rot) * scale;
-    if (factors && factors->storage) f /= ((const float *)ml_tensor_data(factors))[i];
-    t[i] = (float)f;
-  }
+  ml_rope_freqs(t, hp->n_rot, base, scale, factors && factors->storage ? ml_tensor_data(factors) : NULL);
   return t;
 }
 
@@ -392,18 +389,12 @@ static int rope_tables(ml_model *m) {
   return 0;
 }
 
-/* ALiBi slopes as ggml computes them: n2 = 2^floor(log2 H) heads get m0^(h+1), the rest
- * m1^(2(h - n2) + 1), with m0 = 2^(-max_bias / n2) and m1 = 2^(-max_bias / 2 / n2). */
+/* ALiBi slopes (rope.h) when the family has a max bias. */
 static int alibi_slopes(ml_model *m) {
   const ml_hparams *hp = &m->hp;
   if (hp->alibi_bias <= 0) return 0;
   if (!(m->alibi_slopes = ml_alloc(sizeof(float) * (size_t)hp->n_head))) return -1;
-  int64_t n2 = 1;
-  while (n2 * 2 <= hp->n_head) n2 *= 2;
-  float mb = (float)hp->alibi_bias;
-  float m0 = powf(2.0f, -mb / (float)n2), m1 = powf(2.0f, -(mb / 2.0f) / (float)n2);
-  for (int64_t h = 0; h < hp->n_head; h++)
-    m->alibi_slopes[h] = h < n2 ? powf(m0, (float)(h + 1)) : powf(m1, (float)(2 * (h - n2) + 1));
+  ml_alibi_slopes(m->alibi_slopes, hp->n_head, hp->alibi_bias);
   return 0;
 }
 

@@ -56,7 +56,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_gguf lua_model lua_sample lua_grammar_schema
+BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_kvcache lua_gguf lua_model lua_sample lua_grammar_schema
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)

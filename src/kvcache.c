@@ -104,3 +104,15 @@ void ml_kvcache_copy(ml_kvcache *c, int from, int to) {
   c->len[to] = c->len[from];
   c->off[to] = c->off[from];
 }
+
+void ml_kvcache_store(const ml_kvcache *c, int64_t layer, int32_t cell, const float *k, const float *v) {
+  uint8_t *kd = ml_kvcache_k(c, layer, cell), *vd = ml_kvcache_v(c, layer, cell);
+  if (c->type == ML_TYPE_F32) {
+    memcpy(kd, k, sizeof(float) * (size_t)c->row);
+    memcpy(vd, v, sizeof(float) * (size_t)c->row);
+    return;
+  }
+  const ml_type_traits *tr = ml_type_traits_get(c->type);
+  tr->from_float(k, kd, c->row);
+  tr->from_float(v, vd, c->row);
+}

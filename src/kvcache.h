@@ -41,6 +41,9 @@ void ml_kvcache_truncate(ml_kvcache *c, int seq, int64_t n);
 /* Drop the positions of seq before `from` (sliding window). */
 void ml_kvcache_evict(ml_kvcache *c, int seq, int64_t from);
 void ml_kvcache_copy(ml_kvcache *c, int from, int to);
+/* Write one token's keys and values (row floats each) into a cell of a layer, converted to
+ * the cache type. */
+void ml_kvcache_store(const ml_kvcache *c, int64_t layer, int32_t cell, const float *k, const float *v);
 static inline int32_t ml_kvcache_cell(const ml_kvcache *c, int seq, int64_t pos) {
   return c->cells[seq][pos - c->off[seq]];
 }

@@ -8,6 +8,7 @@
 #include "compat.h"
 #include "kernels/dispatch.h"
 #include "lua_internal.h"
+#include "lua_kvcache.h"
 #include "lua_tensor.h"
 #include "lua_util.h"
 #include "matmul.h"
@@ -268,6 +269,7 @@ int luaopen_moonlm_core(lua_State *L) {
   ml_lua_open_model(L);
   ml_lua_open_sample(L);
   ml_lua_open_schema(L);
+  ml_lua_open_kvcache(L);
   ml_register_names(L, "");
   return 1;
 }

@@ -178,7 +178,26 @@ static int m_meta(lua_State *L) {
   return 1;
 }
 
-/* tensor(name) -> view of a weight in the mapping, or nil */
+/* A weight link (lua_tensor.h) to the model's prepared copy of a matrix. */
+#define WLINK_MT "moonlm.weight_link"
+typedef struct lwlink {
+  ml_lua_wlink base;
+  ml_model *m;
+} lwlink;
+
+static const ml_weight *resolve_weight(ml_lua_wlink *l, const ml_tensor *t) {
+  return ml_model_weight_of(((lwlink *)l)->m, t);
+}
+
+static int wlink_gc(lua_State *L) {
+  lwlink *l = luaL_checkudata(L, 1, WLINK_MT);
+  ml_model_release(l->m);
+  l->m = NULL;
+  return 0;
+}
+
+/* tensor(name) -> view of a weight in the mapping, or nil. A matrix is linked to its
+ * prepared copy, so x:linear(model:tensor(name)) runs as fast as the forward pass. */
 static int m_tensor(lua_State *L) {
   lmodel *u = check_model(L, 1);
   const char *name = luaL_checkstring(L, 2);
@@ -186,6 +205,16 @@ static int m_tensor(lua_State *L) {
   if (i < 0 || !u->m->storage) return 0;
   ml_tensor *t = ml_lua_push_tensor(L);
   if (ml_gguf_tensor_view(t, u->m->storage, u->m->gguf, &u->m->gguf->tensors[i]) < 0) return ml_lua_error(L);
+  if (t->ndim == 2 && !u->m->vocab_only) {
+    lwlink *l = lua_newuserdatauv(L, sizeof *l, 0);
+    memset(l, 0, sizeof *l);
+    luaL_setmetatable(L, WLINK_MT);
+    l->base.resolve = resolve_weight;
+    l->m = u->m;
+    ml_model_retain(u->m);
+    ml_lua_set_wlink(L, -2, -1);
+    lua_pop(L, 1);
+  }
   return 1;
 }
 
@@ -808,5 +837,9 @@ void ml_lua_open_model(lua_State *L) {
   new_class(L, MODEL_MT, model_methods, m_gc);
   new_class(L, CONTEXT_MT, context_methods, c_gc);
   new_class(L, DECODER_MT, decoder_methods, d_gc);
+  luaL_newmetatable(L, WLINK_MT);
+  lua_pushcfunction(L, wlink_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

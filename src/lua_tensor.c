@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "matmul.h"
 #include "ops.h"
 
 /* ---- plumbing ---- */
@@ -1057,10 +1058,56 @@ static int m_matmul(lua_State *L) {
   return 1;
 }
 
+/* The registry's table of weight links: tensor userdata (weak keys) -> link userdata. */
+static const char wlink_key = 'w';
+
+void ml_lua_set_wlink(lua_State *L, int tensor, int link) {
+  tensor = lua_absindex(L, tensor);
+  link = lua_absindex(L, link);
+  lua_pushlightuserdata(L, (void *)&wlink_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushlightuserdata(L, (void *)&wlink_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushvalue(L, tensor);
+  lua_pushvalue(L, link);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+const ml_weight *ml_lua_get_wlink(lua_State *L, int tensor, const ml_tensor *t) {
+  lua_pushlightuserdata(L, (void *)&wlink_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  lua_pushvalue(L, tensor);
+  lua_rawget(L, -2);
+  ml_lua_wlink *l = lua_touserdata(L, -1);
+  lua_pop(L, 2);
+  if (!l) return NULL;
+  if (!l->resolved) {
+    l->pw = l->resolve(l, t);
+    l->resolved = 1;
+  }
+  return l->pw;
+}
+
+/* linear(w [, b]): x · wᵀ (+ b); a model's matrix runs its prepared (packed) copy */
 static int m_linear(lua_State *L) {
   ml_tensor *x = to_tensor(L, 1), *w = to_tensor(L, 2), *b = opt_tensor(L, 3);
+  const ml_weight *pw = ml_lua_get_wlink(L, 2, w);
   ml_tensor *o = ml_lua_push_tensor(L);
-  CHECK(L, ml_linear(o, x, w, b));
+  CHECK(L, pw ? ml_linear_w(o, x, pw, b) : ml_linear(o, x, w, b));
   return 1;
 }
 

@@ -27,6 +27,21 @@ ml_tensor *ml_lua_to_tensor(lua_State *L, int i);
 int ml_lua_read_shape(lua_State *L, int i, int *ndim, int64_t *shape);
 /* The state's generator, or `local` seeded from the field seed of the options table at i. */
 ml_rng *ml_lua_rng(lua_State *L, int i, ml_rng *local);
+/* A tensor userdata can be linked to a prepared weight (matmul.h) that x:linear(w) runs
+ * instead of reading w's rows: a model's packed matrices (lua_model.c links what
+ * model:tensor returns). The link is a userdata that starts with this struct; resolve is
+ * called once, on first use, and may return NULL (then w is read as it is). A view of a
+ * linked tensor is not linked. */
+struct ml_weight;
+typedef struct ml_lua_wlink {
+  const struct ml_weight *(*resolve)(struct ml_lua_wlink *l, const ml_tensor *t);
+  const struct ml_weight *pw;
+  int resolved;
+} ml_lua_wlink;
+/* Link the tensor at index `tensor` to the link userdata at `link` (kept alive with it). */
+void ml_lua_set_wlink(lua_State *L, int tensor, int link);
+/* The prepared weight linked to the tensor t at index `tensor`, or NULL. */
+const struct ml_weight *ml_lua_get_wlink(lua_State *L, int tensor, const ml_tensor *t);
 /* lua_tensor_ext.c: registers its methods and functions; the `tensor` table on top. */
 void ml_lua_open_tensor_ext(lua_State *L);
 

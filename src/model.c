@@ -548,3 +548,23 @@ int ml_model_prepare(ml_model *m) {
   pthread_mutex_unlock(&m->prep_mu);
   return rc;
 }
+
+static int same_view(const ml_tensor *a, const ml_tensor *b) {
+  return a->storage && a->storage == b->storage && a->offset == b->offset && a->type == b->type && a->ndim == b->ndim &&
+         !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) &&
+         !memcmp(a->stride, b->stride, sizeof(int64_t) * (size_t)a->ndim);
+}
+
+const ml_weight *ml_model_weight_of(ml_model *m, const ml_tensor *t) {
+  if (m->vocab_only || t->ndim != 2 || t->storage != m->storage || ml_model_prepare(m) < 0) return NULL;
+  for (int64_t i = 0; i < m->hp.n_layer; i++) {
+    const ml_layer *L = &m->layers[i];
+    const ml_layer_w *w = &m->lw[i];
+    const ml_tensor *mats[] = {&L->wq, &L->wk, &L->wv, &L->wqkv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    const ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wqkv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+    for (size_t j = 0; j < sizeof mats / sizeof mats[0]; j++)
+      if (same_view(mats[j], t)) return ws[j];
+  }
+  if (m->output.storage && same_view(&m->output, t)) return &m->output_w;
+  return NULL;
+}

@@ -141,6 +141,10 @@ void ml_model_retain(ml_model *m);
 void ml_model_release(ml_model *m);
 /* Prepare the weights for the active kernel level, once (thread-safe). 0 or -1. */
 int ml_model_prepare(ml_model *m);
+/* The prepared weight (packed for the kernel level) behind t when t is a view of one of the
+ * model's matrices as mapped (model:tensor(name)), preparing the model first; else NULL
+ * (also when preparing fails: the caller then reads t as it is). */
+const ml_weight *ml_model_weight_of(ml_model *m, const ml_tensor *t);
 
 /* ---- the process-wide registry: models and contexts by integer handle ----
  * Loading a file that is already loaded (same file, same vocab_only) returns the loaded

@@ -677,6 +677,46 @@ fail_b:
   return -1;
 }
 
+int ml_linear_w(ml_tensor *out, const ml_tensor *x, const ml_weight *w, const ml_tensor *b) {
+  ml_tensor fx, fb, o;
+  if (x->ndim == 0) {
+    ml_misuse(1, "linear needs an input with at least one dimension");
+    return -1;
+  }
+  int64_t K = last_dim(x), N = w->N;
+  if (w->K != K) {
+    ml_misuse(2, "inner dimensions %lld and %lld differ", (long long)K, (long long)w->K);
+    return -1;
+  }
+  if (check_vec(b, N, 3, "bias", &fb) < 0) return -1;
+  if (ml_tensor_f32(&fx, x) < 0) goto fail_b;
+  int64_t shape[ML_MAX_DIMS];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  shape[x->ndim - 1] = N;
+  if (new_f32(&o, x->ndim, shape) < 0) goto fail_x;
+  int64_t M = rows_of(&fx);
+  if (M > 0 && ml_mm_w(w, f32p(&fx), K, M, f32p(&o), N) < 0) {
+    ml_misuse_input(2);
+    ml_tensor_release(&o);
+    goto fail_x;
+  }
+  if (fb.storage) {
+    const float *pb = f32p(&fb);
+    float *po = f32p(&o);
+    for (int64_t r = 0; r < M; r++)
+      for (int64_t i = 0; i < N; i++) po[r * N + i] += pb[i];
+    ml_tensor_release(&fb);
+  }
+  ml_tensor_release(&fx);
+  *out = o;
+  return 0;
+fail_x:
+  ml_tensor_release(&fx);
+fail_b:
+  if (fb.storage) ml_tensor_release(&fb);
+  return -1;
+}
+
 /* ---- top-k ---- */
 
 int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k, int dim, int largest) {

@@ -36,6 +36,9 @@ int ml_layernorm(ml_tensor *out, const ml_tensor *a, const ml_tensor *weight, co
 int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b);
 /* x (..., K) · wᵀ with w (N, K) of any type, + b (N). Quantized w runs the kernels. */
 int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_tensor *b);
+/* The same with a prepared weight (matmul.h): a model's packed matrices. */
+struct ml_weight;
+int ml_linear_w(ml_tensor *out, const ml_tensor *x, const struct ml_weight *w, const ml_tensor *b);
 
 /* k largest (or smallest) along dim: values (f32) and indices (i32, 0-based), sorted. */
 int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k, int dim, int largest);

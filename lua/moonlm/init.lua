@@ -15,6 +15,7 @@ local _M = {
   info = core.info,
   save = core.save,
   load_tensors = core.load_tensors,
+  kv_cache = core.kv_cache, -- lm.kv_cache{ layers, kv_heads, head_dim, n_ctx, type, seqs }
 }
 
 -- A metadata value with an explicit GGUF type, for moonlm.save:
@@ -245,8 +246,26 @@ end
 -- decode does it); loading itself only maps the file
 function Model:prepare() return self._ud:prepare() end
 
+-- tensor(name) -> a view of the tensor in the mapping, or nil. x:linear(w) on a model's
+-- matrix runs its prepared (packed) copy, as the forward pass does.
 function Model:tensor(name) return self._ud:tensor(name) end
 function Model:tensor_names() return self._ud:tensor_names() end
+-- weights([pattern]) -> iterator of name, tensor over every tensor of the file, in file order
+-- (names matching the Lua pattern only, when given)
+function Model:weights(pattern)
+  if pattern ~= nil and type(pattern) ~= "string" then
+    error(("bad argument #1 to 'weights' (string pattern expected, got %s)"):format(type(pattern)), 2)
+  end
+  local ud, names, i = self._ud, self._ud:tensor_names(), 0
+  return function()
+    while true do
+      i = i + 1
+      local name = names[i]
+      if name == nil then return nil end
+      if not pattern or name:find(pattern) then return name, ud:tensor(name) end
+    end
+  end
+end
 
 ---------------------------------------------------------------------------------------
 -- Contexts

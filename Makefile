@@ -36,6 +36,7 @@ CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokeniz
        model arch arch_llama arch_qwen2 arch_qwen3 arch_phi3 arch_mpt arch_gemma2 arch_gemma3 arch_bert \
        kvcache context forward attention registry rowops kernels/rowops_avx2 \
        json grammar_schema grammar_schema_leaf \
+       grammar_gbnf grammar_regex grammar_compile grammar_vocab grammar_match grammar_mask \
        kernels/dispatch kernels/ref
 # models written in Lua: the torch7 essentials, RoPE and ALiBi
 CORE += ops_ext rope
@@ -56,7 +57,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_kvcache lua_gguf lua_model lua_sample lua_grammar_schema
+BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_kvcache lua_gguf lua_model lua_sample lua_grammar_schema lua_grammar
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)

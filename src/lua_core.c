@@ -270,6 +270,7 @@ int luaopen_moonlm_core(lua_State *L) {
   ml_lua_open_sample(L);
   ml_lua_open_schema(L);
   ml_lua_open_kvcache(L);
+  ml_lua_open_grammar(L);
   ml_register_names(L, "");
   return 1;
 }

@@ -9,5 +9,9 @@ void ml_lua_open_gguf(lua_State *L);  /* save, load_tensors */
 void ml_lua_open_model(lua_State *L); /* load, attach_model, attach_context */
 void ml_lua_open_sample(lua_State *L); /* candidates, rng */
 void ml_lua_open_schema(lua_State *L); /* schema_to_gbnf */
+void ml_lua_open_grammar(lua_State *L); /* grammar */
+
+struct ml_model;
+struct ml_model *ml_lua_test_model(lua_State *L, int i); /* the model userdata at i, or NULL */
 
 #endif

@@ -43,6 +43,11 @@ static const ml_vocab *check_vocab(lua_State *L, lmodel *u) {
   return u->m->vocab;
 }
 
+ml_model *ml_lua_test_model(lua_State *L, int i) {
+  lmodel *u = luaL_testudata(L, i, MODEL_MT);
+  return u ? u->m : NULL;
+}
+
 static lmodel *push_model(lua_State *L) {
   lmodel *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->m = NULL;

@@ -12,6 +12,7 @@
 
 #include "arch.h"
 #include "common.h"
+#include "grammar.h"
 #include "registry.h"
 #include "rope.h"
 
@@ -55,6 +56,7 @@ static void model_free(ml_model *m) {
     }
     ml_free(m->layers);
   }
+  ml_gvocab_release(m->gvocab);
   ml_vocab_free(m->vocab);
   if (m->storage) ml_storage_release(m->storage);
   ml_gguf_release(m->gguf);

@@ -125,6 +125,7 @@ typedef struct ml_model {
   ml_weight output_w;
   double prepare_seconds;
   int64_t handle;       /* registry handle (0: not registered) */
+  struct ml_gvocab *gvocab; /* the vocabulary's index for grammars, made on first use */
   uint64_t dev, ino;    /* file identity, for sharing one load */
 } ml_model;
 

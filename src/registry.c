@@ -10,10 +10,11 @@
 
 #include "common.h"
 #include "context.h"
+#include "grammar_int.h"
 
 typedef struct entry {
   int64_t handle;
-  int kind; /* 1 model, 2 context */
+  int kind; /* 1 model, 2 context, 3 grammar */
   void *obj;
 } entry;
 
@@ -101,13 +102,29 @@ int ml_registry_add_context(ml_context *c) {
   return 0;
 }
 
+int ml_registry_add_grammar(ml_grammar *g) {
+  pthread_mutex_lock(&mu);
+  int64_t h = add(3, g);
+  pthread_mutex_unlock(&mu);
+  if (h < 0) return -1;
+  g->handle = h;
+  return 0;
+}
+
+static int *refcount_of(const entry *e) {
+  switch (e->kind) {
+  case 1: return &((ml_model *)e->obj)->refcount;
+  case 2: return &((ml_context *)e->obj)->refcount;
+  default: return &((ml_grammar *)e->obj)->refcount;
+  }
+}
+
 static void *lookup(int64_t handle, int kind) {
   void *found = NULL;
   pthread_mutex_lock(&mu);
   for (size_t i = 0; i < n_entries; i++)
     if (entries[i].handle == handle && entries[i].kind == kind) {
-      int *rc = kind == 1 ? &((ml_model *)entries[i].obj)->refcount : &((ml_context *)entries[i].obj)->refcount;
-      if (ml_retain_live(rc)) found = entries[i].obj;
+      if (ml_retain_live(refcount_of(&entries[i]))) found = entries[i].obj;
       break;
     }
   pthread_mutex_unlock(&mu);
@@ -116,5 +133,6 @@ static void *lookup(int64_t handle, int kind) {
 
 ml_model *ml_registry_model(int64_t handle) { return lookup(handle, 1); }
 ml_context *ml_registry_context(int64_t handle) { return lookup(handle, 2); }
+ml_grammar *ml_registry_grammar(int64_t handle) { return lookup(handle, 3); }
 int64_t ml_model_handle(const ml_model *m) { return m->handle; }
 int64_t ml_context_handle(const ml_context *c) { return c->handle; }

@@ -16,6 +16,7 @@ local _M = {
   save = core.save,
   load_tensors = core.load_tensors,
   kv_cache = core.kv_cache, -- lm.kv_cache{ layers, kv_heads, head_dim, n_ctx, type, seqs }
+  grammar = core.grammar, -- gbnf / regex / choice / attach / vocab / apply (src/lua_grammar.c)
 }
 
 -- A metadata value with an explicit GGUF type, for moonlm.save:

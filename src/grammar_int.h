@@ -1,0 +1,271 @@
+/* grammar_int.h: what the grammar files share. The pipeline:
+ *
+ *   text --grammar_gbnf.c / grammar_regex.c--> gx_ast (rules of expressions over code
+ *   points and bytes) --grammar_compile.c--> ml_grammar (DFAs over bytes, one per machine,
+ *   with call edges between machines) --grammar_match.c--> configurations (sets of stacks)
+ *   --grammar_mask.c--> token masks, walking grammar_vocab.c's token trie.
+ */
+#ifndef ML_GRAMMAR_INT_H
+#define ML_GRAMMAR_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "grammar.h"
+
+/* ---- limits (the compile budget) ---- */
+#define GX_MAX_TEXT ((size_t)16 << 20)   /* grammar text bytes */
+#define GX_MAX_NEST 400                  /* nested groups / inlined references */
+#define GX_MAX_REPEAT 1000000            /* a repetition count */
+#define GX_MAX_NFA (3 << 20)             /* NFA states after expansion */
+#define GX_MAX_DFA (1 << 20)             /* DFA states, all machines */
+#define GX_MAX_TABLE ((size_t)48 << 20)  /* DFA transition entries (states x classes) */
+
+/* ---- the AST ---- */
+typedef enum gx_kind {
+  GX_EMPTY, /* matches "" */
+  GX_BYTES, /* literal bytes: a = offset into bytes, b = length */
+  GX_CLASS, /* code points: a = offset into ranges (pairs lo, hi), b = pair count */
+  GX_SEQ,   /* a = offset into kids, b = count */
+  GX_ALT,   /* a = offset into kids, b = count */
+  GX_REP,   /* a = child, b = min, c = max (-1: unbounded) */
+  GX_REF,   /* a = rule */
+  GX_BOL,   /* regex ^: matches "" at the start of the text only */
+  GX_EOL    /* regex $: matches "" at the end of the text only */
+} gx_kind;
+
+typedef struct gx_node {
+  int32_t kind, a, b, c;
+  int32_t pos; /* byte offset in the source, for errors */
+} gx_node;
+
+typedef struct gx_rule {
+  int32_t name, name_len; /* offset into names */
+  int32_t body;           /* node, -1 while undefined */
+  int32_t pos;            /* first reference or the definition */
+} gx_rule;
+
+typedef struct gx_ast {
+  gx_node *nodes;
+  int32_t n_nodes, cap_nodes;
+  int32_t *kids;
+  int32_t n_kids, cap_kids;
+  uint32_t *ranges;
+  int32_t n_ranges, cap_ranges; /* in uint32 (two per pair) */
+  uint8_t *bytes;
+  int32_t n_bytes, cap_bytes;
+  gx_rule *rules;
+  int32_t n_rules, cap_rules;
+  char *names;
+  int32_t n_names, cap_names;
+  int32_t *rhash; /* open addressing over rule ids, size hcap */
+  int32_t hcap;
+  const char *src; /* the source text, for error positions */
+  size_t src_len;
+  const char *what; /* "gbnf", "regex" */
+} gx_ast;
+
+void gx_ast_free(gx_ast *a);
+int32_t gx_node_new(gx_ast *a, int kind, int32_t x, int32_t y, int32_t z, int32_t pos);
+int32_t gx_kids_add(gx_ast *a, const int32_t *k, int32_t n); /* returns offset */
+int32_t gx_ranges_add(gx_ast *a, const uint32_t *r, int32_t npairs);
+int32_t gx_bytes_add(gx_ast *a, const void *b, int32_t n);
+int32_t gx_rule_get(gx_ast *a, const char *name, int32_t len, int32_t pos); /* -1: oom */
+/* Code point set from pairs (any order, overlapping): sorted, merged, surrogates removed;
+ * negate: complement within 0..0x10FFFF. Returns the node or -1. */
+int32_t gx_class_node(gx_ast *a, uint32_t *pairs, int32_t npairs, int negate, int32_t pos);
+/* Record an error at a source position: "<msg> at line L, column C". Returns -1. */
+int gx_err(const gx_ast *a, int32_t pos, const char *fmt, ...) ML_PRINTF(3, 4);
+/* Decode one UTF-8 character strictly; its length, or 0 if invalid/truncated. */
+int gx_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
+int gx_utf8_encode(uint32_t cp, uint8_t *out);
+
+/* Parsers: 0 or -1 with ml_errmsg set. The root rule id goes to *root. */
+int gx_parse_gbnf(gx_ast *a, const char *text, size_t len, const char *root, int32_t *root_rule);
+int gx_parse_regex(gx_ast *a, const char *pat, size_t len, int32_t *root_rule);
+
+/* ---- the compiled grammar ---- */
+enum {
+  GS_ACCEPT = 1,  /* the machine may return here */
+  GS_CALLS = 2,   /* has call edges */
+  GS_EPSEND = 4,  /* may return without consuming (accept, or nullable calls to an accepting state) */
+  GS_BYTES = 8    /* has byte transitions */
+};
+
+typedef struct gcall {
+  int32_t machine, ret; /* callee, and the caller's state once it returns */
+} gcall;
+
+struct ml_grammar {
+  int refcount; /* atomic */
+  int64_t handle;
+  int32_t n_states;   /* 0 is the dead state */
+  int32_t n_cls;
+  uint8_t cls[256];   /* byte -> class */
+  int32_t *delta;     /* n_states x n_cls */
+  uint8_t *flags;     /* GS_* */
+  int32_t *call_off;  /* n_states + 1, into calls */
+  gcall *calls;
+  uint64_t *first;    /* n_states x 4: bytes consumable first (directly or through calls) */
+  int32_t n_machines;
+  int32_t *mstart;    /* start state per machine */
+  int32_t *mstate_machine; /* machine of each state */
+  /* the walk table: delta with targets premultiplied by n_cls, negated for the states a
+   * walk must treat in full (calls or a possible return), 0 dead */
+  int32_t *wdelta;
+  int32_t root;       /* root machine */
+  int32_t n_rules;
+  size_t bytes;
+  /* per-vocabulary mask caches (grammar_mask.c) */
+  pthread_mutex_t mu;
+  struct gbind *binds;
+};
+
+/* AST -> grammar (grammar_compile.c). */
+ml_grammar *gx_compile(gx_ast *a, int32_t root_rule);
+
+static inline int32_t gr_step(const ml_grammar *g, int32_t s, uint8_t b) {
+  return g->delta[(size_t)s * (size_t)g->n_cls + g->cls[b]];
+}
+static inline int gr_first_has(const ml_grammar *g, int32_t s, uint8_t b) {
+  return (int)((g->first[(size_t)s * 4 + (b >> 6)] >> (b & 63)) & 1);
+}
+
+/* ---- vocabularies and their tries (grammar_vocab.c) ---- */
+
+/* A token trie laid out in depth-first order: node i's subtree is [i, i + sub[i]). */
+typedef struct gtrie {
+  int32_t n;
+  int32_t max_depth;
+  int32_t none;     /* tok of a node that ends no token: a bit past the mask (masks have a spare word) */
+  uint32_t *sub;
+  int32_t *tok;     /* token ending here, or none */
+  uint16_t *depth;  /* bytes from the root */
+  uint8_t *byte;    /* the byte leading here */
+  int32_t n_dup;    /* tokens with the same bytes as another: (first, other) pairs */
+  int32_t *dup;
+} gtrie;
+
+/* A slice: tokens made only of whole characters of one class, by length in characters;
+ * the rest of the vocabulary goes to its own trie. */
+#define GV_SLICE_LENS 16
+typedef struct gslice {
+  uint32_t *ranges; /* code point pairs */
+  int32_t n_ranges;
+  int32_t max_len;            /* longest member, in characters */
+  uint64_t *upto[GV_SLICE_LENS + 1]; /* upto[L]: members of at most L characters (L <= 16) */
+  uint64_t *all;              /* all members */
+  gtrie rest;
+} gslice;
+
+#define GV_MAX_SLICES 16
+
+struct ml_gvocab {
+  int refcount; /* atomic */
+  int32_t n_vocab;
+  size_t n_words;
+  uint8_t *bytes;
+  int64_t *off;     /* n_vocab + 1 */
+  uint8_t *kind;    /* 0 text, 1 end of generation, 2 never */
+  int32_t *eog;
+  int32_t n_eog;
+  gtrie trie;
+  pthread_mutex_t mu;
+  gslice *slices[GV_MAX_SLICES];
+  int n_slices;     /* atomic */
+  size_t bytes_used;
+};
+
+/* The slice of a class (made on first use; NULL when none fits or the budget is spent). */
+const gslice *gv_slice(ml_gvocab *v, const uint32_t *ranges, int32_t npairs);
+
+/* ---- matchers (grammar_match.c) and masks (grammar_mask.c) ---- */
+
+/* A stack node: a frame waiting in state `state` for its callee to return. Node 0 is the
+ * bottom (the root returned: the grammar may end), node 1 the base of a relative walk. */
+typedef struct gnode {
+  int32_t state, parent, next;
+} gnode;
+#define GN_NIL 0
+#define GN_BASE 1
+
+/* A configuration element: the top of one stack. */
+typedef struct gelem {
+  int32_t s, p;
+} gelem;
+
+typedef struct garena {
+  gnode *n;
+  int32_t len, cap;
+  int32_t *bucket;
+  int32_t nbucket;
+} garena;
+
+/* Growable scratch arrays of elements (configurations and worklists). */
+typedef struct gbuf {
+  gelem *e;
+  int32_t n, cap;
+} gbuf;
+
+typedef struct ghist {
+  int32_t cfg_off, cfg_n;
+  int32_t arena_len;
+  int32_t lazy_off, lazy_n; /* trigger buffer snapshot */
+  uint8_t awaiting, stopped;
+} ghist;
+
+struct ml_matcher {
+  ml_grammar *g;
+  ml_gvocab *v;
+  struct gbind *bind;
+  garena ar;
+  gbuf pool;   /* configurations of the history, back to back */
+  ghist *hist; /* hist[0] is the start */
+  int32_t n_hist, cap_hist;
+  gbuf tmp[3]; /* step scratch */
+  gbuf wcfg;   /* walk configurations, level after level */
+  int32_t *lvl_off, *lvl_n; /* per trie depth: where its configuration is in wcfg */
+  int32_t *lvl_st, *lvl_p;  /* ... or its one simple state and its parent */
+  int32_t n_lvl;
+  gbuf work, seen;
+  uint64_t *mask;
+  int mask_valid;
+  /* lazy */
+  int lazy;
+  char **trig;
+  size_t *trig_len;
+  int32_t n_trig;
+  size_t trig_max;
+  int32_t *trig_tok;
+  int32_t n_trig_tok;
+  char *lbuf; /* trigger buffers of the history, back to back */
+  size_t lbuf_n, lbuf_cap;
+  char *piece;
+  size_t piece_cap;
+};
+
+/* Arena */
+int32_t gm_node(ml_matcher *m, int32_t state, int32_t parent); /* -1: out of memory */
+void gm_release(ml_matcher *m, int32_t len);
+
+/* Step every element of in[0..n) by byte b into out (deduplicated). base: the node where
+ * pops stop (GN_BASE for relative walks, GN_NIL otherwise). 0 or -1 (out of memory). */
+int gm_step(ml_matcher *m, const gelem *in, int32_t n, uint8_t b, int32_t base, gbuf *out);
+/* Can element e return down to node `to` without consuming? */
+int gm_can_pop_to(const ml_matcher *m, gelem e, int32_t to);
+int gbuf_reserve(gbuf *b, int32_t n);
+
+/* Current configuration */
+static inline const gelem *gm_cfg(const ml_matcher *m, int32_t *n) {
+  const ghist *h = &m->hist[m->n_hist - 1];
+  *n = h->cfg_n;
+  return m->pool.e + h->cfg_off;
+}
+
+/* Mask of a configuration into bits (n_words words). 0 or -1. */
+int gk_mask(ml_matcher *m, const gelem *cfg, int32_t n, uint64_t *bits);
+struct gbind *gk_bind(ml_grammar *g, ml_gvocab *v); /* retained by the grammar; NULL: oom */
+void gk_binds_free(ml_grammar *g);
+
+#endif

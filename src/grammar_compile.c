@@ -35,6 +35,7 @@ typedef struct frag {
 
 typedef struct cc {
   gx_ast *a;
+  int32_t n_machines;
   nst *n;
   int32_t nn, cap;
   int32_t *machine_of;   /* rule -> machine, -1 inlined */
@@ -373,6 +374,44 @@ static int build(cc *c, int32_t node, frag *f) {
 
 /* ---- analysis of the AST ---- */
 
+#define GX_INLINE_MAX 4096 /* NFA states above which a rule used more than once is not inlined */
+#define GX_INLINE_DEPTH 48 /* longest chain of inlined references */
+
+/* Estimated NFA states of a node once built (saturating), and the deepest chain of inlined
+ * references under it. */
+static int64_t estimate(const gx_ast *a, int32_t node, const int32_t *machine_of, const int64_t *est,
+                        const int32_t *idepth, int32_t *dmax) {
+  const gx_node *n = &a->nodes[node];
+  const int64_t cap = (int64_t)1 << 40;
+  int64_t x = 0;
+  switch (n->kind) {
+  case GX_BYTES: return n->b + 1;
+  case GX_CLASS: return 8 * (int64_t)n->b + 2;
+  case GX_SEQ:
+  case GX_ALT:
+    for (int32_t i = 0; i < n->b; i++) {
+      x += estimate(a, a->kids[n->a + i], machine_of, est, idepth, dmax) + 1;
+      if (x > cap) x = cap;
+    }
+    return x;
+  case GX_REP: {
+    int64_t k = estimate(a, n->a, machine_of, est, idepth, dmax) + 2;
+    int64_t copies = n->c < 0 ? (n->b > 0 ? n->b : 1) : n->c;
+    return copies > 0 && k > cap / copies ? cap : k * copies + 2;
+  }
+  case GX_REF:
+    if (machine_of[n->a] >= 0) return 2;
+    if (idepth[n->a] > *dmax) *dmax = idepth[n->a];
+    return est[n->a];
+  default: return 1;
+  }
+}
+
+typedef struct graph {
+  int32_t *off, *to; /* CSR */
+} graph;
+
+
 typedef struct ivec {
   int32_t *v;
   int32_t n, cap;
@@ -410,12 +449,40 @@ static int node_prop(const gx_ast *a, int32_t node, const uint8_t *rule_val, int
   return 0;
 }
 
-static void rule_fixpoint(const gx_ast *a, uint8_t *val, int productive) {
-  for (int changed = 1; changed;) {
-    changed = 0;
-    for (int32_t r = 0; r < a->n_rules; r++)
-      if (!val[r] && node_prop(a, a->rules[r].body, val, productive)) val[r] = 1, changed = 1;
+/* nullable (productive = 0) or productive (1) for every rule: a worklist over the
+ * reverse references, so a long chain of rules costs its length, not its square */
+static int rule_fixpoint(const gx_ast *a, const graph *all, uint8_t *val, int productive) {
+  int32_t n = a->n_rules;
+  int32_t *roff = calloc((size_t)n + 2, sizeof *roff), *rto = NULL, *work = malloc(((size_t)n + 1) * sizeof *work);
+  uint8_t *queued = calloc((size_t)n + 1, 1);
+  if (!roff || !work || !queued) goto oom;
+  int32_t ne = all->off[n];
+  for (int32_t i = 0; i < ne; i++) roff[all->to[i] + 1]++;
+  for (int32_t r = 0; r < n; r++) roff[r + 1] += roff[r];
+  rto = malloc((size_t)ne * sizeof *rto + 1);
+  int32_t *fill = calloc((size_t)n + 1, sizeof *fill);
+  if (!rto || !fill) {
+    free(fill);
+    goto oom;
   }
+  for (int32_t r = 0; r < n; r++)
+    for (int32_t i = all->off[r]; i < all->off[r + 1]; i++) rto[roff[all->to[i]] + fill[all->to[i]]++] = r;
+  free(fill);
+  int32_t nw = 0;
+  for (int32_t r = 0; r < n; r++) work[nw++] = r, queued[r] = 1;
+  while (nw) {
+    int32_t r = work[--nw];
+    queued[r] = 0;
+    if (val[r] || a->rules[r].body < 0 || !node_prop(a, a->rules[r].body, val, productive)) continue;
+    val[r] = 1;
+    for (int32_t i = roff[r]; i < roff[r + 1]; i++)
+      if (!val[rto[i]] && !queued[rto[i]]) queued[rto[i]] = 1, work[nw++] = rto[i];
+  }
+  free(roff), free(rto), free(work), free(queued);
+  return 0;
+oom:
+  free(roff), free(rto), free(work), free(queued);
+  return ml_seterr("out of memory (grammar)"), -1;
 }
 
 /* references of a node: all of them (left = 0), or those that may come first (left = 1) */
@@ -439,9 +506,6 @@ static int node_refs(const gx_ast *a, int32_t node, const uint8_t *nullable, int
   }
 }
 
-typedef struct graph {
-  int32_t *off, *to; /* CSR */
-} graph;
 
 static int graph_build(const gx_ast *a, const uint8_t *nullable, int left, graph *g) {
   ivec all = {0};
@@ -650,7 +714,6 @@ static int32_t dfa_state(dfa *d, const ivec *set, int32_t machine) {
   }
   if (n_states >= GX_MAX_DFA || (size_t)(n_states + 1) * (size_t)d->ncls > GX_MAX_TABLE) return dfa_too_large();
   d->work += set->n;
-  if (d->work > (int64_t)GX_MAX_TABLE) return dfa_too_large();
   for (int32_t i = 0; i < set->n; i++)
     if (ivec_push(&d->sets, set->v[i]) < 0) return -1;
   if (ivec_push(&d->set_off, d->sets.n) < 0 || ivec_push(&d->accept, 0) < 0 || ivec_push(&d->machine, machine) < 0)
@@ -669,25 +732,59 @@ static int32_t dfa_state(dfa *d, const ivec *set, int32_t machine) {
   return n_states;
 }
 
-typedef struct pair {
-  int32_t key, out;
-} pair;
+/* The byte classes of each distinct (lo, hi) range, listed once. */
+typedef struct clsmap {
+  uint32_t *stamp; /* closure marks, per NFA state x (past $), shared by the machines */
+  uint32_t mark;
+  int32_t *off;   /* 65536 + 1: classes of range lo*256+hi at [off, off + n) of list, off -1 unset */
+  uint8_t *n;
+  uint8_t *list;
+  int32_t nlist, cap;
+} clsmap;
 
-static int cmp_pair2(const void *x, const void *y) {
-  const pair *a = x, *b = y;
-  if (a->key != b->key) return (a->key > b->key) - (a->key < b->key);
-  return (a->out > b->out) - (a->out < b->out);
+static const uint8_t *range_classes(clsmap *cm, const uint8_t *cls, int lo, int hi, int *n) {
+  int key = lo * 256 + hi;
+  if (cm->off[key] < 0) {
+    uint8_t seen[256] = {0};
+    int k = 0;
+    uint8_t tmp[256];
+    for (int b = lo; b <= hi; b++)
+      if (!seen[cls[b]]) seen[cls[b]] = 1, tmp[k++] = cls[b];
+    if (cm->nlist + k > cm->cap) {
+      int32_t nc = cm->cap ? cm->cap * 2 : 4096;
+      while (nc < cm->nlist + k) nc *= 2;
+      uint8_t *p = realloc(cm->list, (size_t)nc);
+      if (!p) return NULL;
+      cm->list = p;
+      cm->cap = nc;
+    }
+    memcpy(cm->list + cm->nlist, tmp, (size_t)k);
+    cm->off[key] = cm->nlist;
+    cm->n[key] = (uint8_t)(k - 1);
+    cm->nlist += k;
+  }
+  *n = cm->n[key] + 1;
+  return cm->list + cm->off[key];
 }
 
-static int determinize(cc *c, const uint8_t *cls, dfa *d, int32_t machine, int32_t entry, int32_t *start) {
-  uint32_t *stamp = NULL;
+/* Subset construction of one machine. For each DFA state, the targets of each byte class
+ * (and of each callee) are gathered in buckets (the NFA states of a set are visited in
+ * order, so equal target lists compare equal), each distinct list is closed once. */
+static int determinize(cc *c, const uint8_t *cls, clsmap *cm, dfa *d, int32_t machine, int32_t entry, int32_t *start) {
+  uint32_t *stamp = cm->stamp;
   ivec stack = {0}, set = {0}, seeds = {0};
-  pair *pairs = NULL;
-  size_t npairs_cap = 0;
+  int32_t nkeys = d->ncls + c->n_machines;
+  int32_t *head = malloc((size_t)nkeys * sizeof *head), *tail = malloc((size_t)nkeys * sizeof *tail);
+  int32_t *res = malloc((size_t)nkeys * sizeof *res), *touched = malloc((size_t)nkeys * sizeof *touched);
+  ivec nxt = {0}, val = {0}; /* bucket entries: value and next */
+  int32_t *htab = NULL, hcap = 0;
   int rc = -1;
-  stamp = calloc((size_t)c->nn * 2, sizeof *stamp);
-  if (!stamp) return ml_seterr("out of memory (grammar)"), -1;
-  uint32_t mark = 0;
+  if (!head || !tail || !res || !touched) {
+    ml_seterr("out of memory (grammar)");
+    goto done;
+  }
+  for (int32_t k = 0; k < nkeys; k++) head[k] = -1;
+  uint32_t mark = cm->mark;
   if (closure(c, &entry, 1, 1, stamp, ++mark, &stack, &set) < 0) goto done;
   int32_t s0 = dfa_state(d, &set, machine);
   if (s0 < 0) goto done;
@@ -695,65 +792,105 @@ static int determinize(cc *c, const uint8_t *cls, dfa *d, int32_t machine, int32
   for (int32_t ds = s0; ds < d->set_off.n - 1; ds++) {
     if (ds == 0) continue;
     int32_t lo = d->set_off.v[ds], hi = d->set_off.v[ds + 1];
-    size_t np = 0;
     int acc = 0;
+    int32_t ntouched = 0;
+    nxt.n = val.n = 0;
     for (int32_t i = lo; i < hi; i++) {
       const nst *n = &c->n[d->sets.v[i]];
-      if (n->kind == N_FINAL) acc = 1;
-      size_t add = n->kind == N_RANGE ? (size_t)d->ncls : n->kind == N_CALL ? 1 : 0;
-      if (np + add > npairs_cap) {
-        size_t ncap = npairs_cap ? npairs_cap * 2 : 256;
-        while (ncap < np + add) ncap *= 2;
-        pair *p = realloc(pairs, ncap * sizeof *p);
-        if (!p) {
+      const uint8_t *cl;
+      int ncl = 1;
+      uint8_t one;
+      if (n->kind == N_FINAL) {
+        acc = 1;
+        continue;
+      } else if (n->kind == N_RANGE) {
+        cl = range_classes(cm, cls, n->lo, n->hi, &ncl);
+        if (!cl) {
           ml_seterr("out of memory (grammar)");
           goto done;
         }
-        pairs = p;
-        npairs_cap = ncap;
-      }
-      if (n->kind == N_RANGE) {
-        uint8_t done_cls[256] = {0};
-        for (int b = n->lo; b <= n->hi; b++)
-          if (!done_cls[cls[b]]) {
-            done_cls[cls[b]] = 1;
-            pairs[np].key = cls[b];
-            pairs[np++].out = n->out;
-          }
       } else if (n->kind == N_CALL) {
-        pairs[np].key = d->ncls + n->call; /* calls after the byte classes */
-        pairs[np++].out = n->out;
+        one = 0; /* marker: key is ncls + machine */
+        cl = &one;
+      } else {
+        continue;
+      }
+      for (int k = 0; k < ncl; k++) {
+        int32_t key = n->kind == N_CALL ? d->ncls + n->call : cl[k];
+        if (ivec_push(&val, n->out) < 0 || ivec_push(&nxt, -1) < 0) goto done;
+        int32_t e = val.n - 1;
+        if (head[key] < 0) {
+          head[key] = e;
+          touched[ntouched++] = key;
+        } else {
+          nxt.v[tail[key]] = e;
+        }
+        tail[key] = e;
       }
     }
     d->accept.v[ds] = acc;
-    qsort(pairs, np, sizeof *pairs, cmp_pair2);
-    for (size_t i = 0; i < np;) {
-      size_t j = i;
-      seeds.n = 0;
-      while (j < np && pairs[j].key == pairs[i].key) {
-        if (ivec_push(&seeds, pairs[j].out) < 0) goto done;
-        j++;
+    d->work += val.n + (hi - lo);
+    if (d->work > GX_MAX_WORK) {
+      ml_seterr("grammar too complex: building its automaton takes more than the compile budget");
+      goto done;
+    }
+    /* equal target lists share one closure: a small hash table of the lists seen */
+    int32_t hsize = 64;
+    while (hsize < 2 * ntouched) hsize *= 2;
+    if (hsize > hcap) {
+      int32_t *p2 = realloc(htab, (size_t)hsize * sizeof *htab);
+      if (!p2) {
+        ml_seterr("out of memory (grammar)");
+        goto done;
       }
-      if (closure(c, seeds.v, seeds.n, 0, stamp, ++mark, &stack, &set) < 0) goto done;
-      int32_t t = dfa_state(d, &set, machine);
-      if (t < 0) goto done;
-      int32_t key = pairs[i].key;
+      htab = p2;
+      hcap = hsize;
+    }
+    for (int32_t k = 0; k < hsize; k++) htab[k] = -1;
+    for (int32_t k = 0; k < ntouched; k++) {
+      int32_t key = touched[k];
+      seeds.n = 0;
+      for (int32_t e = head[key]; e >= 0; e = nxt.v[e])
+        if (ivec_push(&seeds, val.v[e]) < 0) goto done;
+      uint32_t hh = set_hash(seeds.v, seeds.n) & (uint32_t)(hsize - 1);
+      int32_t t = -1;
+      for (; htab[hh] >= 0; hh = (hh + 1) & (uint32_t)(hsize - 1)) {
+        int32_t kj = htab[hh], e1 = head[kj], e2 = head[key];
+        while (e1 >= 0 && e2 >= 0 && val.v[e1] == val.v[e2]) e1 = nxt.v[e1], e2 = nxt.v[e2];
+        if (e1 < 0 && e2 < 0) {
+          t = res[kj];
+          break;
+        }
+      }
+      if (t < 0) {
+        if (closure(c, seeds.v, seeds.n, 0, stamp, ++mark, &stack, &set) < 0) goto done;
+        t = dfa_state(d, &set, machine);
+        if (t < 0) goto done;
+        htab[hh] = key;
+      }
+      res[key] = t;
       if (key < d->ncls) {
         d->delta[(size_t)ds * (size_t)d->ncls + (size_t)key] = t;
       } else if (ivec_push(&d->call_state, ds) < 0 || ivec_push(&d->call_machine, key - d->ncls) < 0 ||
                  ivec_push(&d->call_ret, t) < 0) {
         goto done;
       }
-      i = j;
     }
+    for (int32_t k = 0; k < ntouched; k++) head[touched[k]] = -1;
   }
   rc = 0;
 done:
-  free(stamp);
+  cm->mark = mark;
   free(stack.v);
   free(set.v);
   free(seeds.v);
-  free(pairs);
+  free(nxt.v);
+  free(val.v);
+  free(head);
+  free(tail);
+  free(res);
+  free(touched);
+  free(htab);
   return rc;
 }
 
@@ -994,15 +1131,16 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
   ml_grammar *g = NULL;
   cc c = {0};
   dfa d = {0};
+  clsmap cm = {0};
   graph all = {0}, left = {0};
   uint8_t *nullable = xcalloc((size_t)nr, 1), *productive = xcalloc((size_t)nr, 1);
   uint8_t *cyclic = xcalloc((size_t)nr, 1), *reach = xcalloc((size_t)nr, 1), *done = xcalloc((size_t)nr, 1);
   int32_t *comp = xcalloc((size_t)nr, sizeof *comp), *order = xcalloc((size_t)nr, sizeof *order);
   int32_t *mrule = NULL, *mentry = NULL, *mstart = NULL;
   if (!nullable || !productive || !cyclic || !reach || !done || !comp || !order) goto fail;
-  rule_fixpoint(a, nullable, 0);
-  rule_fixpoint(a, productive, 1);
-  if (graph_build(a, nullable, 0, &all) < 0 || graph_build(a, nullable, 1, &left) < 0) goto fail;
+  if (graph_build(a, nullable, 0, &all) < 0) goto fail; /* (all references: nullable unused) */
+  if (rule_fixpoint(a, &all, nullable, 0) < 0 || rule_fixpoint(a, &all, productive, 1) < 0) goto fail;
+  if (graph_build(a, nullable, 1, &left) < 0) goto fail;
   if (scc(a, &all, root_rule, comp, cyclic, reach) < 0) goto fail;
   if (check_left_recursion(a, &left, reach) < 0) goto fail;
   if (!productive[root_rule]) {
@@ -1060,8 +1198,34 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
     }
     free(st);
     free(it);
+    /* Inlining policy, callees first: a rule stays a machine of its own when its inlined
+     * copies would be large (estimated NFA states x references) or its chain of inlined
+     * references deep (a chain of 50,000 rules must not become 50,000 nested copies). */
+    int64_t *est = xcalloc((size_t)nr, sizeof *est);
+    int32_t *idepth = xcalloc((size_t)nr, sizeof *idepth), *nref = xcalloc((size_t)nr, sizeof *nref);
+    if (!est || !idepth || !nref) {
+      free(est), free(idepth), free(nref);
+      goto fail;
+    }
+    for (int32_t r = 0; r < nr; r++)
+      if (reach[r])
+        for (int32_t i = all.off[r]; i < all.off[r + 1]; i++) nref[all.to[i]]++;
     for (int32_t i = 0; i < no; i++) {
       int32_t r = order[i];
+      int32_t dmax = 0;
+      est[r] = estimate(a, a->rules[r].body, c.machine_of, est, idepth, &dmax);
+      idepth[r] = dmax + 1;
+      if ((est[r] > GX_INLINE_MAX && nref[r] > 1) || idepth[r] > GX_INLINE_DEPTH) {
+        c.machine_of[r] = nm;
+        mrule[nm++] = r;
+        est[r] = 2;
+        idepth[r] = 0;
+      }
+    }
+    free(est), free(idepth), free(nref);
+    for (int32_t i = 0; i < no; i++) {
+      int32_t r = order[i];
+      if (c.machine_of[r] >= 0) continue;
       c.tmpl_lo[r] = c.nn;
       if (build(&c, a->rules[r].body, &c.tmpl[r]) < 0) goto fail;
       c.tmpl_hi[r] = c.nn;
@@ -1093,8 +1257,14 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
   d.delta = calloc((size_t)ncls, sizeof *d.delta);
   d.delta_cap = (size_t)ncls;
   if (!d.delta) goto fail;
+  c.n_machines = nm;
+  cm.off = malloc(65536 * sizeof *cm.off);
+  cm.n = malloc(65536);
+  cm.stamp = calloc((size_t)c.nn * 2, sizeof *cm.stamp);
+  if (!cm.off || !cm.n || !cm.stamp) goto fail;
+  for (int i = 0; i < 65536; i++) cm.off[i] = -1;
   for (int32_t m = 0; m < nm; m++)
-    if (determinize(&c, g->cls, &d, m, mentry[m], &mstart[m]) < 0) goto fail;
+    if (determinize(&c, g->cls, &cm, &d, m, mentry[m], &mstart[m]) < 0) goto fail;
   if (finish(g, &d, nm, mstart) < 0) goto fail;
   if (0) {
   fail:
@@ -1104,6 +1274,10 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
     }
   }
   dfa_free(&d);
+  free(cm.off);
+  free(cm.n);
+  free(cm.list);
+  free(cm.stamp);
   graph_free(&all);
   graph_free(&left);
   free(c.n);

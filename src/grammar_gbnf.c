@@ -414,6 +414,9 @@ static int32_t parse_sequence(gp *p, int nested) {
         }
         p->i++;
       }
+      int chain = 0; /* x*** nests repetitions as groups nest */
+      for (int32_t k = items[n - 1]; p->a->nodes[k].kind == GX_REP && chain <= GX_MAX_NEST; k = p->a->nodes[k].a) chain++;
+      if (chain >= GX_MAX_NEST) return free(items), gx_err(p->a, pos, "repetitions nested deeper than %d", GX_MAX_NEST);
       int32_t r = gx_node_new(p->a, GX_REP, items[n - 1], lo, hi, pos);
       if (r < 0) return free(items), -1;
       items[n - 1] = r;

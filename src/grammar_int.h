@@ -19,7 +19,8 @@
 #define GX_MAX_NEST 400                  /* nested groups / inlined references */
 #define GX_MAX_REPEAT 1000000            /* a repetition count */
 #define GX_MAX_NFA (3 << 20)             /* NFA states after expansion */
-#define GX_MAX_DFA (1 << 20)             /* DFA states, all machines */
+#define GX_MAX_DFA (1 << 19)             /* DFA states, all machines */
+#define GX_MAX_WORK ((int64_t)8 << 20)   /* subset construction steps */
 #define GX_MAX_TABLE ((size_t)48 << 20)  /* DFA transition entries (states x classes) */
 
 /* ---- the AST ---- */

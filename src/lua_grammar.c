@@ -10,6 +10,7 @@
  *   m:apply(logits)
  * Token ids are 0-based, as everywhere in moonlm.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -515,6 +516,56 @@ static int l_apply(lua_State *L) {
   return 1;
 }
 
+/* ---- test hook: _thread(code) runs code in a new Lua state on a new thread of this
+ * process and returns what it returns (as a string) or its error. The specs use it to
+ * check that handles reach other Lua states. Not public API. */
+
+#include <pthread.h>
+#include <lualib.h>
+
+typedef struct tjob {
+  const char *code, *path, *cpath;
+  char out[1024];
+} tjob;
+
+static void *thread_main(void *arg) {
+  tjob *j = arg;
+  lua_State *T = luaL_newstate();
+  if (!T) {
+    snprintf(j->out, sizeof j->out, "error: no Lua state");
+    return NULL;
+  }
+  luaL_openlibs(T);
+  lua_getglobal(T, "package");
+  lua_pushstring(T, j->path);
+  lua_setfield(T, -2, "path");
+  lua_pushstring(T, j->cpath);
+  lua_setfield(T, -2, "cpath");
+  lua_pop(T, 1);
+  if (luaL_loadstring(T, j->code) != 0 || lua_pcall(T, 0, 1, 0) != 0)
+    snprintf(j->out, sizeof j->out, "error: %s", lua_tostring(T, -1));
+  else
+    snprintf(j->out, sizeof j->out, "%s", lua_tostring(T, -1) ? lua_tostring(T, -1) : "nil");
+  lua_close(T);
+  return NULL;
+}
+
+static int l_thread(lua_State *L) {
+  tjob *j = lua_newuserdatauv(L, sizeof *j, 0);
+  j->code = luaL_checkstring(L, 1);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  j->path = lua_tostring(L, -1);
+  lua_getfield(L, -2, "cpath");
+  j->cpath = lua_tostring(L, -1);
+  j->out[0] = 0;
+  pthread_t th;
+  if (pthread_create(&th, NULL, thread_main, j) != 0) return luaL_error(L, "cannot start a thread");
+  pthread_join(th, NULL);
+  lua_pushstring(L, j->out);
+  return 1;
+}
+
 /* ---- registration ---- */
 
 static const luaL_Reg grammar_methods[] = {{"matcher", g_matcher}, {"stats", g_stats}, {"close", g_gc}, {NULL, NULL}};
@@ -544,6 +595,7 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
 
 static const luaL_Reg funcs[] = {{"gbnf", l_gbnf},   {"regex", l_regex}, {"choice", l_choice},
                                  {"attach", l_attach}, {"vocab", l_vocab}, {"apply", l_apply},
+                                 {"_thread", l_thread},
                                  {NULL, NULL}};
 
 void ml_lua_open_grammar(lua_State *L) {

@@ -362,7 +362,7 @@ static int mt_mask(lua_State *L) {
   } else {
     t = ml_lua_push_tensor(L);
     int64_t shape[1] = {n};
-    if (ml_tensor_init(t, ML_TYPE_I8, 1, shape, 0) < 0) return ml_lua_error(L);
+    if (ml_tensor_init(t, ML_TYPE_I8, 1, shape) < 0) return ml_lua_error(L);
   }
   const uint64_t *bits = mask_bits(L, u);
   int8_t *d = ml_tensor_data(t);

@@ -11,8 +11,9 @@
 -- Then GET /health latency while 2 generations run: the event loop must stay free.
 --   luajit bench/serve.lua   (LUA_PATH with lua/ and bench/; the server uses build/5.1)
 --   MODEL [the bench model build/bench-models/smollm-q8_0.gguf, written by bench/modelgen.lua
---   when missing]; TOKENS [64]; STREAMS ["1,4,16,64"]; REQS [per client: 8 for one client,
---   else 2]; SLOTS [8]; N_CTX per slot [512]; THREADS [2]; LLAMA_SERVER [none]
+--   when missing]; TOKENS [64]; STREAMS ["1,4,16,64"]; REQS [per client: 4 for one client,
+--   2 for up to 4, else 1]; SLOTS [8]; N_CTX per slot [512]; THREADS [2]; LLAMA_SERVER [none]; LLAMA_ARGS
+--   [none]: more llama-server arguments (e.g. "--poll 0" on a machine shared with other work)
 local launch = require "moonlm.resty.launch"
 local json = require "moonlm.json"
 
@@ -23,6 +24,7 @@ local N_CTX = tonumber(os.getenv("N_CTX")) or 512
 local THREADS = tonumber(os.getenv("THREADS")) or 2
 local LLAMA = os.getenv("LLAMA_SERVER")
 if LLAMA == "" then LLAMA = nil end
+local LLAMA_ARGS = os.getenv("LLAMA_ARGS") or ""
 
 local function sh(cmd)
   local p = io.popen(cmd .. " 2>&1")
@@ -71,8 +73,8 @@ end
 local function start_llama(model)
   local port = launch.free_port()
   local log = os.tmpname()
-  local pid = tonumber(sh(("%s -m %s -c %d -np %d -t %d -tb %d --host 127.0.0.1 --port %d > %s 2>&1 & echo $!"):format(
-    LLAMA, model, N_CTX * SLOTS, SLOTS, THREADS, THREADS, port, log)):match("%d+"))
+  local pid = tonumber(sh(("%s -m %s -c %d -np %d -t %d -tb %d --host 127.0.0.1 --port %d %s > %s 2>&1 & echo $!"):format(
+    LLAMA, model, N_CTX * SLOTS, SLOTS, THREADS, THREADS, port, LLAMA_ARGS, log)):match("%d+"))
   local url = "http://127.0.0.1:" .. port
   for _ = 1, 600 do
     if sh(("curl -s -o /dev/null -w '%%{http_code}' %s/health"):format(url)) == "200" then
@@ -134,10 +136,12 @@ end
 
 local model = bench_model()
 local cpu = sh("lscpu | sed -n 's/^Model name: *//p'"):gsub("%s+$", "")
+local load1 = sh("cut -d' ' -f1 /proc/loadavg"):gsub("%s+$", "")
 io.write(("## OpenResty server vs llama-server: streamed /v1/completions, %d tokens per reply\n\n"):format(TOKENS))
-io.write(("%s, %s, %s; %d slots of %d tokens, %d threads; moonlm: nginx + lua-nginx-module, 1 worker, queue 64%s\n\n")
-  :format(os.date("!%Y-%m-%d %H:%M UTC"), cpu, model:match("[^/]+$"), SLOTS, N_CTX, THREADS,
-          LLAMA and "; llama-server: " .. LLAMA:match("[^/]+$") .. " -np " .. SLOTS or ""))
+io.write(("%s, %s (load average %s at the start), %s; %d slots of %d tokens, %d threads; moonlm: nginx +"
+           .. " lua-nginx-module, 1 worker, queue 64%s\n\n")
+  :format(os.date("!%Y-%m-%d %H:%M UTC"), cpu, load1, model:match("[^/]+$"), SLOTS, N_CTX, THREADS,
+          LLAMA and "; llama-server: " .. LLAMA:match("[^/]+$") .. " -np " .. SLOTS .. " " .. LLAMA_ARGS or ""))
 io.write("| server | clients | requests | ok | 503 | lost | garbled | wall s | requests/s | tokens/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | events per token |\n")
 io.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
@@ -156,7 +160,7 @@ local ok, err = pcall(function()
   if l then load(l.url, 1, 1) end
   for s in (os.getenv("STREAMS") or "1,4,16,64"):gmatch("%d+") do
     local clients = tonumber(s)
-    local reqs = tonumber(os.getenv("REQS")) or (clients == 1 and 8 or 2)
+    local reqs = tonumber(os.getenv("REQS")) or (clients == 1 and 4 or clients <= 4 and 2 or 1)
     row("moonlm", clients, load(m.url, clients, reqs))
     if l then row("llama-server", clients, load(l.url, clients, reqs)) end
   end
@@ -167,7 +171,7 @@ local ok, err = pcall(function()
   local shed = assert(start_moonlm(model, 16))
   servers[1] = shed
   load(shed.url, 1, 1)
-  row("moonlm, queue 16", 64, load(shed.url, 64, 2))
+  row("moonlm, queue 16", 64, load(shed.url, 64, 1))
   io.write("\nGET /health while 2 generations run (moonlm, one keep-alive connection, 40 probes/s):\n\n")
   io.write("| client nice | probes | failed | p50 ms | p99 ms | max ms | busy slots at the end |\n|---|---|---|---|---|---|---|\n")
   for _, r in ipairs(health(shed.url)) do

@@ -611,6 +611,15 @@ describe("OpenResty server under pressure #once", function()
       assert.are.equal(1, h.rejected)
       local again = http("POST", url .. "/v1/chat/completions", chat_body("Hello", { max_tokens = 4 }))
       assert.are.equal(200, again.status)
+      -- a burst: requests that a free slot will take are not "waiting"; one slot and one
+      -- place in the queue take two of four requests that come together
+      local burst = {}
+      for i = 1, 4 do
+        burst[i] = { "POST", url .. "/v1/completions", { prompt = "Once upon a time", max_tokens = 1000, ignore_eos = true } }
+      end
+      local counts = {}
+      for _, r in ipairs(parallel(burst)) do counts[r.status] = (counts[r.status] or 0) + 1 end
+      assert.are.same({ [200] = 2, [503] = 2 }, counts)
     end)
     srv:stop()
     assert(ok, err)

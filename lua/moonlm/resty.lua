@@ -460,9 +460,9 @@ local function complete(M, req, p, chunk, head, final)
     fail(400, ("this model's context per request is %d tokens, and the prompt has %d"):format(M.o.n_ctx, #req.prompt),
          req.param, "context_length_exceeded")
   end
-  if #M.sched.queue >= M.sched.max_queue then
+  if M.sched:full() then
     M.sched.stats.rejected = M.sched.stats.rejected + 1
-    reject(503, "busy", ("the server is busy (%d requests waiting, the limit); retry later"):format(#M.sched.queue),
+    reject(503, "busy", ("the server is busy (%d requests wait for a slot, the limit); retry later"):format(M.sched.max_queue),
            "server_busy", 1)
   end
   admit_key(#req.prompt)

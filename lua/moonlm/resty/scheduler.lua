@@ -37,6 +37,17 @@ function _M.new(o)
   return self
 end
 
+-- full() -> whether a new request would have to wait beyond the queue's limit: requests
+-- that arrive together all enter the queue, and the driver moves them into free slots at
+-- its next step, so those that free slots will take do not count as waiting.
+function Sched:full()
+  local free = 0
+  for _, s in ipairs(self.slots) do
+    if not s.req then free = free + 1 end
+  end
+  return #self.queue >= self.max_queue + free
+end
+
 function Sched:busy()
   local n = 0
   for _, s in ipairs(self.slots) do
@@ -101,9 +112,9 @@ function Sched:submit(req)
   if #req.prompt + 1 > self.n_ctx then
     return nil, 400, ("this model's context per request is %d tokens, and the prompt has %d"):format(self.n_ctx, #req.prompt)
   end
-  if #self.queue >= self.max_queue then
+  if self:full() then
     self.stats.rejected = self.stats.rejected + 1
-    return nil, 503, ("the server is busy (%d requests waiting, the limit); retry later"):format(#self.queue)
+    return nil, 503, ("the server is busy (%d requests wait for a slot, the limit); retry later"):format(self.max_queue)
   end
   req.max_new = min(req.max_tokens, self.n_ctx - #req.prompt)
   req.sema = semaphore.new()

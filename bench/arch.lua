@@ -174,7 +174,7 @@ if io.open(vocab_src) then
     f:close()
     local b = 0
     for _ = 1, reps do
-      local p = io.popen(("%s -m %s -f %s -t %d -b 2048 -ub 2048 --pooling cls 2>&1 >/dev/null"):format(exe, bpath, tf, threads))
+      local p = io.popen(("%s -m %s -f %s -t %d -c 2048 -b 2048 -ub 2048 --pooling cls 2>&1 >/dev/null"):format(exe, bpath, tf, threads))
       local out = p:read("*a")
       p:close()
       local ms = tonumber(out:match("prompt eval time =%s*([%d%.]+) ms"))

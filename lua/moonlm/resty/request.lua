@@ -120,7 +120,7 @@ local sampling_fields = {
   presence_penalty = true, repeat_penalty = true, penalty_last_n = true, repeat_last_n = true,
   mirostat = true, mirostat_tau = true, mirostat_eta = true, logit_bias = true, ignore_eos = true,
   cache_prompt = true, user = true,
-  n = only("'n' greater than 1 is not supported (one choice per request)", 1),
+  n = only("this server gives one choice per request ('n' must be 1)", 1),
   grammar = refuse(STRUCTURED),
   json_schema = refuse(STRUCTURED),
   response_format = function(v)

@@ -86,6 +86,7 @@ local input = ""
 local last_question = ""
 local frames = { count = 0, t0 = 0, fps = 0 }
 local gen = { frames = 0, worst = 0, t0 = 0 } -- frames drawn while the thread generates
+local calm = { worst = 0 }                     -- the slowest frame before the first question
 local talk = { min_fps = math.huge }       -- per-second fps while the NPC thinks or talks
 local script = { asked = false, shot = false, started = 0 }
 
@@ -182,6 +183,8 @@ function love.update(dt)
   if npc.generating then
     gen.frames = gen.frames + 1
     if dt > gen.worst then gen.worst = dt end
+  elseif not script.asked and frames.t0 > 0 and dt > calm.worst then
+    calm.worst = dt
   end
   receive()
   if npc.state == "talking" then
@@ -202,9 +205,11 @@ function love.update(dt)
     frames.count, frames.t0 = 0, now
   end
 
-  -- scripted mode: ask once the game has been drawing for a second
-  if opts.question and npc.state == "idle" and not script.asked and now - script.started > 1 then
+  -- scripted mode: ask once the game has been drawing for two seconds (the idle frame rate,
+  -- logged each second, is what the frame rate while the NPC talks is compared with)
+  if opts.question and npc.state == "idle" and not script.asked and now - script.started > 2.2 then
     script.asked = true
+    logf("idle worst_frame_ms %.1f", calm.worst * 1000)
     ask(opts.question)
   end
   if script.asked and npc.state == "idle" and not script.shot and opts.screenshot then

@@ -34,7 +34,7 @@ LIBS     = -lopenblas -lm -lpthread
 CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokenize tokenizer_spm tokenizer_bpe tokenizer_wpm \
        tokenizer_decode unicode \
        model arch arch_llama arch_qwen2 arch_qwen3 arch_phi3 arch_mpt arch_gemma2 arch_gemma3 arch_bert \
-       kvcache context forward attention registry rowops kernels/rowops_avx2 \
+       kvcache context forward attention flash registry rowops kernels/rowops_avx2 \
        json grammar_schema grammar_schema_leaf \
        grammar_gbnf grammar_regex grammar_compile grammar_vocab grammar_match grammar_mask \
        kernels/dispatch kernels/ref
@@ -42,7 +42,7 @@ CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokeniz
 CORE += ops_ext rope
 KERNELS_C      = kernels/pack
 KERNELS_AVX2   = kernels/avx2
-KERNELS_AVX512 = kernels/avx512 kernels/avx512vnni
+KERNELS_AVX512 = kernels/avx512 kernels/avx512vnni kernels/flash_avx512
 KERNELS_AMX    = kernels/amx
 # kernels keep arrays of accumulators in registers: let GCC scalarize them
 KOPT       = --param sra-max-scalarization-size-Ospeed=4096
@@ -58,6 +58,8 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
 
 # Binding: compiled per ABI.
 BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_kvcache lua_gguf lua_model lua_sample lua_grammar_schema lua_grammar
+# tensor.attention (the forward pass's attention kernel, flash.c)
+BIND += lua_attention
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
 BIND51 = $(addprefix $(BUILD)/obj-5.1/,$(addsuffix .o,$(BIND)))
 HDRS = $(wildcard src/*.h src/kernels/*.h)
@@ -71,6 +73,7 @@ all: $(MOD54) $(MOD51)
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/rowops_avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
+$(BUILD)/obj/kernels/flash_avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/avx512vnni.o: CFLAGS += $(ISA_avx512vnni)
 $(BUILD)/obj/kernels/amx.o: CFLAGS += $(ISA_amx)
 # each object depends on the headers it includes (-MMD writes them into a .d beside it)

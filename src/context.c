@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "flash.h"
 #include "arch.h"
 #include "context.h"
 #include "registry.h"
@@ -33,6 +34,7 @@ static void context_free(ml_context *c) {
   ml_free(c->seq);
   for (int i = 0; i < 3; i++) ml_free(c->act[i]);
   ml_free(c->att_scratch);
+  ml_free(c->flash_work);
   ml_model_release(c->m);
   ml_free(c);
 }
@@ -104,11 +106,10 @@ ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
       !(c->pos = ml_alloc(sizeof(int64_t) * (size_t)B)) || !(c->seq = ml_alloc(sizeof(int32_t) * (size_t)B)))
     goto fail;
   c->max_threads = ml_max_threads();
-  int64_t g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
-  c->att_per_thread = (size_t)(ML_ATT_TILE * g * hd + 2 * ML_ATT_TILE * g + 2 * ML_ATT_BLOCK * hd + ML_ATT_BLOCK);
-  c->att_per_thread = ML_MAX(c->att_per_thread, (size_t)E);       /* also a row of embeddings */
-  c->att_per_thread = (c->att_per_thread + 15) & ~(size_t)15; /* 64-byte aligned slices */
+  c->att_per_thread = ((size_t)E + 15) & ~(size_t)15; /* 64-byte aligned slices */
   if (!(c->att_scratch = ml_alloc(sizeof(float) * c->att_per_thread * (size_t)c->max_threads))) goto fail;
+  ml_flash_args shape = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim};
+  if (!(c->flash_work = ml_alloc(ml_flash_work_bytes(&shape, c->max_threads)))) goto fail;
   return c;
 fail:
   context_free(c);

@@ -7,8 +7,6 @@
 #include "model.h"
 
 #define ML_MAX_BATCH 1024 /* tokens per forward chunk, at most */
-#define ML_ATT_TILE 16     /* query rows of one sequence that share key blocks */
-#define ML_ATT_BLOCK 64    /* keys converted and scored at a time */
 #define ML_SWA_SLACK 64    /* positions a sliding-window cache keeps beyond the window, so a
                               sequence can be rewound that far (truncate) */
 
@@ -40,8 +38,9 @@ struct ml_context {
   /* activations in the kernels' formats: one buffer per distinct format in flight */
   void *act[3];
   size_t act_bytes;
-  float *att_scratch; /* per thread: attention tile state and converted key/value blocks */
+  float *att_scratch; /* per thread: a row of n_embd floats (ml_blk_embed_add) */
   size_t att_per_thread;
+  void *flash_work;   /* ml_flash's work: per-thread tile state, split partial results */
   int max_threads;
 };
 

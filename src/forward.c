@@ -328,16 +328,19 @@ void ml_gelu_mul_rows(float *g, const float *u, int64_t n) {
 
 /* ---- the chunk driver ---- */
 
-static void make_tiles(ml_fwd *f, const ml_context *c) {
-  f->n_tiles = 0;
+/* Runs of rows of one sequence, and the attention segments they make in each cache. */
+static void make_runs(ml_fwd *f, const ml_context *c) {
+  f->n_runs = 0;
   for (int64_t r = 0; r < f->n;) {
     int64_t e = r + 1;
-    while (e < f->n && e - r < ML_ATT_TILE && c->seq[e] == c->seq[r] && c->pos[e] == c->pos[e - 1] + 1) e++;
-    f->tiles[f->n_tiles].r0 = r;
-    f->tiles[f->n_tiles].n = e - r;
-    f->n_tiles++;
+    while (e < f->n && c->seq[e] == c->seq[r]) e++;
+    f->runs[f->n_runs].r0 = r;
+    f->runs[f->n_runs].n = e - r;
+    f->n_runs++;
     r = e;
   }
+  ml_attention_segments(c, &c->kv, f, f->seg[0]);
+  if (c->kv_swa.n_layer) ml_attention_segments(c, &c->kv_swa, f, f->seg[1]);
 }
 
 static void run(ml_fwd *f, ml_context *c, int ith, int nth) {
@@ -372,7 +375,7 @@ int ml_forward(ml_context *c, int64_t n, const int32_t *tokens, const uint8_t *w
   f->n_out = 0;
   for (int64_t i = 0; i < n; i++)
     if (want[i]) f->out_row[f->n_out++] = i;
-  make_tiles(f, c);
+  make_runs(f, c);
   int nth = ML_MIN(threads_for(c->m, n), c->max_threads);
 #pragma omp parallel num_threads(nth)
   {

@@ -3,7 +3,7 @@
  * A chunk of tokens runs in one OpenMP parallel region (forward.c): every thread calls the
  * family's forward function with its own ml_thr, and so every block, in the same order.
  * A block takes its share of the work (rows of the chunk, output columns of a product,
- * attention tiles) and the threads meet at a barrier only where a block reads what another
+ * attention items) and the threads meet at a barrier only where a block reads what another
  * thread wrote: row blocks (norms, adds, RoPE) work on the thread's own rows and leave
  * t->dirty set; blocks that read across rows (products, attention, the output) first sync.
  *
@@ -17,6 +17,7 @@
 #define ML_FORWARD_H
 
 #include "context.h"
+#include "flash.h"
 #include "rowops.h"
 
 /* The chunk: read-only for the blocks once the region starts, except `failed`. */
@@ -27,8 +28,9 @@ typedef struct ml_fwd {
   float *logits, *hidden;
   int64_t n_out;          /* rows that want outputs */
   int64_t out_row[ML_MAX_BATCH]; /* their rows */
-  int64_t n_tiles;        /* attention tiles: consecutive positions of one sequence */
-  struct { int64_t r0, n; } tiles[ML_MAX_BATCH];
+  int n_runs;             /* runs of consecutive rows of one sequence */
+  struct { int64_t r0, n; } runs[ML_MAX_BATCH];
+  ml_flash_seg seg[2][ML_MAX_BATCH]; /* the runs as attention segments: global, sliding-window cache */
   int failed;             /* a kernel refused (atomic) */
 } ml_fwd;
 
@@ -106,6 +108,8 @@ void ml_blk_output(ml_thr *t, ml_norm_kind kind, const ml_tensor *w, const ml_te
 /* The attention kernel (attention.c): cache the chunk's keys and values for layer a->il,
  * then att = softmax(mask(q·kᵀ))·v per query row. Called by every thread of the region. */
 void ml_attention(ml_thr *t, const ml_attn *a);
+/* The chunk's runs as segments of cache kv (seg: f->n_runs entries), before the region. */
+void ml_attention_segments(const ml_context *c, const ml_kvcache *kv, const ml_fwd *f, ml_flash_seg *seg);
 
 /* GELU as ggml computes it: tanh approximation read from a table indexed by the input
  * rounded to f16, the result rounded to f16; 0 below -10, x above 10. In place. */

@@ -1204,7 +1204,7 @@ static const luaL_Reg methods[] = {
   {"argmin", m_argmin}, {"softmax", m_softmax}, {"log_softmax", m_log_softmax},
   {"rmsnorm", m_rmsnorm}, {"layernorm", m_layernorm}, {"matmul", m_matmul}, {"linear", m_linear},
   {"topk", m_topk}, {"index_select", m_index_select}, {"embedding", m_embedding},
-  {"pairwise_dot", m_pairwise_dot},
+  {"pairwise_dot", m_pairwise_dot}, {"attention", ml_lua_attention},
   {"close", m_close}, {"release", m_close},
   {NULL, NULL}};
 
@@ -1218,7 +1218,7 @@ static const luaL_Reg functions[] = {
   {"new", t_new}, {"zeros", t_zeros}, {"ones", t_ones}, {"full", t_full}, {"empty", t_empty},
   {"arange", t_arange}, {"rand", t_rand}, {"randn", t_randn}, {"manual_seed", t_manual_seed},
   {"cat", t_cat}, {"stack", t_stack}, {"is_tensor", is_tensor}, {"matmul", m_matmul},
-  {"linear", m_linear},
+  {"linear", m_linear}, {"attention", ml_lua_attention},
   {NULL, NULL}};
 
 /* shape tables print as {2, 3} and compare by value */

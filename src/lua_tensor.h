@@ -16,6 +16,8 @@ ml_tensor *ml_lua_test_tensor(lua_State *L, int i); /* NULL if not a live tensor
 /* dtype argument (string) at i, or def when absent. */
 ml_type ml_lua_check_dtype(lua_State *L, int i, ml_type def);
 void ml_lua_open_tensor(lua_State *L); /* leaves the `tensor` table on the stack */
+/* tensor.attention(q, k, v, opts) and q:attention(k, v, opts) (lua_attention.c) */
+int ml_lua_attention(lua_State *L);
 
 /* Shared with the other tensor binding files (lua_tensor_ext.c). */
 /* 1-based (negative from the end) dimension at i -> 0-based; def when absent; `extra`

@@ -1,0 +1,43 @@
+/* flash.h: the block kernels of flash.c, one table per level (the portable one in flash.c
+ * is the oracle; flash_avx512.c the fast one). Shapes, for one (tile, KV head):
+ *
+ *   M query vectors of hd floats (the g heads of each tile row, already scaled), rows hd apart
+ *   a block of nj <= ML_FLASH_BLOCK keys, converted once to f32:
+ *     kb[j][d]  (rows hd apart)          keys, as rows
+ *     kt[d][j]  (rows ML_FLASH_BLOCK apart)   keys, transposed (for many query vectors)
+ *     vb[j][d]  (rows hd apart)          values
+ *   s[m][j]  scores, rows ML_FLASH_BLOCK apart; then probabilities
+ *   o[m][d]  the running (unnormalised) output, rows hd apart
+ *
+ * hd is a multiple of 16 for the SIMD tables (the driver uses the portable one otherwise).
+ */
+#ifndef ML_KERNELS_FLASH_H
+#define ML_KERNELS_FLASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../flash.h"
+
+typedef struct ml_flash_kernels {
+  const char *name;
+  /* nj rows of one head (type t, row j at base + rows[j] * row_bytes, or row j when rows is
+   * NULL) to f32 rows dst[j * hd + d]. */
+  void (*load)(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+               float *dst);
+  /* kt[d][j] = kb[j][d], j < nj; columns nj..ML_FLASH_BLOCK-1 are left as they are */
+  void (*transpose)(const float *kb, int64_t nj, int64_t hd, float *kt);
+  /* s[m][j] = q[m] · kb[j], from the rows (few query vectors) */
+  void (*qk_rows)(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s);
+  /* the same from kt (many query vectors) */
+  void (*qk_t)(const float *q, int64_t M, const float *kt, int64_t nj, int64_t hd, float *s);
+  /* Online softmax over one block: for each row m with a finite score, mx[m] becomes the
+   * running max, s[m][j] = exp(s[m][j] - mx[m]), sum[m] = sum[m] · c + Σ_j s[m][j] and
+   * o[m] *= c with c = exp(old max - new max). Rows whose scores are all -inf get s = 0 and
+   * keep their state. */
+  void (*softmax)(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd);
+  /* o[m] += Σ_j s[m][j] · vb[j] */
+  void (*pv)(const float *s, int64_t M, const float *vb, int64_t nj, int64_t hd, float *o);
+} ml_flash_kernels;
+
+#endif

@@ -1,0 +1,243 @@
+/* flash_avx512.c: the attention block kernels of kernels/flash.h with AVX-512 F (and F16C's
+ * conversions in 512-bit form), for head sizes that are a multiple of 16. Products are in
+ * f32 with FMA, register-blocked: scores for 4 query vectors x 64 keys, values for
+ * 4 query vectors x 64 output dims, so each converted key/value block is read from L1 once
+ * per 4 query vectors. Used where the dispatcher found AVX-512 (flash.c chooses). */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "../common.h"
+#include "flash.h"
+
+#define BLK ML_FLASH_BLOCK
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- loading keys / values as f32 rows ---- */
+
+static void load_avx512(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
+                        int64_t hd, float *dst) {
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
+    float *d = dst + j * hd;
+    if (t == ML_TYPE_F16) {
+      for (int64_t i = 0; i < hd; i += 16)
+        _mm512_store_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i))));
+    } else if (t == ML_TYPE_Q8_0) {
+      const ml_block_q8_0 *b = (const ml_block_q8_0 *)p;
+      for (int64_t i = 0; i < hd; i += ML_QK, b++) {
+        __m512 s = _mm512_set1_ps(_cvtsh_ss(b->d));
+        __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->qs));
+        __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16)));
+        _mm512_store_ps(d + i, _mm512_mul_ps(s, _mm512_cvtepi32_ps(lo)));
+        _mm512_store_ps(d + i + 16, _mm512_mul_ps(s, _mm512_cvtepi32_ps(hi)));
+      }
+    } else {
+      for (int64_t i = 0; i < hd; i += 16) _mm512_store_ps(d + i, _mm512_loadu_ps((const float *)p + i));
+    }
+  }
+}
+
+/* ---- kt[d][j] = kb[j][d] in 16 x 16 blocks ---- */
+
+INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  /* r[4a + b] now holds, in 128-bit lane L, element b of rows 4a..4a+3 at columns 4L..4L+3 */
+  for (int i = 0; i < 4; i++) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);       /* lanes 0,2 of each */
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);   /* lanes 1,3 */
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+static void transpose_avx512(const float *kb, int64_t nj, int64_t hd, float *kt) {
+  for (int64_t j0 = 0; j0 < nj; j0 += 16)
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; i++)
+        r[i] = j0 + i < nj ? _mm512_load_ps(kb + (j0 + i) * hd + d0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < 16; i++) _mm512_store_ps(kt + (d0 + i) * BLK + j0, r[i]);
+    }
+}
+
+/* ---- scores ---- */
+
+/* 16 vectors to one: lane i = the sum of the 16 lanes of a[i] */
+INLINE __m512 reduce16(__m512 a[16]) {
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; i++)
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; i++)
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  __m512 e01 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+  __m512 e23 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xdd));
+}
+
+static void qk_rows_avx512(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
+  for (int64_t m = 0; m < M; m++) {
+    const float *qm = q + m * hd;
+    for (int64_t j0 = 0; j0 < nj; j0 += 16) {
+      const float *kr[16];
+      for (int i = 0; i < 16; i++) kr[i] = kb + (j0 + i < nj ? j0 + i : 0) * hd;
+      __m512 acc[16];
+      for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < hd; d += 16) {
+        __m512 qv = _mm512_loadu_ps(qm + d);
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_load_ps(kr[i] + d), qv, acc[i]);
+      }
+      _mm512_store_ps(s + m * BLK + j0, reduce16(acc));
+    }
+  }
+}
+
+/* s[m][j0..j0+16 NV) for MR query vectors from kt */
+INLINE void qk_t_tile(const float *q, int64_t hd, const float *kt, float *s, int MR, int NV) {
+  __m512 acc[4][4];
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < hd; d++) {
+    __m512 k[4];
+    for (int v = 0; v < NV; v++) k[v] = _mm512_load_ps(kt + d * BLK + 16 * v);
+    for (int r = 0; r < MR; r++) {
+      __m512 qb = _mm512_set1_ps(q[r * hd + d]);
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(qb, k[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) _mm512_store_ps(s + r * BLK + 16 * v, acc[r][v]);
+}
+
+#define QK_T_NV(MR, nv, ...)                                \
+  switch (nv) {                                            \
+    case 1: qk_t_tile(__VA_ARGS__, MR, 1); break;          \
+    case 2: qk_t_tile(__VA_ARGS__, MR, 2); break;          \
+    case 3: qk_t_tile(__VA_ARGS__, MR, 3); break;          \
+    default: qk_t_tile(__VA_ARGS__, MR, 4); break;         \
+  }
+
+static void qk_t_avx512(const float *q, int64_t M, const float *kt, int64_t nj, int64_t hd, float *s) {
+  int nv = (int)((nj + 15) / 16);
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) QK_T_NV(4, nv, q + m * hd, hd, kt, s + m * BLK)
+  switch (M - m) {
+    case 3: QK_T_NV(3, nv, q + m * hd, hd, kt, s + m * BLK) break;
+    case 2: QK_T_NV(2, nv, q + m * hd, hd, kt, s + m * BLK) break;
+    case 1: QK_T_NV(1, nv, q + m * hd, hd, kt, s + m * BLK) break;
+    default: break;
+  }
+}
+
+/* ---- online softmax ---- */
+
+/* exp(x) for x <= 0 ... 88; exactly 0 where x is -inf. Cody-Waite reduction to
+ * r in [-ln2/2, ln2/2], a degree-6 polynomial, then 2^n by vscalefps. */
+INLINE __m512 exp512(__m512 x) {
+  __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.5f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.3981999507e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+static void softmax_avx512(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd) {
+  int nv = (int)((nj + 15) / 16);
+  __mmask16 tail = (__mmask16)((nj % 16) ? (1u << (nj % 16)) - 1 : 0xffff);
+  for (int64_t m = 0; m < M; m++) {
+    float *row = s + m * BLK;
+    __m512 v[4], vmax = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < nv; i++) {
+      v[i] = _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY), i == nv - 1 ? tail : 0xffff, row + 16 * i);
+      vmax = _mm512_max_ps(vmax, v[i]);
+    }
+    float bmax = _mm512_reduce_max_ps(vmax);
+    if (bmax == -INFINITY) {
+      for (int i = 0; i < nv; i++) _mm512_store_ps(row + 16 * i, _mm512_setzero_ps());
+      continue;
+    }
+    float mnew = bmax > mx[m] ? bmax : mx[m], c = expf(mx[m] - mnew);
+    __m512 vm = _mm512_set1_ps(mnew), acc = _mm512_setzero_ps();
+    for (int i = 0; i < nv; i++) {
+      __m512 e = exp512(_mm512_sub_ps(v[i], vm));
+      _mm512_store_ps(row + 16 * i, e);
+      acc = _mm512_add_ps(acc, e);
+    }
+    if (c != 1.0f) {
+      __m512 vc = _mm512_set1_ps(c);
+      for (int64_t d = 0; d < hd; d += 16) _mm512_store_ps(o + m * hd + d, _mm512_mul_ps(vc, _mm512_load_ps(o + m * hd + d)));
+    }
+    sum[m] = sum[m] * c + _mm512_reduce_add_ps(acc);
+    mx[m] = mnew;
+  }
+}
+
+/* ---- o += p · v ---- */
+
+INLINE void pv_tile(const float *p, const float *vb, int64_t nj, int64_t hd, float *o, int MR, int NV) {
+  __m512 acc[4][4];
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_load_ps(o + r * hd + 16 * v);
+  for (int64_t j = 0; j < nj; j++) {
+    __m512 x[4];
+    for (int v = 0; v < NV; v++) x[v] = _mm512_load_ps(vb + j * hd + 16 * v);
+    for (int r = 0; r < MR; r++) {
+      __m512 pb = _mm512_set1_ps(p[r * BLK + j]);
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(pb, x[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NV; v++) _mm512_store_ps(o + r * hd + 16 * v, acc[r][v]);
+}
+
+#define PV_NV(MR, nv, ...)                          \
+  switch (nv) {                                    \
+    case 1: pv_tile(__VA_ARGS__, MR, 1); break;    \
+    case 2: pv_tile(__VA_ARGS__, MR, 2); break;    \
+    case 3: pv_tile(__VA_ARGS__, MR, 3); break;    \
+    default: pv_tile(__VA_ARGS__, MR, 4); break;   \
+  }
+
+static void pv_avx512(const float *s, int64_t M, const float *vb, int64_t nj, int64_t hd, float *o) {
+  for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+    int nv = (int)ML_MIN(4, (hd - d0) / 16);
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) PV_NV(4, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0)
+    switch (M - m) {
+      case 3: PV_NV(3, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) break;
+      case 2: PV_NV(2, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) break;
+      case 1: PV_NV(1, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) break;
+      default: break;
+    }
+  }
+}
+
+const ml_flash_kernels ml_flash_kernels_avx512 = {"avx512",      load_avx512,    transpose_avx512, qk_rows_avx512,
+                                                qk_t_avx512, softmax_avx512, pv_avx512};

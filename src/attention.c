@@ -58,6 +58,7 @@ void ml_attention(ml_thr *t, const ml_attn *a) {
   const ml_hparams *hp = t->hp;
   ml_context *c = t->c;
   store(t, a, t->r0, t->r1);
+  if (t->ith == 0) c->layer_rope[a->il] = a->inv_freq; /* what a context shift must rotate by */
   t->dirty = 1;
   ml_sync(t);
   int swa = ml_layer_is_swa(hp, a->il);

@@ -1,13 +1,15 @@
 /* context.c: contexts: the KV cache, scratch buffers, and the decode entry point, which
  * validates the whole batch (ids, sequences, free cells) before it touches anything, runs
  * it in chunks of n_batch tokens, and rolls the sequences back if a chunk fails. */
+#include <math.h>
 #include <string.h>
 
-#include "common.h"
-#include "flash.h"
 #include "arch.h"
+#include "common.h"
 #include "context.h"
+#include "flash.h"
 #include "registry.h"
+#include "rowops.h"
 #include "threads.h"
 
 static int try_enter(ml_context *c) {
@@ -26,6 +28,7 @@ static void context_free(ml_context *c) {
   ml_kvcache_free(&c->kv);
   ml_kvcache_free(&c->kv_swa);
   ml_free(c->kv_layer);
+  ml_free(c->layer_rope);
   float *bufs[] = {c->x, c->h, c->q, c->k, c->v, c->att, c->g, c->u, c->tmp, c->rows};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ml_free(bufs[i]);
   ml_free(c->cell);
@@ -82,6 +85,7 @@ ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
    * window, some slack for rewinding (truncate), and room for one chunk */
   int64_t n_swa_layers = 0;
   if (!(c->kv_layer = ml_alloc(sizeof(int64_t) * (size_t)hp->n_layer))) goto fail;
+  if (!(c->layer_rope = ml_calloc(sizeof(float *) * (size_t)hp->n_layer))) goto fail;
   for (int64_t il = 0; il < hp->n_layer; il++)
     c->kv_layer[il] = ml_layer_is_swa(hp, il) ? n_swa_layers++ : il - n_swa_layers;
   int64_t swa_cells = 0;
@@ -292,6 +296,93 @@ int ml_context_copy(ml_context *c, int from, int to) {
   if (try_enter(c) < 0) return -1;
   ml_kvcache_copy(&c->kv, from, to);
   ml_kvcache_copy(&c->kv_swa, from, to);
+  leave(c);
+  return 0;
+}
+
+/* ---- context shift ---- */
+
+/* Rotate the keys of `cells` in one layer of kv by delta positions: each head's pairs (as
+ * forward.c's RoPE pairs them) turn by delta · inv_freq. Rows go through f32. */
+static void rotate_keys(const ml_context *c, const ml_kvcache *kv, int64_t layer, const float *inv_freq,
+                        const int32_t *cells, int64_t n, int64_t delta, float *buf) {
+  const ml_hparams *hp = &c->m->hp;
+  const ml_rowops *ro = ml_rowops_get();
+  const ml_type_traits *tr = ml_type_traits_get(kv->type);
+  int64_t hd = hp->head_dim, half = hp->n_rot / 2, row = kv->row;
+  int neox = hp->rope_type == ML_ROPE_NEOX;
+  float *cs = buf + row, *sn = cs + half;
+  for (int64_t k = 0; k < half; k++) {
+    double th = (double)delta * (double)inv_freq[k];
+    cs[k] = (float)cos(th);
+    sn[k] = (float)sin(th);
+  }
+  for (int64_t i = 0; i < n; i++) {
+    uint8_t *p = ml_kvcache_k(kv, layer, cells[i]);
+    if (kv->type == ML_TYPE_F32) memcpy(buf, p, sizeof(float) * (size_t)row);
+    else if (kv->type == ML_TYPE_F16) ro->f16_to_f32((const ml_fp16 *)p, buf, row);
+    else tr->to_float(p, buf, row);
+    for (int64_t h = 0; h < hp->n_head_kv; h++)
+      for (int64_t k = 0; k < half; k++) {
+        float *v = buf + h * hd;
+        int64_t i0 = neox ? k : 2 * k, i1 = neox ? k + half : 2 * k + 1;
+        float a = v[i0], b = v[i1];
+        v[i0] = a * cs[k] - b * sn[k];
+        v[i1] = a * sn[k] + b * cs[k];
+      }
+    if (kv->type == ML_TYPE_F32) memcpy(p, buf, sizeof(float) * (size_t)row);
+    else if (kv->type == ML_TYPE_F16) ro->f32_to_f16(buf, (ml_fp16 *)p, row);
+    else tr->from_float(buf, p, row);
+  }
+}
+
+int ml_context_shift(ml_context *c, int seq, int64_t n_keep, int64_t n_discard) {
+  const ml_model *m = c->m;
+  const ml_hparams *hp = &m->hp;
+  if (check_seq(c, seq, 2) < 0) return -1;
+  int64_t len = c->kv.len[seq];
+  if (n_keep < 0 || n_keep > len) {
+    ml_misuse(3, "cannot keep %lld tokens of the %lld in sequence %d", (long long)n_keep, (long long)len, seq);
+    return -1;
+  }
+  if (n_discard < 0 || n_discard > len - n_keep) {
+    ml_misuse(4, "cannot discard %lld tokens after the %lld kept (sequence %d has %lld)", (long long)n_discard,
+              (long long)n_keep, seq, (long long)len);
+    return -1;
+  }
+  if (n_discard == 0) return 0;
+  if (!hp->causal || m->pos_embd.storage) {
+    ml_seterr("%s cannot shift its context: its positions are learned, not rotary or ALiBi", m->arch->name);
+    return -1;
+  }
+  if (try_enter(c) < 0) return -1;
+  int64_t a = n_keep, b = n_keep + n_discard;
+  if (!ml_kvcache_shift_fits(&c->kv, seq, a, b) || !ml_kvcache_shift_fits(&c->kv_swa, seq, a, b)) {
+    ml_seterr("context full (n_ctx = %lld): no free cells to copy the shifted cells that other sequences share",
+              (long long)c->kv.n_cells);
+    leave(c);
+    return -1;
+  }
+  float *buf = ml_alloc(sizeof(float) * (size_t)(c->kv.row + hp->n_rot + 16) * (size_t)c->max_threads);
+  if (!buf) {
+    leave(c);
+    return -1;
+  }
+  int64_t first[2], moved[2];
+  ml_kvcache *caches[2] = {&c->kv, &c->kv_swa};
+  for (int i = 0; i < 2; i++) moved[i] = caches[i]->n_layer ? ml_kvcache_shift(caches[i], seq, a, b, &first[i]) : 0;
+  /* the keys of the moved cells, every layer with RoPE, in parallel over layers */
+  int64_t nl = hp->n_layer;
+  int nth = ml_threads_for(ML_WORK_ELEMS, (double)nl * (double)(moved[0] + moved[1]) * (double)c->kv.row);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+  for (int64_t il = 0; il < nl; il++) {
+    int swa = ml_layer_is_swa(hp, il);
+    const ml_kvcache *kv = caches[swa];
+    if (c->layer_rope[il] && moved[swa])
+      rotate_keys(c, kv, c->kv_layer[il], c->layer_rope[il], kv->cells[seq] + first[swa], moved[swa], -n_discard,
+                  buf + (size_t)(c->kv.row + hp->n_rot + 16) * (size_t)ml_thread_id());
+  }
+  ml_free(buf);
   leave(c);
   return 0;
 }

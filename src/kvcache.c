@@ -116,3 +116,55 @@ void ml_kvcache_store(const ml_kvcache *c, int64_t layer, int32_t cell, const fl
   tr->from_float(k, kd, c->row);
   tr->from_float(v, vd, c->row);
 }
+
+/* list indices of seq for positions [a, b), clipped to what it holds */
+static void clip(const ml_kvcache *c, int seq, int64_t a, int64_t b, int64_t *lo, int64_t *hi) {
+  int64_t held = c->len[seq] - c->off[seq];
+  *lo = ML_MIN(ML_MAX(a - c->off[seq], 0), held);
+  *hi = ML_MIN(ML_MAX(b - c->off[seq], 0), held);
+}
+
+int ml_kvcache_shift_fits(const ml_kvcache *c, int seq, int64_t a, int64_t b) {
+  uint64_t bit = UINT64_C(1) << seq;
+  int64_t lo, hi, held = c->len[seq] - c->off[seq], freed = 0, shared = 0;
+  clip(c, seq, a, b, &lo, &hi);
+  for (int64_t k = lo; k < hi; k++) freed += c->mask[c->cells[seq][k]] == bit;
+  for (int64_t k = hi; k < held; k++) shared += c->mask[c->cells[seq][k]] != bit;
+  return shared <= c->n_cells - c->n_used + freed;
+}
+
+/* a free cell for seq (the caller checked that one exists) */
+static int32_t take(ml_kvcache *c, int seq) {
+  int64_t i = c->next_free;
+  while (c->mask[i]) i = i + 1 == c->n_cells ? 0 : i + 1;
+  c->mask[i] = UINT64_C(1) << seq;
+  c->n_used++;
+  c->next_free = i + 1 == c->n_cells ? 0 : i + 1;
+  return (int32_t)i;
+}
+
+int64_t ml_kvcache_shift(ml_kvcache *c, int seq, int64_t a, int64_t b, int64_t *first) {
+  uint64_t bit = UINT64_C(1) << seq;
+  int64_t d = b - a, lo, hi, held = c->len[seq] - c->off[seq];
+  clip(c, seq, a, b, &lo, &hi);
+  release(c, seq, lo, hi);
+  int32_t *list = c->cells[seq];
+  memmove(list + lo, list + hi, sizeof(int32_t) * (size_t)(held - hi));
+  int64_t moved = held - hi;
+  for (int64_t k = lo; k < lo + moved; k++) {
+    int32_t old = list[k];
+    if (c->mask[old] == bit) continue;
+    int32_t cell = take(c, seq);
+    for (int64_t l = 0; l < c->n_layer; l++) {
+      memcpy(ml_kvcache_k(c, l, cell), ml_kvcache_k(c, l, old), c->row_bytes);
+      memcpy(ml_kvcache_v(c, l, cell), ml_kvcache_v(c, l, old), c->row_bytes);
+    }
+    c->mask[old] &= ~bit; /* still used by the others */
+    list[k] = cell;
+  }
+  int64_t off = c->off[seq];
+  c->off[seq] = off >= b ? off - d : off > a ? a : off;
+  c->len[seq] -= d;
+  *first = lo;
+  return moved;
+}

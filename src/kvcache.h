@@ -44,6 +44,14 @@ void ml_kvcache_copy(ml_kvcache *c, int from, int to);
 /* Write one token's keys and values (row floats each) into a cell of a layer, converted to
  * the cache type. */
 void ml_kvcache_store(const ml_kvcache *c, int64_t layer, int32_t cell, const float *k, const float *v);
+/* Context shift, the cells' side: positions [a, b) of seq go, the later ones move down by
+ * b - a (len and off follow). A later cell that another sequence shares is first copied to
+ * a free cell (its rows of every layer), so that the caller can rewrite its keys (RoPE)
+ * without touching the other sequence. Returns how many cells now hold moved positions,
+ * at list indices [*first, *first + n) of seq. ml_kvcache_shift_fits says whether there are
+ * free cells enough for those copies; call ml_kvcache_shift only when it is 1. */
+int ml_kvcache_shift_fits(const ml_kvcache *c, int seq, int64_t a, int64_t b);
+int64_t ml_kvcache_shift(ml_kvcache *c, int seq, int64_t a, int64_t b, int64_t *first);
 static inline int32_t ml_kvcache_cell(const ml_kvcache *c, int seq, int64_t pos) {
   return c->cells[seq][pos - c->off[seq]];
 }

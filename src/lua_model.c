@@ -755,6 +755,19 @@ static int c_truncate(lua_State *L) {
   return 1;
 }
 
+/* ctx:shift(seq, n_keep, n_discard): see ml_context_shift */
+static int c_shift(lua_State *L) {
+  lcontext *u = check_context(L, 1);
+  int seq = (int)luaL_checkinteger(L, 2);
+  lua_Integer keep = luaL_checkinteger(L, 3), discard = luaL_checkinteger(L, 4);
+  if (ml_context_shift(u->c, seq, keep, discard) < 0) {
+    if (ml_errclass_get() == ML_ERR_MISUSE) return ml_lua_error(L);
+    return ml_lua_fail(L, 0);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int c_copy(lua_State *L) {
   lcontext *u = check_context(L, 1);
   if (ml_context_copy(u->c, (int)luaL_checkinteger(L, 2), (int)luaL_checkinteger(L, 3)) < 0) return ml_lua_error(L);
@@ -813,7 +826,7 @@ static const luaL_Reg model_methods[] = {
 
 static const luaL_Reg context_methods[] = {
   {"decode", c_decode}, {"decode_batch", c_decode_batch}, {"hidden", c_hidden}, {"pos", c_pos},
-  {"clear", c_clear}, {"truncate", c_truncate}, {"copy", c_copy}, {"info", c_info},
+  {"clear", c_clear}, {"truncate", c_truncate}, {"shift", c_shift}, {"copy", c_copy}, {"info", c_info},
   {"state_save", c_state_save}, {"state_load", c_state_load}, {"model", c_model}, {"close", c_gc},
   {NULL, NULL}};
 

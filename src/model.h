@@ -195,6 +195,13 @@ int ml_context_clear(ml_context *c, int seq);               /* seq < 0: all */
  * cache no longer holds what position n needs: then 0), or -1. */
 int64_t ml_context_truncate(ml_context *c, int seq, int64_t n);
 int ml_context_copy(ml_context *c, int from, int to);       /* to becomes a copy of from (shares cells) */
+/* Context shift: positions [n_keep, n_keep + n_discard) of seq go and the later ones move
+ * down by n_discard, their cached keys rotated by RoPE (-n_discard) rather than computed
+ * again, as llama.cpp's K-shift does. Cells the sequence shares with others are copied
+ * first. 0, or -1 with an error (nothing changed): a range outside the sequence, a model
+ * whose positions cannot move (learned position embeddings, encoders), or no free cells for
+ * the copies ("context full"). */
+int ml_context_shift(ml_context *c, int seq, int64_t n_keep, int64_t n_discard);
 
 /* Serialise the cache of one sequence (and its tokens' cells) for sessions. */
 size_t ml_context_state_size(const ml_context *c, int seq);

@@ -311,6 +311,10 @@ function Context:clear(seq) return self._ud:clear(seq) end
 -- (decode the sequence again); the result says how many were kept.
 function Context:truncate(seq, n) return self._ud:truncate(seq, n) end
 function Context:copy(from, to) return self._ud:copy(from, to) end
+-- shift(seq, n_keep, n_discard) -> true | nil, err: drop positions [n_keep, n_keep +
+-- n_discard) of seq; the later tokens move down, their cached keys rotated (RoPE) instead of
+-- decoded again (llama.cpp's context shift)
+function Context:shift(seq, n_keep, n_discard) return self._ud:shift(seq, n_keep, n_discard) end
 function Context:used() return self._ud:info().used end
 -- info() -> { n_ctx, seqs, used, kv_type, kv_bytes (memory of the key/value caches), ... }
 function Context:info() return self._ud:info() end

@@ -234,12 +234,42 @@ static int m_tensor_names(lua_State *L) {
   return 1;
 }
 
-/* prepare() -> seconds: pack the weights for the kernel level now rather than on the first
- * decode (a server does this at start so no request pays for it) */
+/* The Lua progress callback (at index fn) called from ml_model_prepare_progress: false
+ * cancels; an error in it cancels too and is raised once preparing has cleaned up. */
+typedef struct progress_ud {
+  lua_State *L;
+  int fn, failed;
+} progress_ud;
+
+static int progress_cb(void *p, size_t done, size_t total) {
+  progress_ud *u = p;
+  lua_State *L = u->L;
+  lua_pushvalue(L, u->fn);
+  lua_pushinteger(L, (lua_Integer)done);
+  lua_pushinteger(L, (lua_Integer)total);
+  if (lua_pcall(L, 2, 1, 0) != 0) {
+    u->failed = 1; /* the error object stays on the stack */
+    return 0;
+  }
+  int go = !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
+  lua_pop(L, 1);
+  return go;
+}
+
+/* prepare([progress]) -> seconds | nil, "preparing the weights was cancelled": pack the
+ * weights for the kernel level now rather than on the first decode (a server does this at
+ * start so no request pays for it). progress(done, total), in bytes of weights, after each
+ * matrix; returning false cancels. */
 static int m_prepare(lua_State *L) {
   lmodel *u = check_model(L, 1);
   if (u->m->vocab_only) return luaL_error(L, "the model was loaded with vocab_only: it has no weights");
-  if (ml_model_prepare(u->m) < 0) return ml_lua_error(L);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  progress_ud p = {L, 2, 0};
+  if (ml_model_prepare_progress(u->m, lua_isnil(L, 2) ? NULL : progress_cb, &p) < 0) {
+    if (p.failed) return lua_error(L);
+    return ml_lua_fail(L, 0);
+  }
   lua_pushnumber(L, u->m->prepare_seconds);
   return 1;
 }

@@ -514,30 +514,54 @@ static int prep(ml_weight *pw, const ml_tensor *t, int drop) {
 /* Pages can be dropped only from a mapping of the file (a copy in memory would be lost). */
 static int droppable(const ml_model *m) { return m->gguf->mapped == 1; }
 
-int ml_model_prepare(ml_model *m) {
+/* the model this thread is preparing (a progress callback must not re-enter) */
+static __thread const ml_model *preparing;
+
+static double seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int ml_model_prepare_progress(ml_model *m, ml_progress_fn progress, void *ud) {
   if (__atomic_load_n(&m->prepared, __ATOMIC_ACQUIRE)) return 0;
+  if (preparing == m) {
+    ml_seterr("the model's weights are being prepared (a use from inside the progress callback?)");
+    return -1;
+  }
   pthread_mutex_lock(&m->prep_mu);
   int rc = 0;
   if (!m->prepared) {
-    double t0 = 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    t0 = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    double t0 = seconds();
+    preparing = m;
     m->lw = ml_calloc(sizeof(ml_layer_w) * (size_t)m->hp.n_layer);
     rc = m->lw ? 0 : -1;
+    int d = droppable(m);
+    size_t done = 0, total = tensor_bytes(&m->output);
+    for (int64_t i = 0; i < m->hp.n_layer; i++) {
+      const ml_layer *L = &m->layers[i];
+      const ml_tensor *mats[] = {&L->wq, &L->wk, &L->wv, &L->wqkv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+      for (size_t j = 0; j < sizeof mats / sizeof mats[0]; j++) total += tensor_bytes(mats[j]);
+    }
     for (int64_t i = 0; rc == 0 && i < m->hp.n_layer; i++) {
       const ml_layer *L = &m->layers[i];
       ml_layer_w *w = &m->lw[i];
-      int d = droppable(m);
       const ml_tensor *mats[] = {&L->wq, &L->wk, &L->wv, &L->wqkv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
       ml_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wqkv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
-      for (size_t j = 0; rc == 0 && j < sizeof mats / sizeof mats[0]; j++)
-        if (mats[j]->storage && prep(ws[j], mats[j], d) < 0) rc = -1;
+      for (size_t j = 0; rc == 0 && j < sizeof mats / sizeof mats[0]; j++) {
+        if (!mats[j]->storage) continue;
+        if (prep(ws[j], mats[j], d) < 0) rc = -1;
+        done += tensor_bytes(mats[j]);
+        if (rc == 0 && progress && !progress(ud, done, total)) rc = -2;
+      }
     }
     /* a tied output shares token_embd, whose rows the embedding lookup still reads */
-    if (rc == 0 && m->output.storage && prep(&m->output_w, &m->output, !m->tied_output && droppable(m)) < 0) rc = -1;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    m->prepare_seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - t0;
+    if (rc == 0 && m->output.storage) {
+      if (prep(&m->output_w, &m->output, !m->tied_output && d) < 0) rc = -1;
+      else if (progress && !progress(ud, total, total)) rc = -2;
+    }
+    preparing = NULL;
+    m->prepare_seconds = seconds() - t0;
     if (rc == 0) {
       __atomic_store_n(&m->prepared, 1, __ATOMIC_RELEASE);
     } else if (m->lw) { /* undo, so a later call starts clean */
@@ -546,10 +570,16 @@ int ml_model_prepare(ml_model *m) {
       m->lw = NULL;
       ml_weight_release(&m->output_w);
     }
+    if (rc == -2) {
+      ml_seterr("preparing the weights was cancelled");
+      rc = -1;
+    }
   }
   pthread_mutex_unlock(&m->prep_mu);
   return rc;
 }
+
+int ml_model_prepare(ml_model *m) { return ml_model_prepare_progress(m, NULL, NULL); }
 
 static int same_view(const ml_tensor *a, const ml_tensor *b) {
   return a->storage && a->storage == b->storage && a->offset == b->offset && a->type == b->type && a->ndim == b->ndim &&

@@ -142,6 +142,13 @@ void ml_model_retain(ml_model *m);
 void ml_model_release(ml_model *m);
 /* Prepare the weights for the active kernel level, once (thread-safe). 0 or -1. */
 int ml_model_prepare(ml_model *m);
+/* The same, calling progress(ud, done, total) after each matrix with the bytes of weights
+ * prepared so far and in all (not at all when they already are). progress returning 0
+ * cancels: what was prepared is released, the model stays as loaded, and -1 comes back with
+ * "preparing the weights was cancelled". progress runs on the calling thread; it must not
+ * use the model (a decode from inside it fails with an error). */
+typedef int (*ml_progress_fn)(void *ud, size_t done, size_t total);
+int ml_model_prepare_progress(ml_model *m, ml_progress_fn progress, void *ud);
 /* The prepared weight (packed for the kernel level) behind t when t is a view of one of the
  * model's matrices as mapped (model:tensor(name)), preparing the model first; else NULL
  * (also when preparing fails: the caller then reads t as it is). */

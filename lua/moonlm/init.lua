@@ -63,7 +63,10 @@ local function wrap_model(ud)
   return self
 end
 
--- load(path, { threads = n, vocab_only = false }) -> model | nil, err
+-- load(path, { threads = n, vocab_only = false, prepare = false, progress = fn }) -> model | nil, err
+-- prepare: pack the weights for the kernels now (else the first decode does), progress(done,
+-- total) reporting it in bytes; progress returning false cancels: nil, "preparing the
+-- weights was cancelled", and nothing stays loaded.
 function _M.load(path, opts)
   if type(path) ~= "string" then
     error(("bad argument #1 to 'load' (string expected, got %s)"):format(type(path)), 2)
@@ -73,8 +76,23 @@ function _M.load(path, opts)
   end
   opts = opts or {}
   if opts.threads then core.threads(opts.threads) end
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    error(("bad argument #2 to 'load' (option 'progress' must be a function, got %s)"):format(type(opts.progress)), 2)
+  end
+  if opts.progress ~= nil and not opts.prepare then
+    error("bad argument #2 to 'load' (option 'progress' reports the packing of option 'prepare', which is not set)", 2)
+  end
   local ud, err = core.load(path, opts)
   if not ud then return nil, err end
+  if opts.prepare and not opts.vocab_only then
+    -- pack now, reporting progress; a cancel or an error closes what was loaded
+    local ok, secs, perr = pcall(ud.prepare, ud, opts.progress)
+    if not ok or not secs then
+      ud:close()
+      if not ok then error(secs, 0) end
+      return nil, perr
+    end
+  end
   return wrap_model(ud)
 end
 
@@ -243,9 +261,10 @@ function Model:_rank(x)
   return x
 end
 
--- prepare() -> seconds: pack the weights for the kernel level now (otherwise the first
--- decode does it); loading itself only maps the file
-function Model:prepare() return self._ud:prepare() end
+-- prepare([progress]) -> seconds | nil, err: pack the weights for the kernel level now
+-- (otherwise the first decode does it); loading itself only maps the file.
+-- progress(done, total) is called after each matrix (bytes of weights); false cancels.
+function Model:prepare(progress) return self._ud:prepare(progress) end
 
 -- tensor(name) -> a view of the tensor in the mapping, or nil. x:linear(w) on a model's
 -- matrix runs its prepared (packed) copy, as the forward pass does.

@@ -76,13 +76,13 @@ end
 describe("tensor.attention", function()
   local cases = {
     { "one head, one block", 1, 1, 5, 7, 64, {} },
-    { "causal prefill, grouped heads", 4, 2, 37, 37, 64, { causal = true } },
-    { "causal, rows after a cached prefix", 8, 2, 20, 150, 64, { causal = true } },
+    { "causal prefill, grouped heads", 4, 2, 37, 37, 32, { causal = true } },
+    { "causal, rows after a cached prefix", 4, 2, 20, 130, 32, { causal = true } },
     { "one query row, long keys (split and merged)", 6, 2, 1, 300, 64, { causal = true } },
     { "one query row, one KV head, long keys", 3, 1, 1, 700, 32, { causal = true } },
     { "head size 128", 2, 1, 3, 70, 128, { causal = true } },
     { "head size 40 (portable kernels)", 4, 4, 9, 80, 40, { causal = true } },
-    { "sliding window", 4, 2, 30, 100, 64, { causal = true, window = 17 } },
+    { "sliding window", 2, 1, 30, 100, 32, { causal = true, window = 17 } },
     { "softcap and scale", 2, 2, 6, 90, 64, { softcap = 0.7, scale = 0.3 } },
     { "ALiBi slopes", 4, 4, 12, 40, 32, { causal = true, alibi = { 0.5, 0.25, 0.125, 0.0625 } } },
     { "more query rows than keys", 2, 1, 8, 3, 32, { causal = true } },
@@ -104,7 +104,7 @@ describe("tensor.attention", function()
   end)
 
   it("f16 and q8_0 keys and values", function()
-    check(4, 2, 10, 130, 64, { causal = true }, "f16", 2e-5)
+    check(2, 1, 10, 130, 64, { causal = true }, "f16", 2e-5)
     check(4, 2, 1, 260, 64, { causal = true }, "q8_0", 2e-5)
   end)
 
@@ -129,14 +129,14 @@ describe("attention in the forward pass", function()
   it("a long prompt in one batch gives the logits of the same tokens one at a time", function()
     local model = assert(lm.load(S.path("ref/mini-f32.gguf")))
     local ids = {}
-    for i = 1, 300 do ids[i] = 3 + (i * 37) % 500 end
+    for i = 1, 260 do ids[i] = 3 + (i * 37) % 500 end
     for _, kv in ipairs { "f32", "f16", "q8_0" } do
       local a = assert(model:context { n_ctx = 320, kv_type = kv })
       local all = a:decode(ids, { logits = "all" })
       local b = assert(model:context { n_ctx = 320, kv_type = kv })
       for i = 1, #ids do
         local l = b:decode({ ids[i] })
-        if i == 1 or i == 150 or i == #ids then
+        if i == 1 or i == 130 or i == #ids then
           local d = S.maxdiff(l:totable(), all[i]:totable())
           assert.is_true(d < 1e-4, ("%s, token %d: %g"):format(kv, i, d))
         end

@@ -1,7 +1,6 @@
 /* context.c: contexts: the KV cache, scratch buffers, and the decode entry point, which
  * validates the whole batch (ids, sequences, free cells) before it touches anything, runs
  * it in chunks of n_batch tokens, and rolls the sequences back if a chunk fails. */
-#include <math.h>
 #include <string.h>
 
 #include "arch.h"
@@ -9,6 +8,7 @@
 #include "context.h"
 #include "flash.h"
 #include "registry.h"
+#include "rope.h"
 #include "rowops.h"
 #include "threads.h"
 
@@ -302,34 +302,20 @@ int ml_context_copy(ml_context *c, int from, int to) {
 
 /* ---- context shift ---- */
 
-/* Rotate the keys of `cells` in one layer of kv by delta positions: each head's pairs (as
- * forward.c's RoPE pairs them) turn by delta · inv_freq. Rows go through f32. */
+/* Rotate the keys of `cells` in one layer of kv by delta positions (RoPE as the forward
+ * pass applies it, rope.c). Rows go through f32 (buf: one row). */
 static void rotate_keys(const ml_context *c, const ml_kvcache *kv, int64_t layer, const float *inv_freq,
                         const int32_t *cells, int64_t n, int64_t delta, float *buf) {
   const ml_hparams *hp = &c->m->hp;
   const ml_rowops *ro = ml_rowops_get();
   const ml_type_traits *tr = ml_type_traits_get(kv->type);
-  int64_t hd = hp->head_dim, half = hp->n_rot / 2, row = kv->row;
-  int neox = hp->rope_type == ML_ROPE_NEOX;
-  float *cs = buf + row, *sn = cs + half;
-  for (int64_t k = 0; k < half; k++) {
-    double th = (double)delta * (double)inv_freq[k];
-    cs[k] = (float)cos(th);
-    sn[k] = (float)sin(th);
-  }
+  int64_t row = kv->row;
   for (int64_t i = 0; i < n; i++) {
     uint8_t *p = ml_kvcache_k(kv, layer, cells[i]);
     if (kv->type == ML_TYPE_F32) memcpy(buf, p, sizeof(float) * (size_t)row);
     else if (kv->type == ML_TYPE_F16) ro->f16_to_f32((const ml_fp16 *)p, buf, row);
     else tr->to_float(p, buf, row);
-    for (int64_t h = 0; h < hp->n_head_kv; h++)
-      for (int64_t k = 0; k < half; k++) {
-        float *v = buf + h * hd;
-        int64_t i0 = neox ? k : 2 * k, i1 = neox ? k + half : 2 * k + 1;
-        float a = v[i0], b = v[i1];
-        v[i0] = a * cs[k] - b * sn[k];
-        v[i1] = a * sn[k] + b * cs[k];
-      }
+    ml_rope_row(buf, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_type == ML_ROPE_NEOX, inv_freq, 1.0f, delta);
     if (kv->type == ML_TYPE_F32) memcpy(p, buf, sizeof(float) * (size_t)row);
     else if (kv->type == ML_TYPE_F16) ro->f32_to_f16(buf, (ml_fp16 *)p, row);
     else tr->from_float(buf, p, row);
@@ -363,7 +349,7 @@ int ml_context_shift(ml_context *c, int seq, int64_t n_keep, int64_t n_discard) 
     leave(c);
     return -1;
   }
-  float *buf = ml_alloc(sizeof(float) * (size_t)(c->kv.row + hp->n_rot + 16) * (size_t)c->max_threads);
+  float *buf = ml_alloc(sizeof(float) * (size_t)(c->kv.row + 16) * (size_t)c->max_threads);
   if (!buf) {
     leave(c);
     return -1;
@@ -380,7 +366,7 @@ int ml_context_shift(ml_context *c, int seq, int64_t n_keep, int64_t n_discard) 
     const ml_kvcache *kv = caches[swa];
     if (c->layer_rope[il] && moved[swa])
       rotate_keys(c, kv, c->kv_layer[il], c->layer_rope[il], kv->cells[seq] + first[swa], moved[swa], -n_discard,
-                  buf + (size_t)(c->kv.row + hp->n_rot + 16) * (size_t)ml_thread_id());
+                  buf + (size_t)(c->kv.row + 16) * (size_t)ml_thread_id());
   }
   ml_free(buf);
   leave(c);

@@ -19,11 +19,19 @@
 --   preserved_tokens {} ids of control tokens whose text goes into the output all the same
 --                      (tool-call markers such as [TOOL_CALLS] that a parser must see)
 --   n_ctx              size of the model's own context (default min(n_ctx_train, 4096))
+--   draft              speculative decoding: a smaller model with the same vocabulary guesses
+--                      n_draft [8] tokens, the model checks them in one batched decode
+--                      (moonlm/speculative.lua); greedy text is unchanged, sampled text keeps
+--                      the model's distribution
+--   lookup [false]     speculative decoding with guesses taken from the text so far (the
+--                      continuation of the last n-gram's latest occurrence: repetitive text,
+--                      code edits, quoting the prompt)
 --   logprobs           n >= 0 (true: 0): info.logprobs gets, for every generated token,
 --                      its log-probability and the n most likely tokens at its place (see
 --                      sampler:logprobs: temperature 1, after logit_bias and penalties)
 -- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort"),
 --   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids),
+--   speculative (with draft or lookup: { rounds, proposed, accepted, acceptance }),
 --   logprobs (with the option: one entry per id, { id, token, bytes, logprob,
 --   top_logprobs = { { id, token, bytes, logprob }, ... } }; token is the token's bytes,
 --   bytes the same as a list of numbers, as OpenAI's)
@@ -130,6 +138,16 @@ function _M.start(model, prompt, opts)
     end
     self.logprobs_n, self.token_info = lp, {}
   end
+  if opts.draft ~= nil and not (type(opts.draft) == "table" and opts.draft._ud and opts.draft.context) then
+    error("bad option 'draft' (a model expected, got " .. type(opts.draft) .. ")", 3)
+  end
+  local nd = opts.n_draft
+  if nd ~= nil and (type(nd) ~= "number" or nd < 1 or nd ~= math.floor(nd)) then
+    error("bad option 'n_draft' (a whole number >= 1 expected)", 3)
+  end
+  if (opts.draft or opts.lookup) and self.logprobs_n then
+    error("bad option 'logprobs' (not available with draft or lookup)", 3)
+  end
   self.pending = ""
   self.info = { prompt_tokens = #ids, tokens = 0, ids = {}, stop_reason = nil, logprobs = self.logprobs_n and {} or nil }
   -- prefill
@@ -150,6 +168,10 @@ function _M.start(model, prompt, opts)
     self.done = true
   end
   self.logits = logits
+  if logits and (opts.draft or opts.lookup) then
+    self.spec = require("moonlm.speculative").new(self, opts, logits)
+    self.logits = nil
+  end
   return self
 end
 
@@ -161,6 +183,11 @@ function Gen:finish(reason)
   local info = self.info
   info.gen_seconds = clock() - self.t_gen
   info.gen_tps = info.tokens / math.max(info.gen_seconds, 1e-9)
+  if self.spec then
+    self.spec:finish()
+    info.speculative = self.spec:stats()
+    self.spec = nil
+  end
   if self.logits then
     self.logits:close()
     self.logits = nil
@@ -230,12 +257,24 @@ function Gen:next()
       self.done = true
       self.info.stop_reason = "length"
     else
-      local id = self.sampler:sample(self.logits, self.history)
-      local lp, top
-      if self.logprobs_n then lp, top = self.sampler:logprobs(self.logits, self.history, id, self.logprobs_n) end
-      self.logits:close()
-      self.logits = nil
-      if self.stop_ids[id] then
+      local id, lp, top
+      if self.spec then
+        local err
+        id, err = self.spec:next(self.ctx.n_ctx - self.ctx:pos(self.seq) - 1)
+        if not id then
+          self.done = true
+          self.info.stop_reason = "length"
+          self.info.context_full = true
+          self.info.error = err
+        end
+      else
+        id = self.sampler:sample(self.logits, self.history)
+        if self.logprobs_n then lp, top = self.sampler:logprobs(self.logits, self.history, id, self.logprobs_n) end
+        self.logits:close()
+        self.logits = nil
+      end
+      if not id then -- nothing more: the context is full
+      elseif self.stop_ids[id] then
         self.done = true
         self.info.stop_reason = "eos"
         self.info.eos_id = id
@@ -260,7 +299,7 @@ function Gen:next()
           self.info.stop_reason = "abort"
           self.done = true
         end
-        if not self.done and info.tokens < self.max_tokens then
+        if not self.spec and not self.done and info.tokens < self.max_tokens then
           local logits, err = self.ctx:decode({ id }, { seq = self.seq })
           if not logits then
             self.done = true

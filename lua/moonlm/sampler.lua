@@ -245,6 +245,24 @@ function Sampler:sample(logits, history)
   return c.ids[i], probs[i]
 end
 
+-- dist(logits, history) -> ids, probs: the distribution sample() draws from, after every cut
+-- and the temperature, best first (greedy: the best id, probability 1). Speculative decoding
+-- needs it to accept or reject a draft (moonlm/speculative.lua). Not for mirostat, whose cut
+-- moves with every draw.
+function Sampler:dist(logits, history)
+  if self.mirostat == 2 then error("the distribution of a mirostat sampler depends on its draws", 2) end
+  local c = self:candidates(logits, history)
+  if #c.ids == 0 then error("no candidates to sample from", 2) end
+  if c.logits[1] == -huge or self.temperature <= 0 then return { c.ids[1] }, { 1 } end
+  typical(c, self.typical_p, 1)
+  top_p(c, self.top_p, 1)
+  min_p(c, self.min_p, 1)
+  return c.ids, softmax(c.logits, self.temperature)
+end
+
+-- uniform() -> a number in [0, 1) from this sampler's generator
+function Sampler:uniform() return self.rng:uniform() end
+
 -- logprobs(logits, history, id, n) -> logprob, top: the log-probability of token `id` and
 -- the n most likely tokens as { { id = , logprob = }, ... } best first (fewer if fewer
 -- tokens are possible). The distribution is the softmax at temperature 1 of the logits after

@@ -186,7 +186,7 @@ rock-install:
 # ---- fuzzing ----
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Isrc
 FUZZ_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c
-fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer $(BUILD)/fuzz/schema
+fuzz: $(BUILD)/fuzz/gguf $(BUILD)/fuzz/tokenizer $(BUILD)/fuzz/schema $(BUILD)/fuzz/grammar
 $(BUILD)/fuzz/gguf: fuzz/gguf.c $(FUZZ_CORE) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/gguf.c $(FUZZ_CORE) -o $@
@@ -200,6 +200,12 @@ SCHEMA_C = src/json.c src/grammar_schema.c src/grammar_schema_leaf.c src/error.c
 $(BUILD)/fuzz/schema: fuzz/schema.c $(SCHEMA_C) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/schema.c $(SCHEMA_C) -o $@
+
+GRAMMAR_C = src/grammar_gbnf.c src/grammar_regex.c src/grammar_compile.c src/grammar_vocab.c src/grammar_match.c \
+            src/grammar_mask.c $(FUZZ_CORE) $(TOK_SRCS)
+$(BUILD)/fuzz/grammar: fuzz/grammar.c $(GRAMMAR_C) $(HDRS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) fuzz/grammar.c $(GRAMMAR_C) -o $@
 
 clean:
 	rm -rf build build-san

@@ -41,6 +41,12 @@ describe("fuzzing #once", function()
     assert.truthy(log:match("Done (%d+) runs"), log:sub(-2000))
   end)
 
+  it("grammar engine (GBNF, regex, masks): 15 seconds, no crash, leak or timeout", function()
+    local code, log = fuzz("grammar", 15, "fuzz/seeds/grammar")
+    assert.are.equal(0, code, log:sub(-3000))
+    assert.truthy(log:match("Done (%d+) runs"), log:sub(-2000))
+  end)
+
   it("tokenizers: 15 seconds, no crash, leak or timeout", function()
     local code, log = fuzz("tokenizer", 15, "fuzz/seeds/tokenizer")
     assert.are.equal(0, code, log:sub(-3000))

@@ -13,7 +13,8 @@ local function make_vocab(extra)
   for b = 0, 255 do toks[#toks + 1] = string.char(b) end
   local more = { "ab", "abc", "abcd", "ba", "\"", "\":", "\", ", "\"}", "},", "{\"", "  ", "\n", "\n  ", "12", "3.5",
                  "true", "null", "false", "e+", "\\u", "\\n", "\xC3", "\xC3\xA9", "\xE3\x81", "\xE3\x81\x82",
-                 "\xF0\x9F", "-- ", "1. ", "O-O", "int ", "return", "(){", ";}", "caf\xC3\xA9", "ab" }
+                 "\xF0\x9F", "-- ", "1. ", "O-O", "int ", "return", "(){", ";}", "caf\xC3\xA9", "ab", "hello",
+                 " world", "abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz0123", "\t", "x\"", "\xC3\xA9t\xC3\xA9" }
   for _, t in ipairs(more) do toks[#toks + 1] = t end
   for _, t in ipairs(extra or {}) do toks[#toks + 1] = t end
   toks[#toks + 1] = false
@@ -94,6 +95,11 @@ describe("grammar: GBNF", function()
     { 'root ::= [a-]* [-a]', yes = { "-", "a-a" }, no = { "b" } },
     { 'root ::= [\\]\\\\]', yes = { "]", "\\" }, no = { "[" } },
     { 'root ::= "é"+ [ぁ-ゟ]', yes = { "éé\xE3\x81\x82" }, no = { "é" } },
+    -- nearly unconstrained states (masks from slices of the vocabulary), bounded and not
+    { 'root ::= "\\"" [^"\\\\\\x00-\\x1F]{0,3} "\\"" [0-9]', yes = { '""1', '"ab"2', '"a\xC3\xA9c"3' }, no = { '"abcd"1', '"a\nb"1' } },
+    { 'root ::= "\\"" [^"\\\\\\x7F\\x00-\\x1F]* "\\""', yes = { '"hello world"', '""' }, no = { '"\x7F"' } },
+    { 'root ::= [^\\n]{2,20} "\\n"', yes = { "ab\n", "hello world\n" }, no = { "a\n", ("x"):rep(21) .. "\n" } },
+    { 'root ::= "<" .{0,28} ">"', yes = { "<>", "<abcdefghijklmnopqrstuvwxyz>" }, no = { "<" .. ("a"):rep(29) .. ">" } },
   }
   for i, c in ipairs(cases) do
     it(("matches hand-checked strings (%d: %s)"):format(i, c[1]:gsub("\n", "\\n")), function()

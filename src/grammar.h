@@ -118,6 +118,8 @@ int32_t ml_matcher_n_accepted(const ml_matcher *m);
  * cap). */
 size_t ml_matcher_forced(ml_matcher *m, char *buf, size_t cap);
 
+/* out[i] = bit i (0 or 1), i < n. */
+void ml_mask_to_i8(const uint64_t *bits, int8_t *out, int64_t n);
 /* logits[i] = -inf for every i < n whose bit is clear. */
 void ml_mask_apply(const uint64_t *bits, float *logits, int64_t n);
 

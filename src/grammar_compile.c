@@ -98,16 +98,6 @@ static int32_t copy_range(cc *c, int32_t lo, int32_t hi) {
 
 /* ---- code point ranges -> UTF-8 byte-range sequences ---- */
 
-typedef struct useq {
-  uint8_t lo[4], hi[4];
-  int len;
-} useq;
-
-typedef struct uvec {
-  useq *s;
-  int32_t n, cap;
-} uvec;
-
 static int uvec_push(uvec *v, const useq *q) {
   if (v->n == v->cap) {
     int32_t nc = v->cap ? v->cap * 2 : 16;
@@ -120,13 +110,13 @@ static int uvec_push(uvec *v, const useq *q) {
   return 0;
 }
 
-static int utf8_split(uint32_t lo, uint32_t hi, uvec *out) {
+int gx_utf8_split(uint32_t lo, uint32_t hi, uvec *out) {
   if (lo > hi) return 0;
   static const uint32_t maxes[] = {0x7F, 0x7FF, 0xFFFF};
   for (int k = 0; k < 3; k++)
     if (lo <= maxes[k] && maxes[k] < hi) {
-      if (utf8_split(lo, maxes[k], out) < 0) return -1;
-      return utf8_split(maxes[k] + 1, hi, out);
+      if (gx_utf8_split(lo, maxes[k], out) < 0) return -1;
+      return gx_utf8_split(maxes[k] + 1, hi, out);
     }
   useq q;
   if (hi < 0x80) {
@@ -139,12 +129,12 @@ static int utf8_split(uint32_t lo, uint32_t hi, uvec *out) {
     uint32_t m = (1u << (6 * i)) - 1;
     if ((lo & ~m) != (hi & ~m)) {
       if ((lo & m) != 0) {
-        if (utf8_split(lo, lo | m, out) < 0) return -1;
-        return utf8_split((lo | m) + 1, hi, out);
+        if (gx_utf8_split(lo, lo | m, out) < 0) return -1;
+        return gx_utf8_split((lo | m) + 1, hi, out);
       }
       if ((hi & m) != m) {
-        if (utf8_split(lo, (hi & ~m) - 1, out) < 0) return -1;
-        return utf8_split(hi & ~m, hi, out);
+        if (gx_utf8_split(lo, (hi & ~m) - 1, out) < 0) return -1;
+        return gx_utf8_split(hi & ~m, hi, out);
       }
     }
   }
@@ -181,7 +171,7 @@ static int build_bytes(cc *c, const uint8_t *b, int32_t n, frag *f) {
 static int build_class(cc *c, const uint32_t *r, int32_t npairs, frag *f) {
   uvec v = {0};
   for (int32_t i = 0; i < npairs; i++)
-    if (utf8_split(r[2 * i], r[2 * i + 1], &v) < 0) return free(v.s), -1;
+    if (gx_utf8_split(r[2 * i], r[2 * i + 1], &v) < 0) return free(v.s), -1;
   if (v.n == 0) { /* matches nothing: an entry with no way to the exit */
     f->in = nadd(c, N_EPS, 0, 0, -1);
     f->out = f->in < 0 ? -1 : nadd(c, N_EPS, 0, 0, -1);
@@ -671,7 +661,7 @@ static int closure(const cc *c, const int32_t *seeds, int32_t ns, int at_start, 
     if (n->out2 >= 0 && ivec_push(stack, n->out2 * 2 + next_eol) < 0) return -1;
     if (n->out >= 0 && ivec_push(stack, n->out * 2 + next_eol) < 0) return -1;
   }
-  qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
+  if (out->n > 1) qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
   int32_t k = 0; /* a state may be reached both before and past $ */
   for (int32_t i = 0; i < out->n; i++)
     if (k == 0 || out->v[k - 1] != out->v[i]) out->v[k++] = out->v[i];
@@ -1056,6 +1046,29 @@ static int finish(ml_grammar *g, dfa *d, int32_t nm, const int32_t *mstart) {
         }
       }
   }
+  /* follow sets: what comes after a call's return, transitively through callers that
+   * may return at once */
+  g->follow = calloc((size_t)nm * 4, sizeof *g->follow);
+  g->enter = calloc((size_t)nm * 4, sizeof *g->enter);
+  if (!g->follow || !g->enter) goto oom;
+  for (int changed = 1; changed;) {
+    changed = 0;
+    for (int32_t s2 = 1; s2 < n; s2++)
+      for (int32_t k = g->call_off[s2]; k < g->call_off[s2 + 1]; k++) {
+        const gcall *gc = &g->calls[k];
+        uint64_t *f = &g->follow[(size_t)gc->machine * 4];
+        int32_t caller = g->mstate_machine[s2];
+        for (int w = 0; w < 4; w++) {
+          uint64_t add = g->first[(size_t)gc->ret * 4 + w];
+          if (g->flags[gc->ret] & GS_EPSEND) add |= g->follow[(size_t)caller * 4 + w];
+          if ((f[w] | add) != f[w]) f[w] |= add, changed = 1;
+        }
+      }
+  }
+  for (int32_t m = 0; m < nm; m++)
+    for (int w = 0; w < 4; w++)
+      g->enter[(size_t)m * 4 + w] = g->first[(size_t)g->mstart[m] * 4 + w] |
+                                    ((g->flags[g->mstart[m]] & GS_EPSEND) ? g->follow[(size_t)m * 4 + w] : 0);
   g->wdelta = malloc((size_t)n * (size_t)nc * sizeof *g->wdelta);
   if (!g->wdelta) goto oom;
   for (size_t i = 0; i < (size_t)n * (size_t)nc; i++) {

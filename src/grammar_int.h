@@ -111,6 +111,9 @@ struct ml_grammar {
   uint64_t *first;    /* n_states x 4: bytes consumable first (directly or through calls) */
   int32_t n_machines;
   int32_t *mstart;    /* start state per machine */
+  uint64_t *follow;   /* per machine, 4 words: bytes that may come right after it returns */
+  uint64_t *enter;    /* per machine, 4 words: bytes a call to it may begin with (first bytes,
+                         and its follow when it may return at once) */
   int32_t *mstate_machine; /* machine of each state */
   /* the walk table: delta with targets premultiplied by n_cls, negated for the states a
    * walk must treat in full (calls or a possible return), 0 dead */
@@ -122,6 +125,17 @@ struct ml_grammar {
   pthread_mutex_t mu;
   struct gbind *binds;
 };
+
+/* A code point range as UTF-8 byte-range sequences (grammar_compile.c): appended to out. */
+typedef struct useq {
+  uint8_t lo[4], hi[4];
+  int len;
+} useq;
+typedef struct uvec {
+  useq *s;
+  int32_t n, cap;
+} uvec;
+int gx_utf8_split(uint32_t lo, uint32_t hi, uvec *out);
 
 /* AST -> grammar (grammar_compile.c). */
 ml_grammar *gx_compile(gx_ast *a, int32_t root_rule);
@@ -148,15 +162,20 @@ typedef struct gtrie {
   int32_t *dup;
 } gtrie;
 
-/* A slice: tokens made only of whole characters of one class, by length in characters;
- * the rest of the vocabulary goes to its own trie. */
+/* A slice: the tokens made only of whole characters of one class (the inside of a JSON
+ * string, a line of text), by length in characters, and the rest of the vocabulary in a
+ * trie of its own. A state that every character of the class takes to one same next state
+ * (and so on along a chain) accepts the members by length alone. */
 #define GV_SLICE_LENS 16
 typedef struct gslice {
-  uint32_t *ranges; /* code point pairs */
+  int id;                     /* its index in the vocabulary's slices */
+  uint32_t *ranges;           /* code point pairs */
   int32_t n_ranges;
   int32_t max_len;            /* longest member, in characters */
-  uint64_t *upto[GV_SLICE_LENS + 1]; /* upto[L]: members of at most L characters (L <= 16) */
-  uint64_t *all;              /* all members */
+  uint64_t *upto[GV_SLICE_LENS + 1]; /* upto[L]: members of 1..L characters (n_words + 1 each) */
+  int32_t n_long;             /* members longer than GV_SLICE_LENS, by length */
+  int32_t *long_id;
+  int32_t *long_len;
   gtrie rest;
 } gslice;
 
@@ -172,14 +191,19 @@ struct ml_gvocab {
   int32_t *eog;
   int32_t n_eog;
   gtrie trie;
+  int32_t *sorted;  /* the text tokens in trie order */
+  int32_t n_sorted;
   pthread_mutex_t mu;
   gslice *slices[GV_MAX_SLICES];
   int n_slices;     /* atomic */
   size_t bytes_used;
 };
 
-/* The slice of a class (made on first use; NULL when none fits or the budget is spent). */
+/* The slice of a class (sorted, merged code point pairs; made on first use), or NULL when
+ * GV_MAX_SLICES are made already or memory is short. */
 const gslice *gv_slice(ml_gvocab *v, const uint32_t *ranges, int32_t npairs);
+/* The trie of index tr: 0 the whole vocabulary, k > 0 the rest of slice k - 1. */
+static inline const gtrie *gv_trie(const ml_gvocab *v, int tr) { return tr == 0 ? &v->trie : &v->slices[tr - 1]->rest; }
 
 /* ---- matchers (grammar_match.c) and masks (grammar_mask.c) ---- */
 
@@ -224,11 +248,11 @@ struct ml_matcher {
   gbuf pool;   /* configurations of the history, back to back */
   ghist *hist; /* hist[0] is the start */
   int32_t n_hist, cap_hist;
-  gbuf tmp[3]; /* step scratch */
-  gbuf wcfg;   /* walk configurations, level after level */
-  int32_t *lvl_off, *lvl_n; /* per trie depth: where its configuration is in wcfg */
-  int32_t *lvl_st, *lvl_p;  /* ... or its one simple state and its parent */
+  gbuf tmp[2]; /* step scratch */
+  int32_t *lvl_st; /* walk: the state at each trie depth (premultiplied by n_cls) */
   int32_t n_lvl;
+  int32_t wstack[64]; /* states whose W this matcher is computing (nested) */
+  int n_wstack;
   gbuf work, seen;
   uint64_t *mask;
   int mask_valid;

@@ -278,12 +278,8 @@ void ml_matcher_free(ml_matcher *m) {
   free(m->ar.bucket);
   free(m->pool.e);
   free(m->hist);
-  for (int i = 0; i < 3; i++) free(m->tmp[i].e);
-  free(m->wcfg.e);
-  free(m->lvl_off);
-  free(m->lvl_n);
+  for (int i = 0; i < 2; i++) free(m->tmp[i].e);
   free(m->lvl_st);
-  free(m->lvl_p);
   free(m->work.e);
   free(m->seen.e);
   ml_free(m->mask);

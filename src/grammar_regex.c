@@ -487,6 +487,8 @@ void ml_grammar_release(ml_grammar *g) {
   free(g->calls);
   free(g->first);
   free(g->mstart);
+  free(g->follow);
+  free(g->enter);
   free(g->mstate_machine);
   free(g);
 }

@@ -34,9 +34,8 @@ static int cmp_tok(const void *x, const void *y, void *ctx) {
   return (a > b) - (a < b);
 }
 
-/* The trie of the tokens ids[0..n) (text tokens). 0 or -1. */
-static int trie_build(const ml_gvocab *v, int32_t *ids, int32_t n, gtrie *t) {
-  qsort_r(ids, (size_t)n, sizeof *ids, cmp_tok, (void *)v);
+/* The trie of the tokens ids[0..n) (text tokens, in the order cmp_tok sorts them). 0 or -1. */
+static int trie_build(const ml_gvocab *v, const int32_t *ids, int32_t n, gtrie *t) {
   size_t cap_nodes = 1;
   for (int32_t i = 0; i < n; i++) cap_nodes += (size_t)(v->off[ids[i] + 1] - v->off[ids[i]]);
   if (cap_nodes > INT32_MAX) return ml_seterr("vocabulary too large"), -1;
@@ -152,8 +151,10 @@ static int gv_finish(ml_gvocab *v) {
     if (v->kind[i] == 0) ids[n_text++] = i;
     else if (v->kind[i] == 1) v->eog[v->n_eog++] = i;
   }
+  qsort_r(ids, (size_t)n_text, sizeof *ids, cmp_tok, (void *)v);
   int rc = trie_build(v, ids, n_text, &v->trie);
-  free(ids);
+  v->sorted = ids; /* kept: the rest of a slice is a trie of a subsequence */
+  v->n_sorted = n_text;
   v->bytes_used = (size_t)v->off[v->n_vocab] + (size_t)v->n_vocab * 9 + (size_t)v->trie.n * 11;
   return rc;
 }
@@ -234,8 +235,9 @@ void ml_gvocab_release(ml_gvocab *v) {
   for (int i = 0; i < v->n_slices; i++) {
     gslice *s = v->slices[i];
     free(s->ranges);
-    for (int k = 0; k <= GV_SLICE_LENS; k++) free(s->upto[k]);
-    free(s->all);
+    for (int k = 0; k <= GV_SLICE_LENS; k++) ml_free(s->upto[k]);
+    free(s->long_id);
+    free(s->long_len);
     trie_free(&s->rest);
     free(s);
   }
@@ -244,6 +246,7 @@ void ml_gvocab_release(ml_gvocab *v) {
   free(v->off);
   free(v->kind);
   free(v->eog);
+  free(v->sorted);
   free(v);
 }
 
@@ -260,9 +263,111 @@ const char *ml_gvocab_token(const ml_gvocab *v, int32_t id, size_t *len) {
 
 int ml_gvocab_is_eog(const ml_gvocab *v, int32_t id) { return id >= 0 && id < v->n_vocab && v->kind[id] == 1; }
 
-const gslice *gv_slice(ml_gvocab *v, const uint32_t *ranges, int32_t npairs) {
-  (void)v, (void)ranges, (void)npairs;
+static int in_class(const uint32_t *r, int32_t n, uint32_t c) {
+  int32_t lo = 0, hi = n - 1;
+  while (lo <= hi) {
+    int32_t mid = (lo + hi) / 2;
+    if (c < r[2 * mid]) hi = mid - 1;
+    else if (c > r[2 * mid + 1]) lo = mid + 1;
+    else return 1;
+  }
+  return 0;
+}
+
+/* length in characters if the token is whole characters of the class, else 0 */
+static int32_t member_len(const ml_gvocab *v, int32_t id, const uint32_t *r, int32_t n) {
+  const uint8_t *s = v->bytes + v->off[id];
+  size_t len = (size_t)(v->off[id + 1] - v->off[id]), i = 0;
+  int32_t chars = 0;
+  while (i < len) {
+    uint32_t c;
+    int k = gx_utf8_decode(s + i, len - i, &c);
+    if (!k || !in_class(r, n, c)) return 0;
+    i += (size_t)k;
+    chars++;
+  }
+  return chars;
+}
+
+static gslice *slice_build(ml_gvocab *v, const uint32_t *ranges, int32_t npairs) {
+  gslice *sl = calloc(1, sizeof *sl);
+  int32_t *lens = malloc((size_t)v->n_vocab * sizeof *lens + 1), *rest = malloc((size_t)v->n_vocab * sizeof *rest + 1);
+  if (!sl || !lens || !rest) goto oom;
+  sl->ranges = malloc((size_t)npairs * 2 * sizeof *sl->ranges + 1);
+  if (!sl->ranges) goto oom;
+  memcpy(sl->ranges, ranges, (size_t)npairs * 2 * sizeof *ranges);
+  sl->n_ranges = npairs;
+  int32_t n_rest = 0;
+  for (int32_t id = 0; id < v->n_vocab; id++) {
+    lens[id] = v->kind[id] == 0 ? member_len(v, id, ranges, npairs) : 0;
+    if (lens[id] > sl->max_len) sl->max_len = lens[id];
+    if (lens[id] > GV_SLICE_LENS) sl->n_long++;
+  }
+  for (int32_t i = 0; i < v->n_sorted; i++) /* the rest, in trie order */
+    if (lens[v->sorted[i]] == 0) rest[n_rest++] = v->sorted[i];
+  for (int L = 1; L <= GV_SLICE_LENS; L++) {
+    sl->upto[L] = ml_calloc((v->n_words + 1) * sizeof(uint64_t));
+    if (!sl->upto[L]) goto oom;
+  }
+  sl->long_id = malloc((size_t)sl->n_long * sizeof *sl->long_id + 1);
+  sl->long_len = malloc((size_t)sl->n_long * sizeof *sl->long_len + 1);
+  if (!sl->long_id || !sl->long_len) goto oom;
+  int32_t nl = 0;
+  for (int32_t id = 0; id < v->n_vocab; id++) {
+    int32_t L = lens[id];
+    if (L == 0) continue;
+    if (L <= GV_SLICE_LENS) sl->upto[L][id >> 6] |= 1ull << (id & 63);
+    else sl->long_id[nl] = id, sl->long_len[nl++] = L;
+  }
+  for (int L = 2; L <= GV_SLICE_LENS; L++)
+    for (size_t w = 0; w < v->n_words; w++) sl->upto[L][w] |= sl->upto[L - 1][w];
+  for (int32_t i = 1; i < nl; i++) /* by length */
+    for (int32_t j = i; j > 0 && sl->long_len[j - 1] > sl->long_len[j]; j--) {
+      int32_t a = sl->long_len[j], b = sl->long_id[j];
+      sl->long_len[j] = sl->long_len[j - 1], sl->long_id[j] = sl->long_id[j - 1];
+      sl->long_len[j - 1] = a, sl->long_id[j - 1] = b;
+    }
+  if (trie_build(v, rest, n_rest, &sl->rest) < 0) goto fail;
+  free(lens);
+  free(rest);
+  return sl;
+oom:
+  ml_seterr("out of memory (vocabulary slice)");
+fail:
+  if (sl) {
+    free(sl->ranges);
+    for (int L = 0; L <= GV_SLICE_LENS; L++) ml_free(sl->upto[L]);
+    free(sl->long_id);
+    free(sl->long_len);
+    free(sl);
+  }
+  free(lens);
+  free(rest);
   return NULL;
+}
+
+const gslice *gv_slice(ml_gvocab *v, const uint32_t *ranges, int32_t npairs) {
+  int n = __atomic_load_n(&v->n_slices, __ATOMIC_ACQUIRE);
+  for (int i = 0; i < n; i++) {
+    const gslice *sl = v->slices[i];
+    if (sl->n_ranges == npairs && memcmp(sl->ranges, ranges, (size_t)npairs * 2 * sizeof *ranges) == 0) return sl;
+  }
+  pthread_mutex_lock(&v->mu);
+  gslice *found = NULL;
+  n = v->n_slices;
+  for (int i = 0; i < n && !found; i++) /* made by another thread meanwhile? */
+    if (v->slices[i]->n_ranges == npairs && memcmp(v->slices[i]->ranges, ranges, (size_t)npairs * 2 * sizeof *ranges) == 0)
+      found = v->slices[i];
+  if (!found && n < GV_MAX_SLICES) {
+    found = slice_build(v, ranges, npairs);
+    if (found) {
+      found->id = n;
+      v->slices[n] = found;
+      __atomic_store_n(&v->n_slices, n + 1, __ATOMIC_RELEASE);
+    }
+  }
+  pthread_mutex_unlock(&v->mu);
+  return found;
 }
 
 ml_gvocab *ml_model_gvocab(ml_model *m) {

@@ -340,15 +340,6 @@ static const uint64_t *mask_bits(lua_State *L, lmatcher *u) {
   return bits;
 }
 
-/* byte -> its 8 bits as 8 bytes of 0/1 (little-endian) */
-#define SP1(b) ((uint64_t)((b) & 1) | (uint64_t)(((b) >> 1) & 1) << 8 | (uint64_t)(((b) >> 2) & 1) << 16 | \
-                (uint64_t)(((b) >> 3) & 1) << 24 | (uint64_t)(((b) >> 4) & 1) << 32 | (uint64_t)(((b) >> 5) & 1) << 40 | \
-                (uint64_t)(((b) >> 6) & 1) << 48 | (uint64_t)(((b) >> 7) & 1) << 56)
-#define SP4(b) SP1(b), SP1((b) + 1), SP1((b) + 2), SP1((b) + 3)
-#define SP16(b) SP4(b), SP4((b) + 4), SP4((b) + 8), SP4((b) + 12)
-#define SP64(b) SP16(b), SP16((b) + 16), SP16((b) + 32), SP16((b) + 48)
-static const uint64_t spread[256] = {SP64(0), SP64(64), SP64(128), SP64(192)};
-
 /* mask([out]) -> i8 tensor {n_vocab}: 1 allowed, 0 not */
 static int mt_mask(lua_State *L) {
   lmatcher *u = check_matcher(L, 1);
@@ -365,13 +356,7 @@ static int mt_mask(lua_State *L) {
     if (ml_tensor_init(t, ML_TYPE_I8, 1, shape) < 0) return ml_lua_error(L);
   }
   const uint64_t *bits = mask_bits(L, u);
-  int8_t *d = ml_tensor_data(t);
-  int32_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t x = spread[(bits[i >> 6] >> (i & 63)) & 0xFF];
-    memcpy(d + i, &x, 8);
-  }
-  for (; i < n; i++) d[i] = (int8_t)((bits[i >> 6] >> (i & 63)) & 1);
+  ml_mask_to_i8(bits, ml_tensor_data(t), n);
   return 1;
 }
 

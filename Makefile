@@ -36,7 +36,7 @@ CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokeniz
        model arch arch_llama arch_qwen2 arch_qwen3 arch_phi3 arch_mpt arch_gemma2 arch_gemma3 arch_bert \
        kvcache context forward attention flash registry rowops kernels/rowops_avx2 \
        json grammar_schema grammar_schema_leaf \
-       grammar_gbnf grammar_regex grammar_compile grammar_vocab grammar_match grammar_mask \
+       grammar_gbnf grammar_regex grammar_compile grammar_dfa grammar_vocab grammar_match grammar_mask \
        kernels/dispatch kernels/ref
 # models written in Lua: the torch7 essentials, RoPE and ALiBi
 CORE += ops_ext rope
@@ -201,7 +201,7 @@ $(BUILD)/fuzz/schema: fuzz/schema.c $(SCHEMA_C) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/schema.c $(SCHEMA_C) -o $@
 
-GRAMMAR_C = src/grammar_gbnf.c src/grammar_regex.c src/grammar_compile.c src/grammar_vocab.c src/grammar_match.c \
+GRAMMAR_C = src/grammar_gbnf.c src/grammar_regex.c src/grammar_compile.c src/grammar_dfa.c src/grammar_vocab.c src/grammar_match.c \
             src/grammar_mask.c $(FUZZ_CORE) $(TOK_SRCS)
 $(BUILD)/fuzz/grammar: fuzz/grammar.c $(GRAMMAR_C) $(HDRS)
 	@mkdir -p $(dir $@)

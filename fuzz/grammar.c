@@ -99,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   ml_grammar_stats st;
   ml_grammar_get_stats(g, &st);
-  EXPECT(st.n_states >= 2 && st.n_machines >= 1);
+  EXPECT(st.n_states >= 1 && st.n_machines >= 1); /* states made so far: at least the start */
   ml_matcher *m = ml_matcher_new(g, vocab(), NULL);
   ml_grammar_release(g); /* the matcher keeps it */
   if (!m) return 0;

@@ -187,7 +187,31 @@ describe("grammar: hostile input", function()
     assert.is_true(m:accept_text(("ab"):rep(1000)))
     assert.is_false(m:can_end())
     assert.is_false(m:accept_text("b"))
-    refuses(".*a.{24}", "grammar too complex: building its automaton takes more than the compile budget", G.regex)
+  end)
+
+  it("builds its automaton on demand, and says so when it would grow past its room", function()
+    -- .*a.{24} has 2^25 DFA states in full: only those a text reaches are made
+    local g = assert(G.regex(".*a.{24}"))
+    local m = g:matcher(VOCAB)
+    assert.is_true(m:accept_text(("ab"):rep(100)))
+    check_mask(m, TOKS)
+    -- 4,096 tokens of 12 random a/b each walk into distinct states of (a|b)*a(a|b){18}
+    local toks = {}
+    for i = 0, 4095 do
+      local t = {}
+      for k = 0, 11 do t[#t + 1] = math.floor(i / 2 ^ k) % 2 == 1 and "a" or "b" end
+      toks[#toks + 1] = table.concat(t)
+    end
+    local g2 = assert(G.regex("(a|b)*a(a|b){18}"))
+    local m2 = g2:matcher(G.vocab(toks))
+    local ok, err = pcall(function()
+      for _ = 1, 20 do
+        m2:mask()
+        assert(m2:accept_text("ab"))
+      end
+    end)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):match("grammar too large: its automaton exceeds %d+ states"), err)
   end)
 
   it("compiles a 1 MB grammar, and a chain of 50,000 rules, or refuses it, within the budget", function()

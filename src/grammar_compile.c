@@ -21,13 +21,6 @@
 #include "common.h"
 #include "grammar_int.h"
 
-enum { N_EPS, N_RANGE, N_CALL, N_FINAL, N_BOL, N_EOL }; /* BOL/EOL: epsilon edges with a condition */
-
-typedef struct nst {
-  uint8_t kind, lo, hi, pad;
-  int32_t out, out2; /* -1: none */
-  int32_t call;      /* machine */
-} nst;
 
 typedef struct frag {
   int32_t in, out; /* out: an N_EPS state with out == -1, to be linked */
@@ -39,10 +32,36 @@ typedef struct cc {
   nst *n;
   int32_t nn, cap;
   int32_t *machine_of;   /* rule -> machine, -1 inlined */
-  int32_t *tmpl_lo, *tmpl_hi; /* rule template fragment [lo, hi), entry lo... */
+  int32_t *tmpl_lo, *tmpl_hi; /* rule template fragment [lo, hi); tmpl_lo -1: built in place (used once) */
   frag *tmpl;
   int depth;
+  uint8_t *rpool;       /* byte pairs of N_RANGES states */
+  int32_t n_rpool, cap_rpool;
+  int dead;             /* some fragment can never reach its exit (an empty class) */
+  int64_t *est;         /* estimated NFA states of each inlined rule (the inlining policy) */
+  int32_t *idepth;
+  int32_t *mnode;       /* AST node of each machine's body */
+  int32_t nm, cap_m;
+  int32_t *node_machine; /* AST node -> machine made for a large repeated subexpression, -1 */
 } cc;
+
+#define GX_REP_CALL_MIN 128      /* a repeated subexpression of this many NFA states ... */
+#define GX_REP_CALL_TOTAL 65536  /* ... with copies this large in all becomes a machine of its own */
+
+static int64_t estimate(const gx_ast *a, int32_t node, const int32_t *machine_of, const int64_t *est,
+                        const int32_t *idepth, int32_t *dmax);
+
+static int32_t add_machine(cc *c, int32_t node) {
+  if (c->nm == c->cap_m) {
+    int32_t ncap = c->cap_m ? c->cap_m * 2 : 16;
+    int32_t *p = realloc(c->mnode, (size_t)ncap * sizeof *p);
+    if (!p) return ml_seterr("out of memory (grammar)"), -1;
+    c->mnode = p;
+    c->cap_m = ncap;
+  }
+  c->mnode[c->nm] = node;
+  return c->nm++;
+}
 
 static void *xcalloc(size_t n, size_t sz) {
   void *p = calloc(n ? n : 1, sz);
@@ -168,49 +187,118 @@ static int build_bytes(cc *c, const uint8_t *b, int32_t n, frag *f) {
   return 0;
 }
 
+/* One state taking the byte ranges pairs[0..n) to out: N_RANGE for one range, N_RANGES
+ * for several (their pairs in the shared pool: copies of the state share them). */
+static int32_t add_ranges(cc *c, const uint8_t *pairs, int n, int32_t out) {
+  int32_t first = -1;
+  while (n > 0) { /* at most 255 pairs a state: chain splits beyond (never for bytes) */
+    int k = n > 255 ? 255 : n;
+    int32_t s;
+    if (k == 1) {
+      s = nadd(c, N_RANGE, pairs[0], pairs[1], -1);
+    } else {
+      if (c->n_rpool + 2 * k > c->cap_rpool) {
+        int32_t nc = c->cap_rpool ? c->cap_rpool * 2 : 256;
+        while (nc < c->n_rpool + 2 * k) nc *= 2;
+        uint8_t *p = realloc(c->rpool, (size_t)nc);
+        if (!p) return ml_seterr("out of memory (grammar)"), -1;
+        c->rpool = p;
+        c->cap_rpool = nc;
+      }
+      memcpy(c->rpool + c->n_rpool, pairs, (size_t)2 * (size_t)k);
+      s = nadd(c, N_RANGES, 0, 0, c->n_rpool);
+      if (s >= 0) c->n[s].pad = (uint8_t)k;
+      c->n_rpool += 2 * k;
+    }
+    if (s < 0) return -1;
+    c->n[s].out = out;
+    if (first >= 0) { /* more than 255 pairs: a split in front */
+      int32_t sp = nadd(c, N_EPS, 0, 0, -1);
+      if (sp < 0) return -1;
+      c->n[sp].out = first;
+      c->n[sp].out2 = s;
+      s = sp;
+    }
+    first = s;
+    pairs += 2 * k;
+    n -= k;
+  }
+  return first;
+}
+
+/* A code point class as UTF-8: sequences that share their tail share its states, and the
+ * first bytes that lead to the same state are one state (the inside of a JSON string is
+ * about 15 states, a hex digit one). */
 static int build_class(cc *c, const uint32_t *r, int32_t npairs, frag *f) {
   uvec v = {0};
   for (int32_t i = 0; i < npairs; i++)
     if (gx_utf8_split(r[2 * i], r[2 * i + 1], &v) < 0) return free(v.s), -1;
   if (v.n == 0) { /* matches nothing: an entry with no way to the exit */
+    c->dead = 1;
     f->in = nadd(c, N_EPS, 0, 0, -1);
     f->out = f->in < 0 ? -1 : nadd(c, N_EPS, 0, 0, -1);
     return f->out < 0 ? -1 : 0;
   }
-  /* splits first (v.n - 1 of them), then each sequence, then the exit */
-  int32_t split0 = c->nn;
-  for (int32_t i = 0; i + 1 < v.n; i++)
-    if (nadd(c, N_EPS, 0, 0, -1) < 0) return free(v.s), -1;
-  int32_t *heads = malloc((size_t)v.n * sizeof *heads), *tails = malloc((size_t)v.n * sizeof *tails);
-  if (!heads || !tails) return free(heads), free(tails), free(v.s), ml_seterr("out of memory (grammar)"), -1;
+  int32_t exit = nadd(c, N_EPS, 0, 0, -1);
+  if (exit < 0) return free(v.s), -1;
+  /* tails: (lo, hi, next) -> state, a few dozen at most */
+  int32_t nt = 0, cap_t = 4 * v.n + 4;
+  int32_t *tk = malloc((size_t)cap_t * 4 * sizeof *tk); /* lo, hi, next, state */
+  /* groups of first bytes by where they lead */
+  int32_t ng = 0;
+  int32_t *gnext = malloc((size_t)v.n * sizeof *gnext);
+  uint8_t *gpairs = malloc((size_t)v.n * (size_t)v.n * 2 + 2);
+  int32_t *gcount = calloc((size_t)v.n, sizeof *gcount);
   int rc = 0;
+  if (!tk || !gnext || !gpairs || !gcount) rc = (ml_seterr("out of memory (grammar)"), -1);
   for (int32_t i = 0; i < v.n && rc == 0; i++) {
-    int32_t prev = -1;
-    for (int k = 0; k < v.s[i].len; k++) {
-      int32_t s = nadd(c, N_RANGE, v.s[i].lo[k], v.s[i].hi[k], -1);
-      if (s < 0) {
-        rc = -1;
-        break;
+    const useq *q = &v.s[i];
+    int32_t next = exit;
+    for (int k = q->len - 1; k >= 1 && rc == 0; k--) {
+      int32_t found = -1;
+      for (int32_t j = 0; j < nt && found < 0; j++)
+        if (tk[4 * j] == q->lo[k] && tk[4 * j + 1] == q->hi[k] && tk[4 * j + 2] == next) found = tk[4 * j + 3];
+      if (found < 0) {
+        uint8_t pr[2] = {q->lo[k], q->hi[k]};
+        found = add_ranges(c, pr, 1, next);
+        if (found < 0) rc = -1;
+        else {
+          tk[4 * nt] = q->lo[k], tk[4 * nt + 1] = q->hi[k], tk[4 * nt + 2] = next, tk[4 * nt + 3] = found;
+          nt++;
+        }
       }
-      if (prev >= 0) c->n[prev].out = s;
-      else heads[i] = s;
-      prev = s;
+      next = found;
     }
-    tails[i] = prev;
+    if (rc < 0) break;
+    int32_t gi = 0;
+    while (gi < ng && gnext[gi] != next) gi++;
+    if (gi == ng) gnext[ng++] = next;
+    uint8_t *gp = gpairs + (size_t)gi * (size_t)v.n * 2;
+    gp[2 * gcount[gi]] = q->lo[0];
+    gp[2 * gcount[gi] + 1] = q->hi[0];
+    gcount[gi]++;
   }
-  int32_t e = rc == 0 ? nadd(c, N_EPS, 0, 0, -1) : -1;
-  if (e < 0) rc = -1;
+  int32_t entry = -1;
+  for (int32_t gi = ng - 1; gi >= 0 && rc == 0; gi--) { /* first-byte states, split in front */
+    int32_t s = add_ranges(c, gpairs + (size_t)gi * (size_t)v.n * 2, gcount[gi], gnext[gi]);
+    if (s < 0) {
+      rc = -1;
+    } else if (entry < 0) {
+      entry = s;
+    } else {
+      int32_t sp = nadd(c, N_EPS, 0, 0, -1);
+      if (sp < 0) rc = -1;
+      else c->n[sp].out = s, c->n[sp].out2 = entry, entry = sp;
+    }
+  }
   if (rc == 0) {
-    for (int32_t i = 0; i < v.n; i++) c->n[tails[i]].out = e;
-    for (int32_t i = 0; i + 1 < v.n; i++) {
-      c->n[split0 + i].out = heads[i];
-      c->n[split0 + i].out2 = i + 2 < v.n ? split0 + i + 1 : heads[i + 1];
-    }
-    f->in = v.n > 1 ? split0 : heads[0];
-    f->out = e;
+    f->in = entry;
+    f->out = exit;
   }
-  free(heads);
-  free(tails);
+  free(tk);
+  free(gnext);
+  free(gpairs);
+  free(gcount);
   free(v.s);
   return rc;
 }
@@ -222,12 +310,29 @@ static int build_rep(cc *c, int32_t child, int32_t lo, int32_t hi, frag *f) {
     f->in = f->out = e;
     return 0;
   }
+  int64_t copies = (int64_t)lo + (hi < 0 ? (lo == 0 ? 1 : 0) : hi - lo);
+  if (copies < 1) copies = 1;
   int32_t t0 = c->nn;
   frag t;
   if (build(c, child, &t) < 0) return -1;
+  if (copies >= 2 && c->nn - t0 >= GX_REP_CALL_MIN && (int64_t)(c->nn - t0) * copies > GX_REP_CALL_TOTAL) {
+    /* a large subexpression repeated many times (an array of objects up to maxItems):
+     * a machine of its own, called from each copy, rather than copies of its states
+     * (small ones, like a string's characters, stay plain DFA states) */
+    c->nn = t0;
+    if (!c->node_machine) {
+      c->node_machine = malloc((size_t)c->a->n_nodes * sizeof *c->node_machine);
+      if (!c->node_machine) return ml_seterr("out of memory (grammar)"), -1;
+      for (int32_t i = 0; i < c->a->n_nodes; i++) c->node_machine[i] = -1;
+    }
+    if (c->node_machine[child] < 0 && (c->node_machine[child] = add_machine(c, child)) < 0) return -1;
+    int32_t s = nadd(c, N_CALL, 0, 0, c->node_machine[child]), x = s < 0 ? -1 : nadd(c, N_EPS, 0, 0, -1);
+    if (x < 0) return -1;
+    c->n[s].out = x;
+    t.in = s;
+    t.out = x;
+  }
   int32_t t1 = c->nn, size = t1 - t0;
-  int64_t copies = (int64_t)lo + (hi < 0 ? (lo == 0 ? 1 : 0) : hi - lo);
-  if (copies < 1) copies = 1;
   if ((int64_t)c->nn + (copies - 1) * size + 2 * copies + 2 > GX_MAX_NFA) return too_large();
   /* all copies first, while the template is still self-contained */
   frag *cp = malloc((size_t)copies * sizeof *cp);
@@ -300,7 +405,7 @@ static int build(cc *c, int32_t node, frag *f) {
     break;
   }
   case GX_BYTES: rc = build_bytes(c, c->a->bytes + nd.a, nd.b, f); break;
-  case GX_CLASS: rc = build_class(c, c->a->ranges + nd.a, nd.b, f); break;
+  case GX_CLASS: rc = build_class(c, nd.b ? c->a->ranges + nd.a : NULL, nd.b, f); break;
   case GX_SEQ: {
     frag prev = {-1, -1};
     for (int32_t i = 0; i < nd.b && rc == 0; i++) {
@@ -346,6 +451,8 @@ static int build(cc *c, int32_t node, frag *f) {
         f->in = s;
         f->out = e;
       }
+    } else if (c->tmpl_lo[r] < 0) { /* used once: built here, no template */
+      rc = build(c, c->a->rules[r].body, f);
     } else {
       int32_t d = copy_range(c, c->tmpl_lo[r], c->tmpl_hi[r]);
       if (d < 0) rc = -1;
@@ -574,532 +681,70 @@ static int scc(const gx_ast *a, const graph *g, int32_t root, int32_t *comp, uin
   return 0;
 }
 
-/* ---- byte classes ---- */
+/* ---- the NFA the grammar keeps ---- */
 
-static int byte_classes(const cc *c, uint8_t *cls, int32_t *ncls) {
-  uint8_t *seen = calloc(256 * 256 / 8, 1);
-  if (!seen) return ml_seterr("out of memory (grammar)"), -1;
+/* Keep the machines' states (each machine's range, edges inside it), renumbered in order,
+ * with the machine of each; the templates were only copied from. */
+static int compact(cc *c, const int32_t *mentry, const int32_t *mlo, int32_t nm, ml_grammar *g) {
+  int32_t n = mlo[nm] - mlo[0];
+  g->nfa = malloc((size_t)n * sizeof *g->nfa + 1);
+  g->nmachine = malloc((size_t)n * sizeof *g->nmachine + 1);
+  g->mentry = malloc((size_t)nm * sizeof *g->mentry + 1);
+  g->rpool = malloc((size_t)c->n_rpool + 1);
+  if (!g->nfa || !g->nmachine || !g->mentry || !g->rpool) return ml_seterr("out of memory (grammar)"), -1;
+  int32_t delta = -mlo[0];
+  memcpy(g->nfa, c->n + mlo[0], (size_t)n * sizeof *g->nfa);
+  for (int32_t u = 0; u < n; u++) {
+    nst *s = &g->nfa[u];
+    if (s->out >= 0) s->out += delta;
+    if (s->kind == N_EPS || s->kind == N_BOL || s->kind == N_EOL) {
+      if (s->out2 >= 0) s->out2 += delta;
+    } else {
+      s->out2 = -1;
+    }
+  }
+  for (int32_t m = 0; m < nm; m++) {
+    for (int32_t u = mlo[m]; u < mlo[m + 1]; u++) g->nmachine[u + delta] = m;
+    g->mentry[m] = mentry[m] + delta;
+  }
+  if (c->n_rpool) memcpy(g->rpool, c->rpool, (size_t)c->n_rpool);
+  g->n_nfa = n;
+  g->n_machines = nm;
+  return 0;
+}
+
+/* Byte classes: bytes that every range of the NFA treats alike, and one byte of each. */
+static void byte_classes(ml_grammar *g) {
+  static const int none = -1;
+  uint8_t seen[256 * 256 / 8];
+  memset(seen, 0, sizeof seen);
   int cur[256], nid = 1;
   memset(cur, 0, sizeof cur);
-  for (int32_t i = 0; i < c->nn; i++) {
-    const nst *s = &c->n[i];
-    if (s->kind != N_RANGE) continue;
-    int key = s->lo * 256 + s->hi;
-    if (seen[key >> 3] & (1 << (key & 7))) continue;
-    seen[key >> 3] |= (uint8_t)(1 << (key & 7));
-    int map_in[256], map_out[256];
-    for (int k = 0; k < 256; k++) map_in[k] = map_out[k] = -1;
-    int next = 0;
-    for (int b = 0; b < 256; b++) {
-      int *m = b >= s->lo && b <= s->hi ? map_in : map_out;
-      if (m[cur[b]] < 0) m[cur[b]] = next++;
-      cur[b] = m[cur[b]];
-    }
-    nid = next;
-  }
-  free(seen);
-  for (int b = 0; b < 256; b++) cls[b] = (uint8_t)cur[b];
-  *ncls = nid;
-  return 0;
-}
-
-/* ---- subset construction ---- */
-
-typedef struct dfa {
-  ivec sets;      /* concatenated sorted NFA sets */
-  ivec set_off;   /* per DFA state (state 0, the dead state, has the empty set) */
-  int32_t *ht;    /* hash table of DFA states */
-  int32_t hcap;
-  int32_t *delta;
-  size_t delta_cap;
-  ivec call_state, call_machine, call_ret; /* call edges, by source state */
-  ivec accept;    /* per state */
-  ivec machine;   /* per state */
-  int32_t ncls;
-  int64_t work;
-} dfa;
-
-static uint32_t set_hash(const int32_t *s, int32_t n) {
-  uint32_t h = 2166136261u;
-  for (int32_t i = 0; i < n; i++) h = (h ^ (uint32_t)s[i]) * 16777619u;
-  return h ^ (uint32_t)n;
-}
-
-static int cmp_i32(const void *x, const void *y) {
-  int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
-  return (a > b) - (a < b);
-}
-
-/* Closure of seeds over epsilon edges: the sorted important states into out. at_start:
- * the text has not begun (^ holds). Past a $ edge nothing may be consumed any more: only
- * the final state counts there. Stack entries are state * 2 + (past $). */
-static int closure(const cc *c, const int32_t *seeds, int32_t ns, int at_start, uint32_t *stamp, uint32_t mark,
-                   ivec *stack, ivec *out) {
-  out->n = 0;
-  stack->n = 0;
-  for (int32_t i = 0; i < ns; i++)
-    if (seeds[i] >= 0 && ivec_push(stack, seeds[i] * 2) < 0) return -1;
-  while (stack->n) {
-    int32_t e = stack->v[--stack->n], s = e >> 1, eol = e & 1;
-    if (stamp[e] == mark) continue;
-    stamp[e] = mark;
-    const nst *n = &c->n[s];
-    int32_t next_eol = eol;
-    switch (n->kind) {
-    case N_BOL:
-      if (!at_start) continue;
-      break;
-    case N_EOL: next_eol = 1; break;
-    case N_EPS: break;
-    case N_FINAL:
-      if (ivec_push(out, s) < 0) return -1;
-      continue;
-    default:
-      if (!eol && ivec_push(out, s) < 0) return -1;
-      continue;
-    }
-    if (n->out2 >= 0 && ivec_push(stack, n->out2 * 2 + next_eol) < 0) return -1;
-    if (n->out >= 0 && ivec_push(stack, n->out * 2 + next_eol) < 0) return -1;
-  }
-  if (out->n > 1) qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
-  int32_t k = 0; /* a state may be reached both before and past $ */
-  for (int32_t i = 0; i < out->n; i++)
-    if (k == 0 || out->v[k - 1] != out->v[i]) out->v[k++] = out->v[i];
-  out->n = k;
-  return 0;
-}
-
-static int dfa_too_large(void) {
-  ml_seterr("grammar too large: its automaton exceeds %d states or %zu transitions", GX_MAX_DFA, GX_MAX_TABLE);
-  return -1;
-}
-
-/* The DFA state of an NFA set (added if new). */
-static int32_t dfa_state(dfa *d, const ivec *set, int32_t machine) {
-  if (set->n == 0) return 0;
-  uint32_t h = set_hash(set->v, set->n);
-  int32_t n_states = d->set_off.n - 1;
-  if ((n_states + 1) * 2 >= d->hcap) {
-    int32_t nc = d->hcap ? d->hcap * 2 : 1024;
-    int32_t *nt = malloc((size_t)nc * sizeof *nt);
-    if (!nt) return ml_seterr("out of memory (grammar)"), -1;
-    for (int32_t i = 0; i < nc; i++) nt[i] = -1;
-    for (int32_t s = 1; s < n_states; s++) {
-      const int32_t *v = d->sets.v + d->set_off.v[s];
-      uint32_t k = set_hash(v, d->set_off.v[s + 1] - d->set_off.v[s]) & (uint32_t)(nc - 1);
-      while (nt[k] >= 0) k = (k + 1) & (uint32_t)(nc - 1);
-      nt[k] = s;
-    }
-    free(d->ht);
-    d->ht = nt;
-    d->hcap = nc;
-  }
-  uint32_t k = h & (uint32_t)(d->hcap - 1);
-  for (; d->ht[k] >= 0; k = (k + 1) & (uint32_t)(d->hcap - 1)) {
-    int32_t s = d->ht[k];
-    int32_t len = d->set_off.v[s + 1] - d->set_off.v[s];
-    if (len == set->n && d->machine.v[s] == machine &&
-        memcmp(d->sets.v + d->set_off.v[s], set->v, (size_t)len * sizeof *set->v) == 0)
-      return s;
-  }
-  if (n_states >= GX_MAX_DFA || (size_t)(n_states + 1) * (size_t)d->ncls > GX_MAX_TABLE) return dfa_too_large();
-  d->work += set->n;
-  for (int32_t i = 0; i < set->n; i++)
-    if (ivec_push(&d->sets, set->v[i]) < 0) return -1;
-  if (ivec_push(&d->set_off, d->sets.n) < 0 || ivec_push(&d->accept, 0) < 0 || ivec_push(&d->machine, machine) < 0)
-    return -1;
-  size_t need = (size_t)(n_states + 1) * (size_t)d->ncls;
-  if (need > d->delta_cap) {
-    size_t nc = d->delta_cap ? d->delta_cap * 2 : 4096;
-    while (nc < need) nc *= 2;
-    int32_t *p = realloc(d->delta, nc * sizeof *p);
-    if (!p) return ml_seterr("out of memory (grammar)"), -1;
-    d->delta = p;
-    d->delta_cap = nc;
-  }
-  memset(d->delta + (size_t)n_states * (size_t)d->ncls, 0, (size_t)d->ncls * sizeof *d->delta);
-  d->ht[k] = n_states;
-  return n_states;
-}
-
-/* The byte classes of each distinct (lo, hi) range, listed once. */
-typedef struct clsmap {
-  uint32_t *stamp; /* closure marks, per NFA state x (past $), shared by the machines */
-  uint32_t mark;
-  int32_t *off;   /* 65536 + 1: classes of range lo*256+hi at [off, off + n) of list, off -1 unset */
-  uint8_t *n;
-  uint8_t *list;
-  int32_t nlist, cap;
-} clsmap;
-
-static const uint8_t *range_classes(clsmap *cm, const uint8_t *cls, int lo, int hi, int *n) {
-  int key = lo * 256 + hi;
-  if (cm->off[key] < 0) {
-    uint8_t seen[256] = {0};
-    int k = 0;
-    uint8_t tmp[256];
-    for (int b = lo; b <= hi; b++)
-      if (!seen[cls[b]]) seen[cls[b]] = 1, tmp[k++] = cls[b];
-    if (cm->nlist + k > cm->cap) {
-      int32_t nc = cm->cap ? cm->cap * 2 : 4096;
-      while (nc < cm->nlist + k) nc *= 2;
-      uint8_t *p = realloc(cm->list, (size_t)nc);
-      if (!p) return NULL;
-      cm->list = p;
-      cm->cap = nc;
-    }
-    memcpy(cm->list + cm->nlist, tmp, (size_t)k);
-    cm->off[key] = cm->nlist;
-    cm->n[key] = (uint8_t)(k - 1);
-    cm->nlist += k;
-  }
-  *n = cm->n[key] + 1;
-  return cm->list + cm->off[key];
-}
-
-/* Subset construction of one machine. For each DFA state, the targets of each byte class
- * (and of each callee) are gathered in buckets (the NFA states of a set are visited in
- * order, so equal target lists compare equal), each distinct list is closed once. */
-static int determinize(cc *c, const uint8_t *cls, clsmap *cm, dfa *d, int32_t machine, int32_t entry, int32_t *start) {
-  uint32_t *stamp = cm->stamp;
-  ivec stack = {0}, set = {0}, seeds = {0};
-  int32_t nkeys = d->ncls + c->n_machines;
-  int32_t *head = malloc((size_t)nkeys * sizeof *head), *tail = malloc((size_t)nkeys * sizeof *tail);
-  int32_t *res = malloc((size_t)nkeys * sizeof *res), *touched = malloc((size_t)nkeys * sizeof *touched);
-  ivec nxt = {0}, val = {0}; /* bucket entries: value and next */
-  int32_t *htab = NULL, hcap = 0;
-  int rc = -1;
-  if (!head || !tail || !res || !touched) {
-    ml_seterr("out of memory (grammar)");
-    goto done;
-  }
-  for (int32_t k = 0; k < nkeys; k++) head[k] = -1;
-  uint32_t mark = cm->mark;
-  if (closure(c, &entry, 1, 1, stamp, ++mark, &stack, &set) < 0) goto done;
-  int32_t s0 = dfa_state(d, &set, machine);
-  if (s0 < 0) goto done;
-  *start = s0;
-  for (int32_t ds = s0; ds < d->set_off.n - 1; ds++) {
-    if (ds == 0) continue;
-    int32_t lo = d->set_off.v[ds], hi = d->set_off.v[ds + 1];
-    int acc = 0;
-    int32_t ntouched = 0;
-    nxt.n = val.n = 0;
-    for (int32_t i = lo; i < hi; i++) {
-      const nst *n = &c->n[d->sets.v[i]];
-      const uint8_t *cl;
-      int ncl = 1;
-      uint8_t one;
-      if (n->kind == N_FINAL) {
-        acc = 1;
-        continue;
-      } else if (n->kind == N_RANGE) {
-        cl = range_classes(cm, cls, n->lo, n->hi, &ncl);
-        if (!cl) {
-          ml_seterr("out of memory (grammar)");
-          goto done;
-        }
-      } else if (n->kind == N_CALL) {
-        one = 0; /* marker: key is ncls + machine */
-        cl = &one;
-      } else {
-        continue;
+  for (int32_t i = 0; i < g->n_nfa; i++) {
+    const nst *s = &g->nfa[i];
+    int np = s->kind == N_RANGE ? 1 : s->kind == N_RANGES ? s->pad : 0;
+    for (int k = 0; k < np; k++) {
+      int lo = s->kind == N_RANGE ? s->lo : g->rpool[s->call + 2 * k];
+      int hi = s->kind == N_RANGE ? s->hi : g->rpool[s->call + 2 * k + 1];
+      int key = lo * 256 + hi;
+      if (seen[key >> 3] & (1 << (key & 7))) continue;
+      seen[key >> 3] |= (uint8_t)(1 << (key & 7));
+      int map_in[256], map_out[256];
+      for (int j = 0; j < 256; j++) map_in[j] = map_out[j] = none;
+      int next = 0;
+      for (int b = 0; b < 256; b++) {
+        int *mp = b >= lo && b <= hi ? map_in : map_out;
+        if (mp[cur[b]] < 0) mp[cur[b]] = next++;
+        cur[b] = mp[cur[b]];
       }
-      for (int k = 0; k < ncl; k++) {
-        int32_t key = n->kind == N_CALL ? d->ncls + n->call : cl[k];
-        if (ivec_push(&val, n->out) < 0 || ivec_push(&nxt, -1) < 0) goto done;
-        int32_t e = val.n - 1;
-        if (head[key] < 0) {
-          head[key] = e;
-          touched[ntouched++] = key;
-        } else {
-          nxt.v[tail[key]] = e;
-        }
-        tail[key] = e;
-      }
-    }
-    d->accept.v[ds] = acc;
-    d->work += val.n + (hi - lo);
-    if (d->work > GX_MAX_WORK) {
-      ml_seterr("grammar too complex: building its automaton takes more than the compile budget");
-      goto done;
-    }
-    /* equal target lists share one closure: a small hash table of the lists seen */
-    int32_t hsize = 64;
-    while (hsize < 2 * ntouched) hsize *= 2;
-    if (hsize > hcap) {
-      int32_t *p2 = realloc(htab, (size_t)hsize * sizeof *htab);
-      if (!p2) {
-        ml_seterr("out of memory (grammar)");
-        goto done;
-      }
-      htab = p2;
-      hcap = hsize;
-    }
-    for (int32_t k = 0; k < hsize; k++) htab[k] = -1;
-    for (int32_t k = 0; k < ntouched; k++) {
-      int32_t key = touched[k];
-      seeds.n = 0;
-      for (int32_t e = head[key]; e >= 0; e = nxt.v[e])
-        if (ivec_push(&seeds, val.v[e]) < 0) goto done;
-      uint32_t hh = set_hash(seeds.v, seeds.n) & (uint32_t)(hsize - 1);
-      int32_t t = -1;
-      for (; htab[hh] >= 0; hh = (hh + 1) & (uint32_t)(hsize - 1)) {
-        int32_t kj = htab[hh], e1 = head[kj], e2 = head[key];
-        while (e1 >= 0 && e2 >= 0 && val.v[e1] == val.v[e2]) e1 = nxt.v[e1], e2 = nxt.v[e2];
-        if (e1 < 0 && e2 < 0) {
-          t = res[kj];
-          break;
-        }
-      }
-      if (t < 0) {
-        if (closure(c, seeds.v, seeds.n, 0, stamp, ++mark, &stack, &set) < 0) goto done;
-        t = dfa_state(d, &set, machine);
-        if (t < 0) goto done;
-        htab[hh] = key;
-      }
-      res[key] = t;
-      if (key < d->ncls) {
-        d->delta[(size_t)ds * (size_t)d->ncls + (size_t)key] = t;
-      } else if (ivec_push(&d->call_state, ds) < 0 || ivec_push(&d->call_machine, key - d->ncls) < 0 ||
-                 ivec_push(&d->call_ret, t) < 0) {
-        goto done;
-      }
-    }
-    for (int32_t k = 0; k < ntouched; k++) head[touched[k]] = -1;
-  }
-  rc = 0;
-done:
-  cm->mark = mark;
-  free(stack.v);
-  free(set.v);
-  free(seeds.v);
-  free(nxt.v);
-  free(val.v);
-  free(head);
-  free(tail);
-  free(res);
-  free(touched);
-  free(htab);
-  return rc;
-}
-
-/* ---- pruning and tables ---- */
-
-static int finish(ml_grammar *g, dfa *d, int32_t nm, const int32_t *mstart) {
-  int32_t ns = d->set_off.n - 1, nc = d->ncls;
-  int32_t ncall = d->call_state.n;
-  /* live: can reach an accepting state (through calls of productive machines) */
-  uint8_t *live = calloc((size_t)ns, 1);
-  int32_t *roff = calloc((size_t)ns + 1, sizeof *roff), *rto = NULL, *cof = calloc((size_t)nm + 1, sizeof *cof), *cto = NULL;
-  ivec work = {0};
-  int rc = -1;
-  if (!live || !roff || !cof) goto oom;
-  /* reverse edges: byte edges t <- s, and call returns r <- s (entries >= 0: byte; < 0: call index) */
-  for (int32_t s = 1; s < ns; s++)
-    for (int32_t k = 0; k < nc; k++) {
-      int32_t t = d->delta[(size_t)s * nc + k];
-      if (t) roff[t + 1]++;
-    }
-  for (int32_t i = 0; i < ncall; i++) roff[d->call_ret.v[i] + 1]++, cof[d->call_machine.v[i] + 1]++;
-  for (int32_t s = 0; s < ns; s++) roff[s + 1] += roff[s];
-  for (int32_t m = 0; m < nm; m++) cof[m + 1] += cof[m];
-  rto = malloc((size_t)roff[ns] * sizeof *rto + 1);
-  cto = malloc((size_t)cof[nm] * sizeof *cto + 1);
-  int32_t *fill = calloc((size_t)ns + (size_t)nm + 1, sizeof *fill);
-  if (!rto || !cto || !fill) {
-    free(fill);
-    goto oom;
-  }
-  for (int32_t s = 1; s < ns; s++)
-    for (int32_t k = 0; k < nc; k++) {
-      int32_t t = d->delta[(size_t)s * nc + k];
-      if (t) rto[roff[t] + fill[t]++] = s;
-    }
-  for (int32_t i = 0; i < ncall; i++) {
-    int32_t r = d->call_ret.v[i], m = d->call_machine.v[i];
-    rto[roff[r] + fill[r]++] = -1 - i;
-    cto[cof[m] + fill[ns + m]++] = i;
-  }
-  free(fill);
-  for (int32_t s = 1; s < ns; s++)
-    if (d->accept.v[s]) {
-      live[s] = 1;
-      if (ivec_push(&work, s) < 0) goto oom;
-    }
-  while (work.n) {
-    int32_t t = work.v[--work.n];
-    for (int32_t k = roff[t]; k < roff[t + 1]; k++) {
-      int32_t e = rto[k], s;
-      if (e >= 0) s = e;
-      else {
-        int32_t ci = -1 - e;
-        s = d->call_state.v[ci];
-        if (!live[mstart[d->call_machine.v[ci]]]) continue; /* callee not (yet) productive */
-      }
-      if (live[s]) continue;
-      live[s] = 1;
-      if (ivec_push(&work, s) < 0) goto oom;
-    }
-    /* t is a machine's start: its call sites whose return is live become live */
-    int32_t m = d->machine.v[t];
-    if (mstart[m] == t)
-      for (int32_t k = cof[m]; k < cof[m + 1]; k++) {
-        int32_t ci = cto[k], s = d->call_state.v[ci];
-        if (live[d->call_ret.v[ci]] && !live[s]) {
-          live[s] = 1;
-          if (ivec_push(&work, s) < 0) goto oom;
-        }
-      }
-  }
-  if (!live[mstart[g->root]]) {
-    ml_seterr("the grammar matches no complete text (rule '%s' cannot finish)", "root");
-    goto fail;
-  }
-  /* renumber the live states */
-  int32_t *map = calloc((size_t)ns, sizeof *map);
-  if (!map) goto oom;
-  int32_t n = 1;
-  for (int32_t s = 1; s < ns; s++) map[s] = live[s] ? n++ : 0;
-  g->n_states = n;
-  g->n_cls = nc;
-  g->delta = calloc((size_t)n * (size_t)nc, sizeof *g->delta);
-  g->flags = calloc((size_t)n, 1);
-  g->call_off = calloc((size_t)n + 1, sizeof *g->call_off);
-  g->first = calloc((size_t)n * 4, sizeof *g->first);
-  g->mstart = malloc((size_t)nm * sizeof *g->mstart);
-  g->mstate_machine = calloc((size_t)n, sizeof *g->mstate_machine);
-  if (!g->delta || !g->flags || !g->call_off || !g->first || !g->mstart || !g->mstate_machine) {
-    free(map);
-    goto oom;
-  }
-  g->n_machines = nm;
-  for (int32_t m = 0; m < nm; m++) g->mstart[m] = map[mstart[m]];
-  int32_t nlivecalls = 0;
-  for (int32_t i = 0; i < ncall; i++) {
-    int32_t s = d->call_state.v[i], r = d->call_ret.v[i], m = d->call_machine.v[i];
-    if (live[s] && live[r] && live[mstart[m]]) g->call_off[map[s] + 1]++, nlivecalls++;
-  }
-  for (int32_t s = 0; s < n; s++) g->call_off[s + 1] += g->call_off[s];
-  g->calls = malloc((size_t)nlivecalls * sizeof *g->calls + 1);
-  int32_t *cfill = calloc((size_t)n, sizeof *cfill);
-  if (!g->calls || !cfill) {
-    free(cfill);
-    free(map);
-    goto oom;
-  }
-  for (int32_t i = 0; i < ncall; i++) { /* calls are grouped by source state already */
-    int32_t s = d->call_state.v[i], r = d->call_ret.v[i], m = d->call_machine.v[i];
-    if (!(live[s] && live[r] && live[mstart[m]])) continue;
-    int32_t ms = map[s];
-    gcall *gc = &g->calls[g->call_off[ms] + cfill[ms]++];
-    gc->machine = m;
-    gc->ret = map[r];
-  }
-  free(cfill);
-  for (int32_t s = 1; s < ns; s++) {
-    if (!live[s]) continue;
-    int32_t t = map[s];
-    uint8_t fl = d->accept.v[s] ? GS_ACCEPT : 0;
-    for (int32_t k = 0; k < nc; k++) {
-      int32_t u = map[d->delta[(size_t)s * nc + k]];
-      g->delta[(size_t)t * nc + k] = u;
-      if (u) fl |= GS_BYTES;
-    }
-    if (g->call_off[t + 1] > g->call_off[t]) fl |= GS_CALLS;
-    g->flags[t] = fl;
-    g->mstate_machine[t] = d->machine.v[s];
-  }
-  free(map);
-  /* epsilon-end: accept, or a call to a nullable machine returning to an epsilon-end state */
-  for (int32_t s = 1; s < n; s++)
-    if (g->flags[s] & GS_ACCEPT) g->flags[s] |= GS_EPSEND;
-  for (int changed = 1; changed;) {
-    changed = 0;
-    for (int32_t s = 1; s < n; s++) {
-      if (g->flags[s] & GS_EPSEND) continue;
-      for (int32_t k = g->call_off[s]; k < g->call_off[s + 1]; k++) {
-        const gcall *gc = &g->calls[k];
-        if ((g->flags[g->mstart[gc->machine]] & GS_EPSEND) && (g->flags[gc->ret] & GS_EPSEND)) {
-          g->flags[s] |= GS_EPSEND;
-          changed = 1;
-          break;
-        }
-      }
+      nid = next;
     }
   }
-  /* first bytes */
-  for (int32_t s = 1; s < n; s++)
-    for (int b = 0; b < 256; b++)
-      if (g->delta[(size_t)s * nc + g->cls[b]]) g->first[(size_t)s * 4 + (b >> 6)] |= 1ull << (b & 63);
-  for (int changed = 1; changed;) {
-    changed = 0;
-    for (int32_t s = 1; s < n; s++)
-      for (int32_t k = g->call_off[s]; k < g->call_off[s + 1]; k++) {
-        const gcall *gc = &g->calls[k];
-        int32_t st = g->mstart[gc->machine];
-        for (int w = 0; w < 4; w++) {
-          uint64_t add = g->first[(size_t)st * 4 + w];
-          if (g->flags[st] & GS_EPSEND) add |= g->first[(size_t)gc->ret * 4 + w];
-          uint64_t *f = &g->first[(size_t)s * 4 + w];
-          if ((*f | add) != *f) *f |= add, changed = 1;
-        }
-      }
+  for (int b = 255; b >= 0; b--) {
+    g->cls[b] = (uint8_t)cur[b];
+    g->rep[cur[b]] = (uint8_t)b;
   }
-  /* follow sets: what comes after a call's return, transitively through callers that
-   * may return at once */
-  g->follow = calloc((size_t)nm * 4, sizeof *g->follow);
-  g->enter = calloc((size_t)nm * 4, sizeof *g->enter);
-  if (!g->follow || !g->enter) goto oom;
-  for (int changed = 1; changed;) {
-    changed = 0;
-    for (int32_t s2 = 1; s2 < n; s2++)
-      for (int32_t k = g->call_off[s2]; k < g->call_off[s2 + 1]; k++) {
-        const gcall *gc = &g->calls[k];
-        uint64_t *f = &g->follow[(size_t)gc->machine * 4];
-        int32_t caller = g->mstate_machine[s2];
-        for (int w = 0; w < 4; w++) {
-          uint64_t add = g->first[(size_t)gc->ret * 4 + w];
-          if (g->flags[gc->ret] & GS_EPSEND) add |= g->follow[(size_t)caller * 4 + w];
-          if ((f[w] | add) != f[w]) f[w] |= add, changed = 1;
-        }
-      }
-  }
-  for (int32_t m = 0; m < nm; m++)
-    for (int w = 0; w < 4; w++)
-      g->enter[(size_t)m * 4 + w] = g->first[(size_t)g->mstart[m] * 4 + w] |
-                                    ((g->flags[g->mstart[m]] & GS_EPSEND) ? g->follow[(size_t)m * 4 + w] : 0);
-  g->wdelta = malloc((size_t)n * (size_t)nc * sizeof *g->wdelta);
-  if (!g->wdelta) goto oom;
-  for (size_t i = 0; i < (size_t)n * (size_t)nc; i++) {
-    int32_t t = g->delta[i];
-    g->wdelta[i] = t == 0 ? 0 : (g->flags[t] & (GS_CALLS | GS_EPSEND)) ? -t * nc : t * nc;
-  }
-  g->bytes = (size_t)n * (size_t)nc * 8 + (size_t)n * (1 + 4 + 32 + 4) + (size_t)nlivecalls * sizeof(gcall);
-  rc = 0;
-  goto fail;
-oom:
-  ml_seterr("out of memory (grammar)");
-fail:
-  free(live);
-  free(roff);
-  free(rto);
-  free(cof);
-  free(cto);
-  free(work.v);
-  return rc;
-}
-
-static void dfa_free(dfa *d) {
-  free(d->sets.v);
-  free(d->set_off.v);
-  free(d->ht);
-  free(d->delta);
-  free(d->call_state.v);
-  free(d->call_machine.v);
-  free(d->call_ret.v);
-  free(d->accept.v);
-  free(d->machine.v);
+  g->n_cls = nid;
 }
 
 /* A cycle in the graph of references that may come first: left recursion. */
@@ -1143,13 +788,11 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
   int32_t nr = a->n_rules;
   ml_grammar *g = NULL;
   cc c = {0};
-  dfa d = {0};
-  clsmap cm = {0};
   graph all = {0}, left = {0};
   uint8_t *nullable = xcalloc((size_t)nr, 1), *productive = xcalloc((size_t)nr, 1);
   uint8_t *cyclic = xcalloc((size_t)nr, 1), *reach = xcalloc((size_t)nr, 1), *done = xcalloc((size_t)nr, 1);
   int32_t *comp = xcalloc((size_t)nr, sizeof *comp), *order = xcalloc((size_t)nr, sizeof *order);
-  int32_t *mrule = NULL, *mentry = NULL, *mstart = NULL;
+  int32_t *mrule = NULL, *mentry = NULL, *mlo = NULL, cap_ml = 0;
   if (!nullable || !productive || !cyclic || !reach || !done || !comp || !order) goto fail;
   if (graph_build(a, nullable, 0, &all) < 0) goto fail; /* (all references: nullable unused) */
   if (rule_fixpoint(a, &all, nullable, 0) < 0 || rule_fixpoint(a, &all, productive, 1) < 0) goto fail;
@@ -1216,8 +859,9 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
      * references deep (a chain of 50,000 rules must not become 50,000 nested copies). */
     int64_t *est = xcalloc((size_t)nr, sizeof *est);
     int32_t *idepth = xcalloc((size_t)nr, sizeof *idepth), *nref = xcalloc((size_t)nr, sizeof *nref);
+    c.est = est, c.idepth = idepth;
     if (!est || !idepth || !nref) {
-      free(est), free(idepth), free(nref);
+      free(nref);
       goto fail;
     }
     for (int32_t r = 0; r < nr; r++)
@@ -1235,50 +879,71 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
         idepth[r] = 0;
       }
     }
-    free(est), free(idepth), free(nref);
+    /* the rules' machines first: machines made for large repetitions while building
+     * come after them */
+    for (int32_t m = 0; m < nm; m++)
+      if (add_machine(&c, a->rules[mrule[m]].body) < 0) {
+        free(nref);
+        goto fail;
+      }
     for (int32_t i = 0; i < no; i++) {
       int32_t r = order[i];
       if (c.machine_of[r] >= 0) continue;
+      if (nref[r] <= 1) { /* built where it is used */
+        c.tmpl_lo[r] = -1;
+        continue;
+      }
       c.tmpl_lo[r] = c.nn;
-      if (build(&c, a->rules[r].body, &c.tmpl[r]) < 0) goto fail;
+      c.est = est, c.idepth = idepth;
+      if (build(&c, a->rules[r].body, &c.tmpl[r]) < 0) {
+        free(nref);
+        goto fail;
+      }
       c.tmpl_hi[r] = c.nn;
     }
+    c.est = est, c.idepth = idepth; /* kept for the machines (freed at the end) */
+    free(nref);
   }
-  mentry = xcalloc((size_t)nm, sizeof *mentry);
-  mstart = xcalloc((size_t)nm, sizeof *mstart);
-  if (!mentry || !mstart) goto fail;
-  for (int32_t m = 0; m < nm; m++) {
+  for (int32_t m = 0; m < c.nm; m++) { /* each machine: a contiguous range [mlo[m], mlo[m + 1]) */
     frag f;
-    if (build(&c, a->rules[mrule[m]].body, &f) < 0) goto fail;
+    int32_t at = c.nn;
+    if (build(&c, c.mnode[m], &f) < 0) goto fail; /* may add machines (large repetitions) */
     int32_t fin = nadd(&c, N_FINAL, 0, 0, -1);
     if (fin < 0) goto fail;
     c.n[f.out].out = fin;
+    if (m >= cap_ml) {
+      int32_t ncap = cap_ml ? cap_ml * 2 : 16;
+      while (ncap <= c.nm) ncap *= 2;
+      int32_t *p1 = realloc(mentry, (size_t)ncap * sizeof *p1);
+      if (p1) mentry = p1;
+      int32_t *p2 = p1 ? realloc(mlo, ((size_t)ncap + 1) * sizeof *p2) : NULL;
+      if (p2) mlo = p2;
+      if (!p1 || !p2) {
+        ml_seterr("out of memory (grammar)");
+        goto fail;
+      }
+      cap_ml = ncap;
+    }
     mentry[m] = f.in;
+    mlo[m] = at;
+    mlo[m + 1] = c.nn;
   }
+  nm = c.nm;
   g = xcalloc(1, sizeof *g);
   if (!g) goto fail;
   g->refcount = 1;
   g->root = 0;
   g->n_rules = nr;
   pthread_mutex_init(&g->mu, NULL);
-  int32_t ncls;
-  if (byte_classes(&c, g->cls, &ncls) < 0) goto fail;
-  d.ncls = ncls;
-  if (ivec_push(&d.set_off, 0) < 0 || ivec_push(&d.set_off, 0) < 0 || ivec_push(&d.accept, 0) < 0 ||
-      ivec_push(&d.machine, -1) < 0)
-    goto fail;
-  d.delta = calloc((size_t)ncls, sizeof *d.delta);
-  d.delta_cap = (size_t)ncls;
-  if (!d.delta) goto fail;
-  c.n_machines = nm;
-  cm.off = malloc(65536 * sizeof *cm.off);
-  cm.n = malloc(65536);
-  cm.stamp = calloc((size_t)c.nn * 2, sizeof *cm.stamp);
-  if (!cm.off || !cm.n || !cm.stamp) goto fail;
-  for (int i = 0; i < 65536; i++) cm.off[i] = -1;
-  for (int32_t m = 0; m < nm; m++)
-    if (determinize(&c, g->cls, &cm, &d, m, mentry[m], &mstart[m]) < 0) goto fail;
-  if (finish(g, &d, nm, mstart) < 0) goto fail;
+  if (compact(&c, mentry, mlo, nm, g) < 0) goto fail;
+  byte_classes(g);
+  /* nothing can be dead when no class is empty and every rule reached can finish: then
+   * gd_init need not look for it */
+  g->all_useful = !c.dead;
+  for (int32_t r = 0; r < nr && g->all_useful; r++)
+    if (reach[r] && !productive[r]) g->all_useful = 0;
+  if (gd_init(g) < 0) goto fail;
+  g->bytes = (size_t)g->n_nfa * (sizeof(nst) + 10) + (size_t)nm * 100;
   if (0) {
   fail:
     if (g) {
@@ -1286,11 +951,6 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
       g = NULL;
     }
   }
-  dfa_free(&d);
-  free(cm.off);
-  free(cm.n);
-  free(cm.list);
-  free(cm.stamp);
   graph_free(&all);
   graph_free(&left);
   free(c.n);
@@ -1299,6 +959,8 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
   free(c.tmpl_hi);
   free(c.tmpl);
   free(nullable), free(productive), free(cyclic), free(reach), free(done), free(comp), free(order);
-  free(mrule), free(mentry), free(mstart);
+  free(mrule), free(mentry), free(mlo);
+  free(c.rpool);
+  free(c.est), free(c.idepth), free(c.mnode), free(c.node_machine);
   return g;
 }

@@ -87,6 +87,25 @@ int gx_parse_gbnf(gx_ast *a, const char *text, size_t len, const char *root, int
 int gx_parse_regex(gx_ast *a, const char *pat, size_t len, int32_t *root_rule);
 
 /* ---- the compiled grammar ---- */
+
+/* NFA states (Thompson, over bytes): epsilon splits, byte ranges, calls of a machine,
+ * the end of a machine, and regex anchors (epsilon edges with a condition). */
+enum { N_EPS, N_RANGE, N_CALL, N_FINAL, N_BOL, N_EOL, N_RANGES };
+typedef struct nst {
+  uint8_t kind, lo, hi, pad; /* N_RANGE: bytes lo..hi; N_RANGES: pad (lo, hi) pairs */
+  int32_t out, out2; /* -1: none (out2: N_EPS only) */
+  int32_t call;      /* machine (N_CALL), or offset of the pairs in rpool (N_RANGES) */
+} nst;
+
+/* Does NFA state u (N_RANGE or N_RANGES) take byte b? */
+static inline int nst_takes(const uint8_t *rpool, const nst *u, int b) {
+  if (u->kind == N_RANGE) return u->lo <= b && b <= u->hi;
+  const uint8_t *r = rpool + u->call;
+  for (int i = 0; i < u->pad; i++)
+    if (r[2 * i] <= b && b <= r[2 * i + 1]) return 1;
+  return 0;
+}
+
 enum {
   GS_ACCEPT = 1,  /* the machine may return here */
   GS_CALLS = 2,   /* has call edges */
@@ -98,28 +117,53 @@ typedef struct gcall {
   int32_t machine, ret; /* callee, and the caller's state once it returns */
 } gcall;
 
+/* DFA transition table entries: 0 not computed yet, GD_DEAD no transition, t * n_cls for
+ * a plain target state t, -t * n_cls for a target that calls or may return. */
+#define GD_DEAD INT32_MIN
+#define GD_ERR (INT32_MIN + 1) /* gd_fill failed (never stored) */
+
+struct gdfa;
+
 struct ml_grammar {
   int refcount; /* atomic */
   int64_t handle;
-  int32_t n_states;   /* 0 is the dead state */
-  int32_t n_cls;
-  uint8_t cls[256];   /* byte -> class */
-  int32_t *delta;     /* n_states x n_cls */
-  uint8_t *flags;     /* GS_* */
-  int32_t *call_off;  /* n_states + 1, into calls */
-  gcall *calls;
-  uint64_t *first;    /* n_states x 4: bytes consumable first (directly or through calls) */
+  int32_t n_rules;
+  int32_t root;       /* root machine */
+  /* the NFA, immutable after compiling */
+  nst *nfa;
+  int32_t n_nfa;
+  uint8_t *rpool;     /* byte pairs of the N_RANGES states */
   int32_t n_machines;
-  int32_t *mstart;    /* start state per machine */
+  int32_t *mentry;    /* NFA entry of each machine */
+  int32_t *nmachine;  /* machine of each NFA state */
+  uint8_t *useful;    /* NFA states on some path to the end of their machine */
+  int all_useful;     /* known at compile time: every state is */
+  uint8_t *eps;       /* important NFA states that may return without consuming */
+  int32_t *cidx;      /* NFA state -> index of its call (N_CALL states), else -1 */
+  uint64_t *cfo;      /* per call, 4 words: bytes that may come first after it returns */
+  uint8_t *nullable;  /* per machine */
+  uint64_t *mfirst;   /* per machine, 4 words: bytes it may begin with */
   uint64_t *follow;   /* per machine, 4 words: bytes that may come right after it returns */
   uint64_t *enter;    /* per machine, 4 words: bytes a call to it may begin with (first bytes,
                          and its follow when it may return at once) */
-  int32_t *mstate_machine; /* machine of each state */
-  /* the walk table: delta with targets premultiplied by n_cls, negated for the states a
-   * walk must treat in full (calls or a possible return), 0 dead */
-  int32_t *wdelta;
-  int32_t root;       /* root machine */
-  int32_t n_rules;
+  int32_t n_cls;
+  uint8_t cls[256];   /* byte -> class */
+  uint8_t rep[256];   /* class -> one of its bytes */
+  /* the DFA, made on demand (grammar_dfa.c): states and entries are created under dfa_mu
+   * and published with release stores; everything below is read without a lock and
+   * never moves (reserved address space) */
+  int32_t cap_states;
+  int32_t n_states;   /* atomic; state 0 is unused (dead is GD_DEAD) */
+  int32_t *table;     /* cap_states x n_cls */
+  uint8_t *flags;     /* GS_* */
+  uint64_t *first;    /* 4 words per state: bytes consumable first (directly or through calls) */
+  int32_t *mstate_machine;
+  int32_t *call_off, *call_n; /* the state's calls: calls[call_off .. + call_n) */
+  gcall *calls;
+  int32_t cap_calls;
+  int32_t *mstart;    /* start state per machine */
+  struct gdfa *dfa;
+  pthread_mutex_t dfa_mu;
   size_t bytes;
   /* per-vocabulary mask caches (grammar_mask.c) */
   pthread_mutex_t mu;
@@ -137,11 +181,23 @@ typedef struct uvec {
 } uvec;
 int gx_utf8_split(uint32_t lo, uint32_t hi, uvec *out);
 
-/* AST -> grammar (grammar_compile.c). */
+/* AST -> grammar (grammar_compile.c); the NFA is handed to gd_init. */
 ml_grammar *gx_compile(gx_ast *a, int32_t root_rule);
 
-static inline int32_t gr_step(const ml_grammar *g, int32_t s, uint8_t b) {
-  return g->delta[(size_t)s * (size_t)g->n_cls + g->cls[b]];
+/* grammar_dfa.c: analysis of the NFA and the DFA made on demand. */
+int gd_init(ml_grammar *g);   /* after nfa/mentry/nmachine/classes are set: 0 or -1 */
+void gd_free(ml_grammar *g);
+/* The table entry of (state, class), computing it if needed: an entry as stored, or GD_ERR
+ * (budget or memory, error set). */
+int32_t gd_fill(ml_grammar *g, int32_t s, int c);
+/* The state after byte b from s: > 0, 0 for none, -1 on error. */
+static inline int32_t gd_step(ml_grammar *g, int32_t s, uint8_t b) {
+  int c = g->cls[b];
+  int32_t x = __atomic_load_n(&g->table[(size_t)s * (size_t)g->n_cls + (size_t)c], __ATOMIC_ACQUIRE);
+  if (x == 0) x = gd_fill(g, s, c);
+  if (x == GD_DEAD) return 0;
+  if (x == GD_ERR) return -1;
+  return (x > 0 ? x : -x) / g->n_cls;
 }
 static inline int gr_first_has(const ml_grammar *g, int32_t s, uint8_t b) {
   return (int)((g->first[(size_t)s * 4 + (b >> 6)] >> (b & 63)) & 1);
@@ -291,6 +347,7 @@ static inline const gelem *gm_cfg(const ml_matcher *m, int32_t *n) {
 /* Mask of a configuration into bits (n_words words). 0 or -1. */
 int gk_mask(ml_matcher *m, const gelem *cfg, int32_t n, uint64_t *bits);
 struct gbind *gk_bind(ml_grammar *g, ml_gvocab *v); /* retained by the grammar; NULL: oom */
+void gk_prebuild_slices(ml_gvocab *v); /* the slices every JSON grammar uses (best effort) */
 void gk_binds_free(ml_grammar *g);
 
 #endif

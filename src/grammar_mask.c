@@ -56,14 +56,14 @@ gbind *gk_bind(ml_grammar *g, ml_gvocab *v) {
   while (b && b->v != v) b = b->next;
   if (!b) {
     b = calloc(1, sizeof *b);
-    if (b) b->w = calloc((size_t)g->n_states, sizeof *b->w);
+    if (b) b->w = calloc((size_t)g->cap_states, sizeof *b->w); /* zero pages until used */
     if (!b || !b->w) {
       free(b);
       b = NULL;
       ml_seterr("out of memory (grammar masks)");
     } else {
       b->v = v;
-      b->n_states = g->n_states;
+      b->n_states = g->cap_states;
       ml_gvocab_retain(v);
       b->next = g->binds;
       g->binds = b;
@@ -200,7 +200,7 @@ static int children_in(const gtrie *t, int32_t q, const uint64_t *set) {
  * (the follow and enter sets): an identifier that may end at every letter leaves no work
  * where the next byte is another letter. */
 static int at_node(ml_matcher *m, gwork *w, int32_t tri, int32_t q, int32_t t, int32_t p, ivec *exits) {
-  const ml_grammar *g = m->g;
+  ml_grammar *g = m->g;
   const gtrie *tr = gv_trie(m->v, tri);
   int fl = g->flags[t];
   if (tr->sub[q] <= 1) return 0; /* no byte left */
@@ -212,7 +212,7 @@ static int at_node(ml_matcher *m, gwork *w, int32_t tri, int32_t q, int32_t t, i
     }
   }
   if (fl & GS_CALLS)
-    for (int32_t c = g->call_off[t]; c < g->call_off[t + 1]; c++) {
+    for (int32_t c = g->call_off[t]; c < g->call_off[t] + g->call_n[t]; c++) {
       const gcall *gc = &g->calls[c];
       if (!children_in(tr, q, g->enter + (size_t)gc->machine * 4)) continue;
       int32_t node = gm_node(m, gc->ret, p);
@@ -225,7 +225,7 @@ static int at_node(ml_matcher *m, gwork *w, int32_t tri, int32_t q, int32_t t, i
  * tokens the DFA accepts and leaving items where it calls or may return. */
 static int subwalk(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, uint64_t *bits, gwork *w,
                    ivec *exits) {
-  const ml_grammar *g = m->g;
+  ml_grammar *g = m->g;
   const gtrie *t = gv_trie(m->v, tri);
   if (m->n_lvl < t->max_depth + 2) {
     int32_t n = t->max_depth + 2;
@@ -236,7 +236,7 @@ static int subwalk(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, 
   }
   int32_t *st = m->lvl_st;
   const int32_t nc = g->n_cls;
-  const int32_t *wd = g->wdelta;
+  const int32_t *wd = g->table;
   const uint8_t *cls = g->cls;
   const uint32_t *sub = t->sub;
   const uint16_t *depth = t->depth;
@@ -246,13 +246,17 @@ static int subwalk(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, 
   int32_t end = q + (int32_t)sub[q];
   for (int32_t i = q + 1; i < end;) {
     int32_t d = depth[i];
-    int32_t x = wd[st[d - 1] + cls[byte[i]]];
+    int32_t x = __atomic_load_n(&wd[st[d - 1] + cls[byte[i]]], __ATOMIC_RELAXED);
+    if (x == 0) { /* not computed yet */
+      x = gd_fill(g, st[d - 1] / nc, cls[byte[i]]);
+      if (x == GD_ERR) return -1;
+    }
     if (x > 0) {
       st[d] = x;
       int32_t k = tok[i];
       bits[k >> 6] |= 1ull << (k & 63);
       i++;
-    } else if (x == 0) {
+    } else if (x == GD_DEAD) {
       i += (int32_t)sub[i];
     } else { /* a state that calls or may return: items, then on with its own DFA */
       st[d] = -x;
@@ -329,18 +333,19 @@ static void slice_init(void) {
 /* The one state every character of class c takes s to (0: all refused), or -1 when they
  * go to different states, or some byte inside a character reaches a state that calls or
  * may return. */
-static int32_t uniform_target(const ml_grammar *g, int32_t s, int c) {
+static int32_t uniform_target(ml_grammar *g, int32_t s, int c) {
   int32_t target = -1;
   const uvec *v = &slice_seqs[c];
   for (int32_t k = 0; k < v->n; k++) {
     const useq *q = &v->s[k];
     int32_t st = s;
     for (int i = 0; i < q->len && st; i++) {
-      int32_t to = gr_step(g, st, q->lo[i]);
+      int32_t to = gd_step(g, st, q->lo[i]);
+      if (to < 0) return -1;
       int prev = g->cls[q->lo[i]];
       for (int b = q->lo[i] + 1; b <= q->hi[i]; b++)
         if (g->cls[b] != prev) {
-          if (gr_step(g, st, (uint8_t)b) != to) return -1;
+          if (gd_step(g, st, (uint8_t)b) != to) return -1;
           prev = g->cls[b];
         }
       if (to && i + 1 < q->len && (g->flags[to] & (GS_CALLS | GS_EPSEND))) return -1;
@@ -355,7 +360,7 @@ static int32_t uniform_target(const ml_grammar *g, int32_t s, int c) {
 /* For W(s): a slice whose members s decides by their length alone. On success *alive is
  * the most characters a member may have (INT32_MAX: any). */
 static const gslice *slice_for(ml_matcher *m, int32_t s, int32_t *alive) {
-  const ml_grammar *g = m->g;
+  ml_grammar *g = m->g;
   pthread_once(&slice_once, slice_init);
   if (!slice_seqs_ok) return NULL;
   for (int c = 0; c < N_SLICE_CLASSES; c++) {
@@ -383,6 +388,11 @@ static const gslice *slice_for(ml_matcher *m, int32_t s, int32_t *alive) {
     }
   }
   return NULL;
+}
+
+void gk_prebuild_slices(ml_gvocab *v) {
+  for (int c = 0; c < 2; c++) /* the inside of JSON strings: every schema uses it */
+    (void)gv_slice(v, SLICE_RANGES[c], SLICE_NPAIRS[c]);
 }
 
 static void or_slice(const gslice *sl, int32_t alive, uint64_t *bits, size_t n_words) {

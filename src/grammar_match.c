@@ -127,7 +127,7 @@ static int out_add(gbuf *out, int32_t from, gelem e) {
 #define GM_MAX_CFG 65536
 
 int gm_step(ml_matcher *m, const gelem *in, int32_t n, uint8_t b, int32_t base, gbuf *out) {
-  const ml_grammar *g = m->g;
+  ml_grammar *g = m->g;
   int32_t out0 = out->n;
   gbuf *work = &m->work, *seen = &m->seen;
   for (int32_t k = 0; k < n; k++) {
@@ -135,8 +135,8 @@ int gm_step(ml_matcher *m, const gelem *in, int32_t n, uint8_t b, int32_t base, 
     int fl = g->flags[e0.s];
     /* the common case: a plain DFA state */
     if (!(fl & GS_CALLS) && (!(fl & GS_ACCEPT) || e0.p == base || e0.p == GN_NIL || e0.p == GN_BASE)) {
-      int32_t t = gr_step(g, e0.s, b);
-      if (t && out_add(out, out0, (gelem){t, e0.p}) < 0) return -1;
+      int32_t t = gd_step(g, e0.s, b);
+      if (t < 0 || (t && out_add(out, out0, (gelem){t, e0.p}) < 0)) return -1;
       continue;
     }
     work->n = 0;
@@ -147,10 +147,10 @@ int gm_step(ml_matcher *m, const gelem *in, int32_t n, uint8_t b, int32_t base, 
       if (elem_in(seen, e)) continue;
       if (gbuf_push(seen, e) < 0) return -1;
       int f = g->flags[e.s];
-      int32_t t = gr_step(g, e.s, b);
-      if (t && out_add(out, out0, (gelem){t, e.p}) < 0) return -1;
+      int32_t t = gd_step(g, e.s, b);
+      if (t < 0 || (t && out_add(out, out0, (gelem){t, e.p}) < 0)) return -1;
       if (f & GS_CALLS)
-        for (int32_t c = g->call_off[e.s]; c < g->call_off[e.s + 1]; c++) {
+        for (int32_t c = g->call_off[e.s]; c < g->call_off[e.s] + g->call_n[e.s]; c++) {
           const gcall *gc = &g->calls[c];
           int32_t st = g->mstart[gc->machine];
           if (!gr_first_has(g, st, b) && !(g->flags[st] & GS_EPSEND)) continue;
@@ -184,6 +184,7 @@ static int hist_push(ml_matcher *m, ghist h) {
 }
 
 static int lbuf_add(ml_matcher *m, const char *s, size_t n) {
+  if (n == 0) return 0;
   if (m->lbuf_n + n > m->lbuf_cap) {
     size_t nc = m->lbuf_cap ? m->lbuf_cap * 2 : 256;
     while (nc < m->lbuf_n + n) nc *= 2;
@@ -400,8 +401,8 @@ static int lazy_accept(ml_matcher *m, int32_t id, const uint8_t *piece, size_t l
   size_t keep = h->lazy_n, total = keep + len;
   char *buf = malloc(total + 1);
   if (!buf) return ml_seterr("out of memory (matcher)"), -1;
-  memcpy(buf, m->lbuf + h->lazy_off, keep);
-  memcpy(buf + keep, piece, len);
+  if (keep) memcpy(buf, m->lbuf + h->lazy_off, keep);
+  if (len) memcpy(buf + keep, piece, len);
   size_t best = total;
   for (int32_t i = 0; i < m->n_trig; i++) {
     if (m->trig_len[i] > total) continue;

@@ -480,16 +480,7 @@ void ml_grammar_release(ml_grammar *g) {
   if (g->handle) ml_registry_forget(g);
   gk_binds_free(g);
   pthread_mutex_destroy(&g->mu);
-  free(g->delta);
-  free(g->wdelta);
-  free(g->flags);
-  free(g->call_off);
-  free(g->calls);
-  free(g->first);
-  free(g->mstart);
-  free(g->follow);
-  free(g->enter);
-  free(g->mstate_machine);
+  gd_free(g);
   free(g);
 }
 
@@ -498,7 +489,7 @@ int64_t ml_grammar_handle(const ml_grammar *g) { return g->handle; }
 void ml_grammar_get_stats(const ml_grammar *g, ml_grammar_stats *s) {
   s->n_rules = g->n_rules;
   s->n_machines = g->n_machines;
-  s->n_states = g->n_states;
+  s->n_states = __atomic_load_n(&g->n_states, __ATOMIC_ACQUIRE) - 1;
   s->n_classes = g->n_cls;
   s->bytes = g->bytes;
 }

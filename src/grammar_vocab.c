@@ -374,7 +374,10 @@ ml_gvocab *ml_model_gvocab(ml_model *m) {
   static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
   if (!m->vocab) return ml_seterr("this model has no tokenizer"), NULL;
   pthread_mutex_lock(&mu);
-  if (!m->gvocab) m->gvocab = ml_gvocab_from_vocab(m->vocab, m->hp.n_vocab);
+  if (!m->gvocab) {
+    m->gvocab = ml_gvocab_from_vocab(m->vocab, m->hp.n_vocab);
+    if (m->gvocab) gk_prebuild_slices(m->gvocab);
+  }
   ml_gvocab *v = m->gvocab;
   if (v) ml_gvocab_retain(v);
   pthread_mutex_unlock(&mu);

@@ -45,6 +45,11 @@ static lmatcher *check_matcher(lua_State *L, int i) {
   return u;
 }
 
+ml_matcher *ml_lua_test_matcher(lua_State *L, int i) {
+  lmatcher *u = luaL_testudata(L, i, MATCHER_MT);
+  return u ? u->m : NULL;
+}
+
 static lgrammar *push_grammar(lua_State *L) {
   lgrammar *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->g = NULL;

@@ -13,5 +13,7 @@ void ml_lua_open_grammar(lua_State *L); /* grammar */
 
 struct ml_model;
 struct ml_model *ml_lua_test_model(lua_State *L, int i); /* the model userdata at i, or NULL */
+struct ml_matcher;
+struct ml_matcher *ml_lua_test_matcher(lua_State *L, int i); /* the open matcher at i, or NULL */
 
 #endif

@@ -329,13 +329,14 @@ static int tri(lua_State *L, int i) { /* nil -> -1 (default), else boolean */
   return lua_isnoneornil(L, i) ? -1 : lua_toboolean(L, i);
 }
 
-/* tokenize(text, add_bos, add_eos, special) -> { ids } (0-based) */
+/* tokenize(text, add_bos, add_eos, special, no_prefix) -> { ids } (0-based) */
 static int m_tokenize(lua_State *L) {
   lmodel *u = check_model(L, 1);
   const ml_vocab *v = check_vocab(L, u);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int add_bos = tri(L, 3), add_eos = tri(L, 4), special = lua_toboolean(L, 5);
+  if (lua_toboolean(L, 6)) special |= ML_TOK_NO_PREFIX;
   int32_t stackbuf[256], *ids = stackbuf;
   int64_t n = ml_vocab_tokenize(v, s, len, add_bos, add_eos, special, ids, 256);
   if (n < 0 && n != ML_TOK_ERROR) {

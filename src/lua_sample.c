@@ -6,6 +6,7 @@
 #include "common.h"
 #include "lua_internal.h"
 #include "lua_tensor.h"
+#include "grammar.h"
 #include "sample.h"
 
 /* A buffer of at least `bytes` kept in the registry of this Lua state and reused from call
@@ -35,7 +36,9 @@ static size_t up8(size_t n) { return (n + 7) & ~(size_t)7; }
  * temperature -> draw runs over the whole vocabulary, and the result is id, probability
  * instead (options temperature [1], top_p [1], min_p [0]). `allow` is a token mask applied
  * before anything else: a string of ceil(n / 8) bytes, token i allowed when bit i % 8 of byte
- * i / 8 is set (others are banned: -inf). With `logprobs = k` and `logprob_id = id` the result
+ * i / 8 is set (others are banned: -inf); `grammar = matcher` (lm.grammar) bans what the
+ * matcher does not allow next, unless it is a lazy matcher still waiting for its trigger.
+ * With `logprobs = k` and `logprob_id = id` the result
  * is the log-probability of id and the k most likely tokens instead: lp, ids, lps
  * (ml_sample_logprobs). The work is sample.c's; this only reads the options. */
 static int l_candidates(lua_State *L) {
@@ -95,6 +98,23 @@ static int l_candidates(lua_State *L) {
         return luaL_argerror(L, 2, lua_pushfstring(L, "allow has %d bytes, the vocabulary needs %d", (int)len, (int)((n + 7) / 8)));
     }
   }
+  ml_matcher *gm = NULL;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "grammar"); /* 6 */
+    if (!lua_isnil(L, 6)) {
+      gm = ml_lua_test_matcher(L, 6);
+      if (!gm) return luaL_argerror(L, 2, "grammar must be an open matcher (g:matcher(model))");
+      if (ml_matcher_n_vocab(gm) != n)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "the matcher is for %d tokens, the logits have %d", (int)ml_matcher_n_vocab(gm), (int)n));
+      if (!ml_matcher_is_active(gm)) gm = NULL;
+    }
+  }
+  const uint32_t *gbits = NULL;
+  if (gm) {
+    /* n bits in 64-bit words: on a little-endian machine the same bits as 32-bit words */
+    gbits = (const uint32_t *)ml_matcher_mask(gm);
+    if (!gbits) return ml_lua_error(L);
+  }
   a.n_bias = nb;
   a.n_history = nh - h0;
   size_t work = up8(ml_sample_work_bytes(n, &a)), ib = up8(sizeof(int32_t) * (size_t)nb);
@@ -113,7 +133,11 @@ static int l_candidates(lua_State *L) {
       for (int b = 0; b < 4 && 4 * w + b < (n + 7) / 8; b++) x |= (uint32_t)(uint8_t)mask[4 * w + b] << (8 * b);
       allow[w] = x;
     }
+    if (gbits) /* both: a token must pass the mask and the grammar */
+      for (int64_t w = 0; w < (n + 31) / 32; w++) allow[w] &= gbits[w];
     a.allow = allow;
+  } else if (gbits) {
+    a.allow = gbits;
   }
   if (nb) {
     int64_t b = 0;

@@ -271,6 +271,8 @@ int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int a
   }
   if (add_bos < 0) add_bos = v->info.add_bos;
   if (add_eos < 0) add_eos = v->info.add_eos;
+  int prefix = v->info.add_space_prefix && !(parse_special & ML_TOK_NO_PREFIX);
+  parse_special &= 1;
   const uint8_t *s = (const uint8_t *)text;
   outbuf o = {out, n_max, 0};
   scratch sc;
@@ -290,7 +292,7 @@ int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int a
       prev_special = 1;
       continue;
     }
-    rc = raw_fragment(v, &sc, s + f->start, f->len, v->info.add_space_prefix && prev_special, &o);
+    rc = raw_fragment(v, &sc, s + f->start, f->len, prefix && prev_special, &o);
     prev_special = 0;
   }
   if (add_eos && v->info.eos >= 0) put(&o, v->info.eos);

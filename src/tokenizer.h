@@ -96,6 +96,9 @@ int32_t ml_vocab_find(const ml_vocab *v, const char *text, size_t len);
  * written are the first n_max of the full result. */
 int64_t ml_vocab_tokenize(const ml_vocab *v, const char *text, size_t len, int add_bos, int add_eos,
                           int parse_special, int32_t *out, int64_t n_max);
+/* parse_special may also carry ML_TOK_NO_PREFIX: no SPM dummy prefix, for text that
+ * continues other text (tokens a grammar forces in the middle of an output). */
+enum { ML_TOK_NO_PREFIX = 2 };
 
 /* Detokenizing flags. */
 enum {

@@ -26,10 +26,23 @@
 --   lookup [false]     speculative decoding with guesses taken from the text so far (the
 --                      continuation of the last n-gram's latest occurrence: repetitive text,
 --                      code edits, quoting the prompt)
+--   grammar            a grammar (lm.grammar.gbnf/regex/choice/json_schema) or a matcher:
+--                      only what it allows is generated (its mask comes before every sampler
+--                      step); generation ends when it is done, EOS is possible only where it
+--                      may end. A grammar gets a fresh matcher per call; a matcher goes on
+--                      from its state.
+--   json_schema        a JSON Schema (table or JSON text): as grammar = lm.grammar.json_schema(it)
+--                      but whitespace is one space or a line break and indentation (a model
+--                      is never invited to write it forever); compile it yourself for others
+--   fast_forward [true] with a grammar, the tokens it forces (one possible continuation) are
+--                      appended without sampling and decoded in one batch with the token
+--                      before them (not with logprobs, where every token has its own step)
 --   logprobs           n >= 0 (true: 0): info.logprobs gets, for every generated token,
 --                      its log-probability and the n most likely tokens at its place (see
 --                      sampler:logprobs: temperature 1, after logit_bias and penalties)
--- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort"),
+-- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort" |
+--   "grammar": the grammar is complete), forced_tokens (with a grammar: how many tokens
+--   were fast-forwarded),
 --   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids),
 --   speculative (with draft or lookup: { rounds, proposed, accepted, acceptance }),
 --   logprobs (with the option: one entry per id, { id, token, bytes, logprob,
@@ -114,7 +127,25 @@ function _M.start(model, prompt, opts)
   end
   self.history = {}
   for i, id in ipairs(ids) do self.history[i] = id end
-  self.sampler = opts.sampler or sampler.new(opts)
+  local function fail(msg) error("bad option '" .. (opts.json_schema ~= nil and "json_schema" or "grammar") .. "' (" .. msg .. ")", 5) end
+  local matcher = sampler.matcher(opts.grammar, opts.json_schema, model, fail)
+  if opts.sampler then
+    if matcher then
+      error("bad option 'sampler' (give the grammar to your sampler: lm.sampler{ grammar = ..., model = ... })", 3)
+    end
+    self.sampler = opts.sampler
+  elseif matcher then
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.grammar, o.json_schema = matcher, nil
+    self.sampler = sampler.new(o)
+  else
+    self.sampler = sampler.new(opts)
+  end
+  self.matcher = self.sampler.grammar
+  if self.matcher and opts.ignore_eos then
+    error("bad option 'ignore_eos' (with a grammar, the grammar decides where the output ends)", 3)
+  end
   -- the dummy-prefix space of the first word is dropped when the output starts the text
   -- (an empty prompt, or only BOS and other control tokens)
   local starts = #ids == 0 or model:detokenize(ids) == ""
@@ -148,8 +179,13 @@ function _M.start(model, prompt, opts)
   if (opts.draft or opts.lookup) and self.logprobs_n then
     error("bad option 'logprobs' (not available with draft or lookup)", 3)
   end
+  self.fast_forward = self.matcher ~= nil and opts.fast_forward ~= false and not self.logprobs_n
+  if self.matcher and (opts.draft or opts.lookup) then
+    error("bad option '" .. (opts.draft and "draft" or "lookup") .. "' (not available with a grammar)", 3)
+  end
   self.pending = ""
-  self.info = { prompt_tokens = #ids, tokens = 0, ids = {}, stop_reason = nil, logprobs = self.logprobs_n and {} or nil }
+  self.info = { prompt_tokens = #ids, tokens = 0, ids = {}, stop_reason = nil, logprobs = self.logprobs_n and {} or nil,
+                forced_tokens = self.matcher and 0 or nil }
   -- prefill
   local t0 = clock()
   if #ids == 0 then
@@ -237,6 +273,49 @@ function Gen:token_entry(id, logprob)
   return { id = id, token = t[1], bytes = bytes, logprob = logprob }
 end
 
+-- One generated token into the history, the info and the text; returns its piece.
+function Gen:push(id, lp, top)
+  self.history[#self.history + 1] = id
+  local info = self.info
+  info.tokens = info.tokens + 1
+  info.ids[info.tokens] = id
+  if lp then
+    local e = self:token_entry(id, lp)
+    e.top_logprobs = {}
+    for i, t in ipairs(top) do e.top_logprobs[i] = self:token_entry(t.id, t.logprob) end
+    info.logprobs[info.tokens] = e
+  end
+  local piece
+  if self.preserved and self.preserved[id] then
+    piece = self.decoder:flush() .. self.model:piece(id, true)
+  else
+    piece = self.decoder:push(id)
+  end
+  if self.opts.on_token and self.opts.on_token(piece, id) == false then
+    info.stop_reason = "abort"
+    self.done = true
+  end
+  return piece
+end
+
+-- forced() -> the tokens of the text the grammar forces now (its only continuation),
+-- already accepted by the grammar. The last one is left out unless the grammar ends after
+-- it: the model may continue that text with a longer token.
+function Gen:forced()
+  local m = self.matcher
+  local text = m:forced()
+  if text == "" then return {} end
+  local ids = self.model:tokenize(text, { bos = false, eos = false, prefix = false })
+  local n = 0
+  while n < #ids and self.sampler:accept(ids[n + 1]) do n = n + 1 end
+  if n > 0 and not (n == #ids and m:is_done()) then
+    m:rollback(1)
+    n = n - 1
+  end
+  for i = #ids, n + 1, -1 do ids[i] = nil end
+  return ids
+end
+
 -- next() -> the next piece of text (never ""), or nil when generation has ended.
 function Gen:next()
   while true do
@@ -253,9 +332,10 @@ function Gen:next()
       end
       return nil
     end
-    if self.info.tokens >= self.max_tokens then
+    local info = self.info
+    if info.tokens >= self.max_tokens then
       self.done = true
-      self.info.stop_reason = "length"
+      info.stop_reason = "length"
     else
       local id, lp, top
       if self.spec then
@@ -276,31 +356,33 @@ function Gen:next()
       if not id then -- nothing more: the context is full
       elseif self.stop_ids[id] then
         self.done = true
-        self.info.stop_reason = "eos"
-        self.info.eos_id = id
+        info.stop_reason = "eos"
+        info.eos_id = id
       else
-        self.history[#self.history + 1] = id
-        local info = self.info
-        info.tokens = info.tokens + 1
-        info.ids[info.tokens] = id
-        if lp then
-          local e = self:token_entry(id, lp)
-          e.top_logprobs = {}
-          for i, t in ipairs(top) do e.top_logprobs[i] = self:token_entry(t.id, t.logprob) end
-          info.logprobs[info.tokens] = e
+        if self.matcher and not self.sampler:accept(id) then
+          error(("the grammar refused token %d, which its mask allowed"):format(id), 2)
         end
-        local piece
-        if self.preserved and self.preserved[id] then
-          piece = self.decoder:flush() .. self.model:piece(id, true)
-        else
-          piece = self.decoder:push(id)
+        local piece = self:push(id, lp, top)
+        local batch = { id }
+        if self.fast_forward and not self.done and not self.matcher:is_done() then
+          -- the tokens the grammar forces come without a sampling step of their own
+          local forced = self:forced()
+          for i, f in ipairs(forced) do
+            if self.done or info.tokens >= self.max_tokens then
+              self.matcher:rollback(#forced - i + 1) -- accepted, but not in the output
+              break
+            end
+            piece = piece .. self:push(f)
+            batch[#batch + 1] = f
+            info.forced_tokens = info.forced_tokens + 1
+          end
         end
-        if self.opts.on_token and self.opts.on_token(piece, id) == false then
-          self.info.stop_reason = "abort"
+        if self.matcher and not self.done and self.matcher:is_done() then
+          info.stop_reason = "grammar"
           self.done = true
         end
         if not self.spec and not self.done and info.tokens < self.max_tokens then
-          local logits, err = self.ctx:decode({ id }, { seq = self.seq })
+          local logits, err = self.ctx:decode(batch, { seq = self.seq })
           if not logits then
             self.done = true
             info.stop_reason = "length"

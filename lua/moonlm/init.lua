@@ -114,14 +114,16 @@ function Model:__tostring()
   return ("moonlm.model(%s, %s, %d params)"):format(self.arch, self.path, self.n_params or 0)
 end
 
--- tokenize(text, { bos = <model default>, eos = <model default>, special = false }) -> ids
+-- tokenize(text, { bos = <model default>, eos = <model default>, special = false,
+-- prefix = true }) -> ids; prefix = false: no SentencePiece dummy-prefix space (for text
+-- that continues other text)
 -- Ids are 0-based, as in GGUF.
 function Model:tokenize(text, opts)
   if type(text) ~= "string" then
     error(("bad argument #1 to 'tokenize' (string expected, got %s)"):format(type(text)), 2)
   end
   opts = opts or {}
-  return self._ud:tokenize(text, opts.bos, opts.eos, opts.special)
+  return self._ud:tokenize(text, opts.bos, opts.eos, opts.special, opts.prefix == false)
 end
 
 -- detokenize(ids, { special = false, remove_special = false, strip_space = true }) -> text

@@ -17,6 +17,13 @@
 --   mirostat [0]        2: mirostat v2 with mirostat_tau [5.0] and mirostat_eta [0.1]
 --   seed                the same seed gives the same choices on every run and machine
 --   steps {}            user functions step(cands, history), see below
+--   grammar             a matcher (g:matcher(model)), or a grammar (lm.grammar.gbnf/regex/
+--                       choice) with model = the model: only tokens it allows are sampled;
+--                       its mask is applied in C before anything else, so the cuts and the
+--                       user steps only see allowed candidates. s:accept(id) advances it.
+--   json_schema         a JSON Schema (table or JSON text) with model = ...: the same, with
+--                       the schema's grammar (lm.grammar.json_schema) where whitespace is
+--                       one space or a line break and indentation, never a run of it
 --
 -- The order, as llama.cpp's default chain: logit_bias -> penalties -> top_k -> user steps
 -- -> typical_p -> top_p -> min_p -> temperature -> draw (or mirostat instead of the cuts).
@@ -63,6 +70,7 @@ function _M.new(opts)
     elseif k == "logit_bias" or k == "steps" then
       if type(v) ~= "table" then argerr(("option '%s' must be a table"):format(k)) end
       self[k] = v
+    elseif k == "grammar" or k == "json_schema" or k == "model" then -- below
     elseif k ~= "greedy" and Sampler[k] == nil then
       -- generation options pass through the same table; they are not ours to judge (but
       -- one named like a method, as generate's logprobs, must not hide it)
@@ -95,7 +103,41 @@ function _M.new(opts)
     for k, v in pairs(self.c_opts) do w[k] = v end
     self.whole = w
   end
+  local m = _M.matcher(opts.grammar, opts.json_schema, opts.model, argerr)
+  if m then self:set_grammar(m) end
   return self
+end
+
+local function is_matcher(g) return type(g) == "userdata" and g.accept ~= nil and g.mask ~= nil end
+
+-- matcher(grammar, json_schema, model, fail) -> a matcher, or nil when neither is given
+function _M.matcher(grammar, schema, model, fail)
+  if grammar ~= nil and schema ~= nil then fail("give grammar or json_schema, not both") end
+  if grammar == nil and schema == nil then return nil end
+  if is_matcher(grammar) then return grammar end
+  if model == nil then fail("a grammar or json_schema needs model = <the model> (or pass g:matcher(model))") end
+  if schema ~= nil then
+    local err
+    grammar, err = require("moonlm.gbnf").json_schema(schema)
+    if not grammar then fail("json_schema: " .. err) end
+  elseif not (type(grammar) == "userdata" and grammar.matcher ~= nil) then
+    fail("grammar must be a grammar (lm.grammar.gbnf/regex/choice/json_schema) or a matcher, got " .. type(grammar))
+  end
+  return grammar:matcher(model)
+end
+
+-- set_grammar(m): constrain the following samples with matcher m (nil: no constraint)
+function Sampler:set_grammar(m)
+  self.grammar = m
+  self.c_opts.grammar = m
+  if self.whole then self.whole.grammar = m end
+end
+
+-- accept(id) -> true, or false when the grammar does not allow id (its state unchanged).
+-- Advances the grammar, if there is one, past the token that was chosen.
+function Sampler:accept(id)
+  if self.grammar then return self.grammar:accept(id) end
+  return true
 end
 
 setmetatable(_M, { __call = function(_, opts) return _M.new(opts) end })
@@ -196,6 +238,12 @@ function Sampler:candidates(logits, history)
   opts.history = history
   local ids, vals, z = core.candidates(logits, opts)
   opts.history = nil
+  if self.grammar then -- top_k may reach past the tokens the grammar allows
+    while #ids > 0 and vals[#ids] == -huge do
+      ids[#ids], vals[#ids] = nil, nil
+    end
+    if #ids == 0 then error("the grammar allows no token here", 3) end
+  end
   local c = { ids = ids, logits = vals, z = z }
   if self.steps then
     for i, step in ipairs(self.steps) do
@@ -279,9 +327,10 @@ function Sampler:logprobs(logits, history, id, n)
   return lp, top
 end
 
--- Forget adaptive state (mirostat's mu) and optionally reseed.
+-- Forget adaptive state (mirostat's mu, the grammar's progress) and optionally reseed.
 function Sampler:reset(seed)
   self.mu = 2 * self.mirostat_tau
+  if self.grammar then self.grammar:reset() end
   if seed then self.rng:seed(floor(seed)) end
 end
 

@@ -664,6 +664,7 @@ function _M.detect(source, has_token, meta)
   elseif has("<|start_header_id|>") then name = "llama3"
   else name = "generic" end
   local f = _M.format(name)
+  f.r7b = name == "command_r" and (has("<|START_ACTION|>") or has_token("<|START_ACTION|>")) or nil
   if f.think == nil then
     f.think = (has("<think>") or has("</think>") or has_token("<think>")) and THINK or false
   elseif not has(f.think[1]) and not has_token(f.think[1]) then
@@ -1015,6 +1016,161 @@ function _M.prepare(messages, list, caps, fmt)
     end
   end
   return out, tools_var
+end
+
+---------------------------------------------------------------------------------------
+-- Grammars for tool calls: what a call must look like in each format, with the tools' own
+-- JSON Schemas for the arguments. "auto" is lazy (free text until the format's marker,
+-- then calls only); "required" and a named function constrain the reply from its start
+-- (after the reasoning, for models that reason).
+---------------------------------------------------------------------------------------
+
+local gbnf = require "moonlm.gbnf"
+local lit = gbnf.literal
+
+local function params_of(fn)
+  if type(fn.parameters) == "table" then return fn.parameters end
+  return obj({ type = "object" }, { "type" })
+end
+
+-- One call object: { namekey: const name, argkey: schema } (an anyOf over the tools).
+local function call_schema(list, namekey, argkey, extra)
+  local alts = {}
+  for i, t in ipairs(list) do
+    local fn = t["function"]
+    local props, keys = {}, {}
+    if extra then
+      for _, e in ipairs(extra) do props[e[1]] = e[2] keys[#keys + 1] = e[1] end
+    end
+    props[namekey] = obj({ const = fn.name }, { "const" })
+    props[argkey] = params_of(fn)
+    keys[#keys + 1] = namekey
+    keys[#keys + 1] = argkey
+    alts[i] = obj({ type = "object", properties = obj(props, keys), required = json.array(keys), additionalProperties = false },
+                  { "type", "properties", "required", "additionalProperties" })
+  end
+  if #alts == 1 then return alts[1] end
+  return obj({ anyOf = json.array(alts) }, { "anyOf" })
+end
+
+local function array_schema(item, parallel)
+  local t, keys = { type = "array", items = item, minItems = 1 }, { "type", "items", "minItems" }
+  if not parallel then t.maxItems = 1 keys[#keys + 1] = "maxItems" end
+  return obj(t, keys)
+end
+
+-- the rules of a schema, prefixed; returns the name of its root rule
+local function add_schema(rules, schema, p)
+  local text, err = gbnf.schema(schema, p)
+  if not text then error({ tool_grammar = err }, 0) end
+  rules[#rules + 1] = text
+  return p .. "root"
+end
+
+-- calls rule per format: rules (list), then the rule text of "one or more calls" and the
+-- word that starts them (the lazy trigger), or no word when calls start the reply
+local CALLS = {}
+
+function CALLS.hermes(rules, list, parallel)
+  local call = add_schema(rules, call_schema(list, "name", "arguments"), "c-")
+  rules[#rules + 1] = "tc ::= " .. lit("<tool_call>") .. " sep " .. call .. " sep " .. lit("</tool_call>")
+  return parallel and "tc ( sep tc )*" or "tc", "<tool_call>"
+end
+
+function CALLS.llama3(rules, list, parallel)
+  local call = add_schema(rules, call_schema(list, "name", "parameters"), "c-")
+  return parallel and call .. " ( sep " .. lit(";") .. " sep " .. call .. " )*" or call, '{"name"'
+end
+
+function CALLS.mistral(rules, list, parallel)
+  local arr = add_schema(rules, array_schema(call_schema(list, "name", "arguments"), parallel), "c-")
+  return lit("[TOOL_CALLS]") .. " " .. arr, "[TOOL_CALLS]"
+end
+
+function CALLS.granite(rules, list, parallel)
+  local arr = add_schema(rules, array_schema(call_schema(list, "name", "arguments"), parallel), "c-")
+  return lit("<|tool_call|>") .. " " .. arr, "<|tool_call|>"
+end
+
+function CALLS.command_r(rules, list, parallel, fmt)
+  if fmt.r7b then
+    local id = { "tool_call_id", obj({ type = "string", pattern = "^[0-9]{1,4}$" }, { "type", "pattern" }) }
+    local arr = add_schema(rules, array_schema(call_schema(list, "tool_name", "parameters", { id }), parallel), "c-")
+    return lit("<|START_ACTION|>") .. " sep " .. arr .. " sep " .. lit("<|END_ACTION|>"), "<|START_ACTION|>"
+  end
+  local arr = add_schema(rules, array_schema(call_schema(list, "tool_name", "parameters"), parallel), "c-")
+  return lit("Action: ```json\n") .. " " .. arr .. " " .. lit("\n```"), "Action:"
+end
+
+function CALLS.generic(rules, list, parallel)
+  local calls = obj({ type = "object", properties = obj({ tool_calls = array_schema(call_schema(list, "name", "arguments"), parallel) },
+                                                        { "tool_calls" }),
+                      required = json.array { "tool_calls" }, additionalProperties = false },
+                    { "type", "properties", "required", "additionalProperties" })
+  return add_schema(rules, calls, "c-"), '{"tool_calls"'
+end
+
+-- name, then the arguments' own grammar, for the formats that write the name outside JSON
+local function named_calls(rules, list, head, tail)
+  local alts = {}
+  for i, t in ipairs(list) do
+    local fn = t["function"]
+    local args = add_schema(rules, params_of(fn), "a" .. i .. "-")
+    alts[i] = lit(head(fn.name)) .. " " .. args .. (tail ~= "" and " " .. lit(tail) or "")
+  end
+  rules[#rules + 1] = "call ::= " .. concat(alts, " | ")
+end
+
+function CALLS.deepseek_r1(rules, list, parallel)
+  named_calls(rules, list, function(n) return DS.call_begin .. "function" .. DS.sep .. n .. "\n```json\n" end,
+              "\n```" .. DS.call_end)
+  return lit(DS.calls_begin[1]) .. (parallel and " call+ " or " call ") .. lit(DS.calls_end), DS.calls_begin[1]
+end
+
+function CALLS.functionary(rules, list, parallel)
+  named_calls(rules, list, function(n) return n .. "\n" end, "")
+  return parallel and "call ( " .. lit(">>>") .. " call )*" or "call", nil
+end
+
+-- grammar(fmt, list, opts) -> GBNF text, lazy (the matcher options: lazy, triggers) | nil,
+-- err. opts: choice ("auto" | "required"; a function name constrains to it), parallel
+-- [true], open_think (the prompt opened the reasoning block).
+function _M.grammar(fmt, list, opts)
+  opts = opts or {}
+  local choice = opts.choice or "auto"
+  if choice ~= "auto" and choice ~= "required" then
+    local only
+    for _, t in ipairs(list) do
+      if t["function"].name == choice then only = t end
+    end
+    if not only then return nil, ("tool_choice names '%s', which is not one of the tools"):format(choice) end
+    list, choice = { only }, "required"
+  end
+  local build = CALLS[fmt.name]
+  if not build then return nil, ("no tool-call grammar for the format '%s'"):format(tostring(fmt.name)) end
+  local rules = { "sep ::= [ \\t\\n]{0,4}" }
+  local ok, calls, trigger = pcall(build, rules, list, opts.parallel ~= false, fmt)
+  if not ok then
+    if type(calls) == "table" and calls.tool_grammar then return nil, "tool parameters: " .. calls.tool_grammar end
+    error(calls, 0)
+  end
+  local root
+  if choice == "auto" and trigger then
+    return "root ::= " .. calls .. " sep\n" .. concat(rules, "\n"), { lazy = true, triggers = { trigger } }
+  end
+  if choice == "auto" then -- functionary: text ("all") or calls from the start
+    rules[#rules + 1] = gbnf.without("text", ">>>")
+    root = "root ::= " .. lit("all\n") .. " text ( " .. lit(">>>") .. " " .. calls .. " )? | " .. calls
+  else
+    local think = ""
+    if fmt.think then
+      rules[#rules + 1] = gbnf.without("thought", fmt.think[2])
+      think = "thought " .. lit(fmt.think[2]) .. " sep "
+      if not opts.open_think then think = "( " .. lit(fmt.think[1]) .. " " .. think .. ")? " end
+    end
+    root = "root ::= " .. think .. calls .. " sep"
+  end
+  return root .. "\n" .. concat(rules, "\n"), nil
 end
 
 -- open_think(prompt, fmt) -> does the prompt end inside a reasoning block (the template

@@ -16,8 +16,12 @@
 --   tools          the functions the model may call, OpenAI's list (a Lua array or JSON text):
 --                  { { type = "function", ["function"] = { name = ..., description = ...,
 --                  parameters = <JSON Schema> } } }; also per turn
---   tool_choice    "auto" [default with tools]: the reply is text or tool calls; "none": text
---                  only (the tools are still shown to the model)
+--   tool_choice    "auto" [default with tools]: the reply is text or tool calls (once the
+--                  format's marker appears, a grammar built from the tools' schemas keeps the
+--                  calls well-formed); "required": tool calls only; {type = "function",
+--                  function = {name = ...}}: a call of that function; "none": text only
+--                  (the tools are still shown to the model)
+--   parallel_tool_calls [true] false: at most one call per reply
 --   tool_format    the tool-call markup to parse (see moonlm.tools) [detected from the
 --                  template and the vocabulary]
 --   reasoning      [true] take <think>...</think> out of the reply into info.reasoning_content
@@ -42,6 +46,8 @@ local generate = require "moonlm.generate"
 local json = require "moonlm.json"
 local tools = require "moonlm.tools"
 local core = require "moonlm.core"
+
+local function lm_grammar() return require("moonlm").grammar end
 
 local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
 
@@ -250,19 +256,59 @@ function Chat:check_results(what)
   end
 end
 
+-- tool_choice -> "auto" | "none" | "required" | the name of the one function to call
 local function check_choice(choice, list)
   if choice == nil or choice == "auto" or choice == "none" then return choice or "auto" end
   if choice == "required" or type(choice) == "table" then
     if not list then error("bad option 'tool_choice' (no tools given)", 4) end
-    error("bad option 'tool_choice' (\"required\" and named functions need constrained decoding, not available yet)", 4)
+    if choice == "required" then return choice end
+    local f = choice["function"]
+    if choice.type ~= "function" or type(f) ~= "table" or type(f.name) ~= "string" then
+      error("bad option 'tool_choice' ({type = \"function\", function = {name = ...}} expected)", 4)
+    end
+    for _, t in ipairs(list) do
+      if t["function"].name == f.name then return f.name end
+    end
+    error(("bad option 'tool_choice' (no tool named '%s')"):format(f.name), 4)
   end
   error(("bad option 'tool_choice' (\"auto\", \"none\", \"required\" or {type = \"function\", ...} expected, got %s)")
     :format(type(choice) == "string" and ("%q"):format(choice) or type(choice)), 4)
 end
 
+-- The matcher that keeps a reply to the tool-call format: lazy for "auto" (it wakes up at
+-- the format's marker), from the start otherwise. Grammars are compiled once per chat and
+-- tools/choice. Returns the matcher, or nil, err when the tools' schemas cannot be
+-- compiled.
+function Chat:tool_matcher(list, choice, parallel, open_think)
+  local key = table.concat({ json.encode(list) or "", choice, tostring(parallel), tostring(open_think) }, "\0")
+  self.tool_grammars = self.tool_grammars or {}
+  local entry = self.tool_grammars[key]
+  if not entry then
+    local text, lazy = tools.grammar(self.fmt, list, { choice = choice, parallel = parallel, open_think = open_think })
+    local g, err
+    if text then
+      g, err = lm_grammar().gbnf(text)
+    else
+      err = lazy
+    end
+    entry = { g = g, err = err, lazy = lazy }
+    self.tool_grammars[key] = entry
+  end
+  if not entry.g then return nil, entry.err end
+  local mopts
+  if entry.lazy then
+    mopts = { lazy = true, triggers = entry.lazy.triggers, trigger_tokens = {} }
+    for _, w in ipairs(entry.lazy.triggers) do
+      local id = self.model:find_token(w)
+      if id then mopts.trigger_tokens[#mopts.trigger_tokens + 1] = id end
+    end
+  end
+  return entry.g:matcher(self.model, mopts)
+end
+
 -- Options of the chat, not of generate.
 local CHAT_ONLY = { "system", "template", "n_ctx", "kv_type", "tools", "tool_choice", "tool_format", "reasoning",
-                    "stream_reasoning", "vars" }
+                    "stream_reasoning", "vars", "parallel_tool_calls" }
 
 -- The generation for one turn (a generate.lua state machine), and the parser of its reply
 -- (nil when there is nothing to take out of the text).
@@ -283,10 +329,19 @@ function Chat:turn(text, opts, what)
   local rest, truncated, kept = self:prepare(text, opts, list)
   if not rest then return nil, truncated end
   local parse_tools = list ~= nil and choice ~= "none"
+  local open_think = tools.open_think(self.prompt_text, self.fmt)
+  local grammar_error
+  if parse_tools then
+    if opts.grammar ~= nil or opts.json_schema ~= nil then
+      error("bad option 'grammar' (a reply with tools follows the tool-call grammar; use tool_choice = \"none\" for your own)", 3)
+    end
+    local m, err = self:tool_matcher(list, choice, opts.parallel_tool_calls ~= false, open_think)
+    if not m and choice ~= "auto" then error("bad option 'tools' (" .. err .. ")", 3) end
+    opts.grammar, grammar_error = m, err -- "auto" without a grammar: the reply is parsed all the same
+  end
   local parser
   if parse_tools or self.fmt.think then
-    parser = tools.parser(self.fmt, { tools = list, tools_off = not parse_tools,
-                                      open_think = tools.open_think(self.prompt_text, self.fmt) })
+    parser = tools.parser(self.fmt, { tools = list, tools_off = not parse_tools, open_think = open_think })
     local keep = {}
     for _, t in ipairs(tools.preserved(self.fmt)) do keep[#keep + 1] = self.model:find_token(t) end
     opts.preserved_tokens = keep
@@ -300,6 +355,7 @@ function Chat:turn(text, opts, what)
   g.info.cached_tokens = kept
   g.info.truncated = truncated
   g.parser, g.stream_reasoning = parser, stream_reasoning
+  g.info.tool_grammar_error = grammar_error
   return g
 end
 

@@ -1,10 +1,9 @@
 -- moonlm.gbnf: writing GBNF text for the grammars generation builds itself (tool calls,
 -- JSON Schemas): literals, rule-name prefixes so that several grammars can live in one
--- text, the rules of "any text that does not contain P", and JSON Schemas as grammars with
--- the whitespace a model writes.
+-- text, and JSON Schemas as grammars with the whitespace a model writes.
 local _M = {}
 
-local byte, sub, find, gsub, format, char = string.byte, string.sub, string.find, string.gsub, string.format, string.char
+local sub, find, gsub = string.sub, string.find, string.gsub
 local concat = table.concat
 
 local ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
@@ -21,6 +20,30 @@ local function class_char(c)
   if c == "\t" then return "\\t" end
   if find(c, "[%]%[\\%^%-]") then return "\\" .. c end
   return c
+end
+
+-- without(p) -> a GBNF expression for any text that does not contain p, with repetitions
+-- only (no recursion), so the engine follows it as one automaton. p's first byte must not
+-- occur again in p (true of the closing tags it is used for); nil otherwise. The text is a
+-- run of items: a byte other than p's first, or blocks that each start with it and hold a
+-- proper prefix of p, the last block of a run broken by a byte that does not continue p;
+-- a run of unbroken blocks may end the text.
+function _M.without(p)
+  local c1 = sub(p, 1, 1)
+  if #p < 2 or find(p, c1, 2, true) then return nil end
+  local m = #p
+  -- the proper prefixes of p after c1: ( c2 ( c3 ( ... )? )? )?
+  local pre = ""
+  for k = m - 1, 2, -1 do pre = "( " .. _M.literal(sub(p, k, k)) .. (pre ~= "" and " " .. pre or "") .. " )?" end
+  -- after c1 c2..ck, a byte that is neither c(k+1) nor c1 breaks the block
+  local brk = nil
+  for k = m - 1, 1, -1 do
+    local x = "[^" .. class_char(sub(p, k + 1, k + 1)) .. class_char(c1) .. "]"
+    if brk then x = "( " .. x .. " | " .. _M.literal(sub(p, k + 1, k + 1)) .. " " .. brk .. " )" end
+    brk = x
+  end
+  local block = "( " .. _M.literal(c1) .. (pre ~= "" and " " .. pre or "") .. " )"
+  return "( [^" .. class_char(c1) .. "] | " .. block .. "* " .. _M.literal(c1) .. " " .. brk .. " )* " .. block .. "*"
 end
 
 -- prefix(text, p) -> text with every rule name prefixed by p (string literals, character
@@ -56,45 +79,6 @@ function _M.prefix(text, p)
     ::continue::
   end
   return concat(out)
-end
-
--- without(name, pat) -> rules: `name` is any text that does not contain pat (a KMP
--- automaton over pat's bytes, one rule per matched-prefix length; pat is ASCII or UTF-8,
--- the automaton is byte-level as the grammar engine is).
-function _M.without(name, pat)
-  local m = #pat
-  local fail = { [0] = 0, [1] = 0 }
-  local k = 0
-  for i = 2, m do
-    while k > 0 and byte(pat, k + 1) ~= byte(pat, i) do k = fail[k] end
-    if byte(pat, k + 1) == byte(pat, i) then k = k + 1 end
-    fail[i] = k
-  end
-  local function step(i, c) -- matched prefix length after reading byte c in state i
-    while true do
-      if byte(pat, i + 1) == c then return i + 1 end
-      if i == 0 then return 0 end
-      i = fail[i]
-    end
-  end
-  local bytes, seen = {}, {}
-  for i = 1, m do
-    local c = byte(pat, i)
-    if not seen[c] then seen[c] = true bytes[#bytes + 1] = c end
-  end
-  local others = {}
-  for _, c in ipairs(bytes) do others[#others + 1] = class_char(char(c)) end
-  local rules = {}
-  for i = 0, m - 1 do
-    local alts = { format("[^%s] %s-0", concat(others), name) }
-    for _, c in ipairs(bytes) do
-      local j = step(i, c)
-      if j < m then alts[#alts + 1] = format("%s %s-%d", _M.literal(char(c)), name, j) end
-    end
-    rules[#rules + 1] = format("%s-%d ::= ( %s )?", name, i, concat(alts, " | "))
-  end
-  rules[#rules + 1] = format("%s ::= %s-0", name, name)
-  return concat(rules, "\n")
 end
 
 -- JSON's whitespace rule as the schema compiler writes it, and what generation uses

@@ -1158,14 +1158,14 @@ function _M.grammar(fmt, list, opts)
   if choice == "auto" and trigger then
     return "root ::= " .. calls .. " sep\n" .. concat(rules, "\n"), { lazy = true, triggers = { trigger } }
   end
-  if choice == "auto" then -- functionary: text ("all") or calls from the start
-    rules[#rules + 1] = gbnf.without("text", ">>>")
-    root = "root ::= " .. lit("all\n") .. " text ( " .. lit(">>>") .. " " .. calls .. " )? | " .. calls
+  if choice == "auto" then -- functionary: text ("all"), maybe calls after it, or calls
+    root = "root ::= " .. lit("all\n") .. " .* ( " .. lit(">>>") .. " " .. calls .. " )? | " .. calls
   else
+    -- a model that reasons writes its thought first: any text without the closing tag,
+    -- then the tag (a regular prefix: the engine's automaton follows it at no cost)
     local think = ""
     if fmt.think then
-      rules[#rules + 1] = gbnf.without("thought", fmt.think[2])
-      think = "thought " .. lit(fmt.think[2]) .. " sep "
+      think = (gbnf.without(fmt.think[2]) or ".*") .. " " .. lit(fmt.think[2]) .. " sep "
       if not opts.open_think then think = "( " .. lit(fmt.think[1]) .. " " .. think .. ")? " end
     end
     root = "root ::= " .. think .. calls .. " sep"

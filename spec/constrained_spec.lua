@@ -66,7 +66,7 @@ item ::= "\"" [a-z]{1,8} "\"" | [0-9]{1,3}
       assert(replay(model, g, info.ids))
       local v = assert(json.decode(text))
       assert.is_string(v.name)
-      assert.is_true(#v.name <= 12 or utf8.len(v.name) <= 12)
+      assert.is_true(#v.name:gsub("[\128-\191]", "") <= 12) -- characters, not bytes
       assert.is_true(math.type and math.type(v.age) == "integer" or v.age == math.floor(v.age))
       assert.is_true(v.age >= 0 and v.age <= 120)
       assert.is_true(#v.pets <= 3)
@@ -225,12 +225,12 @@ describe("tool_choice with grammars (stories260K) #once", function()
     local src = template("qwen2.5-instruct")
     local script = "Sure. <tool_call>\n"
     for seed = 1, 4 do
-      local bytes = {}
-      for i = 1, #script do bytes[i] = assert(model:find_token(("<0x%02X>"):format(script:byte(i)))) end
       local k = 0
       local function steer() -- writes the script, then lets the model go on (under the grammar)
         k = k + 1
-        if bytes[k] then return { ids = { bytes[k] }, logits = { 0 } } end
+        if k <= #script then
+          return { ids = { assert(model:find_token(("<0x%02X>"):format(script:byte(k)))) }, logits = { 0 } }
+        end
       end
       local chat = model:chat { template = src, tools = TOOLS, temperature = 1, seed = seed, max_tokens = 300,
                                 parallel_tool_calls = false }

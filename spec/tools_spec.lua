@@ -676,15 +676,18 @@ describe("tools in the shared chat templates", function()
   end)
 end)
 
--- A sampler step that makes the model write `text` (one byte token per byte), then end
--- its turn.
+-- A sampler step that makes the model write `text` (one byte token per byte, or more at a
+-- time where a grammar fast-forwards), then end its turn: it writes the byte that follows
+-- what the reply holds so far.
 local function script(model, text, eos)
-  local ids = {}
-  for i = 1, #text do ids[i] = assert(model:find_token(("<0x%02X>"):format(text:byte(i)))) end
-  local k = 0
-  return function()
-    k = k + 1
-    return { ids = { ids[k] or eos }, logits = { 0 } }
+  local base
+  return function(_, history)
+    base = base or #history
+    local done = {}
+    for i = base + 1, #history do done[#done + 1] = history[i] end
+    local n = #model:detokenize(done, { special = true, strip_space = false })
+    if n >= #text then return { ids = { eos }, logits = { 0 } } end
+    return { ids = { assert(model:find_token(("<0x%02X>"):format(text:byte(n + 1)))) }, logits = { 0 } }
   end
 end
 

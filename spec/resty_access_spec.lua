@@ -115,6 +115,9 @@ console.log(JSON.stringify(out));
     assert.are.equal(404, none.status)
     assert.are.equal("model_not_found", none.json.error.code)
     assert.truthy(none.json.error.message:find("stories, tiny", 1, true))
+    local h = http("GET", url .. "/health").json
+    assert.are.same({ "stories", "tiny" }, { h.models[1].model, h.models[2].model })
+    assert.are.same({ 2, 2, 4 }, { h.models[1].slots, h.models[2].slots, h.slots })
     local props = http("GET", url .. "/props?model=tiny", nil, auth("carol")).json
     assert.are.equal("tiny", props.model)
     assert.are.same({ "stories", "tiny" }, props.models)

@@ -725,19 +725,22 @@ local function health()
   end
   local busy, slots, queued, limit, warm = 0, 0, 0, 0, true
   local st = { requests = 0, rejected = 0, tokens = 0, calls = 0, forwards = 0, rows = 0 }
-  for _, name in ipairs(S.order) do
+  local per = {}
+  for i, name in ipairs(S.order) do
     local sch = S.models[name].sched
     local b, n, q = sch:busy()
     busy, slots, queued, limit = busy + b, slots + n, queued + q, limit + sch.max_queue
     warm = warm and sch.warm
     for k in pairs(st) do st[k] = st[k] + sch.stats[k] end
+    per[i] = obj({ model = name, status = sch.warm and "ok" or "loading", slots = n, busy = b, queued = q },
+                 { "model", "status", "slots", "busy", "queued" })
   end
   local status = S.drained and "drained" or S.draining and "draining" or warm and "ok" or "loading"
   send_json(status == "ok" and 200 or 503, obj({ status = status, model = S.default.name, slots = slots, busy = busy,
                        queued = queued, max_queue = limit, requests = st.requests, rejected = st.rejected,
-                       tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows },
+                       tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows, models = per },
                      { "status", "model", "slots", "busy", "queued", "max_queue", "requests", "rejected", "tokens", "calls",
-                       "forwards", "rows" }))
+                       "forwards", "rows", "models" }))
 end
 
 local function metrics_page()

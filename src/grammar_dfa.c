@@ -26,7 +26,11 @@ typedef struct ivec {
   int32_t n, cap;
 } ivec;
 
-static int ivec_push(ivec *x, int32_t v) {
+static inline int ivec_push(ivec *x, int32_t v) {
+  if (ML_LIKELY(x->n < x->cap)) {
+    x->v[x->n++] = v;
+    return 0;
+  }
   if (x->n == x->cap) {
     int32_t nc = x->cap ? x->cap * 2 : 64;
     int32_t *p = realloc(x->v, (size_t)nc * sizeof *p);
@@ -48,6 +52,11 @@ typedef struct gdfa {
   uint32_t mark;
   ivec stack, set, seeds, pending;
   int32_t n_calls;
+  /* closures of single states (no anchors in the grammar), made on first use:
+   * memo[u] = offset + 1 in memo_pool (0: not made), memo_n[u] = size */
+  int32_t *memo, *memo_n;
+  ivec memo_pool, tmp;
+  int anchors; /* the grammar has ^ or $: no memo */
 } gdfa;
 
 static void *reserve(size_t bytes) {
@@ -105,11 +114,59 @@ static int closure(const ml_grammar *g, gdfa *d, const int32_t *seeds, int32_t n
     if (n->out2 >= 0 && g->useful[n->out2] && ivec_push(stack, n->out2 * 2 + next) < 0) return -1;
     if (n->out >= 0 && g->useful[n->out] && ivec_push(stack, n->out * 2 + next) < 0) return -1;
   }
-  if (out->n > 1) qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
+  if (out->n > 24) {
+    qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
+  } else {
+    int32_t *v = out->v;
+    for (int32_t i = 1; i < out->n; i++) {
+      int32_t x = v[i], j = i - 1;
+      while (j >= 0 && v[j] > x) v[j + 1] = v[j], j--;
+      v[j + 1] = x;
+    }
+  }
   int32_t k = 0; /* a state may be reached both before and past $ */
   for (int32_t i = 0; i < out->n; i++)
     if (k == 0 || out->v[k - 1] != out->v[i]) out->v[k++] = out->v[i];
   out->n = k;
+  return 0;
+}
+
+/* closure(seeds) through the memo of single-state closures: their union, sorted */
+static int closure_fast(const ml_grammar *g, gdfa *d, const int32_t *seeds, int32_t ns, ivec *out) {
+  if (d->anchors || !d->memo) return closure(g, d, seeds, ns, 0, out);
+  ivec *one = &d->tmp;
+  out->n = 0;
+  for (int32_t i = 0; i < ns; i++) {
+    int32_t u = seeds[i];
+    if (u < 0 || !g->useful[u]) continue;
+    if (d->memo[u] == 0) {
+      if (closure(g, d, &u, 1, 0, one) < 0) return -1;
+      int32_t at = d->memo_pool.n;
+      for (int32_t k = 0; k < one->n; k++)
+        if (ivec_push(&d->memo_pool, one->v[k]) < 0) return -1;
+      d->memo[u] = at + 1;
+      d->memo_n[u] = one->n;
+    }
+    const int32_t *c = d->memo_pool.v + d->memo[u] - 1;
+    for (int32_t k = 0; k < d->memo_n[u]; k++)
+      if (ivec_push(out, c[k]) < 0) return -1;
+  }
+  if (ns > 1) { /* several seeds: sort and drop repeats */
+    if (out->n > 24) {
+      qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
+    } else {
+      int32_t *v = out->v;
+      for (int32_t i = 1; i < out->n; i++) {
+        int32_t x = v[i], j = i - 1;
+        while (j >= 0 && v[j] > x) v[j + 1] = v[j], j--;
+        v[j + 1] = x;
+      }
+    }
+    int32_t k = 0;
+    for (int32_t i = 0; i < out->n; i++)
+      if (k == 0 || out->v[k - 1] != out->v[i]) out->v[k++] = out->v[i];
+    out->n = k;
+  }
   return 0;
 }
 
@@ -124,7 +181,10 @@ static void or4(uint64_t *a, const uint64_t *b) {
 }
 
 static void set_bytes(uint64_t *a, int lo, int hi) {
-  for (int b = lo; b <= hi; b++) a[b >> 6] |= 1ull << (b & 63);
+  for (int w = lo >> 6; w <= hi >> 6; w++) {
+    int a0 = w * 64 > lo ? 0 : lo & 63, a1 = w * 64 + 63 < hi ? 63 : hi & 63;
+    a[w] |= (a1 == 63 ? ~0ull : (1ull << (a1 + 1)) - 1) & ~((1ull << a0) - 1);
+  }
 }
 
 /* first bytes of an NFA set (under the analysis' current values) */
@@ -361,7 +421,7 @@ static int finish_pending(ml_grammar *g) {
         const nst *v = &g->nfa[d->sets.v[d->set_off[s] + j]];
         if (v->kind == N_CALL && v->call == u->call && ivec_push(&d->seeds, v->out) < 0) return -1;
       }
-      if (closure(g, d, d->seeds.v, d->seeds.n, 0, &d->set) < 0) return -1;
+      if (closure_fast(g, d, d->seeds.v, d->seeds.n, &d->set) < 0) return -1;
       int32_t ret = state_of(g, d->set.v, d->set.n);
       if (ret < 0) return -1;
       if (ret == 0) continue; /* cannot happen: calls are useful only when something follows */
@@ -380,6 +440,8 @@ static int32_t encode(const ml_grammar *g, int32_t t) {
   return (g->flags[t] & (GS_CALLS | GS_EPSEND)) ? -t * g->n_cls : t * g->n_cls;
 }
 
+/* One entry: the targets of the state's ranges that take a byte of class c, closed. (A
+ * whole row at once costs more: a walk needs few of a deep state's classes.) */
 int32_t gd_fill(ml_grammar *g, int32_t s, int c) {
   size_t at = (size_t)s * (size_t)g->n_cls + (size_t)c;
   pthread_mutex_lock(&g->dfa_mu);
@@ -398,7 +460,7 @@ int32_t gd_fill(ml_grammar *g, int32_t s, int c) {
     if ((u->kind == N_RANGE || u->kind == N_RANGES) && nst_takes(g->rpool, u, rep)) rc = ivec_push(&d->seeds, u->out);
   }
   int32_t t = -1;
-  if (rc == 0 && closure(g, d, d->seeds.v, d->seeds.n, 0, &d->set) == 0) t = state_of(g, d->set.v, d->set.n);
+  if (rc == 0 && closure_fast(g, d, d->seeds.v, d->seeds.n, &d->set) == 0) t = state_of(g, d->set.v, d->set.n);
   if (t >= 0 && finish_pending(g) < 0) t = -1;
   if (t < 0) {
     d->pending.n = 0;
@@ -429,7 +491,10 @@ int gd_init(ml_grammar *g) {
   gdfa *d = g->dfa;
   pthread_mutex_init(&g->dfa_mu, NULL);
   d->stamp = calloc((size_t)n * 2, sizeof *d->stamp);
-  if (!d->stamp) goto oom;
+  d->memo = calloc((size_t)n, sizeof *d->memo); /* zero pages until used */
+  d->memo_n = malloc((size_t)n * sizeof *d->memo_n + 1);
+  if (!d->stamp || !d->memo || !d->memo_n) goto oom;
+  for (int32_t u = 0; u < n && !d->anchors; u++) d->anchors = g->nfa[u].kind == N_BOL || g->nfa[u].kind == N_EOL;
   if (g->all_useful) memset(g->useful, 1, (size_t)n);
   else if (find_useful(g) < 0) return -1;
   if (analyze(g) < 0) return -1;
@@ -490,6 +555,10 @@ void gd_free(ml_grammar *g) {
     free(d->set_n);
     free(d->ht);
     free(d->stamp);
+    free(d->memo);
+    free(d->memo_n);
+    free(d->memo_pool.v);
+    free(d->tmp.v);
     free(d->stack.v);
     free(d->set.v);
     free(d->seeds.v);

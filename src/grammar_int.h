@@ -223,6 +223,7 @@ typedef struct gtrie {
  * trie of its own. A state that every character of the class takes to one same next state
  * (and so on along a chain) accepts the members by length alone. */
 #define GV_SLICE_LENS 16
+#define GV_SLICE_MAX_CHARS 32 /* longer members go to the rest: a state's chain is checked this far */
 typedef struct gslice {
   int id;                     /* its index in the vocabulary's slices */
   uint32_t *ranges;           /* code point pairs */

@@ -223,8 +223,18 @@ static int at_node(ml_matcher *m, gwork *w, int32_t tri, int32_t q, int32_t t, i
 
 /* Walk the subtree of q (q's own token excluded) from state s with callers p, marking the
  * tokens the DFA accepts and leaving items where it calls or may return. */
+static int subwalk_range(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, uint64_t *bits, gwork *w,
+                         ivec *exits, int32_t lo, int32_t end);
+
 static int subwalk(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, uint64_t *bits, gwork *w,
                    ivec *exits) {
+  const gtrie *t = gv_trie(m->v, tri);
+  return subwalk_range(m, tri, q, s, p, bits, w, exits, q + 1, q + (int32_t)t->sub[q]);
+}
+
+/* The nodes [lo, end) below q: whole subtrees of q's descendants. */
+static int subwalk_range(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, uint64_t *bits, gwork *w,
+                         ivec *exits, int32_t lo, int32_t end) {
   ml_grammar *g = m->g;
   const gtrie *t = gv_trie(m->v, tri);
   if (m->n_lvl < t->max_depth + 2) {
@@ -243,8 +253,7 @@ static int subwalk(ml_matcher *m, int32_t tri, int32_t q, int32_t s, int32_t p, 
   const uint8_t *byte = t->byte;
   const int32_t *tok = t->tok;
   st[depth[q]] = s * nc;
-  int32_t end = q + (int32_t)sub[q];
-  for (int32_t i = q + 1; i < end;) {
+  for (int32_t i = lo; i < end;) {
     int32_t d = depth[i];
     int32_t x = __atomic_load_n(&wd[st[d - 1] + cls[byte[i]]], __ATOMIC_RELAXED);
     if (x == 0) { /* not computed yet */
@@ -332,39 +341,54 @@ static void slice_init(void) {
 
 /* The one state every character of class c takes s to (0: all refused), or -1 when they
  * go to different states, or some byte inside a character reaches a state that calls or
- * may return. */
-static int32_t uniform_target(ml_grammar *g, int32_t s, int c) {
+ * may return. With exc: a few ASCII characters (at most 32) may go elsewhere; they are
+ * returned in exc (256 bits) and the target is the one of all the others. */
+static int32_t uniform_target(ml_grammar *g, int32_t s, int c, uint64_t *exc) {
   int32_t target = -1;
   const uvec *v = &slice_seqs[c];
-  for (int32_t k = 0; k < v->n; k++) {
-    const useq *q = &v->s[k];
-    int32_t st = s;
-    for (int i = 0; i < q->len && st; i++) {
-      int32_t to = gd_step(g, st, q->lo[i]);
-      if (to < 0) return -1;
-      int prev = g->cls[q->lo[i]];
-      for (int b = q->lo[i] + 1; b <= q->hi[i]; b++)
-        if (g->cls[b] != prev) {
-          if (gd_step(g, st, (uint8_t)b) != to) return -1;
-          prev = g->cls[b];
+  if (exc) exc[0] = exc[1] = exc[2] = exc[3] = 0;
+  for (int pass = 0; pass < 2; pass++) /* multi-byte characters first: they set the target */
+    for (int32_t k = 0; k < v->n; k++) {
+      const useq *q = &v->s[k];
+      if ((q->len == 1) != (pass == 1)) continue;
+      if (q->len == 1 && exc) { /* single bytes one by one: exceptions allowed */
+        if (target < 0) return -1;
+        for (int b = q->lo[0]; b <= q->hi[0]; b++) {
+          int32_t to = gd_step(g, s, (uint8_t)b);
+          if (to < 0) return -1;
+          if (to != target) exc[b >> 6] |= 1ull << (b & 63);
         }
-      if (to && i + 1 < q->len && (g->flags[to] & (GS_CALLS | GS_EPSEND))) return -1;
-      st = to;
+        continue;
+      }
+      int32_t st = s;
+      for (int i = 0; i < q->len && st; i++) {
+        int32_t to = gd_step(g, st, q->lo[i]);
+        if (to < 0) return -1;
+        int prev = g->cls[q->lo[i]];
+        for (int b = q->lo[i] + 1; b <= q->hi[i]; b++)
+          if (g->cls[b] != prev) {
+            if (gd_step(g, st, (uint8_t)b) != to) return -1;
+            prev = g->cls[b];
+          }
+        if (to && i + 1 < q->len && (g->flags[to] & (GS_CALLS | GS_EPSEND))) return -1;
+        st = to;
+      }
+      if (target < 0) target = st;
+      else if (target != st) return -1;
     }
-    if (target < 0) target = st;
-    else if (target != st) return -1;
-  }
+  if (exc && __builtin_popcountll(exc[0]) + __builtin_popcountll(exc[1]) > 32) return -1;
   return target;
 }
 
-/* For W(s): a slice whose members s decides by their length alone. On success *alive is
- * the most characters a member may have (INT32_MAX: any). */
-static const gslice *slice_for(ml_matcher *m, int32_t s, int32_t *alive) {
+/* For W(s): a slice whose members s decides by their length alone, except those that
+ * begin with a byte of exc (walked instead). On success *alive is the most characters a
+ * member may have (INT32_MAX: any). */
+static const gslice *slice_for(ml_matcher *m, int32_t s, int32_t *alive, uint64_t *exc) {
   ml_grammar *g = m->g;
   pthread_once(&slice_once, slice_init);
   if (!slice_seqs_ok) return NULL;
   for (int c = 0; c < N_SLICE_CLASSES; c++) {
-    int32_t t = uniform_target(g, s, c);
+    int32_t t = uniform_target(g, s, c, exc);
     if (t <= 0) continue;
     const gslice *sl = gv_slice(m->v, SLICE_RANGES[c], SLICE_NPAIRS[c]);
     if (!sl) return NULL;
@@ -376,7 +400,7 @@ static const gslice *slice_for(ml_matcher *m, int32_t s, int32_t *alive) {
         *alive = INT32_MAX;
         return sl;
       }
-      int32_t u = uniform_target(g, t, c);
+      int32_t u = uniform_target(g, t, c, NULL);
       if (u < 0) break;
       if (u == 0) {
         *alive = L;
@@ -422,11 +446,30 @@ static gw *compute_w(ml_matcher *m, int32_t s, int nest) {
   /* the root item itself: its calls and return at the root over the whole trie; its own
    * walk over a slice's rest when the slice's members are decided by their length */
   int32_t alive = 0;
-  const gslice *sl = slice_for(m, s, &alive);
+  uint64_t exc[4];
+  const gslice *sl = slice_for(m, s, &alive, exc);
   if (gwork_add(&w, 0, s, GN_BASE, 0) < 0 || at_node(m, &w, 0, 0, s, GN_BASE, &ex) < 0) goto fail;
   if (sl) {
     or_slice(sl, alive, bits, v->n_words);
-    if (subwalk(m, sl->id + 1, 0, s, GN_BASE, bits, &w, &ex) < 0) goto fail;
+    const gtrie *full = &v->trie, *rest = &sl->rest;
+    int any_exc = (exc[0] | exc[1] | exc[2] | exc[3]) != 0;
+    if (!any_exc) {
+      if (subwalk(m, sl->id + 1, 0, s, GN_BASE, bits, &w, &ex) < 0) goto fail;
+    } else {
+      /* the rest, but the first bytes that go elsewhere ... */
+      for (int32_t i = 1; i < rest->n; i += (int32_t)rest->sub[i]) {
+        int b = rest->byte[i];
+        if ((exc[b >> 6] >> (b & 63)) & 1) continue;
+        if (subwalk_range(m, sl->id + 1, 0, s, GN_BASE, bits, &w, &ex, i, i + (int32_t)rest->sub[i]) < 0) goto fail;
+      }
+      /* ... whose subtrees of the whole trie are walked instead (their members included) */
+      for (int32_t i = 1; i < full->n; i += (int32_t)full->sub[i]) {
+        int b = full->byte[i];
+        if (!((exc[b >> 6] >> (b & 63)) & 1)) continue;
+        for (int32_t j = i; j < i + (int32_t)full->sub[i]; j++) bits[full->tok[j] >> 6] &= ~(1ull << (full->tok[j] & 63));
+        if (subwalk_range(m, 0, 0, s, GN_BASE, bits, &w, &ex, i, i + (int32_t)full->sub[i]) < 0) goto fail;
+      }
+    }
   } else if (subwalk(m, 0, 0, s, GN_BASE, bits, &w, &ex) < 0) {
     goto fail;
   }

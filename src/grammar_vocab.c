@@ -300,6 +300,7 @@ static gslice *slice_build(ml_gvocab *v, const uint32_t *ranges, int32_t npairs)
   int32_t n_rest = 0;
   for (int32_t id = 0; id < v->n_vocab; id++) {
     lens[id] = v->kind[id] == 0 ? member_len(v, id, ranges, npairs) : 0;
+    if (lens[id] > GV_SLICE_MAX_CHARS) lens[id] = 0; /* rare long tokens (runs of spaces): walked with the rest */
     if (lens[id] > sl->max_len) sl->max_len = lens[id];
     if (lens[id] > GV_SLICE_LENS) sl->n_long++;
   }

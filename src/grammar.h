@@ -52,7 +52,8 @@ ml_grammar *ml_registry_grammar(int64_t handle); /* retained, or NULL if gone */
 typedef struct ml_grammar_stats {
   int32_t n_rules;    /* rules after parsing (repetitions and groups are not rules) */
   int32_t n_machines; /* automata: the root and the recursive rules */
-  int32_t n_states;   /* DFA states, all machines */
+  int32_t n_nfa;      /* NFA states, all machines */
+  int32_t n_states;   /* DFA states made so far (they are made on demand) */
   int32_t n_classes;  /* byte classes */
   size_t bytes;       /* memory of the compiled grammar */
 } ml_grammar_stats;

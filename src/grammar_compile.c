@@ -28,6 +28,7 @@ typedef struct frag {
 
 typedef struct cc {
   gx_ast *a;
+  nst *t;               /* the templates, once the machines are being built (else NULL: in n) */
   int32_t n_machines;
   nst *n;
   int32_t nn, cap;
@@ -93,11 +94,12 @@ static int32_t nadd(cc *c, int kind, int lo, int hi, int32_t call) {
   return c->nn++;
 }
 
-/* Append a copy of states [lo, hi) (self-contained: edges stay inside). Returns the offset
- * to add to an index of the original to get the copy's, or -1. */
-static int32_t copy_range(cc *c, int32_t lo, int32_t hi) {
+/* Append a copy of states [lo, hi) of src (NULL: the array being built; self-contained:
+ * edges stay inside). *delta: what to add to an index of the original to get the copy's.
+ * 0 or -1. */
+static int copy_range(cc *c, const nst *src, int32_t lo, int32_t hi, int32_t *delta_out) {
   int32_t len = hi - lo;
-  if ((int64_t)c->nn + len > GX_MAX_NFA) return too_large(), -1;
+  if ((int64_t)c->nn + len > GX_MAX_NFA) return too_large();
   while (c->cap < c->nn + len) {
     int32_t nc = c->cap ? c->cap * 2 : 1024;
     nst *p = realloc(c->n, (size_t)nc * sizeof *p);
@@ -105,14 +107,16 @@ static int32_t copy_range(cc *c, int32_t lo, int32_t hi) {
     c->n = p;
     c->cap = nc;
   }
+  if (!src) src = c->n; /* (after the realloc) */
   int32_t delta = c->nn - lo;
-  memcpy(c->n + c->nn, c->n + lo, (size_t)len * sizeof *c->n);
+  memcpy(c->n + c->nn, src + lo, (size_t)len * sizeof *c->n);
   for (int32_t i = c->nn; i < c->nn + len; i++) {
     if (c->n[i].out >= 0) c->n[i].out += delta;
     if (c->n[i].out2 >= 0) c->n[i].out2 += delta;
   }
   c->nn += len;
-  return delta;
+  *delta_out = delta;
+  return 0;
 }
 
 /* ---- code point ranges -> UTF-8 byte-range sequences ---- */
@@ -339,8 +343,8 @@ static int build_rep(cc *c, int32_t child, int32_t lo, int32_t hi, frag *f) {
   if (!cp) return ml_seterr("out of memory (grammar)"), -1;
   cp[0] = t;
   for (int64_t k = 1; k < copies; k++) {
-    int32_t d = copy_range(c, t0, t1);
-    if (d < 0) return free(cp), -1;
+    int32_t d;
+    if (copy_range(c, NULL, t0, t1, &d) < 0) return free(cp), -1;
     cp[k].in = t.in + d;
     cp[k].out = t.out + d;
   }
@@ -454,8 +458,8 @@ static int build(cc *c, int32_t node, frag *f) {
     } else if (c->tmpl_lo[r] < 0) { /* used once: built here, no template */
       rc = build(c, c->a->rules[r].body, f);
     } else {
-      int32_t d = copy_range(c, c->tmpl_lo[r], c->tmpl_hi[r]);
-      if (d < 0) rc = -1;
+      int32_t d;
+      if (copy_range(c, c->t, c->tmpl_lo[r], c->tmpl_hi[r], &d) < 0) rc = -1;
       else {
         f->in = c->tmpl[r].in + d;
         f->out = c->tmpl[r].out + d;
@@ -686,27 +690,16 @@ static int scc(const gx_ast *a, const graph *g, int32_t root, int32_t *comp, uin
 /* Keep the machines' states (each machine's range, edges inside it), renumbered in order,
  * with the machine of each; the templates were only copied from. */
 static int compact(cc *c, const int32_t *mentry, const int32_t *mlo, int32_t nm, ml_grammar *g) {
-  int32_t n = mlo[nm] - mlo[0];
-  g->nfa = malloc((size_t)n * sizeof *g->nfa + 1);
-  g->nmachine = malloc((size_t)n * sizeof *g->nmachine + 1);
+  int32_t n = c->nn;
+  g->mlo = malloc(((size_t)nm + 1) * sizeof *g->mlo);
   g->mentry = malloc((size_t)nm * sizeof *g->mentry + 1);
   g->rpool = malloc((size_t)c->n_rpool + 1);
-  if (!g->nfa || !g->nmachine || !g->mentry || !g->rpool) return ml_seterr("out of memory (grammar)"), -1;
-  int32_t delta = -mlo[0];
-  memcpy(g->nfa, c->n + mlo[0], (size_t)n * sizeof *g->nfa);
-  for (int32_t u = 0; u < n; u++) {
-    nst *s = &g->nfa[u];
-    if (s->out >= 0) s->out += delta;
-    if (s->kind == N_EPS || s->kind == N_BOL || s->kind == N_EOL) {
-      if (s->out2 >= 0) s->out2 += delta;
-    } else {
-      s->out2 = -1;
-    }
-  }
-  for (int32_t m = 0; m < nm; m++) {
-    for (int32_t u = mlo[m]; u < mlo[m + 1]; u++) g->nmachine[u + delta] = m;
-    g->mentry[m] = mentry[m] + delta;
-  }
+  if (!g->mlo || !g->mentry || !g->rpool) return ml_seterr("out of memory (grammar)"), -1;
+  nst *p = realloc(c->n, (size_t)n * sizeof *p + 1); /* the machines' array, trimmed */
+  g->nfa = p ? p : c->n;
+  c->n = NULL;
+  memcpy(g->mlo, mlo, ((size_t)nm + 1) * sizeof *mlo);
+  memcpy(g->mentry, mentry, (size_t)nm * sizeof *mentry);
   if (c->n_rpool) memcpy(g->rpool, c->rpool, (size_t)c->n_rpool);
   g->n_nfa = n;
   g->n_machines = nm;
@@ -904,6 +897,10 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
     c.est = est, c.idepth = idepth; /* kept for the machines (freed at the end) */
     free(nref);
   }
+  /* the templates move aside: the machines' array becomes the grammar's NFA as it is */
+  c.t = c.n;
+  c.n = NULL;
+  c.nn = c.cap = 0;
   for (int32_t m = 0; m < c.nm; m++) { /* each machine: a contiguous range [mlo[m], mlo[m + 1]) */
     frag f;
     int32_t at = c.nn;
@@ -954,6 +951,7 @@ ml_grammar *gx_compile(gx_ast *a, int32_t root_rule) {
   graph_free(&all);
   graph_free(&left);
   free(c.n);
+  free(c.t);
   free(c.machine_of);
   free(c.tmpl_lo);
   free(c.tmpl_hi);

@@ -42,6 +42,11 @@ static inline int ivec_push(ivec *x, int32_t v) {
   return 0;
 }
 
+#define USEFUL(g, u) (!(g)->useful || (g)->useful[u])
+#define EPS_LIKE(s) ((s)->kind == N_EPS || (s)->kind == N_BOL || (s)->kind == N_EOL)
+/* may return without consuming: an end, or a call of a nullable machine that can (pad) */
+#define NST_EPS(s) ((s)->kind == N_FINAL || ((s)->kind == N_CALL && (s)->pad))
+
 /* Creation state, only touched under dfa_mu. */
 typedef struct gdfa {
   ivec sets;       /* members of every state, back to back */
@@ -91,7 +96,7 @@ static int closure(const ml_grammar *g, gdfa *d, const int32_t *seeds, int32_t n
   out->n = 0;
   stack->n = 0;
   for (int32_t i = 0; i < ns; i++)
-    if (seeds[i] >= 0 && g->useful[seeds[i]] && ivec_push(stack, seeds[i] * 2) < 0) return -1;
+    if (seeds[i] >= 0 && USEFUL(g, seeds[i]) && ivec_push(stack, seeds[i] * 2) < 0) return -1;
   while (stack->n) {
     int32_t e = stack->v[--stack->n], s = e >> 1, eol = e & 1;
     if (d->stamp[e] == mark) continue;
@@ -111,8 +116,8 @@ static int closure(const ml_grammar *g, gdfa *d, const int32_t *seeds, int32_t n
       if (!eol && ivec_push(out, s) < 0) return -1;
       continue;
     }
-    if (n->out2 >= 0 && g->useful[n->out2] && ivec_push(stack, n->out2 * 2 + next) < 0) return -1;
-    if (n->out >= 0 && g->useful[n->out] && ivec_push(stack, n->out * 2 + next) < 0) return -1;
+    if (n->out2 >= 0 && USEFUL(g, n->out2) && ivec_push(stack, n->out2 * 2 + next) < 0) return -1;
+    if (n->out >= 0 && USEFUL(g, n->out) && ivec_push(stack, n->out * 2 + next) < 0) return -1;
   }
   if (out->n > 24) {
     qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_i32);
@@ -138,7 +143,7 @@ static int closure_fast(const ml_grammar *g, gdfa *d, const int32_t *seeds, int3
   out->n = 0;
   for (int32_t i = 0; i < ns; i++) {
     int32_t u = seeds[i];
-    if (u < 0 || !g->useful[u]) continue;
+    if (u < 0 || !USEFUL(g, u)) continue;
     if (d->memo[u] == 0) {
       if (closure(g, d, &u, 1, 0, one) < 0) return -1;
       int32_t at = d->memo_pool.n;
@@ -198,14 +203,14 @@ static void set_first(const ml_grammar *g, const int32_t *set, int32_t n, uint64
       for (int k = 0; k < u->pad; k++) set_bytes(f, g->rpool[u->call + 2 * k], g->rpool[u->call + 2 * k + 1]);
     } else if (u->kind == N_CALL) {
       or4(f, g->mfirst + (size_t)u->call * 4);
-      if (g->nullable[u->call]) or4(f, g->cfo + (size_t)g->cidx[set[i]] * 4);
+      if (g->nullable[u->call]) or4(f, g->cfo + (size_t)u->out2 * 4); /* a call's index */
     }
   }
 }
 
 static int set_eps(const ml_grammar *g, const int32_t *set, int32_t n) {
   for (int32_t i = 0; i < n; i++)
-    if (g->eps[set[i]]) return 1;
+    if (NST_EPS(&g->nfa[set[i]])) return 1;
   return 0;
 }
 
@@ -222,7 +227,7 @@ static int find_useful(ml_grammar *g) {
   for (int32_t u = 0; u < n; u++) {
     const nst *s = &g->nfa[u];
     if (s->out >= 0) roff[s->out + 1]++;
-    if (s->out2 >= 0) roff[s->out2 + 1]++;
+    if (EPS_LIKE(s) && s->out2 >= 0) roff[s->out2 + 1]++;
     if (s->kind == N_CALL) coff[s->call + 1]++;
   }
   for (int32_t u = 0; u < n; u++) roff[u + 1] += roff[u];
@@ -234,7 +239,7 @@ static int find_useful(ml_grammar *g) {
   for (int32_t u = 0; u < n; u++) {
     const nst *s = &g->nfa[u];
     if (s->out >= 0) rto[roff[s->out] + fill[s->out]++] = u;
-    if (s->out2 >= 0) rto[roff[s->out2] + fill[s->out2]++] = u;
+    if (EPS_LIKE(s) && s->out2 >= 0) rto[roff[s->out2] + fill[s->out2]++] = u;
     if (s->kind == N_CALL) cto[coff[s->call] + fill[n + s->call]++] = u;
   }
   for (int32_t u = 0; u < n; u++)
@@ -251,7 +256,7 @@ static int find_useful(ml_grammar *g) {
       g->useful[p] = 1;
       if (ivec_push(&work, p) < 0) goto done;
     }
-    int32_t m = g->nmachine[t];
+    int32_t m = gx_machine_of(g, t);
     if (g->mentry[m] == t) /* the machine can end now: its calls whose way on can end too */
       for (int32_t k = coff[m]; k < coff[m + 1]; k++) {
         int32_t p = cto[k];
@@ -273,7 +278,8 @@ done:
 static int analyze(ml_grammar *g) {
   gdfa *d = g->dfa;
   int32_t n = g->n_nfa, nm = g->n_machines, ncall = 0;
-  for (int32_t u = 0; u < n; u++) g->cidx[u] = g->nfa[u].kind == N_CALL && g->useful[u] ? ncall++ : -1;
+  for (int32_t u = 0; u < n; u++) /* calls keep their index in out2 (no edge of theirs) */
+    if (g->nfa[u].kind == N_CALL) g->nfa[u].out2 = USEFUL(g, u) ? ncall++ : -1, g->nfa[u].pad = 0;
   g->cfo = calloc((size_t)ncall * 4 + 4, sizeof *g->cfo);
   int32_t *calls = malloc((size_t)ncall * sizeof *calls + 1);
   ivec sets = {0};
@@ -281,7 +287,7 @@ static int analyze(ml_grammar *g) {
   int rc = -1;
   if (!g->cfo || !calls || !off) goto oom;
   for (int32_t u = 0; u < n; u++)
-    if (g->cidx[u] >= 0) calls[g->cidx[u]] = u;
+    if (g->nfa[u].kind == N_CALL && g->nfa[u].out2 >= 0) calls[g->nfa[u].out2] = u;
   if (ivec_push(&sets, 0) < 0) goto fail; /* (never NULL below) */
   sets.n = 0;
   /* the closures, once: machines' entries [0, nm), then what follows each call */
@@ -294,14 +300,13 @@ static int analyze(ml_grammar *g) {
   }
   off[nm + ncall] = sets.n;
 #define SET(k) (sets.v + off[k]), (off[(k) + 1] - off[k])
-  for (int32_t u = 0; u < n; u++) g->eps[u] = g->nfa[u].kind == N_FINAL;
   for (int changed = 1; changed;) {
     changed = 0;
     for (int32_t m = 0; m < nm; m++)
       if (!g->nullable[m] && set_eps(g, SET(m))) g->nullable[m] = 1, changed = 1;
     for (int32_t c = 0; c < ncall; c++) {
       int32_t u = calls[c];
-      if (!g->eps[u] && g->nullable[g->nfa[u].call] && set_eps(g, SET(nm + c))) g->eps[u] = 1, changed = 1;
+      if (!g->nfa[u].pad && g->nullable[g->nfa[u].call] && set_eps(g, SET(nm + c))) g->nfa[u].pad = 1, changed = 1;
     }
   }
   for (int changed = 1; changed;) {
@@ -321,7 +326,7 @@ static int analyze(ml_grammar *g) {
       uint64_t *dst = g->follow + (size_t)g->nfa[u].call * 4;
       uint64_t add[4];
       memcpy(add, g->cfo + (size_t)c * 4, sizeof add);
-      if (set_eps(g, SET(nm + c))) or4(add, g->follow + (size_t)g->nmachine[u] * 4);
+      if (set_eps(g, SET(nm + c))) or4(add, g->follow + (size_t)gx_machine_of(g, u) * 4);
       for (int w = 0; w < 4; w++)
         if ((dst[w] | add[w]) != dst[w]) dst[w] |= add[w], changed = 1;
     }
@@ -386,11 +391,11 @@ static int32_t state_of(ml_grammar *g, const int32_t *set, int32_t n) {
     if (kind == N_FINAL) fl |= GS_ACCEPT;
     else if (kind == N_CALL) fl |= GS_CALLS;
     else if (kind == N_RANGE || kind == N_RANGES) fl |= GS_BYTES;
-    if (g->eps[mem[i]]) fl |= GS_EPSEND;
+    if (NST_EPS(&g->nfa[mem[i]])) fl |= GS_EPSEND;
   }
   g->flags[ns] = fl;
   set_first(g, mem, n, g->first + (size_t)ns * 4);
-  g->mstate_machine[ns] = g->nmachine[mem[0]];
+  g->mstate_machine[ns] = gx_machine_of(g, mem[0]);
   g->call_off[ns] = 0;
   g->call_n[ns] = 0;
   if ((fl & GS_CALLS) && ivec_push(&d->pending, ns) < 0) return -1;
@@ -478,15 +483,13 @@ int32_t gd_fill(ml_grammar *g, int32_t s, int c) {
 int gd_init(ml_grammar *g) {
   int32_t n = g->n_nfa, nm = g->n_machines, nc = g->n_cls;
   g->dfa = calloc(1, sizeof *g->dfa);
-  g->useful = calloc((size_t)n, 1);
-  g->eps = calloc((size_t)n, 1);
-  g->cidx = malloc((size_t)n * sizeof *g->cidx + 1);
+  g->useful = g->all_useful ? NULL : calloc((size_t)n, 1);
   g->nullable = calloc((size_t)nm, 1);
   g->mfirst = calloc((size_t)nm * 4, sizeof *g->mfirst);
   g->follow = calloc((size_t)nm * 4, sizeof *g->follow);
   g->enter = calloc((size_t)nm * 4, sizeof *g->enter);
   g->mstart = calloc((size_t)nm, sizeof *g->mstart);
-  if (!g->dfa || !g->useful || !g->eps || !g->cidx || !g->nullable || !g->mfirst || !g->follow || !g->enter || !g->mstart)
+  if (!g->dfa || (!g->all_useful && !g->useful) || !g->nullable || !g->mfirst || !g->follow || !g->enter || !g->mstart)
     goto oom;
   gdfa *d = g->dfa;
   pthread_mutex_init(&g->dfa_mu, NULL);
@@ -495,10 +498,9 @@ int gd_init(ml_grammar *g) {
   d->memo_n = malloc((size_t)n * sizeof *d->memo_n + 1);
   if (!d->stamp || !d->memo || !d->memo_n) goto oom;
   for (int32_t u = 0; u < n && !d->anchors; u++) d->anchors = g->nfa[u].kind == N_BOL || g->nfa[u].kind == N_EOL;
-  if (g->all_useful) memset(g->useful, 1, (size_t)n);
-  else if (find_useful(g) < 0) return -1;
+  if (!g->all_useful && find_useful(g) < 0) return -1;
   if (analyze(g) < 0) return -1;
-  if (!g->useful[g->mentry[g->root]]) {
+  if (!USEFUL(g, g->mentry[g->root])) {
     ml_seterr("the grammar matches no complete text (rule 'root' cannot finish)");
     return -1;
   }
@@ -526,10 +528,11 @@ int gd_init(ml_grammar *g) {
     goto oom;
   g->n_states = 1; /* 0 is no state */
   for (int32_t m = 0; m < nm; m++) {
-    if (!g->useful[g->mentry[m]]) continue; /* never called: calls to it were pruned */
+    if (!USEFUL(g, g->mentry[m])) continue; /* never called: calls to it were pruned */
     if (closure(g, d, &g->mentry[m], 1, m == g->root, &d->set) < 0) return -1;
     int32_t s = state_of(g, d->set.v, d->set.n);
-    if (s <= 0 || finish_pending(g) < 0) return -1;
+    if (s <= 0) { if (s == 0) ml_seterr("internal error: machine %d (entry %d) has no start", (int)m, (int)g->mentry[m]); return -1; }
+    if (finish_pending(g) < 0) return -1;
     g->mstart[m] = s;
   }
   return 0;
@@ -568,10 +571,8 @@ void gd_free(ml_grammar *g) {
   free(g->nfa);
   free(g->rpool);
   free(g->mentry);
-  free(g->nmachine);
+  free(g->mlo);
   free(g->useful);
-  free(g->eps);
-  free(g->cidx);
   free(g->cfo);
   free(g->nullable);
   free(g->mfirst);

@@ -93,7 +93,7 @@ int gx_parse_regex(gx_ast *a, const char *pat, size_t len, int32_t *root_rule);
 enum { N_EPS, N_RANGE, N_CALL, N_FINAL, N_BOL, N_EOL, N_RANGES };
 typedef struct nst {
   uint8_t kind, lo, hi, pad; /* N_RANGE: bytes lo..hi; N_RANGES: pad (lo, hi) pairs */
-  int32_t out, out2; /* -1: none (out2: N_EPS only) */
+  int32_t out, out2; /* -1: none (out2: an edge of N_EPS, N_BOL, N_EOL only) */
   int32_t call;      /* machine (N_CALL), or offset of the pairs in rpool (N_RANGES) */
 } nst;
 
@@ -135,11 +135,11 @@ struct ml_grammar {
   uint8_t *rpool;     /* byte pairs of the N_RANGES states */
   int32_t n_machines;
   int32_t *mentry;    /* NFA entry of each machine */
-  int32_t *nmachine;  /* machine of each NFA state */
-  uint8_t *useful;    /* NFA states on some path to the end of their machine */
+  int32_t *mlo;       /* machine m's NFA states are [mlo[m], mlo[m + 1]) */
+  uint8_t *useful;    /* NFA states on some path to the end of their machine (NULL: all) */
   int all_useful;     /* known at compile time: every state is */
-  uint8_t *eps;       /* important NFA states that may return without consuming */
-  int32_t *cidx;      /* NFA state -> index of its call (N_CALL states), else -1 */
+  /* (N_CALL states keep their call's index in out2, and in pad whether they may return
+   * without consuming) */
   uint64_t *cfo;      /* per call, 4 words: bytes that may come first after it returns */
   uint8_t *nullable;  /* per machine */
   uint64_t *mfirst;   /* per machine, 4 words: bytes it may begin with */
@@ -183,6 +183,17 @@ int gx_utf8_split(uint32_t lo, uint32_t hi, uvec *out);
 
 /* AST -> grammar (grammar_compile.c); the NFA is handed to gd_init. */
 ml_grammar *gx_compile(gx_ast *a, int32_t root_rule);
+
+/* The machine of NFA state u. */
+static inline int32_t gx_machine_of(const ml_grammar *g, int32_t u) {
+  int32_t lo = 0, hi = g->n_machines - 1;
+  while (lo < hi) {
+    int32_t mid = (lo + hi + 1) / 2;
+    if (g->mlo[mid] <= u) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
 
 /* grammar_dfa.c: analysis of the NFA and the DFA made on demand. */
 int gd_init(ml_grammar *g);   /* after nfa/mentry/nmachine/classes are set: 0 or -1 */

@@ -489,6 +489,7 @@ int64_t ml_grammar_handle(const ml_grammar *g) { return g->handle; }
 void ml_grammar_get_stats(const ml_grammar *g, ml_grammar_stats *s) {
   s->n_rules = g->n_rules;
   s->n_machines = g->n_machines;
+  s->n_nfa = g->n_nfa;
   s->n_states = __atomic_load_n(&g->n_states, __ATOMIC_ACQUIRE) - 1;
   s->n_classes = g->n_cls;
   s->bytes = g->bytes;

@@ -216,6 +216,8 @@ static int g_stats(lua_State *L) {
   lua_setfield(L, -2, "machines");
   lua_pushinteger(L, s.n_states);
   lua_setfield(L, -2, "states");
+  lua_pushinteger(L, s.n_nfa);
+  lua_setfield(L, -2, "nfa_states");
   lua_pushinteger(L, s.n_classes);
   lua_setfield(L, -2, "classes");
   lua_pushinteger(L, (lua_Integer)s.bytes);

@@ -132,6 +132,16 @@ describe("context shift", function()
     assert.is_true(worst < 1e-5, "layer 0 keys differ by " .. worst)
   end)
 
+  it("a context that only loaded a saved state shifts like the one that decoded it", function()
+    local a = assert(model:context { n_ctx = 128 })
+    assert(a:decode(prompt))
+    local b = assert(model:context { n_ctx = 128 })
+    assert(b:state_load(0, a:state_save(0)))
+    assert(a:shift(0, 1, 6))
+    assert(b:shift(0, 1, 6))
+    assert.are.same(assert(a:decode({ 262 })):totable(), assert(b:decode({ 262 })):totable())
+  end)
+
   it("f16 and q8_0 caches shift like f32 within their rounding", function()
     local mini = assert(lm.load(S.path("ref/mini-f32.gguf")))
     local ids = {}
@@ -183,5 +193,133 @@ describe("context shift", function()
     assert.has_error(function() c:shift(2, 0, 1) end)
     assert.is_true(c:shift(0, 5, 0))
     assert(c:decode({ 3 }))
+  end)
+end)
+
+describe("generate with context_shift", function()
+  local model = assert(lm.load(stories))
+  local prompt = "Once upon a time, there was a little girl named Lily. She loved to play"
+
+  -- the policy written out: llama-cli's loop (shift when the next token would take the last
+  -- cell: drop half of what follows n_keep), greedy on the raw logits
+  local function reference(n_ctx, n_tokens, n_keep)
+    local ctx = assert(model:context { n_ctx = n_ctx })
+    local ids = model:tokenize(prompt)
+    local logits = assert(ctx:decode(ids))
+    local out, shifted = {}, 0
+    for i = 1, n_tokens do
+      local id = logits:argmax() - 1
+      out[i] = id
+      if i == n_tokens then break end
+      local pos = ctx:pos(0)
+      if pos + 1 >= n_ctx then
+        local discard = math.floor((pos - n_keep) / 2)
+        assert(ctx:shift(0, n_keep, discard))
+        shifted = shifted + discard
+      end
+      logits = assert(ctx:decode({ id }))
+    end
+    return out, shifted
+  end
+
+  for _, case in ipairs { { 48, 150 }, { 64, 200 }, { 100, 260 } } do
+    it(("keeps generating past n_ctx = %d as the written-out policy does"):format(case[1]), function()
+      local want, shifted = reference(case[1], case[2], 1)
+      local _, info = model:generate(prompt, { n_ctx = case[1], max_tokens = case[2], temperature = 0,
+                                               context_shift = true, ignore_eos = true })
+      assert.are.equal(case[2], info.tokens)
+      assert.are.same(want, info.ids)
+      assert.are.equal(shifted, info.shifted)
+      assert.is_true(shifted > 0)
+    end)
+  end
+
+  it("n_keep keeps more of the start", function()
+    local want = reference(64, 120, 9)
+    local _, info = model:generate(prompt, { n_ctx = 64, max_tokens = 120, temperature = 0, context_shift = true,
+                                             n_keep = 9, ignore_eos = true })
+    assert.are.same(want, info.ids)
+  end)
+
+  it("speculative decoding goes through the shifts unchanged", function()
+    local o = { n_ctx = 64, max_tokens = 150, temperature = 0, context_shift = true, ignore_eos = true }
+    local _, plain = model:generate(prompt, o)
+    o.lookup = true
+    local _, looked = model:generate(prompt, o)
+    o.lookup, o.draft = nil, model
+    local _, drafted = model:generate(prompt, o)
+    assert.are.same(plain.ids, looked.ids)
+    assert.are.same(plain.ids, drafted.ids)
+  end)
+
+  it("without it, generation stops at the end of the context", function()
+    local _, info = model:generate(prompt, { n_ctx = 48, max_tokens = 150, temperature = 0, ignore_eos = true })
+    assert.are.equal("length", info.stop_reason)
+    assert.is_true(info.tokens < 48)
+  end)
+
+  it("a prompt longer than the context keeps n_keep tokens and its end (llama-server's cut)", function()
+    local ids = { 1 }
+    for i = 1, 150 do ids[#ids + 1] = 262 + (i % 40) end
+    local _, info = model:generate(ids, { n_ctx = 64, max_tokens = 5, temperature = 0, context_shift = true })
+    -- n_keep 1, blocks of (64 - 1) / 2 = 31: erased floor((151 - 1 - 31) / 31) = 3 blocks
+    assert.are.equal(93, info.truncated)
+    local cut = { 1 }
+    for i = 95, #ids do cut[#cut + 1] = ids[i] end
+    local _, want = model:generate(cut, { n_ctx = 64, max_tokens = 5, temperature = 0 })
+    assert.are.same(want.ids, info.ids)
+  end)
+end)
+
+describe("chat with context_shift", function()
+  local model = assert(lm.load(stories))
+  local function question(turn) return ("Question number %d: tell me something about the number %d."):format(turn, turn * 7) end
+  local function new_chat(shift, n_ctx)
+    return model:chat { system = "You are a helpful assistant.", template = "chatml", max_tokens = 48, temperature = 0,
+                        n_ctx = n_ctx or 400, context_shift = shift }
+  end
+
+  it("shifts the turns that stay instead of prefilling them again", function()
+    local a, b = new_chat(false), new_chat(true)
+    for turn = 1, 5 do
+      local _, ia = a:say(question(turn))
+      local _, ib = b:say(question(turn))
+      assert.are.equal(ia.cached_tokens + ia.prompt_tokens, ib.cached_tokens + ib.prompt_tokens)
+      if ib.truncated then
+        assert.is_true(ib.shifted > 0)
+        assert.is_true(ib.prompt_tokens < ia.prompt_tokens)
+      end
+      -- the cache holds exactly the tokens the session says it holds
+      assert.are.equal(#b.tokens, b.ctx:pos(b.seq))
+    end
+  end)
+
+  it("a turn after a shift answers as the cache shifted by hand would", function()
+    local c = new_chat(true)
+    for turn = 1, 2 do c:say(question(turn)) end
+    -- by hand: the state after turn 2, the new prompt's ids, the gap found by matching tokens
+    local state, cached = c.ctx:state_save(c.seq), {}
+    for i, id in ipairs(c.tokens) do cached[i] = id end
+    local reply, info = c:say(question(3))
+    assert.is_true(info.truncated and info.shifted > 0)
+    local ids = c.prompt_ids
+    local keep = 0
+    while cached[keep + 1] == ids[keep + 1] do keep = keep + 1 end
+    local gap
+    for j = keep + 2, #cached do
+      local ok = true
+      for t = 0, #cached - j do
+        if cached[j + t] ~= ids[keep + 1 + t] then ok = false break end
+      end
+      if ok then gap = j - keep - 1 break end
+    end
+    assert.are.equal(info.shifted, gap)
+    local ctx = assert(model:context { n_ctx = 400 })
+    assert(ctx:state_load(0, state))
+    assert(ctx:shift(0, keep, gap))
+    local rest = {}
+    for i = #cached - gap + 1, #ids do rest[#rest + 1] = ids[i] end
+    local want = model:generate(rest, { context = ctx, keep = true, temperature = 0, max_tokens = 48 })
+    assert.are.equal(want, reply)
   end)
 end)

@@ -98,6 +98,13 @@ ml_context *ml_context_new(ml_model *m, const ml_context_opts *opts) {
     goto fail;
   /* LongRoPE: the long factors when a sequence may run past the original context */
   c->rope = m->rope_inv_freq_long && o.n_ctx / o.n_seq > hp->n_ctx_orig ? m->rope_inv_freq_long : m->rope_inv_freq;
+  /* the RoPE table of each layer, for context shifts before any decode (a state loaded
+   * from a file): what the families pass (arch_*.c); attention.c records the table each
+   * layer actually used once a chunk runs */
+  for (int64_t il = 0; il < hp->n_layer; il++)
+    c->layer_rope[il] = m->alibi_slopes || !hp->causal ? NULL
+                        : ml_layer_is_swa(hp, il) && m->rope_inv_freq_swa ? m->rope_inv_freq_swa
+                                                                         : c->rope;
   int64_t B = o.n_batch, E = hp->n_embd, nq = hp->n_head * hp->head_dim;
   int64_t ntmp = ML_MAX(nq + 2 * row, 2 * hp->n_ff);
   size_t f = sizeof(float);

@@ -20,8 +20,8 @@ struct ml_context {
   ml_kvcache kv;       /* keys and values of the global layers */
   ml_kvcache kv_swa;   /* of the sliding-window layers (no layers when the family has none) */
   int64_t *kv_layer;   /* (n_layer) each layer's index in its cache */
-  const float **layer_rope; /* (n_layer) the RoPE table each layer's keys were rotated with
-                               (attention.c records it; NULL: none), for context shifts */
+  const float **layer_rope; /* (n_layer) the RoPE table each layer's keys are rotated with
+                               (NULL: none), for context shifts */
   int64_t swa_keep;    /* positions a sequence keeps in kv_swa between chunks */
   const float *rope;   /* RoPE table of the global layers (LongRoPE: short or long by n_ctx) */
   /* scratch for one chunk of up to n_batch tokens, allocated once */

@@ -28,8 +28,13 @@
 --                  (models that reason first: DeepSeek R1, Qwen 3, ...); false keeps it in
 --   stream_reasoning [false] stream() also yields the reasoning, as (piece, info, "reasoning")
 --   vars           extra template variables (e.g. { enable_thinking = false } for Qwen 3)
+--   context_shift  [false] when old turns are dropped, the turns that stay are shifted down
+--                  in the cache (their keys rotated by RoPE) instead of being prefilled
+--                  again, and a reply that reaches the end of the context goes on past it
+--                  (generate's context_shift, keeping the system prompt)
 -- When the conversation outgrows the context, the oldest turns (never the system prompt)
--- are dropped and the reply's info says truncated = true.
+-- are dropped and the reply's info says truncated = true (and shifted = the tokens shifted
+-- out, with context_shift).
 --
 -- Tool calls:
 --   local reply, info = chat:say("Weather in Paris?", { tools = my_tools })
@@ -218,6 +223,12 @@ function Chat:prepare(text, opts, list)
   local keep = 0
   local cached = self.tokens
   while keep < #cached and keep < #ids - 1 and cached[keep + 1] == ids[keep + 1] do keep = keep + 1 end
+  local shifted = 0
+  if truncated and opts.context_shift then
+    -- old turns went: the cache still holds the turns that stay, after the dropped ones.
+    -- Shift them down over the gap (their keys rotated) instead of prefilling them again.
+    shifted, keep = self:reuse_after_gap(cached, ids, keep)
+  end
   -- (fewer when a sliding-window cache cannot resume there: then it says how many)
   keep = self.ctx:truncate(self.seq, keep)
   local rest = {}
@@ -225,7 +236,47 @@ function Chat:prepare(text, opts, list)
   self.pending_user = user
   self.prompt_ids = ids
   self.prompt_text = prompt
-  return rest, truncated, keep
+  return rest, truncated, keep, shifted
+end
+
+-- The cache holds cached; the new prompt ids share its first `keep` tokens, then go on with
+-- what the cache holds from some later j (turns dropped in between). Finds the first j
+-- whose run matches up to the end of the cache, shifts the cache over the gap, and returns
+-- the gap and how many tokens of the prompt the cache now holds.
+function Chat:reuse_after_gap(cached, ids, keep)
+  local first = ids[keep + 1]
+  for j = keep + 2, #cached do
+    local len = #cached - j + 1
+    if cached[j] == first and keep + len < #ids then
+      local same = true
+      for t = 1, len - 1 do
+        if cached[j + t] ~= ids[keep + 1 + t] then same = false break end
+      end
+      if same then
+        if self.ctx:truncate(self.seq, #cached) == #cached and self.ctx:shift(self.seq, keep, j - keep - 1) then
+          return j - keep - 1, keep + len
+        end
+        return 0, keep
+      end
+    end
+  end
+  return 0, keep
+end
+
+-- Tokens of the rendered system prompt (what a context shift keeps): the prefix the
+-- conversation shares with the system message rendered alone.
+function Chat:system_tokens()
+  if not self.system then return 0 end
+  if not self.n_system then
+    local vars = base_vars(self.model)
+    vars.bos_token, vars.add_generation_prompt = self.bos_text, false
+    vars.messages = { { role = "system", content = self.system } }
+    local text = self.tmpl:render(vars)
+    local sys, all, n = text and self:tokenize(text) or {}, self.prompt_ids or {}, 0
+    while n < #sys and n < #all and sys[n + 1] == all[n + 1] do n = n + 1 end
+    self.n_system = n
+  end
+  return self.n_system
 end
 
 local function merged(defaults, opts)
@@ -326,8 +377,9 @@ function Chat:turn(text, opts, what)
   local list, terr = tools.check(opts.tools)
   if terr then error("bad option 'tools' (" .. terr .. ")", 3) end
   local choice = check_choice(opts.tool_choice, list)
-  local rest, truncated, kept = self:prepare(text, opts, list)
+  local rest, truncated, kept, shifted = self:prepare(text, opts, list)
   if not rest then return nil, truncated end
+  if opts.context_shift and opts.n_keep == nil then opts.n_keep = self:system_tokens() end
   local parse_tools = list ~= nil and choice ~= "none"
   local open_think = tools.open_think(self.prompt_text, self.fmt)
   local grammar_error
@@ -354,6 +406,7 @@ function Chat:turn(text, opts, what)
   g.info.prompt_tokens = #rest
   g.info.cached_tokens = kept
   g.info.truncated = truncated
+  if shifted > 0 then g.info.shifted = shifted end
   g.parser, g.stream_reasoning = parser, stream_reasoning
   g.info.tool_grammar_error = grammar_error
   return g

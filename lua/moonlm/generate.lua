@@ -37,6 +37,12 @@
 --   fast_forward [true] with a grammar, the tokens it forces (one possible continuation) are
 --                      appended without sampling and decoded in one batch with the token
 --                      before them (not with logprobs, where every token has its own step)
+--   context_shift [false] when the context is full, drop the oldest half of the tokens
+--                      after the first n_keep and go on (their cached keys are rotated,
+--                      not decoded again; llama.cpp's context shift); a prompt that does not
+--                      fit keeps its first n_keep tokens and its end (info.truncated tokens
+--                      dropped); info.shifted counts the tokens shifted out
+--   n_keep             tokens at the start of the sequence a shift keeps [1 after BOS, else 0]
 --   logprobs           n >= 0 (true: 0): info.logprobs gets, for every generated token,
 --                      its log-probability and the n most likely tokens at its place (see
 --                      sampler:logprobs: temperature 1, after logit_bias and penalties)
@@ -194,6 +200,7 @@ function _M.start(model, prompt, opts)
     ids = { bos }
     self.history[1] = bos
   end
+  if opts.context_shift then ids = self:fit_prompt(ids) end
   local logits, err = ctx:decode(ids, { seq = self.seq })
   self.info.prompt_seconds = clock() - t0
   self.info.prompt_tps = #ids / math.max(self.info.prompt_seconds, 1e-9)
@@ -209,6 +216,56 @@ function _M.start(model, prompt, opts)
     self.logits = nil
   end
   return self
+end
+
+-- ---- context shift (opts.context_shift) ----
+-- As llama.cpp's llama-cli: when the next token would take the last cell of the context,
+-- the oldest half of what follows the first n_keep tokens goes, and the rest moves down
+-- with its cached keys rotated (ctx:shift) instead of being decoded again. A prompt that
+-- cannot fit is cut as llama-server cuts it: n_keep tokens, then the end, in blocks of
+-- half the rest of the context.
+
+function Gen:shift_keep(first_id)
+  local k = self.opts.n_keep
+  if k == nil then k = (self.model.vocab and first_id == self.model.vocab.bos) and 1 or 0 end
+  return k
+end
+
+-- Make room for n more tokens, if the option allows; returns true if there is room.
+function Gen:make_room(n)
+  local ctx, seq = self.ctx, self.seq
+  local pos, n_ctx = ctx:pos(seq), ctx.n_ctx
+  while self.opts.context_shift and pos + n >= n_ctx do
+    local keep = math.min(self.n_keep, pos)
+    local discard = math.floor((pos - keep) / 2)
+    if discard <= 0 then break end
+    local ok, err = ctx:shift(seq, keep, discard)
+    if not ok then
+      self.info.error = err
+      break
+    end
+    self.info.shifted = (self.info.shifted or 0) + discard
+    if self.spec then self.spec:on_shift(keep, discard) end
+    pos = pos - discard
+  end
+  return pos + n < n_ctx
+end
+
+function Gen:fit_prompt(ids)
+  local ctx, seq = self.ctx, self.seq
+  self.n_keep = self:shift_keep(ctx:pos(seq) > 0 and self.history[1] or ids[1])
+  if ctx:pos(seq) > 0 then self:make_room(#ids) end
+  local room = ctx.n_ctx - ctx:pos(seq)
+  if #ids < room then return ids end
+  local keep = math.min(ctx:pos(seq) > 0 and 0 or self.n_keep, room - 4)
+  local block = math.floor((room - keep) / 2)
+  if keep < 0 or block <= 0 then return ids end -- no room to speak of: decode fails as without
+  local erased = math.floor((#ids - keep - block) / block) * block
+  local out = {}
+  for i = 1, keep do out[i] = ids[i] end
+  for i = keep + erased + 1, #ids do out[#out + 1] = ids[i] end
+  self.info.truncated = erased
+  return out
 end
 
 function Gen:finish(reason)
@@ -340,6 +397,7 @@ function Gen:next()
       local id, lp, top
       if self.spec then
         local err
+        if self.spec:idle() then self:make_room(1) end
         id, err = self.spec:next(self.ctx.n_ctx - self.ctx:pos(self.seq) - 1)
         if not id then
           self.done = true
@@ -382,6 +440,7 @@ function Gen:next()
           self.done = true
         end
         if not self.spec and not self.done and info.tokens < self.max_tokens then
+          self:make_room(#batch)
           local logits, err = self.ctx:decode(batch, { seq = self.seq })
           if not logits then
             self.done = true

@@ -32,6 +32,7 @@ function _M.new(gen, opts, logits)
     ctx = gen.ctx, seq = gen.seq, sampler = gen.sampler, history = gen.history,
     n_draft = opts.n_draft or 8, logits = logits, queue = {}, qhead = 1,
     greedy = gen.sampler.temperature <= 0, proposed = 0, accepted = 0, rounds = 0,
+    keep = 0, dropped = 0, -- context shifts so far (on_shift)
   }, Spec)
   self.uniform = function() return self.sampler:uniform() end
   if gen.sampler.mirostat == 2 and not self.greedy then
@@ -44,7 +45,7 @@ function _M.new(gen, opts, logits)
     end
     local dctx, err = d:context { n_ctx = gen.ctx.n_ctx }
     if not dctx then error("draft context: " .. tostring(err), 0) end
-    self.dctx, self.dlen = dctx, 0
+    self.dctx = dctx
     -- the draft samples with the target's options, from a generator of its own
     local o = {}
     for k in pairs(sampler_mod.OPTIONS and sampler_mod.OPTIONS.fields or {}) do o[k] = gen.sampler[k] end
@@ -99,10 +100,9 @@ end
 function Spec:draft(k)
   local h, dctx = self.history, self.dctx
   local feed = {}
-  for i = self.dlen + 1, #h do feed[#feed + 1] = h[i] end
+  for p = dctx:pos(0), #h - self.dropped - 1 do feed[#feed + 1] = h[self:visible(p)] end
   local logits, err = dctx:decode(feed)
   if not logits then return {}, {} end -- the draft's context is full: no guesses
-  self.dlen = #h
   local out, qs, hist = {}, {}, {}
   for i = 1, #h do hist[i] = h[i] end
   for i = 1, k do
@@ -125,7 +125,6 @@ function Spec:draft(k)
     if i < k then
       logits, err = dctx:decode({ d })
       if not logits then break end
-      self.dlen = self.dlen + 1
     end
   end
   return out, qs
@@ -202,16 +201,29 @@ function Spec:round(room)
   -- the target keeps the history and the accepted guesses; the last emitted token is pending
   local keep = base + (self.pending and 1 or 0) + n
   if self.ctx:pos(self.seq) > keep then self.ctx:truncate(self.seq, keep) end
-  if self.dctx and self.dlen > #h + n then
-    self.dlen = #h + n
-    self.dctx:truncate(0, self.dlen)
-  end
+  if self.dctx and self.dctx:pos(0) > #h - self.dropped + n then self.dctx:truncate(0, #h - self.dropped + n) end
   self.pending = emit[#emit]
   self.rounds = self.rounds + 1
   self.proposed = self.proposed + #drafts
   self.accepted = self.accepted + n
   return emit
 end
+
+-- Is the queue of decided tokens empty (the next call runs a round)?
+function Spec:idle() return self.qhead > #self.queue end
+
+-- The target's context dropped positions [keep, keep + discard) (a context shift): the
+-- draft's context follows. After shifts, context position p holds history index p + 1 for
+-- p < keep and p + 1 + dropped after (visible).
+function Spec:on_shift(keep, discard)
+  self.keep, self.dropped = keep, self.dropped + discard
+  if not self.dctx then return end
+  local held = self.dctx:pos(0)
+  if held > keep + discard then self.dctx:shift(0, keep, discard)
+  else self.dctx:truncate(0, math.min(held, keep)) end
+end
+
+function Spec:visible(p) return p < self.keep and p + 1 or p + 1 + self.dropped end
 
 -- next(room) -> id | nil, err: the next token. room: tokens the target context can still
 -- take; a round is run when the queue of decided tokens is empty.
@@ -229,7 +241,7 @@ end
 -- After the generation: the target context holds exactly the history but its last token
 -- (as generate without speculation leaves it), and the draft's context is closed.
 function Spec:finish()
-  local n = #self.history - 1
+  local n = #self.history - 1 - self.dropped
   if n >= 0 and self.ctx:pos(self.seq) > n then self.ctx:truncate(self.seq, n) end
   if self.dctx then
     self.dctx:close()

@@ -5,6 +5,7 @@
 #   make bench      benchmarks (ours next to the machine's limits and, when given, llama.cpp)
 #   make install    PREFIX=/usr/local LUA_VERSION=5.4|5.1
 #   make fuzz       libFuzzer harnesses (clang)
+#   make selftest   the C self-tests of tools/ (run by spec/selftest_spec.lua)
 
 CC      ?= gcc
 PREFIX  ?= /usr/local
@@ -67,7 +68,7 @@ HDRS = $(wildcard src/*.h src/kernels/*.h)
 MOD54 = $(BUILD)/5.4/moonlm/core.so
 MOD51 = $(BUILD)/5.1/moonlm/core.so
 
-.PHONY: all deps deps-build test demo bench install clean fuzz rock rock-install
+.PHONY: all deps deps-build test demo bench install clean fuzz selftest rock rock-install
 all: $(MOD54) $(MOD51)
 
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
@@ -182,6 +183,16 @@ rock-install:
 	install -d $(ROCK_LIBDIR)/moonlm $(ROCK_LUADIR)/moonlm
 	install -m 755 $(BUILD)/rock/moonlm/core.so $(ROCK_LIBDIR)/moonlm/core.so
 	$(call install_lua,$(ROCK_LUADIR))
+
+# ---- C self-tests (spec/selftest_spec.lua), with ASan and UBSan: tools/gguf_check.c (the GGUF
+# reader and writer) and tools/quant_check.c (the block formats against ggml's bytes) ----
+SELFTESTS = gguf_check quant_check
+SELFTEST_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c src/kernels/ref.c
+selftest: $(addprefix $(BUILD)/selftest/,$(SELFTESTS))
+$(BUILD)/selftest/%: tools/%.c $(SELFTEST_CORE) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE $(WARN) -Isrc \
+	  $< $(SELFTEST_CORE) -o $@ -lm
 
 # ---- fuzzing ----
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Isrc

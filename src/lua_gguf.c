@@ -243,15 +243,12 @@ static int set_meta(lua_State *L, ml_gguf_writer *w, const char *key, int i) {
           : (iv >= INT32_MIN && iv < 0) ? ML_GGUF_INT32 : ML_GGUF_INT64;
     if (!isint) iv = (int64_t)d;
     if (t == ML_GGUF_STRING) return luaL_error(L, "metadata '%s': a number cannot be a string", key);
-    unsigned char buf[8];
-    put_scalar(buf, (ml_gguf_vtype)t, d, iv);
     ml_gguf_value v;
     memset(&v, 0, sizeof v);
     v.type = (ml_gguf_vtype)t;
     if (t == ML_GGUF_FLOAT32 || t == ML_GGUF_FLOAT64) v.v.f = t == ML_GGUF_FLOAT32 ? (double)(float)d : d;
     else if (t == ML_GGUF_INT8 || t == ML_GGUF_INT16 || t == ML_GGUF_INT32 || t == ML_GGUF_INT64) v.v.i = iv;
     else v.v.u = (uint64_t)iv;
-    (void)buf;
     rc = ml_gguf_set_value(w, key, &v);
     break;
   }

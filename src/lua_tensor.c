@@ -358,7 +358,6 @@ static int list_op(lua_State *L, int stack) {
   if (n < 1) luaL_argerror(L, 1, "empty list");
   if (n > 100000) luaL_argerror(L, 1, "too many tensors");
   const ml_tensor **ts = lua_newuserdatauv(L, sizeof(ml_tensor *) * (size_t)n, 0); /* collected on error */
-  int base = lua_gettop(L);
   for (int i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
     ts[i - 1] = ml_lua_test_tensor(L, -1);
@@ -368,7 +367,6 @@ static int list_op(lua_State *L, int stack) {
   int dim = check_dim(L, 2, ndim, 1, stack);
   ml_tensor *o = ml_lua_push_tensor(L);
   CHECK(L, stack ? ml_stack(o, ts, n, dim) : ml_cat(o, ts, n, dim));
-  (void)base;
   return 1;
 }
 

@@ -160,14 +160,12 @@ static ml_packed_fn choose(const ml_kernels *k, ml_type wt, int64_t M, ml_mm_pat
   return (M >= ML_GEMM_MIN_M && m) || !v ? m : v;
 }
 
-static int run_packed(const ml_kernels *k, ml_packed_fn fn, ml_type wt, const void *packed, size_t tile_bytes,
-                      int64_t N, int64_t K, const void *act, size_t arb, int64_t M, float *y, int64_t ldy, int ith,
-                      int nth) {
+static int run_packed(ml_packed_fn fn, ml_type wt, const void *packed, size_t tile_bytes, int64_t N, int64_t K,
+                      const void *act, size_t arb, int64_t M, float *y, int64_t ldy, int ith, int nth) {
   void *work = thread_buf(0, ml_x16_work_bytes(wt, K));
   if (!work || !fn) return 0;
   ml_packed_args p = {wt, packed, tile_bytes, N, K, act, arb, M, y, ldy};
   fn(&p, work, ith, nth);
-  (void)k;
   return 1;
 }
 
@@ -181,14 +179,14 @@ static int mm_packed(const ml_kernels *k, ml_type wt, const void *packed, size_t
   int ok = 1, nth = threads_for(wt, N, K, M);
   if (nth == 1) {
     ok = quantize_panel(k, wt, K, x, ldx, M, act, pl.row_bytes, 0, 1) &&
-         run_packed(k, fn, wt, packed, tile_bytes, N, K, act, pl.row_bytes, M, y, ldy, 0, 1);
+         run_packed(fn, wt, packed, tile_bytes, N, K, act, pl.row_bytes, M, y, ldy, 0, 1);
   } else {
 #pragma omp parallel num_threads(nth) reduction(&& : ok)
     {
       int ith = ml_thread_id(), n = ml_thread_count();
       ok = quantize_panel(k, wt, K, x, ldx, M, act, pl.row_bytes, ith, n);
 #pragma omp barrier
-      ok = run_packed(k, fn, wt, packed, tile_bytes, N, K, act, pl.row_bytes, M, y, ldy, ith, n) && ok;
+      ok = run_packed(fn, wt, packed, tile_bytes, N, K, act, pl.row_bytes, M, y, ldy, ith, n) && ok;
     }
   }
   return ok ? 0 : refused(wt, N, K, M);
@@ -371,7 +369,7 @@ int ml_mm_w_compute(const ml_weight *pw, const void *act, int64_t M, float *y, i
   size_t arb = act_row(pw);
   int ok;
   if (pw->packed)
-    ok = run_packed(pw->k, choose(pw->k, pw->type, M, ML_MM_AUTO), pw->type, pw->packed, pw->tile_bytes, pw->N,
+    ok = run_packed(choose(pw->k, pw->type, M, ML_MM_AUTO), pw->type, pw->packed, pw->tile_bytes, pw->N,
                     pw->K, act, arb, M, y, ldy, ith, nth);
   else {
     ml_matmul_args p = {pw->type, ml_tensor_data(&pw->w), row_bytes_of(&pw->w, pw->N, pw->K), pw->N, pw->K,

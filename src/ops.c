@@ -530,9 +530,7 @@ int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b) {
     ml_tensor_release(&fa);
     return -1;
   }
-  int64_t one[2];
   if (fa.ndim == 1) {
-    one[0] = 1; one[1] = k;
     ml_tensor t = fa;
     t.ndim = 2; t.shape[0] = 1; t.shape[1] = k; t.stride[0] = k; t.stride[1] = fa.stride[0];
     fa = t;
@@ -542,7 +540,6 @@ int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b) {
     t.ndim = 2; t.shape[0] = k; t.shape[1] = 1; t.stride[0] = fb.stride[0]; t.stride[1] = 1;
     fb = t;
   }
-  (void)one;
   int64_t m = fa.shape[fa.ndim - 2], n = fb.shape[fb.ndim - 1];
   /* broadcast the batch dims */
   int nb = ML_MAX(fa.ndim, fb.ndim) - 2;

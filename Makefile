@@ -28,14 +28,14 @@ else
 endif
 CFLAGS  ?=
 CFLAGS  += -std=c11 $(OPT) -fPIC -fvisibility=hidden -fopenmp -D_GNU_SOURCE $(WARN)
-LDFLAGS += -shared -fopenmp -Wl,-z,nodelete -Wl,--no-undefined $(SANLD)
+LDFLAGS += -shared -fopenmp -Wl,-z,nodelete $(SANLD)
 LIBS     = -lopenblas -lm -lpthread
 
 # Core: no Lua, compiled once. Kernel levels get their own ISA flags.
 CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokenize tokenizer_spm tokenizer_bpe tokenizer_wpm \
        tokenizer_decode unicode \
        model arch arch_llama arch_qwen2 arch_qwen3 arch_phi3 arch_mpt arch_gemma2 arch_gemma3 arch_bert \
-       kvcache context forward attention flash registry rowops kernels/rowops_avx2 \
+       kvcache context forward attention flash registry \
        json grammar_schema grammar_schema_leaf \
        grammar_gbnf grammar_regex grammar_compile grammar_dfa grammar_vocab grammar_match grammar_mask \
        kernels/dispatch kernels/ref
@@ -58,7 +58,7 @@ CORE_OBJS = $(addprefix $(BUILD)/obj/,$(addsuffix .o,$(CORE))) \
             $(patsubst src/%.c,$(BUILD)/obj/%.o,$(KERNEL_SRCS)) $(AMX_EMU_OBJ)
 
 # Binding: compiled per ABI.
-BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_kvcache lua_gguf lua_model lua_sample lua_grammar_schema lua_grammar
+BIND = lua_core lua_util lua_tensor lua_tensor_ext lua_weight lua_kvcache lua_gguf lua_model lua_sample lua_grammar_schema lua_grammar
 # tensor.attention (the forward pass's attention kernel, flash.c)
 BIND += lua_attention
 BIND54 = $(addprefix $(BUILD)/obj-5.4/,$(addsuffix .o,$(BIND)))
@@ -72,7 +72,6 @@ MOD51 = $(BUILD)/5.1/moonlm/core.so
 all: $(MOD54) $(MOD51)
 
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
-$(BUILD)/obj/kernels/rowops_avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/flash_avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/avx512vnni.o: CFLAGS += $(ISA_avx512vnni)
@@ -97,14 +96,24 @@ $(BUILD)/obj-5.1/%.o: src/%.c
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-# Lua symbols resolve in the host interpreter, so allow them to stay undefined.
-$(MOD54): $(CORE_OBJS) $(BIND54)
+# A Lua C module leaves the Lua API undefined: the interpreter that loads it provides it (and
+# must: linking a Lua library into the module would give a program two Lua runtimes). So the
+# module links without --no-undefined, and a second link of the same objects with it, against
+# the Lua library of the ABI, into a file removed at once, fails on any other undefined
+# symbol: one of ours.
+LUA54_LIB  ?= -llua5.4
+LUAJIT_LIB ?= -lluajit-5.1
+define link_module
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $@ $(LIBS)
+	$(CC) $(LDFLAGS) $(1) -o $@ $(LIBS)
+	@$(CC) $(LDFLAGS) -s -Wl,--no-undefined $(1) -o $@.check $(LIBS) $(2) && rm -f $@.check
+endef
+
+$(MOD54): $(CORE_OBJS) $(BIND54)
+	$(call link_module,$^,$(LUA54_LIB))
 
 $(MOD51): $(CORE_OBJS) $(BIND51)
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $@ $(LIBS)
+	$(call link_module,$^,$(LUAJIT_LIB))
 
 # ---- system packages (Debian 12); quiet when nothing is missing ----
 PKGS_BUILD = gcc make libc6-dev lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev libopenblas-dev
@@ -170,15 +179,21 @@ install: all
 	$(call install_lua,$(DESTDIR)$(LUA_SHAREDIR))
 
 # ---- luarocks make (rockspec/moonlm-scm-1.rockspec): one module for the Lua luarocks targets ----
+# luarocks runs `make rock` one job at a time: rock runs the build with JOBS jobs (default:
+# the processors). ROCK_CFLAGS are luarocks' CFLAGS, added to ours.
 ROCK_LUA_INC ?= $(LUA54_INC)
 ROCK_OBJ = $(BUILD)/obj-rock$(subst /,_,$(ROCK_LUA_INC))
 BINDROCK = $(addprefix $(ROCK_OBJ)/,$(addsuffix .o,$(BIND)))
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CFLAGS += $(ROCK_CFLAGS)
 $(ROCK_OBJ)/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) -I$(ROCK_LUA_INC) -c $< -o $@
-rock: $(CORE_OBJS) $(BINDROCK)
-	@mkdir -p $(BUILD)/rock/moonlm
-	$(CC) $(LDFLAGS) -Wl,--unresolved-symbols=ignore-all $^ -o $(BUILD)/rock/moonlm/core.so $(LIBS)
+rock:
+	@$(MAKE) --no-print-directory -j$(JOBS) $(BUILD)/rock/moonlm/core.so
+$(BUILD)/rock/moonlm/core.so: $(CORE_OBJS) $(BINDROCK)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 rock-install:
 	install -d $(ROCK_LIBDIR)/moonlm $(ROCK_LUADIR)/moonlm
 	install -m 755 $(BUILD)/rock/moonlm/core.so $(ROCK_LIBDIR)/moonlm/core.so
@@ -187,12 +202,13 @@ rock-install:
 # ---- C self-tests (spec/selftest_spec.lua), with ASan and UBSan: tools/gguf_check.c (the GGUF
 # reader and writer) and tools/quant_check.c (the block formats against ggml's bytes) ----
 SELFTESTS = gguf_check quant_check
-SELFTEST_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c src/kernels/ref.c
+SELFTEST_CORE = src/gguf.c src/error.c src/dtype.c src/quant.c src/tensor.c src/threads.c src/matmul.c \
+                src/kernels/ref.c src/kernels/pack.c src/kernels/dispatch.c
 selftest: $(addprefix $(BUILD)/selftest/,$(SELFTESTS))
 $(BUILD)/selftest/%: tools/%.c $(SELFTEST_CORE) $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE $(WARN) -Isrc \
-	  $< $(SELFTEST_CORE) -o $@ -lm
+	$(CC) -std=c11 -g -O1 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
+	  $(WARN) -Isrc $< $(SELFTEST_CORE) -o $@ $(LIBS)
 
 # ---- fuzzing ----
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Isrc

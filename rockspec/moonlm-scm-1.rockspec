@@ -25,6 +25,7 @@ build = {
   build_target = "rock",
   build_variables = {
     ROCK_LUA_INC = "$(LUA_INCDIR)",
+    ROCK_CFLAGS = "$(CFLAGS)",
   },
   install_target = "rock-install",
   install_variables = {

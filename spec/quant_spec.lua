@@ -99,6 +99,20 @@ describe("GGUF block formats against ggml", function()
         end
       end)
 
+      it("matches it through w:pack(), for 8 rows and for each row alone", function()
+        local pw = ts["w." .. ty]:pack()
+        assert.are.same({64, 256}, pw:info().shape)
+        local r = rel_to(x:linear(pw), want)
+        assert.is_true(r <= c.mm, ("relative difference %g"):format(r))
+        for m = 1, 8 do
+          local y = x:narrow(1, m, 1):linear(pw)
+          local row = {}
+          for i = 1, 64 do row[i] = want[64 * (m - 1) + i] end
+          r = rel_to(y, row)
+          assert.is_true(r <= c.mm, ("row %d: relative difference %g"):format(m, r))
+        end
+      end)
+
       it("matches it with 32 rows (weights packed on the fly)", function()
         local x4 = T.cat({x, x, x, x}, 1)
         local y = x4:linear(ts["w." .. ty])

@@ -408,6 +408,52 @@ describe("dtypes", function()
   end)
 end)
 
+describe("packed weights (w:pack())", function()
+  local x = T.randn({5, 64}, {seed = 3})
+  local w = T.randn({40, 64}, {seed = 4})
+
+  it("x:linear(w:pack()) gives x:linear(w), with and without a bias, for every packable type", function()
+    local b = T.randn({40}, {seed = 5})
+    for _, ty in ipairs{"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f16", "f32"} do
+      local wq = w:quantize(ty)
+      local pw = wq:pack()
+      local info = pw:info()
+      assert.are.same({40, 64}, info.shape)
+      assert.are.equal(ty, info.dtype)
+      for _, xs in ipairs{x, x[2]} do -- 5 rows, and one (a vector)
+        local want, got = xs:linear(wq, b), xs:linear(pw, b)
+        assert.are.same(want:shape(), got:shape())
+        local d = (got - want):abs():max()
+        assert.is_true(d <= 1e-5 * want:abs():max(), ty .. (": max difference %g"):format(d))
+      end
+    end
+  end)
+
+  it("packs as many bytes as the weight, once; later writes to w are not seen", function()
+    local wq = w:to("f16")
+    local pw = wq:pack()
+    local info = pw:info()
+    if info.packed then assert.are.equal(40 * 64 * 2 + 8 * 64 * 2, info.packed_bytes) end -- 3 tiles of 16 rows
+    local before = x:linear(pw)
+    wq:fill_(0)
+    assert.are.equal(0, x:linear(wq):abs():max())
+    assert.are.equal(0, (x:linear(pw) - before):abs():max())
+    assert.truthy(tostring(pw):find("packed f16 weight of shape {40, 64}", 1, true))
+  end)
+
+  it("refuses what is not a weight, and a released one", function()
+    assert.has_error(function() T.zeros(2, 3, 32):pack() end,
+      "bad argument #1 to 'pack' (weight must be a matrix (out, in), got 3 dimensions)")
+    assert.has_error(function() T.zeros(4, 32):to("i32"):pack() end,
+      "bad argument #1 to 'pack' (no matmul kernel for i32 weights)")
+    local pw = w:pack()
+    assert.has_error(function() return T.zeros(2, 63):linear(pw) end,
+      "bad argument #2 to 'linear' (inner dimensions 63 and 64 differ)")
+    pw:close()
+    assert.has_error(function() return x:linear(pw) end, "bad argument #2 to 'linear' (weight was released)")
+  end)
+end)
+
 describe("tensor errors", function()
   local a = T.zeros(2, 3)
   local cases = {

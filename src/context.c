@@ -7,9 +7,9 @@
 #include "common.h"
 #include "context.h"
 #include "flash.h"
+#include "kernels/dispatch.h"
 #include "registry.h"
 #include "rope.h"
-#include "rowops.h"
 #include "threads.h"
 
 static int try_enter(ml_context *c) {

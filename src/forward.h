@@ -18,7 +18,7 @@
 
 #include "context.h"
 #include "flash.h"
-#include "rowops.h"
+#include "kernels/dispatch.h"
 
 /* The chunk: read-only for the blocks once the region starts, except `failed`. */
 typedef struct ml_fwd {

@@ -11,6 +11,7 @@
 #include "lua_kvcache.h"
 #include "lua_tensor.h"
 #include "lua_util.h"
+#include "lua_weight.h"
 #include "matmul.h"
 #include "ops.h"
 #include "threads.h"
@@ -126,8 +127,6 @@ static int l_clock(lua_State *L) {
 
 /* ---- kernel test hooks (spec/kernels_spec.lua, bench/matmul.lua), not public API ---- */
 
-#define ML_WEIGHT_MT "moonlm.weight"
-
 static const ml_kernels *check_table(lua_State *L, int i) {
   if (lua_isnoneornil(L, i)) return ml_kernels_active();
   const ml_kernels *k = ml_kernels_named(luaL_checkstring(L, i));
@@ -141,64 +140,9 @@ static int l_weight(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
   const ml_kernels *k = check_table(L, 2);
   int flags = lua_isnoneornil(L, 3) || lua_toboolean(L, 3) ? 0 : ML_WEIGHT_NO_PACK;
-  ml_weight *w = lua_newuserdatauv(L, sizeof *w, 0);
-  memset(w, 0, sizeof *w);
-  luaL_setmetatable(L, ML_WEIGHT_MT);
+  ml_weight *w = ml_lua_push_weight(L);
   if (ml_weight_prepare_with(w, t, k, flags) < 0) return ml_lua_error(L);
   return 1;
-}
-
-/* w:mm(x [, path [, y]]) -> y = x wT; x (M, K) f32 with unit column stride, any row
- * stride; path "auto" | "gemv" | "gemm" | "plain" | "phases"; y (M, N) f32 to write into. */
-static int w_mm(lua_State *L) {
-  ml_weight *w = luaL_checkudata(L, 1, ML_WEIGHT_MT);
-  ml_tensor *x = ml_lua_check_tensor(L, 2);
-  static const char *const paths[] = {"auto", "gemv", "gemm", "plain", "phases", NULL};
-  int path = luaL_checkoption(L, 3, "auto", paths);
-  if (x->type != ML_TYPE_F32 || x->ndim != 2 || x->shape[1] != w->K || (x->stride[1] != 1 && w->K > 1))
-    return luaL_argerror(L, 2, "expected an f32 (M, K) tensor with contiguous rows");
-  int64_t M = x->shape[0], ldx = x->stride[0];
-  ml_tensor *y = ml_lua_test_tensor(L, 4);
-  if (y) {
-    if (y->type != ML_TYPE_F32 || y->ndim != 2 || y->shape[0] != M || y->shape[1] != w->N ||
-        (y->stride[1] != 1 && w->N > 1))
-      return luaL_argerror(L, 4, "expected an f32 (M, N) tensor with contiguous rows");
-    lua_pushvalue(L, 4);
-  } else {
-    y = ml_lua_push_tensor(L);
-    int64_t shape[2] = {M, w->N};
-    if (ml_tensor_init(y, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
-  }
-  if (ml_mm_w_path(w, ml_tensor_data(x), ldx, M, ml_tensor_data(y), y->stride[0], (ml_mm_path)path) < 0)
-    return ml_lua_error(L);
-  return 1;
-}
-
-static void setstr(lua_State *L, const char *k, const char *v) {
-  lua_pushstring(L, v);
-  lua_setfield(L, -2, k);
-}
-
-/* w:info() -> { table, packed, packed_bytes, prepare_seconds, dot, gemv, gemm } */
-static int w_info(lua_State *L) {
-  ml_weight *w = luaL_checkudata(L, 1, ML_WEIGHT_MT);
-  lua_newtable(L);
-  setstr(L, "table", w->k->name);
-  lua_pushboolean(L, w->packed != NULL);
-  lua_setfield(L, -2, "packed");
-  lua_pushinteger(L, (lua_Integer)w->packed_bytes);
-  lua_setfield(L, -2, "packed_bytes");
-  lua_pushnumber(L, w->prepare_seconds);
-  lua_setfield(L, -2, "prepare_seconds");
-  setstr(L, "dot", or_default(w->k->by_dot[w->type], "ref"));
-  setstr(L, "gemv", w->k->gemv[w->type] ? or_default(w->k->by_gemv[w->type], "ref") : "none");
-  setstr(L, "gemm", w->k->gemm[w->type] ? or_default(w->k->by_gemm[w->type], "ref") : "none");
-  return 1;
-}
-
-static int w_gc(lua_State *L) {
-  ml_weight_release(luaL_checkudata(L, 1, ML_WEIGHT_MT));
-  return 0;
 }
 
 /* _act_bytes(table, dtype, x) -> the bytes table's quantize[] writes for the f32 vector x
@@ -239,16 +183,8 @@ static int l_amx_emu_selftest(lua_State *L) {
   return 2;
 }
 
-static const luaL_Reg weight_methods[] = {{"mm", w_mm}, {"info", w_info}, {"release", w_gc}, {NULL, NULL}};
-
 static void open_kernel_hooks(lua_State *L) {
-  if (luaL_newmetatable(L, ML_WEIGHT_MT)) {
-    luaL_newlib(L, weight_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, w_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  ml_lua_open_weight(L);
   static const luaL_Reg hooks[] = {
     {"_weight", l_weight}, {"_act_bytes", l_act_bytes}, {"_x16_check", l_x16_check},
     {"_amx_emu_selftest", l_amx_emu_selftest}, {NULL, NULL}};

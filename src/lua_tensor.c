@@ -3,6 +3,7 @@
  * filled), so a Lua error can never leak a tensor. Dimensions and indices are 1-based here,
  * as in torch7 and Lua; negative ones count from the end. */
 #include "lua_tensor.h"
+#include "lua_weight.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -1100,10 +1101,13 @@ const ml_weight *ml_lua_get_wlink(lua_State *L, int tensor, const ml_tensor *t) 
   return l->pw;
 }
 
-/* linear(w [, b]): x · wᵀ (+ b); a model's matrix runs its prepared (packed) copy */
+/* x:linear(w [, b]): w a tensor (a model's matrix runs the model's prepared copy), or a
+ * weight packed by w:pack() */
 static int m_linear(lua_State *L) {
-  ml_tensor *x = to_tensor(L, 1), *w = to_tensor(L, 2), *b = opt_tensor(L, 3);
-  const ml_weight *pw = ml_lua_get_wlink(L, 2, w);
+  ml_tensor *x = to_tensor(L, 1);
+  const ml_weight *pw = ml_lua_test_weight(L, 2);
+  ml_tensor *w = pw ? NULL : to_tensor(L, 2), *b = opt_tensor(L, 3);
+  if (!pw) pw = ml_lua_get_wlink(L, 2, w);
   ml_tensor *o = ml_lua_push_tensor(L);
   CHECK(L, pw ? ml_linear_w(o, x, pw, b) : ml_linear(o, x, w, b));
   return 1;
@@ -1201,7 +1205,7 @@ static const luaL_Reg methods[] = {
   {"sum", m_sum}, {"mean", m_mean}, {"max", m_max}, {"min", m_min}, {"argmax", m_argmax},
   {"argmin", m_argmin}, {"softmax", m_softmax}, {"log_softmax", m_log_softmax},
   {"rmsnorm", m_rmsnorm}, {"layernorm", m_layernorm}, {"matmul", m_matmul}, {"linear", m_linear},
-  {"topk", m_topk}, {"index_select", m_index_select}, {"embedding", m_embedding},
+  {"pack", ml_lua_tensor_pack}, {"topk", m_topk}, {"index_select", m_index_select}, {"embedding", m_embedding},
   {"pairwise_dot", m_pairwise_dot}, {"attention", ml_lua_attention},
   {"close", m_close}, {"release", m_close},
   {NULL, NULL}};

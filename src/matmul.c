@@ -1,9 +1,17 @@
-/* matmul.c: drives the kernel level for one weight matrix. Phase 1 converts the activation
- * rows once per call to the weight type's dot format (each thread its own rows); phase 2,
- * after a barrier, computes each thread's slice of output rows of w: 16-row tiles of the
- * packed copy (kernels gemv / gemm), or rows of the original (vec_dot / matmul). Large f32
- * products go to OpenBLAS sgemm. Scratch is per thread and grows, so steady-state calls do
- * not allocate. */
+/* matmul.c: the one matmul driver: y = x · wᵀ for a weight matrix of any type, on a kernel
+ * table (src/kernels/). Everything between a call and the leaf kernels lives here:
+ *   the path        packed GEMV (few activation rows) or GEMM (many; the AMX kernels where
+ *                   the table has them) over an x16 copy of the weight; the dot-product loop
+ *                   over the rows as stored (vec_dot); OpenBLAS sgemm for large f32 products
+ *   activations     each row of x converted once per call to the weight type's vec_dot
+ *                   type (the table's quantize[]), as rows for the dot products or as panel
+ *                   rows (kernels.h) for the packed kernels
+ *   sizes           activation rows, panels, the packed kernels' work (ML_X16_WORK_BYTES)
+ *   scratch         per thread, grown and kept, so steady-state calls do not allocate
+ *   threads         one OpenMP region per call: every thread converts its slice of the
+ *                   rows, a barrier, then computes its slice of the output columns; or none
+ *                   when the product is too small to split (threads.h)
+ */
 #include "matmul.h"
 
 #include <cblas.h>
@@ -36,6 +44,7 @@ static void scratch_free(void *v) {
 static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
 /* Buffer `which` (0: kernel work, 1: activations) of this thread, at least n bytes. */
+enum { BUF_WORK, BUF_ACT };
 static void *thread_buf(int which, size_t n) {
   pthread_once(&scratch_once, scratch_init);
   scratch *s = pthread_getspecific(scratch_key);
@@ -60,7 +69,17 @@ static double now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ---- plain weights ---- */
+static int threads_for(ml_type wt, int64_t N, int64_t K, int64_t M) {
+  return ml_threads_for_product((double)N * (double)ml_type_nbytes(wt, K), (double)N * (double)K * (double)M);
+}
+
+static int refused(ml_type wt, int64_t N, int64_t K, int64_t M) {
+  ml_seterr("matmul kernel refused the case (%s, N=%lld, K=%lld, M=%lld)", ml_type_traits_get(wt)->name,
+            (long long)N, (long long)K, (long long)M);
+  return -1;
+}
+
+/* ---- weights and activations as the kernels see them ---- */
 
 static int check_type(ml_type wt, int64_t K) {
   const ml_type_traits *tr = ml_type_traits_get(wt);
@@ -75,14 +94,101 @@ static int check_type(ml_type wt, int64_t K) {
   return 0;
 }
 
-static int threads_for(ml_type wt, int64_t N, int64_t K, int64_t M) {
-  return ml_threads_for_product((double)N * (double)ml_type_nbytes(wt, K), (double)N * (double)K * (double)M);
+/* The vec_dot type of wt if wt has a dot product and K fits both blocks, else -1. */
+static int act_type(ml_type wt, int64_t K) {
+  const ml_type_traits *tw = ml_type_traits_get((int)wt);
+  if (!tw || !ml_kernels_ref.vec_dot[wt] || K < 0) return -1;
+  const ml_type_traits *ta = ml_type_traits_get((int)tw->vec_dot_type);
+  if (!ta || K % tw->blck || K % ta->blck) return -1;
+  return (int)tw->vec_dot_type;
 }
 
-static int refused(ml_type wt, int64_t N, int64_t K, int64_t M) {
-  ml_seterr("matmul kernel refused the case (%s, N=%lld, K=%lld, M=%lld)", ml_type_traits_get(wt)->name,
-            (long long)N, (long long)K, (long long)M);
-  return -1;
+/* Alignment the typed access to rows needs: the f16 fields of every block type, the float
+ * scale of q8_K, f32 elements. */
+static size_t type_align(int t) { return t == ML_TYPE_F32 || t == ML_TYPE_Q8_K ? 4 : 2; }
+
+static int aligned(const void *p, size_t stride, size_t align) {
+  return ((uintptr_t)p % align) == 0 && stride % align == 0;
+}
+
+/* Bytes of one activation row of K elements in wt's vec_dot type, rounded up to 64 so every
+ * row starts cache-line aligned; 0 if wt has no dot product or K does not fit its blocks. */
+static size_t act_row_bytes(ml_type wt, int64_t K) {
+  int at = act_type(wt, K);
+  if (at < 0) return 0;
+  size_t row = ml_type_nbytes((ml_type)at, K);
+  if (row > SIZE_MAX - 63) return 0;
+  return (row + 63) & ~(size_t)63;
+}
+
+/* Phase 1, rows: activation rows [slice ith of nth over M] of x to wt's vec_dot type at
+ * a + m * arb. 1, or 0 if the table cannot or a size is invalid. */
+static int quantize_rows(const ml_kernels *k, ml_type wt, const float *x, int64_t ldx, int64_t M, int64_t K, void *a,
+                         size_t arb, int ith, int nth) {
+  int at = act_type(wt, K);
+  if (at < 0 || !k->quantize[at] || M < 0 || ldx < K) return 0;
+  if (arb < ml_type_nbytes((ml_type)at, K) || !aligned(a, arb, type_align(at))) return 0;
+  int64_t m0, m1;
+  ml_slice(M, ith, nth, &m0, &m1);
+  for (int64_t m = m0; m < m1; m++) k->quantize[at](x + m * ldx, (char *)a + (size_t)m * arb, K);
+  return 1;
+}
+
+/* Phase 1, panels: rows [slice ith of nth] of x to panel rows for the packed kernels. */
+static int quantize_panel(const ml_kernels *k, ml_type wt, int64_t K, const float *x, int64_t ldx, int64_t M,
+                          uint8_t *act, size_t arb, int ith, int nth) {
+  ml_type vt = ml_type_traits_get(wt)->vec_dot_type;
+  void *raw = thread_buf(BUF_WORK, ML_X16_WORK_BYTES(K));
+  if (!raw || !k->quantize[vt]) return 0;
+  int64_t m0, m1;
+  ml_slice(M, ith, nth, &m0, &m1);
+  for (int64_t m = m0; m < m1; m++) {
+    k->quantize[vt](x + m * ldx, raw, K);
+    ml_panel_fill(wt, raw, K, act + (size_t)m * arb);
+  }
+  return 1;
+}
+
+/* ---- the dot-product loop over the rows as stored ---- */
+
+typedef struct rows_args {
+  ml_type wt;         /* weight type */
+  const void *w;      /* (N, K) weights: N rows of K elements of wt */
+  size_t w_row_bytes; /* bytes between weight rows (>= ml_type_nbytes(wt, K)) */
+  int64_t N, K;
+  const void *a;      /* (M, K) activations in wt's vec_dot_type */
+  size_t a_row_bytes; /* bytes between activation rows */
+  int64_t M;
+  float *y;           /* (M, N) output, y[m * ldy + n] */
+  int64_t ldy;        /* floats between output rows (>= N) */
+} rows_args;
+
+static int rows_valid(const rows_args *p) {
+  int at = act_type(p->wt, p->K);
+  if (at < 0 || p->N < 0 || p->M < 0) return 0;
+  if (!aligned(p->w, p->w_row_bytes, type_align(p->wt)) || !aligned(p->a, p->a_row_bytes, type_align(at)) ||
+      !aligned(p->y, 0, sizeof(float)))
+    return 0;
+  if (p->w_row_bytes < ml_type_nbytes(p->wt, p->K)) return 0;
+  if (p->a_row_bytes < ml_type_nbytes((ml_type)at, p->K)) return 0;
+  if (p->M > 1 && p->ldy < p->N) return 0;
+  return 1;
+}
+
+/* Phase 2, rows: output columns [slice ith of nth over N] for all M rows. 1, or 0 if the
+ * table has no dot product for wt or the arguments are invalid. */
+static int rows_run(const ml_kernels *k, const rows_args *p, int ith, int nth) {
+  ml_vec_dot_fn dot = k->vec_dot[p->wt];
+  if (!dot || !rows_valid(p) || nth <= 0 || ith < 0 || ith >= nth) return 0;
+  int64_t n0, n1;
+  ml_slice(p->N, ith, nth, &n0, &n1);
+  /* weight row outer: it stays in cache while every activation row passes over it */
+  for (int64_t n = n0; n < n1; n++) {
+    const void *wr = (const char *)p->w + (size_t)n * p->w_row_bytes;
+    for (int64_t m = 0; m < p->M; m++)
+      p->y[m * p->ldy + n] = dot(p->K, wr, (const char *)p->a + (size_t)m * p->a_row_bytes);
+  }
+  return 1;
 }
 
 /* f32 through sgemm; 1 if it took the case */
@@ -95,32 +201,50 @@ static int f32_blas(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, in
   return 1;
 }
 
-static int mm_plain(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
-                    const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy) {
-  if (f32_blas(wt, w, w_row_bytes, N, K, x, ldx, M, y, ldy)) return 0;
-  size_t arb = ml_matmul_act_row_bytes(wt, K), sb = ml_matmul_scratch_bytes(wt, K, M);
-  void *act = sb ? thread_buf(1, sb) : NULL;
-  if (sb && !act) return -1;
-  ml_matmul_args p = {wt, w, w_row_bytes, N, K, wt == ML_TYPE_F32 ? (const void *)x : act,
-                      wt == ML_TYPE_F32 ? (size_t)ldx * 4 : arb, M, y, ldy};
+/* The dot-product path on nth threads (1: no region). f32 activations are used in place. */
+static int mm_rows(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
+                   const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy, int nth) {
+  int is_f32 = wt == ML_TYPE_F32;
+  size_t arb = act_row_bytes(wt, K);
+  void *act = NULL;
+  if (!is_f32) {
+    if (!arb || (uint64_t)M > SIZE_MAX / arb) return refused(wt, N, K, M);
+    if (!(act = thread_buf(BUF_ACT, arb * (size_t)M))) return -1;
+  }
+  rows_args p = {wt, w, w_row_bytes, N, K, is_f32 ? (const void *)x : act, is_f32 ? (size_t)ldx * 4 : arb, M, y, ldy};
   int ok = 1;
-  int nth = threads_for(wt, N, K, M);
   if (nth == 1) {
-    ok = (wt == ML_TYPE_F32 || ml_matmul_quantize_acts(k, wt, x, ldx, M, K, act, arb, 0, 1)) &&
-         ml_matmul_run(k, &p, 0, 1);
+    ok = (is_f32 || quantize_rows(k, wt, x, ldx, M, K, act, arb, 0, 1)) && rows_run(k, &p, 0, 1);
   } else {
 #pragma omp parallel num_threads(nth) reduction(&& : ok)
     {
       int ith = ml_thread_id(), n = ml_thread_count();
-      if (wt != ML_TYPE_F32) ok = ml_matmul_quantize_acts(k, wt, x, ldx, M, K, act, arb, ith, n);
+      if (!is_f32) ok = quantize_rows(k, wt, x, ldx, M, K, act, arb, ith, n);
 #pragma omp barrier
-      ok = ml_matmul_run(k, &p, ith, n) && ok;
+      ok = rows_run(k, &p, ith, n) && ok;
     }
   }
   return ok ? 0 : refused(wt, N, K, M);
 }
 
+static int mm_plain(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
+                    const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy) {
+  if (f32_blas(wt, w, w_row_bytes, N, K, x, ldx, M, y, ldy)) return 0;
+  return mm_rows(k, wt, w, w_row_bytes, N, K, x, ldx, M, y, ldy, threads_for(wt, N, K, M));
+}
+
+int ml_mm_rows(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
+               const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy) {
+  if (check_type(wt, K) < 0) return -1;
+  if (M == 0 || N == 0) return 0;
+  return mm_rows(k, wt, w, w_row_bytes, N, K, x, ldx, M, y, ldy, 1);
+}
+
 /* ---- packed weights ---- */
+
+static int has_packed(const ml_kernels *k, ml_type wt, int64_t K) {
+  return (k->gemv[wt] || k->gemm[wt]) && ml_x16_tile_bytes(wt, K) > 0;
+}
 
 static int pack_into(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K, void *dst) {
   int64_t tiles = (N + ML_X16 - 1) / ML_X16;
@@ -138,21 +262,8 @@ static int pack_into(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, i
   return 0;
 }
 
-/* Phase 1 for packed weights: rows [slice ith of nth] of x to panel rows. */
-static int quantize_panel(const ml_kernels *k, ml_type wt, int64_t K, const float *x, int64_t ldx, int64_t M,
-                          uint8_t *act, size_t arb, int ith, int nth) {
-  ml_type vt = ml_type_traits_get(wt)->vec_dot_type;
-  void *raw = thread_buf(0, ml_x16_work_bytes(wt, K));
-  if (!raw || !k->quantize[vt]) return 0;
-  int64_t m0, m1;
-  ml_slice(M, ith, nth, &m0, &m1);
-  for (int64_t m = m0; m < m1; m++) {
-    k->quantize[vt](x + m * ldx, raw, K);
-    ml_panel_fill(wt, raw, K, act + (size_t)m * arb);
-  }
-  return 1;
-}
-
+/* GEMV for few rows, GEMM for many (the AMX kernels, where the table has them, are its
+ * GEMM), or what a test or benchmark forces. */
 static ml_packed_fn choose(const ml_kernels *k, ml_type wt, int64_t M, ml_mm_path path) {
   ml_packed_fn v = k->gemv[wt], m = k->gemm[wt];
   if (path == ML_MM_GEMV) return v ? v : m;
@@ -160,9 +271,10 @@ static ml_packed_fn choose(const ml_kernels *k, ml_type wt, int64_t M, ml_mm_pat
   return (M >= ML_GEMM_MIN_M && m) || !v ? m : v;
 }
 
+/* Phase 2, packed: the tiles of slice ith of nth. */
 static int run_packed(ml_packed_fn fn, ml_type wt, const void *packed, size_t tile_bytes, int64_t N, int64_t K,
                       const void *act, size_t arb, int64_t M, float *y, int64_t ldy, int ith, int nth) {
-  void *work = thread_buf(0, ml_x16_work_bytes(wt, K));
+  void *work = thread_buf(BUF_WORK, ML_X16_WORK_BYTES(K));
   if (!work || !fn) return 0;
   ml_packed_args p = {wt, packed, tile_bytes, N, K, act, arb, M, y, ldy};
   fn(&p, work, ith, nth);
@@ -174,7 +286,7 @@ static int mm_packed(const ml_kernels *k, ml_type wt, const void *packed, size_t
   ml_panel pl;
   ml_packed_fn fn = choose(k, wt, M, path);
   if (!fn || ml_panel_layout(wt, K, &pl) < 0) return refused(wt, N, K, M);
-  uint8_t *act = thread_buf(1, pl.row_bytes * (size_t)M);
+  uint8_t *act = thread_buf(BUF_ACT, pl.row_bytes * (size_t)M);
   if (!act) return -1;
   int ok = 1, nth = threads_for(wt, N, K, M);
   if (nth == 1) {
@@ -193,10 +305,6 @@ static int mm_packed(const ml_kernels *k, ml_type wt, const void *packed, size_t
 }
 
 /* ---- ml_mm ---- */
-
-static int has_packed(const ml_kernels *k, ml_type wt, int64_t K) {
-  return (k->gemv[wt] || k->gemm[wt]) && ml_x16_tile_bytes(wt, K) > 0;
-}
 
 int ml_mm_raw(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K, const float *x, int64_t ldx,
               int64_t M, float *y, int64_t ldy) {
@@ -284,7 +392,14 @@ int ml_weight_prepare_with(ml_weight *pw, const ml_tensor *w, const ml_kernels *
   pw->N = N;
   pw->K = K;
   pw->k = k;
-  if ((flags & ML_WEIGHT_NO_PACK) || !has_packed(k, w->type, K) || N == 0) return 0;
+  if ((flags & ML_WEIGHT_NO_PACK) || !has_packed(k, w->type, K) || N == 0) {
+    if (!(flags & ML_WEIGHT_COPY)) return 0;
+    ml_tensor view = pw->w;
+    int rc = ml_tensor_clone(&pw->w, &view);
+    if (rc < 0) pw->w.storage = NULL; /* nothing to release then */
+    ml_tensor_release(&view);
+    return rc;
+  }
   pw->tile_bytes = ml_x16_tile_bytes(w->type, K);
   pw->packed_bytes = pw->tile_bytes * (size_t)((N + ML_X16 - 1) / ML_X16);
   double t0 = now();
@@ -346,22 +461,15 @@ int ml_mm_w(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, float *
 static size_t act_row(const ml_weight *pw) {
   ml_panel pl;
   if (pw->packed) return ml_panel_layout(pw->type, pw->K, &pl) < 0 ? 0 : pl.row_bytes;
-  if (pw->type == ML_TYPE_F32) return ((size_t)pw->K * 4 + 63) & ~(size_t)63;
-  return ml_matmul_act_row_bytes(pw->type, pw->K);
+  return act_row_bytes(pw->type, pw->K);
 }
 
 size_t ml_mm_w_act_bytes(const ml_weight *pw, int64_t M) { return act_row(pw) * (size_t)(M > 0 ? M : 0); }
 
 int ml_mm_w_quantize(const ml_weight *pw, const float *x, int64_t ldx, int64_t M, void *act, int ith, int nth) {
   size_t arb = act_row(pw);
-  int ok;
-  if (pw->packed) ok = quantize_panel(pw->k, pw->type, pw->K, x, ldx, M, act, arb, ith, nth);
-  else if (pw->type == ML_TYPE_F32) {
-    int64_t m0, m1;
-    ml_slice(M, ith, nth, &m0, &m1);
-    for (int64_t m = m0; m < m1; m++) memcpy((char *)act + (size_t)m * arb, x + m * ldx, (size_t)pw->K * 4);
-    ok = 1;
-  } else ok = ml_matmul_quantize_acts(pw->k, pw->type, x, ldx, M, pw->K, act, arb, ith, nth);
+  int ok = pw->packed ? quantize_panel(pw->k, pw->type, pw->K, x, ldx, M, act, arb, ith, nth)
+                      : quantize_rows(pw->k, pw->type, x, ldx, M, pw->K, act, arb, ith, nth);
   return ok ? 0 : refused(pw->type, pw->N, pw->K, M);
 }
 
@@ -372,9 +480,9 @@ int ml_mm_w_compute(const ml_weight *pw, const void *act, int64_t M, float *y, i
     ok = run_packed(choose(pw->k, pw->type, M, ML_MM_AUTO), pw->type, pw->packed, pw->tile_bytes, pw->N,
                     pw->K, act, arb, M, y, ldy, ith, nth);
   else {
-    ml_matmul_args p = {pw->type, ml_tensor_data(&pw->w), row_bytes_of(&pw->w, pw->N, pw->K), pw->N, pw->K,
-                        act, arb, M, y, ldy};
-    ok = ml_matmul_run(pw->k, &p, ith, nth);
+    rows_args p = {pw->type, ml_tensor_data(&pw->w), row_bytes_of(&pw->w, pw->N, pw->K), pw->N, pw->K,
+                   act, arb, M, y, ldy};
+    ok = rows_run(pw->k, &p, ith, nth);
   }
   return ok ? 0 : refused(pw->type, pw->N, pw->K, M);
 }

@@ -1,5 +1,6 @@
 /* matmul.h: y = x · wᵀ for a weight matrix of any type, on the active kernel level, split
- * across the OpenMP threads. The entry points the ops and the model use for weights.
+ * across the OpenMP threads: the one driver (matmul.c) between the ops, the model and the
+ * leaf kernels of src/kernels/. The entry points the ops and the model use for weights.
  *
  * Two ways in:
  *
@@ -51,11 +52,19 @@ int ml_mm(const ml_tensor *w, int64_t N, int64_t K, const float *x, int64_t ldx,
 int ml_mm_raw(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K, const float *x, int64_t ldx,
               int64_t M, float *y, int64_t ldy);
 
+/* The dot-product path (no packing) on one thread, on a given kernel table: with
+ * &ml_kernels_ref, the oracle every other path is tested against. Returns 0, or -1 with an
+ * error (as ml_mm_raw). */
+int ml_mm_rows(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
+               const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy);
+
 /* ml_mm packs plain weights on the fly from this many activation rows on. */
 #define ML_MM_PACK_MIN_M 32
 
 enum {
   ML_WEIGHT_NO_PACK = 1, /* never make a packed copy */
+  ML_WEIGHT_COPY = 2,    /* without a packed copy, keep a copy of w rather than a view: either
+                            way later writes to w are not seen */
 };
 
 typedef struct ml_weight {

@@ -630,19 +630,24 @@ fail:
   return -1;
 }
 
-int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_tensor *b) {
+/* x (..., K) · wᵀ + b for a weight that is a tensor w or a prepared (packed) weight pw */
+static int linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_weight *pw, const ml_tensor *b) {
   ml_tensor fx, fb, o;
   if (x->ndim == 0) {
     ml_misuse(1, "linear needs an input with at least one dimension");
     return -1;
   }
-  if (w->ndim != 2) {
+  if (w && w->ndim != 2) {
     ml_misuse(2, "weight must be a matrix (out, in), got %d dimensions", w->ndim);
     return -1;
   }
-  int64_t K = last_dim(x), N = w->shape[0];
-  if (w->shape[1] != K) {
-    ml_misuse(2, "inner dimensions %lld and %lld differ", (long long)K, (long long)w->shape[1]);
+  if (pw && !pw->w.storage) {
+    ml_misuse(2, "weight was released");
+    return -1;
+  }
+  int64_t K = last_dim(x), N = w ? w->shape[0] : pw->N, wk = w ? w->shape[1] : pw->K;
+  if (wk != K) {
+    ml_misuse(2, "inner dimensions %lld and %lld differ", (long long)K, (long long)wk);
     return -1;
   }
   if (check_vec(b, N, 3, "bias", &fb) < 0) return -1;
@@ -652,7 +657,7 @@ int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_t
   shape[x->ndim - 1] = N;
   if (new_f32(&o, x->ndim, shape) < 0) goto fail_x;
   int64_t M = rows_of(&fx);
-  if (ml_mm(w, N, K, f32p(&fx), K, M, f32p(&o), N) < 0) {
+  if ((w ? ml_mm(w, N, K, f32p(&fx), K, M, f32p(&o), N) : ml_mm_w(pw, f32p(&fx), K, M, f32p(&o), N)) < 0) {
     ml_misuse_input(2); /* the weight */
     ml_tensor_release(&o);
     goto fail_x;
@@ -674,44 +679,12 @@ fail_b:
   return -1;
 }
 
+int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_tensor *b) {
+  return linear(out, x, w, NULL, b);
+}
+
 int ml_linear_w(ml_tensor *out, const ml_tensor *x, const ml_weight *w, const ml_tensor *b) {
-  ml_tensor fx, fb, o;
-  if (x->ndim == 0) {
-    ml_misuse(1, "linear needs an input with at least one dimension");
-    return -1;
-  }
-  int64_t K = last_dim(x), N = w->N;
-  if (w->K != K) {
-    ml_misuse(2, "inner dimensions %lld and %lld differ", (long long)K, (long long)w->K);
-    return -1;
-  }
-  if (check_vec(b, N, 3, "bias", &fb) < 0) return -1;
-  if (ml_tensor_f32(&fx, x) < 0) goto fail_b;
-  int64_t shape[ML_MAX_DIMS];
-  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  shape[x->ndim - 1] = N;
-  if (new_f32(&o, x->ndim, shape) < 0) goto fail_x;
-  int64_t M = rows_of(&fx);
-  if (M > 0 && ml_mm_w(w, f32p(&fx), K, M, f32p(&o), N) < 0) {
-    ml_misuse_input(2);
-    ml_tensor_release(&o);
-    goto fail_x;
-  }
-  if (fb.storage) {
-    const float *pb = f32p(&fb);
-    float *po = f32p(&o);
-    for (int64_t r = 0; r < M; r++)
-      for (int64_t i = 0; i < N; i++) po[r * N + i] += pb[i];
-    ml_tensor_release(&fb);
-  }
-  ml_tensor_release(&fx);
-  *out = o;
-  return 0;
-fail_x:
-  ml_tensor_release(&fx);
-fail_b:
-  if (fb.storage) ml_tensor_release(&fb);
-  return -1;
+  return linear(out, x, NULL, w, b);
 }
 
 /* ---- top-k ---- */

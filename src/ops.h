@@ -5,6 +5,7 @@
 #ifndef ML_OPS_H
 #define ML_OPS_H
 
+#include "matmul.h"
 #include "tensor.h"
 
 typedef enum ml_binop { ML_OP_ADD, ML_OP_SUB, ML_OP_MUL, ML_OP_DIV, ML_OP_POW, ML_OP_MAXIMUM, ML_OP_MINIMUM } ml_binop;
@@ -34,11 +35,11 @@ int ml_layernorm(ml_tensor *out, const ml_tensor *a, const ml_tensor *weight, co
 
 /* Batched matrix product with broadcasting of the leading dims (OpenBLAS sgemm). */
 int ml_matmul(ml_tensor *out, const ml_tensor *a, const ml_tensor *b);
-/* x (..., K) · wᵀ with w (N, K) of any type, + b (N). Quantized w runs the kernels. */
+/* x (..., K) · wᵀ with w (N, K) of any type, + b (N). Quantized w runs the kernels: over
+ * the rows as stored for fewer than ML_MM_PACK_MIN_M rows of x, packed on the fly for more. */
 int ml_linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const ml_tensor *b);
-/* The same with a prepared weight (matmul.h): a model's packed matrices. */
-struct ml_weight;
-int ml_linear_w(ml_tensor *out, const ml_tensor *x, const struct ml_weight *w, const ml_tensor *b);
+/* The same with a prepared weight (matmul.h: packed once, as the model's weights are). */
+int ml_linear_w(ml_tensor *out, const ml_tensor *x, const ml_weight *w, const ml_tensor *b);
 
 /* k largest (or smallest) along dim: values (f32) and indices (i32, 0-based), sorted. */
 int ml_topk(ml_tensor *values, ml_tensor *indices, const ml_tensor *a, int64_t k, int dim, int largest);

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "common.h"
-#include "rowops.h"
+#include "kernels/dispatch.h"
 
 /* ---- top-k ---- */
 

@@ -21,6 +21,7 @@
 #include "../src/dtype.h"
 #include "../src/gguf.h"
 #include "../src/kernels/kernels.h"
+#include "../src/matmul.h"
 #include "../src/quant.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -357,13 +358,11 @@ static void check_type(const tcase *c, const ml_gguf *g, const char *dir, const 
   float *ymm = read_floats(dir, c->name, "matmul.f32", X_ROWS * W_ROWS);
   float y[X_ROWS * W_ROWS];
   snprintf(name, sizeof name, "%s matmul", c->name);
-  size_t sb = ml_matmul_scratch_bytes(c->type, W_COLS, X_ROWS);
-  void *scratch = sb ? aligned_alloc(64, (sb + 63) / 64 * 64) : NULL;
   if (!ymm) {
     report(0, name, "cannot read quant-blocks.%s.matmul.f32", c->name);
-  } else if (!ml_ref_matmul(c->type, wq, ml_type_nbytes(c->type, W_COLS), W_ROWS, W_COLS, x, W_COLS, X_ROWS, y, W_ROWS,
-                            scratch)) {
-    report(0, name, "ml_ref_matmul declined");
+  } else if (ml_mm_rows(&ml_kernels_ref, c->type, wq, ml_type_nbytes(c->type, W_COLS), W_ROWS, W_COLS, x, W_COLS,
+                        X_ROWS, y, W_ROWS) < 0) {
+    report(0, name, "ml_mm_rows: %s", ml_errmsg());
   } else {
     double md = 0, mx = max_abs(ymm, X_ROWS * W_ROWS);
     for (int i = 0; i < X_ROWS * W_ROWS; i++) md = fmax(md, fabs((double)y[i] - ymm[i]));
@@ -383,7 +382,6 @@ static void check_type(const tcase *c, const ml_gguf *g, const char *dir, const 
 
   free(src);
   free(rt);
-  free(scratch);
   free(ymm);
   free(q);
   free(ref);
@@ -458,9 +456,9 @@ static void check_act_rounding(void) {
   report(!bad, "activation rounding", "%d wrong (q8_0/q8_1 ties to even, weight q8_0 ties away, s = d*sum)", bad);
 }
 
-/* Random shapes, padded strides and thread slices: the ref matmul against a double dot
- * of the dequantized weights and the dequantized (vec_dot type) activations, and every
- * slicing against the single-thread result, bit for bit. */
+/* Random shapes and padded strides: the ref dot-product path of the driver against a double
+ * dot of the dequantized weights and the dequantized (vec_dot type) activations; the
+ * padding of y is never written. */
 static void check_matmul_shapes(void) {
   enum { N = 13, M = 3, PADW = 8, PADX = 5, PADY = 3 };
   for (int c = 0; c < NCASES; c++) {
@@ -470,36 +468,24 @@ static void check_matmul_shapes(void) {
     const ml_type_traits *ta = ml_type_traits_get(vt);
     int64_t Ks[3] = { tr->blck == 1 ? 37 : tr->blck, 3 * (int64_t)ML_QK_K, 5 * (int64_t)ML_QK_K };
     double worst = 0;
-    int bad_slices = 0, declined = 0;
+    int bad_pad = 0, declined = 0;
     for (int ki = 0; ki < 3; ki++) {
       int64_t K = Ks[ki];
       size_t wrb = ml_type_nbytes(wt, K) + PADW, arb = ml_type_nbytes(vt, K);
       int64_t ldx = K + PADX, ldy = N + PADY;
       unsigned char *w = calloc(N, wrb), *a = malloc(arb);
       float *x = malloc(sizeof(float) * (size_t)(M * ldx)), *wd = malloc(sizeof(float) * (size_t)K);
-      float *ad = malloc(sizeof(float) * (size_t)K), y1[M * (N + PADY)], y2[M * (N + PADY)];
-      size_t sb = ml_matmul_scratch_bytes(wt, K, M);
-      void *scratch = sb ? aligned_alloc(64, (sb + 63) / 64 * 64) : NULL;
+      float *ad = malloc(sizeof(float) * (size_t)K), y1[M * (N + PADY)];
       for (int n = 0; n < N; n++) {
         float row[5 * ML_QK_K];
         for (int64_t k = 0; k < K; k++) row[k] = (float)rng_normal();
         tr->from_float(row, w + (size_t)n * wrb, K);
       }
       for (int64_t i = 0; i < M * ldx; i++) x[i] = (float)rng_normal();
-      for (int i = 0; i < M * ldy; i++) y1[i] = y2[i] = -1.0f;
-      if (!ml_ref_matmul(wt, w, wrb, N, K, x, ldx, M, y1, ldy, scratch)) declined++;
-      /* phase 1 in 2 slices, phase 2 in 4 */
-      ml_matmul_args p = { wt, w, wrb, N, K, scratch, ml_matmul_act_row_bytes(wt, K), M, y2, ldy };
-      if (wt == ML_TYPE_F32) {
-        p.a = x;
-        p.a_row_bytes = (size_t)ldx * sizeof(float);
-      }
-      for (int ith = 0; ith < 2 && wt != ML_TYPE_F32; ith++)
-        declined += !ml_matmul_quantize_acts(&ml_kernels_ref, wt, x, ldx, M, K, scratch, p.a_row_bytes, ith, 2);
-      for (int ith = 0; ith < 4; ith++) declined += !ml_matmul_run(&ml_kernels_ref, &p, ith, 4);
-      bad_slices += memcmp(y1, y2, sizeof y1) != 0;
+      for (int i = 0; i < M * ldy; i++) y1[i] = -1.0f;
+      if (ml_mm_rows(&ml_kernels_ref, wt, w, wrb, N, K, x, ldx, M, y1, ldy) < 0) declined++;
       for (int m = 0; m < M; m++) {
-        for (int pad = N; pad < ldy; pad++) bad_slices += y1[m * ldy + pad] != -1.0f;
+        for (int pad = N; pad < ldy; pad++) bad_pad += y1[m * ldy + pad] != -1.0f;
         ml_kernels_ref.quantize[vt](x + m * ldx, a, K);
         ta->to_float(a, ad, K);
         for (int n = 0; n < N; n++) {
@@ -529,13 +515,12 @@ static void check_matmul_shapes(void) {
       free(x);
       free(wd);
       free(ad);
-      free(scratch);
     }
     char name[64];
     snprintf(name, sizeof name, "%s matmul shapes", cases[c].name);
-    report(worst <= 2e-6 && !bad_slices && !declined, name,
-           "K=%d,768,1280 N=13 M=3: max err %.2g of sum|w a|; slices %s", tr->blck == 1 ? 37 : tr->blck, worst,
-           bad_slices ? "DIFFER" : "identical");
+    report(worst <= 2e-6 && !bad_pad && !declined, name,
+           "K=%d,768,1280 N=13 M=3: max err %.2g of sum|w a|; padding %s", tr->blck == 1 ? 37 : tr->blck, worst,
+           bad_pad ? "WRITTEN" : "untouched");
   }
 }
 
@@ -544,35 +529,29 @@ static float dot_42(int64_t n, const void *w, const void *a) {
   return 42.0f;
 }
 
-static int mm_decline(const ml_matmul_args *p, int ith, int nth) {
-  (void)p, (void)ith, (void)nth;
-  return 0;
-}
-
-/* ml_kernels_merge: a level's vec_dot replaces ref's and clears ref's matmul for that
- * type; a matmul that declines falls back to the vec_dot loop. */
+/* ml_kernels_merge: a level's entries replace ref's, the others stay; and the driver's dot
+ * path declines (an error, never a wrong result) types, sizes and alignments it cannot take. */
 static void check_merge(void) {
   ml_kernels lv = { .name = "test" };
   lv.vec_dot[ML_TYPE_Q4_0] = dot_42;
-  lv.matmul[ML_TYPE_Q8_0] = mm_decline;
   ml_kernels t = ml_kernels_ref;
   ml_kernels_merge(&t, &lv);
-  int bad = strcmp(t.name, "test") != 0 || t.vec_dot[ML_TYPE_Q4_0] != dot_42 || t.matmul[ML_TYPE_Q4_0] != NULL ||
-            t.vec_dot[ML_TYPE_Q4_1] != ml_kernels_ref.vec_dot[ML_TYPE_Q4_1] || t.matmul[ML_TYPE_Q8_0] != mm_decline ||
-            t.quantize[ML_TYPE_Q8_0] != ml_kernels_ref.quantize[ML_TYPE_Q8_0];
-  float x[64], y[2], yr[2];
-  ml_block_q8_0 w[4], scratch[2 * 2 + 4] __attribute__((aligned(64)));
-  for (int i = 0; i < 64; i++) x[i] = (float)rng_normal();
-  ml_quantize_q8_0(x, w, 64);
-  bad += !ml_kernels_matmul(&t, ML_TYPE_Q8_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, y, 2, scratch);
-  bad += !ml_ref_matmul(ML_TYPE_Q8_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, yr, 2, scratch);
+  int bad = strcmp(t.name, "test") != 0 || t.vec_dot[ML_TYPE_Q4_0] != dot_42 ||
+            t.vec_dot[ML_TYPE_Q4_1] != ml_kernels_ref.vec_dot[ML_TYPE_Q4_1] ||
+            t.quantize[ML_TYPE_Q8_0] != ml_kernels_ref.quantize[ML_TYPE_Q8_0] || t.row.dot != ml_kernels_ref.row.dot;
+  float x[256], y[2], yr[2];
+  ml_block_q8_0 w[8];
+  for (int i = 0; i < 256; i++) x[i] = (float)rng_normal();
+  ml_quantize_q8_0(x, w, 256);
+  bad += ml_mm_rows(&t, ML_TYPE_Q8_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, y, 2) != 0;
+  bad += ml_mm_rows(&ml_kernels_ref, ML_TYPE_Q8_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, yr, 2) != 0;
   bad += memcmp(y, yr, sizeof y) != 0;
-  bad += !ml_kernels_matmul(&t, ML_TYPE_Q4_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, y, 2, scratch) || y[0] != 42.0f;
-  bad += ml_ref_matmul(ML_TYPE_Q8_K, w, 0, 1, 256, x, 256, 1, y, 1, scratch) != 0; /* no q8_K weights */
-  bad += ml_ref_matmul(ML_TYPE_Q4_0, w, 18, 1, 48, x, 48, 1, y, 1, scratch) != 0;  /* K not a block multiple */
-  bad += ml_ref_matmul(ML_TYPE_Q8_0, (char *)w + 1, 34, 1, 32, x, 32, 1, y, 1, scratch) != 0; /* misaligned */
-  bad += ml_ref_matmul(ML_TYPE_Q8_0, w, 35, 2, 32, x, 32, 1, y, 1, scratch) != 0;           /* odd stride */
-  report(!bad, "kernel table merge", "%d wrong (overlay, matmul fallback, declined shapes and alignments)", bad);
+  bad += ml_mm_rows(&t, ML_TYPE_Q4_0, w, 2 * sizeof *w, 2, 64, x, 64, 1, y, 2) != 0 || y[0] != 42.0f;
+  bad += ml_mm_rows(&ml_kernels_ref, ML_TYPE_Q8_K, w, 0, 1, 256, x, 256, 1, y, 1) != -1; /* no q8_K weights */
+  bad += ml_mm_rows(&ml_kernels_ref, ML_TYPE_Q4_0, w, 18, 1, 48, x, 48, 1, y, 1) != -1;  /* K not a block multiple */
+  bad += ml_mm_rows(&ml_kernels_ref, ML_TYPE_Q8_0, (char *)w + 1, 34, 1, 32, x, 32, 1, y, 1) != -1; /* misaligned */
+  bad += ml_mm_rows(&ml_kernels_ref, ML_TYPE_Q8_0, w, 35, 2, 32, x, 32, 1, y, 1) != -1;           /* odd stride */
+  report(!bad, "kernel table merge", "%d wrong (overlay, declined types, shapes and alignments)", bad);
 }
 
 /* Every matrix llama-quantize wrote into the mini models, re-quantized from mini-f32. */

@@ -479,7 +479,7 @@ X16_AI void micro_f16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t 
 /* ---- drivers ---- */
 
 /* work: [0, X16_WORK_U) unpacked weights (two tiles' chunks), then packed activations */
-#define X16_WORK_U (32 << 10)
+#define X16_WORK_U ML_X16_WORK_U
 
 X16_AI int packed_only(const x16_ctx *c) { return c->in.kind == ML_X16_BF16 || c->in.kind == ML_X16_F16; }
 

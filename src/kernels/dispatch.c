@@ -1,7 +1,8 @@
 /* dispatch.c: CPUID plus the OS checks (XGETBV for the AVX and AVX-512 register state;
  * arch_prctl for the AMX tile data permission), and the kernel table built from them once:
- * ref, overlaid by every level the machine grants, lowest first. MOONLM_ISA forces a lower
- * level; asking for one the CPU lacks falls back with a warning, never a SIGILL. */
+ * ref, overlaid (ml_kernels_merge) by every level the machine grants, lowest first.
+ * MOONLM_ISA forces a lower level; asking for one the CPU lacks falls back with a warning,
+ * never a SIGILL. */
 
 #include "dispatch.h"
 
@@ -105,6 +106,30 @@ static void detect(void) {
 static void detect(void) {}
 #endif
 
+void ml_kernels_merge(ml_kernels *dst, const ml_kernels *src) {
+  if (src->name) dst->name = src->name;
+  for (int t = 0; t < ML_TYPE_COUNT; t++) {
+    if (src->quantize[t]) dst->quantize[t] = src->quantize[t];
+    if (src->vec_dot[t]) {
+      dst->vec_dot[t] = src->vec_dot[t];
+      dst->by_dot[t] = src->name;
+    }
+    if (src->gemv[t]) {
+      dst->gemv[t] = src->gemv[t];
+      dst->by_gemv[t] = src->name;
+    }
+    if (src->gemm[t]) {
+      dst->gemm[t] = src->gemm[t];
+      dst->by_gemm[t] = src->name;
+    }
+  }
+  /* the row ops come as a set: a level provides all of them or none */
+  if (src->row.dot) {
+    dst->row = src->row;
+    dst->by_row = src->name;
+  }
+}
+
 static const char *names[ML_LEVEL_COUNT] = {"ref", "avx2", "avx512", "amx"};
 
 const char *ml_level_name(ml_level l) { return l < ML_LEVEL_COUNT ? names[l] : "?"; }
@@ -177,6 +202,8 @@ const ml_kernels *ml_kernels_active(void) {
   pthread_once(&once, init);
   return &tables[active];
 }
+
+const ml_rowops *ml_rowops_get(void) { return &ml_kernels_active()->row; }
 
 const ml_kernels *ml_kernels_for(ml_level l) {
   pthread_once(&once, init);

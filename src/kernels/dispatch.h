@@ -19,6 +19,8 @@ const ml_cpu *ml_cpu_get(void);
 ml_level ml_level_supported(void);
 ml_level ml_level_active(void);
 const ml_kernels *ml_kernels_active(void);
+/* The row operations of the active level (&ml_kernels_active()->row). */
+const ml_rowops *ml_rowops_get(void);
 const char *ml_level_name(ml_level l);
 /* Force a level (<= supported); returns the level set. -1 for an unknown name. */
 int ml_level_set(const char *name);

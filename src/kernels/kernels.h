@@ -1,7 +1,7 @@
-/* kernels.h: the dot-product kernel levels and the matmul drivers built on them.
+/* kernels.h: the kernel levels: leaf kernels, one table per level, and the x16 packed layout.
  *
- * A level (ref here; avx2, avx512, amx later, one file each, each compiled with its own
- * -m flags) is a table of three kinds of kernels, indexed by ml_type id:
+ * A level (ref, avx2, avx512, amx; one file each, compiled with its own -m flags) is a
+ * table of kernels, indexed by ml_type id where they are per type:
  *
  *   quantize[vt]  activations f32 -> vec_dot type vt (f32, f16, bf16, q8_0, q8_1, q8_K),
  *                 rounding exactly as ggml's x86 CPU backend does (q8_0/q8_1 round half to
@@ -10,34 +10,34 @@
  *                 quantized by one level are valid input to any level's dot products.
  *   vec_dot[wt]   s = sum_i w[i] * a[i] over n elements: w one weight row of type wt, a one
  *                 activation row already in ml_type_traits_get(wt)->vec_dot_type.
- *   matmul[wt]    a 2-D kernel over a thread slice of the N weight rows (see ml_matmul_args);
- *                 returns 1 if it computed its slice, 0 if it declines (shape, alignment),
- *                 and the caller falls back to the vec_dot loop.
+ *   gemv[wt], gemm[wt]   products over x16 packed weights (below), for few and many
+ *                 activation rows.
+ *   row           the row operations of the forward pass and the sampler (ml_rowops).
  *
  * NULL means "not provided by this level". Kernels never allocate and never read past n
  * elements; n (K) must be a multiple of the weight type's block (32 or 256), which the
- * drivers check and the bare kernels assume. Rows must be aligned to their block struct
- * (2 bytes for the f16/quant blocks, 4 for f32 and q8_K), which GGUF data always is; the
- * drivers decline (return 0) misaligned pointers or strides.
+ * driver (src/matmul.c) checks and the kernels assume. Rows are aligned to their block
+ * struct (2 bytes for the f16/quant blocks, 4 for f32 and q8_K), as GGUF data always is.
+ * The driver owns everything around the kernels: activation quantization, sizes, scratch,
+ * threads and the choice of path.
  *
- * The ref level is the oracle for the SIMD levels: they are tested against it on random
- * shapes with a tolerance (accumulation order differs), not for identical bits. Ref
+ * The ref level (ref.c) is the oracle for the SIMD levels: they are tested against it on
+ * random shapes with a tolerance (accumulation order differs), not for identical bits. Ref
  * accumulates like ggml's generic code: an int32 sum inside each block, one float product
  * per block with the block scales; f32/f16/bf16 rows sum in double.
  *
- * Packed weights: a level may also provide kernels over the "x16" layout (below), in which
- * the rows of a weight matrix are interleaved 16 at a time so that one SIMD register holds
- * 4 (int8) or 2 (bf16) consecutive K values of 16 rows, the operand layout of vpdpbusd,
- * vdpbf16ps and of AMX B tiles. Packing is a pure rearrangement (a tile of 16 rows has the
- * bytes of its 16 rows, no more), done once per weight by ml_x16_pack (pack.c, level
- * independent). gemv[wt] runs on packed weights for a few activation rows (decode),
- * streaming every weight byte once; gemm[wt] for many rows (prefill), unpacking one tile
- * of 16 rows at a time into `work` and reusing it over all M rows. Both read activations
- * from a "panel" (ml_panel below): the vec_dot-type bytes of each row rearranged (int8
- * values contiguous, scales and block sums as arrays) by ml_panel_fill.
+ * Packed weights: a level may provide kernels over the "x16" layout, in which the rows of a
+ * weight matrix are interleaved 16 at a time so that one SIMD register holds 4 (int8) or 2
+ * (bf16) consecutive K values of 16 rows, the operand layout of vpdpbusd, vdpbf16ps and of
+ * AMX B tiles. Packing is a pure rearrangement (a tile of 16 rows has the bytes of its 16
+ * rows, no more), done once per weight by ml_x16_pack (pack.c, level independent). gemv[wt]
+ * streams every weight byte once for a few activation rows (decode); gemm[wt] unpacks one
+ * tile of 16 rows at a time into `work` and reuses it over all M rows (prefill). Both read
+ * activations from a "panel" (ml_panel below): the vec_dot-type bytes of each row
+ * rearranged (int8 values contiguous, scales and block sums as arrays) by ml_panel_fill.
  *
- * Dispatch: a dispatcher copies ml_kernels_ref, then ml_kernels_merge()s each level the
- * CPU and OS support, lowest first, so every entry is the best available.
+ * Dispatch (dispatch.c): a table copies ml_kernels_ref, then ml_kernels_merge()s each level
+ * the CPU and OS support, lowest first, so every entry is the best available.
  */
 #ifndef ML_KERNELS_H
 #define ML_KERNELS_H
@@ -50,25 +50,11 @@
 typedef float (*ml_vec_dot_fn)(int64_t n, const void *w, const void *a);
 typedef void (*ml_act_quantize_fn)(const float *x, void *dst, int64_t n);
 
-/* y = x w^T for one weight matrix: y[m][n] = sum_k a[m][k] * w[n][k]. */
-typedef struct ml_matmul_args {
-  ml_type wt;          /* weight type */
-  const void *w;       /* (N, K) weights: N rows of K elements of wt */
-  size_t w_row_bytes;  /* bytes between weight rows (>= ml_type_nbytes(wt, K)) */
-  int64_t N, K;
-  const void *a;       /* (M, K) activations in wt's vec_dot_type */
-  size_t a_row_bytes;  /* bytes between activation rows */
-  int64_t M;
-  float *y;            /* (M, N) output, y[m * ldy + n] */
-  int64_t ldy;         /* floats between output rows (>= N) */
-} ml_matmul_args;
-
-/* Computes output columns n in the slice ith of nth (ml_slice) for all M rows. */
-typedef int (*ml_matmul_fn)(const ml_matmul_args *p, int ith, int nth);
-
 /* y = x w^T with w in the x16 layout. The kernel computes the 16-row tiles of slice ith of
  * nth (ml_slice over ceil(N / 16) tiles) for all M rows, writes only rows n < N of y, and
- * uses `work` (ml_x16_work_bytes(wt, K) bytes, 64-byte aligned, private to the thread). */
+ * uses `work`: ML_X16_WORK_BYTES(K) bytes, 64-byte aligned, private to the thread (the
+ * unpacked weight blocks of one tile in the first ML_X16_WORK_U bytes, then activations
+ * packed for the micro-kernel). */
 typedef struct ml_packed_args {
   ml_type wt;
   const void *w;       /* ceil(N / 16) tiles of tile_bytes, 64-byte aligned */
@@ -83,62 +69,55 @@ typedef struct ml_packed_args {
 
 typedef void (*ml_packed_fn)(const ml_packed_args *p, void *work, int ith, int nth);
 
+#define ML_X16_WORK_U ((size_t)32 << 10)
+#define ML_X16_WORK_BYTES(K) (ML_X16_WORK_U + ((size_t)(K) * 32 + 4096 > ((size_t)512 << 10) \
+                                               ? (size_t)(K) * 32 + 4096 : ((size_t)512 << 10)))
+
+/* The small vector operations of the forward pass outside the matrix products (attention's
+ * dot products and accumulations, f16 key/value rows to f32, RMSNorm, SwiGLU, residual
+ * adds) and the sampler's exponentials. */
+typedef struct ml_rowops {
+  float (*dot)(const float *a, const float *b, int64_t n);
+  void (*axpy)(float a, const float *x, float *y, int64_t n); /* y += a x */
+  void (*scale)(float a, float *y, int64_t n);                /* y *= a */
+  void (*add)(float *y, const float *x, int64_t n);           /* y += x */
+  void (*f16_to_f32)(const ml_fp16 *x, float *y, int64_t n);
+  void (*f32_to_f16)(const float *x, ml_fp16 *y, int64_t n);
+  /* y = x / sqrt(mean(x²) + eps) * w */
+  void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, float eps);
+  void (*silu_mul)(float *g, const float *u, int64_t n);      /* g = silu(g) * u */
+  /* y = x >= cut ? exp((x - shift) * scale) : 0, returning the sum of y (in double) */
+  double (*exp_shift)(float *y, const float *x, int64_t n, float shift, float scale, float cut);
+} ml_rowops;
+
 typedef struct ml_kernels {
   const char *name;                           /* "ref", "avx2", "avx512", "avx512-vnni", ... */
   ml_vec_dot_fn vec_dot[ML_TYPE_COUNT];       /* by weight type */
   ml_act_quantize_fn quantize[ML_TYPE_COUNT]; /* by vec_dot type */
-  ml_matmul_fn matmul[ML_TYPE_COUNT];         /* by weight type */
   ml_packed_fn gemv[ML_TYPE_COUNT];           /* by weight type, x16 weights, few rows */
   ml_packed_fn gemm[ML_TYPE_COUNT];           /* by weight type, x16 weights, many rows */
+  ml_rowops row;
   /* Which table provided each entry (set by ml_kernels_merge; NULL = the first table). */
-  const char *by_dot[ML_TYPE_COUNT], *by_gemv[ML_TYPE_COUNT], *by_gemm[ML_TYPE_COUNT];
+  const char *by_dot[ML_TYPE_COUNT], *by_gemv[ML_TYPE_COUNT], *by_gemm[ML_TYPE_COUNT], *by_row;
 } ml_kernels;
 
 /* The portable C level: every weight type f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0,
- * q2_K..q6_K, and every vec_dot type. Its matmul entries are NULL: its 2-D kernel is the
- * generic vec_dot loop of ml_matmul_run. */
+ * q2_K..q6_K, every vec_dot type, and every row op. No packed kernels. */
 extern const ml_kernels ml_kernels_ref;
 
-/* Overlay src's non-NULL entries on dst (dst->name becomes src->name). A type whose
- * vec_dot src provides but whose matmul it does not gets matmul NULL, so the generic loop
- * runs over src's better vec_dot rather than a lower level's 2-D kernel. */
+/* Overlay src's non-NULL entries on dst (dst->name becomes src->name). */
 void ml_kernels_merge(ml_kernels *dst, const ml_kernels *src);
 
-/* Rows [*i0, *i1) of `count` for thread ith of nth: contiguous, sizes differing by <= 1. */
-void ml_slice(int64_t count, int ith, int nth, int64_t *i0, int64_t *i1);
-
-/* ---- matmul drivers, for any level ---- */
-
-/* Bytes of one activation row of K elements in wt's vec_dot type, rounded up to 64 so
- * every row starts cache-line aligned in the scratch; 0 if wt has no dot product or K is
- * not a multiple of its block. */
-size_t ml_matmul_act_row_bytes(ml_type wt, int64_t K);
-
-/* Scratch for ml_kernels_matmul: M activation rows (0 for f32 weights, which use x as
- * is). 0 also when the case is unsupported; ml_kernels_matmul then returns 0. */
-size_t ml_matmul_scratch_bytes(ml_type wt, int64_t K, int64_t M);
-
-/* Phase 1: convert activation rows [slice ith of nth over M] of x (row stride ldx floats)
- * to wt's vec_dot type at a + m * a_row_bytes. Returns 1, or 0 if unsupported/invalid. */
-int ml_matmul_quantize_acts(const ml_kernels *k, ml_type wt, const float *x, int64_t ldx,
-                            int64_t M, int64_t K, void *a, size_t a_row_bytes, int ith, int nth);
-
-/* Phase 2: the slice ith of nth over N, through k->matmul[wt] if it accepts the case, else
- * the vec_dot loop over k->vec_dot[wt]. Returns 1, or 0 if unsupported/invalid. Threads
- * run phase 1 on their own slices, meet at a barrier, then run phase 2. */
-int ml_matmul_run(const ml_kernels *k, const ml_matmul_args *p, int ith, int nth);
-
-/* Both phases on one thread: y (M x N, row stride ldy floats) = x (M x K, row stride ldx
- * floats) times w^T (N rows of K elements of type wt, w_row_bytes apart). scratch holds
- * ml_matmul_scratch_bytes(wt, K, M) bytes, 64-byte aligned (may be NULL for f32). Returns
- * 1 when computed, 0 when wt has no kernel or a size or stride is invalid. */
-int ml_kernels_matmul(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes,
-                      int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, float *y,
-                      int64_t ldy, void *scratch);
-
-/* ml_kernels_matmul with the ref level: the oracle for every faster path. */
-int ml_ref_matmul(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
-                  const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy, void *scratch);
+/* Items [*i0, *i1) of `count` for thread ith of nth: contiguous, sizes differing by <= 1. */
+static inline void ml_slice(int64_t count, int ith, int nth, int64_t *i0, int64_t *i1) {
+  if (count <= 0 || nth <= 0 || ith < 0 || ith >= nth) {
+    *i0 = *i1 = 0;
+    return;
+  }
+  int64_t per = count / nth, extra = count % nth;
+  *i0 = per * ith + (ith < extra ? ith : extra);
+  *i1 = *i0 + per + (ith < extra ? 1 : 0);
+}
 
 /* The ref activation quantizers, for tests of other levels (same as ml_kernels_ref.quantize). */
 void ml_ref_quantize_act_q8_0(const float *x, void *dst, int64_t n);
@@ -159,8 +138,6 @@ size_t ml_x16_tile_bytes(ml_type wt, int64_t K);
  * into dst (tile t at dst + t * tile_bytes). Rows past N are zeros. */
 void ml_x16_pack(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K, void *dst,
                  int64_t t0, int64_t t1);
-/* Per-thread scratch the packed kernels of any level may use for one call. */
-size_t ml_x16_work_bytes(ml_type wt, int64_t K);
 
 /* One x16 block of 16 rows in plain form (ml_x16_unpack): unsigned values v and scales,
  * with, for the 32-element formats (kind ML_X16_B32), w = d (v - off) + m, and for the K

@@ -42,16 +42,6 @@ size_t ml_x16_tile_bytes(ml_type wt, int64_t K) {
   return (size_t)(K / in.blck) * block_bytes(wt, in.blck);
 }
 
-size_t ml_x16_work_bytes(ml_type wt, int64_t K) {
-  ml_x16_info in;
-  if (ml_x16_info_get(wt, &in) < 0 || K <= 0) return 0;
-  /* unpacked weight blocks (32 KB), then activations packed for the kernels: a cache
-   * block (GEMM, <= 384 KB + one register block) or up to 8 rows of K (GEMV, <= 32 K) */
-  size_t act = (size_t)K * 32 + 4096;
-  if (act < (512 << 10)) act = 512 << 10;
-  return (32 << 10) + act;
-}
-
 /* ---- packing ---- */
 
 static const uint8_t zero_block[512]; /* stands in for the rows past N */

@@ -1,5 +1,5 @@
-/* ref.c: the reference kernel level (portable C, any x86-64 or other CPU) and the matmul
- * drivers shared by all levels.
+/* ref.c: the reference kernel level (portable C, any x86-64 or other CPU): the oracle every
+ * other level is tested against, and the fallback for what a level does not provide.
  *
  * The dot products follow ggml's generic kernels: inside a block the integer products are
  * summed in int32, then each block adds one float term built from its scales; so results
@@ -290,6 +290,58 @@ static float dot_q6_K(int64_t n, const void *w, const void *a) {
   return s;
 }
 
+/* ---- row operations ---- */
+
+static float dot_ref(const float *a, const float *b, int64_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < n; i++) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+static void axpy_ref(float a, const float *x, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void scale_ref(float a, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] *= a;
+}
+
+static void add_ref(float *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void f16_to_f32_ref(const ml_fp16 *x, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = ml_fp16_to_f32(x[i]);
+}
+
+static void f32_to_f16_ref(const float *x, ml_fp16 *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = ml_f32_to_fp16(x[i]);
+}
+
+static void rmsnorm_ref(float *y, const float *x, const float *w, int64_t n, float eps) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+  float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+  for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
+}
+
+static void silu_mul_ref(float *g, const float *u, int64_t n) {
+  for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static double exp_shift_ref(float *y, const float *x, int64_t n, float shift, float scale, float cut) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += y[i] = x[i] >= cut ? expf((x[i] - shift) * scale) : 0.0f;
+  return s;
+}
+
 const ml_kernels ml_kernels_ref = {
   .name = "ref",
   .vec_dot = {
@@ -307,134 +359,6 @@ const ml_kernels ml_kernels_ref = {
     [ML_TYPE_Q8_1] = ml_ref_quantize_act_q8_1,
     [ML_TYPE_Q8_K] = ml_quantize_q8_K, /* ggml's x86 path uses the reference one */
   },
-  .matmul = { 0 },
+  .row = {dot_ref, axpy_ref, scale_ref, add_ref, f16_to_f32_ref, f32_to_f16_ref, rmsnorm_ref, silu_mul_ref,
+          exp_shift_ref},
 };
-
-void ml_kernels_merge(ml_kernels *dst, const ml_kernels *src) {
-  if (src->name) dst->name = src->name;
-  for (int t = 0; t < ML_TYPE_COUNT; t++) {
-    if (src->quantize[t]) dst->quantize[t] = src->quantize[t];
-    if (src->vec_dot[t]) {
-      dst->vec_dot[t] = src->vec_dot[t];
-      dst->matmul[t] = NULL;
-      dst->by_dot[t] = src->name;
-    }
-    if (src->matmul[t]) {
-      dst->matmul[t] = src->matmul[t];
-      dst->by_dot[t] = src->name;
-    }
-    if (src->gemv[t]) {
-      dst->gemv[t] = src->gemv[t];
-      dst->by_gemv[t] = src->name;
-    }
-    if (src->gemm[t]) {
-      dst->gemm[t] = src->gemm[t];
-      dst->by_gemm[t] = src->name;
-    }
-  }
-}
-
-void ml_slice(int64_t count, int ith, int nth, int64_t *i0, int64_t *i1) {
-  if (count <= 0 || nth <= 0 || ith < 0 || ith >= nth) {
-    *i0 = *i1 = 0;
-    return;
-  }
-  int64_t per = count / nth, extra = count % nth;
-  *i0 = per * ith + (ith < extra ? ith : extra);
-  *i1 = *i0 + per + (ith < extra ? 1 : 0);
-}
-
-/* ---- drivers ---- */
-
-/* The vec_dot type of wt if wt has a dot product and K fits both blocks, else -1. */
-static int act_type(ml_type wt, int64_t K) {
-  const ml_type_traits *tw = ml_type_traits_get((int)wt);
-  if (!tw || !ml_kernels_ref.vec_dot[wt] || K < 0) return -1;
-  const ml_type_traits *ta = ml_type_traits_get((int)tw->vec_dot_type);
-  if (!ta || K % tw->blck || K % ta->blck) return -1;
-  return (int)tw->vec_dot_type;
-}
-
-/* Alignment the typed access to rows needs: the f16 fields of every block type, the
- * float scale of q8_K, f32 elements. */
-static size_t type_align(int t) { return t == ML_TYPE_F32 || t == ML_TYPE_Q8_K ? 4 : 2; }
-
-static int aligned(const void *p, size_t stride, size_t align) {
-  return ((uintptr_t)p % align) == 0 && stride % align == 0;
-}
-
-size_t ml_matmul_act_row_bytes(ml_type wt, int64_t K) {
-  int at = act_type(wt, K);
-  if (at < 0) return 0;
-  size_t row = ml_type_nbytes((ml_type)at, K);
-  if (row > SIZE_MAX - 63) return 0;
-  return (row + 63) & ~(size_t)63;
-}
-
-size_t ml_matmul_scratch_bytes(ml_type wt, int64_t K, int64_t M) {
-  size_t row = ml_matmul_act_row_bytes(wt, K);
-  if (!row || M < 0 || wt == ML_TYPE_F32) return 0;
-  if ((uint64_t)M > SIZE_MAX / row) return 0;
-  return row * (size_t)M;
-}
-
-int ml_matmul_quantize_acts(const ml_kernels *k, ml_type wt, const float *x, int64_t ldx,
-                            int64_t M, int64_t K, void *a, size_t a_row_bytes, int ith, int nth) {
-  int at = act_type(wt, K);
-  if (at < 0 || !k->quantize[at] || M < 0 || ldx < K) return 0;
-  if (a_row_bytes < ml_type_nbytes((ml_type)at, K) || !aligned(a, a_row_bytes, type_align(at))) return 0;
-  int64_t m0, m1;
-  ml_slice(M, ith, nth, &m0, &m1);
-  for (int64_t m = m0; m < m1; m++) k->quantize[at](x + m * ldx, (char *)a + (size_t)m * a_row_bytes, K);
-  return 1;
-}
-
-static int args_valid(const ml_matmul_args *p) {
-  int at = act_type(p->wt, p->K);
-  if (at < 0 || p->N < 0 || p->M < 0) return 0;
-  if (!aligned(p->w, p->w_row_bytes, type_align(p->wt)) || !aligned(p->a, p->a_row_bytes, type_align(at)) ||
-      !aligned(p->y, 0, sizeof(float)))
-    return 0;
-  if (p->w_row_bytes < ml_type_nbytes(p->wt, p->K)) return 0;
-  if (p->a_row_bytes < ml_type_nbytes((ml_type)at, p->K)) return 0;
-  if (p->M > 1 && p->ldy < p->N) return 0;
-  return 1;
-}
-
-int ml_matmul_run(const ml_kernels *k, const ml_matmul_args *p, int ith, int nth) {
-  if (!args_valid(p) || nth <= 0 || ith < 0 || ith >= nth) return 0;
-  if (k->matmul[p->wt] && k->matmul[p->wt](p, ith, nth)) return 1;
-  ml_vec_dot_fn dot = k->vec_dot[p->wt];
-  if (!dot) return 0;
-  int64_t n0, n1;
-  ml_slice(p->N, ith, nth, &n0, &n1);
-  /* weight row outer: it stays in cache while every activation row passes over it */
-  for (int64_t n = n0; n < n1; n++) {
-    const void *wr = (const char *)p->w + (size_t)n * p->w_row_bytes;
-    for (int64_t m = 0; m < p->M; m++)
-      p->y[m * p->ldy + n] = dot(p->K, wr, (const char *)p->a + (size_t)m * p->a_row_bytes);
-  }
-  return 1;
-}
-
-int ml_kernels_matmul(const ml_kernels *k, ml_type wt, const void *w, size_t w_row_bytes,
-                      int64_t N, int64_t K, const float *x, int64_t ldx, int64_t M, float *y,
-                      int64_t ldy, void *scratch) {
-  ml_matmul_args p = { wt, w, w_row_bytes, N, K, NULL, 0, M, y, ldy };
-  if (act_type(wt, K) < 0 || M < 0 || ldx < K) return 0;
-  if (wt == ML_TYPE_F32) { /* f32 activations are used in place */
-    p.a = x;
-    p.a_row_bytes = (size_t)ldx * sizeof(float);
-  } else {
-    p.a = scratch;
-    p.a_row_bytes = ml_matmul_act_row_bytes(wt, K);
-    if (M > 0 && !scratch) return 0;
-    if (!ml_matmul_quantize_acts(k, wt, x, ldx, M, K, scratch, p.a_row_bytes, 0, 1)) return 0;
-  }
-  return ml_matmul_run(k, &p, 0, 1);
-}
-
-int ml_ref_matmul(ml_type wt, const void *w, size_t w_row_bytes, int64_t N, int64_t K,
-                  const float *x, int64_t ldx, int64_t M, float *y, int64_t ldy, void *scratch) {
-  return ml_kernels_matmul(&ml_kernels_ref, wt, w, w_row_bytes, N, K, x, ldx, M, y, ldy, scratch);
-}

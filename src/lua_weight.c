@@ -1,0 +1,126 @@
+/* lua_weight.c: prepared weights (matmul.h's ml_weight) as Lua values: w:pack() packs a weight
+ * tensor once, as the model's weights are, so x:linear(pw) runs the packed GEMV / GEMM instead
+ * of the dot products over the rows as stored. The same userdata is what the kernel test
+ * hooks prepare for a given table (core._weight). */
+#include <string.h>
+
+#include "common.h"
+#include "kernels/dispatch.h"
+#include "lua_tensor.h"
+#include "lua_weight.h"
+#include "matmul.h"
+
+ml_weight *ml_lua_push_weight(lua_State *L) {
+  ml_weight *w = lua_newuserdatauv(L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
+  luaL_setmetatable(L, ML_WEIGHT_MT);
+  return w;
+}
+
+ml_weight *ml_lua_test_weight(lua_State *L, int i) { return luaL_testudata(L, i, ML_WEIGHT_MT); }
+
+static ml_weight *check_weight(lua_State *L, int i) {
+  ml_weight *w = luaL_checkudata(L, i, ML_WEIGHT_MT);
+  if (!w->w.storage) luaL_argerror(L, i, "weight has been released");
+  return w;
+}
+
+/* w:pack() -> pw: a prepared copy of the (N, K) weight w for the active kernel level: the
+ * x16 packed layout where the level has kernels for the type, else a plain copy (f32, or
+ * the ref level); as many bytes again as w either way. Writes to w after pack() are not
+ * seen by pw: pack again. */
+int ml_lua_tensor_pack(lua_State *L) {
+  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  ml_weight *w = ml_lua_push_weight(L);
+  if (ml_weight_prepare(w, t, ML_WEIGHT_COPY) < 0) return ml_lua_error(L);
+  return 1;
+}
+
+/* pw:mm(x [, path [, y]]) -> y = x wT; x (M, K) f32 with unit column stride, any row
+ * stride; path "auto" | "gemv" | "gemm" | "plain" | "phases"; y (M, N) f32 to write into.
+ * For tests and benchmarks (x:linear(pw) is the API). */
+static int w_mm(lua_State *L) {
+  ml_weight *w = check_weight(L, 1);
+  ml_tensor *x = ml_lua_check_tensor(L, 2);
+  static const char *const paths[] = {"auto", "gemv", "gemm", "plain", "phases", NULL};
+  int path = luaL_checkoption(L, 3, "auto", paths);
+  if (x->type != ML_TYPE_F32 || x->ndim != 2 || x->shape[1] != w->K || (x->stride[1] != 1 && w->K > 1))
+    return luaL_argerror(L, 2, "expected an f32 (M, K) tensor with contiguous rows");
+  int64_t M = x->shape[0], ldx = x->stride[0];
+  ml_tensor *y = ml_lua_test_tensor(L, 4);
+  if (y) {
+    if (y->type != ML_TYPE_F32 || y->ndim != 2 || y->shape[0] != M || y->shape[1] != w->N ||
+        (y->stride[1] != 1 && w->N > 1))
+      return luaL_argerror(L, 4, "expected an f32 (M, N) tensor with contiguous rows");
+    lua_pushvalue(L, 4);
+  } else {
+    y = ml_lua_push_tensor(L);
+    int64_t shape[2] = {M, w->N};
+    if (ml_tensor_init(y, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
+  }
+  if (ml_mm_w_path(w, ml_tensor_data(x), ldx, M, ml_tensor_data(y), y->stride[0], (ml_mm_path)path) < 0)
+    return ml_lua_error_at(L, 1);
+  return 1;
+}
+
+static const char *or_default(const char *s, const char *def) { return s ? s : def; }
+
+static void setstr(lua_State *L, const char *k, const char *v) {
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* pw:info() -> { dtype, shape, table, packed, packed_bytes, prepare_seconds, dot, gemv, gemm } */
+static int w_info(lua_State *L) {
+  ml_weight *w = check_weight(L, 1);
+  lua_newtable(L);
+  setstr(L, "dtype", ml_type_traits_get(w->type)->name);
+  lua_createtable(L, 2, 0);
+  lua_pushinteger(L, (lua_Integer)w->N);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, (lua_Integer)w->K);
+  lua_rawseti(L, -2, 2);
+  lua_setfield(L, -2, "shape");
+  setstr(L, "table", w->k->name);
+  lua_pushboolean(L, w->packed != NULL);
+  lua_setfield(L, -2, "packed");
+  lua_pushinteger(L, (lua_Integer)w->packed_bytes);
+  lua_setfield(L, -2, "packed_bytes");
+  lua_pushnumber(L, w->prepare_seconds);
+  lua_setfield(L, -2, "prepare_seconds");
+  setstr(L, "dot", or_default(w->k->by_dot[w->type], "ref"));
+  setstr(L, "gemv", w->k->gemv[w->type] ? or_default(w->k->by_gemv[w->type], "ref") : "none");
+  setstr(L, "gemm", w->k->gemm[w->type] ? or_default(w->k->by_gemm[w->type], "ref") : "none");
+  return 1;
+}
+
+static int w_tostring(lua_State *L) {
+  ml_weight *w = luaL_checkudata(L, 1, ML_WEIGHT_MT);
+  if (!w->w.storage) lua_pushliteral(L, "[released packed weight]");
+  else
+    lua_pushfstring(L, "[packed %s weight of shape {%d, %d}, %s]", ml_type_traits_get(w->type)->name, (int)w->N,
+                    (int)w->K, w->packed ? w->k->name : "not packed");
+  return 1;
+}
+
+static int w_gc(lua_State *L) {
+  ml_weight_release(luaL_checkudata(L, 1, ML_WEIGHT_MT));
+  return 0;
+}
+
+static const luaL_Reg methods[] = {{"mm", w_mm}, {"info", w_info}, {"close", w_gc}, {"release", w_gc}, {NULL, NULL}};
+
+void ml_lua_open_weight(lua_State *L) {
+  if (luaL_newmetatable(L, ML_WEIGHT_MT)) {
+    luaL_newlib(L, methods);
+    ml_register_names(L, "");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, w_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, w_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, w_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}

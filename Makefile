@@ -183,9 +183,13 @@ install: all
 
 # ---- luarocks make (rockspec/moonlm-scm-1.rockspec): one module for the Lua luarocks targets ----
 # luarocks runs `make rock` one job at a time: rock runs the build with JOBS jobs (default:
-# the processors). ROCK_CFLAGS are luarocks' CFLAGS, added to ours.
+# the processors). ROCK_CFLAGS are luarocks' CFLAGS, added to ours. The binding's objects and
+# the module are kept per Lua header directory (ROCK_LUA_INC, given to both targets), so a
+# build for one ABI never installs the module built for the other.
 ROCK_LUA_INC ?= $(LUA54_INC)
-ROCK_OBJ = $(BUILD)/obj-rock$(subst /,_,$(ROCK_LUA_INC))
+ROCK_DIR = rock$(subst /,_,$(ROCK_LUA_INC))
+ROCK_OBJ = $(BUILD)/obj-$(ROCK_DIR)
+ROCK_MOD = $(BUILD)/$(ROCK_DIR)/moonlm/core.so
 BINDROCK = $(addprefix $(ROCK_OBJ)/,$(addsuffix .o,$(BIND)))
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CFLAGS += $(ROCK_CFLAGS)
@@ -193,13 +197,13 @@ $(ROCK_OBJ)/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) -I$(ROCK_LUA_INC) -c $< -o $@
 rock:
-	@$(MAKE) --no-print-directory -j$(JOBS) $(BUILD)/rock/moonlm/core.so
-$(BUILD)/rock/moonlm/core.so: $(CORE_OBJS) $(BINDROCK)
+	@$(MAKE) --no-print-directory -j$(JOBS) $(ROCK_MOD)
+$(ROCK_MOD): $(CORE_OBJS) $(BINDROCK)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 rock-install:
 	install -d $(ROCK_LIBDIR)/moonlm $(ROCK_LUADIR)/moonlm
-	install -m 755 $(BUILD)/rock/moonlm/core.so $(ROCK_LIBDIR)/moonlm/core.so
+	install -m 755 $(ROCK_MOD) $(ROCK_LIBDIR)/moonlm/core.so
 	$(call install_lua,$(ROCK_LUADIR))
 
 # ---- C self-tests (spec/selftest_spec.lua), with ASan and UBSan: tools/gguf_check.c (the GGUF

@@ -29,6 +29,7 @@ build = {
   },
   install_target = "rock-install",
   install_variables = {
+    ROCK_LUA_INC = "$(LUA_INCDIR)",
     ROCK_LIBDIR = "$(LIBDIR)",
     ROCK_LUADIR = "$(LUADIR)",
   },

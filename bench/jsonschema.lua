@@ -3,14 +3,24 @@
 -- tokenized with the Llama 3 vocabulary (no BOS): per token one full mask and one commit
 -- (TBM). Single-threaded. A valid instance must have every token allowed and the grammar
 -- able to end; an invalid one must be refused somewhere. BENCH_SAMPLE=k runs every k-th
--- schema. Prints our figures next to the published table.
+-- schema. Prints our figures next to the published table, wall clock with the process's
+-- CPU time beside it (the machine may be shared: the load average is printed too).
+-- MOONLM_LLAMA_GRAMMAR=/path/to/harness adds llama.cpp's grammar engine measured here, on
+-- every LLAMA_SAMPLE-th schema (default 7), next to ours on the same schemas. The harness
+-- (built outside the repository over libllama's grammar sampler and common's
+-- json-schema-to-grammar) is run as `harness VOCAB.gguf DIR SAMPLE` and prints "key value"
+-- lines: schemas passing refused verr valid inverr crash timeout tokens tbm_avg tbm_p50
+-- tbm_p99 tbm_p999 tbm_max ttfm_avg ttfm_p50 ttfm_p99 cpu_s.
 local lm = require "moonlm"
 local json = require "moonlm.json"
 local G = lm.grammar
 
 local SHARED = os.getenv("MOONLM_SHARED") or "../shared"
 local DIR = SHARED .. "/jsonschema/"
+local VOCAB = SHARED .. "/tokenizer/ggml-vocab-llama-bpe.gguf"
 local SAMPLE = tonumber(os.getenv("BENCH_SAMPLE") or "1")
+local HARNESS = os.getenv("MOONLM_LLAMA_GRAMMAR")
+local LLAMA_SAMPLE = tonumber(os.getenv("LLAMA_SAMPLE") or "7")
 local SCHEMA_LIMIT_S = 60 -- per schema, instances included: past it the schema counts as a timeout
 
 if not (G and G.gbnf and G.json_schema) then
@@ -18,15 +28,25 @@ if not (G and G.gbnf and G.json_schema) then
   return
 end
 
-local vocab = assert(lm.load(SHARED .. "/tokenizer/ggml-vocab-llama-bpe.gguf", { vocab_only = true }))
-lm.threads(1)
+local function loadavg()
+  local f = io.open("/proc/loadavg")
+  if not f then return "?" end
+  local s = f:read("l")
+  f:close()
+  return s:match("^(%S+ %S+ %S+)")
+end
 
+local vocab = assert(lm.load(VOCAB, { vocab_only = true }))
+lm.threads(1)
+local load0 = loadavg()
+
+-- line index of every schema, so a sample means the same schemas here and in the harness
 local schemas, order = {}, {}
 local i = 0
 for line in io.lines(DIR .. "schemas.jsonl") do
   if i % SAMPLE == 0 then
     local d = json.decode(line)
-    schemas[d.schema] = { text = d.text, tests = {} }
+    schemas[d.schema] = { text = d.text, tests = {}, line = i }
     order[#order + 1] = d.schema
   end
   i = i + 1
@@ -37,56 +57,62 @@ for line in io.lines(DIR .. "instances.jsonl") do
   if s then s.tests[#s.tests + 1] = d end
 end
 
-local clock = lm.clock
-local tbm, ttfm = {}, {}
-local st = { schemas = #order, passing = 0, refused = 0, verr = 0, inverr = 0, crash = 0, timeout = 0, valid = 0, tokens = 0 }
+local clock, cpu = lm.clock, os.clock
 local refusals = {}
+local wall0, cpu0 = clock(), cpu()
 
+-- one record per schema: status "refused" | "crash" | "ok"; ttfm; tbm / tbm_cpu lists
+local results = {}
 for _, name in ipairs(order) do
   local s = schemas[name]
-  local t0 = clock()
+  local r = { status = "ok", tbm = {}, tbm_cpu = {}, valid = 0, verr = 0, inverr = 0, tokens = 0 }
+  results[name] = r
+  local t0, c0 = clock(), cpu()
   local ok, g, err = pcall(G.json_schema, s.text)
   if not ok then
-    st.crash = st.crash + 1
+    r.status = "crash"
+    io.stderr:write(name, ": ", tostring(g), "\n")
   elseif not g then
-    st.refused = st.refused + 1
-    local key = tostring(err):gsub(" at /.*", ""):gsub("%(branches.*%)", "(...)")
+    r.status = "refused"
+    local key = tostring(err):gsub(" at /.*", ""):gsub("%(branches.*%)", "(...)"):gsub("position %d+", "position N")
+      :gsub("line %d+, column %d+", "line N, column N"):gsub("%d%d%d%d+", "N")
     refusals[key] = (refusals[key] or 0) + 1
   else
     local m = g:matcher(vocab)
     local buf = m:mask()
-    ttfm[#ttfm + 1] = (clock() - t0) * 1e6
-    local good, timed_out = true, false
+    r.ttfm, r.ttfm_cpu = (clock() - t0) * 1e6, (cpu() - c0) * 1e6
     for _, test in ipairs(s.tests) do
-      if test.valid then st.valid = st.valid + 1 end
+      if test.valid then r.valid = r.valid + 1 end
       m:reset()
       local ids = vocab:tokenize(test.text, { bos = false })
       local accepted = true
       local okrun, e = pcall(function()
         for k = 1, #ids do
-          local a = clock()
+          local a, ac = clock(), cpu()
           m:mask(buf)
           local allowed = m:accept(ids[k])
-          tbm[#tbm + 1] = (clock() - a) * 1e6
+          r.tbm[#r.tbm + 1] = (clock() - a) * 1e6
+          r.tbm_cpu[#r.tbm_cpu + 1] = (cpu() - ac) * 1e6
           if not allowed then accepted = false break end
         end
         if accepted and not m:can_end() then accepted = false end
       end)
-      st.tokens = st.tokens + #ids
+      r.tokens = r.tokens + #ids
       if not okrun then
-        st.crash = st.crash + 1
-        good = false
+        r.status = "crash"
         io.stderr:write(name, ": ", tostring(e), "\n")
         break
       end
-      if accepted and not test.valid then st.inverr = st.inverr + 1; good = false end
-      if not accepted and test.valid then st.verr = st.verr + 1; good = false end
-      if clock() - t0 > SCHEMA_LIMIT_S then timed_out = true; good = false; break end
+      if accepted and not test.valid then
+        r.inverr = r.inverr + 1
+        io.stderr:write(name, ": invalid instance accepted: ", test.text:sub(1, 200), "\n")
+      end
+      if not accepted and test.valid then r.verr = r.verr + 1 end
+      if clock() - t0 > SCHEMA_LIMIT_S then r.timeout = true; break end
     end
-    if timed_out then st.timeout = st.timeout + 1 end
-    if good then st.passing = st.passing + 1 end
   end
 end
+local wall, cputime = clock() - wall0, cpu() - cpu0
 
 local function pct(t, p)
   if #t == 0 then return 0 end
@@ -101,8 +127,40 @@ local function avg(t)
 end
 local function n(x) return (("%d"):format(math.floor(x + 0.5)):reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", "")) end
 
+-- the figures over the schemas `keep` selects
+local function summarize(keep)
+  local st = { schemas = 0, passing = 0, refused = 0, verr = 0, inverr = 0, crash = 0, timeout = 0, valid = 0, tokens = 0 }
+  local tbm, tbm_cpu, ttfm, ttfm_cpu = {}, {}, {}, {}
+  for _, name in ipairs(order) do
+    if keep(name) then
+      local r = results[name]
+      st.schemas = st.schemas + 1
+      if r.status == "refused" then st.refused = st.refused + 1
+      elseif r.status == "crash" then st.crash = st.crash + 1
+      else
+        if r.timeout then st.timeout = st.timeout + 1 end
+        st.verr, st.inverr, st.valid, st.tokens = st.verr + r.verr, st.inverr + r.inverr, st.valid + r.valid, st.tokens + r.tokens
+        if r.verr == 0 and r.inverr == 0 and not r.timeout then st.passing = st.passing + 1 end
+        ttfm[#ttfm + 1], ttfm_cpu[#ttfm_cpu + 1] = r.ttfm, r.ttfm_cpu
+        table.move(r.tbm, 1, #r.tbm, #tbm + 1, tbm)
+        table.move(r.tbm_cpu, 1, #r.tbm_cpu, #tbm_cpu + 1, tbm_cpu)
+      end
+    end
+  end
+  st.tbm_avg, st.tbm_cpu_avg = avg(tbm), avg(tbm_cpu)
+  st.tbm_p50, st.tbm_p99, st.tbm_p999, st.tbm_max = pct(tbm, 50), pct(tbm, 99), pct(tbm, 99.9), pct(tbm, 100)
+  st.tbm_cpu_p50, st.tbm_cpu_p99, st.tbm_cpu_p999, st.tbm_cpu_max = pct(tbm_cpu, 50), pct(tbm_cpu, 99), pct(tbm_cpu, 99.9), pct(tbm_cpu, 100)
+  st.ttfm_avg, st.ttfm_p50, st.ttfm_p99 = avg(ttfm), pct(ttfm, 50), pct(ttfm, 99)
+  st.ttfm_cpu_avg, st.ttfm_cpu_p50, st.ttfm_cpu_p99 = avg(ttfm_cpu), pct(ttfm_cpu, 50), pct(ttfm_cpu, 99)
+  return st
+end
+
+local function w_c(st, k) return ("%s (%s)"):format(n(st[k]), n(st[k:gsub("^(%a+)_", "%1_cpu_")])) end
+
+local st = summarize(function() return true end)
 print(("## JSON Schema (JSONSchemaBench mask benchmark, %d of the shared schemas%s, Llama 3 vocabulary, one thread)\n")
   :format(#order, SAMPLE > 1 and (", every %dth"):format(SAMPLE) or ""))
+print("Times in µs: wall clock (CPU time of the process).\n")
 print("| metric | moonlm (this machine) | LLGuidance 0.7.10 | XGrammar 0.1.17 | llama.cpp grammars |")
 print("|---|---:|---:|---:|---:|")
 print(("| schemas passing | %s (%.1f%%) | 78.8%% | 71.8%% | 57.5%% |"):format(n(st.passing), 100 * st.passing / math.max(1, st.schemas)))
@@ -110,16 +168,54 @@ print(("| compile errors (refused) | %s | 2,377 | 90 | 1,301 |"):format(n(st.ref
 print(("| validation errors | %s (%.2f%% of %s valid) | 20 | 1,408 | 2,850 |"):format(n(st.verr), 100 * st.verr / math.max(1, st.valid), n(st.valid)))
 print(("| invalidation errors | %s | 0 | 1,368 | 649 |"):format(n(st.inverr)))
 print(("| crashes / timeouts | %s / %s | 0 / 0 | 37 / 241 | 0 / 1 |"):format(n(st.crash), n(st.timeout)))
-print(("| TBM avg (µs) | %s | 64 | 728 | 16,565 |"):format(n(avg(tbm))))
-print(("| TBM p50 / p99 (µs) | %s / %s | 46 / 533 | 9 / 5,687 | 17,021 / 60,371 |"):format(n(pct(tbm, 50)), n(pct(tbm, 99))))
-print(("| TBM p99.9 / max (µs) | %s / %s | | | |"):format(n(pct(tbm, 99.9)), n(pct(tbm, 100))))
-print(("| TTFM avg (µs) | %s | 1,850 | 27,062,414 | 92,371 |"):format(n(avg(ttfm))))
-print(("| TTFM p50 / p99 (µs) | %s / %s | 1,037 / 17,988 | 919,459 / 900,000,000 | 312 / 28,558 |"):format(n(pct(ttfm, 50)), n(pct(ttfm, 99))))
-print(("\n(%s tokens; the peers' columns are the benchmark's published table on 11,306 schemas and a faster server core)"):format(n(st.tokens)))
+print(("| TBM avg | %s | 64 | 728 | 16,565 |"):format(w_c(st, "tbm_avg")))
+print(("| TBM p50 / p99 | %s / %s | 46 / 533 | 9 / 5,687 | 17,021 / 60,371 |"):format(w_c(st, "tbm_p50"), w_c(st, "tbm_p99")))
+print(("| TBM p99.9 / max | %s / %s | | | |"):format(w_c(st, "tbm_p999"), w_c(st, "tbm_max")))
+print(("| TTFM avg | %s | 1,850 | 27,062,414 | 92,371 |"):format(w_c(st, "ttfm_avg")))
+print(("| TTFM p50 / p99 | %s / %s | 1,037 / 17,988 | 919,459 / 900,000,000 | 312 / 28,558 |"):format(w_c(st, "ttfm_p50"), w_c(st, "ttfm_p99")))
+print(("\n%s tokens; run %.0f s wall, %.0f s CPU; load average %s at the start, %s at the end. The peers' columns"
+  .. " are the benchmark's published table on 11,306 schemas and a faster server core."):format(n(st.tokens), wall, cputime, load0, loadavg()))
 local keys = {}
 for k in pairs(refusals) do keys[#keys + 1] = k end
 table.sort(keys, function(a, b) return refusals[a] > refusals[b] end)
 if #keys > 0 then
   print("\nrefusals:")
   for k = 1, math.min(#keys, 15) do print(("  %4d  %s"):format(refusals[keys[k]], keys[k])) end
+end
+
+-- llama.cpp's engine on this machine, on a sample, beside ours on the same schemas
+if HARNESS then
+  local cmd = ("%s %q %q %d 2>/dev/null"):format(HARNESS, VOCAB, DIR, LLAMA_SAMPLE)
+  local l0 = loadavg()
+  local p = io.popen(cmd)
+  local ll = {}
+  for line in p:lines() do
+    local k, v = line:match("^(%S+) (%S+)$")
+    if k then ll[k] = tonumber(v) end
+  end
+  p:close()
+  if not ll.schemas then
+    print(("\n(llama.cpp harness %s gave no figures)"):format(HARNESS))
+  else
+    local ours = summarize(function(name) return schemas[name].line % LLAMA_SAMPLE == 0 end)
+    print(("\n### Same machine: llama.cpp's grammar engine (every %dth schema: %d)\n"):format(LLAMA_SAMPLE, ll.schemas))
+    if ours.schemas ~= ll.schemas then
+      print(("(our run covered %d of these schemas: set BENCH_SAMPLE to a divisor of %d)\n"):format(ours.schemas, LLAMA_SAMPLE))
+    end
+    print("| metric | moonlm | llama.cpp |")
+    print("|---|---:|---:|")
+    print(("| schemas passing | %s (%.1f%%) | %s (%.1f%%) |"):format(n(ours.passing), 100 * ours.passing / math.max(1, ours.schemas),
+      n(ll.passing), 100 * ll.passing / math.max(1, ll.schemas)))
+    print(("| compile errors (refused) | %s | %s |"):format(n(ours.refused), n(ll.refused)))
+    print(("| validation errors | %s of %s | %s of %s |"):format(n(ours.verr), n(ours.valid), n(ll.verr), n(ll.valid)))
+    print(("| invalidation errors | %s | %s |"):format(n(ours.inverr), n(ll.inverr)))
+    print(("| crashes / timeouts | %s / %s | %s / %s |"):format(n(ours.crash), n(ours.timeout), n(ll.crash), n(ll.timeout)))
+    print(("| TBM avg | %s | %s |"):format(n(ours.tbm_avg), n(ll.tbm_avg)))
+    print(("| TBM p50 / p99 / p99.9 / max | %s / %s / %s / %s | %s / %s / %s / %s |"):format(n(ours.tbm_p50), n(ours.tbm_p99),
+      n(ours.tbm_p999), n(ours.tbm_max), n(ll.tbm_p50), n(ll.tbm_p99), n(ll.tbm_p999), n(ll.tbm_max)))
+    print(("| TTFM avg | %s | %s |"):format(n(ours.ttfm_avg), n(ll.ttfm_avg)))
+    print(("| TTFM p50 / p99 | %s / %s | %s / %s |"):format(n(ours.ttfm_p50), n(ours.ttfm_p99), n(ll.ttfm_p50), n(ll.ttfm_p99)))
+    print(("\nWall clock, µs. llama.cpp: %s tokens, %.0f s CPU; load average %s before, %s after."):format(n(ll.tokens),
+      ll.cpu_s or 0, l0, loadavg()))
+  end
 end

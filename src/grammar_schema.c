@@ -93,6 +93,7 @@ typedef struct {
   const ml_json *chain[64]; /* $ref targets being expanded */
   int nchain;
   const char *ws;
+  int ref_alone; /* $schema is draft 3 to 7: siblings of $ref are ignored */
 } comp;
 
 static const char EMPTY[] = "<empty>";
@@ -367,6 +368,16 @@ static int flatten(comp *c, mset *s, const ml_json *node, unsigned skip, int dep
     if (!skip) return schema_fail(&c->b, node, "$ref cycle with no base case (left recursion)");
   }
   if (c->nchain >= 64) return schema_fail(&c->b, node, "$ref chain deeper than the compile budget");
+  const ml_json *ref;
+  if (c->ref_alone && (ref = ml_json_get(node, "$ref"))) {
+    /* drafts 3 to 7: a $ref replaces the schema holding it, siblings are not applied */
+    const ml_json *t = resolve_ref(c, node, ref);
+    if (!t) return -1;
+    c->chain[c->nchain++] = node;
+    int rc = flatten(c, s, t, 0, depth + 1);
+    c->nchain--;
+    return rc;
+  }
   if (ms_push(s, node, skip) < 0) return schema_fail(&c->b, NULL, "out of memory");
   c->chain[c->nchain++] = node;
   int rc = 0;
@@ -882,6 +893,68 @@ static int emit_array(comp *c, view *v, const char *hint, sbuf *o) {
   return 0;
 }
 
+/* the alternatives of an object's first entry, and the tail rules after it, with the
+ * properties in the order `ord` (a permutation of 0..nprops-1); appended to `first` */
+static int object_sequence(comp *c, view *v, const char **val, const char *addkv, const int *ord, const char *hint,
+                           sbuf *first, int *any_required) {
+  int k = v->nprops;
+  char h[96];
+  sbuf sep = {0};
+  put_ws(c, &sep);
+  sb_puts(&sep, "\",\"");
+  put_ws(c, &sep);
+  /* kv text of entry i (in order) */
+  sbuf *kv = calloc((size_t)k + 1, sizeof *kv);
+  if (!kv) { sb_free(&sep); return schema_fail(&c->b, NULL, "out of memory"); }
+  for (int i = 0; i < k; i++) {
+    int e = ord[i];
+    if (val[e] == EMPTY) continue;
+    leaf_string_literal(&kv[i], v->props[e].name, v->props[e].nlen);
+    put_ws(c, &kv[i]);
+    sb_puts(&kv[i], "\":\"");
+    put_ws(c, &kv[i]);
+    sb_puts(&kv[i], val[e]);
+  }
+  /* tail[i]: what may follow once something was written, from entry i on */
+  const char **tail = calloc((size_t)k + 2, sizeof *tail);
+  if (!tail) { free(kv), sb_free(&sep); return schema_fail(&c->b, NULL, "out of memory"); }
+  sbuf b = {0};
+  if (addkv) sb_printf(&b, "( %s%s )*", sep.p, addkv);
+  else sb_puts(&b, "\"\"");
+  snprintf(h, sizeof h, "%s-tail", hint);
+  tail[k] = addkv ? leaf_rule(c, h, b.p) : "";
+  sb_free(&b);
+  for (int i = k - 1; i >= 1 && !c->b.failed; i--) {
+    int e = ord[i];
+    if (val[e] == EMPTY) { tail[i] = tail[i + 1]; continue; }
+    if (v->props[e].required) sb_printf(&b, "%s%s %s", sep.p, kv[i].p, tail[i + 1]);
+    else sb_printf(&b, "( %s%s )? %s", sep.p, kv[i].p, tail[i + 1]);
+    snprintf(h, sizeof h, "%s-tail", hint);
+    const char *name = new_name(c, h);
+    if (name) put_rule(c, name, b.p);
+    tail[i] = name;
+    sb_free(&b);
+  }
+  if (c->b.failed) { free(kv), free(tail), sb_free(&sep); return -1; }
+  /* first written entry: any optional one up to the first required one */
+  int nalt = 0;
+  for (int i = 0; i < k; i++) {
+    int e = ord[i];
+    if (val[e] == EMPTY) continue;
+    if (nalt++) sb_puts(first, " | ");
+    sb_printf(first, "%s %s", kv[i].p, tail[i + 1]);
+    if (v->props[e].required) { *any_required = 1; break; }
+  }
+  if (!*any_required && addkv) {
+    if (nalt++) sb_puts(first, " | ");
+    sb_printf(first, "%s %s", addkv, tail[k]);
+  }
+  for (int i = 0; i < k; i++) sb_free(&kv[i]);
+  free(kv), free(tail);
+  sb_free(&sep);
+  return first->oom ? schema_fail(&c->b, NULL, "out of memory") : 0;
+}
+
 static int emit_object(comp *c, view *v, const char *hint, sbuf *o) {
   /* required names that no properties list follow them, constrained as additional */
   for (int i = 0; i < v->nrequired; i++) {
@@ -951,66 +1024,42 @@ static int emit_object(comp *c, view *v, const char *hint, sbuf *o) {
     sb_free(&t);
     if (!addkv) { free(val); return -1; }
   }
-  sbuf sep = {0};
-  put_ws(c, &sep);
-  sb_puts(&sep, "\",\"");
-  put_ws(c, &sep);
-  /* kv text of entry i */
-  sbuf *kv = calloc((size_t)k + 1, sizeof *kv);
-  if (!kv) { free(val); sb_free(&sep); return schema_fail(&c->b, NULL, "out of memory"); }
-  for (int i = 0; i < k; i++) {
-    if (val[i] == EMPTY) continue;
-    leaf_string_literal(&kv[i], v->props[i].name, v->props[i].nlen);
-    put_ws(c, &kv[i]);
-    sb_puts(&kv[i], "\":\"");
-    put_ws(c, &kv[i]);
-    sb_puts(&kv[i], val[i]);
+  /* the properties in definition order; where the required ones are not already first,
+   * also required first (in `required` order), then the others: both orders occur in
+   * instances, and either is exactly the same object */
+  int *ord = malloc((size_t)(k ? k : 1) * 2 * sizeof *ord);
+  if (!ord) { free(val); return schema_fail(&c->b, NULL, "out of memory"); }
+  int *ord2 = ord + k, n2 = 0, differs = 0;
+  for (int i = 0; i < k; i++) ord[i] = i;
+  for (int r = 0; r < v->nrequired; r++) {
+    prop *p = find_prop(v, v->required[r]->str, v->required[r]->n);
+    if (p && val[p - v->props] != EMPTY) ord2[n2++] = (int)(p - v->props);
   }
-  /* tail[i]: what may follow once something was written, from entry i on */
-  const char **tail = calloc((size_t)k + 2, sizeof *tail);
-  if (!tail) { free(val), free(kv), sb_free(&sep); return schema_fail(&c->b, NULL, "out of memory"); }
-  sbuf b = {0};
-  if (addkv) sb_printf(&b, "( %s%s )*", sep.p, addkv);
-  else sb_puts(&b, "\"\"");
-  snprintf(h, sizeof h, "%s-tail", hint);
-  tail[k] = addkv ? leaf_rule(c, h, b.p) : "";
-  sb_free(&b);
-  for (int i = k - 1; i >= 1 && !c->b.failed; i--) {
-    if (val[i] == EMPTY) { tail[i] = tail[i + 1]; continue; }
-    if (v->props[i].required) sb_printf(&b, "%s%s %s", sep.p, kv[i].p, tail[i + 1]);
-    else sb_printf(&b, "( %s%s )? %s", sep.p, kv[i].p, tail[i + 1]);
-    snprintf(h, sizeof h, "%s-tail", hint);
-    const char *name = new_name(c, h);
-    if (name) put_rule(c, name, b.p);
-    tail[i] = name;
-    sb_free(&b);
+  for (int i = 0; i < k; i++)
+    if (!v->props[i].required || val[i] == EMPTY) ord2[n2++] = i;
+  for (int i = 0, j = 0; i < k; i++) {
+    if (val[ord[i]] == EMPTY) continue;
+    while (val[ord2[j]] == EMPTY) j++;
+    if (ord[i] != ord2[j++]) { differs = 1; break; }
   }
-  if (c->b.failed) { free(val), free(kv), free(tail), sb_free(&sep); return -1; }
-  /* first written entry: any optional one up to the first required one */
   sbuf first = {0};
-  int nalt = 0, any_required = 0;
-  for (int i = 0; i < k; i++) {
-    if (val[i] == EMPTY) continue;
-    if (nalt++) sb_puts(&first, " | ");
-    sb_printf(&first, "%s %s", kv[i].p, tail[i + 1]);
-    if (v->props[i].required) { any_required = 1; break; }
+  int any_required = 0;
+  rc = object_sequence(c, v, val, addkv, ord, hint, &first, &any_required);
+  if (!rc && differs) {
+    sb_puts(&first, " | ");
+    rc = object_sequence(c, v, val, addkv, ord2, hint, &first, &any_required);
   }
-  if (!any_required && addkv) {
-    if (nalt++) sb_puts(&first, " | ");
-    sb_printf(&first, "%s %s", addkv, tail[k]);
-  }
+  free(ord), free(val);
+  if (rc) { sb_free(&first); return rc; }
   sb_puts(o, "\"{\"");
   put_ws(c, o);
-  if (nalt) {
+  if (first.n) {
     int optional = !any_required && v->min_props == 0;
     sb_printf(o, "( %s )%s", first.p, optional ? "?" : "");
     put_ws(c, o);
   }
   sb_puts(o, "\"}\"");
   sb_free(&first);
-  for (int i = 0; i < k; i++) sb_free(&kv[i]);
-  free(kv), free(val), free(tail);
-  sb_free(&sep);
   return 0;
 }
 
@@ -1208,6 +1257,21 @@ static int cmp_member(const void *x, const void *y) {
   return a->skip < b->skip ? -1 : a->skip > b->skip;
 }
 
+/* the members a branch brought (appended from index `from`) move to just after member
+ * `at`, the one holding the anyOf/oneOf: properties then come in the order the schema
+ * writes them, the branch's where the keyword stands (the order instances use) */
+static void branch_in_place(mset *t, int from, int at) {
+  int n = t->n - from;
+  if (n <= 0 || from == at + 1) return;
+  member tmp[16];
+  member *buf = n <= 16 ? tmp : malloc((size_t)n * sizeof *buf);
+  if (!buf) return; /* order only: the set stays right */
+  memcpy(buf, t->m + from, (size_t)n * sizeof *buf);
+  memmove(t->m + at + 1 + n, t->m + at + 1, (size_t)(from - at - 1) * sizeof *buf);
+  memcpy(t->m + at + 1, buf, (size_t)n * sizeof *buf);
+  if (buf != tmp) free(buf);
+}
+
 static const char *compile_set(comp *c, mset *s, const char *hint) {
   if (over_budget(c, s->n ? s->m[0].node : NULL)) return NULL;
   if (c->nest > 128) {
@@ -1265,6 +1329,7 @@ static const char *compile_set(comp *c, mset *s, const char *hint) {
       for (int q = 0; q < s->n && !rc; q++)
         if (ms_push(&t, s->m[q].node, s->m[q].skip | (q == bi ? bit : 0)) < 0) rc = schema_fail(&c->b, NULL, "out of memory");
       int f = rc ? -1 : flatten(c, &t, kw->kids[i], 0, 0);
+      if (!f) branch_in_place(&t, s->n, bi);
       const char *r = f < 0 ? NULL : f > 0 ? EMPTY : compile_set(c, &t, hint);
       ms_free(&t);
       if (!r) rc = -1;
@@ -1294,8 +1359,9 @@ static const char *compile_set(comp *c, mset *s, const char *hint) {
   free(again);
   if (rc > 0) {
     e->state = 3;
-    /* referenced while being compiled: a rule that matches nothing */
-    put_rule(c, myname, "[^\\x00-\\U0010FFFF]");
+    /* it may have been referenced while being compiled: a rule that can never finish
+     * (the engine drops the alternatives that use it) */
+    sb_printf(&c->rules, "%s ::= \"{\" %s\n", myname, myname);
     sb_free(&body);
     return EMPTY;
   }
@@ -1319,6 +1385,10 @@ char *ml_schema_to_gbnf(const char *text, size_t len, const ml_schema_opts *opts
   ml_json_doc *doc = ml_json_parse(text, len, 512);
   if (!doc) return NULL;
   c.root = ml_json_root(doc);
+  const ml_json *draft = c.root->kind == ML_JSON_OBJECT ? ml_json_get(c.root, "$schema") : NULL;
+  if (draft && draft->kind == ML_JSON_STRING)
+    c.ref_alone = strstr(draft->str, "draft-03") || strstr(draft->str, "draft-04") || strstr(draft->str, "draft-06") ||
+                  strstr(draft->str, "draft-07");
   const char *reserved[] = {"root", "ws", "char", "json-value", "json-object", "json-array", "json-string", "json-number"};
   for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++) map_find(&c.names, reserved[i], strlen(reserved[i]), 1);
   /* leaves equal to a builtin rule use it */

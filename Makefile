@@ -4,7 +4,7 @@
 #   make test       install what is missing, build both ABIs, run every spec (SAN=1: sanitizers)
 #   make bench      benchmarks (ours next to the machine's limits and, when given, llama.cpp)
 #   make install    PREFIX=/usr/local LUA_VERSION=5.4|5.1
-#   make fuzz       libFuzzer harnesses (clang)
+#   make fuzz       libFuzzer harnesses (clang); make fuzz-template runs the template fuzzer
 #   make selftest   the C self-tests of tools/ (run by spec/selftest_spec.lua)
 
 CC      ?= gcc
@@ -240,6 +240,14 @@ GRAMMAR_C = src/grammar_gbnf.c src/grammar_regex.c src/grammar_compile.c src/gra
 $(BUILD)/fuzz/grammar: fuzz/grammar.c $(GRAMMAR_C) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) fuzz/grammar.c $(GRAMMAR_C) -o $@
+
+# the template renderer is Lua: fuzz/template.lua generates and mutates templates (both
+# interpreters, FUZZ_SECONDS each; failing sources go to /tmp/moonlm-template-fuzz)
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz-template
+fuzz-template:
+	@MOONLM_SHARED="$(SHARED)" lua5.4 fuzz/template.lua $(FUZZ_SECONDS)
+	@MOONLM_SHARED="$(SHARED)" luajit fuzz/template.lua $(FUZZ_SECONDS)
 
 clean:
 	rm -rf build build-san

@@ -3,7 +3,7 @@
 local lm = require "moonlm"
 local T = lm.tensor
 
-local level, kernels = lm.isa()
+local level, kernels = lm.isa(), lm.info().kernels
 print(("moonlm %s on %s: kernel level %s, %d threads"):format(lm._VERSION, lm.info().cpu, level, lm.threads()))
 
 -- tensors from tables, views, broadcasting

@@ -144,8 +144,9 @@ describe("kernel levels against ref", function()
     assert.is_true(ok, msg)
   end)
 
-  it("isa() names the kernels per type", function()
-    local _, by_type, detail = lm.isa()
+  it("info() names the kernels per type", function()
+    local info = lm.info()
+    local by_type, detail = info.kernels, info.kernel_tables
     for _, ty in ipairs(types) do
       assert.are.equal("string", type(by_type[ty]))
       assert.are.equal("string", type(detail[ty].dot))

@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -394,6 +395,35 @@ static int parse_tensor_info(ml_gguf *g, rd *r, ml_gguf_tensor *t, uint32_t i) {
   return 0;
 }
 
+
+/* Tensors may not share bytes: a type or shape that does not match the data written (a
+ * q4_0 tensor labelled q8_0 reads into its neighbour) shows as an overlap. */
+static int cmp_offset(const void *a, const void *b) {
+  const ml_gguf_tensor *x = *(ml_gguf_tensor *const *)a, *y = *(ml_gguf_tensor *const *)b;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static int check_overlaps(ml_gguf *g, rd *r) {
+  if (g->n_tensors < 2) return 0;
+  ml_gguf_tensor **by = ml_alloc(sizeof *by * (size_t)g->n_tensors);
+  if (!by) return -1;
+  for (uint64_t i = 0; i < g->n_tensors; i++) by[i] = &g->tensors[i];
+  qsort(by, (size_t)g->n_tensors, sizeof *by, cmp_offset);
+  for (uint64_t i = 0; i + 1 < g->n_tensors; i++) {
+    const ml_gguf_tensor *a = by[i], *b = by[i + 1];
+    if (a->nbytes > b->offset - a->offset) {
+      r->i = (uint64_t)(a - g->tensors);
+      ml_free(by);
+      return tfail(r, a, "%zu bytes of %s at offset %llu run into tensor '%.*s' at offset %llu (a type or "
+                   "shape that does not match the data)", a->nbytes, ml_type_traits_get(a->type)->name,
+                   (unsigned long long)a->offset, (int)(b->name.len > 64 ? 64 : b->name.len), b->name.s,
+                   (unsigned long long)b->offset);
+    }
+  }
+  ml_free(by);
+  return 0;
+}
+
 static int parse_tensors(ml_gguf *g, rd *r, uint64_t n_tensors, int flags) {
   uint64_t data_offset, avail;
   r->stage = "tensor info";
@@ -419,7 +449,7 @@ static int parse_tensors(ml_gguf *g, rd *r, uint64_t n_tensors, int flags) {
                    (unsigned long long)t->offset, (unsigned long long)data_offset,
                    (unsigned long long)avail);
   }
-  return 0;
+  return check_overlaps(g, r);
 }
 
 static int parse(ml_gguf *g, rd *r, int flags) {

@@ -191,8 +191,21 @@ static void open_kernel_hooks(lua_State *L) {
   luaL_setfuncs(L, hooks, 0);
 }
 
+/* storage_limit([bytes]) -> the largest tensor storage allocated (0 restores the default) */
+static int l_storage_limit(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Number n = luaL_checknumber(L, 1);
+    if (!(n >= 0) || n > 9.2e18 || n != (lua_Number)(int64_t)n)
+      return luaL_argerror(L, 1, "a whole number of bytes >= 0 expected");
+    ml_storage_set_limit((size_t)n);
+  }
+  lua_pushinteger(L, (lua_Integer)ml_storage_limit());
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
-  {"clock", l_clock}, {"threads", l_threads}, {"isa", l_isa}, {"info", l_info}, {NULL, NULL}};
+  {"clock", l_clock}, {"threads", l_threads}, {"isa", l_isa}, {"info", l_info},
+  {"storage_limit", l_storage_limit}, {NULL, NULL}};
 
 __attribute__((visibility("default"))) int luaopen_moonlm_core(lua_State *L);
 

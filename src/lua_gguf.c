@@ -71,7 +71,10 @@ static void release_gguf(void *ctx) { ml_gguf_release(ctx); }
 
 ml_storage *ml_gguf_storage(ml_gguf *g) {
   ml_storage *s = ml_storage_external((void *)g->base, g->size, release_gguf, g);
-  if (s) ml_gguf_retain(g);
+  if (s) {
+    s->readonly = 1; /* PROT_READ: a write would be SIGSEGV */
+    ml_gguf_retain(g);
+  }
   return s;
 }
 

@@ -353,7 +353,7 @@ static int mt_mask(lua_State *L) {
   int32_t n = ml_matcher_n_vocab(u->m);
   ml_tensor *t;
   if (!lua_isnoneornil(L, 2)) {
-    t = ml_lua_check_tensor(L, 2);
+    t = ml_lua_check_writable(L, 2);
     if (t->type != ML_TYPE_I8 || !ml_tensor_is_contiguous(t) || ml_tensor_numel(t) != n)
       return luaL_argerror(L, 2, lua_pushfstring(L, "contiguous i8 tensor of %d elements expected", (int)n));
     lua_pushvalue(L, 2);
@@ -371,7 +371,7 @@ static int32_t check_id(lua_State *L, lmatcher *u, int i) {
   lua_Integer id = luaL_checkinteger(L, i);
   int32_t n = ml_matcher_n_vocab(u->m);
   if (id < 0 || id >= n)
-    luaL_argerror(L, i, lua_pushfstring(L, "token id %d out of range (the vocabulary has %d: 0 to %d)", (int)id, (int)n, (int)n - 1));
+    luaL_argerror(L, i, ml_push_id_range(L, id, n));
   return (int32_t)id;
 }
 
@@ -475,7 +475,7 @@ static int mt_forced_tokens(lua_State *L) {
 }
 
 static float *check_logits(lua_State *L, int i, int64_t n) {
-  ml_tensor *t = ml_lua_check_tensor(L, i);
+  ml_tensor *t = ml_lua_check_writable(L, i);
   if (t->type != ML_TYPE_F32 || !ml_tensor_is_contiguous(t) || ml_tensor_numel(t) < n)
     luaL_argerror(L, i, lua_pushfstring(L, "contiguous f32 tensor of at least %d elements expected", (int)n));
   return ml_tensor_data(t);

@@ -81,8 +81,10 @@ static const char *opt_str(lua_State *L, int t, const char *k, const char *def) 
   lua_getfield(L, t, k);
   const char *v = def;
   if (!lua_isnil(L, -1)) {
-    v = lua_tostring(L, -1);
+    size_t n = 0;
+    v = lua_tolstring(L, -1, &n);
     if (!v || lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, t, lua_pushfstring(L, "option '%s' must be a string", k));
+    if (strlen(v) != n) luaL_argerror(L, t, lua_pushfstring(L, "option '%s' holds a zero byte", k));
   }
   lua_pop(L, 1); /* the string stays alive in the options table */
   return v;
@@ -359,7 +361,7 @@ static int32_t *read_token_ids(lua_State *L, int i, int64_t n_vocab, int64_t *n)
     int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t), 0);
     lua_Integer v = luaL_checkinteger(L, i);
     if (v < 0 || v >= n_vocab)
-      luaL_argerror(L, i, lua_pushfstring(L, "token id %d out of range (the vocabulary has %d: 0 to %d)", (int)v, (int)n_vocab, (int)n_vocab - 1));
+      luaL_argerror(L, i, ml_push_id_range(L, v, n_vocab));
     ids[0] = (int32_t)v;
     *n = 1;
     return ids;
@@ -381,7 +383,7 @@ static int32_t *read_token_ids(lua_State *L, int i, int64_t n_vocab, int64_t *n)
       lua_pop(L, 1);
     }
     if (v < 0 || v >= n_vocab)
-      luaL_argerror(L, i, lua_pushfstring(L, "token id %d out of range (the vocabulary has %d: 0 to %d)", (int)v, (int)n_vocab, (int)n_vocab - 1));
+      luaL_argerror(L, i, ml_push_id_range(L, v, n_vocab));
     ids[k] = (int32_t)v;
   }
   return ids;
@@ -494,7 +496,7 @@ static int d_push(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 2);
   int64_t nv = ml_vocab_get_info(d->m->vocab)->n_tokens;
   if (id < 0 || id >= nv)
-    return luaL_argerror(L, 2, lua_pushfstring(L, "token id %d out of range (the vocabulary has %d: 0 to %d)", (int)id, (int)nv, (int)nv - 1));
+    return luaL_argerror(L, 2, ml_push_id_range(L, id, nv));
   const char *out;
   int64_t n = ml_decoder_push(d->d, (int32_t)id, &out);
   if (n < 0) return ml_lua_error(L);

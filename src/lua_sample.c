@@ -9,6 +9,8 @@
 #include "grammar.h"
 #include "sample.h"
 
+#define ML_NO_FINITE "no token has finite probability (every logit is -inf or NaN after bias and masks, or one is +inf)"
+
 /* A buffer of at least `bytes` kept in the registry of this Lua state and reused from call
  * to call (pages stay mapped and warm: a fresh half-megabyte per token cost page faults).
  * It is pushed on the stack; C functions never yield, so no two calls share it. */
@@ -180,6 +182,11 @@ static int l_candidates(lua_State *L) {
     ml_sample_cuts c = {top_p, min_p, temp};
     double prob;
     int64_t id = ml_sample_draw(&r, &c, draw_u, &prob);
+    if (id < 0) {
+      lua_pushnil(L);
+      lua_pushstring(L, ML_NO_FINITE);
+      return 2;
+    }
     lua_pushinteger(L, id);
     lua_pushnumber(L, prob);
     return 2;

@@ -42,6 +42,14 @@ ml_tensor *ml_lua_check_tensor(lua_State *L, int i) {
   return t;
 }
 
+#define READONLY_MSG "read-only tensor (it maps a model file; clone() gives a writable copy)"
+
+ml_tensor *ml_lua_check_writable(lua_State *L, int i) {
+  ml_tensor *t = ml_lua_check_tensor(L, i);
+  if (t->storage->readonly) luaL_argerror(L, i, READONLY_MSG);
+  return t;
+}
+
 
 /* A core call whose inputs are the Lua arguments in order (CHECK), or whose misuse is
  * always about Lua argument `arg` (CHECK_AT); see lua_util.h. */
@@ -459,7 +467,7 @@ static int m_get(lua_State *L) {
 }
 
 static int m_set(lua_State *L) {
-  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  ml_tensor *t = ml_lua_check_writable(L, 1);
   int64_t idx[ML_MAX_DIMS];
   if (lua_gettop(L) - 2 != t->ndim)
     return luaL_error(L, "set: expected %d indices and a value, got %d arguments", t->ndim, lua_gettop(L) - 1);
@@ -774,7 +782,7 @@ static int m_dequantize(lua_State *L) {
 }
 
 static int m_copy_(lua_State *L) {
-  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  ml_tensor *t = ml_lua_check_writable(L, 1);
   ml_tensor *s = to_tensor(L, 2), e;
   CHECK_AT(L, ml_tensor_expand(&e, s, t->ndim, t->shape), 2);
   int rc = ml_tensor_copy_into(t, &e);
@@ -785,7 +793,7 @@ static int m_copy_(lua_State *L) {
 }
 
 static int m_fill_(lua_State *L) {
-  ml_tensor *t = ml_lua_check_tensor(L, 1);
+  ml_tensor *t = ml_lua_check_writable(L, 1);
   double v = luaL_checknumber(L, 2);
   if (ml_type_traits_get(t->type)->blck > 1) return luaL_argerror(L, 1, "cannot fill a quantized tensor in place");
   ml_tensor_fill(t, v);
@@ -837,6 +845,7 @@ static int m_index(lua_State *L) {
 
 static int m_newindex(lua_State *L) {
   ml_tensor *t = ml_lua_check_tensor(L, 1);
+  if (t->storage->readonly) return luaL_error(L, "cannot assign into a " READONLY_MSG);
   int isnum;
   lua_Integer i = lua_tointegerx(L, 2, &isnum);
   if (!isnum || lua_type(L, 2) != LUA_TNUMBER) return luaL_error(L, "tensor index must be an integer");
@@ -890,7 +899,7 @@ static int binary(lua_State *L, ml_binop op, int inplace, int meta) {
     CHECK(L, ml_binary_scalar(o, b, lua_tonumber(L, 1), op, 1));
     return 1;
   }
-  ml_tensor *a = meta ? to_tensor(L, 1) : ml_lua_check_tensor(L, 1);
+  ml_tensor *a = meta ? to_tensor(L, 1) : inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   if (lua_type(L, 2) == LUA_TNUMBER) {
     double s = lua_tonumber(L, 2);
     if (inplace) {
@@ -934,7 +943,7 @@ META(div, ML_OP_DIV)
 META(pow, ML_OP_POW)
 
 static int unary(lua_State *L, ml_unop op, int inplace) {
-  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  ml_tensor *a = inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   if (inplace) {
     CHECK(L, ml_unary_(a, op));
     lua_settop(L, 1);

@@ -13,6 +13,9 @@ ml_tensor *ml_lua_push_tensor(lua_State *L);
 /* The tensor at i, or a Lua error naming the argument (also for a released tensor). */
 ml_tensor *ml_lua_check_tensor(lua_State *L, int i);
 ml_tensor *ml_lua_test_tensor(lua_State *L, int i); /* NULL if not a live tensor */
+/* ml_lua_check_tensor for a tensor about to be written: a read-only one (a view of a model
+ * file's mapping) is an argument error, never a write into PROT_READ pages. */
+ml_tensor *ml_lua_check_writable(lua_State *L, int i);
 /* dtype argument (string) at i, or def when absent. */
 ml_type ml_lua_check_dtype(lua_State *L, int i, ml_type def);
 void ml_lua_open_tensor(lua_State *L); /* leaves the `tensor` table on the stack */

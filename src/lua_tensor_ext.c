@@ -92,7 +92,7 @@ static ml_tensor *f32_copy(lua_State *L, const ml_tensor *a) {
 }
 
 static int masked_fill(lua_State *L, int inplace) {
-  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  ml_tensor *a = inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   ml_tensor *mask = operand(L, 2);
   double v = luaL_checknumber(L, 3);
   no_more(L, 3, "mask and value");
@@ -110,7 +110,7 @@ static int m_masked_fill(lua_State *L) { return masked_fill(L, 0); }
 static int m_masked_fill_(lua_State *L) { return masked_fill(L, 1); }
 
 static int clamp(lua_State *L, int inplace) {
-  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  ml_tensor *a = inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   no_more(L, 3, "min and max");
   double lo = lua_isnoneornil(L, 2) ? NAN : luaL_checknumber(L, 2);
   double hi = lua_isnoneornil(L, 3) ? NAN : luaL_checknumber(L, 3);
@@ -174,7 +174,7 @@ static int m_gather(lua_State *L) {
 
 /* scatter[_](dim, index, src | value), scatter_add[_](dim, index, src) */
 static int scatter(lua_State *L, int inplace, int add) {
-  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  ml_tensor *a = inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   no_more(L, 4, "dim, index and source");
   if (a->ndim == 0) return luaL_argerror(L, 1, "scatter needs at least one dimension");
   int dim = ml_lua_check_dim(L, 2, a->ndim, 1, 0);
@@ -536,7 +536,7 @@ static void rope_options(lua_State *L, int opt, int64_t hd, rope_opts *ro) {
 /* x:rope(pos [, opts]) / x:rope_(pos [, opts]): x (..., n, head_dim); pos the position of
  * the first token (0-based, the others follow) or one position per token */
 static int rope(lua_State *L, int inplace) {
-  ml_tensor *x = ml_lua_check_tensor(L, 1);
+  ml_tensor *x = inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   no_more(L, 3, "positions and options");
   lua_settop(L, 3);
   if (x->ndim == 0) return luaL_argerror(L, 1, "rope needs a tensor (..., tokens, head_dim)");

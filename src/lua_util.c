@@ -1,6 +1,7 @@
 /* lua_util.c: argument errors with stable numbering and names (see lua_util.h). */
 #include "lua_util.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "common.h"
@@ -105,7 +106,13 @@ lua_Number ml_optnumber(lua_State *L, int arg, lua_Number def) {
 
 const char *ml_checklstring(lua_State *L, int arg, size_t *len) {
   if (lua_type(L, arg) != LUA_TSTRING) typeerror(L, arg, "string");
-  return lua_tolstring(L, arg, len);
+  size_t n;
+  const char *s = lua_tolstring(L, arg, &n);
+  /* without a length the caller reads a C string (a path, a name): a zero byte would
+   * silently cut it ("m.gguf\0junk" opening m.gguf) */
+  if (!len && strlen(s) != n) ml_argerror(L, arg, "string with a zero byte (a path or a name cannot hold one)");
+  if (len) *len = n;
+  return s;
 }
 
 void ml_checktype(lua_State *L, int arg, int t) {
@@ -135,4 +142,12 @@ int ml_lua_fail(lua_State *L, int arg) {
   lua_pushnil(L);
   lua_pushstring(L, ml_errmsg());
   return 2;
+}
+
+const char *ml_push_id_range(lua_State *L, lua_Integer id, int64_t n_vocab) {
+  char buf[160]; /* lua_pushfstring's %d is an int: 2^32 + 5 would read as 5 */
+  snprintf(buf, sizeof buf, "token id %lld out of range (the vocabulary has %lld: 0 to %lld)", (long long)id,
+           (long long)n_vocab, (long long)n_vocab - 1);
+  lua_pushstring(L, buf);
+  return lua_tostring(L, -1);
 }

@@ -6,6 +6,8 @@
 #ifndef ML_LUA_UTIL_H
 #define ML_LUA_UTIL_H
 
+#include <stdint.h>
+
 #include "compat.h"
 
 int ml_argerror(lua_State *L, int arg, const char *msg);
@@ -15,6 +17,8 @@ lua_Number ml_checknumber(lua_State *L, int arg);
 lua_Number ml_optnumber(lua_State *L, int arg, lua_Number def);
 const char *ml_checklstring(lua_State *L, int arg, size_t *len);
 void ml_checktype(lua_State *L, int arg, int t);
+/* "token id <id> out of range (the vocabulary has n: 0 to n-1)" on the stack, the id as given */
+const char *ml_push_id_range(lua_State *L, lua_Integer id, int64_t n_vocab);
 /* Remember names of the functions in the table on top (for error messages). */
 void ml_register_names(lua_State *L, const char *prefix);
 /* The core's last error (common.h), worded for Lua. A misuse is raised as

@@ -49,6 +49,7 @@ static int w_mm(lua_State *L) {
   int64_t M = x->shape[0], ldx = x->stride[0];
   ml_tensor *y = ml_lua_test_tensor(L, 4);
   if (y) {
+    if (y->storage->readonly) ml_lua_check_writable(L, 4);
     if (y->type != ML_TYPE_F32 || y->ndim != 2 || y->shape[0] != M || y->shape[1] != w->N ||
         (y->stride[1] != 1 && w->N > 1))
       return luaL_argerror(L, 4, "expected an f32 (M, N) tensor with contiguous rows");

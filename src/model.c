@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "arch.h"
+#include "kernels/dispatch.h"
 #include "common.h"
 #include "grammar.h"
 #include "registry.h"
@@ -288,8 +289,14 @@ static int bind(loader *ld, ml_tensor *out, const char *name, int nd, int64_t d0
     return -1;
   }
   const ml_type_traits *tr = ml_type_traits_get(info->type);
-  if (nd == 2 && !tr->to_float) {
-    ml_seterr("%s: tensor '%s' has type %s, which moonlm cannot compute with", m->path, name, tr->name);
+  /* the type must serve the role: a matrix is multiplied (or its rows looked up) by the
+   * kernels, a vector (norm, bias, factors) is read as floats */
+  if (nd == 2 && (!tr->to_float || !ml_kernels_for(ML_LEVEL_REF)->vec_dot[info->type])) {
+    ml_seterr("%s: tensor '%s' has type %s, which no matrix kernel takes", m->path, name, tr->name);
+    return -1;
+  }
+  if (nd == 1 && info->type != ML_TYPE_F32 && info->type != ML_TYPE_F16 && info->type != ML_TYPE_BF16) {
+    ml_seterr("%s: tensor '%s' has type %s; a vector of weights is f32, f16 or bf16", m->path, name, tr->name);
     return -1;
   }
   ml_tensor view;
@@ -445,6 +452,7 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
     goto fail;
   }
   if (!(m->storage = ml_storage_external((void *)m->gguf->base, m->gguf->size, release_gguf, m->gguf))) goto fail;
+  m->storage->readonly = 1; /* shared by every state that attaches the model */
   ml_gguf_retain(m->gguf);
   if (read_hparams(&ld) < 0) goto fail;
   ml_hparams *hp = &m->hp;
@@ -453,8 +461,9 @@ ml_model *ml_model_load(const char *path, const ml_model_opts *opts) {
     ml_seterr("%s: cannot tell the vocabulary size", path);
     goto fail;
   }
-  if (m->vocab && ml_vocab_get_info(m->vocab)->n_tokens > hp->n_vocab) {
-    ml_seterr("%s: the tokenizer has %d tokens but the embedding only %lld rows", path,
+  /* every token id has its row, and every row is a token the sampler may pick */
+  if (m->vocab && ml_vocab_get_info(m->vocab)->n_tokens != hp->n_vocab) {
+    ml_seterr("%s: the tokenizer has %d tokens but token_embd.weight has %lld rows", path,
               ml_vocab_get_info(m->vocab)->n_tokens, (long long)hp->n_vocab);
     goto fail;
   }

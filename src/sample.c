@@ -250,7 +250,8 @@ static int64_t draw_whole(const float *v, float *e, ml_cand *cs, uint16_t *bins,
   for (; best < n; best++) mmax = v[best] > mmax ? v[best] : mmax;
   for (best = 0; best < n - 1 && !(v[best] == mmax); best++) {} /* the first of equals: the lowest id */
   *prob = 1;
-  if (mmax == -INFINITY || temp <= 0) return best; /* everything banned, or greedy */
+  if (mmax == -INFINITY || mmax == INFINITY) return -1; /* everything banned (or NaN), or +inf: no distribution */
+  if (temp <= 0) return best; /* greedy */
   /* top_p: the last token (v_last, id_last) of the shortest best-first prefix reaching it */
   float v_last = -FLT_MAX;
   int64_t id_last = n;

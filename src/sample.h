@@ -86,8 +86,8 @@ int64_t ml_sample_top(const ml_sample_row *r, int64_t k, double top_p_hint, ml_c
 
 /* The whole-vocabulary chain: top_p -> min_p -> temperature -> a draw with u in [0, 1).
  * temperature <= 0 is greedy (the best adjusted logit, lowest id among equals). Returns the
- * token and its probability under the final distribution in *prob (every token banned:
- * token 0, with *prob = 1). */
+ * token and its probability under the final distribution in *prob, or -1 when there is no
+ * distribution: every token banned (-inf, NaN) or a logit of +inf. */
 typedef struct ml_sample_cuts {
   double top_p, min_p, temperature;
 } ml_sample_cuts;

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "threads.h"
@@ -20,7 +21,32 @@ size_t ml_storage_take_pending(void) {
   return n;
 }
 
+static size_t storage_limit; /* 0: the default, computed on first use */
+
+static size_t default_limit(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || size <= 0) return (size_t)1 << 34; /* unknown: 16 GiB */
+  return (size_t)pages * (size_t)size / 2;
+}
+
+size_t ml_storage_limit(void) {
+  size_t n = __atomic_load_n(&storage_limit, __ATOMIC_RELAXED);
+  if (!n) {
+    n = default_limit();
+    __atomic_store_n(&storage_limit, n, __ATOMIC_RELAXED);
+  }
+  return n;
+}
+
+void ml_storage_set_limit(size_t nbytes) { __atomic_store_n(&storage_limit, nbytes, __ATOMIC_RELAXED); }
+
 ml_storage *ml_storage_new(size_t nbytes) {
+  size_t limit = ml_storage_limit();
+  if (nbytes > limit) {
+    ml_seterr("a tensor of %zu bytes is over the limit of %zu bytes (lm.limits{ max_tensor_bytes = n } sets it)",
+              nbytes, limit);
+    return NULL;
+  }
   alloc_pending += nbytes;
   ml_storage *s = ml_calloc(sizeof *s);
   if (!s) return NULL;

@@ -24,6 +24,7 @@ typedef struct ml_storage {
   size_t nbytes;
   void (*release)(void *ctx); /* external storage: called at zero; NULL: data is ml_alloc'd */
   void *ctx;
+  int readonly; /* a model file's mapping (shared by every state): the binding refuses writes */
 } ml_storage;
 
 typedef struct ml_tensor {
@@ -36,7 +37,12 @@ typedef struct ml_tensor {
 } ml_tensor;
 
 /* storage */
-ml_storage *ml_storage_new(size_t nbytes); /* zero-filled */
+ml_storage *ml_storage_new(size_t nbytes); /* zero-filled; refused above the limit below */
+/* The largest storage ml_storage_new allocates (process-wide; lm.limits{ max_tensor_bytes }):
+ * by default half the physical memory, so a mistyped shape fails at once instead of paging
+ * the machine for minutes. 0 restores the default. */
+size_t ml_storage_limit(void);
+void ml_storage_set_limit(size_t nbytes);
 /* Bytes ml_storage_new allocated on this thread since the last call (and reset). */
 size_t ml_storage_take_pending(void);
 ml_storage *ml_storage_external(void *data, size_t nbytes, void (*release)(void *), void *ctx);

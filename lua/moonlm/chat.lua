@@ -51,6 +51,7 @@ local generate = require "moonlm.generate"
 local json = require "moonlm.json"
 local tools = require "moonlm.tools"
 local core = require "moonlm.core"
+local options = require "moonlm.options"
 
 local function lm_grammar() return require("moonlm").grammar end
 
@@ -122,7 +123,7 @@ end
 -- vars = {...} }) -> text | nil, err. Messages may hold tool calls and tool results (OpenAI
 -- shape); what the template cannot render is written in the model's format (moonlm.tools).
 function _M.apply_template(model, messages, opts)
-  opts = opts or {}
+  opts = options.check("apply_template", opts, 2) or {}
   local src = template_source(model, opts.template)
   local tmpl, err = template.compile(src)
   if not tmpl then return nil, err end
@@ -140,8 +141,7 @@ function _M.apply_template(model, messages, opts)
 end
 
 function _M.new(model, opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("bad argument #1 to 'chat' (table expected, got " .. type(opts) .. ")", 3) end
+  opts = options.check("chat", opts, 1) or {}
   local src = template_source(model, opts.template)
   local tmpl, err = template.compile(src)
   if not tmpl then error("chat template: " .. err, 3) end
@@ -164,6 +164,7 @@ function _M.new(model, opts)
 end
 
 function Chat:messages(extra)
+  self:settle()
   local msgs = {}
   if self.system then msgs[1] = { role = "system", content = self.system } end
   for _, m in ipairs(self.history) do msgs[#msgs + 1] = m end
@@ -373,6 +374,7 @@ function Chat:turn(text, opts, what)
   elseif type(text) ~= "string" then
     error(("bad argument #1 to '%s' (string expected, got %s)"):format(what, type(text)), 3)
   end
+  options.check("say", opts, 2, 3, what)
   opts = merged(self.opts, opts)
   local list, terr = tools.check(opts.tools)
   if terr then error("bad option 'tools' (" .. terr .. ")", 3) end
@@ -446,6 +448,7 @@ end
 -- added. info.tool_calls: the calls the model made (OpenAI shape, with ids), if any;
 -- info.reasoning_content: its reasoning, if it gave any.
 function Chat:say(text, opts)
+  self:settle()
   local g, err = self:turn(text, opts, "say")
   if not g then return nil, err end
   local parts = {}
@@ -455,6 +458,7 @@ function Chat:say(text, opts)
     parts[#parts + 1] = piece
     if g.parser then g.parser:push(piece) end
   end
+  if g.failed then return nil, g.failed, g.info end
   local msg = self:reply(g, table.concat(parts))
   self:commit(g, msg)
   return msg.content, g.info
@@ -465,13 +469,18 @@ end
 -- "reasoning" pieces come too with stream_reasoning = true). When the iterator ends,
 -- info.tool_calls and info.reasoning_content are set as with say().
 function Chat:stream(text, opts)
+  self:settle()
   local g, err = self:turn(text, opts, "stream")
   if not g then error(err, 2) end
   local parts, queue = {}, {}
+  self.open = { g = g, parts = parts } -- settled by the next call if the loop breaks early
   local function enqueue(content, reasoning)
     if reasoning ~= "" and g.stream_reasoning then queue[#queue + 1] = { reasoning, "reasoning" } end
     if content ~= "" then queue[#queue + 1] = { content, "content" } end
   end
+  -- Lua 5.4 closes the fourth value when the loop ends, break included: the turn is kept
+  -- at once (elsewhere at the chat's next call)
+  local closer = setmetatable({}, { __close = function() self:settle() end })
   return function()
     while true do
       local q = table.remove(queue, 1)
@@ -486,17 +495,41 @@ function Chat:stream(text, opts)
           return piece, g.info, "content"
         end
       else
+        if g.failed then
+          g.committed, self.open = true, nil
+          error(g.failed, 2)
+        end
         if g.parser then enqueue(g.parser:finish()) end
-        g.committed = true
+        g.committed, self.open = true, nil
         self:commit(g, self:reply(g, table.concat(parts)))
       end
     end
+  end, nil, nil, closer
+end
+
+-- settle(): a stream left before its end (break out of the for loop) keeps its turn: the
+-- reply so far goes into the history, as when on_token returns false. Called by every
+-- method that reads or extends the history.
+function Chat:settle()
+  local o = self.open
+  if not o then return end
+  self.open = nil
+  local g = o.g
+  if g.committed then return end
+  g.committed = true
+  if g.failed then return end
+  if not g.done then
+    g.done = true
+    g.info.stop_reason = "abort"
+    g:finish("abort")
   end
+  self:commit(g, self:reply(g, table.concat(o.parts)))
 end
 
 -- tool_result(id, content): the result of the tool call `id` of the last reply, as the
 -- next turn of the conversation. content: text, or a table sent as JSON.
 function Chat:tool_result(id, content)
+  self:settle()
   if type(id) ~= "string" then error("bad argument #1 to 'tool_result' (tool call id expected, got " .. type(id) .. ")", 2) end
   if type(content) == "table" then
     local text, err = json.encode(content)
@@ -524,6 +557,7 @@ function Chat:tool_result(id, content)
 end
 
 function Chat:reset(system)
+  if self.open then self.open.g.committed, self.open = true, nil end
   if system ~= nil then self.system = system end
   self.history, self.tokens = {}, {}
   self.ctx:clear(self.seq)
@@ -542,14 +576,58 @@ local function identity(model)
            n_embd = model.n_embd, name = model.meta["general.name"] }
 end
 
-function Chat:save(path)
-  local state = self.ctx:state_save(self.seq)
-  local options = {}
-  for k, v in pairs(self.opts) do
+-- Options are saved as JSON: plain values and tables of them (stop, tools, vars,
+-- logit_bias ...). Where the chat runs (context, seq) is not saved: chat_load makes a
+-- context unless given one. Functions and objects (on_token, steps, grammar, sampler,
+-- draft) cannot be written: save refuses them by name unless opts.drop lists them.
+local PLACE = { context = true, seq = true, system = true }
+
+local function same(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b or (a ~= a and b ~= b) end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+-- save(path [, { drop = { names } }]) -> true | nil, err
+function Chat:save(path, sopts)
+  self:settle()
+  local drop = {}
+  for _, k in ipairs(sopts and sopts.drop or {}) do drop[k] = true end
+  local options, codecs = {}, {}
+  local names = {}
+  for k in pairs(self.opts) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local v = self.opts[k]
     local t = type(v)
-    if (t == "number" or t == "string" or t == "boolean") and k ~= "system" and k ~= "seq" then options[k] = v end
+    if PLACE[k] or drop[k] then -- not saved
+    elseif t == "number" or t == "string" or t == "boolean" then
+      options[k] = v
+    else
+      local ok = false
+      if t == "table" then
+        if k == "logit_bias" then -- { [id] = bias }: JSON keys are strings, so as pairs
+          local pairs_ = {}
+          for id, b in pairs(v) do
+            pairs_[#pairs_ + 1] = { id, b == -math.huge and "-inf" or b == math.huge and "inf" or b }
+          end
+          table.sort(pairs_, function(x, y) return x[1] < y[1] end)
+          v, codecs[k] = pairs_, "id_map"
+        end
+        local text = json.encode(v)
+        ok = text ~= nil and same(json.decode(text), v)
+      end
+      if not ok then
+        return nil, ("chat:save cannot keep option '%s' (a %s); chat:save(path, { drop = { \"%s\" } }) saves without it and lm.chat_load(model, path, { %s = ... }) gives it back")
+          :format(k, t == "table" and "table that is not plain JSON" or t, k, k)
+      end
+      options[k] = v
+    end
   end
+  local state = self.ctx:state_save(self.seq)
   local header = json.encode({ model = identity(self.model), system = self.system or json.null, options = options,
+                               codecs = next(codecs) and codecs or nil,
                                history = self.history, tokens = self.tokens, kv_type = self.ctx.kv_type,
                                n_ctx = self.ctx.n_ctx, state_bytes = #state }, { compact = true })
   local f, err = io.open(path, "wb")
@@ -562,6 +640,7 @@ end
 
 -- chat_load(model, path, opts) -> chat | nil, err
 function _M.load(model, path, opts)
+  options.check("chat", opts, 3, 2, "chat_load")
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
   local data = f:read("*a")
@@ -584,6 +663,13 @@ function _M.load(model, path, opts)
   local o = {}
   if type(header.options) == "table" then
     for k, v in pairs(header.options) do o[k] = v end
+  end
+  for k, codec in pairs(type(header.codecs) == "table" and header.codecs or {}) do
+    if codec == "id_map" and type(o[k]) == "table" then
+      local m = {}
+      for _, p in ipairs(o[k]) do m[p[1]] = p[2] == "-inf" and -math.huge or p[2] == "inf" and math.huge or p[2] end
+      o[k] = m
+    end
   end
   for k, v in pairs(opts or {}) do o[k] = v end
   o.system = header.system ~= json.null and header.system or nil

@@ -46,8 +46,11 @@
 --   logprobs           n >= 0 (true: 0): info.logprobs gets, for every generated token,
 --                      its log-probability and the n most likely tokens at its place (see
 --                      sampler:logprobs: temperature 1, after logit_bias and penalties)
+-- model:generate returns nil, err, info when the prompt does not fit the context ("context
+-- full: prompt of N tokens does not fit n_ctx = M"; with context_shift it is cut to fit) or
+-- no token can be sampled ("no token has finite probability ..."); model:stream raises it.
 -- info: prompt_tokens, tokens, stop_reason ("eos" | "stop" | "length" | "abort" |
---   "grammar": the grammar is complete), forced_tokens (with a grammar: how many tokens
+--   "grammar": the grammar is complete | "error": see above), forced_tokens (with a grammar: how many tokens
 --   were fast-forwarded),
 --   prompt_seconds, gen_seconds, prompt_tps, gen_tps, ids (the generated ids),
 --   speculative (with draft or lookup: { rounds, proposed, accepted, acceptance }),
@@ -56,6 +59,7 @@
 --   bytes the same as a list of numbers, as OpenAI's)
 local sampler = require "moonlm.sampler"
 local core = require "moonlm.core"
+local options = require "moonlm.options"
 
 local clock = core.clock
 local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
@@ -103,9 +107,10 @@ local function char_start(text, i)
   return i
 end
 
-function _M.start(model, prompt, opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("bad argument #2 to 'generate' (table expected, got " .. type(opts) .. ")", 3) end
+-- start(model, prompt, opts [, fname]) -> the generation's state; fname: the public name
+-- in errors ("generate" or "stream"; chat turns check their options before)
+function _M.start(model, prompt, opts, fname)
+  opts = options.check(fname or "generate", opts, 2, 3) or {}
   local self = setmetatable({ model = model, opts = opts }, Gen)
   -- where to run
   local ctx = opts.context
@@ -121,6 +126,23 @@ function _M.start(model, prompt, opts)
     end
   end
   self.ctx, self.seq = ctx, opts.seq or 0
+  -- one generation at a time on a sequence: one started from inside another (on_token) is
+  -- refused; one started while another is unfinished takes the sequence over, and the
+  -- other raises if it is resumed (interleaved streams would garble both)
+  local owners = rawget(ctx, "_gen_owners")
+  if not owners then
+    owners = setmetatable({}, { __mode = "v" })
+    rawset(ctx, "_gen_owners", owners)
+  end
+  local prev = owners[self.seq]
+  if prev and not prev.done then
+    if prev.running then
+      error(("the %s is busy: a generation on it is running (called from its on_token?); give this one its own context = model:context{...}")
+        :format(opts.context and "context" or "default context"), 3)
+    end
+    prev.taken = opts.context and "context" or "default context"
+  end
+  owners[self.seq] = self
   if not opts.keep then ctx:clear(self.seq) end
   -- prompt
   local ids
@@ -144,9 +166,9 @@ function _M.start(model, prompt, opts)
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
     o.grammar, o.json_schema = matcher, nil
-    self.sampler = sampler.new(o)
+    self.sampler = sampler.build(o)
   else
-    self.sampler = sampler.new(opts)
+    self.sampler = sampler.build(opts)
   end
   self.matcher = self.sampler.grammar
   if self.matcher and opts.ignore_eos then
@@ -201,14 +223,18 @@ function _M.start(model, prompt, opts)
     self.history[1] = bos
   end
   if opts.context_shift then ids = self:fit_prompt(ids) end
+  local free = ctx.n_ctx - ctx:pos(self.seq)
   local logits, err = ctx:decode(ids, { seq = self.seq })
   self.info.prompt_seconds = clock() - t0
   self.info.prompt_tps = #ids / math.max(self.info.prompt_seconds, 1e-9)
   self.t_gen = clock()
   if not logits then
-    self.info.stop_reason = "length"
-    self.info.error = err
-    self.done = true
+    if free < ctx.n_ctx then
+      err = ("context full: prompt of %d tokens does not fit the %d free cells of n_ctx = %d"):format(#ids, free, ctx.n_ctx)
+    else
+      err = ("context full: prompt of %d tokens does not fit n_ctx = %d"):format(#ids, ctx.n_ctx)
+    end
+    self:fail(err .. (opts.context_shift and "" or " (context_shift = true keeps its start and end)"))
   end
   self.logits = logits
   if logits and (opts.draft or opts.lookup) then
@@ -266,6 +292,15 @@ function Gen:fit_prompt(ids)
   for i = keep + erased + 1, #ids do out[#out + 1] = ids[i] end
   self.info.truncated = erased
   return out
+end
+
+-- fail(err): generation cannot go on (the prompt does not fit, no token can be sampled):
+-- generate returns nil, err, info; a stream raises err
+function Gen:fail(err)
+  self.info.stop_reason = "error"
+  self.info.error = err
+  self.failed = err
+  self.done = true
 end
 
 function Gen:finish(reason)
@@ -375,6 +410,18 @@ end
 
 -- next() -> the next piece of text (never ""), or nil when generation has ended.
 function Gen:next()
+  if self.taken and not self.done then
+    error(("the %s is busy: a later generation took it over before this one finished (give each stream its own context = model:context{...})")
+      :format(self.taken), 2)
+  end
+  self.running = true
+  local ok, piece = pcall(self.step, self)
+  self.running = false
+  if not ok then error(piece, 0) end
+  return piece
+end
+
+function Gen:step()
   while true do
     if self.stopped or self.done then
       if not self.flushed then
@@ -406,12 +453,14 @@ function Gen:next()
           self.info.error = err
         end
       else
-        id = self.sampler:sample(self.logits, self.history)
-        if self.logprobs_n then lp, top = self.sampler:logprobs(self.logits, self.history, id, self.logprobs_n) end
+        local serr
+        id, serr = self.sampler:sample(self.logits, self.history)
+        if id and self.logprobs_n then lp, top = self.sampler:logprobs(self.logits, self.history, id, self.logprobs_n) end
         self.logits:close()
         self.logits = nil
+        if not id then self:fail(serr) end
       end
-      if not id then -- nothing more: the context is full
+      if not id then -- nothing more: the context is full, or no token can be sampled
       elseif self.stop_ids[id] then
         self.done = true
         info.stop_reason = "eos"
@@ -461,15 +510,19 @@ end
 
 -- model:stream(prompt, opts) -> iterator of pieces (each call: piece, info)
 function _M.stream(model, prompt, opts)
-  local g = _M.start(model, prompt, opts)
+  local g = _M.start(model, prompt, opts, "stream")
   return function()
     local piece = g:next()
-    if piece == nil then return nil end
+    if piece == nil then
+      if g.failed then error(g.failed, 2) end
+      return nil
+    end
     return piece, g.info
   end, g
 end
 
--- model:generate(prompt, opts) -> text, info
+-- model:generate(prompt, opts) -> text, info | nil, err, info (the prompt does not fit the
+-- context, or no token can be sampled: info.stop_reason = "error")
 function _M.generate(model, prompt, opts)
   local g = _M.start(model, prompt, opts)
   local parts = {}
@@ -478,6 +531,7 @@ function _M.generate(model, prompt, opts)
     if piece == nil then break end
     parts[#parts + 1] = piece
   end
+  if g.failed then return nil, g.failed, g.info end
   return table.concat(parts), g.info
 end
 

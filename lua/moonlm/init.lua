@@ -3,6 +3,7 @@
 -- objects here are thin Lua tables around its userdata, so generation, sampling and chat
 -- (their own modules) can be written and changed in Lua.
 local core = require "moonlm.core"
+local options = require "moonlm.options"
 
 local setmetatable, type, error, select = setmetatable, type, error, select
 
@@ -11,13 +12,36 @@ local _M = {
   tensor = core.tensor,
   threads = core.threads,
   clock = core.clock,
-  isa = core.isa,
-  info = core.info,
+
   save = core.save,
   load_tensors = core.load_tensors,
   kv_cache = core.kv_cache, -- lm.kv_cache{ layers, kv_heads, head_dim, n_ctx, type, seqs }
   grammar = core.grammar, -- gbnf / regex / choice / attach / vocab / apply (src/lua_grammar.c)
 }
+
+-- isa([level]) -> the kernel level in use ("ref", "avx2", "avx512", "amx"); a level forces
+-- it (lower than the CPU's only). lm.info() has the details: kernels (the level of each
+-- weight type's dot products) and kernel_tables (each type's dot, gemv and gemm tables).
+function _M.isa(level) return (core.isa(level)) end
+
+-- info() -> { version, isa, isa_supported, levels, threads, max_threads, cpu, features,
+-- kernels, kernel_tables, limits, ... }
+function _M.info()
+  local info = core.info()
+  local _, kernels, tables = core.isa()
+  info.kernels, info.kernel_tables = kernels, tables
+  info.limits = _M.limits()
+  return info
+end
+
+-- limits{ max_tensor_bytes = n } -> the limits now: the largest tensor storage this process
+-- allocates (a larger one is an error, not minutes of paging); by default half the physical
+-- memory. Process-wide; 0 restores the default.
+function _M.limits(opts)
+  options.check("limits", opts, 1)
+  if opts and opts.max_tensor_bytes then core.storage_limit(opts.max_tensor_bytes) end
+  return { max_tensor_bytes = core.storage_limit() }
+end
 
 -- A metadata value with an explicit GGUF type, for moonlm.save:
 --   { ["llama.rope.freq_base"] = moonlm.gguf_value("f32", 10000) }
@@ -74,7 +98,7 @@ function _M.load(path, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(("bad argument #2 to 'load' (table expected, got %s)"):format(type(opts)), 2)
   end
-  opts = opts or {}
+  opts = options.check("load", opts, 2) or {}
   if opts.threads then core.threads(opts.threads) end
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
     error(("bad argument #2 to 'load' (option 'progress' must be a function, got %s)"):format(type(opts.progress)), 2)
@@ -122,7 +146,7 @@ function Model:tokenize(text, opts)
   if type(text) ~= "string" then
     error(("bad argument #1 to 'tokenize' (string expected, got %s)"):format(type(text)), 2)
   end
-  opts = opts or {}
+  opts = options.check("tokenize", opts, 2) or {}
   return self._ud:tokenize(text, opts.bos, opts.eos, opts.special, opts.prefix == false)
 end
 
@@ -175,7 +199,7 @@ local function norm_rows(v)
 end
 
 function Model:embed(texts, opts)
-  opts = opts or {}
+  opts = options.check("embed", opts, 2) or {}
   local single = type(texts) == "string"
   if single then texts = { texts } end
   if type(texts) ~= "table" then
@@ -305,6 +329,7 @@ end
 
 -- model:context{ n_ctx = min(n_ctx_train, 4096), n_batch = 512, kv_type = "f16", seqs = 1 }
 function Model:context(opts)
+  options.check("context", opts, 1)
   local ud, err = self._ud:context(opts)
   if not ud then return nil, err end
   return wrap_context(ud, self)

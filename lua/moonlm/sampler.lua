@@ -36,12 +36,15 @@
 -- flat distribution would otherwise hand most of the vocabulary to Lua; the draws then
 -- follow the same distribution in a different order than with a step added.
 local core = require "moonlm.core"
+local options = require "moonlm.options"
 
 local exp, log, huge, floor = math.exp, math.log, math.huge, math.floor
 local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
 
 local _M = {}
 local Sampler = {}
+
+local NO_FINITE = "no token has finite probability (every logit is -inf or NaN after bias and masks, or one is +inf)"
 Sampler.__index = Sampler
 
 local defaults = {
@@ -58,7 +61,14 @@ local numeric = {
 
 local function argerr(msg) error("bad argument #1 to 'sampler' (" .. msg .. ")", 3) end
 
+-- new(opts): the options checked (moonlm.options' "sampler" schema); build(opts) takes a
+-- generate's options as they are, ignoring the ones that are not the sampler's
 function _M.new(opts)
+  options.check("sampler", opts, 1)
+  return _M.build(opts)
+end
+
+function _M.build(opts)
   if opts ~= nil and type(opts) ~= "table" then argerr("options table expected, got " .. type(opts)) end
   opts = opts or {}
   local self = setmetatable({}, Sampler)
@@ -257,7 +267,9 @@ function Sampler:candidates(logits, history)
   return c
 end
 
--- sample(logits, history) -> id (0-based), and its probability under the final distribution
+-- sample(logits, history) -> id (0-based), and its probability under the final distribution;
+-- nil, "no token has finite probability ..." when every token is banned (-inf, NaN) or a
+-- logit is +inf
 function Sampler:sample(logits, history)
   local w = self.whole
   if w then
@@ -268,8 +280,9 @@ function Sampler:sample(logits, history)
   end
   local c = self:candidates(logits, history)
   if #c.ids == 0 then error("no candidates to sample from", 2) end
-  -- all candidates banned (-inf): fall back to the best of them
-  if c.logits[1] == -huge then return c.ids[1], 1 end
+  -- every candidate banned (-inf, and NaN ranks as -inf), or a logit of +inf: no distribution
+  local best = c.logits[1]
+  if best == -huge or best == huge or best ~= best then return nil, NO_FINITE end
   if self.temperature <= 0 then return c.ids[1], 1 end
   if self.mirostat == 2 then
     local probs = softmax(c.logits, self.temperature)
@@ -301,7 +314,9 @@ function Sampler:dist(logits, history)
   if self.mirostat == 2 then error("the distribution of a mirostat sampler depends on its draws", 2) end
   local c = self:candidates(logits, history)
   if #c.ids == 0 then error("no candidates to sample from", 2) end
-  if c.logits[1] == -huge or self.temperature <= 0 then return { c.ids[1] }, { 1 } end
+  local best = c.logits[1]
+  if best == -huge or best == huge or best ~= best then return nil, NO_FINITE end
+  if self.temperature <= 0 then return { c.ids[1] }, { 1 } end
   typical(c, self.typical_p, 1)
   top_p(c, self.top_p, 1)
   min_p(c, self.min_p, 1)

@@ -24,6 +24,9 @@
 -- Errors are "line N: what went wrong"; info = { kind = "syntax" | "runtime" |
 -- "raise_exception" | "internal", line = N }. For raise_exception(msg) err is msg itself.
 -- Nothing raises: bad templates, bad vars and runaway loops/recursion all give nil, err.
+-- Templates come from untrusted files: the source is at most 256 KiB, and every operation
+-- of a render is charged to a budget of work, memory and 1 s of CPU (T.LIMITS, from
+-- moonlm/template/value.lua, may be changed), so a hostile one fails within about a second.
 --
 -- Render variables are plain Lua values (the same model as moonlm.json):
 --   string         a Jinja string (UTF-8; length, indexing and slicing count code points)
@@ -53,6 +56,7 @@ local format = string.format
 local concat = table.concat
 local cbody, reset_compiler = compiler.cbody, compiler.reset_compiler
 local limits_swap = runtime.limits_swap
+local LIMITS = require("moonlm.template.value").LIMITS
 
 local Template = {}
 Template.__index = Template
@@ -68,6 +72,10 @@ end
 
 function _M.compile(source)
   if type(source) ~= "string" then return nil, "template source must be a string, got " .. type(source) end
+  if #source > LIMITS.source then
+    return nil, format("line 0: template source too long (%d bytes; the limit is %d)", #source, LIMITS.source),
+      { kind = "syntax", line = 0 }
+  end
   local ok, res = pcall(function() return cbody(parse(source)) end)
   reset_compiler()
   if not ok then return error_result(res, nil, "syntax") end
@@ -85,9 +93,9 @@ function Template:render(vars)
     return v
   end })
   local ctx = { out = {}, n = 0, size = 0, line = 1, iters = 0, depth = 0 }
-  local s0, b0 = limits_swap(0, 0) -- a Lua function called from a template may render too
+  local prev = limits_swap(nil) -- a fresh budget (a Lua function a template calls may render too)
   local ok, err = pcall(self.fn, ctx, root)
-  limits_swap(s0, b0)
+  limits_swap(prev)
   if ok then return concat(ctx.out, "", 1, ctx.n) end
   return error_result(err, ctx.line, "runtime")
 end
@@ -110,5 +118,6 @@ end
 
 -- builtin(name) -> Jinja source | nil, err;  builtin_names() -> sorted list
 _M.builtin, _M.builtin_names = builtins.builtin, builtins.builtin_names
+_M.LIMITS = LIMITS
 
 return _M

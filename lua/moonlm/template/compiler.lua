@@ -15,14 +15,15 @@ local test_mod = require "moonlm.template.tests"
 
 local _M = {}
 
-local type, ipairs, tostring = type, ipairs, tostring
+local type, ipairs, pairs, tostring = type, ipairs, pairs, tostring
+local floor = math.floor
 local setmetatable, getmetatable, pcall, error = setmetatable, getmetatable, pcall, error
 local format = string.format
 local concat = table.concat
 local unpack = table.unpack or unpack
 
 local null, jkeys, jset = json.null, json.keys, json.set
-local MAX_DEPTH, MAX_ITER, MAX_STR = value.MAX_DEPTH, value.MAX_ITER, value.MAX_STR
+local LIMITS, grow = value.LIMITS, value.grow
 local loop_mt, macro_mt, markup_mt, BUILTIN = value.loop_mt, value.macro_mt, value.markup_mt, value.BUILTIN
 local kind, pytype, fail, undef, fail_undef = value.kind, value.pytype, value.fail, value.undef, value.fail_undef
 local list, tuple, dict, numval, unmark, tostr =
@@ -44,6 +45,21 @@ local CX, SX = {}, {}
 
 local function cexpr(n) return CX[n.k](n) end
 
+-- A filter or method is charged the size of its input (it may read all of it) and of what
+-- it returns (it built that)
+local function charge(v)
+  local t = type(v)
+  if t == "table" then spend(#v + 1)
+  elseif t == "string" then spend(floor(#v / 64) + 1) end
+  return v
+end
+
+local function charged(r, ...)
+  local t = type(r)
+  if t == "table" then grow(#r) elseif t == "string" then check_len(#r) end
+  return r, ...
+end
+
 local function cexprs(list_)
   local out = {}
   for i = 1, #list_ do out[i] = cexpr(list_[i]) end
@@ -56,7 +72,7 @@ local function write(ctx, s)
   ctx.out[n] = s
   local size = ctx.size + #s
   ctx.size = size
-  if size > MAX_STR then fail("MemoryError: output longer than %d bytes", MAX_STR) end
+  if size > LIMITS.str then fail("MemoryError: output longer than %d bytes", LIMITS.str) end
 end
 
 -- compiled call arguments -> function(ctx, sc) -> args, kwargs (kwargs nil when none)
@@ -80,7 +96,7 @@ local call_macro -- forward
 
 local function call_value(ctx, f, args, kw)
   if type(f) == "function" then
-    if BUILTIN[f] then return f(ctx, args, kw) end
+    if BUILTIN[f] then return charged(f(ctx, args, kw)) end
     local n = #args
     if kw then n = n + 1; args[n] = kw end
     local ok, r = pcall(f, unpack(args, 1, n))
@@ -93,7 +109,7 @@ local function call_value(ctx, f, args, kw)
   end
   local k = kind(f)
   if k == "macro" then return call_macro(ctx, f, args, kw) end
-  if k == "bound" then return f.fn(ctx, f.self, args, kw) end
+  if k == "bound" then return charged(f.fn(ctx, charge(f.self), args, kw)) end
   if k == "undef" then fail_undef(f) end
   fail("TypeError: '%s' object is not callable", pytype(f))
 end
@@ -303,7 +319,7 @@ local function cfilter(n)
     local args, kw = ev(ctx, sc)
     for i = 1, #args do args[i] = unmark(args[i]) end
     if type(v) == "table" and getmetatable(v) == markup_mt and not keeps_markup then v = v[1] end
-    return f(ctx, v, args, kw)
+    return charged(f(ctx, charge(v), args, kw))
   end
 end
 
@@ -324,7 +340,7 @@ CX.call = function(n)
       local args, kw = ev(ctx, sc)
       if m then
         for i = 1, #args do args[i] = unmark(args[i]) end
-        return m(ctx, o, args, kw)
+        return charged(m(ctx, charge(o), args, kw))
       end
       return call_value(ctx, getattr(o, name), args, kw)
     end
@@ -415,11 +431,21 @@ SX["if"] = function(n)
   end
 end
 
-local function count_iter(ctx)
+-- weight(node): the nodes of a parse tree (what running it once costs at least)
+local function weight(node)
+  local w = 1
+  for _, v in pairs(node) do
+    if type(v) == "table" then w = w + weight(v) end
+  end
+  return w
+end
+
+-- an iteration runs the body once: charged its weight
+local function count_iter(ctx, w)
   local it = ctx.iters + 1
   ctx.iters = it
-  if it > MAX_ITER then fail("loop iteration limit (%d) exceeded", MAX_ITER) end
-  spend(1)
+  if it > LIMITS.iter then fail("loop iteration limit (%d) exceeded", LIMITS.iter) end
+  spend(w)
 end
 
 SX["for"] = function(n)
@@ -427,6 +453,7 @@ SX["for"] = function(n)
   local filter = n.filter and cexpr(n.filter)
   local else_body = n.else_body and cbody(n.else_body)
   local line = n.line
+  local w = weight(n.body) + (n.filter and weight(n.filter) or 0)
   return function(ctx, sc)
     ctx.line = line
     local items, cnt = iter_items(iter(ctx, sc))
@@ -434,7 +461,7 @@ SX["for"] = function(n)
     if filter then
       local kept, m = {}, 0
       for i = 1, cnt do
-        count_iter(ctx)
+        count_iter(ctx, w)
         local isc = setmetatable({}, mt)
         bind(isc, items[i])
         if truthy(filter(ctx, isc)) then m = m + 1; kept[m] = items[i] end
@@ -449,7 +476,7 @@ SX["for"] = function(n)
     local L = setmetatable({ i = 0, n = cnt, items = items }, loop_mt)
     local completed = false
     for i = 1, cnt do
-      count_iter(ctx)
+      count_iter(ctx, w)
       L.i = i - 1
       local isc = setmetatable({ loop = L }, mt)
       bind(isc, items[i])
@@ -533,8 +560,9 @@ SX["do"] = function(n)
 end
 
 local function make_macro(n, body, defaults, sc, name)
+  n.weight = n.weight or weight(n.body) + 1
   return setmetatable({ name = name or n.name, params = n.params, defaults = defaults, body = body,
-    scope = sc, varargs = n.refs.varargs, kwargs = n.refs.kwargs }, macro_mt)
+    scope = sc, varargs = n.refs.varargs, kwargs = n.refs.kwargs, weight = n.weight }, macro_mt)
 end
 
 local function cdefaults(n)
@@ -550,7 +578,8 @@ end
 
 call_macro = function(ctx, m, args, kw, caller)
   local depth = ctx.depth + 1
-  if depth > MAX_DEPTH then fail("maximum recursion depth exceeded calling macro '%s'", m.name) end
+  if depth > LIMITS.depth then fail("maximum recursion depth exceeded calling macro '%s'", m.name) end
+  spend(m.weight) -- a call runs the body: two calls of itself per call must not be free
   ctx.depth = depth
   local msc = setmetatable({}, { __index = m.scope })
   local params = m.params

@@ -102,6 +102,7 @@ FILTERS.indent = function(_, v, args, kw)
   local ind = type(width) == "string" and width or rep(" ", w)
   local first, blank = truthy(arg(args, kw, 2, "first", false)), truthy(arg(args, kw, 3, "blank", false))
   local lines = STR_METHODS.splitlines(nil, tostr(v) .. "\n", EMPTY)
+  check_len(#tostr(v) + (#lines + 1) * (w + 1)) -- before building it
   local rv
   if blank then
     rv = concat(lines, "\n" .. ind)
@@ -165,9 +166,9 @@ FILTERS.join = function(_, v, args, kw)
     if get then x = get(x) end
     parts[i] = tostr(x)
   end
-  local r = concat(parts, tostr(arg(args, kw, 1, "d", "")), 1, n)
-  check_len(#r)
-  return r
+  local sep = tostr(arg(args, kw, 1, "d", ""))
+  value.check_concat(parts, n, sep)
+  return concat(parts, sep, 1, n)
 end
 
 FILTERS.list = function(_, v)
@@ -464,6 +465,21 @@ FILTERS.tojson = function(_, v, args, kw)
     if (k ~= "tuple" and k ~= "list") or #seps ~= 2 then fail("TypeError: separators must be a pair of strings") end
     opts.separators = { want_str(seps[1], "item separator"), want_str(seps[2], "key separator") }
   end
+  -- the value may hold one list many times (json.encode would write it each time): the
+  -- walk is charged node by node, with the bytes each node's indentation adds
+  local ind = type(opts.indent) == "string" and #opts.indent or type(opts.indent) == "number" and opts.indent or 0
+  local function walk(x, depth)
+    if type(x) ~= "table" or depth > 1000 then return end
+    local k = kind(x)
+    if k == "list" or k == "tuple" or k == "dict" or k == "ns" then
+      local keys = (k == "dict" or k == "ns") and json.keys(x) or nil
+      local n = keys and #keys or #x
+      spend(n + 1)
+      if ind > 0 then check_len(n * ind * (depth + 1)) end
+      for i = 1, n do walk(keys and x[keys[i]] or x[i], depth + 1) end
+    end
+  end
+  walk(v, 0)
   local s, err = json.encode(v, opts)
   if not s then fail("TypeError: %s", (gsub(err, "^json: ", ""))) end
   return s

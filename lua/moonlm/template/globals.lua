@@ -15,7 +15,7 @@ local floor = math.floor
 local os_date = os.date
 
 local jkeys, jset = json.keys, json.set
-local MAX_ITER, ns_mt, BUILTIN = value.MAX_ITER, value.ns_mt, value.BUILTIN
+local LIMITS, ns_mt, BUILTIN = value.LIMITS, value.ns_mt, value.BUILTIN
 local kind, fail, list, dict, tostr, repr = value.kind, value.fail, value.list, value.dict, value.tostr, value.repr
 local spend = R.spend
 local want_str, opt_int = methods.want_str, methods.opt_int
@@ -32,8 +32,8 @@ builtin("range", function(_, args)
   c = c or 1
   if c == 0 then fail("ValueError: range() arg 3 must not be zero") end
   local cnt = c > 0 and floor((b - a + c - 1) / c) or floor((a - b - c - 1) / -c)
-  if cnt > MAX_ITER then fail("range of %d items is too large", cnt) end
-  if cnt > 0 then spend(cnt) end
+  if cnt > LIMITS.iter then fail("range of %d items is too large", cnt) end
+  if cnt > 0 then value.grow(cnt) end
   local out = {}
   for i = 1, cnt do out[i] = a + (i - 1) * c end
   return list(out)

@@ -66,13 +66,17 @@ local function unescape(raw, line)
   return concat(out, "", 1, n)
 end
 
+-- newlines in s[i..j]: looks at those bytes only (a search for the next newline from i
+-- would read to the end of a template with none, making the lexer quadratic)
 local function count_nl(s, i, j)
-  local n = 0
-  while true do
-    i = find(s, "\n", i, true)
-    if not i or i > j then return n end
-    n = n + 1; i = i + 1
+  if j < i then return 0 end
+  if j - i < 64 then
+    local n = 0
+    for k = i, j do if byte(s, k) == 10 then n = n + 1 end end
+    return n
   end
+  local _, n = gsub(sub(s, i, j), "\n", "")
+  return n
 end
 
 local function skip_ws(src, p)

@@ -160,6 +160,7 @@ function replace(s, old, new, count)
   count = count or -1
   if old == "" then
     local cs, n = uchars(s)
+    check_len(#s + (n + 1) * #new)
     local out, m = { new }, 1
     for i = 1, n do
       if count >= 0 and m > count then out[#out + 1] = concat(cs, "", i); break end
@@ -179,9 +180,8 @@ function replace(s, old, new, count)
     done = done + 1
   end
   n = n + 1; out[n] = sub(s, i)
-  local r = concat(out, "", 1, n)
-  check_len(#r)
-  return r
+  check_len(#s + done * (#new - #old)) -- before building it
+  return concat(out, "", 1, n)
 end
 
 STR_METHODS.replace = function(_, s, args, kw)
@@ -280,9 +280,8 @@ STR_METHODS.join = function(_, s, args, kw)
     end
     parts[i] = items[i]
   end
-  local r = concat(parts, s, 1, n)
-  check_len(#r)
-  return r
+  value.check_concat(parts, n, s)
+  return concat(parts, s, 1, n)
 end
 
 STR_METHODS.format = function(_, s, args, kw) return brace_format(s, args, kw) end

@@ -23,32 +23,13 @@ local null, array_mt, object_mt, float_mt = json.null, json.array_mt, json.objec
 local jkeys, float_repr, number_str = json.keys, json.float_repr, json.number_str
 local utf8_char, mkfloat = json.utf8_char, json.float
 local is_ascii, uchars, ulen = text.is_ascii, text.uchars, text.ulen
-local MAX_STR, MAX_STEPS, MAX_BYTES = value.MAX_STR, value.MAX_STEPS, value.MAX_BYTES
 local tuple_mt, undef_mt, bound_mt, markup_mt = value.tuple_mt, value.undef_mt, value.bound_mt, value.markup_mt
 local kind, pytype, fail, undef, fail_undef = value.kind, value.pytype, value.fail, value.undef, value.fail_undef
 local list, markup, tuple, escape_html, unmark = value.list, value.markup, value.tuple, value.escape_html, value.unmark
 local numval, toint, tostr, repr = value.numval, value.toint, value.tostr, value.repr
 
--- Work done by the current render, so that no template runs for long (reset by render).
-local steps, bytes = 0, 0
-
-local function spend(n)
-  steps = steps + n
-  if steps > MAX_STEPS then fail("template exceeded its work limit (%d steps)", MAX_STEPS) end
-end
-
--- account for building a string of n bytes
-local function check_len(n)
-  if n > MAX_STR then fail("MemoryError: result longer than %d bytes", MAX_STR) end
-  bytes = bytes + n
-  if bytes > MAX_BYTES then fail("template exceeded its work limit (%d bytes built)", MAX_BYTES) end
-end
-
-local function limits_swap(s, b)
-  local s0, b0 = steps, bytes
-  steps, bytes = s, b
-  return s0, b0
-end
+-- The render budget lives in value.lua (LIMITS, spend, check_len, grow, limits_swap).
+local spend, check_len, grow, limits_swap = value.spend, value.check_len, value.grow, value.limits_swap
 
 -- Registries, filled as their modules load: methods.lua (STR_, LIST_, DICT_, TUPLE_METHODS,
 -- LOOP_ATTR), filters.lua (FILTERS), tests.lua (TESTS). getattr binds methods from here,
@@ -332,7 +313,7 @@ local function repeat_seq(s, n, k)
   local cnt = floor(n)
   if cnt <= 0 then return k == "str" and "" or (k == "tuple" and tuple({}) or list({})) end
   if k == "str" then check_len(#s * cnt); return rep(s, cnt) end
-  check_len(#s * cnt)
+  grow(#s * cnt)
   local out, m = {}, 0
   for _ = 1, cnt do for i = 1, #s do m = m + 1; out[m] = s[i] end end
   return k == "tuple" and tuple(out) or list(out)
@@ -379,6 +360,7 @@ local function binop(op, a, b)
   if op == "+" then
     if ka == "str" and kb == "str" then check_len(#a + #b); return a .. b end
     if ka == kb and (ka == "list" or ka == "tuple") then
+      grow(#a + #b)
       local out, n = {}, #a
       for i = 1, n do out[i] = a[i] end
       for i = 1, #b do out[n + i] = b[i] end
@@ -599,7 +581,7 @@ do
   end
 end
 
-_M.spend, _M.check_len, _M.limits_swap = spend, check_len, limits_swap
+_M.spend, _M.check_len, _M.grow, _M.limits_swap = spend, check_len, grow, limits_swap
 _M.STR_METHODS, _M.LIST_METHODS, _M.DICT_METHODS = STR_METHODS, LIST_METHODS, DICT_METHODS
 _M.TUPLE_METHODS, _M.LOOP_ATTR = TUPLE_METHODS, LOOP_ATTR
 _M.FILTERS, _M.TESTS = FILTERS, TESTS

@@ -19,12 +19,26 @@ local jkeys, float_repr, number_str, utf8_code = json.keys, json.float_repr, jso
 local is_float_num = json.is_float
 local is_ascii = text.is_ascii
 
--- Limits that keep render() from hanging or exhausting memory on a hostile template.
-local MAX_DEPTH = 100        -- nested macro calls / parser nesting
-local MAX_ITER = 1000000     -- loop iterations per render
-local MAX_STR = 64 * 1024 * 1024 -- longest string one operation may build
-local MAX_STEPS = 20000000   -- element operations per render (comparisons, copies, ...)
-local MAX_BYTES = 2 ^ 30     -- bytes of strings built per render
+local spend, check_len, grow, limits_swap -- the render budget, below
+
+-- Limits that keep compile() and render() from hanging or exhausting memory on a hostile
+-- template (chat templates come from untrusted files). Every operation is charged to the
+-- render's budget: steps (work: one per loop iteration, call and statement weight, one per
+-- element a list, dict, string or value tree operation touches) and bytes (memory built:
+-- string bytes, 32 per list or dict slot), plus a CPU-time limit checked as steps are
+-- spent. Beyond any of them the render fails with a clear error. LIMITS may be changed.
+local LIMITS = {
+  source = 256 * 1024,       -- bytes of template source (the largest known chat template: 13 KB)
+  depth = 100,               -- nested macro calls / parser nesting
+  iter = 1000000,            -- loop iterations per render
+  str = 16 * 1024 * 1024,    -- longest string (or output) one render may build
+  steps = 20000000,          -- work per render
+  bytes = 256 * 1024 * 1024, -- memory built per render
+  seconds = 1,               -- CPU seconds per render (os.clock)
+}
+_M.LIMITS = LIMITS
+local MAX_DEPTH, MAX_ITER, MAX_STR = LIMITS.depth, LIMITS.iter, LIMITS.str
+local MAX_STEPS, MAX_BYTES = LIMITS.steps, LIMITS.bytes
 
 ---------------------------------------------------------------------------------------------
 -- Value model
@@ -87,6 +101,64 @@ end
 local function fail(msg, ...)
   if select("#", ...) > 0 then msg = format(msg, ...) end
   error({ tmsg = msg }, 0)
+end
+
+---------------------------------------------------------------------------------------------
+-- The render budget (see LIMITS). A render starts with limits_swap(fresh()) and restores
+-- the previous state after (a Lua function a template calls may render another template).
+
+local clock = os.clock
+local CHECK_EVERY = 16384 -- steps between two looks at the clock
+local steps, bytes, next_check, deadline = 0, 0, 0, huge
+
+local function over_time()
+  if clock() > deadline then
+    fail("template exceeded its time limit (%g s of CPU)", LIMITS.seconds)
+  end
+end
+
+spend = function(n)
+  steps = steps + n
+  if steps >= next_check then
+    if steps > LIMITS.steps then fail("template exceeded its work limit (%d steps)", LIMITS.steps) end
+    next_check = steps + CHECK_EVERY
+    over_time()
+  end
+end
+
+-- account for building a string of n bytes
+check_len = function(n)
+  if n > LIMITS.str then fail("MemoryError: result longer than %d bytes", LIMITS.str) end
+  bytes = bytes + n
+  if bytes > LIMITS.bytes then fail("template exceeded its memory limit (%d bytes built)", LIMITS.bytes) end
+  spend(floor(n / 256) + 1)
+end
+
+-- account for concat(parts, sep, 1, n) before it builds the string
+local function check_concat(parts, n, sep)
+  local len = n > 1 and (n - 1) * #sep or 0
+  for i = 1, n do len = len + #parts[i] end
+  check_len(len)
+end
+_M.check_concat = check_concat
+
+-- account for building n slots of lists or dicts (with what a Lua table costs around them)
+grow = function(n)
+  bytes = bytes + 32 * n
+  if bytes > LIMITS.bytes then fail("template exceeded its memory limit (%d bytes built)", LIMITS.bytes) end
+  spend(n + 1)
+end
+
+-- limits_swap(state | nil) -> the previous state; nil starts a fresh budget now
+limits_swap = function(st)
+  local prev = { steps, bytes, deadline }
+  if st then
+    steps, bytes, deadline = st[1], st[2], st[3]
+  else
+    steps, bytes, deadline = 0, 0, clock() + LIMITS.seconds
+  end
+  next_check = steps
+  return prev
 end
 
 local function undef(name, obj)
@@ -185,16 +257,22 @@ local tostr
 local function seq_repr(v, open, close, depth)
   if depth > 50 then return open .. "..." .. close end
   local parts, n = {}, #v
+  spend(n + 1) -- a list may hold one list many times: every visit counts
   for i = 1, n do parts[i] = repr(v[i], depth + 1) end
   if open == "(" and n == 1 then return "(" .. parts[1] .. ",)" end
-  return open .. concat(parts, ", ") .. close
+  local r = open .. concat(parts, ", ") .. close
+  check_len(#r)
+  return r
 end
 
 local function dict_repr(v, depth)
   if depth > 50 then return "{...}" end
   local ks, parts = jkeys(v), {}
+  spend(#ks + 1)
   for i = 1, #ks do parts[i] = repr(ks[i], depth + 1) .. ": " .. repr(v[ks[i]], depth + 1) end
-  return "{" .. concat(parts, ", ") .. "}"
+  local r = "{" .. concat(parts, ", ") .. "}"
+  check_len(#r)
+  return r
 end
 
 local function str_other(v, depth)
@@ -234,6 +312,7 @@ end
 
 _M.MAX_DEPTH, _M.MAX_ITER, _M.MAX_STR, _M.MAX_STEPS, _M.MAX_BYTES =
   MAX_DEPTH, MAX_ITER, MAX_STR, MAX_STEPS, MAX_BYTES
+_M.spend, _M.check_len, _M.grow, _M.limits_swap = spend, check_len, grow, limits_swap
 _M.tuple_mt, _M.undef_mt, _M.ns_mt, _M.loop_mt = tuple_mt, undef_mt, ns_mt, loop_mt
 _M.macro_mt, _M.bound_mt, _M.markup_mt, _M.iter_mt = macro_mt, bound_mt, markup_mt, iter_mt
 _M.BUILTIN = BUILTIN

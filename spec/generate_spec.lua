@@ -144,9 +144,11 @@ describe("sampler", function()
       local a3 = lm.sampler { top_k = 0, top_p = o.top_p, min_p = o.min_p, temperature = o.temperature, seed = 3 }
       for _ = 1, 50 do assert.are.equal(a2:sample(l), a3:sample(l)) end
     end
-    -- greedy, and every token banned: the best (lowest id among equals)
+    -- greedy: the best (lowest id among equals); every token banned: no token (#11)
     assert.are.equal(2, (lm.sampler { top_k = 0, temperature = 0 }:sample(T{ 1, 2, 3, 3 })))
-    assert.are.equal(0, (lm.sampler { top_k = 0, logit_bias = { [0] = -math.huge, [1] = -math.huge } }:sample(T{ 1, 2 })))
+    local none, err = lm.sampler { top_k = 0, logit_bias = { [0] = -math.huge, [1] = -math.huge } }:sample(T{ 1, 2 })
+    assert.is_nil(none)
+    assert.matches("^no token has finite probability", err)
     assert.are.equal(1, (lm.sampler { top_k = 0, logit_bias = { [0] = -math.huge } }:sample(T{ 5, 2 })))
   end)
 
@@ -199,9 +201,9 @@ describe("sampler", function()
 
   local bad = {
     { { top_p = 0 }, "bad argument #1 to 'sampler' (top_p must be in (0, 1])" },
-    { { temperature = "hot" }, "bad argument #1 to 'sampler' (option 'temperature' must be a number)" },
+    { { temperature = "hot" }, "bad argument #1 to 'sampler' (option 'temperature' must be a number, got string)" },
     { { mirostat = 1 }, "bad argument #1 to 'sampler' (mirostat must be 0 or 2 (v1 is not supported))" },
-    { { logit_bias = 3 }, "bad argument #1 to 'sampler' (option 'logit_bias' must be a table)" },
+    { { logit_bias = 3 }, "bad argument #1 to 'sampler' (option 'logit_bias' must be a table, got number)" },
   }
   for _, c in ipairs(bad) do
     it("rejects " .. c[2], function()

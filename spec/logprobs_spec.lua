@@ -130,9 +130,9 @@ describe("logprobs", function()
     local _, info = chat:say("Hi", { logprobs = 2 })
     assert.are.equal(info.tokens, #info.logprobs)
     assert.are.equal(2, #info.logprobs[1].top_logprobs)
-    for _, bad in ipairs { -1, 1.5, "3" } do
+    for bad, got in pairs { [-1] = "-1", [1.5] = "1.5", ["3"] = "string" } do
       assert.has_error(function() model:generate(prompt, { logprobs = bad, max_tokens = 1 }) end,
-        "bad option 'logprobs' (true or a whole number >= 0 expected)")
+        "bad argument #2 to 'generate' (option 'logprobs' must be true, false or a whole number >= 0, got " .. got .. ")")
     end
   end)
 end)

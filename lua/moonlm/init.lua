@@ -329,7 +329,7 @@ end
 
 -- model:context{ n_ctx = min(n_ctx_train, 4096), n_batch = 512, kv_type = "f16", seqs = 1 }
 function Model:context(opts)
-  options.check("context", opts, 1)
+  options.check("context", opts, 2) -- counting self, as the C binding does
   local ud, err = self._ud:context(opts)
   if not ud then return nil, err end
   return wrap_context(ud, self)

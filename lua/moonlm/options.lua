@@ -88,6 +88,9 @@ local GENERATE = {
 
 -- options that conflict: a sampler given whole takes no sampler options beside it
 function GENERATE._check(opts)
+  if opts.context ~= nil and opts.n_ctx ~= nil then
+    return "option 'n_ctx' sizes the model's own context: with option 'context' it would do nothing"
+  end
   if opts.sampler == nil then return nil end
   local list = {}
   for k in pairs(opts) do
@@ -112,7 +115,7 @@ _M.schemas = {
   },
   context = {
     n_ctx = "positive", n_batch = "positive", seqs = "positive", embeddings = "boolean",
-    kv_type = one_of("f16", "f32", "q8_0"),
+    kv_type = "string", -- the binding names the types it has
   },
   sampler = SAMPLER,
   generate = GENERATE,
@@ -121,7 +124,7 @@ _M.schemas = {
   chat = {
     _include = { "say" },
     _exclude = {},
-    system = "string", template = "string", kv_type = one_of("f16", "f32", "q8_0"), tool_format = "string|table",
+    system = "string", template = "string", kv_type = "string", tool_format = "string|table",
     reasoning = "boolean",
   },
   apply_template = {
@@ -219,10 +222,15 @@ function _M.suggest(name, key)
   return best
 end
 
-local function describe(v)
-  if type(v) == "number" and v ~= v then return "nan" end
-  if type(v) == "number" then return tostring(v) end
-  if type(v) == "string" and #v <= 40 then return ("%q"):format(v) end
+-- what was given: the value when it is of the right Lua type but out of range (a count of
+-- -1, a kv_type of "f8"), else its type ("got string")
+local NUMERIC = { number = true, integer = true, count = true, positive = true, ["boolean|count"] = true }
+local function describe(v, kind)
+  if type(v) == "number" and NUMERIC[kind] then
+    if v ~= v then return "nan" end
+    return tostring(v)
+  end
+  if type(v) == "string" and type(kind) == "function" and #v <= 40 then return ("%q"):format(v) end
   return type(v)
 end
 
@@ -263,7 +271,7 @@ function _M.check(name, opts, argn, level, fname)
     local test = type(kind) == "function" and kind or KINDS[kind]
     if not test then error("moonlm.options: unknown kind '" .. tostring(kind) .. "' for option '" .. k .. "'", 2) end
     local ok = test(v)
-    if ok ~= true then fail(("option '%s' must be %s, got %s"):format(k, ok, describe(v))) end
+    if ok ~= true then fail(("option '%s' must be %s, got %s"):format(k, ok, describe(v, kind))) end
   end
   for _, c in ipairs(checks(name)) do
     local msg = c(opts)

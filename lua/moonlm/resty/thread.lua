@@ -131,9 +131,11 @@ local function step(handle, slots, limits)
       local l = logits[k]
       if l then
         local sl, r, st = slots[i], out[i], state[i]
-        local id = st.e.s:sample(l, st.hist)
+        local id, serr = st.e.s:sample(l, st.hist)
         l:close()
-        if eog[id] and not sl.ignore_eos then
+        if not id then -- no token has finite probability (#11): the request fails, clearly
+          r.done, r.err = "error", serr
+        elseif eog[id] and not sl.ignore_eos then
           r.done = "eos"
         else
           r.ids[#r.ids + 1] = id

@@ -7,13 +7,20 @@
  *   opts: scale (1/√head_dim), causal (false; query row i sits at position n_kv - n + i),
  *   window (0: none; with causal, row i sees the last `window` positions), softcap (0:
  *   none), mask ({n, n_kv} added to the scores, -inf hides a key), alibi (one slope per
- *   query head, a table or tensor: score -= slope · |position distance|). */
+ *   query head, a table or tensor: score -= slope · |position distance|).
+ *
+ *   tensor.attention(q, view [, opts]) (or (q, view, view, opts)): the keys and values a
+ *   view of lm.kv_cache holds (kv:view(layer, seq)), read where they are, in the cache's
+ *   type, without a copy; n_kv is the view's length. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "flash.h"
 #include "common.h"
+#include "lua_kvcache.h"
 #include "lua_tensor.h"
+#include "threads.h"
 
 static const ml_tensor *opt_tensor(lua_State *L, int t, const char *k) {
   lua_getfield(L, t, k);
@@ -50,26 +57,82 @@ static void check_shape(lua_State *L, int arg, const ml_tensor *t, const char *w
                                           t->ndim));
 }
 
-int ml_lua_attention(lua_State *L) {
-  ml_tensor *q = ml_lua_check_tensor(L, 1), *k = ml_lua_check_tensor(L, 2), *v = ml_lua_check_tensor(L, 3);
-  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
-  else {
-    lua_settop(L, 3);
-    lua_newtable(L);
+/* The keys and values: a kv_view at 2 (v at 3 the same view or left out), or tensors k and
+ * v at 2 and 3 (contiguous copies pushed when needed). Leaves the options table at 4. */
+static void kv_source(lua_State *L, int64_t hd, ml_flash_args *a, ml_flash_seg *seg) {
+  ml_lua_kvref r;
+  if (ml_lua_kvview(L, 2, &r)) {
+    if (lua_istable(L, 3)) { /* (q, view, opts) */
+      lua_settop(L, 3);
+      lua_pushvalue(L, 2);
+      lua_insert(L, 3);
+    }
+    else if (!lua_isnoneornil(L, 3) && !lua_rawequal(L, 2, 3))
+      luaL_argerror(L, 3, "with a kv_view as k, v must be the same view (or left out)");
+    lua_settop(L, 4);
+    if (r.head_dim != hd)
+      luaL_argerror(L, 2, lua_pushfstring(L, "head sizes of q (%d) and the kv_view (%d) differ", (int)hd, (int)r.head_dim));
+    a->n_head_kv = r.kv_heads;
+    a->kv_type = r.type;
+    a->k = r.k;
+    a->v = r.v;
+    a->row_bytes = r.row_bytes;
+    a->head_bytes = ml_type_nbytes(r.type, hd);
+    *seg = (ml_flash_seg){0, 0, r.cells, r.n, 0};
+    return;
   }
+  const ml_tensor *k = ml_lua_check_tensor(L, 2), *v = ml_lua_check_tensor(L, 3);
   lua_settop(L, 4);
-  check_shape(L, 1, q, "q");
   check_shape(L, 2, k, "k");
   check_shape(L, 3, v, "v");
-  int64_t H = q->shape[0], n = q->shape[1], hd = q->shape[2], Hk = k->shape[0], nkv = k->shape[1];
-  if (k->shape[2] != hd || v->shape[2] != hd)
-    return luaL_argerror(L, k->shape[2] != hd ? 2 : 3, "head sizes of q, k and v differ");
-  if (v->shape[0] != Hk || v->shape[1] != nkv) return luaL_argerror(L, 3, "v must have the shape of k");
-  if (Hk == 0 || H % Hk)
-    return luaL_argerror(L, 2, lua_pushfstring(L, "%d query heads cannot share %d key/value heads", (int)H, (int)Hk));
-  if (k->type != v->type) return luaL_argerror(L, 3, "k and v must have the same type");
+  int64_t Hk = k->shape[0], nkv = k->shape[1];
+  if (k->shape[2] != hd || v->shape[2] != hd) luaL_argerror(L, k->shape[2] != hd ? 2 : 3, "head sizes of q, k and v differ");
+  if (v->shape[0] != Hk || v->shape[1] != nkv) luaL_argerror(L, 3, "v must have the shape of k");
+  if (k->type != v->type) luaL_argerror(L, 3, "k and v must have the same type");
+  /* the converted copies go to 5 and 6, after the options */
+  lua_pushnil(L);
+  lua_pushnil(L);
+  const ml_tensor *kc, *vc;
+  if (k->type == ML_TYPE_F16 || k->type == ML_TYPE_F32 || (k->type == ML_TYPE_Q8_0 && hd % ML_QK == 0)) {
+    ml_tensor *t = ml_lua_push_tensor(L);
+    if (ml_tensor_contiguous(t, k) < 0) ml_lua_error(L);
+    lua_replace(L, 5);
+    kc = t;
+    t = ml_lua_push_tensor(L);
+    if (ml_tensor_contiguous(t, v) < 0) ml_lua_error(L);
+    lua_replace(L, 6);
+    vc = t;
+  } else {
+    kc = f32_contig(L, k);
+    lua_replace(L, 5);
+    vc = f32_contig(L, v);
+    lua_replace(L, 6);
+  }
+  a->n_head_kv = Hk;
+  a->kv_type = kc->type;
+  a->k = ml_tensor_data(kc);
+  a->v = ml_tensor_data(vc);
+  a->row_bytes = ml_type_nbytes(kc->type, hd);
+  a->head_bytes = a->row_bytes * (size_t)nkv;
+  *seg = (ml_flash_seg){0, 0, NULL, nkv, 0};
+}
+
+int ml_lua_attention(lua_State *L) {
+  ml_tensor *q = ml_lua_check_tensor(L, 1);
+  check_shape(L, 1, q, "q");
+  int64_t H = q->shape[0], n = q->shape[1], hd = q->shape[2];
   ml_flash_args a;
   memset(&a, 0, sizeof a);
+  ml_flash_seg seg;
+  kv_source(L, hd, &a, &seg); /* stack: q k v opts [kc vc] */
+  if (lua_isnil(L, 4)) {
+    lua_newtable(L);
+    lua_replace(L, 4);
+  } else
+    luaL_checktype(L, 4, LUA_TTABLE);
+  int64_t Hk = a.n_head_kv, nkv = seg.n_kv;
+  if (Hk == 0 || H % Hk)
+    return luaL_argerror(L, 2, lua_pushfstring(L, "%d query heads cannot share %d key/value heads", (int)H, (int)Hk));
   a.scale = (float)opt_num(L, 4, "scale", 1.0 / sqrt((double)(hd > 0 ? hd : 1)));
   a.softcap = (float)opt_num(L, 4, "softcap", 0);
   double window = opt_num(L, 4, "window", 0);
@@ -78,8 +141,7 @@ int ml_lua_attention(lua_State *L) {
   lua_getfield(L, 4, "causal");
   a.causal = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  /* the stack from here: 5 mask, 6 alibi, then converted tensors */
-  const ml_tensor *mask = opt_tensor(L, 4, "mask");
+  const ml_tensor *mask = opt_tensor(L, 4, "mask"); /* stays on the stack */
   if (mask) {
     if (mask->ndim != 2 || mask->shape[0] != n || mask->shape[1] != nkv)
       return luaL_argerror(L, 4, lua_pushfstring(L, "mask must be {%d, %d}", (int)n, (int)nkv));
@@ -105,25 +167,12 @@ int ml_lua_attention(lua_State *L) {
     a.slopes = slopes;
   }
   const ml_tensor *qc = f32_contig(L, q);
-  const ml_tensor *kc, *vc;
-  if (k->type == ML_TYPE_F16 || k->type == ML_TYPE_F32 || (k->type == ML_TYPE_Q8_0 && hd % ML_QK == 0)) {
-    ml_tensor *t = ml_lua_push_tensor(L);
-    if (ml_tensor_contiguous(t, k) < 0) return ml_lua_error(L);
-    kc = t;
-    t = ml_lua_push_tensor(L);
-    if (ml_tensor_contiguous(t, v) < 0) return ml_lua_error(L);
-    vc = t;
-  } else {
-    kc = f32_contig(L, k);
-    vc = f32_contig(L, v);
-  }
   ml_tensor *out = ml_lua_push_tensor(L);
   int64_t shape[3] = {H, n, hd};
   if (ml_tensor_init(out, ML_TYPE_F32, 3, shape) < 0) return ml_lua_error(L);
   if (n == 0 || hd == 0 || H == 0 || nkv == 0) return 1; /* no keys: zeros */
-  ml_flash_seg seg = {0, n, NULL, nkv, 0};
+  seg.n = n;
   a.n_head = H;
-  a.n_head_kv = Hk;
   a.head_dim = hd;
   a.n_q = n;
   a.q = ml_tensor_data(qc);
@@ -132,13 +181,17 @@ int ml_lua_attention(lua_State *L) {
   a.out = ml_tensor_data(out);
   a.ldo = hd;
   a.o_hs = n * hd;
-  a.kv_type = kc->type;
-  a.k = ml_tensor_data(kc);
-  a.v = ml_tensor_data(vc);
-  a.row_bytes = ml_type_nbytes(kc->type, hd);
-  a.head_bytes = a.row_bytes * (size_t)nkv;
   a.n_seg = 1;
   a.seg = &seg;
-  if (ml_flash_run(&a) < 0) return ml_lua_error_at(L, 1);
+  if (ml_flash_check(&a) < 0) return ml_lua_error_at(L, 1);
+  /* a team only for work worth it: a decode step of a small model is a few thousand
+   * multiply-adds, which one thread does faster than two meet at the kernel's barriers */
+  double macs = 2.0 * (double)H * (double)n * (double)nkv * (double)hd;
+  int nth = ml_threads_for(ML_WORK_MACS, macs);
+  void *work = lua_newuserdatauv(L, ml_flash_work_bytes(&a, nth) + 64, 0); /* freed by the collector */
+  work = (void *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+#pragma omp parallel num_threads(nth)
+  ml_flash(&a, work);
+  lua_pushvalue(L, -2); /* the output */
   return 1;
 }

@@ -5,7 +5,9 @@
 #include <string.h>
 
 #include "common.h"
+#include "forward.h"
 #include "lua_tensor.h"
+#include "lua_weight.h"
 #include "ops.h"
 #include "ops_ext.h"
 #include "rope.h"
@@ -603,6 +605,26 @@ static int t_alibi(lua_State *L) {
   return 1;
 }
 
+/* x:gelu_ggml() / x:gelu_ggml_(): GELU as ggml (and so llama.cpp and the forward pass)
+ * computes it: the tanh form looked up in a table over f16 inputs, so the input and the
+ * result are rounded to f16 (x:gelu is the tanh form in f32). In place needs a contiguous
+ * f32 tensor. */
+static int gelu_ggml(lua_State *L, int inplace) {
+  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  no_more(L, 1, "none");
+  ml_tensor *t = a;
+  if (inplace) {
+    if (a->type != ML_TYPE_F32 || !ml_tensor_is_contiguous(a))
+      return luaL_argerror(L, 1, "gelu_ggml_ needs a contiguous f32 tensor (gelu_ggml makes a copy)");
+  } else
+    t = f32_copy(L, a);
+  ml_gelu_rows(ml_tensor_data(t), ml_tensor_numel(t));
+  return 1;
+}
+
+static int m_gelu_ggml(lua_State *L) { return gelu_ggml(L, 0); }
+static int m_gelu_ggml_(lua_State *L) { return gelu_ggml(L, 1); }
+
 /* ---- registration ---- */
 
 static const luaL_Reg methods[] = {
@@ -612,7 +634,7 @@ static const luaL_Reg methods[] = {
   {"scatter", m_scatter}, {"scatter_", m_scatter_}, {"scatter_add", m_scatter_add}, {"scatter_add_", m_scatter_add_},
   {"var", m_var}, {"std", m_std}, {"norm", m_norm}, {"dot", m_dot}, {"mm", m_mm}, {"bmm", m_bmm},
   {"conv1d", m_conv1d}, {"multinomial", m_multinomial}, {"rope", m_rope}, {"rope_", m_rope_},
-  {NULL, NULL}};
+  {"linear_many", ml_lua_linear_many}, {"gelu_ggml", m_gelu_ggml}, {"gelu_ggml_", m_gelu_ggml_}, {NULL, NULL}};
 
 static const luaL_Reg functions[] = {
   {"equal", t_equal}, {"where", t_where}, {"eye", t_eye}, {"linspace", t_linspace}, {"randint", t_randint},

@@ -9,6 +9,8 @@
 #include "lua_tensor.h"
 #include "lua_weight.h"
 #include "matmul.h"
+#include "ops.h"
+#include "threads.h"
 
 ml_weight *ml_lua_push_weight(lua_State *L) {
   ml_weight *w = lua_newuserdatauv(L, sizeof *w, 0);
@@ -62,6 +64,106 @@ static int w_mm(lua_State *L) {
   if (ml_mm_w_path(w, ml_tensor_data(x), ldx, M, ml_tensor_data(y), y->stride[0], (ml_mm_path)path) < 0)
     return ml_lua_error_at(L, 1);
   return 1;
+}
+
+
+/* Do two prepared weights read the same activation format? Then it is converted once. */
+static int same_act(const ml_weight *a, const ml_weight *b) {
+  return a->type == b->type && a->K == b->K && (a->packed != NULL) == (b->packed != NULL) && a->k == b->k;
+}
+
+/* x:linear_many({ w1, ..., wn } [, { b1, ..., bn }]) -> y1, ..., yn: x·wiᵀ (+ bi) for up to 8
+ * weights (a model's matrices, w:pack()ed weights, or tensors), as x:linear gives each. When
+ * every weight is prepared, the activations are converted once per format and all the
+ * products run in one thread team (the forward pass's q, k, v or gate, up), which saves
+ * a team and a conversion per weight on one-token decodes. */
+#define ML_LINEAR_MANY 8
+int ml_lua_linear_many(lua_State *L) {
+  ml_tensor *x = ml_lua_check_tensor(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int has_b = !lua_isnoneornil(L, 3);
+  if (has_b) luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  int n = (int)lua_rawlen(L, 2);
+  if (n < 1 || n > ML_LINEAR_MANY)
+    return luaL_argerror(L, 2, lua_pushfstring(L, "1 to %d weights expected, got %d", ML_LINEAR_MANY, n));
+  if (has_b && (int)lua_rawlen(L, 3) > n) return luaL_argerror(L, 3, "more biases than weights");
+  const ml_weight *pw[ML_LINEAR_MANY];
+  ml_tensor *wt[ML_LINEAR_MANY], *bt[ML_LINEAR_MANY];
+  int prepared = 1;
+  for (int i = 0; i < n; i++) { /* weights at 4 .. n+3, biases at n+4 .. 2n+3 */
+    lua_rawgeti(L, 2, i + 1);
+    pw[i] = ml_lua_test_weight(L, -1);
+    wt[i] = NULL;
+    if (!pw[i]) {
+      wt[i] = ml_lua_test_tensor(L, -1);
+      if (!wt[i]) return luaL_argerror(L, 2, lua_pushfstring(L, "item %d is not a tensor or a packed weight", i + 1));
+      pw[i] = ml_lua_get_wlink(L, lua_gettop(L), wt[i]);
+    } else if (!pw[i]->w.storage)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "item %d: weight has been released", i + 1));
+    if (!pw[i]) prepared = 0;
+  }
+  for (int i = 0; i < n; i++) {
+    bt[i] = NULL;
+    if (has_b) {
+      lua_rawgeti(L, 3, i + 1);
+      if (!lua_isnil(L, -1)) {
+        bt[i] = ml_lua_test_tensor(L, -1);
+        if (!bt[i]) return luaL_argerror(L, 3, lua_pushfstring(L, "item %d is not a tensor", i + 1));
+      }
+    } else
+      lua_pushnil(L);
+  }
+  int64_t M = x->ndim == 2 ? x->shape[0] : 0, K = x->ndim == 2 ? x->shape[1] : 0;
+  int fast = prepared && x->type == ML_TYPE_F32 && x->ndim == 2 && (x->stride[1] == 1 || K == 1) && M > 0;
+  for (int i = 0; fast && i < n; i++) fast = pw[i]->K == K && !bt[i];
+  if (!fast) { /* one x:linear after the other: the same results, the same errors */
+    for (int i = 0; i < n; i++) {
+      ml_tensor *o = ml_lua_push_tensor(L);
+      int rc = pw[i] ? ml_linear_w(o, x, pw[i], bt[i]) : ml_linear(o, x, wt[i], bt[i]);
+      if (rc < 0) return ml_lua_error(L); /* as x:linear: input 2 the weights, 3 the biases */
+    }
+    return n;
+  }
+  int buf[ML_LINEAR_MANY];
+  size_t off[ML_LINEAR_MANY], total = 0;
+  for (int i = 0; i < n; i++) {
+    buf[i] = i;
+    for (int j = 0; j < i; j++)
+      if (same_act(pw[i], pw[j])) {
+        buf[i] = buf[j];
+        break;
+      }
+    off[i] = total;
+    if (buf[i] == i) total += (ml_mm_w_act_bytes(pw[i], M) + 63) & ~(size_t)63;
+  }
+  /* the activation scratch: a userdata, so an error cannot leak it; 64-byte aligned */
+  uint8_t *scratch = lua_newuserdatauv(L, total + 64, 0);
+  uint8_t *act = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+  float *y[ML_LINEAR_MANY];
+  double bytes = 0, macs = 0;
+  for (int i = 0; i < n; i++) {
+    ml_tensor *o = ml_lua_push_tensor(L);
+    int64_t shape[2] = {M, pw[i]->N};
+    if (ml_tensor_init(o, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
+    y[i] = ml_tensor_data(o);
+    bytes += (double)ml_type_nbytes(pw[i]->type, pw[i]->K) * (double)pw[i]->N;
+    macs += (double)M * (double)pw[i]->N * (double)K;
+  }
+  const float *xd = ml_tensor_data(x);
+  int64_t ldx = x->stride[0];
+  int ok = 1;
+#pragma omp parallel num_threads(ml_threads_for_product(bytes, macs)) reduction(&& : ok)
+  {
+    int ith = ml_thread_id(), nth = ml_thread_count();
+    for (int i = 0; i < n; i++)
+      if (buf[i] == i) ok = ml_mm_w_quantize(pw[i], xd, ldx, M, act + off[i], ith, nth) == 0 && ok;
+#pragma omp barrier
+    for (int i = 0; i < n; i++)
+      ok = ml_mm_w_compute(pw[i], act + off[buf[i]], M, y[i], pw[i]->N, ith, nth) == 0 && ok;
+  }
+  if (!ok) return ml_lua_error_at(L, 2);
+  return n;
 }
 
 static const char *or_default(const char *s, const char *def) { return s ? s : def; }

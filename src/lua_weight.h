@@ -11,6 +11,7 @@
 ml_weight *ml_lua_push_weight(lua_State *L);
 ml_weight *ml_lua_test_weight(lua_State *L, int i); /* NULL if i is not one */
 int ml_lua_tensor_pack(lua_State *L);               /* the tensor method w:pack() */
+int ml_lua_linear_many(lua_State *L);               /* the tensor method x:linear_many(ws [, bs]) */
 void ml_lua_open_weight(lua_State *L);              /* registers the metatable */
 
 #endif

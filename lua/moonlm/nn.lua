@@ -460,14 +460,11 @@ local Context = {}
 Context.__index = Context
 nn.Context = Context
 
-local CTX_OPTS = { n_ctx = true, kv_type = true, seqs = true, n_batch = true }
+local options = require "moonlm.options"
 
+-- context(net, { n_ctx = min(n_ctx_train, 4096), n_batch = 512, kv_type = "f16", seqs = 1 })
 function nn.context(net, opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error(fmt("bad argument #2 to 'context' (table expected, got %s)", type(opts)), 2) end
-  for k in pairs(opts) do
-    if not CTX_OPTS[k] then error(fmt("bad argument #2 to 'context' (unknown option '%s')", tostring(k)), 2) end
-  end
+  opts = options.check("nn_context", opts, 2, 2, "context") or {}
   local n_ctx = opts.n_ctx or math.min(net.n_ctx_train or 4096, 4096)
   local kv, err = lm.kv_cache { layers = net.n_layer, kv_heads = net.n_head_kv, head_dim = net.head_dim, n_ctx = n_ctx,
                                type = opts.kv_type or "f16", seqs = opts.seqs or 1 }
@@ -574,7 +571,7 @@ local function model_index(self, k)
 end
 
 function nn.model(net, opts)
-  opts = opts or {}
+  opts = options.check("nn_model", opts, 2, 2, "model") or {}
   local tok = opts.tokenizer
   if type(tok) ~= "table" or not tok._ud then
     error("bad argument #2 to 'model' (option 'tokenizer' must be a model loaded with lm.load)", 2)
@@ -597,7 +594,10 @@ function nn.model(net, opts)
   return self
 end
 
-function LuaModel:context(opts) return nn.context(self.net, opts) end
+function LuaModel:context(opts)
+  options.check("nn_context", opts, 2, 2, "context") -- counting self, as model:context does
+  return nn.context(self.net, opts)
+end
 function LuaModel:close()
   if self._gen_ctx then self._gen_ctx:close() end
   self._gen_ctx = nil

@@ -136,6 +136,9 @@ _M.schemas = {
   },
   tokenize = { bos = "boolean", eos = "boolean", special = "boolean", prefix = "boolean" },
   limits = { max_tensor_bytes = "count" },
+  -- models written in Lua (moonlm/nn.lua): a net's context, and the model around a net
+  nn_context = { n_ctx = "positive", n_batch = "positive", seqs = "positive", kv_type = "string" },
+  nn_model = { tokenizer = "object", arch = "string", n_ctx_train = "positive" },
 }
 -- a chat turn may not change what was fixed when the chat began
 _M.schemas.say._exclude.system = "the system prompt is the chat's (chat:reset(system) changes it)"

@@ -165,13 +165,18 @@ function H.until_true(secs, f)
   return nil
 end
 
--- The folder with the npm packages the specs use, installed once into $BUILD/npm-spec.
+-- The folder with the npm packages the specs use, installed once into $BUILD/npm-spec: the
+-- official openai client, a Prometheus text parser, and the ajv JSON Schema validator.
+local PACKAGES = { "openai", "parse-prometheus-text-format", "ajv", "ajv-formats" }
 function H.npm()
   local dir = H.BUILD .. "/npm-spec"
-  if not (S.exists(dir .. "/node_modules/openai/package.json")
-          and S.exists(dir .. "/node_modules/parse-prometheus-text-format/package.json")) then
-    local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error openai parse-prometheus-text-format")
-                       :format(dir, dir))
+  local missing = false
+  for _, p in ipairs(PACKAGES) do
+    if not S.exists(dir .. "/node_modules/" .. p .. "/package.json") then missing = true end
+  end
+  if missing then
+    local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error %s")
+                       :format(dir, dir, table.concat(PACKAGES, " ")))
     assert(rc == 0, "npm install failed: " .. out)
   end
   return dir

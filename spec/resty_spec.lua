@@ -213,7 +213,7 @@ describe("OpenResty server #once", function()
       { "max_tokens fractional", "POST", "/v1/completions", { prompt = "hi", max_tokens = 1.5 }, 400, "max_tokens" },
       { "stop a number", "POST", "/v1/completions", { prompt = "hi", stop = 3 }, 400, "stop" },
       { "stream not boolean", "POST", "/v1/completions", { prompt = "hi", stream = "yes" }, 400, "stream" },
-      { "n = 2", "POST", "/v1/completions", { prompt = "hi", n = 2 }, 400, "n" },
+      { "n = 0", "POST", "/v1/completions", { prompt = "hi", n = 0 }, 400, "n" },
       { "token id out of range", "POST", "/v1/completions", { prompt = { 1, 99999 } }, 400, "prompt" },
       { "prompt too long", "POST", "/v1/completions", { prompt = ("once upon a time "):rep(800) }, 400 },
       { "embedding input a number", "POST", "/v1/embeddings", { input = 5 }, 400, "input" },
@@ -226,17 +226,16 @@ describe("OpenResty server #once", function()
       { "body over nginx's limit", "POST", "/v1/completions", { prompt = ("x"):rep(1100000) }, 413, nil, "request_too_large" },
       -- what the server cannot honour is refused, never ignored
       { "unknown field", "POST", "/v1/completions", { prompt = "hi", temprature = 0.5 }, 400, "temprature", "unknown_parameter" },
-      { "response_format json", "POST", "/v1/chat/completions", chat_body("hi", { response_format = { type = "json_object" } }),
-        400, "response_format", "unsupported_parameter" },
-      { "response_format schema", "POST", "/v1/completions", { prompt = "hi", response_format = { type = "json_schema" } },
-        400, "response_format", "unsupported_parameter" },
-      { "tools", "POST", "/v1/chat/completions", chat_body("hi", { tools = { { type = "function", ["function"] = { name = "f" } } } }),
-        400, "tools", "unsupported_parameter" },
-      { "tool_choice", "POST", "/v1/chat/completions", chat_body("hi", { tool_choice = "required" }), 400, "tool_choice", "unsupported_parameter" },
-      { "logprobs", "POST", "/v1/chat/completions", chat_body("hi", { logprobs = true }), 400, "logprobs", "unsupported_parameter" },
-      { "top_logprobs", "POST", "/v1/chat/completions", chat_body("hi", { top_logprobs = 2 }), 400, "top_logprobs", "unsupported_parameter" },
-      { "logprobs (completions)", "POST", "/v1/completions", { prompt = "hi", logprobs = 3 }, 400, "logprobs", "unsupported_parameter" },
-      { "grammar", "POST", "/v1/completions", { prompt = "hi", grammar = "root ::= \"a\"" }, 400, "grammar", "unsupported_parameter" },
+      { "response_format yaml", "POST", "/v1/chat/completions", chat_body("hi", { response_format = { type = "yaml" } }),
+        400, "response_format" },
+      { "response_format schema without json_schema", "POST", "/v1/completions", { prompt = "hi", response_format = { type = "json_schema" } },
+        400, "response_format" },
+      { "tool_choice without tools", "POST", "/v1/chat/completions", chat_body("hi", { tool_choice = "required" }), 400, "tool_choice" },
+      { "top_logprobs without logprobs", "POST", "/v1/chat/completions", chat_body("hi", { top_logprobs = 2 }), 400, "top_logprobs" },
+      { "logprobs a boolean (completions)", "POST", "/v1/completions", { prompt = "hi", logprobs = true }, 400, "logprobs" },
+      { "n_probs", "POST", "/v1/completions", { prompt = "hi", n_probs = 3 }, 400, "n_probs", "unsupported_parameter" },
+      { "functions", "POST", "/v1/chat/completions", chat_body("hi", { functions = { { name = "f" } } }), 400, "functions", "unsupported_parameter" },
+      { "grammar not a string", "POST", "/v1/completions", { prompt = "hi", grammar = 3 }, 400, "grammar" },
       { "echo", "POST", "/v1/completions", { prompt = "hi", echo = true }, 400, "echo", "unsupported_parameter" },
       { "stream_options without stream", "POST", "/v1/completions", { prompt = "hi", stream_options = { include_usage = true } },
         400, "stream_options" },
@@ -362,9 +361,9 @@ out.embeddings = emb.data.map(d => Array.from(d.embedding));
 out.models = (await client.models.list()).data.map(m => m.id);
 for (const [name, req] of [["missing", { model: "no-such-model", messages: msgs }],
                            ["bad", { model: "stories260K", messages: msgs, temperature: "hot" }],
-                           ["format", { model: "stories260K", messages: msgs, response_format: { type: "json_object" } }],
-                           ["tools", { model: "stories260K", messages: msgs,
-                                       tools: [{ type: "function", function: { name: "f", parameters: {} } }] }]]) {
+                           ["format", { model: "stories260K", messages: msgs, response_format: { type: "yaml" } }],
+                           ["functions", { model: "stories260K", messages: msgs,
+                                           functions: [{ name: "f", parameters: {} }] }]]) {
   try { await client.chat.completions.create(req); out[name] = "no error"; }
   catch (e) { out[name] = { status: e.status, cls: e.constructor.name, code: e.code ?? null, param: e.param ?? null }; }
 }
@@ -385,8 +384,8 @@ console.log(JSON.stringify(out));
     assert.are.same({ NAME }, j.models)
     assert.are.same({ status = 404, cls = "NotFoundError", code = "model_not_found", param = "model" }, j.missing)
     assert.are.same({ status = 400, cls = "BadRequestError", code = json.null, param = "temperature" }, j.bad)
-    assert.are.same({ status = 400, cls = "BadRequestError", code = "unsupported_parameter", param = "response_format" }, j.format)
-    assert.are.same({ status = 400, cls = "BadRequestError", code = "unsupported_parameter", param = "tools" }, j.tools)
+    assert.are.same({ status = 400, cls = "BadRequestError", code = json.null, param = "response_format" }, j.format)
+    assert.are.same({ status = 400, cls = "BadRequestError", code = "unsupported_parameter", param = "functions" }, j.functions)
   end)
 
   it("streams one server-sent event per generated token, the usage last (stream_options.include_usage)", function()

@@ -66,6 +66,8 @@ local scheduler = require "moonlm.resty.scheduler"
 local access = require "moonlm.resty.access"
 local metrics = require "moonlm.resty.metrics"
 local request = require "moonlm.resty.request"
+local tools = require "moonlm.tools"
+local core = require "moonlm.core"
 local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
@@ -170,6 +172,7 @@ local function load_model(spec, o, lock)
   local bos, eos = model.vocab.bos, model.vocab.eos
   return {
     name = spec.name, o = mo, model = model, ctx = ctx, tmpl = tmpl, template_source = src, created = ngx.time(),
+    fmt = tools.detect(src, function(t) return model:find_token(t) ~= nil end, model.meta), tokens = {},
     bos_text = bos and model:token(bos) or "", eos_text = eos and model:token(eos) or "",
     label = metrics.labels { model = spec.name },
     sched = scheduler.new {
@@ -377,11 +380,18 @@ local function admit_key(tokens)
   for k, v in pairs(h or {}) do ngx.header[k] = v end
 end
 
+-- The tokens generated for a request, all its choices.
+local function generated(I)
+  local n = 0
+  for _, r in ipairs(I.reqs or { I.req }) do n = n + (r.completion_tokens or 0) end
+  return n
+end
+
 local function release_key()
   local I = info()
   if I and I.holds_key then
     I.holds_key = false
-    S.keys:charge(I.key_entry, I.req and I.req.completion_tokens or 0)
+    S.keys:charge(I.key_entry, generated(I))
     S.keys:release(I.key_entry)
   end
 end
@@ -389,11 +399,13 @@ end
 ---------------------------------------------------------------------------------------
 -- Completions
 
-local function usage(req, details)
-  local u = obj({ prompt_tokens = #req.prompt, completion_tokens = req.completion_tokens,
-                  total_tokens = #req.prompt + req.completion_tokens },
+local function usage(reqs, details)
+  local lead, completion = reqs[1], 0
+  for _, r in ipairs(reqs) do completion = completion + (r.completion_tokens or 0) end
+  local u = obj({ prompt_tokens = #lead.prompt, completion_tokens = completion,
+                  total_tokens = #lead.prompt + completion },
                 { "prompt_tokens", "completion_tokens", "total_tokens" })
-  if details then json.set(u, "prompt_tokens_details", obj({ cached_tokens = req.cached_tokens })) end
+  if details then json.set(u, "prompt_tokens_details", obj({ cached_tokens = lead.cached_tokens })) end
   return u
 end
 
@@ -404,94 +416,305 @@ local function flush()
   return ok, err
 end
 
--- Stream a request's text as server-sent events; chunk(text, finish, usage) -> one chunk.
-local function stream(req, p, chunk, head)
-  ngx.header["Content-Type"] = "text/event-stream"
-  ngx.header["Cache-Control"] = "no-cache"
-  ngx.header["X-Accel-Buffering"] = "no"
-  if head and not (event(head()) and flush()) then return false end
-  local per_token = S.o.flush == "token"
-  while true do
-    local pieces, done = scheduler.wait(req)
-    if pieces == nil then return false end
-    if per_token then
-      for _, piece in ipairs(pieces) do
-        if not event(chunk(piece)) then return false end
-      end
-    elseif #pieces > 0 then
-      if not event(chunk(scheduler.text(pieces))) then return false end
+---------------------------------------------------------------------------------------
+-- Grammars: compiled in the thread pool (a hostile schema may use the compiler's whole
+-- time budget), attached here, and kept per worker by their text (the last 64), so a
+-- schema that comes with every request is compiled once. A request holds its grammar
+-- until it ends.
+
+local grammar_cache, grammar_keys = {}, {}
+
+local function compile_grammar(M, kind, text)
+  local key = kind .. "\0" .. text
+  local g = grammar_cache[key]
+  if g then return g end
+  local err
+  for _ = 1, 2 do -- a second time if the compiling VM let it go before we attached it
+    local called, handle, cerr = ngx.run_worker_thread(M.o.thread_pool, "moonlm.resty.thread", "compile", kind, text)
+    if not called then fail(500, "cannot compile the grammar: " .. tostring(handle)) end
+    if not handle then return nil, tostring(cerr) end
+    g, err = lm.grammar.attach(handle)
+    if g then break end
+  end
+  if not g then fail(500, "cannot attach the compiled grammar: " .. tostring(err)) end
+  grammar_keys[#grammar_keys + 1] = key
+  grammar_cache[key] = g
+  if #grammar_keys > 64 then grammar_cache[table.remove(grammar_keys, 1)] = nil end
+  return g
+end
+
+-- The grammar a request asks for (request.constraint), or a 400 that says why it cannot be.
+local function constraint_grammar(M, c)
+  local g, err = compile_grammar(M, c.kind, c.text)
+  if g then return g end
+  if c.kind == "schema" then
+    fail(400, ("Invalid schema for %s: %s"):format(c.what, err), c.param, "invalid_json_schema")
+  end
+  fail(400, ("'grammar' is not a valid GBNF grammar: %s"):format(err), c.param, "invalid_grammar")
+end
+
+---------------------------------------------------------------------------------------
+-- Logprobs
+
+local function lp_number(x)
+  if x == nil or x ~= x then return null end
+  if x == -huge then return json.float(-9999) end -- OpenAI's value for "never": JSON has no -Infinity
+  return json.float(x)
+end
+
+-- valid_text(s) -> s with every byte that is not part of a UTF-8 character as U+FFFD (a
+-- token may hold part of a character; its bytes say which)
+local function valid_text(s)
+  if not json.utf8_error(s) then return s end
+  local out, i = {}, 1
+  while i <= #s do
+    local bad = json.utf8_error(s:sub(i))
+    if not bad then
+      out[#out + 1] = s:sub(i)
+      break
     end
-    if #pieces > 0 and not flush() then return false end
-    if done then break end
+    out[#out + 1] = s:sub(i, i + bad - 2) .. "\239\191\189"
+    i = i + bad
   end
-  if req.finish_reason == "error" then
-    event(obj({ error = obj({ message = "generation failed: " .. tostring(req.error), type = "server_error", param = null, code = null },
-                            { "message", "type", "param", "code" }) }))
-  else
-    event(chunk(nil, req.finish_reason))
-    if p.include_usage then event(chunk(nil, nil, true)) end
+  return concat(out)
+end
+
+-- { text, bytes, chars } of a token, cached per model
+local function token_of(M, id)
+  local t = M.tokens[id]
+  if not t then
+    local piece = M.model:piece(id, true)
+    local bytes = json.array {}
+    for k = 1, #piece do bytes[k] = piece:byte(k) end
+    local text = valid_text(piece)
+    local chars = 0
+    for _ in text:gmatch("[^\128-\191]") do chars = chars + 1 end
+    t = { text = text, bytes = bytes, chars = chars }
+    M.tokens[id] = t
   end
+  return t
+end
+
+-- chat: { content = [ { token, logprob, bytes, top_logprobs = [ { token, logprob, bytes } ] } ],
+-- refusal = null } for the generated tokens a..b of a choice
+local function chat_logprobs(M, req, a, b)
+  local content = json.array {}
+  for k = a, b do
+    local e, t = req.logprobs[k], token_of(M, req.generated[k])
+    local top = json.array {}
+    for j, id in ipairs(e and e.ids or {}) do
+      local tt = token_of(M, id)
+      top[j] = obj({ token = tt.text, logprob = lp_number(e.lps[j]), bytes = tt.bytes }, { "token", "logprob", "bytes" })
+    end
+    content[#content + 1] = obj({ token = t.text, logprob = lp_number(e and e[1]), bytes = t.bytes, top_logprobs = top },
+                                { "token", "logprob", "bytes", "top_logprobs" })
+  end
+  return obj({ content = content, refusal = null }, { "content", "refusal" })
+end
+
+-- completions (the legacy shape): { tokens, token_logprobs, top_logprobs = [ { token: logprob }
+-- (the alternatives and the chosen token) ], text_offset (characters from the start of the
+-- completion) } for the generated tokens a..b
+local function text_logprobs(M, req, a, b)
+  local tokens, lps, tops, offsets = json.array {}, json.array {}, json.array {}, json.array {}
+  for k = a, b do
+    local e, t = req.logprobs[k], token_of(M, req.generated[k])
+    tokens[#tokens + 1] = t.text
+    lps[#lps + 1] = lp_number(e and e[1])
+    local top, keys = {}, {}
+    for j, id in ipairs(e and e.ids or {}) do
+      local tt = token_of(M, id)
+      if top[tt.text] == nil then
+        top[tt.text] = lp_number(e.lps[j])
+        keys[#keys + 1] = tt.text
+      end
+    end
+    if top[t.text] == nil then
+      top[t.text] = lp_number(e and e[1])
+      keys[#keys + 1] = t.text
+    end
+    tops[#tops + 1] = obj(top, keys)
+    offsets[#offsets + 1] = req.text_offset or 0
+    req.text_offset = (req.text_offset or 0) + t.chars
+  end
+  return obj({ tokens = tokens, token_logprobs = lps, top_logprobs = tops, text_offset = offsets },
+             { "tokens", "token_logprobs", "top_logprobs", "text_offset" })
+end
+
+---------------------------------------------------------------------------------------
+-- Generation requests: n choices (scheduler requests) sharing the prompt
+
+-- The scheduler requests of one API request. o: id, prompt, starts, param, grammar (an
+-- attached grammar or nil), mopts, preserved.
+local function make_reqs(p, o)
+  local reqs, sema = {}, semaphore.new()
+  for i = 1, p.n do
+    local s = p.sampling
+    if i > 1 then -- each choice draws its own numbers
+      s = {}
+      for k, v in pairs(p.sampling) do s[k] = v end
+      s.seed = p.sampling.seed + i - 1
+      if s.seed >= 2 ^ 53 then s.seed = s.seed - 2 ^ 53 end
+    end
+    reqs[i] = {
+      id = i == 1 and o.id or ("%s/%d"):format(o.id, i), index = i - 1, prompt = o.prompt, starts = o.starts,
+      param = o.param, sema = sema, leader = reqs[1], max_tokens = p.max_tokens, sampling = s, stops = p.stops,
+      ignore_eos = p.ignore_eos, penalties = p.penalties, no_cache = p.no_cache, logprobs_n = p.logprobs,
+      grammar = o.grammar and o.grammar.handle, grammar_ref = o.grammar, mopts = o.mopts, preserved = o.preserved,
+    }
+  end
+  return reqs
+end
+
+local function cancel_all(M, reqs)
+  for _, r in ipairs(reqs) do
+    if not r.done then M.sched:cancel(r) end
+  end
+end
+
+-- Run the requests through the scheduler; stream(...) -> whether the client is still there,
+-- or final() -> the reply. Whatever goes wrong on the way, the requests stop generating.
+local function complete(M, reqs, p, on_stream, final)
+  local lead = reqs[1]
+  local most = #M.sched.slots + M.sched.max_queue
+  if #reqs > most then
+    fail(400, ("'n' is %d; this server runs at most %d sequences of one request (slots and queue)"):format(#reqs, most), "n")
+  end
+  local I = info()
+  I.id, I.stream, I.user = lead.id, p.stream, p.user
+  ngx.header["X-Request-Id"] = lead.id
+  check_serving(M)
+  if #lead.prompt + 1 > M.o.n_ctx then
+    fail(400, ("this model's context per request is %d tokens, and the prompt has %d"):format(M.o.n_ctx, #lead.prompt),
+         lead.param, "context_length_exceeded")
+  end
+  if M.sched:full(#reqs) then
+    M.sched.stats.rejected = M.sched.stats.rejected + 1
+    reject(503, "busy", ("the server is busy (%d requests wait for a slot, the limit); retry later"):format(M.sched.max_queue),
+           "server_busy", 1)
+  end
+  admit_key(#lead.prompt)
+  for i, req in ipairs(reqs) do
+    local ok, status, msg = M.sched:submit(req)
+    if not ok then
+      for k = 1, i - 1 do M.sched:cancel(reqs[k]) end
+      if status == 503 then reject(503, "busy", msg, "server_busy", 1) end
+      fail(status, msg, status == 400 and req.param or nil, status == 400 and "context_length_exceeded" or nil)
+    end
+  end
+  I.req, I.reqs, I.M = lead, reqs, M
+  S.active = S.active + 1
+  I.running = true
+  ngx.on_abort(function()
+    cancel_all(M, reqs)
+    _M.finish(499)
+    ngx.exit(499)
+  end)
+  local ok, res = pcall(function()
+    if p.stream then
+      ngx.header["Content-Type"] = "text/event-stream"
+      ngx.header["Cache-Control"] = "no-cache"
+      ngx.header["X-Accel-Buffering"] = "no"
+      return on_stream()
+    end
+    while true do
+      local all = true
+      for _, r in ipairs(reqs) do
+        if not r.done then all = false end
+      end
+      if all then return true end
+      local waited, err = lead.sema:wait(60)
+      if not waited and err ~= "timeout" then return nil end
+    end
+  end)
+  if not ok or not res then
+    cancel_all(M, reqs)
+    if not ok then error(res, 0) end
+    return
+  end
+  if p.stream then return end
+  for _, r in ipairs(reqs) do
+    if r.finish_reason == "error" then fail(500, "generation failed: " .. tostring(r.error)) end
+  end
+  send_json(200, final())
+end
+
+-- The stream's end for an error of one choice (the others stop).
+local function stream_error(M, reqs, r)
+  cancel_all(M, reqs)
+  event(obj({ error = obj({ message = "generation failed: " .. tostring(r.error), type = "server_error", param = null, code = null },
+                          { "message", "type", "param", "code" }) }))
   event("[DONE]")
   flush()
   return true
 end
 
-local function collect(req)
-  local parts = {}
-  while true do
-    local pieces, done = scheduler.wait(req)
-    if pieces == nil then return nil end
-    parts[#parts + 1] = scheduler.text(pieces)
-    if done then break end
+-- Stream the choices as server-sent events: piece(r, text, upto) -> a chunk or nil for a
+-- piece of choice r covering its generated tokens up to `upto`; ending(r) -> the chunks
+-- that end choice r; usage_chunk() -> the last chunk (stream_options.include_usage).
+local function stream_choices(M, reqs, p, heads, piece, ending, usage_chunk)
+  for _, h in ipairs(heads or {}) do
+    if not event(h) then return false end
   end
-  return concat(parts)
+  if heads and not flush() then return false end
+  local per_token = S.o.flush == "token"
+  while true do
+    local outs, all = scheduler.wait_all(reqs)
+    if outs == nil then return false end
+    local sent = false
+    for i, o in ipairs(outs) do
+      local r = reqs[i]
+      if per_token then
+        for k, text in ipairs(o.pieces) do
+          local c = piece(r, text, o.upto[k])
+          if c then
+            if not event(c) then return false end
+            sent = true
+          end
+        end
+      elseif #o.pieces > 0 then
+        local c = piece(r, scheduler.text(o.pieces), o.upto[#o.pieces])
+        if c then
+          if not event(c) then return false end
+          sent = true
+        end
+      end
+      if o.done then
+        if r.finish_reason == "error" then return stream_error(M, reqs, r) end
+        for _, c in ipairs(ending(r)) do
+          if not event(c) then return false end
+        end
+        sent = true
+      end
+    end
+    if sent and not flush() then return false end
+    if all then break end
+  end
+  if p.include_usage then event(usage_chunk()) end
+  event("[DONE]")
+  flush()
+  return true
 end
 
--- Run a request through the scheduler and answer: stream(...) or final(text) -> the reply.
--- Whatever goes wrong on the way, the request stops generating.
-local function complete(M, req, p, chunk, head, final)
-  req.max_tokens, req.sampling, req.stops = p.max_tokens, p.sampling, p.stops
-  req.ignore_eos, req.penalties, req.no_cache = p.ignore_eos, p.penalties, p.no_cache
-  local I = info()
-  I.id, I.stream, I.user = req.id, p.stream, p.user
-  ngx.header["X-Request-Id"] = req.id
-  check_serving(M)
-  if #req.prompt + 1 > M.o.n_ctx then
-    fail(400, ("this model's context per request is %d tokens, and the prompt has %d"):format(M.o.n_ctx, #req.prompt),
-         req.param, "context_length_exceeded")
+-- The whole text of a request that is done.
+local function collect(r)
+  local text = concat(r.outbox)
+  r.outbox, r.outbox_upto = {}, {}
+  return text
+end
+
+-- arguments text in pieces of about a token's size for streamed tool-call deltas (whole
+-- UTF-8 characters)
+local function arg_pieces(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local j = math.min(#s, i + 7)
+    while j < #s and (s:byte(j + 1) or 0) >= 0x80 and s:byte(j + 1) < 0xC0 do j = j + 1 end
+    out[#out + 1] = s:sub(i, j)
+    i = j + 1
   end
-  if M.sched:full() then
-    M.sched.stats.rejected = M.sched.stats.rejected + 1
-    reject(503, "busy", ("the server is busy (%d requests wait for a slot, the limit); retry later"):format(M.sched.max_queue),
-           "server_busy", 1)
-  end
-  admit_key(#req.prompt)
-  local ok, status, msg = M.sched:submit(req)
-  if not ok then
-    if status == 503 then reject(503, "busy", msg, "server_busy", 1) end
-    fail(status, msg, status == 400 and req.param or nil, status == 400 and "context_length_exceeded" or nil)
-  end
-  I.req, I.M = req, M
-  S.active = S.active + 1
-  I.running = true
-  ngx.on_abort(function()
-    M.sched:cancel(req)
-    _M.finish(499)
-    ngx.exit(499)
-  end)
-  local text
-  ok, text = pcall(function()
-    if p.stream then return stream(req, p, chunk, head) end
-    return collect(req)
-  end)
-  if not ok or not text then
-    M.sched:cancel(req)
-    if not ok then error(text, 0) end
-    return
-  end
-  if p.stream then return end
-  if req.finish_reason == "error" then fail(500, "generation failed: " .. tostring(req.error)) end
-  send_json(200, final(text))
+  if #out == 0 then out[1] = "" end
+  return out
 end
 
 local function chat_completions()
@@ -499,37 +722,170 @@ local function chat_completions()
   request.check_fields(b, "chat")
   local M = model_of(b)
   local p = request.generation(b, true, M, S.counter)
-  local req = { id = next_id("chatcmpl"), prompt = request.chat_prompt(b, M), starts = false, param = "messages" }
-  local created = ngx.time()
-  local function head_of(t, delta, finish)
-    return obj({ id = req.id, object = t, created = created, model = M.name, system_fingerprint = null,
-                 choices = { obj({ index = 0, [t == "chat.completion" and "message" or "delta"] = delta, logprobs = null,
-                                   finish_reason = finish or null },
-                                 { "index", t == "chat.completion" and "message" or "delta", "logprobs", "finish_reason" }) } },
-               { "id", "object", "created", "model", "system_fingerprint", "choices" })
+  p.logprobs = request.logprobs(b, true)
+  local topts = request.tool_options(b)
+  local use_tools = topts and topts.choice ~= "none"
+  local c = request.constraint(b)
+  if c and use_tools then
+    fail(400, ("'%s' cannot be honoured together with 'tools' (the reply follows the tool-call format); "
+               .. "set 'tool_choice' to \"none\" for a reply in your format"):format(c.param), c.param, "unsupported_parameter")
   end
-  local function chunk(text, finish, with_usage)
-    if with_usage then
-      local c = head_of("chat.completion.chunk", nil)
-      c.choices = json.array {}
-      json.set(c, "usage", usage(req, true))
-      return c
+  if (c or use_tools) and p.ignore_eos then
+    fail(400, "'ignore_eos' cannot be honoured with a grammar or tools: the grammar decides where the reply ends", "ignore_eos",
+         "unsupported_parameter")
+  end
+  local prompt, text = request.chat_prompt(b, M, topts)
+  local id = next_id("chatcmpl")
+  local o = { id = id, prompt = prompt, starts = false, param = "messages" }
+  local fmt = M.fmt
+  local open_think = tools.open_think(text, fmt)
+  if c then
+    o.grammar = constraint_grammar(M, c)
+  elseif use_tools then
+    local gtext, lazy = tools.grammar(fmt, topts.list, { choice = topts.choice, parallel = topts.parallel, open_think = open_think })
+    local g, err
+    if gtext then g, err = compile_grammar(M, "gbnf", gtext) else err = lazy end
+    if g then
+      o.grammar = g
+      if lazy then
+        o.mopts = { lazy = true, triggers = lazy.triggers, trigger_tokens = {} }
+        for _, w in ipairs(lazy.triggers) do
+          local tid = M.model:find_token(w)
+          if tid then o.mopts.trigger_tokens[#o.mopts.trigger_tokens + 1] = tid end
+        end
+      end
+    elseif topts.choice ~= "auto" then
+      fail(400, "the tools' parameters cannot be followed: " .. tostring(err), "tools", "invalid_json_schema")
+    end -- "auto" without a grammar: the reply is parsed all the same
+  end
+  local parse = use_tools or fmt.think
+  if parse then
+    o.preserved = {}
+    for _, t in ipairs(tools.preserved(fmt)) do
+      local tid = M.model:find_token(t)
+      if tid then o.preserved[tid] = M.model:piece(tid, true) end
     end
-    local c = head_of("chat.completion.chunk", text and obj({ content = text }) or obj({}), finish)
-    if p.include_usage then json.set(c, "usage", null) end -- as OpenAI: null on every chunk but the last
-    return c
   end
-  complete(M, req, p, chunk,
-    function()
-      local c = head_of("chat.completion.chunk", obj({ role = "assistant", content = "" }, { "role", "content" }))
-      if p.include_usage then json.set(c, "usage", null) end
-      return c
-    end,
-    function(text)
-      local r = head_of("chat.completion", obj({ role = "assistant", content = text }, { "role", "content" }), req.finish_reason)
-      json.set(r, "usage", usage(req, true))
-      return r
-    end)
+  local reqs = make_reqs(p, o)
+  local rng = core.rng(floor(p.sampling.seed) + 7919)
+  local parsers = {}
+  for i = 1, #reqs do
+    if parse then
+      parsers[i] = tools.parser(fmt, { tools = topts and topts.list, tools_off = not use_tools, open_think = open_think })
+    end
+  end
+  local created = ngx.time()
+  local function chunk_of(index, delta, lp, finish)
+    local ch = obj({ id = id, object = "chat.completion.chunk", created = created, model = M.name, system_fingerprint = null,
+                     choices = { obj({ index = index, delta = delta, logprobs = lp or null, finish_reason = finish or null },
+                                     { "index", "delta", "logprobs", "finish_reason" }) } },
+                   { "id", "object", "created", "model", "system_fingerprint", "choices" })
+    if p.include_usage then json.set(ch, "usage", null) end -- as OpenAI: null on every chunk but the last
+    return ch
+  end
+  local function delta_of(content, reasoning)
+    local d, keys = {}, {}
+    if reasoning and reasoning ~= "" then d.reasoning_content, keys[#keys + 1] = reasoning, "reasoning_content" end
+    if content and content ~= "" then d.content, keys[#keys + 1] = content, "content" end
+    return obj(d, keys)
+  end
+  -- logprobs of a choice's tokens not sent yet, up to `upto`
+  local function lp_upto(r, upto)
+    if not r.logprobs then return nil end
+    local from = (r.lp_sent or 0) + 1
+    if upto < from then return nil end
+    r.lp_sent = upto
+    return chat_logprobs(M, r, from, upto)
+  end
+  local function calls_of(r, msg)
+    if not msg.tool_calls then return nil end
+    return tools.assign_ids(msg.tool_calls, fmt, rng)
+  end
+  local function reason_of(r, calls)
+    if calls and r.finish_reason ~= "length" then return "tool_calls" end
+    return r.finish_reason
+  end
+  local function on_stream()
+    local heads = {}
+    for i = 1, #reqs do
+      heads[i] = chunk_of(i - 1, obj({ role = "assistant", content = "" }, { "role", "content" }))
+    end
+    return stream_choices(M, reqs, p, heads,
+      function(r, piece, upto)
+        local content, reasoning = piece, ""
+        local parser = parsers[r.index + 1]
+        if parser then content, reasoning = parser:push(piece) end
+        local lp = lp_upto(r, upto)
+        if content == "" and reasoning == "" and not lp then return nil end
+        return chunk_of(r.index, delta_of(content, reasoning), lp)
+      end,
+      function(r)
+        local out = {}
+        local parser, calls = parsers[r.index + 1], nil
+        local lp = lp_upto(r, #r.generated)
+        if parser then
+          local content, reasoning, msg = parser:finish()
+          calls = calls_of(r, msg)
+          if content ~= "" or reasoning ~= "" or lp then out[#out + 1] = chunk_of(r.index, delta_of(content, reasoning), lp) end
+        elseif lp then
+          out[#out + 1] = chunk_of(r.index, obj({}), lp)
+        end
+        for k, call in ipairs(calls or {}) do
+          local f = call["function"]
+          for j, a in ipairs(arg_pieces(f.arguments)) do
+            local tc
+            if j == 1 then
+              tc = obj({ index = k - 1, id = call.id, type = "function", ["function"] = obj({ name = f.name, arguments = a }, { "name", "arguments" }) },
+                       { "index", "id", "type", "function" })
+            else
+              tc = obj({ index = k - 1, ["function"] = obj({ arguments = a }, { "arguments" }) }, { "index", "function" })
+            end
+            out[#out + 1] = chunk_of(r.index, obj({ tool_calls = json.array { tc } }, { "tool_calls" }))
+          end
+        end
+        out[#out + 1] = chunk_of(r.index, obj({}), nil, reason_of(r, calls))
+        return out
+      end,
+      function()
+        local ch = obj({ id = id, object = "chat.completion.chunk", created = created, model = M.name, system_fingerprint = null,
+                         choices = json.array {} }, { "id", "object", "created", "model", "system_fingerprint", "choices" })
+        json.set(ch, "usage", usage(reqs, true))
+        return ch
+      end)
+  end
+  local function final()
+    local choices = {}
+    for i, r in ipairs(reqs) do
+      local text = collect(r)
+      local msg = { content = text }
+      local calls
+      if parsers[i] then
+        parsers[i]:push(text)
+        local _, _, m = parsers[i]:finish()
+        msg = m
+        calls = calls_of(r, m)
+      end
+      local mkeys = { "role", "content" }
+      local message = { role = "assistant", content = msg.content }
+      if msg.reasoning_content then
+        message.reasoning_content = msg.reasoning_content
+        mkeys[#mkeys + 1] = "reasoning_content"
+      end
+      if calls then
+        message.tool_calls = json.array(calls)
+        mkeys[#mkeys + 1] = "tool_calls"
+        if message.content == "" then message.content = null end
+      end
+      choices[i] = obj({ index = i - 1, message = obj(message, mkeys),
+                         logprobs = r.logprobs and chat_logprobs(M, r, 1, #r.generated) or null,
+                         finish_reason = reason_of(r, calls) },
+                       { "index", "message", "logprobs", "finish_reason" })
+    end
+    return obj({ id = id, object = "chat.completion", created = created, model = M.name, system_fingerprint = null,
+                 choices = choices, usage = usage(reqs, true) },
+               { "id", "object", "created", "model", "system_fingerprint", "choices", "usage" })
+  end
+  complete(M, reqs, p, on_stream, final)
 end
 
 local function completions()
@@ -537,32 +893,62 @@ local function completions()
   request.check_fields(b, "completions")
   local M = model_of(b)
   local p = request.generation(b, false, M, S.counter)
-  local prompt, starts = request.text_prompt(b, M)
-  local req = { id = next_id("cmpl"), prompt = prompt, starts = starts, param = "prompt" }
-  local created = ngx.time()
-  local function reply(text, finish)
-    return obj({ id = req.id, object = "text_completion", created = created, model = M.name,
-                 choices = { obj({ text = text, index = 0, logprobs = null, finish_reason = finish or null },
-                                 { "text", "index", "logprobs", "finish_reason" }) } },
-               { "id", "object", "created", "model", "choices" })
+  p.logprobs = request.logprobs(b, false)
+  local c = request.constraint(b)
+  if c and p.ignore_eos then
+    fail(400, "'ignore_eos' cannot be honoured with a grammar: the grammar decides where the text ends", "ignore_eos",
+         "unsupported_parameter")
   end
-  complete(M, req, p,
-    function(text, finish, with_usage)
-      if with_usage then
-        local c = reply("")
-        c.choices = json.array {}
-        json.set(c, "usage", usage(req, true))
-        return c
-      end
-      local c = reply(text or "", finish)
-      if p.include_usage then json.set(c, "usage", null) end
-      return c
-    end, nil,
-    function(text)
-      local r = reply(text, req.finish_reason)
-      json.set(r, "usage", usage(req, true))
-      return r
-    end)
+  local prompt, starts = request.text_prompt(b, M)
+  local id = next_id("cmpl")
+  local reqs = make_reqs(p, { id = id, prompt = prompt, starts = starts, param = "prompt",
+                              grammar = c and constraint_grammar(M, c) or nil })
+  local created = ngx.time()
+  local function reply(index, text, lp, finish)
+    local ch = obj({ id = id, object = "text_completion", created = created, model = M.name,
+                     choices = { obj({ text = text, index = index, logprobs = lp or null, finish_reason = finish or null },
+                                     { "text", "index", "logprobs", "finish_reason" }) } },
+                   { "id", "object", "created", "model", "choices" })
+    return ch
+  end
+  local function lp_upto(r, upto)
+    if not r.logprobs then return nil end
+    local from = (r.lp_sent or 0) + 1
+    if upto < from then return nil end
+    r.lp_sent = upto
+    return text_logprobs(M, r, from, upto)
+  end
+  local function on_stream()
+    return stream_choices(M, reqs, p, nil,
+      function(r, piece, upto)
+        local ch = reply(r.index, piece, lp_upto(r, upto))
+        if p.include_usage then json.set(ch, "usage", null) end
+        return ch
+      end,
+      function(r)
+        local ch = reply(r.index, "", lp_upto(r, #r.generated), r.finish_reason)
+        if p.include_usage then json.set(ch, "usage", null) end
+        return { ch }
+      end,
+      function()
+        local ch = reply(0, "")
+        ch.choices = json.array {}
+        json.set(ch, "usage", usage(reqs, true))
+        return ch
+      end)
+  end
+  local function final()
+    local r = reply(0, "")
+    local choices = {}
+    for i, q in ipairs(reqs) do
+      choices[i] = obj({ text = collect(q), index = i - 1, logprobs = q.logprobs and text_logprobs(M, q, 1, #q.generated) or null,
+                         finish_reason = q.finish_reason }, { "text", "index", "logprobs", "finish_reason" })
+    end
+    r.choices = choices
+    json.set(r, "usage", usage(reqs, true))
+    return r
+  end
+  complete(M, reqs, p, on_stream, final)
 end
 
 ---------------------------------------------------------------------------------------
@@ -855,7 +1241,8 @@ function _M.finish(status)
     local t = ngx.now()
     S.metrics:inc("moonlm_prompt_tokens_total", M.label, #req.prompt)
     S.metrics:inc("moonlm_prompt_tokens_cached_total", M.label, req.cached_tokens or 0)
-    S.metrics:inc("moonlm_generated_tokens_total", M.label, req.completion_tokens or 0)
+    local n = generated(I)
+    S.metrics:inc("moonlm_generated_tokens_total", M.label, n)
     S.metrics:observe("moonlm_request_duration_seconds", M.label, t - I.start)
     if req.t_first then
       S.metrics:observe("moonlm_time_to_first_token_seconds", M.label, max(0, req.t_first - I.start))
@@ -969,7 +1356,7 @@ function _M.log()
     key = I.key or null, model = I.model or null, user = I.user or null, stream = I.stream or false,
     prompt_tokens = req and #req.prompt or I.embedding_tokens or null,
     cached_tokens = req and req.cached_tokens or null,
-    completion_tokens = req and req.completion_tokens or null,
+    completion_tokens = req and generated(I) or null,
     ttft_ms = req and req.t_first and floor((req.t_first - I.start) * 1e4 + 0.5) / 10 or null,
     total_ms = floor((ngx.now() - I.start) * 1e4 + 0.5) / 10,
     finish_reason = req and req.finish_reason or null,

@@ -3,8 +3,8 @@
 -- names it: `fields` below lists, per endpoint, the fields a handler reads (true) and those
 -- accepted only at a value that asks for nothing this server cannot do (a function that
 -- returns why the value is refused). A field in neither is refused as unknown, as OpenAI does.
--- Wiring a new feature (structured output: response_format, grammar; tools; logprobs; n)
--- means replacing its refusal by `true` and reading the field in the handler.
+-- Structured output (response_format, grammar, json_schema), tools and logprobs are read
+-- here into what the handlers and the scheduler need (constraint, tool_options, logprobs).
 local ngx = ngx
 local json = require "moonlm.json"
 local sampler = require "moonlm.sampler"
@@ -93,8 +93,6 @@ _M.boolean = boolean
 ---------------------------------------------------------------------------------------
 -- Fields per endpoint
 
-local STRUCTURED = "structured output (JSON schema, grammars) is not available in this server yet"
-
 local function refuse(why) return function() return why end end
 -- accepted when absent, null or equal to one of the neutral values
 local function only(why, ...)
@@ -119,15 +117,9 @@ local sampling_fields = {
   top_k = true, min_p = true, typical_p = true, stop = true, seed = true, frequency_penalty = true,
   presence_penalty = true, repeat_penalty = true, penalty_last_n = true, repeat_last_n = true,
   mirostat = true, mirostat_tau = true, mirostat_eta = true, logit_bias = true, ignore_eos = true,
-  cache_prompt = true, user = true,
-  n = only("this server gives one choice per request ('n' must be 1)", 1),
-  grammar = refuse(STRUCTURED),
-  json_schema = refuse(STRUCTURED),
-  response_format = function(v)
-    if is_object(v) and v.type == "text" and #json.keys(v) == 1 then return nil end
-    return "'response_format' other than {\"type\": \"text\"}: " .. STRUCTURED
-  end,
-  n_probs = only("token probabilities are not available in this server", 0),
+  cache_prompt = true, user = true, n = true, grammar = true, json_schema = true, response_format = true,
+  logprobs = true,
+  n_probs = only("'n_probs' is llama-server's; ask for 'logprobs' (and 'top_logprobs' in chat)", 0),
   service_tier = only("'service_tier' must be \"auto\" or \"default\"", "auto", "default"),
 }
 
@@ -140,14 +132,10 @@ end
 
 _M.fields = {
   chat = with(sampling_fields, {
-    messages = true, max_completion_tokens = true,
-    logprobs = only("'logprobs' is not supported by this server", false),
-    top_logprobs = refuse("'top_logprobs' is not supported by this server"),
-    tools = empty_or("tool calls are not supported by this server yet"),
-    tool_choice = only("tool calls are not supported by this server yet", "none"),
-    parallel_tool_calls = only("tool calls are not supported by this server yet", true, false),
-    functions = empty_or("function calls are not supported by this server yet"),
-    function_call = only("function calls are not supported by this server yet", "none"),
+    messages = true, max_completion_tokens = true, top_logprobs = true, tools = true, tool_choice = true,
+    parallel_tool_calls = true,
+    functions = empty_or("the deprecated 'functions' are not supported: use 'tools'"),
+    function_call = only("the deprecated 'function_call' is not supported: use 'tool_choice'", "none"),
     store = only("this server does not store completions", false),
     metadata = empty_or("this server does not store completions, so 'metadata' has no use"),
     modalities = function(v)
@@ -161,7 +149,6 @@ _M.fields = {
   }),
   completions = with(sampling_fields, {
     prompt = true,
-    logprobs = only("'logprobs' is not supported by this server", 0),
     echo = only("'echo' is not supported by this server", false),
     best_of = only("'best_of' greater than 1 is not supported", 1),
     suffix = only("'suffix' (insertion) is not supported by this server", ""),
@@ -205,7 +192,7 @@ function _M.generation(b, chat, M, counter)
   p.max_tokens = tokens("max_tokens")
   if chat then p.max_tokens = tokens("max_completion_tokens") or p.max_tokens end
   p.max_tokens = p.max_tokens or (limit and math.min(limit, M.o.max_tokens) or M.o.max_tokens)
-  integer_in(b, "n", 1, huge)
+  p.n = integer_in(b, "n", 1, 128) or 1
   p.stream = boolean(b, "stream") or false
   local so = opt(b, "stream_options")
   if so ~= nil then
@@ -281,6 +268,149 @@ function _M.generation(b, chat, M, counter)
 end
 
 ---------------------------------------------------------------------------------------
+-- Structured output: response_format, and llama-server's grammar and json_schema
+
+local NAME_PATTERN = "^[%w_%-]+$"
+
+-- constraint(body) -> nil, or { kind = "gbnf" | "schema", text = GBNF or JSON text, param,
+-- what (the words for an error: "response_format 'name'") }
+function _M.constraint(b)
+  local found = {}
+  local out
+  local rf = opt(b, "response_format")
+  if rf ~= nil then
+    if not is_object(rf) then fail(400, "'response_format' must be an object", "response_format") end
+    local t = rf.type
+    local allowed = { type = true }
+    if t == "json_schema" then
+      allowed.json_schema = true
+    elseif t == "json_object" or t == "text" then
+      allowed.schema = true -- llama-server's {type: "json_object", schema: {...}}
+    else
+      fail(400, ("'response_format.type' must be \"text\", \"json_object\" or \"json_schema\", got %s")
+           :format(type(t) == "string" and ("\"" .. t .. "\"") or type(t)), "response_format")
+    end
+    for _, k in ipairs(json.keys(rf)) do
+      if not allowed[k] then
+        fail(400, ("Unrecognized argument in 'response_format': %s"):format(tostring(k)), "response_format", "unknown_parameter")
+      end
+    end
+    if t == "json_object" then
+      local schema = opt(rf, "schema")
+      if schema ~= nil and not is_object(schema) then fail(400, "'response_format.schema' must be an object", "response_format") end
+      out = { kind = "schema", text = schema and json.encode(schema, { compact = true }) or '{"type":"object"}',
+              param = "response_format", what = "response_format" }
+      found[#found + 1] = "response_format"
+    elseif t == "json_schema" then
+      local js = opt(rf, "json_schema")
+      if not is_object(js) then fail(400, "'response_format.json_schema' must be an object", "response_format") end
+      for _, k in ipairs(json.keys(js)) do
+        if k ~= "name" and k ~= "schema" and k ~= "strict" and k ~= "description" then
+          fail(400, ("Unrecognized argument in 'response_format.json_schema': %s"):format(tostring(k)), "response_format",
+               "unknown_parameter")
+        end
+      end
+      local name = opt(js, "name")
+      if type(name) ~= "string" or #name > 64 or not name:find(NAME_PATTERN) then
+        fail(400, "'response_format.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'", "response_format")
+      end
+      local strict = opt(js, "strict")
+      if strict ~= nil and type(strict) ~= "boolean" then
+        fail(400, "'response_format.json_schema.strict' must be a boolean", "response_format")
+      end
+      local d = opt(js, "description")
+      if d ~= nil and type(d) ~= "string" then
+        fail(400, "'response_format.json_schema.description' must be a string", "response_format")
+      end
+      local schema = opt(js, "schema")
+      if schema ~= nil and type(schema) ~= "boolean" and not is_object(schema) then
+        fail(400, "'response_format.json_schema.schema' must be a JSON Schema (an object)", "response_format")
+      end
+      -- no schema: any JSON value, as the schema {} says
+      out = { kind = "schema", text = schema ~= nil and json.encode(schema, { compact = true }) or "{}",
+              param = "response_format", what = ("response_format '%s'"):format(name) }
+      found[#found + 1] = "response_format"
+    end
+  end
+  local g = opt(b, "grammar")
+  if g ~= nil then
+    if type(g) ~= "string" then fail(400, "'grammar' must be a string (GBNF)", "grammar") end
+    out = { kind = "gbnf", text = g, param = "grammar", what = "grammar" }
+    found[#found + 1] = "grammar"
+  end
+  local js = opt(b, "json_schema")
+  if js ~= nil then
+    if type(js) ~= "boolean" and not is_object(js) then fail(400, "'json_schema' must be a JSON Schema (an object)", "json_schema") end
+    out = { kind = "schema", text = json.encode(js, { compact = true }), param = "json_schema", what = "json_schema" }
+    found[#found + 1] = "json_schema"
+  end
+  if #found > 1 then
+    fail(400, ("give one of 'response_format' (json), 'grammar' and 'json_schema', not %s"):format(concat(found, " and ")),
+         found[2])
+  end
+  return out
+end
+
+---------------------------------------------------------------------------------------
+-- Tools
+
+-- tool_options(body) -> nil (no tools), or { list, choice ("auto" | "none" | "required" | a
+-- function name), parallel }
+function _M.tool_options(b)
+  local tools = require "moonlm.tools"
+  local raw = opt(b, "tools")
+  if type(raw) == "table" and next(raw) == nil then raw = nil end -- [] or {}: no tools
+  local list, err = tools.check(raw)
+  if err then fail(400, (err:gsub("^tools", "'tools'")), "tools") end
+  local choice = opt(b, "tool_choice")
+  local parallel = boolean(b, "parallel_tool_calls")
+  if choice == nil or choice == "auto" or choice == "none" then
+    choice = choice or "auto"
+  elseif choice == "required" or is_object(choice) then
+    if not list then
+      fail(400, "'tool_choice' is only allowed when 'tools' are given", "tool_choice")
+    end
+    if choice ~= "required" then
+      local f = choice["function"]
+      if choice.type ~= "function" or not is_object(f) or type(f.name) ~= "string" then
+        fail(400, "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+             "tool_choice")
+      end
+      local named
+      for _, t in ipairs(list) do
+        if t["function"].name == f.name then named = true end
+      end
+      if not named then fail(400, ("'tool_choice' names '%s', which is not one of the tools"):format(f.name), "tool_choice") end
+      choice = f.name
+    end
+  else
+    fail(400, "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+         "tool_choice")
+  end
+  if not list then return nil end
+  return { list = list, choice = choice, parallel = parallel ~= false }
+end
+
+---------------------------------------------------------------------------------------
+-- Logprobs
+
+-- logprobs(body, chat) -> nil, or the number of most likely alternatives to list per token
+-- (chat: logprobs = true and top_logprobs 0 to 20; completions: logprobs 0 to 20)
+function _M.logprobs(b, chat)
+  if chat then
+    local on = boolean(b, "logprobs")
+    local top = integer_in(b, "top_logprobs", 0, 20)
+    if top and not on then fail(400, "'top_logprobs' needs 'logprobs' set to true", "top_logprobs") end
+    if not on then return nil end
+    return top or 0
+  end
+  local v = opt(b, "logprobs")
+  if v == nil then return nil end
+  if type(v) == "boolean" then fail(400, "'logprobs' must be an integer (0 to 20) in /v1/completions", "logprobs") end
+  return integer_in(b, "logprobs", 0, 20)
+end
+
+---------------------------------------------------------------------------------------
 -- Prompts
 
 -- Text longer than this cannot fit in a slot's context whatever the tokenizer does (no token
@@ -311,33 +441,72 @@ local function message_text(m, i)
   fail(400, ("messages[%d].content must be a string or an array of text parts"):format(i - 1), "messages")
 end
 
--- chat_prompt(body, M) -> token ids of the rendered conversation
-function _M.chat_prompt(b, M)
+-- An assistant message's tool calls, checked: { { id, type = "function", function =
+-- { name, arguments (JSON text) } } }
+local function message_calls(m, i)
+  local calls = m.tool_calls
+  if not is_array(calls) then fail(400, ("messages[%d].tool_calls must be an array"):format(i - 1), "messages") end
+  local out = json.array {}
+  for k, c in ipairs(calls) do
+    local at = ("messages[%d].tool_calls[%d]"):format(i - 1, k - 1)
+    if not is_object(c) or (c.type ~= nil and c.type ~= "function") or not is_object(c["function"]) then
+      fail(400, at .. " must be {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}", "messages")
+    end
+    local f = c["function"]
+    if type(f.name) ~= "string" or f.name == "" then fail(400, at .. ".function.name must be a string", "messages") end
+    local args = f.arguments
+    if args == nil or args == null then args = "{}" end
+    if type(args) ~= "string" then fail(400, at .. ".function.arguments must be a string (JSON text)", "messages") end
+    if c.id ~= nil and c.id ~= null and type(c.id) ~= "string" then fail(400, at .. ".id must be a string", "messages") end
+    out[k] = json.object({ id = type(c.id) == "string" and c.id or ("call_" .. (i - 1) .. "_" .. (k - 1)), type = "function",
+                           ["function"] = json.object({ name = f.name, arguments = args }, { "name", "arguments" }) },
+                         { "id", "type", "function" })
+  end
+  return out
+end
+
+-- chat_prompt(body, M, tool options) -> token ids of the rendered conversation, its text
+function _M.chat_prompt(b, M, topts)
   local msgs = b.messages
   if not is_array(msgs) then fail(400, "'messages' must be an array", "messages") end
   if #msgs == 0 then fail(400, "'messages' must not be empty", "messages") end
-  local list, bytes = {}, 0
+  local list, bytes, tool_turns = {}, 0, false
   for i, m in ipairs(msgs) do
     if not is_object(m) then fail(400, ("messages[%d] must be an object"):format(i - 1), "messages") end
     if type(m.role) ~= "string" then fail(400, ("messages[%d].role must be a string"):format(i - 1), "messages") end
+    local e = { role = m.role, content = message_text(m, i) }
+    if type(m.name) == "string" then e.name = m.name end
     if m.tool_calls ~= nil and m.tool_calls ~= null then
-      fail(400, ("messages[%d].tool_calls: tool calls are not supported by this server yet"):format(i - 1), "messages",
-           "unsupported_parameter")
+      if m.role ~= "assistant" then fail(400, ("messages[%d].tool_calls: only assistant messages make tool calls"):format(i - 1), "messages") end
+      e.tool_calls = message_calls(m, i)
+      if #e.tool_calls == 0 then e.tool_calls = nil end
+      tool_turns = tool_turns or e.tool_calls ~= nil
+      for _, c in ipairs(e.tool_calls or {}) do bytes = bytes + #c["function"].arguments + #c["function"].name end
     end
-    list[i] = { role = m.role, content = message_text(m, i) }
-    if type(m.name) == "string" then list[i].name = m.name end
-    bytes = bytes + #list[i].content + #m.role
+    if m.role == "tool" then
+      if type(m.tool_call_id) ~= "string" then
+        fail(400, ("messages[%d].tool_call_id must be a string (the id of the call it answers)"):format(i - 1), "messages")
+      end
+      e.tool_call_id = m.tool_call_id
+      tool_turns = true
+    end
+    list[i] = e
+    bytes = bytes + #e.content + #m.role
   end
   _M.check_bytes(M, bytes, "messages")
-  local text, err = M.tmpl:render {
-    messages = list, add_generation_prompt = true, bos_token = M.bos_text, eos_token = M.eos_text,
-    tools = null, documents = null,
-  }
+  local vars = { add_generation_prompt = true, bos_token = M.bos_text, eos_token = M.eos_text, tools = null, documents = null }
+  if topts or tool_turns then
+    local tools = require "moonlm.tools"
+    local caps = tools.caps(M.tmpl, { bos_token = M.bos_text, eos_token = M.eos_text, documents = null })
+    list, vars.tools = tools.prepare(list, topts and topts.list, caps, M.fmt)
+  end
+  vars.messages = list
+  local text, err = M.tmpl:render(vars)
   if not text then fail(400, "the chat template failed: " .. tostring(err), "messages") end
   -- a template that writes the BOS text itself gets it as a special token; others get the
   -- model's default BOS in front (as moonlm.chat does)
   local bos = M.model.vocab.add_bos and M.bos_text ~= "" and text:sub(1, #M.bos_text) ~= M.bos_text
-  return M.model:tokenize(text, { bos = bos and true or false, special = true })
+  return M.model:tokenize(text, { bos = bos and true or false, special = true }), text
 end
 
 -- token_ids(list, M, param) -> the list checked as token ids of the model

@@ -40,12 +40,13 @@ end
 -- full() -> whether a new request would have to wait beyond the queue's limit: requests
 -- that arrive together all enter the queue, and the driver moves them into free slots at
 -- its next step, so those that free slots will take do not count as waiting.
-function Sched:full()
+-- full(n) -> whether n more requests (a request asking for n choices) would not fit.
+function Sched:full(n)
   local free = 0
   for _, s in ipairs(self.slots) do
     if not s.req then free = free + 1 end
   end
-  return #self.queue >= self.max_queue + free
+  return #self.queue + (n or 1) - 1 >= self.max_queue + free
 end
 
 function Sched:busy()
@@ -62,11 +63,15 @@ end
 -- Move the text that is safe to send from req.pending to req.outbox: one piece per call, so
 -- one per token (a token whose text is held back, part of a UTF-8 character or maybe the
 -- start of a stop string, joins the piece of the token that completes it).
+-- req.outbox_upto[i]: how many generated tokens the pieces up to outbox[i] cover.
 local function release(req, final)
   local out, held, stopped = split_stop(req.pending, req.stops, final)
   req.pending = held
   if stopped then req.stopped = true end
-  if out ~= "" then req.outbox[#req.outbox + 1] = out end
+  if out ~= "" then
+    req.outbox[#req.outbox + 1] = out
+    req.outbox_upto[#req.outbox] = #req.generated
+  end
 end
 
 local function finish(req, reason, err)
@@ -77,23 +82,35 @@ local function finish(req, reason, err)
   end
   req.done = true
   req.finish_reason = req.stopped and "stop" or reason
+  if req.outbox_upto and #req.outbox > 0 then
+    req.outbox_upto[#req.outbox] = #req.generated -- the last piece carries the tokens held back
+  end
   req.error = err
   req.decoder = nil
   req.sema:post(1)
 end
 
 -- New token ids for a request: through its streaming decoder and the stop strings.
-local function accept(req, ids)
+-- lps: their logprobs (thread.step's), kept in req.logprobs beside req.generated.
+-- req.preserved: { [id] = text } of control tokens that the reply must show (tool-call
+-- markup), which the decoder would hide.
+local function accept(req, ids, lps)
   if #ids > 0 then
     local t = now()
     req.t_first = req.t_first or t
     req.t_last = t
   end
-  for _, id in ipairs(ids) do
+  for k, id in ipairs(ids) do
     if req.stopped then break end
     req.completion_tokens = req.completion_tokens + 1
     req.generated[#req.generated + 1] = id
-    req.pending = req.pending .. req.decoder:push(id)
+    if req.logprobs then req.logprobs[#req.generated] = lps and lps[k] or false end
+    local keep = req.preserved and req.preserved[id]
+    if keep then
+      req.pending = req.pending .. req.decoder:flush() .. keep
+    else
+      req.pending = req.pending .. req.decoder:push(id)
+    end
     release(req, false)
   end
 end
@@ -104,7 +121,11 @@ end
 -- submit(req) -> true | nil, status, message
 -- req: { prompt = ids, max_tokens, sampling = sampler options with a seed, stops = {...},
 --   ignore_eos, starts (the output starts the text), penalties (send history) }
--- no_cache (prefill the whole prompt: no reuse of cached tokens)
+-- no_cache (prefill the whole prompt: no reuse of cached tokens), grammar (a grammar handle:
+-- the caller keeps the grammar alive until the request is done) with mopts (matcher
+-- options), logprobs (the number of alternatives per token, or nil), preserved,
+-- leader (n > 1: the request of the first choice, whose cache this one copies once it is
+-- prefilled), sema (a semaphore shared by the choices of one request)
 -- Adds: sema, outbox (pieces of text not yet sent, one per token), done, finish_reason,
 -- completion_tokens, cached_tokens, error, t_first and t_last (ngx.now() when the first and
 -- the last token came back from the thread).
@@ -117,8 +138,9 @@ function Sched:submit(req)
     return nil, 503, ("the server is busy (%d requests wait for a slot, the limit); retry later"):format(self.max_queue)
   end
   req.max_new = min(req.max_tokens, self.n_ctx - #req.prompt)
-  req.sema = semaphore.new()
-  req.outbox, req.pending, req.generated = {}, "", {}
+  req.sema = req.sema or semaphore.new()
+  req.outbox, req.outbox_upto, req.pending, req.generated = {}, {}, "", {}
+  if req.logprobs_n then req.logprobs = {} end
   req.completion_tokens, req.cached_tokens, req.draws = 0, 0, 0
   req.decoder = self.model:decoder { strip_space = req.starts }
   self.queue[#self.queue + 1] = req
@@ -144,16 +166,39 @@ function Sched:cancel(req)
   end
 end
 
--- wait(req) -> the pieces of text produced since the last call (a list, maybe empty), done
--- | nil, err
+-- wait(req) -> the pieces of text produced since the last call (a list, maybe empty), done,
+-- and for each piece the number of generated tokens up to its end | nil, err
 function _M.wait(req, timeout)
   while #req.outbox == 0 and not req.done do
     local ok, err = req.sema:wait(timeout or 60)
     if not ok and err ~= "timeout" then return nil, err end
   end
-  local pieces = req.outbox
-  req.outbox = {}
-  return pieces, req.done
+  local pieces, upto = req.outbox, req.outbox_upto
+  req.outbox, req.outbox_upto = {}, {}
+  return pieces, req.done, upto
+end
+
+-- wait_all(reqs) -> for each request { pieces, upto, done (true once, when it has just
+-- ended) }, all done | nil, err. The requests share one semaphore (the choices of one
+-- request): it returns as soon as one of them has news.
+function _M.wait_all(reqs, timeout)
+  while true do
+    local news, all = false, true
+    for _, r in ipairs(reqs) do
+      if #r.outbox > 0 or (r.done and not r.reported) then news = true end
+      if not r.done then all = false end
+    end
+    if news or all then break end
+    local ok, err = reqs[1].sema:wait(timeout or 60)
+    if not ok and err ~= "timeout" then return nil, err end
+  end
+  local out, all = {}, true
+  for i, r in ipairs(reqs) do
+    out[i] = { pieces = r.outbox, upto = r.outbox_upto, done = r.done and not r.reported }
+    if r.done then r.reported = true else all = false end
+    r.outbox, r.outbox_upto = {}, {}
+  end
+  return out, all
 end
 
 -- The text of a list of pieces.
@@ -206,7 +251,10 @@ function Sched:admit()
   end
   while #self.queue > 0 do
     local req = self.queue[1]
-    local best, best_n, from = pick(self.slots, req.prompt, req.no_cache)
+    local lead = req.leader
+    -- a later choice of a request waits for the first one's prompt, to share its cache
+    if lead and not (lead.t_first or lead.done or lead.cancelled) then return end
+    local best, best_n, from = pick(self.slots, req.prompt, req.no_cache and not lead)
     if not best then return end
     remove(self.queue, 1)
     local keep = min(best_n, #req.prompt - 1) -- decode at least one token for logits
@@ -238,7 +286,8 @@ function Sched:batch()
       end
       args[#args + 1] = { id = r.id, seq = s.seq, feed = r.feed, max_new = r.max_new - #r.generated,
                           sampling = r.sampling, draws = r.draws, mu = r.mu, hist = hist,
-                          ignore_eos = r.ignore_eos, first = #r.generated == 0 }
+                          ignore_eos = r.ignore_eos, first = #r.generated == 0, grammar = r.grammar,
+                          mopts = r.mopts, accepted = r.grammar and r.generated or nil, logprobs = r.logprobs_n }
       slots[#slots + 1] = s
     end
   end
@@ -270,9 +319,9 @@ function Sched:distribute(slots, res)
     for k = r.fed + 1, #req.feed do rest[#rest + 1] = req.feed[k] end
     req.draws, req.mu = r.draws, r.mu
     self.stats.tokens = self.stats.tokens + #r.ids
-    accept(req, r.ids)
+    accept(req, r.ids, r.lps)
     if r.done then
-      finish(req, r.done == "eos" and "stop" or r.done == "error" and "error" or "length", r.err)
+      finish(req, (r.done == "eos" or r.done == "grammar") and "stop" or r.done == "error" and "error" or "length", r.err)
     elseif req.stopped then
       finish(req, "stop")
     else

@@ -17,7 +17,10 @@ local _M = {}
 
 local contexts = {} -- context handle -> { ctx, eog = { [id] = true } }
 local models = {}   -- model handle -> model
-local samplers = {} -- request id -> { s = sampler, rng = counted rng }
+local samplers = {} -- request id -> { s = sampler, rng = counted rng, m = matcher, gh, acc }
+local grammars = {} -- grammar handle -> grammar, attached for the slots of the last call
+local compiled, compiled_keys = {}, {} -- the grammars this VM compiled last (key -> grammar)
+local KEEP_COMPILED = 32
 
 local function attach(handle)
   local c = contexts[handle]
@@ -47,8 +50,21 @@ local function counted_rng(seed)
   return box
 end
 
--- The sampler of slot `sl` at the state the caller recorded (draws, mu).
-local function sampler_for(sl, cache)
+local function grammar_of(handle, gcache)
+  local g = gcache[handle] or grammars[handle]
+  if not g then
+    local err
+    g, err = lm.grammar.attach(handle)
+    if not g then error(err, 0) end
+  end
+  gcache[handle] = g
+  return g
+end
+
+-- The sampler of slot `sl` at the state the caller recorded (draws, mu, and the tokens its
+-- grammar has accepted: a matcher that saw other tokens, or none, is made again and fed
+-- them).
+local function sampler_for(sl, cache, gcache, model)
   local e = samplers[sl.id]
   if not e or e.rng.n ~= sl.draws then
     local s = sampler.new(sl.sampling)
@@ -58,8 +74,42 @@ local function sampler_for(sl, cache)
     e = { s = s, rng = rng }
   end
   if sl.mu then e.s.mu = sl.mu end
+  if sl.grammar then
+    local accepted = sl.accepted or {}
+    if not e.m or e.gh ~= sl.grammar or e.acc ~= #accepted then
+      local m = grammar_of(sl.grammar, gcache):matcher(model, sl.mopts)
+      for _, id in ipairs(accepted) do
+        if not m:accept(id) then error(("the grammar refuses token %d it allowed before"):format(id), 0) end
+      end
+      e.m, e.gh, e.acc = m, sl.grammar, #accepted
+      e.s:set_grammar(m)
+    else
+      grammar_of(sl.grammar, gcache) -- keep it attached
+    end
+  end
   cache[sl.id] = e
   return e
+end
+
+-- compile(kind, text) -> the handle of the grammar | nil, err. kind "gbnf": GBNF text;
+-- "schema": a JSON Schema as JSON text, with generation's whitespace (moonlm.gbnf). The
+-- grammar stays referenced here (the last KEEP_COMPILED of this VM) until the caller has
+-- attached it; compiling runs here because a hostile schema may take the compiler's whole
+-- time budget, which the event loop must not wait out.
+function _M.compile(kind, text)
+  local ok, g, err = pcall(function()
+    if kind == "schema" then return require("moonlm.gbnf").json_schema(text) end
+    return lm.grammar.gbnf(text)
+  end)
+  if not ok then return nil, tostring(g) end
+  if not g then return nil, tostring(err) end
+  local key = kind .. "\0" .. text
+  if not compiled[key] then
+    compiled_keys[#compiled_keys + 1] = key
+    if #compiled_keys > KEEP_COMPILED then compiled[table.remove(compiled_keys, 1)] = nil end
+  end
+  compiled[key] = g
+  return g.handle
 end
 
 -- Lower the priority of the calling thread (on Linux nice is per thread, and the OpenMP
@@ -76,27 +126,36 @@ end
 -- step(ctx_handle, slots, limits) -> results
 -- slots: array of { id, seq, feed = {ids to decode first}, max_new (tokens it may still
 --   generate), sampling (moonlm.sampler options, seed set), draws, mu, hist (ids for the
---   penalties, or nil), ignore_eos, first (no token generated yet) }
+--   penalties, or nil), ignore_eos, first (no token generated yet), grammar (a grammar handle,
+--   or nil), mopts (its matcher options: lazy, triggers, trigger_tokens), accepted (the ids
+--   generated so far, which its matcher has accepted), logprobs (nil, or the number of
+--   alternatives to report per token) }
 -- limits: { max_steps, budget (seconds), chunk (prompt tokens per slot per step), nice (the
 --   priority of decoding threads relative to the event loop's) }
 -- Each step decodes, in one forward pass (ctx:decode_batch), the next prompt chunk of slots
 -- still prefilling and the last sampled token of the others, then samples every slot whose
 -- logits came back. Returns per slot { ids (new tokens), fed (feed tokens consumed),
--- done ("eos" | "length" | "error" | nil), draws, mu, pos, err }, and in forwards and rows
--- the number of forward passes and of sequence entries in them.
+-- done ("eos" | "length" | "grammar" | "error" | nil), draws, mu, pos, err, lps (with
+-- logprobs: per new id { logprob, ids = { alternatives }, lps = { their logprobs } }) },
+-- and in forwards and rows the number of forward passes and of sequence entries in them.
 local function step(handle, slots, limits)
   if set_nice and (limits.nice or 0) ~= 0 then set_nice(limits.nice) end
   local c = attach(handle)
   local ctx, eog = c.ctx, c.eog
   local t0 = clock()
   local max_steps, budget, chunk = limits.max_steps or 16, limits.budget or 0.02, limits.chunk or 256
-  local cache, out, state = {}, {}, {}
+  local cache, gcache, out, state = {}, {}, {}, {}
   for i, sl in ipairs(slots) do
-    out[i] = { ids = {}, fed = 0, draws = sl.draws }
-    state[i] = { at = 1, e = sampler_for(sl, cache), hist = sl.hist or {}, ng = 0 }
-    if #sl.feed == 0 or sl.max_new <= 0 then out[i].done = "length" end
+    out[i] = { ids = {}, fed = 0, draws = sl.draws, lps = sl.logprobs and {} or nil }
+    local ok, e = pcall(sampler_for, sl, cache, gcache, ctx.model)
+    state[i] = { at = 1, e = ok and e or nil, hist = sl.hist or {}, ng = 0 }
+    if not ok then
+      out[i].done, out[i].err = "error", tostring(e)
+    elseif #sl.feed == 0 or sl.max_new <= 0 then
+      out[i].done = "length"
+    end
   end
-  samplers = cache -- forget requests that are no longer running
+  samplers, grammars = cache, gcache -- forget requests that are no longer running
   local early, forwards, rows = false, 0, 0
   for _ = 1, max_steps do
     local entries, who = {}, {}
@@ -131,16 +190,32 @@ local function step(handle, slots, limits)
       local l = logits[k]
       if l then
         local sl, r, st = slots[i], out[i], state[i]
-        local id, serr = st.e.s:sample(l, st.hist)
+        local e = st.e
+        local ok, id, serr = pcall(e.s.sample, e.s, l, st.hist)
+        if ok and not id then ok, id = false, serr end -- no token has finite probability (#11)
+        local lp, top
+        if ok and sl.logprobs and not eog[id] then lp, top = e.s:logprobs(l, st.hist, id, sl.logprobs) end
         l:close()
-        if not id then -- no token has finite probability (#11): the request fails, clearly
-          r.done, r.err = "error", serr
+        if not ok then -- the request fails, clearly
+          r.done, r.err = "error", tostring(id)
         elseif eog[id] and not sl.ignore_eos then
           r.done = "eos"
+        elseif e.m and not e.s:accept(id) then
+          r.done, r.err = "error", ("the grammar refused token %d, which its mask allowed"):format(id)
         else
+          if e.m then e.acc = e.acc + 1 end
           r.ids[#r.ids + 1] = id
           st.hist[#st.hist + 1] = id
-          if #r.ids >= sl.max_new then r.done = "length" end
+          if lp then
+            local ids, lps = {}, {}
+            for k, t in ipairs(top) do ids[k], lps[k] = t.id, t.logprob end
+            r.lps[#r.ids] = { lp, ids = ids, lps = lps }
+          end
+          if e.m and e.m:is_done() then
+            r.done = "grammar"
+          elseif #r.ids >= sl.max_new then
+            r.done = "length"
+          end
           if sl.first and #r.ids == 1 then early = true end
         end
       end
@@ -151,7 +226,8 @@ local function step(handle, slots, limits)
   end
   for i, sl in ipairs(slots) do
     local r, e = out[i], state[i].e
-    r.draws, r.mu, r.pos = e.rng.n, e.s.mu, ctx:pos(sl.seq)
+    if e then r.draws, r.mu = e.rng.n, e.s.mu end
+    r.pos = ctx:pos(sl.seq)
   end
   out.forwards, out.rows = forwards, rows
   return out

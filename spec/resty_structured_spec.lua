@@ -1,0 +1,439 @@
+-- The OpenResty server's structured output, tools, logprobs and n > 1, as clients see them:
+-- a real nginx on stories260K driven by the official `openai` npm client, its answers
+-- checked against moonlm's own engine for the same prompt (greedy, or the same seed) and
+-- against the ajv JSON Schema validator. Tagged #once (one run per interpreter).
+local S = require "support"
+local H = require "resty_helpers"
+local lm = require "moonlm"
+local json = require "moonlm.json"
+local launch = require "moonlm.resty.launch"
+
+local NAME = "stories260K"
+local http = H.http
+
+local model = assert(lm.load(H.stories))
+
+-- The prompt ids the server makes of a conversation (as resty_spec's local_chat).
+local function chat_ids(messages, opts)
+  local text = assert(model:apply_template(messages, opts))
+  local bos_text = model:token(model.vocab.bos)
+  return model:tokenize(text, { bos = text:sub(1, #bos_text) ~= bos_text, special = true })
+end
+
+local MSGS = { { role = "user", content = "Tell me about a person." } }
+local WEATHER = { { role = "user", content = "What is the weather in Paris?" } }
+
+-- a schema whose strings are short, so that a random model ends well within max_tokens
+local PERSON = [[{"type":"object","properties":{"name":{"type":"string","maxLength":12},]]
+  .. [["age":{"type":"integer","minimum":0,"maximum":120},"pet":{"enum":["cat","dog","fish"]},]]
+  .. [["tags":{"type":"array","items":{"type":"string","maxLength":6},"maxItems":3}},]]
+  .. [["required":["name","age","pet"],"additionalProperties":false}]]
+
+local TOOLS = [[
+[{"type":"function","function":{"name":"get_weather","description":"The weather in a city",
+  "parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":16},"unit":{"enum":["c","f"]}},
+                "required":["city","unit"],"additionalProperties":false}}},
+ {"type":"function","function":{"name":"get_time","description":"The time in a zone",
+  "parameters":{"type":"object","properties":{"zone":{"type":"string","maxLength":8}},"required":["zone"],
+                "additionalProperties":false}}}]
+]]
+
+describe("OpenResty server: structured output, tools, logprobs, n #once", function()
+  local srv, url
+
+  setup(function()
+    assert.truthy(launch.module_dir(), "lua-nginx-module is not installed (make deps)")
+    H.tmpdir()
+    srv = H.start { MOONLM_SLOTS = "4", MOONLM_QUEUE = "8", MOONLM_N_CTX = "2048" }
+    url = srv.url
+  end)
+
+  teardown(function()
+    if srv then srv:stop() end
+    H.cleanup()
+  end)
+
+  it("response_format json_schema and json_object, grammar and json_schema fields: the engine's output, valid", function()
+    local j = H.node([==[
+import OpenAI from "openai";
+import Ajv from "ajv";
+const [url, schemaText] = process.argv.slice(2);
+const schema = JSON.parse(schemaText);
+const client = new OpenAI({ baseURL: url + "/v1", apiKey: "unused", maxRetries: 0 });
+const validate = new Ajv({ strict: false }).compile(schema);
+const messages = [{ role: "user", content: "Tell me about a person." }];
+const rf = { type: "json_schema", json_schema: { name: "person", schema, strict: true } };
+const out = {};
+out.greedy = await client.chat.completions.create({ model: "stories260K", messages, temperature: 0, max_tokens: 200,
+                                                    response_format: rf });
+out.sampled = [];
+for (let seed = 1; seed <= 8; seed++) {
+  const r = await client.chat.completions.create({ model: "stories260K", messages, temperature: 1, seed, max_tokens: 200,
+                                                   response_format: rf });
+  const text = r.choices[0].message.content;
+  let ok = false;
+  try { ok = validate(JSON.parse(text)); } catch (e) { ok = false; }
+  out.sampled.push({ text, ok, finish: r.choices[0].finish_reason });
+}
+const stream = await client.chat.completions.create({ model: "stories260K", messages, temperature: 0, max_tokens: 200,
+                                                      response_format: rf, stream: true });
+out.streamed = "";
+for await (const c of stream) out.streamed += c.choices[0]?.delta?.content ?? "";
+out.objects = [];
+for (let seed = 1; seed <= 4; seed++) {
+  const r = await client.chat.completions.create({ model: "stories260K", messages, temperature: 1, seed, max_tokens: 300,
+                                                   response_format: { type: "json_object" } });
+  const text = r.choices[0].message.content;
+  let kind = "not JSON";
+  try { const v = JSON.parse(text); kind = Array.isArray(v) ? "array" : typeof v; } catch (e) {}
+  out.objects.push({ kind, finish: r.choices[0].finish_reason, text });
+}
+// llama-server's extension fields pass through the client as they are
+out.grammar = await client.completions.create({ model: "stories260K", prompt: "Once upon a time", temperature: 0,
+                                                max_tokens: 10, grammar: 'root ::= "yes" | "no" | "maybe"' });
+out.json_schema = await client.completions.create({ model: "stories260K", prompt: "Once upon a time", temperature: 0,
+                                                    max_tokens: 200, json_schema: schema });
+for (const [name, req] of [
+  ["bad_schema", { model: "stories260K", messages, response_format: { type: "json_schema", json_schema: { name: "bad",
+                   schema: { type: "object", patternProperties: { "^a": { type: "string" } } } } } }],
+  ["bad_grammar", { model: "stories260K", messages, grammar: "root ::= missing-rule" }],
+  ["no_name", { model: "stories260K", messages, response_format: { type: "json_schema", json_schema: { schema } } }],
+  ["two", { model: "stories260K", messages, grammar: 'root ::= "a"', json_schema: schema }],
+  ["ignore_eos", { model: "stories260K", messages, ignore_eos: true, response_format: { type: "json_object" } }],
+  ["bad_type", { model: "stories260K", messages, response_format: { type: "yaml" } }],
+]) {
+  try { await client.chat.completions.create(req); out[name] = "no error"; }
+  catch (e) { out[name] = { status: e.status, code: e.code ?? null, param: e.param ?? null, message: e.error?.message ?? e.message }; }
+}
+console.log(JSON.stringify(out));
+]==], url, PERSON)
+    -- greedy: exactly what moonlm's generate writes under the same schema (without
+    -- fast-forward, which the server does not do: it samples forced tokens too)
+    local ids = chat_ids(MSGS)
+    local want, info = model:generate(ids, { json_schema = PERSON, temperature = 0, max_tokens = 200, fast_forward = false })
+    assert.are.equal("grammar", info.stop_reason)
+    local g = j.greedy.choices[1]
+    assert.are.equal(want, g.message.content)
+    assert.are.equal("stop", g.finish_reason)
+    assert.are.equal(info.tokens, j.greedy.usage.completion_tokens)
+    assert.are.equal(want, j.streamed)
+    -- sampled at temperature 1: every reply is JSON that ajv validates against the schema
+    local distinct = {}
+    for i, s in ipairs(j.sampled) do
+      assert.is_true(s.ok, ("seed %d: %s"):format(i, s.text))
+      assert.are.equal("stop", s.finish)
+      distinct[s.text] = true
+    end
+    local n = 0
+    for _ in pairs(distinct) do n = n + 1 end
+    assert.is_true(n >= 4, "sampling gave " .. n .. " distinct replies of 8")
+    for i, o in ipairs(j.objects) do
+      assert.are.equal("object", o.kind, ("seed %d: %s"):format(i, o.text))
+      assert.are.equal("stop", o.finish)
+    end
+    local gw = model:generate("Once upon a time", { grammar = lm.grammar.gbnf('root ::= "yes" | "no" | "maybe"'), temperature = 0,
+                                                   max_tokens = 10, fast_forward = false })
+    assert.are.equal(gw, j.grammar.choices[1].text)
+    assert.truthy(({ yes = true, no = true, maybe = true })[gw])
+    local sw = model:generate("Once upon a time", { json_schema = PERSON, temperature = 0, max_tokens = 200, fast_forward = false })
+    assert.are.equal(sw, j.json_schema.choices[1].text)
+    -- what cannot be honoured is a 400 that says why
+    local _, cerr = lm.grammar.json_schema('{"type":"object","patternProperties":{"^a":{"type":"string"}}}')
+    assert.are.same({ status = 400, code = "invalid_json_schema", param = "response_format",
+                      message = "Invalid schema for response_format 'bad': " .. cerr }, j.bad_schema)
+    assert.truthy(cerr:find("patternProperties", 1, true))
+    assert.are.equal(400, j.bad_grammar.status)
+    assert.are.equal("invalid_grammar", j.bad_grammar.code)
+    assert.truthy(j.bad_grammar.message:find("missing-rule", 1, true), j.bad_grammar.message)
+    assert.are.same({ 400, "response_format" }, { j.no_name.status, j.no_name.param })
+    assert.are.same({ 400, "json_schema" }, { j.two.status, j.two.param })
+    assert.are.same({ 400, "ignore_eos", "unsupported_parameter" }, { j.ignore_eos.status, j.ignore_eos.param, j.ignore_eos.code })
+    assert.are.same({ 400, "response_format" }, { j.bad_type.status, j.bad_type.param })
+  end)
+
+  it("tools: tool_choice required / named / none / auto, parallel_tool_calls, streamed deltas, results", function()
+    local j = H.node([==[
+import OpenAI from "openai";
+import Ajv from "ajv";
+const [url, toolsText] = process.argv.slice(2);
+const tools = JSON.parse(toolsText);
+const client = new OpenAI({ baseURL: url + "/v1", apiKey: "unused", maxRetries: 0 });
+const ajv = new Ajv({ strict: false });
+const check = Object.fromEntries(tools.map(t => [t.function.name, ajv.compile(t.function.parameters)]));
+const messages = [{ role: "user", content: "What is the weather in Paris?" }];
+// one call per reply: this tiny model, free to go on, calls again until max_tokens
+const base = { model: "stories260K", messages, tools, max_tokens: 200, parallel_tool_calls: false };
+const out = {};
+const valid = r => (r.choices[0].message.tool_calls ?? []).map(c => ({ name: c.function.name,
+  ok: check[c.function.name] ? check[c.function.name](JSON.parse(c.function.arguments)) : false }));
+out.required = await client.chat.completions.create({ ...base, tool_choice: "required", temperature: 0 });
+out.required_valid = valid(out.required);
+out.named = await client.chat.completions.create({ ...base, temperature: 0,
+                                                   tool_choice: { type: "function", function: { name: "get_time" } } });
+out.named_valid = valid(out.named);
+out.single = [];
+for (let seed = 1; seed <= 6; seed++) {
+  const r = await client.chat.completions.create({ ...base, tool_choice: "required", temperature: 1, seed });
+  out.single.push({ calls: valid(r), finish: r.choices[0].finish_reason });
+}
+out.none = await client.chat.completions.create({ ...base, tool_choice: "none", temperature: 0, max_tokens: 20 });
+out.auto = await client.chat.completions.create({ ...base, temperature: 0, max_tokens: 20 });
+// streamed: OpenAI's deltas (index, id, function.name, then pieces of arguments)
+const stream = await client.chat.completions.create({ ...base, tool_choice: "required", temperature: 0, stream: true });
+out.stream = { calls: [], chunks: 0, finish: null, content: "" };
+for await (const c of stream) {
+  const d = c.choices[0]?.delta ?? {};
+  out.stream.content += d.content ?? "";
+  for (const tc of d.tool_calls ?? []) {
+    out.stream.chunks++;
+    const e = out.stream.calls[tc.index] ??= { id: null, name: "", arguments: "" , type: null };
+    if (tc.id) e.id = tc.id;
+    if (tc.type) e.type = tc.type;
+    if (tc.function?.name) e.name += tc.function.name;
+    if (tc.function?.arguments) e.arguments += tc.function.arguments;
+  }
+  if (c.choices[0]?.finish_reason) out.stream.finish = c.choices[0].finish_reason;
+}
+// the client's own stream helper puts the deltas together the same way
+const helper = await client.chat.completions.stream({ ...base, tool_choice: "required", temperature: 0 }).finalChatCompletion();
+out.helper = (helper.choices[0].message.tool_calls ?? []).map(c => ({ name: c.function.name, arguments: c.function.arguments }));
+// the conversation goes on with the call and its result
+const call = out.required.choices[0].message.tool_calls[0];
+out.followup = await client.chat.completions.create({ model: "stories260K", tools, temperature: 0, max_tokens: 12, messages: [
+  ...messages, { role: "assistant", content: null, tool_calls: [call] },
+  { role: "tool", tool_call_id: call.id, content: "{\"temp\": 21}" }] });
+for (const [name, req] of [
+  ["required_without_tools", { model: "stories260K", messages, tool_choice: "required" }],
+  ["unknown_name", { ...base, tool_choice: { type: "function", function: { name: "nope" } } }],
+  ["bad_tool", { ...base, tools: [{ type: "function", function: { name: "bad name!" } }] }],
+  ["with_format", { ...base, response_format: { type: "json_object" } }],
+  ["functions", { model: "stories260K", messages, functions: [{ name: "f", parameters: {} }] }],
+  ["tool_without_id", { model: "stories260K", messages: [...messages, { role: "tool", content: "x" }] }],
+]) {
+  try { await client.chat.completions.create(req); out[name] = "no error"; }
+  catch (e) { out[name] = { status: e.status, code: e.code ?? null, param: e.param ?? null, message: e.error?.message ?? e.message }; }
+}
+console.log(JSON.stringify(out));
+]==], url, TOOLS)
+    local tools = assert(json.decode(TOOLS))
+    -- required: moonlm's chat with the same tools, greedy, makes the same calls
+    local chat = model:chat { n_ctx = 2048 }
+    local _, info = chat:say(WEATHER[1].content, { tools = tools, tool_choice = "required", temperature = 0, max_tokens = 200,
+                                                 parallel_tool_calls = false, fast_forward = false })
+    assert.are.equal(1, info.tool_calls and #info.tool_calls)
+    local r = j.required.choices[1]
+    assert.are.equal("tool_calls", r.finish_reason)
+    assert.are.equal(json.null, r.message.content)
+    assert.are.equal(#info.tool_calls, #r.message.tool_calls)
+    for i, c in ipairs(r.message.tool_calls) do
+      assert.are.equal(info.tool_calls[i]["function"].name, c["function"].name)
+      assert.are.equal(info.tool_calls[i]["function"].arguments, c["function"].arguments)
+      assert.are.equal("function", c.type)
+      assert.truthy(c.id:find("^call_%w+$"), c.id)
+      assert.is_true(j.required_valid[i].ok, c["function"].arguments)
+    end
+    local nc = j.named.choices[1].message.tool_calls
+    assert.are.equal(1, #nc)
+    for i, c in ipairs(nc) do
+      assert.are.equal("get_time", c["function"].name)
+      assert.is_true(j.named_valid[i].ok, c["function"].arguments)
+    end
+    for i, s in ipairs(j.single) do
+      assert.are.equal(1, #s.calls, "seed " .. i)
+      assert.is_true(s.calls[1].ok, "seed " .. i)
+      assert.are.equal("tool_calls", s.finish)
+    end
+    -- none: text, as without tools but with the tools shown to the model
+    local ids = chat_ids(WEATHER, { tools = tools })
+    local text = model:generate(ids, { temperature = 0, max_tokens = 20 })
+    assert.are.equal(text, j.none.choices[1].message.content)
+    assert.are.equal(#ids, j.none.usage.prompt_tokens)
+    assert.is_nil(j.none.choices[1].message.tool_calls)
+    -- auto: this tiny model answers in text (a lazy grammar waits for <tool_call>)
+    assert.are.equal("string", type(j.auto.choices[1].message.content))
+    assert.are.equal(model:generate(ids, { temperature = 0, max_tokens = 20 }), j.auto.choices[1].message.content)
+    -- streamed calls are the same calls, in several argument pieces
+    assert.are.equal("tool_calls", j.stream.finish)
+    assert.are.equal("", j.stream.content)
+    assert.are.equal(#r.message.tool_calls, #j.stream.calls)
+    for i, c in ipairs(j.stream.calls) do
+      assert.are.equal(r.message.tool_calls[i]["function"].name, c.name)
+      assert.are.equal(r.message.tool_calls[i]["function"].arguments, c.arguments)
+      assert.are.equal("function", c.type)
+      assert.truthy(c.id:find("^call_"))
+      assert.are.equal(r.message.tool_calls[i]["function"].arguments, j.helper[i].arguments)
+    end
+    assert.is_true(j.stream.chunks > #j.stream.calls, "arguments came in one piece")
+    -- the follow-up renders the call and the result as moonlm's own template code does
+    local call = r.message.tool_calls[1]
+    local follow = { WEATHER[1], { role = "assistant", content = json.null, tool_calls = { call } },
+                     { role = "tool", tool_call_id = call.id, content = '{"temp": 21}' } }
+    assert.are.equal(#chat_ids(follow, { tools = tools }), j.followup.usage.prompt_tokens)
+    assert.are.same({ 400, "tool_choice" }, { j.required_without_tools.status, j.required_without_tools.param })
+    assert.are.same({ 400, "tool_choice" }, { j.unknown_name.status, j.unknown_name.param })
+    assert.are.same({ 400, "tools" }, { j.bad_tool.status, j.bad_tool.param })
+    assert.are.same({ 400, "response_format", "unsupported_parameter" }, { j.with_format.status, j.with_format.param, j.with_format.code })
+    assert.are.same({ 400, "functions", "unsupported_parameter" }, { j.functions.status, j.functions.param, j.functions.code })
+    assert.are.same({ 400, "messages" }, { j.tool_without_id.status, j.tool_without_id.param })
+  end)
+
+  it("logprobs: chat (content[] with top_logprobs) and completions (the legacy shape), streamed and not", function()
+    local j = H.node([==[
+import OpenAI from "openai";
+const [url] = process.argv.slice(2);
+const client = new OpenAI({ baseURL: url + "/v1", apiKey: "unused", maxRetries: 0 });
+const messages = [{ role: "user", content: "Tell me about a person." }];
+const out = {};
+out.chat = await client.chat.completions.create({ model: "stories260K", messages, temperature: 0, max_tokens: 12,
+                                                  logprobs: true, top_logprobs: 3 });
+out.sampled = await client.chat.completions.create({ model: "stories260K", messages, temperature: 1, seed: 4, max_tokens: 12,
+                                                     logprobs: true });
+const stream = await client.chat.completions.create({ model: "stories260K", messages, temperature: 0, max_tokens: 12,
+                                                      logprobs: true, top_logprobs: 3, stream: true });
+out.streamed = [];
+for await (const c of stream) out.streamed.push(...(c.choices[0]?.logprobs?.content ?? []));
+out.text = await client.completions.create({ model: "stories260K", prompt: "Once upon a time", temperature: 0, max_tokens: 8,
+                                             logprobs: 2 });
+const ts = await client.completions.create({ model: "stories260K", prompt: "Once upon a time", temperature: 0, max_tokens: 8,
+                                             logprobs: 2, stream: true });
+out.text_streamed = { tokens: [], token_logprobs: [] };
+for await (const c of ts) {
+  const lp = c.choices[0]?.logprobs;
+  if (lp) { out.text_streamed.tokens.push(...lp.tokens); out.text_streamed.token_logprobs.push(...lp.token_logprobs); }
+}
+for (const [name, req] of [
+  ["top_without", { model: "stories260K", messages, top_logprobs: 2 }],
+  ["too_many", { model: "stories260K", messages, logprobs: true, top_logprobs: 21 }],
+]) {
+  try { await client.chat.completions.create(req); out[name] = "no error"; }
+  catch (e) { out[name] = { status: e.status, param: e.param ?? null }; }
+}
+console.log(JSON.stringify(out));
+]==], url)
+    local ids = chat_ids(MSGS)
+    local text, info = model:generate(ids, { temperature = 0, max_tokens = 12, logprobs = 3 })
+    local c = j.chat.choices[1]
+    assert.are.equal(text, c.message.content)
+    local content = c.logprobs.content
+    assert.are.equal(#info.logprobs, #content)
+    assert.are.equal(json.null, c.logprobs.refusal)
+    for k, e in ipairs(info.logprobs) do
+      local got = content[k]
+      assert.are.equal(e.token, got.token)
+      assert.is_true(math.abs(e.logprob - got.logprob) < 1e-9, k)
+      assert.are.same(e.bytes, got.bytes)
+      assert.are.equal(3, #got.top_logprobs)
+      for t = 1, 3 do
+        assert.are.equal(e.top_logprobs[t].token, got.top_logprobs[t].token)
+        assert.is_true(math.abs(e.top_logprobs[t].logprob - got.top_logprobs[t].logprob) < 1e-9)
+      end
+      -- greedy: the chosen token is the most likely
+      assert.are.equal(got.top_logprobs[1].token, got.token)
+      assert.are.same(got, j.streamed[k])
+    end
+    assert.are.equal(#content, #j.streamed)
+    -- sampled: the logprobs are the model's, not the sampler's (temperature does not change them)
+    local sc = j.sampled.choices[1].logprobs.content
+    assert.are.equal(j.sampled.usage.completion_tokens, #sc)
+    assert.are.equal(0, #sc[1].top_logprobs)
+    local ctx = model:context { n_ctx = 2048 }
+    local logits = ctx:decode(ids)
+    local _, all = lm.sampler {}:logprobs(logits, ids, 0, model.n_vocab)
+    local found = false
+    for _, a in ipairs(all) do
+      if model:piece(a.id, true) == sc[1].token and math.abs(a.logprob - sc[1].logprob) < 1e-9 then found = true end
+    end
+    assert.is_true(found, "the first sampled token's logprob is not the model's")
+    ctx:close()
+    -- completions
+    local t, tinfo = model:generate("Once upon a time", { temperature = 0, max_tokens = 8, logprobs = 2 })
+    local lp = j.text.choices[1].logprobs
+    assert.are.equal(t, j.text.choices[1].text)
+    assert.are.equal(#tinfo.logprobs, #lp.tokens)
+    local offset = 0
+    for k, e in ipairs(tinfo.logprobs) do
+      assert.are.equal(e.token, lp.tokens[k])
+      assert.is_true(math.abs(e.logprob - lp.token_logprobs[k]) < 1e-9)
+      -- the two alternatives and the chosen token (one of them, greedy)
+      local n = 0
+      for tok, v in pairs(lp.top_logprobs[k]) do
+        n = n + 1
+        local found = false
+        for _, a in ipairs(e.top_logprobs) do
+          if a.token == tok then
+            found = true
+            assert.is_true(math.abs(a.logprob - v) < 1e-9)
+          end
+        end
+        assert.is_true(found, tok)
+      end
+      assert.are.equal(2, n)
+      assert.are.equal(offset, lp.text_offset[k])
+      offset = offset + select(2, e.token:gsub("[^\128-\191]", ""))
+    end
+    assert.are.same(lp.tokens, j.text_streamed.tokens)
+    assert.are.same(lp.token_logprobs, j.text_streamed.token_logprobs)
+    assert.are.same({ status = 400, param = "top_logprobs" }, j.top_without)
+    assert.are.same({ status = 400, param = "top_logprobs" }, j.too_many)
+  end)
+
+  it("n > 1: choices sharing the prompt, each as a request of its own seed, streamed and not", function()
+    local j = H.node([==[
+import OpenAI from "openai";
+const [url] = process.argv.slice(2);
+const client = new OpenAI({ baseURL: url + "/v1", apiKey: "unused", maxRetries: 0 });
+const messages = [{ role: "user", content: "Tell me a story." }];
+const base = { model: "stories260K", messages, temperature: 1, max_tokens: 24, ignore_eos: true };
+const out = {};
+out.many = await client.chat.completions.create({ ...base, n: 3, seed: 11 });
+out.alone = [];
+for (let i = 0; i < 3; i++) out.alone.push((await client.chat.completions.create({ ...base, seed: 11 + i })).choices[0].message.content);
+const stream = await client.chat.completions.create({ ...base, n: 3, seed: 11, stream: true, stream_options: { include_usage: true } });
+out.streamed = ["", "", ""]; out.finish = [null, null, null]; out.usage = null;
+for await (const c of stream) {
+  for (const ch of c.choices) {
+    out.streamed[ch.index] += ch.delta?.content ?? "";
+    if (ch.finish_reason) out.finish[ch.index] = ch.finish_reason;
+  }
+  if (c.usage) out.usage = c.usage;
+}
+out.text = await client.completions.create({ model: "stories260K", prompt: "Once upon a time", n: 2, seed: 5, temperature: 1,
+                                             max_tokens: 16, ignore_eos: true });
+out.text_alone = (await client.completions.create({ model: "stories260K", prompt: "Once upon a time", seed: 6, temperature: 1,
+                                                    max_tokens: 16, ignore_eos: true })).choices[0].text;
+out.schema = await client.chat.completions.create({ model: "stories260K", messages, temperature: 1, seed: 2, n: 4, max_tokens: 200,
+  response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object",
+    properties: { a: { enum: ["x", "y", "z"] }, b: { type: "integer", minimum: 0, maximum: 99 } }, required: ["a", "b"],
+    additionalProperties: false } } } });
+try { await client.chat.completions.create({ ...base, n: 40 }); out.too_many = "no error"; }
+catch (e) { out.too_many = { status: e.status, param: e.param ?? null }; }
+console.log(JSON.stringify(out));
+]==], url)
+    local many = j.many
+    assert.are.equal(3, #many.choices)
+    local n_tokens = 0
+    for i, ch in ipairs(many.choices) do
+      assert.are.equal(i - 1, ch.index)
+      assert.are.equal(j.alone[i], ch.message.content)
+      assert.are.equal(j.alone[i], j.streamed[i])
+      assert.are.equal("length", ch.finish_reason)
+      assert.are.equal("length", j.finish[i])
+      n_tokens = n_tokens + 24
+    end
+    assert.are_not.equal(j.alone[1], j.alone[2])
+    assert.are.equal(n_tokens, many.usage.completion_tokens)
+    assert.are.equal(n_tokens, j.usage.completion_tokens)
+    assert.are.equal(#chat_ids({ { role = "user", content = "Tell me a story." } }), many.usage.prompt_tokens)
+    assert.are.equal(2, #j.text.choices)
+    assert.are.equal(j.text_alone, j.text.choices[2].text)
+    assert.are.equal(32, j.text.usage.completion_tokens)
+    for _, ch in ipairs(j.schema.choices) do
+      local v = assert(json.decode(ch.message.content), ch.message.content)
+      assert.truthy(({ x = true, y = true, z = true })[v.a])
+      assert.are.equal("number", type(v.b))
+      assert.is_true(v.b == math.floor(v.b) and v.b >= 0 and v.b <= 99, ch.message.content)
+    end
+    assert.are.same({ status = 400, param = "n" }, j.too_many)
+    assert.are.equal(200, http("GET", url .. "/health").status)
+  end)
+end)

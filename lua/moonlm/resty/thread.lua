@@ -268,7 +268,7 @@ function _M.embed(handle, texts, opts)
       if not m then error(e, 0) end
       models[handle] = m
     end
-    local t, eerr = m:embed(texts, opts)
+    local t, eerr = m:embed(texts, { pooling = opts.pooling, normalize = opts.normalize }) -- nice is ours
     if not t then return nil, eerr end
     local rows = t:totable()
     t:close()

@@ -9,6 +9,7 @@ local json = require "moonlm.json"
 local launch = require "moonlm.resty.launch"
 
 local NAME = "stories260K"
+local unpack = table.unpack or unpack -- luacheck: ignore
 local http = H.http
 
 local model = assert(lm.load(H.stories))
@@ -435,5 +436,59 @@ console.log(JSON.stringify(out));
     end
     assert.are.same({ status = 400, param = "n" }, j.too_many)
     assert.are.equal(200, http("GET", url .. "/health").status)
+  end)
+
+  -- Every call may land on another pooled VM: a fresh copy of the module (another VM's)
+  local function fresh()
+    package.loaded["moonlm.resty.thread"] = nil
+    return require "moonlm.resty.thread"
+  end
+
+  it("a grammar and logprobs continue identically in another pooled VM (the matcher fed the accepted ids)", function()
+    local th = fresh()
+    local handle = assert(th.compile("schema", PERSON))
+    local keep = assert(lm.grammar.attach(handle)) -- as the event loop holds it for a request
+    -- a schema the compiler refuses: its reason, for the 400
+    local refused = '{"properties":{"a":{"not":{"minLength":2}}}}'
+    local _, why = lm.grammar.schema_to_gbnf(refused)
+    assert.truthy(why:find("not", 1, true), why)
+    assert.are.same({ nil, why }, { th.compile("schema", refused) })
+    local ctx = assert(model:context { n_ctx = 1024, seqs = 1 })
+    local prompt = model:tokenize("Once upon a time")
+    local function run(switch)
+      ctx:clear()
+      local t = fresh()
+      local sl = { id = "g1", seq = 0, feed = prompt, max_new = 200, draws = 0, grammar = handle, accepted = {},
+                   logprobs = 2, sampling = { temperature = 1, top_k = 0, seed = 7 } }
+      local got, lps = {}, {}
+      for _ = 1, 100 do
+        if switch then t = fresh() end
+        local res = assert(t.step(ctx.handle, { sl }, { max_steps = 3, budget = 1 }))
+        local r = res[1]
+        assert.is_nil(r.err)
+        for k, id in ipairs(r.ids) do
+          got[#got + 1] = id
+          lps[#lps + 1] = r.lps[k]
+        end
+        sl.draws, sl.accepted = r.draws, { unpack(got) }
+        sl.feed = r.done and {} or { r.ids[#r.ids] }
+        sl.max_new = 200 - #got
+        if r.done then
+          assert.are.equal("grammar", r.done)
+          break
+        end
+      end
+      return got, lps
+    end
+    local same, same_lp = run(false)
+    local moved, moved_lp = run(true)
+    assert.are.same(same, moved)
+    assert.are.same(same_lp, moved_lp)
+    assert.are.equal(#same, #same_lp)
+    local v = assert(json.decode(model:detokenize(same)))
+    assert.are.equal("string", type(v.name))
+    assert.truthy(({ cat = true, dog = true, fish = true })[v.pet])
+    ctx:close()
+    assert.truthy(keep)
   end)
 end)

@@ -102,6 +102,8 @@ for (const [name, req] of [
   ["two", { model: "stories260K", messages, grammar: 'root ::= "a"', json_schema: schema }],
   ["ignore_eos", { model: "stories260K", messages, ignore_eos: true, response_format: { type: "json_object" } }],
   ["bad_type", { model: "stories260K", messages, response_format: { type: "yaml" } }],
+  ["deep", { model: "stories260K", messages, response_format: { type: "json_schema", json_schema: { name: "deep",
+             schema: JSON.parse('{"type":"array","items":'.repeat(300) + "{}" + "}".repeat(300)) } } }],
 ]) {
   try { await client.chat.completions.create(req); out[name] = "no error"; }
   catch (e) { out[name] = { status: e.status, code: e.code ?? null, param: e.param ?? null, message: e.error?.message ?? e.message }; }
@@ -150,6 +152,10 @@ console.log(JSON.stringify(out));
     assert.are.same({ 400, "json_schema" }, { j.two.status, j.two.param })
     assert.are.same({ 400, "ignore_eos", "unsupported_parameter" }, { j.ignore_eos.status, j.ignore_eos.param, j.ignore_eos.code })
     assert.are.same({ 400, "response_format" }, { j.bad_type.status, j.bad_type.param })
+    -- a hostile schema: the compiler's budget, a clean 400, and the server goes on
+    assert.are.same({ 400, "invalid_json_schema" }, { j.deep.status, j.deep.code })
+    assert.truthy(j.deep.message:find("schema nesting deeper than the compile budget", 1, true), j.deep.message)
+    assert.are.equal(200, http("GET", url .. "/health").status)
   end)
 
   it("tools: tool_choice required / named / none / auto, parallel_tool_calls, streamed deltas, results", function()

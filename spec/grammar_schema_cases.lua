@@ -121,4 +121,9 @@ return {
     ok = { [[{"t":{"k":"v"}}]], "{}" }, bad = { [[{"t":"key"}]], [[{"t":{"k":1}}]] } },
   { "draft 2020-12 (or none): siblings of $ref apply", [[{"definitions":{"p":{"type":"object","properties":{"k":{"type":"string"}}}},"type":"object","properties":{"t":{"$ref":"#/definitions/p","required":["k"]}}}]],
     ok = { [[{"t":{"k":"v"}}]], "{}" }, bad = { [[{"t":{}}]], [[{"t":"key"}]] } },
+  { "additional keys beside listed names, escapes and non-ASCII", [[{"type":"object","properties":{"id":{"type":"integer"},"name":{"type":"string"}}}]],
+    ok = { [[{"id":1,"é":null}]], [[{"idé":0,"naméx":[]}]], [[{"i":0,"idx":"s","nam":1,"names":2,"x\n":3}]], [[{"ключ":1}]], "{}", [[{"a/b":1}]] },
+    bad = { [[{"\u0069d":"s"}]], [[{"id":"s"}]], [[{"na\u006de":1}]], [[{"name":1}]] } },
+  { "additional keys beside non-ASCII names", [[{"type":"object","properties":{"ключ":{"type":"integer"}}}]],
+    ok = { [[{"ключ":1,"клю":"s","ключи":"s","k":"s"}]], [[{"é":"s"}]] }, bad = { [[{"ключ":"s"}]], [[{"x":1,"ключ":"s"}]] } },
 }

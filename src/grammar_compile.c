@@ -706,12 +706,27 @@ static int compact(cc *c, const int32_t *mentry, const int32_t *mlo, int32_t nm,
   return 0;
 }
 
-/* Byte classes: bytes that every range of the NFA treats alike, and one byte of each. */
+/* Byte classes: bytes that every range of the NFA treats alike, and one byte of each.
+ * The range ends cut the bytes into intervals (each inside or outside every range); the
+ * classes are then refined over intervals, once per distinct range. */
 static void byte_classes(ml_grammar *g) {
-  static const int none = -1;
+  uint8_t cut[257];
+  memset(cut, 0, sizeof cut);
+  for (int32_t i = 0; i < g->n_nfa; i++) {
+    const nst *s = &g->nfa[i];
+    if (s->kind == N_RANGE) cut[s->lo] = cut[s->hi + 1] = 1;
+    else if (s->kind == N_RANGES)
+      for (int k = 0; k < s->pad; k++) cut[g->rpool[s->call + 2 * k]] = cut[g->rpool[s->call + 2 * k + 1] + 1] = 1;
+  }
+  int iv[256], nint = 0; /* interval of each byte */
+  for (int b = 0; b < 256; b++) {
+    if (b && cut[b]) nint++;
+    iv[b] = nint;
+  }
+  nint++;
   uint8_t seen[256 * 256 / 8];
   memset(seen, 0, sizeof seen);
-  int cur[256], nid = 1;
+  int cur[256], nid = 1, map_in[256], map_out[256];
   memset(cur, 0, sizeof cur);
   for (int32_t i = 0; i < g->n_nfa; i++) {
     const nst *s = &g->nfa[i];
@@ -722,20 +737,20 @@ static void byte_classes(ml_grammar *g) {
       int key = lo * 256 + hi;
       if (seen[key >> 3] & (1 << (key & 7))) continue;
       seen[key >> 3] |= (uint8_t)(1 << (key & 7));
-      int map_in[256], map_out[256];
-      for (int j = 0; j < 256; j++) map_in[j] = map_out[j] = none;
+      int a = iv[lo], z = iv[hi];
+      for (int j = 0; j < nid; j++) map_in[j] = map_out[j] = -1;
       int next = 0;
-      for (int b = 0; b < 256; b++) {
-        int *mp = b >= lo && b <= hi ? map_in : map_out;
-        if (mp[cur[b]] < 0) mp[cur[b]] = next++;
-        cur[b] = mp[cur[b]];
+      for (int t = 0; t < nint; t++) {
+        int *mp = t >= a && t <= z ? map_in : map_out;
+        if (mp[cur[t]] < 0) mp[cur[t]] = next++;
+        cur[t] = mp[cur[t]];
       }
       nid = next;
     }
   }
   for (int b = 255; b >= 0; b--) {
-    g->cls[b] = (uint8_t)cur[b];
-    g->rep[cur[b]] = (uint8_t)b;
+    g->cls[b] = (uint8_t)cur[iv[b]];
+    g->rep[cur[iv[b]]] = (uint8_t)b;
   }
   g->n_cls = nid;
 }

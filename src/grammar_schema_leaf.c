@@ -1028,21 +1028,49 @@ static void trie_free(trie *t) {
   }
 }
 
-static void emit_not_in(const trie *node, int terminal, sbuf *o) {
-  /* strings that, read from this node on, leave the set */
+/* A string outside the set leaves the trie somewhere: either it takes a character no
+ * branch has (then anything may follow), or it ends at a node that is no name. The two
+ * are written apart, so the "anything" (char*) appears once instead of at every node:
+ * key ::= "\"" ( deviate char* | stop ) "\"". */
+
+/* deviate(node): the path to the first character that leaves the trie (that character
+ * included); the children of a name with no children take any character */
+static void emit_deviate(const trie *node, int ascii, sbuf *o) {
   int n = 0;
   sb_puts(o, "( ");
-  if (!terminal) { sb_puts(o, "\"\""); n++; }
   cset other = {0};
   for (const trie *k = node; k; k = k->next) cs_add(&other, k->c, k->c);
   cs_norm(&other);
   cs_negate(&other);
-  if (other.n) {
-    if (n++) sb_puts(o, " | ");
-    emit_set(o, &other);
-    sb_puts(o, " char*");
+  /* the leaving character written raw: an escaped one (\", \\, \n, \u0001...) is refused
+   * there, which keeps the grammar small (escapes at every node were most of it) */
+  cset raw = {0};
+  for (int i = 0; i < other.n; i++) {
+    uint32_t lo = other.r[i].lo < 0x20 ? 0x20 : other.r[i].lo, hi = other.r[i].hi;
+    if (ascii && hi > 0x7F) hi = 0x7F;
+    for (uint32_t cut = 0; lo <= hi && cut < 2; cut++) {
+      uint32_t x = cut ? '\\' : '"';
+      if (x < lo || x > hi) continue;
+      if (x > lo) cs_add(&raw, lo, x - 1);
+      lo = x + 1;
+    }
+    if (lo <= hi) cs_add(&raw, lo, hi);
   }
+  cs_norm(&raw);
   free(other.r);
+  if (raw.n && ascii) { /* a plain class: no "\\/" beside the raw '/' */
+    sb_puts(o, "[");
+    for (int i = 0; i < raw.n; i++) {
+      put_class_char(o, raw.r[i].lo);
+      if (raw.r[i].hi > raw.r[i].lo) sb_puts(o, "-"), put_class_char(o, raw.r[i].hi);
+    }
+    sb_puts(o, "]");
+    n++;
+  } else if (raw.n) {
+    emit_set(o, &raw);
+    n++;
+  }
+  free(raw.r);
   for (const trie *k = node; k; k = k->next) {
     if (n++) sb_puts(o, " | ");
     cset one = {0};
@@ -1050,8 +1078,34 @@ static void emit_not_in(const trie *node, int terminal, sbuf *o) {
     emit_set(o, &one);
     free(one.r);
     sb_puts(o, " ");
-    if (k->kids) emit_not_in(k->kids, k->terminal, o);
-    else if (k->terminal) sb_puts(o, "char+");
+    if (k->kids) emit_deviate(k->kids, ascii, o);
+    else sb_puts(o, ascii ? "[ !#-\\[\\]-\\x7F]" : "char");
+  }
+  sb_puts(o, " )");
+}
+
+/* does stop(node) have any string: a node below (or this one) that is no name */
+static int has_stop(const trie *node, int terminal) {
+  if (!terminal) return 1;
+  for (const trie *k = node; k; k = k->next)
+    if (k->kids && has_stop(k->kids, k->terminal)) return 1;
+  return 0;
+}
+
+/* stop(node): the paths to a node that is no name, ending there */
+static void emit_stop(const trie *node, int terminal, sbuf *o) {
+  int n = 0;
+  sb_puts(o, "( ");
+  if (!terminal) { sb_puts(o, "\"\""); n++; }
+  for (const trie *k = node; k; k = k->next) {
+    if (!k->kids || !has_stop(k->kids, k->terminal)) continue;
+    if (n++) sb_puts(o, " | ");
+    cset one = {0};
+    cs_add(&one, k->c, k->c);
+    emit_set(o, &one);
+    free(one.r);
+    sb_puts(o, " ");
+    emit_stop(k->kids, k->terminal, o);
   }
   sb_puts(o, " )");
 }
@@ -1084,8 +1138,28 @@ int leaf_key_not_in(schema_base *c, const ml_json *const *names, int n, sbuf *o)
   }
   if (rc) { trie_free(root); return schema_fail(c, NULL, "out of memory"); }
   sb_puts(o, "\"\\\"\" ");
-  if (root) emit_not_in(root, root_terminal, o);
-  else sb_puts(o, root_terminal ? "char+" : "char*");
+  int ascii = 1;
+  for (int i = 0; i < n && ascii; i++) {
+    const char *k = names[i]->key ? names[i]->key : names[i]->str;
+    size_t kl = names[i]->key ? names[i]->key_len : names[i]->n;
+    for (size_t j = 0; j < kl && ascii; j++) ascii = (unsigned char)k[j] < 0x80;
+  }
+  if (root) {
+    sb_puts(o, "( ");
+    /* names all ASCII: a key with a non-ASCII character anywhere is none of them, so the
+     * trie only needs to leave by an ASCII character (one small class per node instead of
+     * a UTF-8 class per node) */
+    if (ascii) sb_puts(o, "char* [\\u0080-\\U0010FFFF] char* | ");
+    emit_deviate(root, ascii, o);
+    sb_puts(o, " char*");
+    if (has_stop(root, root_terminal)) {
+      sb_puts(o, " | ");
+      emit_stop(root, root_terminal, o);
+    }
+    sb_puts(o, " )");
+  } else {
+    sb_puts(o, root_terminal ? "char+" : "char*");
+  }
   sb_puts(o, " \"\\\"\"");
   trie_free(root);
   return 0;

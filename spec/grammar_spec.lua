@@ -214,6 +214,29 @@ describe("grammar: hostile input", function()
     assert.truthy(tostring(err):match("grammar too large: its automaton exceeds %d+ states"), err)
   end)
 
+  it("stops a grammar whose stacks double with every byte at its limit, and stays usable", function()
+    -- p p with an empty p: each byte about doubles the stacks (the 15th would make more
+    -- than 65,536). Deduplicating them was a scan, quadratic in their number (1 s a byte
+    -- near the limit); the step fails cleanly and leaves the matcher as it was.
+    local g = assert(G.gbnf('root ::= p\np ::= "(" p p | [a-z] p p | [a-z]*'))
+    local m = g:matcher(VOCAB)
+    local feed, n = ("(hap(pbk"):rep(2), 0
+    local ok, err
+    for i = 1, #feed do
+      ok, err = pcall(m.accept_text, m, feed:sub(i, i))
+      if not ok then break end
+      assert.is_true(err)
+      n = n + 1
+    end
+    assert.are.equal(14, n)
+    assert.are.equal("grammar too ambiguous (more than 65536 stacks)", (tostring(err):gsub("^[^:]*:%d+: ", "")))
+    assert.are.equal(14, m:n_accepted())
+    m:rollback(14)
+    assert.is_true(m:accept_text("(ab(c"))
+    assert.is_true(m:can_end())
+    assert.is_false(m:accept_text(")"))
+  end)
+
   it("compiles a 1 MB grammar, and a chain of 50,000 rules, or refuses it, within the budget", function()
     local parts, alts = {}, {}
     for i = 1, 40000 do

@@ -301,6 +301,15 @@ typedef struct gbuf {
   int32_t n, cap;
 } gbuf;
 
+/* A set of elements for deduplication (open addressing; cleared in O(1) by moving to the
+ * next generation: a slot is a member only when its generation is the current one). */
+typedef struct gset {
+  gelem *key;
+  uint32_t *gen;
+  uint32_t cur;
+  int32_t n, cap; /* cap: 0 or a power of two */
+} gset;
+
 typedef struct ghist {
   int32_t cfg_off, cfg_n;
   int32_t arena_len;
@@ -321,7 +330,8 @@ struct ml_matcher {
   int32_t n_lvl;
   int32_t wstack[64]; /* states whose W this matcher is computing (nested) */
   int n_wstack;
-  gbuf work, seen;
+  gbuf work;
+  gset seen, out; /* gm_step: the elements a worklist has met, and those already in out */
   uint64_t *mask;
   int mask_valid;
   /* lazy */

@@ -110,18 +110,61 @@ int gm_can_pop_to(const ml_matcher *m, gelem e, int32_t to) {
   }
 }
 
-static int elem_in(const gbuf *b, gelem e) {
-  for (int32_t i = 0; i < b->n; i++)
-    if (b->e[i].s == e.s && b->e[i].p == e.p) return 1;
-  return 0;
+/* ---- element sets ---- */
+
+static uint32_t elem_hash(gelem e) { return node_hash(e.s, e.p); }
+
+static void gset_clear(gset *t) {
+  t->n = 0;
+  if (++t->cur == 0) { /* generations wrapped: forget them all */
+    if (t->cap) memset(t->gen, 0, (size_t)t->cap * sizeof *t->gen);
+    t->cur = 1;
+  }
 }
 
-/* add e to out unless present (small configurations: a linear scan; large ones would
- * deserve a hash, but they come only from very ambiguous grammars) */
-static int out_add(gbuf *out, int32_t from, gelem e) {
-  for (int32_t i = from; i < out->n; i++)
-    if (out->e[i].s == e.s && out->e[i].p == e.p) return 0;
-  return gbuf_push(out, e);
+static void gset_free(gset *t) {
+  free(t->key);
+  free(t->gen);
+}
+
+static int gset_insert(gset *t, gelem e) { /* 1: added, 0: present; room is assured */
+  uint32_t mask = (uint32_t)t->cap - 1;
+  for (uint32_t h = elem_hash(e) & mask;; h = (h + 1) & mask) {
+    if (t->gen[h] != t->cur) {
+      t->gen[h] = t->cur;
+      t->key[h] = e;
+      t->n++;
+      return 1;
+    }
+    if (t->key[h].s == e.s && t->key[h].p == e.p) return 0;
+  }
+}
+
+/* Add e: 1 when it was not there, 0 when it was, -1 out of memory. Kept at most half full. */
+static int gset_add(gset *t, gelem e) {
+  if (2 * (t->n + 1) > t->cap) {
+    gset old = *t;
+    int32_t nc = t->cap ? t->cap * 2 : 256;
+    gelem *k = malloc((size_t)nc * sizeof *k);
+    uint32_t *g = calloc((size_t)nc, sizeof *g);
+    if (!k || !g) {
+      free(k);
+      free(g);
+      return ml_seterr("out of memory (matcher)"), -1;
+    }
+    *t = (gset){k, g, 1, 0, nc};
+    for (int32_t i = 0; i < old.cap; i++)
+      if (old.gen[i] == old.cur) gset_insert(t, old.key[i]);
+    gset_free(&old);
+  }
+  return gset_insert(t, e);
+}
+
+/* add e to out unless this step already added it (the configurations of a very ambiguous
+ * grammar hold up to GM_MAX_CFG stacks: a scan for each would be quadratic) */
+static int out_add(ml_matcher *m, gbuf *out, gelem e) {
+  int r = gset_add(&m->out, e);
+  return r <= 0 ? r : gbuf_push(out, e);
 }
 
 #define GM_MAX_CFG 65536
@@ -129,26 +172,29 @@ static int out_add(gbuf *out, int32_t from, gelem e) {
 int gm_step(ml_matcher *m, const gelem *in, int32_t n, uint8_t b, int32_t base, gbuf *out) {
   ml_grammar *g = m->g;
   int32_t out0 = out->n;
-  gbuf *work = &m->work, *seen = &m->seen;
+  gbuf *work = &m->work;
+  gset *seen = &m->seen;
+  gset_clear(&m->out);
   for (int32_t k = 0; k < n; k++) {
     gelem e0 = in[k];
     int fl = g->flags[e0.s];
     /* the common case: a plain DFA state */
     if (!(fl & GS_CALLS) && (!(fl & GS_ACCEPT) || e0.p == base || e0.p == GN_NIL || e0.p == GN_BASE)) {
       int32_t t = gd_step(g, e0.s, b);
-      if (t < 0 || (t && out_add(out, out0, (gelem){t, e0.p}) < 0)) return -1;
+      if (t < 0 || (t && out_add(m, out, (gelem){t, e0.p}) < 0)) return -1;
       continue;
     }
     work->n = 0;
-    seen->n = 0;
+    gset_clear(seen);
     if (gbuf_push(work, e0) < 0) return -1;
     while (work->n) {
       gelem e = work->e[--work->n];
-      if (elem_in(seen, e)) continue;
-      if (gbuf_push(seen, e) < 0) return -1;
+      int fresh = gset_add(seen, e);
+      if (fresh < 0) return -1;
+      if (!fresh) continue;
       int f = g->flags[e.s];
       int32_t t = gd_step(g, e.s, b);
-      if (t < 0 || (t && out_add(out, out0, (gelem){t, e.p}) < 0)) return -1;
+      if (t < 0 || (t && out_add(m, out, (gelem){t, e.p}) < 0)) return -1;
       if (f & GS_CALLS)
         for (int32_t c = g->call_off[e.s]; c < g->call_off[e.s] + g->call_n[e.s]; c++) {
           const gcall *gc = &g->calls[c];
@@ -282,7 +328,8 @@ void ml_matcher_free(ml_matcher *m) {
   for (int i = 0; i < 2; i++) free(m->tmp[i].e);
   free(m->lvl_st);
   free(m->work.e);
-  free(m->seen.e);
+  gset_free(&m->seen);
+  gset_free(&m->out);
   ml_free(m->mask);
   for (int32_t i = 0; i < m->n_trig; i++) free(m->trig[i]);
   free(m->trig);

@@ -444,6 +444,24 @@ console.log(JSON.stringify(out));
     assert.are.equal(200, http("GET", url .. "/health").status)
   end)
 
+  it("a client that goes away frees every slot of its choices, grammar and all", function()
+    -- a long, never-ending grammar: the choices run until the client leaves
+    local body = { prompt = "Once upon a time", n = 3, max_tokens = 1500, temperature = 1, seed = 3, stream = true,
+                   grammar = 'root ::= [a-z ]+' }
+    local bg = H.background("POST", url .. "/v1/completions", body)
+    assert.truthy(H.until_true(20, function()
+      local h = http("GET", url .. "/health").json
+      return h.busy >= 3 and h.tokens > 0
+    end), "the three choices never ran together")
+    bg.kill()
+    assert.truthy(H.until_true(20, function()
+      local h = http("GET", url .. "/health").json
+      return h.busy == 0 and h.queued == 0
+    end), "slots still busy after the client left")
+    local r = http("POST", url .. "/v1/completions", { prompt = "Once upon a time", max_tokens = 8, temperature = 0 })
+    assert.are.equal(model:generate("Once upon a time", { temperature = 0, max_tokens = 8 }), r.json.choices[1].text)
+  end)
+
   -- Every call may land on another pooled VM: a fresh copy of the module (another VM's)
   local function fresh()
     package.loaded["moonlm.resty.thread"] = nil

@@ -441,7 +441,14 @@ console.log(JSON.stringify(out));
       assert.is_true(v.b == math.floor(v.b) and v.b >= 0 and v.b <= 99, ch.message.content)
     end
     assert.are.same({ status = 400, param = "n" }, j.too_many)
-    assert.are.equal(200, http("GET", url .. "/health").status)
+    -- a prompt no slot holds: the later choices start from a copy of the first one's cache
+    -- (cells shared), and prefill only the last prompt token again for their logits
+    local copies = http("GET", url .. "/health").json.copies
+    local r = http("POST", url .. "/v1/chat/completions", { messages = { { role = "user", content = "A dragon flew over the hills." } },
+                                                           n = 3, max_tokens = 8, temperature = 1, seed = 1 })
+    assert.are.equal(200, r.status, r.text)
+    assert.are.equal(3, #r.json.choices)
+    assert.are.equal(2, http("GET", url .. "/health").json.copies - copies)
   end)
 
   it("a client that goes away frees every slot of its choices, grammar and all", function()

@@ -1110,7 +1110,7 @@ local function health()
     return send_json(503, obj({ status = "error", error = init_error or "not initialised" }, { "status", "error" }))
   end
   local busy, slots, queued, limit, warm = 0, 0, 0, 0, true
-  local st = { requests = 0, rejected = 0, tokens = 0, calls = 0, forwards = 0, rows = 0 }
+  local st = { requests = 0, rejected = 0, tokens = 0, calls = 0, forwards = 0, rows = 0, copies = 0 }
   local per = {}
   for i, name in ipairs(S.order) do
     local sch = S.models[name].sched
@@ -1124,9 +1124,10 @@ local function health()
   local status = S.drained and "drained" or S.draining and "draining" or warm and "ok" or "loading"
   send_json(status == "ok" and 200 or 503, obj({ status = status, model = S.default.name, slots = slots, busy = busy,
                        queued = queued, max_queue = limit, requests = st.requests, rejected = st.rejected,
-                       tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows, models = per },
+                       tokens = st.tokens, calls = st.calls, forwards = st.forwards, rows = st.rows, copies = st.copies,
+                       models = per },
                      { "status", "model", "slots", "busy", "queued", "max_queue", "requests", "rejected", "tokens", "calls",
-                       "forwards", "rows", "models" }))
+                       "forwards", "rows", "copies", "models" }))
 end
 
 local function metrics_page()

@@ -126,4 +126,6 @@ return {
     bad = { [[{"\u0069d":"s"}]], [[{"id":"s"}]], [[{"na\u006de":1}]], [[{"name":1}]] } },
   { "additional keys beside non-ASCII names", [[{"type":"object","properties":{"ключ":{"type":"integer"}}}]],
     ok = { [[{"ключ":1,"клю":"s","ключи":"s","k":"s"}]], [[{"é":"s"}]] }, bad = { [[{"ключ":"s"}]], [[{"x":1,"ключ":"s"}]] } },
+  { "numbers past 64 bits: integral ones are integers", [[{"type":"integer","enum":[1e300,2.5,444444444444444444444444444444]}]],
+    ok = { "1e300", "444444444444444444444444444444" }, bad = { "2.5", "1" } },
 }

@@ -57,6 +57,8 @@ describe("JSON Schema compiler", function()
         { compile([[{"properties":{"s":{"type":"string","maxLength":100000}}}]]) })
       assert.are.same({ nil, "minItems/maxItems 5000 is over the compile budget (4096) at /" },
         { compile([[{"type":"array","minItems":5000}]]) })
+      assert.are.same({ nil, "minLength/maxLength 18446744073709551614 is over the compile budget (4096) at /" },
+        { compile([[{"type":"string","minLength":1e300}]]) })
       assert.are.same({ nil, "pattern repeats more times than the compile budget allows (4096) at /" },
         { compile([[{"type":"string","pattern":"^a{99999}$"}]]) })
     end)

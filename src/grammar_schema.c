@@ -13,6 +13,7 @@
 #include "grammar_schema_int.h"
 #include "common.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,7 +424,7 @@ static unsigned value_type(const ml_json *v) {
   switch (v->kind) {
   case ML_JSON_NULL: return T_NULL;
   case ML_JSON_TRUE: case ML_JSON_FALSE: return T_BOOL;
-  case ML_JSON_NUMBER: return v->num == (double)(int64_t)v->num || (v->num != v->num) ? T_INT : T_FRAC;
+  case ML_JSON_NUMBER: return v->num == floor(v->num) || v->num != v->num ? T_INT : T_FRAC; /* 1e300 too */
   case ML_JSON_STRING: return T_STR;
   case ML_JSON_ARRAY: return T_ARR;
   default: return T_OBJ;
@@ -431,9 +432,9 @@ static unsigned value_type(const ml_json *v) {
 }
 
 static int get_count(comp *c, const ml_json *node, const ml_json *v, uint64_t *out) {
-  if (v->kind != ML_JSON_NUMBER || v->num < 0 || v->num != (double)(uint64_t)v->num)
+  if (v->kind != ML_JSON_NUMBER || !(v->num >= 0) || v->num != floor(v->num))
     return schema_fail(&c->b, node, "'%s' must be a non-negative integer", v->key);
-  *out = (uint64_t)v->num;
+  *out = v->num < 1.8e19 ? (uint64_t)v->num : UINT64_MAX - 1; /* past any budget, still a bound */
   return 0;
 }
 

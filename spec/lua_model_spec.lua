@@ -394,3 +394,25 @@ describe("architectures written only in Lua against llama.cpp (ref-arch)", funct
     end
   end
 end)
+
+describe("README: write your own model", function()
+  it("the smallest complete example runs and writes what the C forward pass writes", function()
+    local readme = S.read_file("README.md")
+    local code = readme:match("<!%-%- readme%-model:[^\n]*\n```lua\n(.-)\n```")
+    assert.truthy(code, "the README's example block")
+    code = code:gsub('lm%.load%("stories260K%.gguf"%)', ("lm.load(%q)"):format(stories))
+    local printed = {}
+    local env = setmetatable({ print = function(s) printed[#printed + 1] = s end }, { __index = _G })
+    local chunk
+    if setfenv then
+      chunk = assert(loadstring(code, "README"))
+      setfenv(chunk, env)
+    else
+      chunk = assert(load(code, "README", "t", env))
+    end
+    chunk()
+    local model = assert(lm.load(stories))
+    assert.are.same({ (model:generate("Once upon a time", { max_tokens = 32, temperature = 0 })) }, printed)
+    model:close()
+  end)
+end)

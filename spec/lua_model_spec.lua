@@ -77,6 +77,21 @@ describe("x:linear_many", function()
       y1, y2 = x:linear_many({ p1, p2 }, { nil, bias })
       assert.is_true(y1 == x:linear(p1) and y2 == x:linear(p2, bias))
     end
+    -- outs: written in place and returned
+    local x = T.randn({ 2, 256 }, { seed = 9 })
+    local o1, o2 = T.empty(2, 256), T.empty(2, 128)
+    local a, b = x:linear_many({ ws[1], ws[2] }, nil, { o1, o2 })
+    assert.is_true(rawequal(a, o1) and rawequal(b, o2))
+    assert.is_true(o1 == x:linear(ws[1]) and o2 == x:linear(ws[2]))
+    assert.has_error(function() x:linear_many({ ws[1], ws[2] }, nil, { o2, o1 }) end,
+      "bad argument #4 to 'linear_many' (out 1 must be a contiguous f32 tensor {2, 256})")
+    -- g:silu_mul_(u): SwiGLU's product in place
+    local g, u = T.randn({ 3, 100 }, { seed = 1 }), T.randn({ 3, 100 }, { seed = 2 })
+    local want = g:silu() * u
+    assert.is_true(rawequal(g:silu_mul_(u), g))
+    assert.is_true((g - want):abs():max() <= 1e-5 * want:abs():max())
+    assert.has_error(function() g:silu_mul_(T.ones(5)) end,
+      "bad argument #2 to 'silu_mul_' (a contiguous f32 tensor of the size of self expected)")
     assert.has_error(function() T.randn({ 1, 256 }):linear_many { ws[1], 3 } end,
       "bad argument #2 to 'linear_many' (item 2 is not a tensor or a packed weight)")
     assert.has_error(function() T.randn({ 1, 256 }):linear_many {} end,

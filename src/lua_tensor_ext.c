@@ -6,6 +6,8 @@
 
 #include "common.h"
 #include "forward.h"
+#include "kernels/dispatch.h"
+#include "threads.h"
 #include "lua_tensor.h"
 #include "lua_weight.h"
 #include "ops.h"
@@ -605,6 +607,30 @@ static int t_alibi(lua_State *L) {
   return 1;
 }
 
+/* g:silu_mul_(u): g = silu(g) * u in place (SwiGLU's gate times up), with the row kernel of
+ * the active level the forward pass uses; g and u contiguous f32 of one size. */
+static int m_silu_mul_(lua_State *L) {
+  ml_tensor *g = ml_lua_check_tensor(L, 1), *u = ml_lua_check_tensor(L, 2);
+  no_more(L, 2, "one operand");
+  if (g->type != ML_TYPE_F32 || !ml_tensor_is_contiguous(g))
+    return luaL_argerror(L, 1, "silu_mul_ needs a contiguous f32 tensor");
+  if (u->type != ML_TYPE_F32 || !ml_tensor_is_contiguous(u) || ml_tensor_numel(u) != ml_tensor_numel(g))
+    return luaL_argerror(L, 2, "a contiguous f32 tensor of the size of self expected");
+  int64_t n = ml_tensor_numel(g);
+  float *gd = ml_tensor_data(g);
+  const float *ud = ml_tensor_data(u);
+  const ml_rowops *ro = ml_rowops_get();
+  int nth = ml_threads_for(ML_WORK_ELEMS, (double)n);
+#pragma omp parallel num_threads(nth)
+  {
+    int ith = ml_thread_id(), tn = ml_thread_count();
+    int64_t per = (n + tn - 1) / tn, e0 = ML_MIN(n, per * ith), e1 = ML_MIN(n, e0 + per);
+    if (e1 > e0) ro->silu_mul(gd + e0, ud + e0, e1 - e0);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
 /* x:gelu_ggml() / x:gelu_ggml_(): GELU as ggml (and so llama.cpp and the forward pass)
  * computes it: the tanh form looked up in a table over f16 inputs, so the input and the
  * result are rounded to f16 (x:gelu is the tanh form in f32). In place needs a contiguous
@@ -634,7 +660,8 @@ static const luaL_Reg methods[] = {
   {"scatter", m_scatter}, {"scatter_", m_scatter_}, {"scatter_add", m_scatter_add}, {"scatter_add_", m_scatter_add_},
   {"var", m_var}, {"std", m_std}, {"norm", m_norm}, {"dot", m_dot}, {"mm", m_mm}, {"bmm", m_bmm},
   {"conv1d", m_conv1d}, {"multinomial", m_multinomial}, {"rope", m_rope}, {"rope_", m_rope_},
-  {"linear_many", ml_lua_linear_many}, {"gelu_ggml", m_gelu_ggml}, {"gelu_ggml_", m_gelu_ggml_}, {NULL, NULL}};
+  {"linear_many", ml_lua_linear_many}, {"gelu_ggml", m_gelu_ggml}, {"gelu_ggml_", m_gelu_ggml_},
+  {"silu_mul_", m_silu_mul_}, {NULL, NULL}};
 
 static const luaL_Reg functions[] = {
   {"equal", t_equal}, {"where", t_where}, {"eye", t_eye}, {"linspace", t_linspace}, {"randint", t_randint},

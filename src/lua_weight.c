@@ -72,27 +72,46 @@ static int same_act(const ml_weight *a, const ml_weight *b) {
   return a->type == b->type && a->K == b->K && (a->packed != NULL) == (b->packed != NULL) && a->k == b->k;
 }
 
-/* x:linear_many({ w1, ..., wn } [, { b1, ..., bn }]) -> y1, ..., yn: x·wiᵀ (+ bi) for up to 8
+/* x:linear_many({ w1, ..., wn } [, { b1, ..., bn } [, { out1, ..., outn }]]) -> y1, ..., yn: x·wiᵀ (+ bi) for up to 8
  * weights (a model's matrices, w:pack()ed weights, or tensors), as x:linear gives each. When
  * every weight is prepared, the activations are converted once per format and all the
  * products run in one thread team (the forward pass's q, k, v or gate, up), which saves
- * a team and a conversion per weight on one-token decodes. */
+ * a team and a conversion per weight on one-token decodes. outs (a table of contiguous f32
+ * tensors {rows of x, N}) are written instead of new tensors and returned: a forward pass
+ * that reuses its buffers allocates (and faults in) no memory per call. */
 #define ML_LINEAR_MANY 8
+static int linear_many(lua_State *L, int has_out);
+
 int ml_lua_linear_many(lua_State *L) {
-  ml_tensor *x = ml_lua_check_tensor(L, 1);
+  ml_lua_check_tensor(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   int has_b = !lua_isnoneornil(L, 3);
   if (has_b) luaL_checktype(L, 3, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 4)) { /* outs: written in place of new tensors */
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_settop(L, 4);
+    lua_insert(L, 1); /* outs at 1, then x, ws, bs */
+    return linear_many(L, 1);
+  }
   lua_settop(L, 3);
-  int n = (int)lua_rawlen(L, 2);
+  lua_pushnil(L);
+  lua_insert(L, 1);
+  return linear_many(L, 0);
+}
+
+/* the body: stack outs|nil, x, ws, bs|nil */
+static int linear_many(lua_State *L, int has_out) {
+  ml_tensor *x = ml_lua_check_tensor(L, 2);
+  int has_b = !lua_isnil(L, 4);
+  int n = (int)lua_rawlen(L, 3);
   if (n < 1 || n > ML_LINEAR_MANY)
     return luaL_argerror(L, 2, lua_pushfstring(L, "1 to %d weights expected, got %d", ML_LINEAR_MANY, n));
-  if (has_b && (int)lua_rawlen(L, 3) > n) return luaL_argerror(L, 3, "more biases than weights");
+  if (has_b && (int)lua_rawlen(L, 4) > n) return luaL_argerror(L, 3, "more biases than weights");
   const ml_weight *pw[ML_LINEAR_MANY];
   ml_tensor *wt[ML_LINEAR_MANY], *bt[ML_LINEAR_MANY];
   int prepared = 1;
   for (int i = 0; i < n; i++) { /* weights at 4 .. n+3, biases at n+4 .. 2n+3 */
-    lua_rawgeti(L, 2, i + 1);
+    lua_rawgeti(L, 3, i + 1);
     pw[i] = ml_lua_test_weight(L, -1);
     wt[i] = NULL;
     if (!pw[i]) {
@@ -106,7 +125,7 @@ int ml_lua_linear_many(lua_State *L) {
   for (int i = 0; i < n; i++) {
     bt[i] = NULL;
     if (has_b) {
-      lua_rawgeti(L, 3, i + 1);
+      lua_rawgeti(L, 4, i + 1);
       if (!lua_isnil(L, -1)) {
         bt[i] = ml_lua_test_tensor(L, -1);
         if (!bt[i]) return luaL_argerror(L, 3, lua_pushfstring(L, "item %d is not a tensor", i + 1));
@@ -117,11 +136,21 @@ int ml_lua_linear_many(lua_State *L) {
   int64_t M = x->ndim == 2 ? x->shape[0] : 0, K = x->ndim == 2 ? x->shape[1] : 0;
   int fast = prepared && x->type == ML_TYPE_F32 && x->ndim == 2 && (x->stride[1] == 1 || K == 1) && M > 0;
   for (int i = 0; fast && i < n; i++) fast = pw[i]->K == K && !bt[i];
+
   if (!fast) { /* one x:linear after the other: the same results, the same errors */
     for (int i = 0; i < n; i++) {
       ml_tensor *o = ml_lua_push_tensor(L);
       int rc = pw[i] ? ml_linear_w(o, x, pw[i], bt[i]) : ml_linear(o, x, wt[i], bt[i]);
       if (rc < 0) return ml_lua_error(L); /* as x:linear: input 2 the weights, 3 the biases */
+      if (has_out) { /* into the caller's tensor, which takes the place of the result */
+        lua_rawgeti(L, 1, i + 1);
+        ml_tensor *d = ml_lua_test_tensor(L, -1);
+        if (!d || d->type != ML_TYPE_F32 || d->ndim != o->ndim || !ml_tensor_is_contiguous(d) ||
+            memcmp(d->shape, o->shape, sizeof(int64_t) * (size_t)o->ndim) != 0)
+          return luaL_argerror(L, 4, lua_pushfstring(L, "out %d must be a contiguous f32 tensor of the result's shape", i + 1));
+        if (ml_tensor_copy_into(d, o) < 0) return ml_lua_error(L);
+        lua_remove(L, -2);
+      }
     }
     return n;
   }
@@ -143,10 +172,20 @@ int ml_lua_linear_many(lua_State *L) {
   float *y[ML_LINEAR_MANY];
   double bytes = 0, macs = 0;
   for (int i = 0; i < n; i++) {
-    ml_tensor *o = ml_lua_push_tensor(L);
-    int64_t shape[2] = {M, pw[i]->N};
-    if (ml_tensor_init(o, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
-    y[i] = ml_tensor_data(o);
+    if (has_out) { /* the caller's tensor: f32, {M, N}, contiguous */
+      lua_rawgeti(L, 1, i + 1);
+      ml_tensor *o = ml_lua_test_tensor(L, -1);
+      if (!o || o->type != ML_TYPE_F32 || o->ndim != 2 || o->shape[0] != M || o->shape[1] != pw[i]->N ||
+          !ml_tensor_is_contiguous(o))
+        return luaL_argerror(L, 4, lua_pushfstring(L, "out %d must be a contiguous f32 tensor {%d, %d}", i + 1, (int)M,
+                                                   (int)pw[i]->N));
+      y[i] = ml_tensor_data(o);
+    } else {
+      ml_tensor *o = ml_lua_push_tensor(L);
+      int64_t shape[2] = {M, pw[i]->N};
+      if (ml_tensor_init(o, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
+      y[i] = ml_tensor_data(o);
+    }
     bytes += (double)ml_type_nbytes(pw[i]->type, pw[i]->K) * (double)pw[i]->N;
     macs += (double)M * (double)pw[i]->N * (double)K;
   }

@@ -66,6 +66,22 @@ function Module:child(name, module, key)
   return module
 end
 
+-- buffers(owner, n, sizes) -> f32 tensors {n, size} kept by owner for the next call with n
+-- rows (one set for one-row decodes, one for the last other row count): products written
+-- into them (x:linear_many's outs) allocate nothing. Only for values that do not leave the
+-- module's forward.
+local function buffers(owner, n, sizes)
+  local key = n == 1 and "_buf1" or "_bufn"
+  local b = owner[key]
+  if not b or b.n ~= n then
+    b = { n = n }
+    for i, c in ipairs(sizes) do b[i] = T.empty(n, c) end
+    owner[key] = b
+  end
+  return b
+end
+nn.buffers = buffers
+
 local function join(prefix, name)
   if prefix == nil or prefix == "" then return name end
   return prefix .. "." .. name
@@ -296,12 +312,13 @@ function MLP:forward(x)
     local gate, up = self.gate, self.up
     local u
     if nn.fuse and not (gate.bias or up.bias) then
-      h, u = x:linear_many { gate.packed or gate.weight, up.packed or up.weight }
+      local F = gate.weight:size(1)
+      local b = buffers(self, x:size(1), { F, F })
+      h, u = x:linear_many({ gate.packed or gate.weight, up.packed or up.weight }, nil, b)
     else
       h, u = gate:forward(x), up:forward(x)
     end
-    h[self.act](h)
-    h:mul_(u)
+    if self.act == "silu_" then h:silu_mul_(u) else h[self.act](h):mul_(u) end
   else
     h = self.up:forward(x)
     h[self.act](h)
@@ -371,7 +388,8 @@ function Attention:qkv(x)
   local wq, wk, wv = self.wq, self.wk, self.wv
   if nn.fuse and not (wq.bias or wk.bias or wv.bias) then
     -- one activation pass and one thread team for the three products
-    q, k, v = x:linear_many { wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }
+    local b = buffers(self, x:size(1), { H * D, Hk * D, Hk * D })
+    q, k, v = x:linear_many({ wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil, b)
   else
     q, k, v = wq:forward(x), wk:forward(x), wv:forward(x)
   end

@@ -161,7 +161,9 @@ end)
 
 describe("template budgets (#11.2)", function()
   local T = require "moonlm.template"
-  local BUDGET = "exceeded its [a-z]+ limit"
+  -- the work, memory or CPU time budget, or the longest string (which of them comes first
+  -- depends on the interpreter's speed)
+  local BUDGET = { "exceeded its [a-z]+ limit", "MemoryError: [a-z]+ longer than 4194304 bytes" }
 
   -- each case: a template from an untrusted GGUF that used to run for minutes or take
   -- gigabytes; now a clear error from the budget (work, memory, CPU time or string size)
@@ -188,7 +190,10 @@ describe("template budgets (#11.2)", function()
     it("stops " .. c[1], function()
       local out, err, info = T.render(c[2], {})
       assert.is_nil(out)
-      assert.matches(c[3], err)
+      local pats = type(c[3]) == "table" and c[3] or { c[3] }
+      local hit = false
+      for _, p in ipairs(pats) do hit = hit or err:find(p) ~= nil end
+      assert.is_true(hit, err)
       assert.equal("runtime", info.kind)
     end)
   end

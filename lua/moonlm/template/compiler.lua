@@ -50,7 +50,7 @@ local function cexpr(n) return CX[n.k](n) end
 local function charge(v)
   local t = type(v)
   if t == "table" then spend(#v + 1)
-  elseif t == "string" then spend(floor(#v / 64) + 1) end
+  elseif t == "string" then check_len(#v) end -- string operations build about as much
   return v
 end
 

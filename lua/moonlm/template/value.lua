@@ -31,7 +31,8 @@ local LIMITS = {
   source = 256 * 1024,       -- bytes of template source (the largest known chat template: 13 KB)
   depth = 100,               -- nested macro calls / parser nesting
   iter = 1000000,            -- loop iterations per render
-  str = 16 * 1024 * 1024,    -- longest string (or output) one render may build
+  str = 4 * 1024 * 1024,     -- longest string (or output) one render may build (a chat
+                             -- prompt of 128k tokens is about 512 KB)
   steps = 20000000,          -- work per render
   bytes = 256 * 1024 * 1024, -- memory built per render
   seconds = 1,               -- CPU seconds per render (os.clock)

@@ -636,7 +636,7 @@ static int m_silu_mul_(lua_State *L) {
  * result are rounded to f16 (x:gelu is the tanh form in f32). In place needs a contiguous
  * f32 tensor. */
 static int gelu_ggml(lua_State *L, int inplace) {
-  ml_tensor *a = ml_lua_check_tensor(L, 1);
+  ml_tensor *a = inplace ? ml_lua_check_writable(L, 1) : ml_lua_check_tensor(L, 1);
   no_more(L, 1, "none");
   ml_tensor *t = a;
   if (inplace) {

@@ -8,7 +8,10 @@
 --
 -- Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings,
 -- GET /v1/models, GET /v1/models/{id}, POST /tokenize, POST /detokenize, GET /props,
--- GET /health, GET /metrics (Prometheus), POST /admin/drain. Errors are OpenAI-style
+-- GET /health, GET /metrics (Prometheus), POST /admin/drain. Generation honours structured
+-- output (response_format, grammar, json_schema), tools (tool_calls in replies and streamed
+-- deltas), logprobs and n > 1 (see "Structured output in the server" in docs/DESIGN.md and
+-- examples/openresty/README.md). Errors are OpenAI-style
 -- { "error": { "message", "type", "param", "code" } }: 400 (bad JSON or parameters, a field
 -- the server cannot honour, prompt too long), 401 (API key), 403, 404 (unknown model or
 -- URL), 405, 413 (from nginx.conf), 429 (per-key limits, with Retry-After), 503 (queue

@@ -98,6 +98,8 @@ for (const [name, req] of [
   ["bad_schema", { model: "stories260K", messages, response_format: { type: "json_schema", json_schema: { name: "bad",
                    schema: { type: "object", patternProperties: { "^a": { type: "string" } } } } } }],
   ["bad_grammar", { model: "stories260K", messages, grammar: "root ::= missing-rule" }],
+  ["left_recursive", { model: "stories260K", messages, grammar: 'root ::= root "a" | "b"' }],
+  ["huge_count", { model: "stories260K", messages, grammar: 'root ::= "a"{5000000}' }],
   ["no_name", { model: "stories260K", messages, response_format: { type: "json_schema", json_schema: { schema } } }],
   ["two", { model: "stories260K", messages, grammar: 'root ::= "a"', json_schema: schema }],
   ["ignore_eos", { model: "stories260K", messages, ignore_eos: true, response_format: { type: "json_object" } }],
@@ -148,6 +150,12 @@ console.log(JSON.stringify(out));
     assert.are.equal(400, j.bad_grammar.status)
     assert.are.equal("invalid_grammar", j.bad_grammar.code)
     assert.truthy(j.bad_grammar.message:find("missing-rule", 1, true), j.bad_grammar.message)
+    for _, k in ipairs { "left_recursive", "huge_count" } do -- the engine's own words, after ours
+      local src = k == "left_recursive" and 'root ::= root "a" | "b"' or 'root ::= "a"{5000000}'
+      local _, why = lm.grammar.gbnf(src)
+      assert.are.same({ status = 400, code = "invalid_grammar", param = "grammar",
+                        message = "'grammar' is not a valid GBNF grammar: " .. why }, j[k])
+    end
     assert.are.same({ 400, "response_format" }, { j.no_name.status, j.no_name.param })
     assert.are.same({ 400, "json_schema" }, { j.two.status, j.two.param })
     assert.are.same({ 400, "ignore_eos", "unsupported_parameter" }, { j.ignore_eos.status, j.ignore_eos.param, j.ignore_eos.code })

@@ -610,7 +610,7 @@ static int t_alibi(lua_State *L) {
 /* g:silu_mul_(u): g = silu(g) * u in place (SwiGLU's gate times up), with the row kernel of
  * the active level the forward pass uses; g and u contiguous f32 of one size. */
 static int m_silu_mul_(lua_State *L) {
-  ml_tensor *g = ml_lua_check_tensor(L, 1), *u = ml_lua_check_tensor(L, 2);
+  ml_tensor *g = ml_lua_check_writable(L, 1), *u = ml_lua_check_tensor(L, 2);
   no_more(L, 2, "one operand");
   if (g->type != ML_TYPE_F32 || !ml_tensor_is_contiguous(g))
     return luaL_argerror(L, 1, "silu_mul_ needs a contiguous f32 tensor");

@@ -145,6 +145,7 @@ static int linear_many(lua_State *L, int has_out) {
       if (has_out) { /* into the caller's tensor, which takes the place of the result */
         lua_rawgeti(L, 1, i + 1);
         ml_tensor *d = ml_lua_test_tensor(L, -1);
+        if (d && d->storage->readonly) return luaL_argerror(L, 4, lua_pushfstring(L, "out %d is a read-only tensor", i + 1));
         if (!d || d->type != ML_TYPE_F32 || d->ndim != o->ndim || !ml_tensor_is_contiguous(d) ||
             memcmp(d->shape, o->shape, sizeof(int64_t) * (size_t)o->ndim) != 0)
           return luaL_argerror(L, 4, lua_pushfstring(L, "out %d must be a contiguous f32 tensor of the result's shape", i + 1));
@@ -175,6 +176,7 @@ static int linear_many(lua_State *L, int has_out) {
     if (has_out) { /* the caller's tensor: f32, {M, N}, contiguous */
       lua_rawgeti(L, 1, i + 1);
       ml_tensor *o = ml_lua_test_tensor(L, -1);
+      if (o && o->storage->readonly) return luaL_argerror(L, 4, lua_pushfstring(L, "out %d is a read-only tensor", i + 1));
       if (!o || o->type != ML_TYPE_F32 || o->ndim != 2 || o->shape[0] != M || o->shape[1] != pw[i]->N ||
           !ml_tensor_is_contiguous(o))
         return luaL_argerror(L, 4, lua_pushfstring(L, "out %d must be a contiguous f32 tensor {%d, %d}", i + 1, (int)M,

@@ -22,6 +22,8 @@ local function chat_ids(messages, opts)
 end
 
 local MSGS = { { role = "user", content = "Tell me about a person." } }
+
+local function template_src() return require("moonlm.template").builtin("chatml") end
 local WEATHER = { { role = "user", content = "What is the weather in Paris?" } }
 
 -- a schema whose strings are short, so that a random model ends well within max_tokens
@@ -475,6 +477,32 @@ console.log(JSON.stringify(out));
     end), "slots still busy after the client left")
     local r = http("POST", url .. "/v1/completions", { prompt = "Once upon a time", max_tokens = 8, temperature = 0 })
     assert.are.equal(model:generate("Once upon a time", { temperature = 0, max_tokens = 8 }), r.json.choices[1].text)
+  end)
+
+  it("reasoning: a template that opens <think> for the model gets reasoning_content, streamed and not", function()
+    local src = template_src():gsub("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+    assert.truthy(src:find("<think>", 1, true))
+    local srv2 = H.start({ MOONLM_SLOTS = "2", MOONLM_N_CTX = "1024", MOONLM_TEMPLATE = src })
+    local body = { messages = MSGS, max_tokens = 30, temperature = 0 }
+    local r = http("POST", srv2.url .. "/v1/chat/completions", body)
+    body.stream = true
+    local s = http("POST", srv2.url .. "/v1/chat/completions", body)
+    srv2:stop()
+    assert.are.equal(200, r.status, r.text)
+    local chat = model:chat { template = src, n_ctx = 1024 }
+    local reply, info = chat:say(MSGS[1].content, { temperature = 0, max_tokens = 30 })
+    assert.truthy(info.reasoning_content and #info.reasoning_content > 20)
+    local m = r.json.choices[1].message
+    assert.are.equal(info.reasoning_content, m.reasoning_content)
+    assert.are.equal(reply, m.content)
+    local parts, content = {}, {}
+    for _, c in ipairs((H.events(s.text))) do
+      local d = c.choices[1] and c.choices[1].delta or {}
+      if type(d.reasoning_content) == "string" then parts[#parts + 1] = d.reasoning_content end
+      if type(d.content) == "string" then content[#content + 1] = d.content end
+    end
+    assert.are.equal(info.reasoning_content, table.concat(parts))
+    assert.are.equal(reply, table.concat(content))
   end)
 
   -- Every call may land on another pooled VM: a fresh copy of the module (another VM's)

@@ -38,7 +38,7 @@ CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokeniz
        kvcache context forward attention flash registry \
        json grammar_schema grammar_schema_leaf \
        grammar_gbnf grammar_regex grammar_compile grammar_dfa grammar_vocab grammar_match grammar_mask \
-       kernels/dispatch kernels/ref
+       kernels/dispatch kernels/ref kernels/rowcheck
 # models written in Lua: the torch7 essentials, RoPE and ALiBi
 CORE += ops_ext rope
 KERNELS_C      = kernels/pack

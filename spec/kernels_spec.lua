@@ -139,6 +139,18 @@ describe("kernel levels against ref", function()
     end
   end)
 
+  it("row ops (dot, axpy, scale, add, f16 conversions, rmsnorm, silu_mul, exp_shift) agree with ref's", function()
+    -- sizes 0 to 1000 around the vector widths, unaligned rows, nothing written past n
+    -- (src/kernels/rowcheck.c); ref against itself checks the guards and bounds
+    for _, name in ipairs(all_tables) do
+      local ok, msg = core._rowops_check(name)
+      assert.is_true(ok, msg)
+      assert.are.equal(name .. ": every row op agrees with ref", msg)
+    end
+    assert.has_error(function() core._rowops_check("no-such-table") end,
+      "bad argument #1 to '_rowops_check' (kernel table not available on this CPU or build)")
+  end)
+
   it("the AMX emulator agrees with plain loops", function()
     local ok, msg = core._amx_emu_selftest()
     assert.is_true(ok, msg)

@@ -183,11 +183,20 @@ static int l_amx_emu_selftest(lua_State *L) {
   return 2;
 }
 
+/* _rowops_check([table]) -> true | false, message: the table's row ops against ref's */
+static int l_rowops_check(lua_State *L) {
+  const ml_kernels *k = check_table(L, 1);
+  char msg[256];
+  lua_pushboolean(L, ml_rowops_selfcheck(k, msg, sizeof msg));
+  lua_pushstring(L, msg);
+  return 2;
+}
+
 static void open_kernel_hooks(lua_State *L) {
   ml_lua_open_weight(L);
   static const luaL_Reg hooks[] = {
     {"_weight", l_weight}, {"_act_bytes", l_act_bytes}, {"_x16_check", l_x16_check},
-    {"_amx_emu_selftest", l_amx_emu_selftest}, {NULL, NULL}};
+    {"_amx_emu_selftest", l_amx_emu_selftest}, {"_rowops_check", l_rowops_check}, {NULL, NULL}};
   luaL_setfuncs(L, hooks, 0);
 }
 

@@ -40,5 +40,9 @@ const ml_kernels *ml_kernels_named(const char *name);
  * loops (config, loads with row/column edges, the dot products, stores). 1 if all agree,
  * else 0 and what differed in msg. */
 int ml_amx_emu_selftest(char *msg, size_t n);
+/* A table's row operations against ref's (rowcheck.c): sizes around the vector widths,
+ * unaligned rows, no write outside the n outputs. 1 if all agree, else 0 and msg says
+ * which op, size and element. */
+int ml_rowops_selfcheck(const ml_kernels *k, char *msg, size_t n);
 
 #endif

@@ -98,6 +98,9 @@ describe("grammar: GBNF", function()
     -- nearly unconstrained states (masks from slices of the vocabulary), bounded and not
     { 'root ::= "\\"" [^"\\\\\\x00-\\x1F]{0,3} "\\"" [0-9]', yes = { '""1', '"ab"2', '"a\xC3\xA9c"3' }, no = { '"abcd"1', '"a\nb"1' } },
     { 'root ::= "\\"" [^"\\\\\\x7F\\x00-\\x1F]* "\\""', yes = { '"hello world"', '""' }, no = { '"\x7F"' } },
+    -- a slice with exceptions (here ' ' to '/' leave the string body): they hold for every
+    -- character of a token, not only its first ("3.5" is no member after '"a')
+    { 'root ::= "\\"" [^"\\\\\\x7F\\x00-\\x2F]* "\\""', yes = { '"a3b"', '""', '"x0y"' }, no = { '"3.5"', '"a b"' } },
     { 'root ::= [^\\n]{2,20} "\\n"', yes = { "ab\n", "hello world\n" }, no = { "a\n", ("x"):rep(21) .. "\n" } },
     { 'root ::= "<" .{0,28} ">"', yes = { "<>", "<abcdefghijklmnopqrstuvwxyz>" }, no = { "<" .. ("a"):rep(29) .. ">" } },
   }

@@ -392,11 +392,14 @@ static const gslice *slice_for(ml_matcher *m, int32_t s, int32_t *alive, uint64_
     if (t <= 0) continue;
     const gslice *sl = gv_slice(m->v, SLICE_RANGES[c], SLICE_NPAIRS[c]);
     if (!sl) return NULL;
-    /* the chain s -> t -> ...: every state on it plain, until it dies or repeats */
+    /* the chain s -> t -> ...: every state on it plain, until it dies or repeats. s itself
+     * repeats only without exceptions: they were allowed for the first character alone
+     * (a later '.' of "0.5e" must not follow s's other characters when '.' leaves s) */
+    int exc_any = (exc[0] | exc[1] | exc[2] | exc[3]) != 0;
     int32_t L = 1, prev = s;
     for (;;) {
       if (g->flags[t] & (GS_CALLS | GS_EPSEND)) break; /* items would be needed: no slice */
-      if (L >= sl->max_len || t == prev) {
+      if (L >= sl->max_len || (t == prev && !(t == s && exc_any))) {
         *alive = INT32_MAX;
         return sl;
       }

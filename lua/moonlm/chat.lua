@@ -35,6 +35,12 @@
 -- When the conversation outgrows the context, the oldest turns (never the system prompt)
 -- are dropped and the reply's info says truncated = true (and shifted = the tokens shifted
 -- out, with context_shift).
+-- Leaving `for piece in chat:stream(...)` early (break) keeps the reply so far in the
+-- history, as on_token returning false does (stop_reason "abort"): at once in Lua 5.4 (the
+-- loop closes the iterator's fourth value), at the chat's next call under LuaJIT.
+-- chat:save(path) writes every option that is plain data (stop, tools, vars, logit_bias
+-- ...); it refuses one it cannot write (on_token, steps, a grammar) by name, unless
+-- save(path, { drop = { names } }) leaves it out; chat_load(model, path, opts) takes it again.
 --
 -- Tool calls:
 --   local reply, info = chat:say("Weather in Paris?", { tools = my_tools })

@@ -13,7 +13,11 @@
 --   ignore_eos [false] keep going past end-of-generation tokens
 --   on_token(piece, id) called for every token; return false to stop ("abort")
 --   sampler            a moonlm.sampler to use instead of building one from opts
---   context, seq [0]   where to run; by default a context kept by the model for generate
+--   context, seq [0]   where to run; by default a context kept by the model for generate.
+--                      One generation at a time per sequence: generate from inside another
+--                      one's on_token raises "the default context is busy"; a second stream
+--                      started before the first ends takes the sequence over (the first
+--                      raises if resumed): give each its own context = model:context{...}
 --   keep [false]       continue the sequence instead of clearing it first
 --   special [false]    render control tokens in the output text
 --   preserved_tokens {} ids of control tokens whose text goes into the output all the same

@@ -166,18 +166,6 @@ function Sched:cancel(req)
   end
 end
 
--- wait(req) -> the pieces of text produced since the last call (a list, maybe empty), done,
--- and for each piece the number of generated tokens up to its end | nil, err
-function _M.wait(req, timeout)
-  while #req.outbox == 0 and not req.done do
-    local ok, err = req.sema:wait(timeout or 60)
-    if not ok and err ~= "timeout" then return nil, err end
-  end
-  local pieces, upto = req.outbox, req.outbox_upto
-  req.outbox, req.outbox_upto = {}, {}
-  return pieces, req.done, upto
-end
-
 -- wait_all(reqs) -> for each request { pieces, upto, done (true once, when it has just
 -- ended) }, all done | nil, err. The requests share one semaphore (the choices of one
 -- request): it returns as soon as one of them has news.

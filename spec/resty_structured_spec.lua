@@ -114,11 +114,12 @@ for (const [name, req] of [
 }
 console.log(JSON.stringify(out));
 ]==], url, PERSON)
-    -- greedy: exactly what moonlm's generate writes under the same schema (without
-    -- fast-forward, which the server does not do: it samples forced tokens too)
+    -- greedy: exactly what moonlm's generate writes under the same schema, the tokens the
+    -- grammar forces fast-forwarded (appended without sampling) in both
     local ids = chat_ids(MSGS)
-    local want, info = model:generate(ids, { json_schema = PERSON, temperature = 0, max_tokens = 200, fast_forward = false })
+    local want, info = model:generate(ids, { json_schema = PERSON, temperature = 0, max_tokens = 200 })
     assert.are.equal("grammar", info.stop_reason)
+    assert.is_true(info.forced_tokens > 0)
     local g = j.greedy.choices[1]
     assert.are.equal(want, g.message.content)
     assert.are.equal("stop", g.finish_reason)
@@ -139,10 +140,10 @@ console.log(JSON.stringify(out));
       assert.are.equal("stop", o.finish)
     end
     local gw = model:generate("Once upon a time", { grammar = lm.grammar.gbnf('root ::= "yes" | "no" | "maybe"'), temperature = 0,
-                                                   max_tokens = 10, fast_forward = false })
+                                                   max_tokens = 10 })
     assert.are.equal(gw, j.grammar.choices[1].text)
     assert.truthy(({ yes = true, no = true, maybe = true })[gw])
-    local sw = model:generate("Once upon a time", { json_schema = PERSON, temperature = 0, max_tokens = 200, fast_forward = false })
+    local sw = model:generate("Once upon a time", { json_schema = PERSON, temperature = 0, max_tokens = 200 })
     assert.are.equal(sw, j.json_schema.choices[1].text)
     -- what cannot be honoured is a 400 that says why
     local _, cerr = lm.grammar.json_schema('{"type":"object","patternProperties":{"^a":{"type":"string"}}}')
@@ -236,7 +237,7 @@ console.log(JSON.stringify(out));
     -- required: moonlm's chat with the same tools, greedy, makes the same calls
     local chat = model:chat { n_ctx = 2048 }
     local _, info = chat:say(WEATHER[1].content, { tools = tools, tool_choice = "required", temperature = 0, max_tokens = 200,
-                                                 parallel_tool_calls = false, fast_forward = false })
+                                                 parallel_tool_calls = false })
     assert.are.equal(1, info.tool_calls and #info.tool_calls)
     local r = j.required.choices[1]
     assert.are.equal("tool_calls", r.finish_reason)
@@ -522,11 +523,11 @@ console.log(JSON.stringify(out));
     assert.are.same({ nil, why }, { th.compile("schema", refused) })
     local ctx = assert(model:context { n_ctx = 1024, seqs = 1 })
     local prompt = model:tokenize("Once upon a time")
-    local function run(switch)
+    local function run(switch, logprobs)
       ctx:clear()
       local t = fresh()
       local sl = { id = "g1", seq = 0, feed = prompt, max_new = 200, draws = 0, grammar = handle, accepted = {},
-                   logprobs = 2, sampling = { temperature = 1, top_k = 0, seed = 7 } }
+                   logprobs = logprobs, sampling = { temperature = 1, top_k = 0, seed = 7 } }
       local got, lps = {}, {}
       for _ = 1, 100 do
         if switch then t = fresh() end
@@ -535,26 +536,36 @@ console.log(JSON.stringify(out));
         assert.is_nil(r.err)
         for k, id in ipairs(r.ids) do
           got[#got + 1] = id
-          lps[#lps + 1] = r.lps[k]
+          lps[#lps + 1] = r.lps and r.lps[k]
         end
         sl.draws, sl.accepted = r.draws, { unpack(got) }
-        sl.feed = r.done and {} or { r.ids[#r.ids] }
+        sl.feed = r.done and {} or r.tail
         sl.max_new = 200 - #got
         if r.done then
           assert.are.equal("grammar", r.done)
           break
         end
       end
-      return got, lps
+      -- one random draw per sampled token: the rest were forced
+      return got, lps, #got - sl.draws
     end
-    local same, same_lp = run(false)
-    local moved, moved_lp = run(true)
+    -- with logprobs: every token sampled
+    local same, same_lp, f1 = run(false, 2)
+    local moved, moved_lp = run(true, 2)
     assert.are.same(same, moved)
     assert.are.same(same_lp, moved_lp)
     assert.are.equal(#same, #same_lp)
-    local v = assert(json.decode(model:detokenize(same)))
-    assert.are.equal("string", type(v.name))
-    assert.truthy(({ cat = true, dog = true, fish = true })[v.pet])
+    assert.are.equal(0, f1)
+    -- without: the forced tokens fast-forwarded, in whatever VM
+    local ff, _, f2 = run(false)
+    local ff_moved = run(true)
+    assert.are.same(ff, ff_moved)
+    assert.is_true(f2 > 0, "nothing was fast-forwarded")
+    for _, ids in ipairs { same, ff } do
+      local v = assert(json.decode(model:detokenize(ids)))
+      assert.are.equal("string", type(v.name))
+      assert.truthy(({ cat = true, dog = true, fish = true })[v.pet])
+    end
     ctx:close()
     assert.truthy(keep)
   end)

@@ -313,7 +313,7 @@ function Sched:distribute(slots, res)
     elseif req.stopped then
       finish(req, "stop")
     else
-      if #rest == 0 and #r.ids > 0 then rest[1] = r.ids[#r.ids] end
+      if #rest == 0 and #r.ids > 0 then rest = r.tail or { r.ids[#r.ids] } end
       req.feed = rest
       if #req.outbox > 0 then req.sema:post(1) end
     end

@@ -112,6 +112,29 @@ function _M.compile(kind, text)
   return g.handle
 end
 
+-- forced(e, model, room) -> the tokens of the text the grammar forces now (its only
+-- continuation), accepted by the matcher, at most `room` of them: generate.lua's
+-- fast-forward. The last one is left out unless the grammar ends after it (the model may
+-- continue that text with a longer token).
+local function forced(e, model, room)
+  local m = e.m
+  local text = m:forced()
+  if text == "" or room <= 0 then return {} end
+  local ids = model:tokenize(text, { bos = false, eos = false, prefix = false })
+  local n = 0
+  while n < #ids and e.s:accept(ids[n + 1]) do n = n + 1 end
+  if n > 0 and not (n == #ids and m:is_done()) then
+    m:rollback(1)
+    n = n - 1
+  end
+  if n > room then
+    m:rollback(n - room)
+    n = room
+  end
+  for i = #ids, n + 1, -1 do ids[i] = nil end
+  return ids
+end
+
 -- Lower the priority of the calling thread (on Linux nice is per thread, and the OpenMP
 -- threads it starts later inherit it), so the event loop wins the CPU when both want it.
 local set_nice
@@ -136,7 +159,8 @@ end
 -- still prefilling and the last sampled token of the others, then samples every slot whose
 -- logits came back. Returns per slot { ids (new tokens), fed (feed tokens consumed),
 -- done ("eos" | "length" | "grammar" | "error" | nil), draws, mu, pos, err, lps (with
--- logprobs: per new id { logprob, ids = { alternatives }, lps = { their logprobs } }) },
+-- logprobs: per new id { logprob, ids = { alternatives }, lps = { their logprobs } }),
+-- tail (the new ids the cache does not hold yet: the next call's feed) },
 -- and in forwards and rows the number of forward passes and of sequence entries in them.
 local function step(handle, slots, limits)
   if set_nice and (limits.nice or 0) ~= 0 then set_nice(limits.nice) end
@@ -171,7 +195,7 @@ local function step(handle, slots, limits)
           r.fed = r.fed + n
           last = st.at > #sl.feed
         else
-          ids, last = { r.ids[#r.ids] }, true
+          ids, last = st.tail, true
         end
         entries[#entries + 1] = { ids, seq = sl.seq, logits = last and "last" or "none" }
         who[#who + 1] = i
@@ -211,6 +235,18 @@ local function step(handle, slots, limits)
             for k, t in ipairs(top) do ids[k], lps[k] = t.id, t.logprob end
             r.lps[#r.ids] = { lp, ids = ids, lps = lps }
           end
+          st.tail = { id }
+          -- the tokens the grammar forces come without a sampling step (nor a forward pass)
+          -- of their own: decoded together with this one (not with logprobs, which are
+          -- per sampled token)
+          if e.m and not sl.logprobs and not e.m:is_done() then
+            for _, f in ipairs(forced(e, ctx.model, sl.max_new - #r.ids)) do
+              e.acc = e.acc + 1
+              r.ids[#r.ids + 1] = f
+              st.hist[#st.hist + 1] = f
+              st.tail[#st.tail + 1] = f
+            end
+          end
           if e.m and e.m:is_done() then
             r.done = "grammar"
           elseif #r.ids >= sl.max_new then
@@ -228,6 +264,7 @@ local function step(handle, slots, limits)
     local r, e = out[i], state[i].e
     if e then r.draws, r.mu = e.rng.n, e.s.mu end
     r.pos = ctx:pos(sl.seq)
+    if not r.done then r.tail = state[i].tail end
   end
   out.forwards, out.rows = forwards, rows
   return out

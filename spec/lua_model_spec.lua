@@ -353,6 +353,33 @@ describe("a model written in Lua in generate, stream, chat, samplers and grammar
     assert.has_error(function() lua_model:embed("x") end, "embeddings are not available for a model written in Lua")
   end)
 
+  it("any object with decode and the context operations will do (a net with its own contexts)", function()
+    -- a "model" that always predicts the token after the last one: logits as plain tensors
+    local net = { n_vocab = model.n_vocab }
+    function net:context(opts)
+      local ctx = { n_ctx = opts and opts.n_ctx or 64, len = {} }
+      function ctx:decode(ids, o)
+        local seq = o and o.seq or 0
+        self.len[seq] = (self.len[seq] or 0) + #ids
+        local l = T.full({ net.n_vocab }, -10)
+        l[(ids[#ids] + 1) % net.n_vocab + 1] = 10
+        return l
+      end
+      function ctx:pos(seq) return self.len[seq or 0] or 0 end
+      function ctx:clear(seq) self.len[seq or 0] = 0 end
+      function ctx:truncate(seq, n) self.len[seq] = math.min(self.len[seq] or 0, n) return self.len[seq] end
+      function ctx:close() end
+      return ctx
+    end
+    local counter = nn.model(net, { tokenizer = model, arch = "counter" })
+    local _, info = counter:generate({ 1, 300 }, { max_tokens = 5, temperature = 0 })
+    assert.are.same({ 301, 302, 303, 304, 305 }, info.ids)
+    local g = lm.grammar.regex("[0-9]+")
+    local text = counter:generate("x", { grammar = g, max_tokens = 3, temperature = 0 })
+    assert.truthy(text:match("^[0-9]+$"), text)
+    counter:close()
+  end)
+
   it("its context: a full context says so and stays usable; bad ids and options are refused", function()
     local ctx = assert(lua_model:context { n_ctx = 8, kv_type = "f32", seqs = 2 })
     assert.truthy(ctx:decode({ 1, 403, 407 }))

@@ -578,7 +578,10 @@ end
 Context.__close = Context.close
 
 -- nn.model(net, { tokenizer = model, arch = "name", n_ctx_train = N }) -> a model: the
--- tokenizer's vocabulary, chat template and metadata, the net's forward pass.
+-- tokenizer's vocabulary, chat template and metadata, the net's forward pass. A net with
+-- its own net:context(opts) method makes its contexts itself: any object with decode(ids,
+-- { seq, logits }) -> logits and pos, clear, truncate, n_ctx (copy, shift, state_save,
+-- close where used) will do; it then needs only n_vocab.
 local LuaModel = {}
 nn.LuaModel = LuaModel
 
@@ -594,10 +597,11 @@ function nn.model(net, opts)
   if type(tok) ~= "table" or not tok._ud then
     error("bad argument #2 to 'model' (option 'tokenizer' must be a model loaded with lm.load)", 2)
   end
-  if type(net) ~= "table" or type(net.forward) ~= "function" then
-    error("bad argument #1 to 'model' (a net with a forward(ids, state) method expected)", 2)
+  local own = type(net) == "table" and type(net.context) == "function"
+  if type(net) ~= "table" or (type(net.forward) ~= "function" and not own) then
+    error("bad argument #1 to 'model' (a net with a forward(ids, state) or a context(opts) method expected)", 2)
   end
-  for _, f in ipairs { "n_layer", "n_head_kv", "head_dim", "n_vocab" } do
+  for _, f in ipairs(own and { "n_vocab" } or { "n_layer", "n_head_kv", "head_dim", "n_vocab" }) do
     if type(net[f]) ~= "number" then error(fmt("bad argument #1 to 'model' (net.%s expected)", f), 2) end
   end
   if net.n_vocab ~= tok.n_vocab then
@@ -613,8 +617,10 @@ function nn.model(net, opts)
 end
 
 function LuaModel:context(opts)
+  local net = self.net
+  if type(net.context) == "function" then return net:context(opts) end
   options.check("nn_context", opts, 2, 2, "context") -- counting self, as model:context does
-  return nn.context(self.net, opts)
+  return nn.context(net, opts)
 end
 function LuaModel:close()
   if self._gen_ctx then self._gen_ctx:close() end

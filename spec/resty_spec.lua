@@ -319,22 +319,34 @@ describe("OpenResty server #once", function()
       bodies[i] = tmpfile()
       probes[i] = "-o " .. bodies[i] .. " " .. url .. "/health"
     end
+    -- the same probes on an idle server first: a machine busy with other work slows both,
+    -- while a blocked event loop would make the busy probes wait for whole decode steps
+    local function probe_ms(out)
+      local t = {}
+      for status, s in out:gmatch("(%d+) ([%d.]+)\n") do
+        assert.are.equal("200", status)
+        t[#t + 1] = tonumber(s) * 1000
+      end
+      return t
+    end
+    local idle = probe_ms(sh(("nice -n -10 curl -s --rate 50/s -w '%%{http_code} %%{time_total}\\n' %s")
+                               :format(table.concat(probes, " "))))
+    assert.are.equal(20, #idle)
+    local idle_median = p50(idle)
     local wait_busy = ("for i in $(seq 200); do curl -s %s/health | grep -q '\"busy\":[2-9]' && break; sleep 0.01; done")
                       :format(url)
     local out = sh(("(%s > /dev/null) & (%s > /dev/null) & %s; nice -n -10 curl -s --rate 50/s -w '%%{http_code} %%{time_total}\\n' %s; wait")
                    :format(gen, gen, wait_busy, table.concat(probes, " ")))
-    local times, busy = {}, 0
-    for status, t in out:gmatch("(%d+) ([%d.]+)\n") do
-      assert.are.equal("200", status)
-      times[#times + 1] = tonumber(t) * 1000
-    end
+    local times, busy = probe_ms(out), 0
     assert.are.equal(20, #times, out)
     for i = 1, 20 do
       if json.decode(slurp(bodies[i])).busy >= 2 then busy = busy + 1 end
     end
     assert.is_true(busy >= 10, "the generations ended before the probes: " .. busy)
     local median, worst = p50(times)
-    assert.is_true(median < 10, ("median /health latency %.1f ms (worst %.1f)"):format(median, worst))
+    local limit = math.max(10, 4 * idle_median)
+    assert.is_true(median < limit, ("median /health latency %.1f ms (worst %.1f; idle median %.1f ms)")
+                                   :format(median, worst, idle_median))
   end)
 
   it("the official openai npm client: chat, streaming, completions, embeddings, models, errors", function()

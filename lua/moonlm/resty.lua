@@ -92,7 +92,7 @@ local init_error
 
 local defaults = {
   slots = 4, max_queue = 16, max_tokens = 256, step_ms = 5, max_steps = 16, prefill_chunk = 256,
-  thread_pool = "moonlm", pooling = "mean", nice = 10, flush = "token",
+  thread_pool = "moonlm", nice = 10, flush = "token",
   open = { "/health", "/metrics" }, key_concurrency = 0, key_tokens_per_minute = 0,
   shared_dict = "moonlm", drain_grace = 1,
 }
@@ -245,7 +245,9 @@ end
 --   thread_pool ["moonlm"]: the name in nginx's thread_pool directive
 --   nice [10]: decoding threads run at this nice value (Linux), so that the event loop gets
 --   the CPU at once when it needs it while they compute; 0 leaves them as they are
---   pooling ["mean"] for embeddings
+--   pooling [the file's pooling_type, else "mean"] for /v1/embeddings: "mean", "cls" or
+--   "last" (as llama-server, a file that says "none" or "rank" gets a 400 on /v1/embeddings
+--   unless this overrides it); rows are L2-normalised, as OpenAI's and llama-server's
 --   keys [MOONLM_API_KEYS]: API keys (see moonlm/resty/access.lua); none: no key needed
 --   open [{"/health", "/metrics"}]: paths answered without a key
 --   key_concurrency [0], key_tokens_per_minute [0]: per-key limits unless the key sets its
@@ -269,6 +271,9 @@ function _M.init(opts)
       end
     end
     if o.flush ~= "token" and o.flush ~= "call" then error("flush must be \"token\" or \"call\"", 0) end
+    if o.pooling ~= nil and o.pooling ~= "mean" and o.pooling ~= "cls" and o.pooling ~= "last" then
+      error(("pooling must be \"mean\", \"cls\" or \"last\", got %s"):format(tostring(o.pooling)), 0)
+    end
     if o.max_tokens_limit ~= nil and (type(o.max_tokens_limit) ~= "number" or o.max_tokens_limit < 1) then
       error("max_tokens_limit must be a number >= 1", 0)
     end
@@ -995,12 +1000,21 @@ local function embeddings()
     if n > M.o.n_ctx then fail(400, ("input has %d tokens; at most %d"):format(n, M.o.n_ctx), "input", "context_length_exceeded") end
     n_tokens = n_tokens + max(n, 1)
   end
+  -- the model's own pooling unless the server sets one (llama-server does the same)
+  local pooling = M.o.pooling or M.model.pooling or "mean"
+  if pooling == "none" then
+    fail(400, "this model's pooling is 'none' (one vector per token), which /v1/embeddings cannot return; "
+              .. "start the server with pooling = \"mean\", \"cls\" or \"last\"", "model")
+  elseif pooling == "rank" then
+    fail(400, "this model is a reranker (pooling 'rank'): it scores pairs and gives no embeddings; "
+              .. "start the server with pooling = \"mean\", \"cls\" or \"last\" to embed with it", "model")
+  end
   check_serving(M)
   admit_key(n_tokens)
   local I = info()
   I.embedding_tokens = n_tokens
   local ok, rows, err = ngx.run_worker_thread(M.o.thread_pool, "moonlm.resty.thread", "embed", M.model.handle, texts,
-                                              { pooling = M.o.pooling, normalize = true, nice = M.o.nice })
+                                              { pooling = pooling, normalize = true, nice = M.o.nice })
   if not ok or not rows then fail(500, "embedding failed: " .. tostring(ok and err or rows)) end
   local data = {}
   for i, row in ipairs(rows) do

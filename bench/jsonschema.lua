@@ -202,6 +202,7 @@ if HARNESS then
     if ours.schemas ~= ll.schemas then
       print(("(our run covered %d of these schemas: set BENCH_SAMPLE to a divisor of %d)\n"):format(ours.schemas, LLAMA_SAMPLE))
     end
+    local function lw(k) return ("%s (%s)"):format(n(ll[k] or 0), n(ll[k:gsub("^(%a+)_", "%1_cpu_")] or 0)) end
     print("| metric | moonlm | llama.cpp |")
     print("|---|---:|---:|")
     print(("| schemas passing | %s (%.1f%%) | %s (%.1f%%) |"):format(n(ours.passing), 100 * ours.passing / math.max(1, ours.schemas),
@@ -210,12 +211,12 @@ if HARNESS then
     print(("| validation errors | %s of %s | %s of %s |"):format(n(ours.verr), n(ours.valid), n(ll.verr), n(ll.valid)))
     print(("| invalidation errors | %s | %s |"):format(n(ours.inverr), n(ll.inverr)))
     print(("| crashes / timeouts | %s / %s | %s / %s |"):format(n(ours.crash), n(ours.timeout), n(ll.crash), n(ll.timeout)))
-    print(("| TBM avg | %s | %s |"):format(n(ours.tbm_avg), n(ll.tbm_avg)))
-    print(("| TBM p50 / p99 / p99.9 / max | %s / %s / %s / %s | %s / %s / %s / %s |"):format(n(ours.tbm_p50), n(ours.tbm_p99),
-      n(ours.tbm_p999), n(ours.tbm_max), n(ll.tbm_p50), n(ll.tbm_p99), n(ll.tbm_p999), n(ll.tbm_max)))
-    print(("| TTFM avg | %s | %s |"):format(n(ours.ttfm_avg), n(ll.ttfm_avg)))
-    print(("| TTFM p50 / p99 | %s / %s | %s / %s |"):format(n(ours.ttfm_p50), n(ours.ttfm_p99), n(ll.ttfm_p50), n(ll.ttfm_p99)))
-    print(("\nWall clock, µs. llama.cpp: %s tokens, %.0f s CPU; load average %s before, %s after."):format(n(ll.tokens),
+    print(("| TBM avg | %s | %s |"):format(w_c(ours, "tbm_avg"), lw("tbm_avg")))
+    print(("| TBM p50 / p99 | %s / %s | %s / %s |"):format(w_c(ours, "tbm_p50"), w_c(ours, "tbm_p99"), lw("tbm_p50"), lw("tbm_p99")))
+    print(("| TBM p99.9 / max | %s / %s | %s / %s |"):format(w_c(ours, "tbm_p999"), w_c(ours, "tbm_max"), lw("tbm_p999"), lw("tbm_max")))
+    print(("| TTFM avg | %s | %s |"):format(w_c(ours, "ttfm_avg"), lw("ttfm_avg")))
+    print(("| TTFM p50 / p99 | %s / %s | %s / %s |"):format(w_c(ours, "ttfm_p50"), w_c(ours, "ttfm_p99"), lw("ttfm_p50"), lw("ttfm_p99")))
+    print(("\nµs, wall clock (CPU time). llama.cpp (60 s of CPU a schema, then a timeout): %s tokens, %.0f s CPU; load average %s before, %s after."):format(n(ll.tokens),
       ll.cpu_s or 0, l0, loadavg()))
   end
 end

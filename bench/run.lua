@@ -5,7 +5,7 @@ local info = lm.info()
 io.write(("# moonlm benchmarks\n\nmachine: %s, %d threads available, kernel level %s, %s\n\n"):format(
   info.cpu, info.max_threads, info.isa, os.date("!%Y-%m-%d %H:%M UTC")))
 local only = os.getenv("BENCH")
-for _, name in ipairs{"matmul_f32", "matmul", "tokenizer", "e2e", "arch", "sampling", "recsys", "grammar", "jsonschema", "lua_model",
+for _, name in ipairs{"matmul_f32", "matmul", "tokenizer", "e2e", "arch", "sampling", "recsys", "grammar", "jsonschema", "grammar_cost", "lua_model",
                       "schema_generation"} do
   if (not only or only == name) then
     local path = "bench/" .. name .. ".lua"

@@ -1035,7 +1035,7 @@ static void trie_free(trie *t) {
 
 /* deviate(node): the path to the first character that leaves the trie (that character
  * included); the children of a name with no children take any character */
-static void emit_deviate(const trie *node, int ascii, sbuf *o) {
+static void emit_deviate(const trie *node, sbuf *o) {
   int n = 0;
   sb_puts(o, "( ");
   cset other = {0};
@@ -1047,7 +1047,6 @@ static void emit_deviate(const trie *node, int ascii, sbuf *o) {
   cset raw = {0};
   for (int i = 0; i < other.n; i++) {
     uint32_t lo = other.r[i].lo < 0x20 ? 0x20 : other.r[i].lo, hi = other.r[i].hi;
-    if (ascii && hi > 0x7F) hi = 0x7F;
     for (uint32_t cut = 0; lo <= hi && cut < 2; cut++) {
       uint32_t x = cut ? '\\' : '"';
       if (x < lo || x > hi) continue;
@@ -1058,15 +1057,7 @@ static void emit_deviate(const trie *node, int ascii, sbuf *o) {
   }
   cs_norm(&raw);
   free(other.r);
-  if (raw.n && ascii) { /* a plain class: no "\\/" beside the raw '/' */
-    sb_puts(o, "[");
-    for (int i = 0; i < raw.n; i++) {
-      put_class_char(o, raw.r[i].lo);
-      if (raw.r[i].hi > raw.r[i].lo) sb_puts(o, "-"), put_class_char(o, raw.r[i].hi);
-    }
-    sb_puts(o, "]");
-    n++;
-  } else if (raw.n) {
+  if (raw.n) {
     emit_set(o, &raw);
     n++;
   }
@@ -1078,8 +1069,8 @@ static void emit_deviate(const trie *node, int ascii, sbuf *o) {
     emit_set(o, &one);
     free(one.r);
     sb_puts(o, " ");
-    if (k->kids) emit_deviate(k->kids, ascii, o);
-    else sb_puts(o, ascii ? "[ !#-\\[\\]-\\x7F]" : "char");
+    if (k->kids) emit_deviate(k->kids, o);
+    else sb_puts(o, "char");
   }
   sb_puts(o, " )");
 }
@@ -1138,19 +1129,9 @@ int leaf_key_not_in(schema_base *c, const ml_json *const *names, int n, sbuf *o)
   }
   if (rc) { trie_free(root); return schema_fail(c, NULL, "out of memory"); }
   sb_puts(o, "\"\\\"\" ");
-  int ascii = 1;
-  for (int i = 0; i < n && ascii; i++) {
-    const char *k = names[i]->key ? names[i]->key : names[i]->str;
-    size_t kl = names[i]->key ? names[i]->key_len : names[i]->n;
-    for (size_t j = 0; j < kl && ascii; j++) ascii = (unsigned char)k[j] < 0x80;
-  }
   if (root) {
     sb_puts(o, "( ");
-    /* names all ASCII: a key with a non-ASCII character anywhere is none of them, so the
-     * trie only needs to leave by an ASCII character (one small class per node instead of
-     * a UTF-8 class per node) */
-    if (ascii) sb_puts(o, "char* [\\u0080-\\U0010FFFF] char* | ");
-    emit_deviate(root, ascii, o);
+    emit_deviate(root, o);
     sb_puts(o, " char*");
     if (has_stop(root, root_terminal)) {
       sb_puts(o, " | ");

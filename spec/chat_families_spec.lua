@@ -41,16 +41,22 @@ local function with_chat(arch, template, specials, ids)
   return path, idof
 end
 
+-- { arch, template, special tokens, their ids' keys, end-of-turn token, a turn marker }
 local families = {
   { "gemma3", "gemma-3-it", { "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>" },
-    { bos_token_id = "<bos>", eos_token_id = "<eos>" }, "<end_of_turn>" },
+    { bos_token_id = "<bos>", eos_token_id = "<eos>" }, "<end_of_turn>", "<start_of_turn>" },
+  { "gemma2", "gemma-2-it", { "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>" },
+    { bos_token_id = "<bos>", eos_token_id = "<eos>" }, "<end_of_turn>", "<start_of_turn>" },
   { "phi3", "phi-3.5-mini", { "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>" },
-    { bos_token_id = "<s>", eos_token_id = "<|endoftext|>" }, "<|end|>" },
+    { bos_token_id = "<s>", eos_token_id = "<|endoftext|>" }, "<|end|>", "<|user|>" },
+  -- Phi-4 is a phi3 file with a ChatML-like template
+  { "phi3", "phi-4", { "<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>" },
+    { bos_token_id = "<|endoftext|>", eos_token_id = "<|im_end|>" }, "<|im_end|>", "<|im_start|>" },
 }
 
 describe("chat on the new families", function()
   for _, f in ipairs(families) do
-    it(f[1] .. ": the shared template's cases render, and a reply stops at " .. f[5], function()
+    it(f[1] .. " (" .. f[2] .. "): the shared template's cases render, and a reply stops at " .. f[5], function()
       local path, idof = with_chat(f[1], f[2], f[3], f[4])
       local m = assert(lm.load(path))
       assert.is_true(m:is_eog(idof[f[5]]))
@@ -58,6 +64,10 @@ describe("chat on the new families", function()
         if case.expected then
           local got = assert(m:apply_template(case.messages, { add_generation_prompt = case.add_generation_prompt }))
           assert.are.equal(case.expected, got, case.id)
+        elseif case.error then -- raise_exception in the template: nil and its message
+          local got, err = m:apply_template(case.messages, { add_generation_prompt = case.add_generation_prompt })
+          assert.is_nil(got, case.id)
+          assert.matches(case.error, err, 1, true)
         end
       end
       -- a turn: the prompt's special tokens are tokens, and the end-of-turn token ends the reply
@@ -65,7 +75,7 @@ describe("chat on the new families", function()
       local reply, info = chat:say("Hello!", { max_tokens = 8, temperature = 0, logit_bias = { [idof[f[5]]] = 100 } })
       assert.are.equal("", reply)
       assert.are.equal("eos", info.stop_reason)
-      local start = f[1] == "gemma3" and idof["<start_of_turn>"] or idof["<|user|>"]
+      local start = idof[f[6]]
       local seen = false
       for _, id in ipairs(chat.tokens) do seen = seen or id == start end
       assert.is_true(seen, "the template's turn marker was tokenized as its special token")

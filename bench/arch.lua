@@ -5,7 +5,8 @@
 -- measured in the same run, and llama.cpp on the same file when LLAMA_BENCH is set. Then
 -- BERT: embeddings per second for 64 texts of 32 tokens (a bge-small shape), against
 -- LLAMA_EMBEDDING (llama-embedding) on the same file when set.
---   FAMILIES="llama,phi3,mpt,gemma2,gemma3"; SHAPE=tinyllama|smollm; REPS=2; PP=512; TG=128
+--   FAMILIES="llama,phi3,mpt,gemma2,gemma3"; SHAPE=tinyllama|smollm; REPS=2 (rounds over all
+--   families in turn, best kept; the load average is printed with the tables); PP=512; TG=128
 local lm = require "moonlm"
 local B = require "common"
 local gen = require "modelgen"
@@ -17,19 +18,10 @@ lm.threads(threads)
 local dir = B.build .. "/bench-models"
 os.execute("mkdir -p " .. dir)
 
-local function best(f)
-  local b = 0
-  for r = 0, reps do
-    local v = f()
-    if r > 0 and v > b then b = v end
-  end
-  return b
-end
-
 local function llama_bench(path)
   local exe = os.getenv("LLAMA_BENCH")
   if not exe or exe == "" then return nil end
-  local p = io.popen(("%s -m %s -t %d -p %d -n %d -r %d -o csv 2>/dev/null"):format(exe, path, threads, PP, TG, reps))
+  local p = io.popen(("%s -m %s -t %d -p %d -n %d -r 1 -o csv 2>/dev/null"):format(exe, path, threads, PP, TG))
   local out = p:read("*a")
   p:close()
   local header, pp, tg
@@ -50,15 +42,19 @@ local function llama_bench(path)
   return pp, tg
 end
 
+local function uptime()
+  local f = io.open("/proc/loadavg")
+  local l = f and f:read("*l") or "?"
+  if f then f:close() end
+  return l:match("^(%S+ %S+ %S+)") or l
+end
+
 local shape_name = os.getenv("SHAPE") or "tinyllama"
 local shape = {}
 for k, v in pairs(gen.shapes[shape_name]) do shape[k] = v end
 -- mpt: no GQA and a two-matrix FFN; n_ff chosen so that its weights are the llama file's bytes
 local mpt_ff = { tinyllama = 6656, smollm = 1920 }
-B.row("## Model families (%s, Q8_0, %d threads, pp%d / tg%d, best of %d)", shape.name, threads, PP, TG, reps)
-B.row("| family | size | pp%d t/s | tg%d t/s | of llama pp / tg | llama.cpp pp / tg | ours/theirs pp / tg |", PP, TG)
-B.row("|---|---|---|---|---|---|---|")
-local base
+local fams, paths = {}, {}
 for fam in (os.getenv("FAMILIES") or "llama,phi3,mpt,gemma2,gemma3"):gmatch("[^,]+") do
   local s = {}
   for k, v in pairs(shape) do s[k] = v end
@@ -70,18 +66,25 @@ for fam in (os.getenv("FAMILIES") or "llama,phi3,mpt,gemma2,gemma3"):gmatch("[^,
     assert(gen.write(path, s, "q8_0", 1, fam ~= "llama" and fam or nil))
     collectgarbage()
   end
+  fams[#fams + 1], paths[fam] = fam, path
+end
+
+-- one round: our pp and tg for a family (after a warm-up on the first round), then
+-- llama.cpp's on the same file. Rounds go over every family in turn, so that a change in
+-- the machine's load (it is shared) hits every family alike; each figure is the best round.
+local function ours(path, warm)
   local model = assert(lm.load(path))
   model:prepare()
   local ctx = assert(model:context { n_ctx = PP + TG + 16 })
   local ids = {}
   for i = 1, PP do ids[i] = 3 + (i * 7919) % (model.n_vocab - 3) end
-  local pp = best(function()
+  local function pp()
     ctx:clear()
     local t0 = lm.clock()
     assert(ctx:decode(ids))
     return PP / (lm.clock() - t0)
-  end)
-  local tg = best(function()
+  end
+  local function tg()
     ctx:clear()
     local t0, id = lm.clock(), 1
     for _ = 1, TG do
@@ -90,16 +93,38 @@ for fam in (os.getenv("FAMILIES") or "llama,phi3,mpt,gemma2,gemma3"):gmatch("[^,
       l:close()
     end
     return TG / (lm.clock() - t0)
-  end)
-  base = base or { pp, tg }
-  local lpp, ltg = llama_bench(path)
-  local size = io.open(path):seek("end") / 2 ^ 20
-  B.row("| %s | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %s | %s |", fam, size, pp, tg, pp / base[1], tg / base[2],
-    lpp and ("%.1f / %.1f"):format(lpp, ltg or 0) or "-",
-    lpp and ("%.2f / %.2f"):format(pp / lpp, tg / (ltg or math.huge)) or "-")
+  end
+  if warm then pp() tg() end
+  local a, b = pp(), tg()
   ctx:close()
   model:close()
   collectgarbage()
+  return a, b
+end
+
+local R, loads = {}, { uptime() }
+for round = 1, reps do
+  for _, fam in ipairs(fams) do
+    local r = R[fam] or { pp = 0, tg = 0 }
+    R[fam] = r
+    local pp, tg = ours(paths[fam], round == 1)
+    r.pp, r.tg = math.max(r.pp, pp), math.max(r.tg, tg)
+    local lpp, ltg = llama_bench(paths[fam])
+    if lpp then r.lpp, r.ltg = math.max(r.lpp or 0, lpp), math.max(r.ltg or 0, ltg or 0) end
+  end
+  loads[#loads + 1] = uptime()
+end
+B.row("## Model families (%s, Q8_0, %d threads, pp%d / tg%d, best of %d interleaved rounds)", shape.name, threads, PP, TG, reps)
+B.row("load average (1/5/15 min) before and after each round: %s", table.concat(loads, "; "))
+B.row("| family | size | pp%d t/s | tg%d t/s | of llama pp / tg | llama.cpp pp / tg | ours/theirs pp / tg |", PP, TG)
+B.row("|---|---|---|---|---|---|---|")
+local base = R[fams[1]]
+for _, fam in ipairs(fams) do
+  local r = R[fam]
+  local size = io.open(paths[fam]):seek("end") / 2 ^ 20
+  B.row("| %s | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %s | %s |", fam, size, r.pp, r.tg, r.pp / base.pp, r.tg / base.tg,
+    r.lpp and ("%.1f / %.1f"):format(r.lpp, r.ltg or 0) or "-",
+    r.lpp and ("%.2f / %.2f"):format(r.pp / r.lpp, r.tg / math.max(r.ltg or 0, 1e-9)) or "-")
 end
 
 -- BERT: embeddings per second, 64 texts of 32 tokens ([CLS] 30 words [SEP]) in one call,
@@ -160,31 +185,34 @@ if io.open(vocab_src) then
   end
   local n_tok = 0
   for _, s in ipairs(texts) do n_tok = n_tok + #model:tokenize(s) end
-  local eps = best(function()
-    local t0 = lm.clock()
-    assert(model:embed(texts))
-    return #texts / (lm.clock() - t0)
-  end)
-  local theirs = "-"
+  -- interleaved like the decoders: each round ours, then llama-embedding on the same file
   local exe = os.getenv("LLAMA_EMBEDDING")
+  local tf = dir .. "/bert-texts.txt"
   if exe and exe ~= "" then
-    local tf = dir .. "/bert-texts.txt"
     local f = io.open(tf, "w")
     f:write(table.concat(texts, "\n"), "\n")
     f:close()
-    local b = 0
-    for _ = 1, reps do
+  end
+  assert(model:embed(texts)) -- warm-up
+  local eps, b, bloads = 0, 0, { uptime() }
+  for _ = 1, reps do
+    local t0 = lm.clock()
+    assert(model:embed(texts))
+    eps = math.max(eps, #texts / (lm.clock() - t0))
+    if exe and exe ~= "" then
       local p = io.popen(("%s -m %s -f %s -t %d -c 2048 -b 2048 -ub 2048 --pooling cls 2>&1 >/dev/null"):format(exe, bpath, tf, threads))
       local out = p:read("*a")
       p:close()
       local ms = tonumber(out:match("prompt eval time =%s*([%d%.]+) ms"))
       if ms and #texts / (ms / 1000) > b then b = #texts / (ms / 1000) end
     end
-    if b > 0 then theirs = ("%.0f (ours/theirs %.2f)"):format(b, eps / b) end
+    bloads[#bloads + 1] = uptime()
   end
+  local theirs = b > 0 and ("%.0f (ours/theirs %.2f)"):format(b, eps / b) or "-"
   B.row("")
   B.row("## BERT embeddings (bge-small shape, Q8_0, CLS pooling, %d threads, 64 texts, %d tokens in all, best of %d)",
     threads, n_tok, reps)
+  B.row("load average before and after each round: %s", table.concat(bloads, "; "))
   B.row("| embeddings/s | tokens/s | llama.cpp llama-embedding embeddings/s |")
   B.row("|---|---|---|")
   B.row("| %.0f | %.0f | %s |", eps, eps * n_tok / #texts, theirs)

@@ -114,6 +114,12 @@ describe("tensor.attention on a kv_cache view", function()
       local got = T.attention(q, w, { causal = true })
       local want = T.attention(q, w:k(), w:v(), { causal = true })
       assert.is_true((got - want):abs():max() <= 1e-5)
+      -- rows in, rows out: q {n, H·D} as a product writes it (opts.heads), the result too
+      local rows = T.attention(q:transpose(1, 2):reshape(70, H * D), w, { causal = true, heads = H })
+      assert.are.same({ 70, H * D }, { rows:size(1), rows:size(2) })
+      assert.is_true((rows - got:transpose(1, 2):reshape(70, H * D)):abs():max() <= 1e-6)
+      assert.has_error(function() T.attention(q, w, { heads = H }) end,
+        "bad argument #1 to 'attention' (with heads = 6, q must be f32 rows {n, 6 · head_dim})")
       kv:append(1, 1, T.randn({ Hk, 1, D }, { seed = 4 }), T.randn({ Hk, 1, D }, { seed = 5 }))
       local q1 = T.randn({ H, 1, D }, { seed = 6 })
       w = kv:view(1, 1)

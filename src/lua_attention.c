@@ -9,6 +9,9 @@
  *   none), mask ({n, n_kv} added to the scores, -inf hides a key), alibi (one slope per
  *   query head, a table or tensor: score -= slope · |position distance|).
  *
+ *   opts.heads = H: q is {n, H · head_dim} (rows as a product writes them, any row stride),
+ *   and so is the result, which saves the transposes around the call.
+ *
  *   tensor.attention(q, view [, opts]) (or (q, view, view, opts)): the keys and values a
  *   view of lm.kv_cache holds (kv:view(layer, seq)), read where they are, in the cache's
  *   type, without a copy; n_kv is the view's length. */
@@ -119,8 +122,23 @@ static void kv_source(lua_State *L, int64_t hd, ml_flash_args *a, ml_flash_seg *
 
 int ml_lua_attention(lua_State *L) {
   ml_tensor *q = ml_lua_check_tensor(L, 1);
-  check_shape(L, 1, q, "q");
-  int64_t H = q->shape[0], n = q->shape[1], hd = q->shape[2];
+  /* rows: q {n, heads · head_dim} as a product wrote it (opts.heads), and the result too */
+  int oi = lua_istable(L, 3) ? 3 : 4;
+  double heads = lua_istable(L, oi) ? opt_num(L, oi, "heads", 0) : 0;
+  int rows = heads != 0;
+  int64_t H, n, hd;
+  if (rows) {
+    if (heads < 1 || heads != floor(heads)) return luaL_argerror(L, oi, "heads must be a whole number >= 1");
+    H = (int64_t)heads;
+    if (q->ndim != 2 || q->shape[1] % H || q->type != ML_TYPE_F32 || (q->stride[1] != 1 && q->shape[1] > 1))
+      return luaL_argerror(L, 1, lua_pushfstring(L, "with heads = %d, q must be f32 rows {n, %d · head_dim}", (int)H,
+                                                 (int)H));
+    n = q->shape[0];
+    hd = q->shape[1] / H;
+  } else {
+    check_shape(L, 1, q, "q");
+    H = q->shape[0], n = q->shape[1], hd = q->shape[2];
+  }
   ml_flash_args a;
   memset(&a, 0, sizeof a);
   ml_flash_seg seg;
@@ -166,21 +184,29 @@ int ml_lua_attention(lua_State *L) {
     }
     a.slopes = slopes;
   }
-  const ml_tensor *qc = f32_contig(L, q);
+  const ml_tensor *qc = rows ? q : f32_contig(L, q);
   ml_tensor *out = ml_lua_push_tensor(L);
-  int64_t shape[3] = {H, n, hd};
-  if (ml_tensor_init(out, ML_TYPE_F32, 3, shape) < 0) return ml_lua_error(L);
+  int64_t shape[3] = {H, n, hd}, rshape[2] = {n, H * hd};
+  if ((rows ? ml_tensor_init(out, ML_TYPE_F32, 2, rshape) : ml_tensor_init(out, ML_TYPE_F32, 3, shape)) < 0)
+    return ml_lua_error(L);
   if (n == 0 || hd == 0 || H == 0 || nkv == 0) return 1; /* no keys: zeros */
   seg.n = n;
   a.n_head = H;
   a.head_dim = hd;
   a.n_q = n;
   a.q = ml_tensor_data(qc);
-  a.ldq = hd;
-  a.q_hs = n * hd;
   a.out = ml_tensor_data(out);
-  a.ldo = hd;
-  a.o_hs = n * hd;
+  if (rows) { /* heads side by side in a row */
+    a.ldq = qc->stride[0];
+    a.q_hs = hd;
+    a.ldo = H * hd;
+    a.o_hs = hd;
+  } else {
+    a.ldq = hd;
+    a.q_hs = n * hd;
+    a.ldo = hd;
+    a.o_hs = n * hd;
+  }
   a.n_seg = 1;
   a.seg = &seg;
   if (ml_flash_check(&a) < 0) return ml_lua_error_at(L, 1);

@@ -361,7 +361,8 @@ function Attention:init(o)
     end
     self.rope = r
   end
-  self.opts = { causal = o.causal ~= false, scale = o.scale, softcap = o.softcap, window = o.window, alibi = o.alibi }
+  self.opts = { causal = o.causal ~= false, scale = o.scale, softcap = o.softcap, window = o.window, alibi = o.alibi,
+                heads = H }
   self.clamp = o.clamp
   self.fused = o.fused
   local out_bias = o.out_bias
@@ -376,19 +377,23 @@ function Attention:init(o)
   self:child("attn_output", Linear { n_in = E and H * D, n_out = E, bias = out_bias }, "wo")
 end
 
--- q, k, v as {n, heads·head_dim} rows
+-- q, k, v as rows {n, heads·head_dim} (views, maybe with a row stride) and as heads
+-- {n, heads, head_dim} over the same memory
 function Attention:qkv(x)
   local H, Hk, D = self.n_head, self.n_head_kv, self.head_dim
+  local n = x:size(1)
   if self.fused then
     local qkv = self.wqkv:forward(x)
     if self.clamp then qkv:clamp_(-self.clamp, self.clamp) end
-    return qkv:narrow(2, 1, H * D), qkv:narrow(2, H * D + 1, Hk * D), qkv:narrow(2, (H + Hk) * D + 1, Hk * D)
+    local h3 = qkv:view(n, H + 2 * Hk, D)
+    return qkv:narrow(2, 1, H * D), qkv:narrow(2, H * D + 1, Hk * D), qkv:narrow(2, (H + Hk) * D + 1, Hk * D),
+      h3:narrow(2, 1, H), h3:narrow(2, H + 1, Hk)
   end
   local q, k, v
   local wq, wk, wv = self.wq, self.wk, self.wv
   if nn.fuse and not (wq.bias or wk.bias or wv.bias) then
-    -- one activation pass and one thread team for the three products
-    local b = buffers(self, x:size(1), { H * D, Hk * D, Hk * D })
+    -- one activation pass and one thread team for the three products, into buffers
+    local b = buffers(self, n, { H * D, Hk * D, Hk * D })
     q, k, v = x:linear_many({ wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil, b)
   else
     q, k, v = wq:forward(x), wk:forward(x), wv:forward(x)
@@ -398,32 +403,31 @@ function Attention:qkv(x)
     k:clamp_(-self.clamp, self.clamp)
     v:clamp_(-self.clamp, self.clamp)
   end
-  return q, k, v
+  return q, k, v, q:view(n, H, D), k:view(n, Hk, D)
 end
 
 function Attention:forward(x, state)
   state = state or {}
   local n = x:size(1)
   local H, Hk, D = self.n_head, self.n_head_kv, self.head_dim
-  local q, k, v = self:qkv(x)
-  -- {n, H·D} -> {H, n, D}, the layout of rope and attention
-  q = q:reshape(n, H, D):transpose(1, 2)
-  k = k:reshape(n, Hk, D):transpose(1, 2)
-  if self.rope then
+  local q, k, v, q3, k3 = self:qkv(x)
+  if self.rope then -- in place, on {heads, n, head_dim} views of the rows
     local pos = state.pos or 0
-    q = q:rope(pos, self.rope)
-    k = k:rope(pos, self.rope)
+    q3:transpose(1, 2):rope_(pos, self.rope)
+    k3:transpose(1, 2):rope_(pos, self.rope)
   end
+  local opts = self.opts
   local o
   if state.kv then
-    local ok, err = state.kv:append(state.layer or 0, state.seq or 0, k, v)
+    local kv, layer, seq = state.kv, state.layer or 0, state.seq or 0
+    local ok, err = kv:append(layer, seq, k, v)
     if not ok then return nil, err end
-    o = T.attention(q, state.kv:view(state.layer or 0, state.seq or 0), self.opts)
+    o = T.attention(q, kv:view(layer, seq), opts) -- rows in, rows out (opts.heads)
   else
-    o = T.attention(q, k:contiguous(), v:reshape(n, Hk, D):transpose(1, 2):contiguous(), self.opts)
+    o = T.attention(q, k3:transpose(1, 2):contiguous(), v:contiguous():view(n, Hk, D):transpose(1, 2):contiguous(),
+      opts)
   end
-  -- {H, n, D} -> {n, H·D}
-  return self.wo:forward(o:transpose(1, 2):reshape(n, H * D))
+  return self.wo:forward(o)
 end
 
 ---------------------------------------------------------------------------------------

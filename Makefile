@@ -8,6 +8,12 @@
 #   make selftest   the C self-tests of tools/ (run by spec/selftest_spec.lua)
 
 CC      ?= gcc
+# one job per processor unless told (make -jN, or JOBS=N): the kernel files alone take
+# minutes of CPU, and `make`, `make test` and `luarocks make` should not take them in turn
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+  MAKEFLAGS += -j$(JOBS)
+endif
 PREFIX  ?= /usr/local
 LUA_VERSION ?= 5.4
 SHARED  ?= $(abspath ../shared)
@@ -109,7 +115,8 @@ LUAJIT_LIB ?= -lluajit-5.1
 define link_module
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $(1) -o $@ $(LIBS)
-	@$(CC) $(LDFLAGS) -s -Wl,--no-undefined $(1) -o $@.check $(LIBS) $(2) && rm -f $@.check
+	@$(CC) $(LDFLAGS) -s -Wl,--no-undefined $(1) -o $@.check $(LIBS) $(2) && rm -f $@.check || \
+	  { rm -f $@ $@.check; echo "moonlm: $@ has undefined symbols besides Lua's (above)"; exit 1; }
 endef
 
 $(MOD54): $(CORE_OBJS) $(BIND54)
@@ -182,25 +189,29 @@ install: all
 	$(call install_lua,$(DESTDIR)$(LUA_SHAREDIR))
 
 # ---- luarocks make (rockspec/moonlm-scm-1.rockspec): one module for the Lua luarocks targets ----
-# luarocks runs `make rock` one job at a time: rock runs the build with JOBS jobs (default:
-# the processors). ROCK_CFLAGS are luarocks' CFLAGS, added to ours. The binding's objects and
-# the module are kept per Lua header directory (ROCK_LUA_INC, given to both targets), so a
-# build for one ABI never installs the module built for the other.
+# `make rock` builds with JOBS jobs like any target (above). ROCK_CFLAGS are luarocks' CFLAGS,
+# added to ours. The binding's objects and the module are kept per Lua header directory
+# (ROCK_LUA_INC, given to both targets), so a build for one ABI never installs the module
+# built for the other. For the two ABIs this Makefile knows, the module gets the same
+# --no-undefined link check as `make`'s.
 ROCK_LUA_INC ?= $(LUA54_INC)
 ROCK_DIR = rock$(subst /,_,$(ROCK_LUA_INC))
 ROCK_OBJ = $(BUILD)/obj-$(ROCK_DIR)
 ROCK_MOD = $(BUILD)/$(ROCK_DIR)/moonlm/core.so
+ROCK_LUA_LIB ?= $(if $(filter $(LUA54_INC),$(ROCK_LUA_INC)),$(LUA54_LIB),$(if $(filter $(LUAJIT_INC),$(ROCK_LUA_INC)),$(LUAJIT_LIB)))
 BINDROCK = $(addprefix $(ROCK_OBJ)/,$(addsuffix .o,$(BIND)))
-JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CFLAGS += $(ROCK_CFLAGS)
 $(ROCK_OBJ)/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) -I$(ROCK_LUA_INC) -c $< -o $@
-rock:
-	@$(MAKE) --no-print-directory -j$(JOBS) $(ROCK_MOD)
+rock: $(ROCK_MOD)
 $(ROCK_MOD): $(CORE_OBJS) $(BINDROCK)
+ifneq ($(ROCK_LUA_LIB),)
+	$(call link_module,$^,$(ROCK_LUA_LIB))
+else
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+endif
 rock-install:
 	install -d $(ROCK_LIBDIR)/moonlm $(ROCK_LUADIR)/moonlm
 	install -m 755 $(ROCK_MOD) $(ROCK_LIBDIR)/moonlm/core.so

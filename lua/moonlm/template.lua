@@ -24,7 +24,7 @@
 -- Errors are "line N: what went wrong"; info = { kind = "syntax" | "runtime" |
 -- "raise_exception" | "internal", line = N }. For raise_exception(msg) err is msg itself.
 -- Nothing raises: bad templates, bad vars and runaway loops/recursion all give nil, err.
--- Templates come from untrusted files: the source is at most 256 KiB, and every operation
+-- Templates come from untrusted files: the source is at most 128 KiB, and every operation
 -- of a render is charged to a budget of work, memory and 1 s of CPU (T.LIMITS, from
 -- moonlm/template/value.lua, may be changed), so a hostile one fails within about a second.
 --

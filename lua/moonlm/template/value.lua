@@ -28,7 +28,8 @@ local spend, check_len, grow, limits_swap -- the render budget, below
 -- string bytes, 32 per list or dict slot), plus a CPU-time limit checked as steps are
 -- spent. Beyond any of them the render fails with a clear error. LIMITS may be changed.
 local LIMITS = {
-  source = 256 * 1024,       -- bytes of template source (the largest known chat template: 13 KB)
+  source = 128 * 1024,       -- bytes of template source (the largest known chat template: 13 KB;
+                             -- compiling 128 KB of the densest syntax takes about half a second)
   depth = 100,               -- nested macro calls / parser nesting
   iter = 1000000,            -- loop iterations per render
   str = 4 * 1024 * 1024,     -- longest string (or output) one render may build (a chat

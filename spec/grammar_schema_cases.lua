@@ -128,4 +128,9 @@ return {
     ok = { [[{"ключ":1,"клю":"s","ключи":"s","k":"s"}]], [[{"é":"s"}]] }, bad = { [[{"ключ":"s"}]], [[{"x":1,"ключ":"s"}]] } },
   { "numbers past 64 bits: integral ones are integers", [[{"type":"integer","enum":[1e300,2.5,444444444444444444444444444444]}]],
     ok = { "1e300", "444444444444444444444444444444" }, bad = { "2.5", "1" } },
+  { "patternProperties with additionalProperties false", [[{"type":"object","properties":{"name":{"type":"string"}},"patternProperties":{"^[0-9]+$":{"type":"number"},"^z":{"description":"any"}},"additionalProperties":false}]],
+    ok = { "{}", [[{"1":1,"22":2.5}]], [[{"name":"n","7":0}]] },
+    bad = { [[{"a":1}]], [[{"1":"x"}]], [[{"1a":1}]], [[{"name":1}]], [[{"":1}]] } },
+  { "patternProperties every key matches", [[{"type":"object","properties":{"id":{"type":"integer","minimum":0}},"patternProperties":{".*":{"type":"integer","maximum":9}}}]],
+    ok = { "{}", [[{"id":3,"a":1}]], [[{"b":-1,"c\n":9}]] }, bad = { [[{"id":10}]], [[{"id":-1}]], [[{"a":"x"}]], [[{"a":10}]] } },
 }

@@ -66,6 +66,8 @@ typedef struct {
   int nrequired;
   uint64_t min_props, max_props;
   const ml_json *props_at;
+  const ml_json *pprops, *pprops_at; /* patternProperties and the schema holding it */
+  int obj_members;             /* members with properties/additionalProperties/patternProperties */
   const ml_json *any_member;   /* for errors */
   struct map *index;           /* property name -> position + 1 */
 } view;
@@ -143,9 +145,11 @@ int schema_fail(schema_base *c, const ml_json *at, const char *fmt, ...) {
   return -1;
 }
 
+/* the budget counts this thread's CPU time: on a loaded machine the wall clock would turn
+ * a schema that compiles in 0.3 s into a refusal */
 static double now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
@@ -638,6 +642,9 @@ static int collect(comp *c, view *v, const member *mb, int first_obj) {
     } else if (!strcmp(key, "required")) {
       if (k->kind != ML_JSON_ARRAY) return schema_fail(&c->b, n, "'required' must be an array");
       req = k;
+    } else if (!strcmp(key, "patternProperties") && k->kind == ML_JSON_OBJECT && k->n && (v->types & T_OBJ)) {
+      if (v->pprops) return schema_fail(&c->b, n, "unsupported keyword 'patternProperties' (in more than one schema of a value)");
+      v->pprops = k, v->pprops_at = n;
     } else if (!strcmp(key, "patternProperties") || !strcmp(key, "dependencies") || !strcmp(key, "dependentRequired") ||
                !strcmp(key, "dependentSchemas") || !strcmp(key, "propertyNames")) {
       if ((k->kind == ML_JSON_OBJECT && k->n == 0) || k->kind == ML_JSON_TRUE) continue;
@@ -735,6 +742,9 @@ static int read_view(comp *c, const mset *s, view *v) {
   for (int i = 0; i < s->n; i++) {
     if (collect(c, v, &s->m[i], first_obj) < 0) return -1;
     if (ml_json_get(s->m[i].node, "properties") || ml_json_get(s->m[i].node, "additionalProperties")) first_obj = 0;
+    if (ml_json_get(s->m[i].node, "properties") || ml_json_get(s->m[i].node, "additionalProperties") ||
+        ml_json_get(s->m[i].node, "patternProperties"))
+      v->obj_members++;
   }
   return 0;
 }
@@ -742,6 +752,7 @@ static int read_view(comp *c, const mset *s, view *v) {
 /* ---------------------------------------------------------------- emission */
 
 static const char *compile_set(comp *c, mset *s, const char *hint);
+static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey, sbuf *o);
 
 /* rule for the intersection of `nodes` (NULL stands for false) */
 static const char *compile_nodes(comp *c, const mset *nodes, const char *hint) {
@@ -894,6 +905,63 @@ static int emit_array(comp *c, view *v, const char *hint, sbuf *o) {
   return 0;
 }
 
+/* patternProperties, where they are exact without a regex complement: one pattern that
+ * matters (the others' schemas accept anything), and either additionalProperties false
+ * (keys not listed must match it: their language is the pattern's, when no listed name
+ * matches it) or a pattern every key matches (unanchored, matching the empty string). A
+ * listed name the pattern matches takes its schema too. Sets `key` to the keys' GBNF when
+ * the pattern decides them. 0 done, -1 error, 1 the object allows nothing. */
+static int apply_pattern_props(comp *c, view *v, sbuf *key) {
+  const ml_json *pat = NULL;
+  for (uint32_t i = 0; i < v->pprops->n; i++) {
+    const ml_json *s = v->pprops->kids[i];
+    if (s->kind == ML_JSON_TRUE || (s->kind == ML_JSON_OBJECT && is_annotation_only(s, "description"))) continue;
+    if (pat) return schema_fail(&c->b, v->pprops_at, "unsupported keyword 'patternProperties' (two patterns that constrain)");
+    pat = s;
+  }
+  if (!pat) return 0;
+  if (v->obj_members > 1)
+    return schema_fail(&c->b, v->pprops_at, "unsupported keyword 'patternProperties' (beside properties of another schema)");
+  ml_json re = {ML_JSON_STRING, pat->key_len, pat->key, NULL, 0, 0, NULL, NULL, 0};
+  str_view sv;
+  memset(&sv, 0, sizeof sv);
+  sv.max_len = UINT64_MAX;
+  sv.pattern = &re, sv.pattern_at = v->pprops_at;
+  int anchors = memchr(pat->key, '^', pat->key_len) || memchr(pat->key, '$', pat->key_len);
+  int universal = anchors ? 0 : leaf_string_check(&c->b, &sv, "", 0);
+  if (universal < 0) return -1;
+  if (!universal && !v->additional_false)
+    return schema_fail(&c->b, v->pprops_at, "unsupported keyword 'patternProperties' (keys it does not match are allowed)");
+  for (int i = 0; i < v->nprops; i++) {
+    prop *p = &v->props[i];
+    int m = leaf_string_check(&c->b, &sv, p->name, p->nlen);
+    if (m < 0) return -1;
+    if (m && !universal)
+      return schema_fail(&c->b, v->pprops_at, "unsupported keyword 'patternProperties' (it matches the listed property '%s')", p->name);
+    if (m && ms_push(&p->schemas, pat, 0) < 0) return schema_fail(&c->b, NULL, "out of memory");
+  }
+  /* required names not listed: additional entries, which the pattern decides */
+  for (int i = 0; i < v->nrequired; i++) {
+    const ml_json *r = v->required[i];
+    if (find_prop(v, r->str, r->n)) continue;
+    int m = leaf_string_check(&c->b, &sv, r->str, r->n);
+    if (m < 0) return -1;
+    prop *p = add_prop(c, v, r->str, r->n, r);
+    if (!p) return -1;
+    if (ms_push(&p->schemas, m ? pat : NULL, 0) < 0) return schema_fail(&c->b, NULL, "out of memory");
+  }
+  /* the other keys: all match (universal) or must (additionalProperties false) */
+  v->additional.n = 0;
+  v->additional_false = 0;
+  if (ms_push(&v->additional, pat, 0) < 0) return schema_fail(&c->b, NULL, "out of memory");
+  if (!universal) {
+    int rc = leaf_string(&c->b, &sv, key);
+    if (rc < 0) return -1;
+    if (rc > 0) v->additional_false = 1; /* no key matches */
+  }
+  return 0;
+}
+
 /* the alternatives of an object's first entry, and the tail rules after it, with the
  * properties in the order `ord` (a permutation of 0..nprops-1); appended to `first` */
 static int object_sequence(comp *c, view *v, const char **val, const char *addkv, const int *ord, const char *hint,
@@ -957,6 +1025,17 @@ static int object_sequence(comp *c, view *v, const char **val, const char *addkv
 }
 
 static int emit_object(comp *c, view *v, const char *hint, sbuf *o) {
+  sbuf pkey = {0}; /* the keys of additional entries when patternProperties decide them */
+  if (v->pprops) {
+    int prc = apply_pattern_props(c, v, &pkey);
+    if (prc) { sb_free(&pkey); return prc; }
+  }
+  int rc = emit_object_body(c, v, hint, pkey.n ? pkey.p : NULL, o);
+  sb_free(&pkey);
+  return rc;
+}
+
+static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey, sbuf *o) {
   /* required names that no properties list follow them, constrained as additional */
   for (int i = 0; i < v->nrequired; i++) {
     const ml_json *r = v->required[i];
@@ -1010,9 +1089,10 @@ static int emit_object(comp *c, view *v, const char *hint, sbuf *o) {
     if (!names) { free(val); return schema_fail(&c->b, NULL, "out of memory"); }
     for (int i = 0; i < k; i++) names[i] = v->props[i].key;
     sbuf key = {0};
-    rc = leaf_key_not_in(&c->b, names, k, &key);
+    if (pkey) sb_puts(&key, pkey), rc = 0;
+    else rc = leaf_key_not_in(&c->b, names, k, &key);
     free(names);
-    const char *keyrule = rc < 0 ? NULL : leaf_rule(c, k ? "key" : "json-string", key.p);
+    const char *keyrule = rc < 0 ? NULL : leaf_rule(c, pkey ? "key-pattern" : k ? "key" : "json-string", key.p);
     sb_free(&key);
     if (!keyrule) { free(val); return -1; }
     sb_printf(&t, "%s", keyrule);
@@ -1196,7 +1276,7 @@ static int disjoint_views(comp *c, view *a, view *b, int depth) {
       int req_b = 0;
       for (int r = 0; r < b->nrequired; r++)
         if (!strcmp(b->required[r]->str, p->name)) req_b = 1;
-      if (req_a && !q && b->additional_false) apart = 1;
+      if (req_a && !q && b->additional_false && !b->pprops) apart = 1;
       else if (req_a && req_b && q) {
         mset x = {0}, y = {0};
         int rc = 0;
@@ -1214,7 +1294,7 @@ static int disjoint_views(comp *c, view *a, view *b, int depth) {
     }
     for (int i = 0; i < b->nrequired && !apart; i++) {
       const ml_json *r = b->required[i];
-      if (!find_prop(a, r->str, r->n) && a->additional_false) apart = 1;
+      if (!find_prop(a, r->str, r->n) && a->additional_false && !a->pprops) apart = 1;
     }
     if (!apart) return 0;
   }

@@ -83,7 +83,8 @@ end
 function MPT.from(model) return MPT(MPT.config(model)):load(model) end
 
 if arg and arg[0] and arg[0]:find("mpt_in_lua") then
-  local model = assert(lm.load(assert(arg[1], "usage: mpt_in_lua.lua model.gguf [prompt]")))
+  local path = arg[1] or error("usage: mpt_in_lua.lua model.gguf [prompt]")
+  local model = assert(lm.load(path))
   local m = nn.model(MPT.from(model), { tokenizer = model, arch = "mpt (Lua)" })
   print((arg[2] or "Once upon a time") .. m:generate(arg[2] or "Once upon a time", { max_tokens = 32, temperature = 0 }))
 end

@@ -274,8 +274,14 @@ static const char *type_name(ml_type t) { return ml_type_traits_get(t)->name; }
 
 /* fields: layers, kv_heads, head_dim, n_ctx, type, seqs; then the methods */
 static int kv_index(lua_State *L) {
-  const char *k = lua_tostring(L, 2);
   lkv *u = luaL_checkudata(L, 1, KV_MT);
+  lua_getmetatable(L, 1); /* methods first: append and view are looked up for every layer */
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  if (!lua_isnil(L, -1)) return 1;
+  lua_settop(L, 2);
+  const char *k = lua_tostring(L, 2);
   if (k && u->s) {
     const kvstate *s = u->s;
     struct { const char *name; int64_t v; } ints[] = {{"layers", s->c.n_layer}, {"kv_heads", s->kv_heads},
@@ -291,11 +297,7 @@ static int kv_index(lua_State *L) {
       return 1;
     }
   }
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
-  return 1;
+  return 0;
 }
 
 static int kv_tostring(lua_State *L) {

@@ -827,6 +827,12 @@ static int m_index(lua_State *L) {
     CHECK(L, ml_tensor_select(o, t, 0, i - 1));
     return 1;
   }
+  /* methods first: a forward pass written in Lua looks one up for every op */
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  if (!lua_isnil(L, -1)) return 1;
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "dtype") == 0) {
     lua_pushstring(L, dtype_name(ml_lua_check_tensor(L, 1)->type));
@@ -836,11 +842,7 @@ static int m_index(lua_State *L) {
     lua_pushinteger(L, ml_lua_check_tensor(L, 1)->ndim);
     return 1;
   }
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
-  return 1;
+  return 1; /* nil */
 }
 
 static int m_newindex(lua_State *L) {

@@ -48,7 +48,7 @@ CORE = error threads dtype quant tensor ops matmul sample gguf tokenizer tokeniz
 # models written in Lua: the torch7 essentials, RoPE and ALiBi
 CORE += ops_ext rope
 KERNELS_C      = kernels/pack
-KERNELS_AVX2   = kernels/avx2
+KERNELS_AVX2   = kernels/avx2 kernels/flash_avx2
 KERNELS_AVX512 = kernels/avx512 kernels/avx512vnni kernels/flash_avx512
 KERNELS_AMX    = kernels/amx
 # kernels keep arrays of accumulators in registers: let GCC scalarize them. Their debug
@@ -81,6 +81,7 @@ MOD51 = $(BUILD)/5.1/moonlm/core.so
 all: $(MOD54) $(MOD51)
 
 $(BUILD)/obj/kernels/avx2.o: CFLAGS += $(ISA_avx2)
+$(BUILD)/obj/kernels/flash_avx2.o: CFLAGS += $(ISA_avx2)
 $(BUILD)/obj/kernels/avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/flash_avx512.o: CFLAGS += $(ISA_avx512)
 $(BUILD)/obj/kernels/avx512vnni.o: CFLAGS += $(ISA_avx512vnni)

@@ -5,9 +5,11 @@ local info = lm.info()
 io.write(("# moonlm benchmarks\n\nmachine: %s, %d threads available, kernel level %s, %s\n\n"):format(
   info.cpu, info.max_threads, info.isa, os.date("!%Y-%m-%d %H:%M UTC")))
 local only = os.getenv("BENCH")
-for _, name in ipairs{"matmul_f32", "matmul", "tokenizer", "e2e", "arch", "sampling", "recsys", "grammar", "jsonschema", "grammar_cost", "lua_model",
-                      "schema_generation"} do
-  if (not only or only == name) then
+-- board (the peers on many files, tens of minutes) and coldstart run only when named
+local on_request = { board = true, coldstart = true }
+for _, name in ipairs{"matmul_f32", "matmul", "attention", "tokenizer", "e2e", "arch", "sampling", "recsys", "grammar",
+                      "jsonschema", "grammar_cost", "lua_model", "schema_generation", "board", "coldstart"} do
+  if (not only and not on_request[name]) or only == name then
     local path = "bench/" .. name .. ".lua"
     local f = io.open(path)
     if f then

@@ -81,10 +81,12 @@ static void pv_ref(const float *s, int64_t M, const float *vb, int64_t nj, int64
 static const ml_flash_kernels flash_ref = {"ref", load_ref, transpose_ref, qk_rows_ref, qk_t_ref, softmax_ref, pv_ref};
 
 extern const ml_flash_kernels ml_flash_kernels_avx512 __attribute__((weak));
+extern const ml_flash_kernels ml_flash_kernels_avx2 __attribute__((weak));
 
 static const ml_flash_kernels *kernels_for(int64_t hd) {
-  if (hd % 16 == 0 && ml_level_active() >= ML_LEVEL_AVX512 && &ml_flash_kernels_avx512)
-    return &ml_flash_kernels_avx512;
+  ml_level l = ml_level_active();
+  if (hd % 16 == 0 && l >= ML_LEVEL_AVX512 && &ml_flash_kernels_avx512) return &ml_flash_kernels_avx512;
+  if (hd % 8 == 0 && l >= ML_LEVEL_AVX2 && &ml_flash_kernels_avx2) return &ml_flash_kernels_avx2;
   return &flash_ref;
 }
 

@@ -85,7 +85,7 @@ void ml_flash(const ml_flash_args *a, void *work);
  * scratch. 0, or -1 with an error. */
 int ml_flash_run(const ml_flash_args *a);
 
-/* Name of the kernels in use ("ref", "avx2", "avx512"). */
+/* Name of the block kernels in use for head size 64 ("ref", "avx2", "avx512"). */
 const char *ml_flash_kernels_name(void);
 
 #endif

@@ -1,0 +1,272 @@
+/* flash_avx2.c: the attention block kernels of kernels/flash.h with AVX2, FMA and F16C, for
+ * head sizes that are a multiple of 8 (the CPUs without AVX-512, and this table's 8-wide
+ * twin of flash_avx512.c). Products are in f32 with FMA, register-blocked within AVX2's 16
+ * registers: scores for 4 query vectors x 16 keys from the transposed keys, values for
+ * 4 query vectors x 16 output dims, so each converted key/value block is read from L1
+ * once per 4 query vectors; few query vectors (decode) take the key rows as they are, 8
+ * keys at a time, and reduce the 8 sums in one pass. Used where the dispatcher found AVX2
+ * and no AVX-512 (flash.c chooses). */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "../common.h"
+#include "flash.h"
+
+#define BLK ML_FLASH_BLOCK
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- loading keys / values as f32 rows ---- */
+
+static void load_avx2(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                      float *dst) {
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
+    float *d = dst + j * hd;
+    if (t == ML_TYPE_F16) {
+      for (int64_t i = 0; i < hd; i += 8)
+        _mm256_store_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+    } else if (t == ML_TYPE_Q8_0) {
+      const ml_block_q8_0 *b = (const ml_block_q8_0 *)p;
+      for (int64_t i = 0; i < hd; i += ML_QK, b++) {
+        __m256 s = _mm256_set1_ps(_cvtsh_ss(b->d));
+        for (int k = 0; k < ML_QK; k += 8) {
+          __m256i x = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + k)));
+          _mm256_store_ps(d + i + k, _mm256_mul_ps(s, _mm256_cvtepi32_ps(x)));
+        }
+      }
+    } else {
+      for (int64_t i = 0; i < hd; i += 8) _mm256_store_ps(d + i, _mm256_loadu_ps((const float *)p + i));
+    }
+  }
+}
+
+/* ---- kt[d][j] = kb[j][d] in 8 x 8 blocks ---- */
+
+INLINE void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  #pragma GCC unroll 8
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  /* u[4a + b] holds, in 128-bit lane L, element 4L + b of rows 4a..4a+3 */
+  #pragma GCC unroll 4
+  for (int i = 0; i < 4; i++) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+static void transpose_avx2(const float *kb, int64_t nj, int64_t hd, float *kt) {
+  for (int64_t j0 = 0; j0 < nj; j0 += 8)
+    for (int64_t d0 = 0; d0 < hd; d0 += 8) {
+      __m256 r[8];
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) r[i] = j0 + i < nj ? _mm256_load_ps(kb + (j0 + i) * hd + d0) : _mm256_setzero_ps();
+      transpose8(r);
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) _mm256_store_ps(kt + (d0 + i) * BLK + j0, r[i]);
+    }
+}
+
+/* ---- scores ---- */
+
+/* 8 vectors to one: lane i = the sum of the 8 lanes of a[i] */
+INLINE __m256 reduce8(const __m256 a[8]) {
+  __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+static void qk_rows_avx2(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
+  for (int64_t m = 0; m < M; m++) {
+    const float *qm = q + m * hd;
+    for (int64_t j0 = 0; j0 < nj; j0 += 8) {
+      const float *kr[8];
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) kr[i] = kb + (j0 + i < nj ? j0 + i : 0) * hd;
+      __m256 acc[8];
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < hd; d += 8) {
+        __m256 qv = _mm256_loadu_ps(qm + d);
+        #pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(_mm256_load_ps(kr[i] + d), qv, acc[i]);
+      }
+      _mm256_store_ps(s + m * BLK + j0, reduce8(acc));
+    }
+  }
+}
+
+/* s[m][8 NV keys from kt] for MR query vectors */
+INLINE void qk_t_tile(const float *q, int64_t hd, const float *kt, float *s, int MR, int NV) {
+  __m256 acc[4][2];
+  #pragma GCC unroll 4
+  for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < hd; d++) {
+    __m256 k[2];
+    #pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) k[v] = _mm256_load_ps(kt + d * BLK + 8 * v);
+    #pragma GCC unroll 4
+    for (int r = 0; r < MR; r++) {
+      __m256 qb = _mm256_broadcast_ss(q + r * hd + d);
+      #pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(qb, k[v], acc[r][v]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) _mm256_store_ps(s + r * BLK + 8 * v, acc[r][v]);
+}
+
+#define QK_T_NV(MR, nv, ...)                         \
+  if ((nv) == 2) qk_t_tile(__VA_ARGS__, MR, 2);      \
+  else qk_t_tile(__VA_ARGS__, MR, 1);
+
+static void qk_t_avx2(const float *q, int64_t M, const float *kt, int64_t nj, int64_t hd, float *s) {
+  int nvec = (int)((nj + 7) / 8);
+  for (int v0 = 0; v0 < nvec; v0 += 2) {
+    int nv = nvec - v0 >= 2 ? 2 : 1;
+    const float *k = kt + 8 * v0;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) { QK_T_NV(4, nv, q + m * hd, hd, k, s + m * BLK + 8 * v0) }
+    switch (M - m) {
+      case 3: QK_T_NV(3, nv, q + m * hd, hd, k, s + m * BLK + 8 * v0) break;
+      case 2: QK_T_NV(2, nv, q + m * hd, hd, k, s + m * BLK + 8 * v0) break;
+      case 1: QK_T_NV(1, nv, q + m * hd, hd, k, s + m * BLK + 8 * v0) break;
+      default: break;
+    }
+  }
+}
+
+/* ---- online softmax ---- */
+
+/* exp(x) for x <= 88; exactly 0 where x is -inf. Cody-Waite reduction to r in
+ * [-ln2/2, ln2/2], the degree-6 polynomial of flash_avx512.c, then 2^n built in the
+ * exponent bits (n clamped to [-126, 127]: below, e^x < 1.2e-38 is taken as 0). */
+INLINE __m256 exp256(__m256 x) {
+  __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.3981999507e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+
+INLINE float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+INLINE float hsum8(__m256 v) {
+  __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+static void softmax_avx2(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd) {
+  int nv = (int)((nj + 7) / 8), tail = (int)(nj % 8);
+  __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 in_tail = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(tail ? tail : 8), lane));
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  for (int64_t m = 0; m < M; m++) {
+    float *row = s + m * BLK;
+    __m256 v[8] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf}, vmax = ninf;
+    #pragma GCC unroll 8
+    for (int i = 0; i < nv; i++) {
+      v[i] = _mm256_load_ps(row + 8 * i);
+      if (i == nv - 1) v[i] = _mm256_blendv_ps(ninf, v[i], in_tail);
+      vmax = _mm256_max_ps(vmax, v[i]);
+    }
+    float bmax = hmax8(vmax);
+    if (bmax == -INFINITY) {
+      #pragma GCC unroll 8
+      for (int i = 0; i < nv; i++) _mm256_store_ps(row + 8 * i, _mm256_setzero_ps());
+      continue;
+    }
+    float mnew = bmax > mx[m] ? bmax : mx[m], c = expf(mx[m] - mnew);
+    __m256 vm = _mm256_set1_ps(mnew), acc = _mm256_setzero_ps();
+    #pragma GCC unroll 8
+    for (int i = 0; i < nv; i++) {
+      __m256 e = exp256(_mm256_sub_ps(v[i], vm));
+      _mm256_store_ps(row + 8 * i, e);
+      acc = _mm256_add_ps(acc, e);
+    }
+    if (c != 1.0f) {
+      __m256 vc = _mm256_set1_ps(c);
+      for (int64_t d = 0; d < hd; d += 8) _mm256_store_ps(o + m * hd + d, _mm256_mul_ps(vc, _mm256_load_ps(o + m * hd + d)));
+    }
+    sum[m] = sum[m] * c + hsum8(acc);
+    mx[m] = mnew;
+  }
+}
+
+/* ---- o += p · v ---- */
+
+INLINE void pv_tile(const float *p, const float *vb, int64_t nj, int64_t hd, float *o, int MR, int NV) {
+  __m256 acc[4][2];
+  #pragma GCC unroll 4
+  for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm256_load_ps(o + r * hd + 8 * v);
+  for (int64_t j = 0; j < nj; j++) {
+    __m256 x[2];
+    #pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) x[v] = _mm256_load_ps(vb + j * hd + 8 * v);
+    #pragma GCC unroll 4
+    for (int r = 0; r < MR; r++) {
+      __m256 pb = _mm256_broadcast_ss(p + r * BLK + j);
+      #pragma GCC unroll 2
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(pb, x[v], acc[r][v]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) _mm256_store_ps(o + r * hd + 8 * v, acc[r][v]);
+}
+
+#define PV_NV(MR, nv, ...)                        \
+  if ((nv) == 2) pv_tile(__VA_ARGS__, MR, 2);     \
+  else pv_tile(__VA_ARGS__, MR, 1);
+
+static void pv_avx2(const float *s, int64_t M, const float *vb, int64_t nj, int64_t hd, float *o) {
+  for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+    int nv = hd - d0 >= 16 ? 2 : 1;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) { PV_NV(4, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) }
+    switch (M - m) {
+      case 3: PV_NV(3, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) break;
+      case 2: PV_NV(2, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) break;
+      case 1: PV_NV(1, nv, s + m * BLK, vb + d0, nj, hd, o + m * hd + d0) break;
+      default: break;
+    }
+  }
+}
+
+const ml_flash_kernels ml_flash_kernels_avx2 = {"avx2",      load_avx2,    transpose_avx2, qk_rows_avx2,
+                                              qk_t_avx2, softmax_avx2, pv_avx2};

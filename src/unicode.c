@@ -308,7 +308,10 @@ enum rx {
   RX_NUM3,         /* \p{N}{1,3} */
   RX_HAN_KANA,     /* [一-龥ぁ-ゟ゠-ヿ]+ */
   RX_DS3,          /* DeepSeek V3's main regex (match_ds3) */
-  RX_GPT4O         /* GPT-4o's (o200k) regex, words split at case changes (match_gpt4o) */
+  RX_GPT4O,        /* GPT-4o's (o200k) regex, words split at case changes (match_gpt4o) */
+  RX_TEKKEN,       /* the same without contractions, digits one by one (match_tekken) */
+  RX_SEED_CODER,   /* split_llama3 with \p{N}{1} and no [\r\n]* after punctuation */
+  RX_QWEN35        /* split_llama3 with \p{N}{1} and [\p{L}\p{M}] as letters */
 };
 
 static const uint8_t chains[ML_PRETOK_COUNT][7] = {
@@ -323,6 +326,9 @@ static const uint8_t chains[ML_PRETOK_COUNT][7] = {
   [ML_PRETOK_DEEPSEEK_CODER] = {RX_CRLF, RX_SP_LETTERS, RX_SP_PUNCT, RX_CJK, RX_NUM},
   [ML_PRETOK_DEEPSEEK3] = {RX_NUM3, RX_HAN_KANA, RX_DS3},
   [ML_PRETOK_GPT4O] = {RX_GPT4O},
+  [ML_PRETOK_TEKKEN] = {RX_TEKKEN},
+  [ML_PRETOK_SEED_CODER] = {RX_SEED_CODER},
+  [ML_PRETOK_QWEN35] = {RX_QWEN35},
 };
 
 /* The letter class of DeepSeek LLM's second regex, as inclusive code point ranges. */
@@ -500,19 +506,24 @@ static uint32_t *split_gpt2(const uint32_t *cp, const uint8_t *fl, uint32_t lo, 
 }
 
 /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
- *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
+ *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * and its variants: L3_MARKS reads \p{L} as [\p{L}\p{M}] (qwen35), L3_NO_PUNCT_NL drops
+ * the [\r\n]* after punctuation (seed-coder). */
+enum { L3_MARKS = 1, L3_NO_PUNCT_NL = 2 };
 static uint32_t *split_llama3(const uint32_t *cp, const uint8_t *fl, uint32_t lo, uint32_t hi,
-                              uint32_t max_digits, uint32_t *w) {
+                              uint32_t max_digits, int variant, uint32_t *w) {
   uint32_t p = lo;
+  const uint8_t L = (variant & L3_MARKS) ? ML_UC_L | ML_UC_M : ML_UC_L, LNWS = L | ML_UC_N | ML_UC_WS;
   while (p < hi) {
     uint32_t c = cp[p], n = contraction(cp, p, hi, 1);
     if (n) {
       *w++ = p += n;
       continue;
     }
-    if (c != '\r' && c != '\n' && !IS_N(p) && (IS_L(p) || (p + 1 < hi && IS_L(p + 1)))) {
+    /* [^\r\n\p{L}\p{N}]?L+ (a mark before a letter is in L itself when L3_MARKS) */
+    if (c != '\r' && c != '\n' && !IS_N(p) && ((fl[p] & L) || (p + 1 < hi && (fl[p + 1] & L)))) {
       p++;
-      while (p < hi && IS_L(p)) p++;
+      while (p < hi && (fl[p] & L)) p++;
       *w++ = p;
       continue;
     }
@@ -523,9 +534,10 @@ static uint32_t *split_llama3(const uint32_t *cp, const uint8_t *fl, uint32_t lo
       continue;
     }
     uint32_t q = p + (c == ' ');
-    if (q < hi ? !IS_LNWS(q) : q > p) {
-      while (q < hi && !IS_LNWS(q)) q++;
-      while (q < hi && (cp[q] == '\r' || cp[q] == '\n')) q++;
+    if (q < hi ? !(fl[q] & LNWS) : q > p) {
+      while (q < hi && !(fl[q] & LNWS)) q++;
+      if (!(variant & L3_NO_PUNCT_NL))
+        while (q < hi && (cp[q] == '\r' || cp[q] == '\n')) q++;
       *w++ = p = q;
       continue;
     }
@@ -583,7 +595,7 @@ static int is_ll(uint32_t c) {
  * \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
  * The first two alternatives are tried as a backtracking engine would: the optional
  * character first taken, then not; U* as long as W+ can still follow. */
-static uint32_t match_gpt4o(const uint32_t *cp, const uint8_t *fl, uint32_t p, uint32_t hi) {
+static uint32_t match_o200k(const uint32_t *cp, const uint8_t *fl, uint32_t p, uint32_t hi, int tekken) {
   uint32_t c = cp[p], q;
   int pre = c != '\r' && c != '\n' && !(fl[p] & (ML_UC_L | ML_UC_N));
   for (int alt = 1; alt <= 2; alt++)
@@ -603,10 +615,10 @@ static uint32_t match_gpt4o(const uint32_t *cp, const uint8_t *fl, uint32_t p, u
         if (u == a) continue;
         for (e = u; e < hi && LOWERISH(e); e++) {}
       }
-      return e + contraction(cp, e, hi, 1);
+      return tekken ? e : e + contraction(cp, e, hi, 1);
     }
   if (fl[p] & ML_UC_N) {
-    for (q = p; q < hi && q - p < 3 && (fl[q] & ML_UC_N); q++) {}
+    for (q = p; q < hi && q - p < (tekken ? 1u : 3u) && (fl[q] & ML_UC_N); q++) {}
     return q;
   }
   q = p + (c == ' ');
@@ -616,6 +628,13 @@ static uint32_t match_gpt4o(const uint32_t *cp, const uint8_t *fl, uint32_t p, u
     return q;
   }
   return IS_WS(p) ? split_space(cp, fl, p, hi, 1) : p;
+}
+static uint32_t match_gpt4o(const uint32_t *cp, const uint8_t *fl, uint32_t p, uint32_t hi) {
+  return match_o200k(cp, fl, p, hi, 0);
+}
+/* Mistral's tekken: the same alternatives without the contractions, and \p{N} */
+static uint32_t match_tekken(const uint32_t *cp, const uint8_t *fl, uint32_t p, uint32_t hi) {
+  return match_o200k(cp, fl, p, hi, 1);
 }
 
 /* Split [lo, hi) by a regex given as its match function: matches and the gaps between
@@ -642,8 +661,11 @@ static uint32_t *split_one(int rx, const uint32_t *cp, const uint8_t *fl, uint32
   case RX_DS3: return split_by(match_ds3, cp, fl, lo, hi, w);
   case RX_GPT4O: return split_by(match_gpt4o, cp, fl, lo, hi, w);
   case RX_GPT2: return split_gpt2(cp, fl, lo, hi, w);
-  case RX_LLAMA3: return split_llama3(cp, fl, lo, hi, 3, w);
-  case RX_QWEN2: return split_llama3(cp, fl, lo, hi, 1, w);
+  case RX_TEKKEN: return split_by(match_tekken, cp, fl, lo, hi, w);
+  case RX_LLAMA3: return split_llama3(cp, fl, lo, hi, 3, 0, w);
+  case RX_QWEN2: return split_llama3(cp, fl, lo, hi, 1, 0, w);
+  case RX_SEED_CODER: return split_llama3(cp, fl, lo, hi, 1, L3_NO_PUNCT_NL, w);
+  case RX_QWEN35: return split_llama3(cp, fl, lo, hi, 1, L3_MARKS, w);
   default: return split_simple(rx, cp, fl, lo, hi, w);
   }
 }

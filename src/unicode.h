@@ -72,6 +72,9 @@ typedef enum ml_pretok {
                              punctuation and symbols | white space (deepseek-v3) */
   ML_PRETOK_GPT4O,        /* o200k: words split where lower case turns to upper, \p{N}{1,3},
                              punctuation runs with trailing newlines and slashes (gpt-4o, llama4) */
+  ML_PRETOK_TEKKEN,       /* GPT4O without the contractions and with \p{N} alone (Mistral's tekken) */
+  ML_PRETOK_SEED_CODER,   /* QWEN2 without the newlines after a punctuation run */
+  ML_PRETOK_QWEN35,       /* QWEN2 with marks: [\p{L}\p{M}]+, and punctuation excluding \p{M} */
   ML_PRETOK_COUNT
 } ml_pretok;
 

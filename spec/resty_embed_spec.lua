@@ -43,6 +43,32 @@ local function close_to(rows, want, what)
   end
 end
 
+-- the BERT file with another pooling_type (0 none, 4 rank: then with a classifier head)
+local function with_pooling(kind)
+  local T = lm.tensor
+  local src = assert(lm.load(bert_path))
+  local meta = {}
+  for k, v in pairs(src.meta) do
+    if type(v) == "number" then
+      meta[k] = lm.gguf_value(k:find("epsilon", 1, true) and "f32" or "u32", v)
+    elseif k ~= "tokenizer.ggml.token_type" then
+      meta[k] = v
+    end
+  end
+  meta["tokenizer.ggml.token_type"] = lm.gguf_value("i32", src.meta["tokenizer.ggml.token_type"])
+  meta["bert.pooling_type"] = lm.gguf_value("u32", kind)
+  local t = {}
+  for k, x in pairs(assert(lm.load_tensors(bert_path))) do t[k] = x:clone() end
+  if kind == 4 then
+    t["cls.weight"], t["cls.bias"] = T.randn({ 128, 128 }, { seed = 5, std = 0.1 }), T.randn({ 128 }, { seed = 6 })
+    t["cls.output.weight"], t["cls.output.bias"] = T.randn({ 1, 128 }, { seed = 7, std = 0.3 }), T.randn({ 1 }, { seed = 8 })
+  end
+  local path = S.tmpname(".gguf")
+  assert(lm.save(path, t, meta))
+  src:close()
+  return path
+end
+
 describe("/v1/embeddings pooling #once", function()
   setup(function()
     assert.truthy(launch.module_dir(), "lua-nginx-module is not installed (make deps)")
@@ -66,6 +92,27 @@ describe("/v1/embeddings pooling #once", function()
     srv = H.start { MOONLM_MODEL = bert_path, MOONLM_SLOTS = "1", MOONLM_POOLING = "mean" }
     ok, err = pcall(function() close_to(embed(srv.url), reference("mean"), "bert, pooling = mean") end)
     srv:stop()
+    assert(ok, err)
+  end)
+
+  it("a file whose pooling is none or rank: 400 saying why, unless the server sets a pooling", function()
+    local none, rank = with_pooling(0), with_pooling(4)
+    local srv = H.start { MOONLM_MODELS = "none=" .. none .. ",rank=" .. rank, MOONLM_SLOTS = "1" }
+    local ok, err = pcall(function()
+      for name, msg in pairs { none = "this model's pooling is 'none' (one vector per token), which /v1/embeddings cannot return",
+                               rank = "this model is a reranker (pooling 'rank'): it scores pairs and gives no embeddings" } do
+        local r = H.http("POST", srv.url .. "/v1/embeddings", { model = name, input = texts })
+        assert.are.equal(400, r.status, r.text)
+        assert.matches(msg, r.json.error.message, 1, true)
+      end
+    end)
+    srv:stop()
+    assert(ok, err)
+    srv = H.start { MOONLM_MODEL = rank, MOONLM_SLOTS = "1", MOONLM_POOLING = "cls" }
+    ok, err = pcall(function() close_to(embed(srv.url), reference("cls"), "a reranker's file, pooling = cls") end)
+    srv:stop()
+    os.remove(none)
+    os.remove(rank)
     assert(ok, err)
   end)
 

@@ -133,4 +133,6 @@ return {
     bad = { [[{"a":1}]], [[{"1":"x"}]], [[{"1a":1}]], [[{"name":1}]], [[{"":1}]] } },
   { "patternProperties every key matches", [[{"type":"object","properties":{"id":{"type":"integer","minimum":0}},"patternProperties":{".*":{"type":"integer","maximum":9}}}]],
     ok = { "{}", [[{"id":3,"a":1}]], [[{"b":-1,"c\n":9}]] }, bad = { [[{"id":10}]], [[{"id":-1}]], [[{"a":"x"}]], [[{"a":10}]] } },
+  { "not not", [[{"not":{"not":{"type":"integer","minimum":3}},"description":"double negation"}]],
+    ok = { "3", "40" }, bad = { "2", [["3"]], "3.5", "null" } },
 }

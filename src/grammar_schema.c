@@ -357,6 +357,18 @@ static const ml_json *resolve_ref(comp *c, const ml_json *at, const ml_json *ref
 
 /* ---------------------------------------------------------------- flattening a set */
 
+static int is_annotation_only(const ml_json *n, const char *allowed) {
+  /* every key of n is `allowed` or an annotation */
+  static const char *const notes[] = {"title", "description", "$comment", "examples", "default", "$id", "id", "$schema", "deprecated", "readOnly", "writeOnly"};
+  for (uint32_t i = 0; i < n->n; i++) {
+    const char *k = n->kids[i]->key;
+    int ok = !strcmp(k, allowed);
+    for (size_t j = 0; j < sizeof notes / sizeof *notes && !ok; j++) ok = !strcmp(k, notes[j]);
+    if (!ok) return 0;
+  }
+  return 1;
+}
+
 /* adds node (and what allOf/$ref bring) to s; returns -1 error, 1 when the set is empty */
 static int flatten(comp *c, mset *s, const ml_json *node, unsigned skip, int depth) {
   if (node->kind == ML_JSON_TRUE) return 0;
@@ -391,6 +403,8 @@ static int flatten(comp *c, mset *s, const ml_json *node, unsigned skip, int dep
     if (!strcmp(k->key, "$ref")) {
       const ml_json *t = resolve_ref(c, node, k);
       rc = t ? flatten(c, s, t, 0, depth + 1) : -1;
+    } else if (!strcmp(k->key, "not") && k->kind == ML_JSON_OBJECT && ml_json_get(k, "not") && is_annotation_only(k, "not")) {
+      rc = flatten(c, s, ml_json_get(k, "not"), 0, depth + 1); /* not (not X) is X */
     } else if (!strcmp(k->key, "allOf")) {
       if (k->kind != ML_JSON_ARRAY || !k->n) rc = schema_fail(&c->b, node, "'allOf' must be a non-empty array");
       for (uint32_t j = 0; j < k->n && !rc; j++) rc = flatten(c, s, k->kids[j], 0, depth + 1);
@@ -486,20 +500,10 @@ static prop *add_prop(comp *c, view *v, const char *name, uint32_t len, const ml
   return p;
 }
 
-static int is_annotation_only(const ml_json *n, const char *allowed) {
-  /* every key of n is `allowed` or an annotation */
-  static const char *const notes[] = {"title", "description", "$comment", "examples", "default", "$id", "id", "$schema", "deprecated", "readOnly", "writeOnly"};
-  for (uint32_t i = 0; i < n->n; i++) {
-    const char *k = n->kids[i]->key;
-    int ok = !strcmp(k, allowed);
-    for (size_t j = 0; j < sizeof notes / sizeof *notes && !ok; j++) ok = !strcmp(k, notes[j]);
-    if (!ok) return 0;
-  }
-  return 1;
-}
 
 /* `not`: the shapes that have an exact meaning here */
 static int apply_not(comp *c, view *v, const ml_json *node, const ml_json *n) {
+  if (n->kind == ML_JSON_OBJECT && ml_json_get(n, "not") && is_annotation_only(n, "not")) return 0; /* flatten took it */
   if (n->kind == ML_JSON_TRUE || (n->kind == ML_JSON_OBJECT && n->n == 0)) { v->types = 0; return 0; }
   if (n->kind == ML_JSON_FALSE) return 0;
   if (n->kind == ML_JSON_OBJECT) {

@@ -212,6 +212,38 @@ for await (const c of stream) {
   }
   if (c.choices[0]?.finish_reason) out.stream.finish = c.choices[0].finish_reason;
 }
+// parallel calls: seeds whose replies hold several calls, streamed and not
+out.parallel = [];
+for (const seed of [4, 8, 12]) {
+  const req = { ...base, parallel_tool_calls: true, tool_choice: "required", temperature: 1, seed, max_tokens: 300 };
+  const whole = await client.chat.completions.create(req);
+  const s = await client.chat.completions.create({ ...req, stream: true });
+  const calls = [], order = [];
+  let finish = null;
+  for await (const c of s) {
+    for (const tc of c.choices[0]?.delta?.tool_calls ?? []) {
+      order.push(tc.index);
+      const e = calls[tc.index] ??= { id: null, name: "", arguments: "", headers: 0 };
+      if (tc.id) { e.id = tc.id; e.headers++; }
+      if (tc.function?.name) e.name += tc.function.name;
+      if (tc.function?.arguments) e.arguments += tc.function.arguments;
+    }
+    if (c.choices[0]?.finish_reason) finish = c.choices[0].finish_reason;
+  }
+  out.parallel.push({ seed, finish, order, stream: calls, whole_finish: whole.choices[0].finish_reason,
+    whole: (whole.choices[0].message.tool_calls ?? []).map(c => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })) });
+}
+// per token: with logprobs every sampled token has a chunk of its own (no text is
+// fast-forwarded), and a token inside a call's arguments brings its piece of them
+const lps = await client.chat.completions.create({ ...base, tool_choice: "required", temperature: 0, stream: true, logprobs: true });
+out.lpchunks = [];
+for await (const c of lps) {
+  const ch = c.choices[0];
+  if (!ch) continue;
+  const tcs = ch.delta?.tool_calls ?? [];
+  out.lpchunks.push({ tokens: ch.logprobs?.content?.length ?? 0, args: tcs.map(t => t.function?.arguments ?? "").join(""),
+                      header: tcs.some(t => t.id), finish: ch.finish_reason ?? null });
+}
 // the client's own stream helper puts the deltas together the same way
 const helper = await client.chat.completions.stream({ ...base, tool_choice: "required", temperature: 0 }).finalChatCompletion();
 out.helper = (helper.choices[0].message.tool_calls ?? []).map(c => ({ name: c.function.name, arguments: c.function.arguments }));
@@ -282,6 +314,42 @@ console.log(JSON.stringify(out));
       assert.are.equal(r.message.tool_calls[i]["function"].arguments, j.helper[i].arguments)
     end
     assert.is_true(j.stream.chunks > #j.stream.calls, "arguments came in one piece")
+    -- the arguments come as they are generated: each piece in the chunk of its token
+    local args, pieces, last = "", 0, j.lpchunks[#j.lpchunks]
+    for i, ch in ipairs(j.lpchunks) do
+      if ch.args ~= "" or ch.header then
+        assert.is_true(ch.tokens >= 1, ("chunk %d carries a piece of the call without its token"):format(i))
+        pieces = pieces + (ch.args ~= "" and 1 or 0)
+        args = args .. ch.args
+      end
+    end
+    assert.are.equal("tool_calls", last.finish)
+    assert.are.same({ 0, "" }, { last.tokens, last.args })
+    assert.are.equal(r.message.tool_calls[1]["function"].arguments, args)
+    assert.is_true(pieces >= 5, ("the arguments came in %d chunks"):format(pieces))
+    -- parallel calls: streamed as they come (each call's deltas after the one before it),
+    -- the same calls as without streaming and as moonlm's chat with the same seed
+    local several = 0
+    for _, e in ipairs(j.parallel) do
+      local what = "seed " .. e.seed
+      local _, pinfo = model:chat({ n_ctx = 2048 }):say(WEATHER[1].content, { tools = tools, tool_choice = "required",
+        temperature = 1, seed = e.seed, max_tokens = 300 })
+      local want = {}
+      for i, c in ipairs(pinfo.tool_calls or {}) do want[i] = { c["function"].name, c["function"].arguments } end
+      local whole, streamed = {}, {}
+      for i, c in ipairs(e.whole) do whole[i] = { c.name, c.arguments } end
+      for i, c in ipairs(e.stream) do
+        streamed[i] = { c.name, c.arguments }
+        assert.are.equal(1, c.headers, what)
+        assert.truthy(c.id:find("^call_%w+$"), what)
+      end
+      assert.are.same(want, whole, what)
+      assert.are.same(whole, streamed, what)
+      assert.are.equal(e.whole_finish, e.finish, what)
+      for i = 2, #e.order do assert.is_true(e.order[i] >= e.order[i - 1], what .. ": deltas out of order") end
+      if #whole >= 2 and e.finish == "tool_calls" then several = several + 1 end
+    end
+    assert.is_true(several >= 1, "no reply made several calls")
     -- the follow-up renders the call and the result as moonlm's own template code does
     local call = r.message.tool_calls[1]
     local follow = { WEATHER[1], { role = "assistant", content = json.null, tool_calls = { call } },

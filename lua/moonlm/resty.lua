@@ -69,6 +69,7 @@ local scheduler = require "moonlm.resty.scheduler"
 local access = require "moonlm.resty.access"
 local metrics = require "moonlm.resty.metrics"
 local request = require "moonlm.resty.request"
+local toolstream = require "moonlm.resty.toolstream"
 local tools = require "moonlm.tools"
 local core = require "moonlm.core"
 local semaphore = require "ngx.semaphore"
@@ -711,20 +712,6 @@ local function collect(r)
   return text
 end
 
--- arguments text in pieces of about a token's size for streamed tool-call deltas (whole
--- UTF-8 characters)
-local function arg_pieces(s)
-  local out, i = {}, 1
-  while i <= #s do
-    local j = math.min(#s, i + 7)
-    while j < #s and (s:byte(j + 1) or 0) >= 0x80 and s:byte(j + 1) < 0xC0 do j = j + 1 end
-    out[#out + 1] = s:sub(i, j)
-    i = j + 1
-  end
-  if #out == 0 then out[1] = "" end
-  return out
-end
-
 local function chat_completions()
   local b = request.read_json()
   request.check_fields(b, "chat")
@@ -791,10 +778,11 @@ local function chat_completions()
     if p.include_usage then json.set(ch, "usage", null) end -- as OpenAI: null on every chunk but the last
     return ch
   end
-  local function delta_of(content, reasoning)
+  local function delta_of(content, reasoning, calls)
     local d, keys = {}, {}
     if reasoning and reasoning ~= "" then d.reasoning_content, keys[#keys + 1] = reasoning, "reasoning_content" end
     if content and content ~= "" then d.content, keys[#keys + 1] = content, "content" end
+    if calls then d.tool_calls, keys[#keys + 1] = json.array(calls), "tool_calls" end
     return obj(d, keys)
   end
   -- logprobs of a choice's tokens not sent yet, up to `upto`
@@ -814,42 +802,34 @@ local function chat_completions()
     return r.finish_reason
   end
   local function on_stream()
-    local heads = {}
+    local heads, streams = {}, {}
     for i = 1, #reqs do
       heads[i] = chunk_of(i - 1, obj({ role = "assistant", content = "" }, { "role", "content" }))
+      -- tool calls go out as they are generated (moonlm.resty.toolstream)
+      if parse then
+        streams[i] = toolstream.new(fmt, { tools = topts and topts.list, tools_off = not use_tools, open_think = open_think }, rng)
+      end
     end
     return stream_choices(M, reqs, p, heads,
       function(r, piece, upto)
-        local content, reasoning = piece, ""
-        local parser = parsers[r.index + 1]
-        if parser then content, reasoning = parser:push(piece) end
+        local content, reasoning, calls = piece, "", nil
+        local ts = streams[r.index + 1]
+        if ts then content, reasoning, calls = ts:push(piece) end
         local lp = lp_upto(r, upto)
-        if content == "" and reasoning == "" and not lp then return nil end
-        return chunk_of(r.index, delta_of(content, reasoning), lp)
+        if content == "" and reasoning == "" and not calls and not lp then return nil end
+        return chunk_of(r.index, delta_of(content, reasoning, calls), lp)
       end,
       function(r)
         local out = {}
-        local parser, calls = parsers[r.index + 1], nil
+        local ts, calls = streams[r.index + 1], nil
         local lp = lp_upto(r, #r.generated)
-        if parser then
-          local content, reasoning, msg = parser:finish()
-          calls = calls_of(r, msg)
+        if ts then
+          local content, reasoning, deltas, _, list = ts:finish()
+          calls = list
           if content ~= "" or reasoning ~= "" or lp then out[#out + 1] = chunk_of(r.index, delta_of(content, reasoning), lp) end
+          for _, d in ipairs(deltas or {}) do out[#out + 1] = chunk_of(r.index, delta_of(nil, nil, { d })) end
         elseif lp then
           out[#out + 1] = chunk_of(r.index, obj({}), lp)
-        end
-        for k, call in ipairs(calls or {}) do
-          local f = call["function"]
-          for j, a in ipairs(arg_pieces(f.arguments)) do
-            local tc
-            if j == 1 then
-              tc = obj({ index = k - 1, id = call.id, type = "function", ["function"] = obj({ name = f.name, arguments = a }, { "name", "arguments" }) },
-                       { "index", "id", "type", "function" })
-            else
-              tc = obj({ index = k - 1, ["function"] = obj({ arguments = a }, { "arguments" }) }, { "index", "function" })
-            end
-            out[#out + 1] = chunk_of(r.index, obj({ tool_calls = json.array { tc } }, { "tool_calls" }))
-          end
         end
         out[#out + 1] = chunk_of(r.index, obj({}), nil, reason_of(r, calls))
         return out

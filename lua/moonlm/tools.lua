@@ -836,7 +836,7 @@ function Parser:push(piece)
   if self.region then return "", "" end -- inside tool calls: nothing more is shown until the end
   self.text = concat(self.parts)
   local reasoning, content, region = scan(self.text, self.fmt, self.opts, true)
-  if region then self.region = true end
+  if region then self.region = region end -- the tool-call region's text so far (later pieces follow it)
   local dc, dr
   dc, self.sent_c = delta(content or "", self.sent_c)
   dr, self.sent_r = delta(reasoning or "", self.sent_r)

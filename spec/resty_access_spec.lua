@@ -240,10 +240,14 @@ catch (e) { console.log(JSON.stringify({ status: e.status, cls: e.constructor.na
   it("re-reads the keys file on nginx -s reload", function()
     write(keys, table.concat({ "alice " .. KEYS.alice .. " admin", "dave " .. KEYS.dave, "" }, "\n"))
     sh("kill -HUP " .. srv.pid)
-    assert.truthy(H.until_true(20, function()
+    -- old workers finish their graceful exit beside the new ones: wait until the new keys
+    -- hold on every answer (dave in, carol out), then check they keep holding
+    local function reloaded()
       return http("GET", url .. "/v1/models", nil, auth("dave")).status == 200
-    end), "dave's key was not taken")
-    assert.are.equal(401, http("GET", url .. "/v1/models", nil, auth("carol")).status)
+         and http("GET", url .. "/v1/models", nil, auth("carol")).status == 401
+    end
+    assert.truthy(H.until_true(20, reloaded), "the new keys file was not taken")
+    for _ = 1, 5 do assert.is_true(reloaded()) end
     -- the new limits too: alice no longer has one
     assert.are.equal(200, http("GET", url .. "/v1/models", nil, auth("alice")).status)
   end)

@@ -363,6 +363,10 @@ console.log(JSON.stringify(out));
     assert.are.same({ 400, "messages" }, { j.tool_without_id.status, j.tool_without_id.param })
   end)
 
+  -- The server decodes in its own context (prompt in its own batch sizes, other sequences beside
+  -- it), so its kernels may round differently from this process's generate: logprobs agree to
+  -- float rounding of logits of size ~10, not bit for bit (a wrong one is off by far more).
+  local LP_TOL = 1e-4
   it("logprobs: chat (content[] with top_logprobs) and completions (the legacy shape), streamed and not", function()
     local j = H.node([==[
 import OpenAI from "openai";
@@ -406,12 +410,12 @@ console.log(JSON.stringify(out));
     for k, e in ipairs(info.logprobs) do
       local got = content[k]
       assert.are.equal(e.token, got.token)
-      assert.is_true(math.abs(e.logprob - got.logprob) < 1e-9, k)
+      assert.is_true(math.abs(e.logprob - got.logprob) < LP_TOL, k)
       assert.are.same(e.bytes, got.bytes)
       assert.are.equal(3, #got.top_logprobs)
       for t = 1, 3 do
         assert.are.equal(e.top_logprobs[t].token, got.top_logprobs[t].token)
-        assert.is_true(math.abs(e.top_logprobs[t].logprob - got.top_logprobs[t].logprob) < 1e-9)
+        assert.is_true(math.abs(e.top_logprobs[t].logprob - got.top_logprobs[t].logprob) < LP_TOL)
       end
       -- greedy: the chosen token is the most likely
       assert.are.equal(got.top_logprobs[1].token, got.token)
@@ -427,7 +431,7 @@ console.log(JSON.stringify(out));
     local _, all = lm.sampler {}:logprobs(logits, ids, 0, model.n_vocab)
     local found = false
     for _, a in ipairs(all) do
-      if model:piece(a.id, true) == sc[1].token and math.abs(a.logprob - sc[1].logprob) < 1e-9 then found = true end
+      if model:piece(a.id, true) == sc[1].token and math.abs(a.logprob - sc[1].logprob) < LP_TOL then found = true end
     end
     assert.is_true(found, "the first sampled token's logprob is not the model's")
     ctx:close()
@@ -439,7 +443,7 @@ console.log(JSON.stringify(out));
     local offset = 0
     for k, e in ipairs(tinfo.logprobs) do
       assert.are.equal(e.token, lp.tokens[k])
-      assert.is_true(math.abs(e.logprob - lp.token_logprobs[k]) < 1e-9)
+      assert.is_true(math.abs(e.logprob - lp.token_logprobs[k]) < LP_TOL)
       -- the two alternatives and the chosen token (one of them, greedy)
       local n = 0
       for tok, v in pairs(lp.top_logprobs[k]) do
@@ -448,7 +452,7 @@ console.log(JSON.stringify(out));
         for _, a in ipairs(e.top_logprobs) do
           if a.token == tok then
             found = true
-            assert.is_true(math.abs(a.logprob - v) < 1e-9)
+            assert.is_true(math.abs(a.logprob - v) < LP_TOL)
           end
         end
         assert.is_true(found, tok)

@@ -66,17 +66,19 @@ function Module:child(name, module, key)
   return module
 end
 
--- buffers(owner, n, sizes) -> f32 tensors {n, size} kept by owner for the next call with n
--- rows (one set for one-row decodes, one for the last other row count): products written
--- into them (x:linear_many's outs) allocate nothing. Only for values that do not leave the
--- module's forward.
-local function buffers(owner, n, sizes)
-  local key = n == 1 and "_buf1" or "_bufn"
-  local b = owner[key]
+-- buffers(n, sizes) -> f32 tensors {n, size}, kept for the next call with the same sizes
+-- and n rows (one set for one-row decodes, one for the last other row count), shared by
+-- every module: layers run one after the other, and the products written into them
+-- (x:linear_many's outs) are used up inside one module's forward, never returned. So a
+-- decode allocates no activation buffers, and a prefill keeps one set, not one per layer.
+local shared_buffers = {}
+local function buffers(n, sizes)
+  local key = table.concat(sizes, ",") .. (n == 1 and "/1" or "/n")
+  local b = shared_buffers[key]
   if not b or b.n ~= n then
     b = { n = n }
     for i, c in ipairs(sizes) do b[i] = T.empty(n, c) end
-    owner[key] = b
+    shared_buffers[key] = b
   end
   return b
 end
@@ -313,7 +315,7 @@ function MLP:forward(x)
     local u
     if nn.fuse and not (gate.bias or up.bias) then
       local F = gate.weight:size(1)
-      local b = buffers(self, x:size(1), { F, F })
+      local b = buffers(x:size(1), { F, F })
       h, u = x:linear_many({ gate.packed or gate.weight, up.packed or up.weight }, nil, b)
     else
       h, u = gate:forward(x), up:forward(x)
@@ -393,7 +395,7 @@ function Attention:qkv(x)
   local wq, wk, wv = self.wq, self.wk, self.wv
   if nn.fuse and not (wq.bias or wk.bias or wv.bias) then
     -- one activation pass and one thread team for the three products, into buffers
-    local b = buffers(self, n, { H * D, Hk * D, Hk * D })
+    local b = buffers(n, { H * D, Hk * D, Hk * D })
     q, k, v = x:linear_many({ wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil, b)
   else
     q, k, v = wq:forward(x), wk:forward(x), wv:forward(x)

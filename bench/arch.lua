@@ -111,6 +111,8 @@ for round = 1, reps do
     r.pp, r.tg = math.max(r.pp, pp), math.max(r.tg, tg)
     local lpp, ltg = llama_bench(paths[fam])
     if lpp then r.lpp, r.ltg = math.max(r.lpp or 0, lpp), math.max(r.ltg or 0, ltg or 0) end
+    io.stderr:write(("round %d %s: pp %.1f tg %.1f, llama.cpp pp %s tg %s (load %s)\n"):format(
+      round, fam, pp, tg, tostring(lpp), tostring(ltg), uptime()))
   end
   loads[#loads + 1] = uptime()
 end

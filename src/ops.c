@@ -13,42 +13,13 @@
 #include "matmul.h"
 #include "sample.h"
 #include "threads.h"
+#include "tensor_rows.h"
 
 /* ---- helpers ---- */
-
-/* dst: a view of src if it is f32, else an f32 copy. */
-static int as_f32(ml_tensor *dst, const ml_tensor *src) {
-  if (src->type == ML_TYPE_F32) {
-    ml_tensor_view_of(dst, src);
-    return 0;
-  }
-  return ml_tensor_to(dst, src, ML_TYPE_F32);
-}
 
 static int new_f32(ml_tensor *t, int ndim, const int64_t *shape) {
   return ml_tensor_init(t, ML_TYPE_F32, ndim, shape);
 }
-
-static int64_t rows_of(const ml_tensor *t) {
-  int64_t n = 1;
-  for (int i = 0; i < t->ndim - 1; i++) n *= t->shape[i];
-  return n;
-}
-
-static int64_t last_dim(const ml_tensor *t) { return t->ndim ? t->shape[t->ndim - 1] : 1; }
-static int64_t last_stride(const ml_tensor *t) { return t->ndim ? t->stride[t->ndim - 1] : 1; }
-
-/* Element offset of row r (logical order) of an f32-typed tensor. */
-static int64_t row_elems(const ml_tensor *t, int64_t r) {
-  int64_t e = 0;
-  for (int d = t->ndim - 2; d >= 0; d--) {
-    e += (r % t->shape[d]) * t->stride[d];
-    r /= t->shape[d];
-  }
-  return e;
-}
-
-static float *f32p(const ml_tensor *t) { return (float *)ml_tensor_data(t); }
 
 int ml_broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape) {
   int n = ML_MAX(a->ndim, b->ndim);

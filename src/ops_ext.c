@@ -11,37 +11,9 @@
 #include "common.h"
 #include "ops.h"
 #include "threads.h"
+#include "tensor_rows.h"
 
 /* ---- helpers ---- */
-
-static int as_f32(ml_tensor *dst, const ml_tensor *src) {
-  if (src->type == ML_TYPE_F32) {
-    ml_tensor_view_of(dst, src);
-    return 0;
-  }
-  return ml_tensor_to(dst, src, ML_TYPE_F32);
-}
-
-static int64_t rows_of(const ml_tensor *t) {
-  int64_t n = 1;
-  for (int i = 0; i < t->ndim - 1; i++) n *= t->shape[i];
-  return n;
-}
-
-static int64_t last_dim(const ml_tensor *t) { return t->ndim ? t->shape[t->ndim - 1] : 1; }
-static int64_t last_stride(const ml_tensor *t) { return t->ndim ? t->stride[t->ndim - 1] : 1; }
-
-/* Element offset of row r (logical order). */
-static int64_t row_elems(const ml_tensor *t, int64_t r) {
-  int64_t e = 0;
-  for (int d = t->ndim - 2; d >= 0; d--) {
-    e += (r % t->shape[d]) * t->stride[d];
-    r /= t->shape[d];
-  }
-  return e;
-}
-
-static float *f32p(const ml_tensor *t) { return (float *)ml_tensor_data(t); }
 
 static int check_dim(const ml_tensor *a, int dim, int input) {
   if (dim < 0 || dim >= a->ndim) {

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "tensor_rows.h"
 #include "threads.h"
 
 void ml_rope_freqs(float *inv_freq, int64_t n_rot, double base, double scale, const float *factors) {
@@ -60,16 +61,6 @@ void ml_rope_row(float *x, int64_t n_heads, int64_t head_stride, int64_t n_rot, 
       v[i1] = a * sn + b * cs;
     }
   }
-}
-
-/* Element offset of row r of t (logical order over every dimension but the last). */
-static int64_t row_elems(const ml_tensor *t, int64_t r) {
-  int64_t e = 0;
-  for (int d = t->ndim - 2; d >= 0; d--) {
-    e += (r % t->shape[d]) * t->stride[d];
-    r /= t->shape[d];
-  }
-  return e;
 }
 
 int ml_rope_tensor(const ml_tensor *x, const int64_t *pos, int64_t n_pos, const float *inv_freq, int64_t n_rot,

@@ -128,18 +128,33 @@ describe("moonlm.resty.toolstream", function()
     assert.are.equal("7", seen.final[1].id)
   end)
 
-  it("markup it does not follow is sent whole at the end (same calls)", function()
-    -- Mistral's name[ARGS]{...}, GLM's key/value pairs, DeepSeek's and Functionary's markup
-    local seen = agree("mistral", '[TOOL_CALLS]get_time[ARGS]{"zone": "UTC"}')
-    assert.are.equal(0, seen.during)
-    assert.are.equal(1, #seen.calls)
-    seen = agree("hermes", '<tool_call>get_time\n<arg_key>zone</arg_key>\n<arg_value>UTC</arg_value>\n</tool_call>')
-    assert.are.equal(1, #seen.calls)
+  it("a name in the format's markup, then the arguments: DeepSeek R1, Functionary, Mistral's name[ARGS]", function()
     local ds = tools.format("deepseek_r1")
-    local text = ds.render_calls { tools.make_call("f", { x = 1 }), tools.make_call("g", { y = "z" }) }
-    seen = agree("deepseek_r1", text)
+    local text = ds.render_calls { tools.make_call("f", json.decode('{"x": 1, "s": "a long enough value"}')),
+                                   tools.make_call("g", { y = "z" }) }
+    local seen = agree("deepseek_r1", text)
     assert.are.equal(2, #seen.calls)
-    seen = agree("functionary", '>>>f\n{"x": 1}>>>g\n{"y": 2}')
+    assert.is_true(seen.during >= 10, tostring(seen.during))
+    seen = agree("functionary", '>>>f\n{"x": 1, "s": "a long enough value"}>>>g\n{"y": 2}')
+    assert.are.equal(2, #seen.calls)
+    assert.is_true(seen.during >= 10, tostring(seen.during))
+    seen = agree("mistral", '[TOOL_CALLS]get_time[CALL_ID]a1b2c3d4e[ARGS]{"zone": "UTC", "fmt": "long enough"}'
+      .. '[TOOL_CALLS]now[ARGS]{}')
+    assert.are.same({ "a1b2c3d4e", "get_time" }, { seen.calls[1].id, seen.calls[1].name })
+    assert.are.equal(2, #seen.calls)
+    assert.is_true(seen.during >= 10, tostring(seen.during))
+  end)
+
+  it("markup it does not follow is sent whole at the end (same calls)", function()
+    -- GLM's key/value pairs, Functionary's and Llama's python code, text it cannot place
+    local seen = agree("hermes", '<tool_call>get_time\n<arg_key>zone</arg_key>\n<arg_value>UTC</arg_value>\n</tool_call>')
+    assert.are.same({ 1, 0 }, { #seen.calls, seen.during })
+    seen = agree("functionary", '>>>python\nprint("hello, world")\n')
+    assert.are.same({ 1, 0 }, { #seen.calls, seen.during })
+    seen = agree("llama3", '<|python_tag|>brave_search.call(query="today in Paris")')
+    assert.are.same({ 1, 0 }, { #seen.calls, seen.during })
+    -- a call after text that Functionary addresses to the user: sent at the end
+    seen = agree("functionary", '>>>f\n{"x": 1}>>>all\nLet me check.>>>g\n{"y": 2}')
     assert.are.equal(2, #seen.calls)
   end)
 

@@ -11,9 +11,10 @@
 -- reaches its tool-call region, the region's text goes through an incremental JSON scanner
 -- that knows where the format puts its calls: JSON call objects ({"name": ..., "arguments":
 -- {...}}, alone or in a list, with the format's markers between them) for hermes, llama3,
--- mistral, granite, command_r and generic. Other call markup (DeepSeek's, Functionary's,
--- GLM's key/value pairs, Mistral's name[ARGS]{...}, Llama's python calls) is sent whole at
--- the end, as are calls after anything the scanner does not follow.
+-- mistral, granite, command_r and generic), and a name in the format's markup followed by
+-- the arguments object for DeepSeek R1, Functionary and Mistral's name[ARGS]{...}. Other
+-- call markup (GLM's key/value pairs, Llama's and Functionary's python code) is sent whole
+-- at the end, as are calls after anything the scanner does not follow.
 --
 -- The streamed arguments are the model's JSON written compactly (no whitespace outside
 -- strings, strings and numbers as moonlm.json writes them), so their concatenation is the
@@ -34,12 +35,71 @@ local _M = {}
 
 -- Where each format writes its calls: the literals allowed between JSON values, the keys
 -- of a call object, the keys whose value holds calls (generic), names that are no call.
+local function trim(x) return (x:gsub("^%s+", ""):gsub("%s+$", "")) end
+
+-- the text before a call's arguments, for the formats that write the name outside JSON:
+-- head(s, pos, last literal) -> "wait" | "stop" | the position of the arguments object and
+-- the call { name, id }
+local LONG = 200 -- a name this long without its end is not one
+
+local DS_CALL, DS_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
+
+local function deepseek_head(s, pos)
+  local have = sub(s, pos, pos + #DS_CALL - 1)
+  if have ~= DS_CALL then
+    if #have < #DS_CALL and sub(DS_CALL, 1, #have) == have then return "wait" end
+    return "stop"
+  end
+  local sp = find(s, DS_SEP, pos + #DS_CALL, true)
+  if not sp then return #s - pos > LONG and "stop" or "wait" end
+  local nl = find(s, "\n", sp, true)
+  if not nl then return #s - sp > LONG and "stop" or "wait" end
+  local b = find(s, "[^ \t\r\n]", nl + 1)
+  if not b then return "wait" end
+  if sub(s, b, b + 2) == "```" then -- the fence's line, then the arguments
+    local e = find(s, "\n", b, true)
+    if not e then return "wait" end
+    b = e + 1
+  elseif #s - b < 2 and sub("```", 1, #s - b + 1) == sub(s, b) then
+    return "wait"
+  end
+  return b, { name = trim(sub(s, sp + #DS_SEP, nl - 1)) }
+end
+
+local function functionary_head(s, pos)
+  local have = sub(s, pos, pos + 2)
+  if have ~= ">>>" then
+    if #have < 3 and sub(">>>", 1, #have) == have then return "wait" end
+    return "stop"
+  end
+  local nl = find(s, "\n", pos + 3, true)
+  if not nl then return #s - pos > LONG and "stop" or "wait" end
+  local name = trim(sub(s, pos + 3, nl - 1))
+  if name == "all" then return "stop" end -- text for the user: the rest comes at the end
+  local b = find(s, "[^ \t\r\n]", nl + 1)
+  if not b then return "wait" end
+  if byte(s, b) ~= 123 then return "stop" end -- python code: whole at the end
+  return b, { name = name }
+end
+
+-- [TOOL_CALLS]name[CALL_ID]id[ARGS]{...}
+local function mistral_head(s, pos, last)
+  if last ~= "[TOOL_CALLS]" or byte(s, pos) == 91 then return "stop" end
+  local a = find(s, "[ARGS]", pos, true)
+  if not a then return #s - pos > LONG and "stop" or "wait" end
+  local name, id = sub(s, pos, a - 1), nil
+  local ci = find(name, "[CALL_ID]", 1, true)
+  if ci then name, id = sub(name, 1, ci - 1), trim(sub(name, ci + #"[CALL_ID]")) end
+  return a + #"[ARGS]", { name = trim(name), id = id }
+end
+
 -- object / list: whether a call may be a top-level object / an item of a top-level list.
 local FORMATS = {
   hermes = { lits = { "<tool_call>", "</tool_call>" }, name = "name", args = { "arguments", "parameters" }, id = "id",
              object = true, list = true },
   llama3 = { lits = { "<|python_tag|>", ";" }, name = "name", args = { "parameters", "arguments" }, object = true },
-  mistral = { lits = { "[TOOL_CALLS]" }, name = "name", args = { "arguments", "parameters" }, id = "id", list = true },
+  mistral = { lits = { "[TOOL_CALLS]" }, name = "name", args = { "arguments", "parameters" }, id = "id", list = true,
+              head = mistral_head },
   granite = { lits = { "<|tool_call|>" }, name = "name", args = { "arguments", "parameters" }, id = "id",
               object = true, list = true },
   command_r = { lits = { "<|START_ACTION|>", "<|END_ACTION|>", "Action:", "```json", "```" }, name = "tool_name",
@@ -47,6 +107,10 @@ local FORMATS = {
                 object = true, list = true },
   generic = { lits = { "```json", "```" }, name = "name", args = { "arguments", "parameters" }, id = "id",
               nested = { tool_calls = true, tool_call = true }, object = true },
+  deepseek_r1 = { lits = { "<｜tool▁calls▁begin｜>", "<｜tool_calls_begin｜>", "<｜tool calls begin｜>",
+                           "<｜tool\\_calls\\_begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>", "```" },
+                  head = deepseek_head },
+  functionary = { lits = {}, head = functionary_head },
 }
 _M.formats = FORMATS
 
@@ -95,21 +159,21 @@ function Scan:value_done()
   local st = self.stack
   local f = st[#st]
   if not f then
-    self.mode = "between"
+    self.mode, self.last = "between", nil
     return
   end
   if f.t == "o" then f.st = ",}" else f.st = ",]" end
 end
 
 -- begin a value at self.pos (its first byte c); role: what the value is to its call
-function Scan:start_value(c, role)
-  local st, s, i = self.stack, self.s, self.pos
+function Scan:start_value(c, role, named)
+  local st, i = self.stack, self.pos
   local parent = st[#st]
   if c == 123 or c == 91 then -- { [
     local f = { t = c == 123 and "o" or "a", st = c == 123 and "k1" or "v1" }
     if role == "args" then
       if c ~= 123 then return "bad" end
-      local rec = parent.cand
+      local rec = named or parent.cand
       rec.args_started = true
       self.E, self.E_depth = rec, #st + 1
       self:header(rec)
@@ -296,19 +360,37 @@ function Scan:run()
       if is_ws(c) then
         self.pos = self.pos + 1
         status = "ok"
+      elseif self.named then -- a call's name was written: its arguments object
+        local rec = self.named
+        self.named = nil
+        if c == 123 then
+          self.mode = "value"
+          status = self:start_value(c, "args", rec)
+        else
+          status = "end"
+        end
       elseif self.mode == "between" then
         status = "bad"
         for _, w in ipairs(F.lits) do
           local have = sub(s, self.pos, self.pos + #w - 1)
           if have == w then
-            self.pos = self.pos + #w
+            self.pos, self.last = self.pos + #w, w
             status = "ok"
             break
           elseif #have < #w and sub(w, 1, #have) == have then
             return -- may still be that literal
           end
         end
-        if status == "bad" and (c == 123 or c == 91) then
+        if status == "bad" and F.head then
+          local at, rec = F.head(s, self.pos, self.last)
+          if at == "wait" then return end
+          if at ~= "stop" then
+            self.pos, self.named, self.last = at, rec, nil
+            rec.buf, rec.sent = {}, 0
+            status = "ok"
+          end
+        end
+        if status == "bad" and (c == 123 or c == 91) and (F.object or F.list) then
           self.mode = "value"
           status = self:start_value(c, nil)
         end

@@ -4,7 +4,7 @@
 #   make test       install what is missing, build both ABIs, run every spec (SAN=1: sanitizers)
 #   make bench      benchmarks (ours next to the machine's limits and, when given, llama.cpp)
 #   make install    PREFIX=/usr/local LUA_VERSION=5.4|5.1
-#   make fuzz       libFuzzer harnesses (clang); make fuzz-template runs the template fuzzer
+#   make fuzz       libFuzzer harnesses (clang); make fuzz-template / fuzz-gguf / fuzz-loader run one
 #   make selftest   the C self-tests of tools/ (run by spec/selftest_spec.lua)
 
 CC      ?= gcc
@@ -256,10 +256,27 @@ $(BUILD)/fuzz/grammar: fuzz/grammar.c $(GRAMMAR_C) $(HDRS)
 # the template renderer is Lua: fuzz/template.lua generates and mutates templates (both
 # interpreters, FUZZ_SECONDS each; failing sources go to /tmp/moonlm-template-fuzz)
 FUZZ_SECONDS ?= 60
+# a GGUF campaign of FUZZ_SECONDS: new inputs go to a scratch corpus (FUZZ_CORPUS), never
+# to the seeds; a crash is written to the current directory as crash-<sha1>
+FUZZ_CORPUS ?= /tmp/moonlm-fuzz-gguf
+.PHONY: fuzz-gguf
+fuzz-gguf: $(BUILD)/fuzz/gguf
+	@mkdir -p $(FUZZ_CORPUS)
+	$(BUILD)/fuzz/gguf -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=16384 -max_total_time=$(FUZZ_SECONDS) \
+	  -print_final_stats=1 $(FUZZ_CORPUS) fuzz/seeds/gguf $(wildcard $(SHARED)/tokenizer)
 .PHONY: fuzz-template
 fuzz-template:
 	@MOONLM_SHARED="$(SHARED)" lua5.4 fuzz/template.lua $(FUZZ_SECONDS)
 	@MOONLM_SHARED="$(SHARED)" luajit fuzz/template.lua $(FUZZ_SECONDS)
+
+# hostile model files through lm.load and a few tokens of generation (fuzz/loader.lua),
+# FUZZ_SECONDS under Lua 5.4; SAN=1 runs it on the sanitizer build
+SAN_PRELOAD = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+              ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+.PHONY: fuzz-loader
+fuzz-loader: $(MOD54)
+	@MOONLM_SHARED="$(SHARED)" LUA_CPATH="$(BUILD)/5.4/?.so;;" $(if $(filter 1,$(SAN)),$(SAN_PRELOAD)) \
+	  lua5.4 fuzz/loader.lua $(FUZZ_SECONDS)
 
 clean:
 	rm -rf build build-san

@@ -56,6 +56,18 @@ describe("fuzzing #once", function()
     assert.is_true(tonumber(cases) > 100, log:sub(-2000))
   end)
 
+  it("model loader: 15 seconds of mutated model files through lm.load and generation, nothing raises", function()
+    local out = S.tmpname("-loader")
+    local code, log = sh(("MOONLM_SHARED=%s LUA_CPATH='%s/5.4/?.so;;' lua5.4 fuzz/loader.lua 15 1 %s"):format(S.shared,
+      build, out))
+    os.execute("rm -rf " .. out)
+    assert.are.equal(0, code, log:sub(-3000))
+    local cases, failures = log:match("(%d+) cases, (%d+) failures %(%d+ loaded")
+    assert.truthy(cases, log:sub(-2000))
+    assert.are.equal("0", failures)
+    assert.is_true(tonumber(cases) > 0, log:sub(-2000))
+  end)
+
   it("tokenizers: 15 seconds, no crash, leak or timeout", function()
     local code, log = fuzz("tokenizer", 15, "fuzz/seeds/tokenizer")
     assert.are.equal(0, code, log:sub(-3000))

@@ -200,10 +200,10 @@ describe("sampler", function()
   end)
 
   local bad = {
-    { { top_p = 0 }, "bad argument #1 to 'sampler' (top_p must be in (0, 1])" },
+    { { top_p = 0 }, "bad argument #1 to 'sampler' (option 'top_p' must be a number in (0, 1], got 0)" },
     { { temperature = "hot" }, "bad argument #1 to 'sampler' (option 'temperature' must be a number, got string)" },
-    { { mirostat = 1 }, "bad argument #1 to 'sampler' (mirostat must be 0 or 2 (v1 is not supported))" },
-    { { logit_bias = 3 }, "bad argument #1 to 'sampler' (option 'logit_bias' must be a table, got number)" },
+    { { mirostat = 1 }, "bad argument #1 to 'sampler' (option 'mirostat' must be 0 or 2 (v1 is not supported), got 1)" },
+    { { logit_bias = 3 }, "bad argument #1 to 'sampler' (option 'logit_bias' must be a table { [token id] = bias }, got number)" },
   }
   for _, c in ipairs(bad) do
     it("rejects " .. c[2], function()

@@ -20,6 +20,10 @@ describe("luarocks make #once", function()
       local tree = S.tmpname("-rocks")
       local rc, out = sh(("luarocks --lua-version=%s --tree %s make rockspec/moonlm-scm-1.rockspec %s"):format(c[1], tree, c[3]))
       assert.are.equal(0, rc, out)
+      -- every variable luarocks offers reaches make (its CFLAGS: no "variable CFLAGS was not
+      -- passed in build_variables" warning), and nothing cancels the --no-undefined check
+      assert.falsy(out:find("was not passed", 1, true), out)
+      assert.falsy(out:find("unresolved-symbols", 1, true), out)
       local script = [[
         local lm = require "moonlm"
         local src = package.searchpath and package.searchpath("moonlm.core", package.cpath) or "?"

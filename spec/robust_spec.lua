@@ -129,6 +129,22 @@ describe("options (#11 API hygiene)", function()
     refuses("option 'pooling' must be \"mean\", \"cls\", \"last\", \"none\" or \"rank\", got \"avg\"", model.embed, model, "x", { pooling = "avg" })
     refuses("option 'on_token' must be a function, got boolean", model.generate, model, "Hi", { on_token = true })
     refuses("option 'stop_tokens' must be a table of token ids", model.generate, model, "Hi", { stop_tokens = { "x" } })
+    -- the sampler's ranges, checked with the other options (not later, by an inner function)
+    refuses("bad argument #2 to 'generate' %(option 'top_p' must be a number in %(0, 1%], got %-1%)",
+      model.generate, model, "Hi", { top_p = -1 })
+    refuses("option 'min_p' must be a number in %[0, 1%], got 2", model.generate, model, "Hi", { min_p = 2 })
+    refuses("option 'typical_p' must be a number in %(0, 1%], got 0", model.generate, model, "Hi", { typical_p = 0 })
+    refuses("option 'repeat_penalty' must be a number > 0, got 0", model.generate, model, "Hi", { repeat_penalty = 0 })
+    refuses("option 'mirostat' must be 0 or 2 %(v1 is not supported%), got 1", model.generate, model, "Hi", { mirostat = 1 })
+    refuses("bad argument #1 to 'sampler' %(option 'top_p' must be a number in %(0, 1%], got 0%)", lm.sampler, { top_p = 0 })
+    -- a seed must fit the generator (2^70 has no 64-bit integer form)
+    refuses("bad argument #2 to 'generate' %(option 'seed' must be a number from %-2%^63 to 2%^63, got 1%.18", model.generate,
+      model, "Hi", { seed = 2 ^ 70 })
+    -- logit_bias: ids whole numbers, biases numbers but not NaN
+    refuses("option 'logit_bias' must be a table { %[token id%] = bias } with biases numbers %(not NaN%)",
+      model.generate, model, "Hi", { logit_bias = { [5] = 0 / 0 } })
+    refuses("option 'logit_bias' must be a table { %[token id%] = bias } with ids whole numbers >= 0",
+      lm.sampler, { logit_bias = { ["5"] = 1 } })
   end)
 
   it("refuses options that cannot work here, saying why", function()
@@ -271,8 +287,9 @@ end)
 describe("load-time model checks (#11.4)", function()
   local T = lm.tensor
   -- a tiny llama: every tensor a family declares, random weights
-  local function tiny(over)
-    local E, V, FF, L = 32, 40, 64, 1
+  local function tiny(over, V)
+    local E, FF, L = 32, 64, 1
+    V = V or 40
     local t = {
       ["token_embd.weight"] = T.randn({ V, E }, { seed = 1 }),
       ["output_norm.weight"] = T.ones(E),
@@ -345,6 +362,26 @@ describe("load-time model checks (#11.4)", function()
     assert.matches("tensor 'a.weight': 272 bytes of q8_0 at offset 0 run into tensor 'b.weight' at offset 160", err, 1, true)
   end)
 
+  it("a file rewritten in place is loaded again, not shared with the load of its old bytes", function()
+    local path = support.tmpname(".gguf")
+    local function put(src) -- in place, as cp or a download tool writes (lm.save renames)
+      local f = assert(io.open(path, "wb"))
+      f:write(support.read_file(src))
+      f:close()
+    end
+    put(tiny(nil, 40))
+    local a = assert(lm.load(path))
+    assert.equal(40, a.n_vocab)
+    local again = assert(lm.load(path)) -- unchanged: the same load, shared
+    assert.equal(a.handle, again.handle)
+    put(tiny(nil, 48))
+    local b = assert(lm.load(path))
+    assert.equal(48, b.n_vocab)
+    assert.are_not.equal(a.handle, b.handle)
+    assert.is_string((b:generate("a", { max_tokens = 2, temperature = 0 })))
+    b:close()
+  end)
+
   for _, c in ipairs(BAD) do
     it("refuses " .. c[1] .. " at load, as nil, err", function()
       local m, err = lm.load(tiny(c[2]))
@@ -414,11 +451,61 @@ describe("C strings, sampling, token ids (#11.5-7)", function()
       function() return model:detokenize({ 1, big }) end,
       function() return model:decoder():push(big) end,
       function() local c = model:context { n_ctx = 16 }; return c:decode({ big }) end,
+      function() return model:generate({ 1, big }, { max_tokens = 2 }) end,
+      function() return model:generate("Once", { max_tokens = 2, stop_tokens = { big } }) end,
+      function() return model:generate("Once", { max_tokens = 2, logit_bias = { [big] = 1 } }) end,
+      function() return lm.sampler({ logit_bias = { [big] = 1 } }):sample(lm.tensor.randn({ 512 }), {}) end,
     } do
       local ok, err = pcall(f)
       assert.is_false(ok)
       assert.matches("token id 4294967301 out of range %(the vocabulary has 512: 0 to 511%)", err)
     end
+    -- each error blames the argument or option that holds the id (not an internal function)
+    for _, c in ipairs {
+      { function() return model:generate({ 1, big }) end, "bad argument #1 to 'generate' %(item 2: token id 4294967301 " },
+      { function() return model:stream({ 1, 2.5 }) end, "bad argument #1 to 'stream' %(item 2: 2.5 is not an integer token id%)" },
+      { function() return model:generate("Once", { stop_tokens = { 3, 512 } }) end,
+        "bad argument #2 to 'generate' %(option 'stop_tokens': token id 512 out of range" },
+      { function() return model:generate("Once", { logit_bias = { [600] = 1 } }) end,
+        "bad argument #2 to 'generate' %(option 'logit_bias': token id 600 out of range" },
+      { function() return lm.sampler({ logit_bias = { [600] = 1 } }):sample(lm.tensor.randn({ 512 }), {}) end,
+        "^option 'logit_bias': token id 600 out of range %(the vocabulary has 512: 0 to 511%)$" },
+      { function() local c = model:context { n_ctx = 16 }; return c:decode_batch { { { 1 }, seq = 0 }, { { big }, seq = 0 } } end,
+        "bad argument #2 to 'decode_batch' %(entry 2: token id 4294967301 out of range" },
+    } do
+      local ok, err = pcall(c[1])
+      assert.is_false(ok)
+      assert.matches(c[2], err)
+    end
+  end)
+
+  it("reports sequence ids as given", function()
+    local big = 2 ^ 32 + 5
+    local SEQ = "sequence 4294967301 out of range %(the context has 2: 0 to 1%)"
+    local ctx = model:context { n_ctx = 16, seqs = 2 }
+    for _, c in ipairs {
+      { function() return ctx:decode({ 1 }, { seq = big }) end, "#3 to 'decode'" },
+      { function() return ctx:decode_batch { { { 1 }, seq = big } } end, "#2 to 'decode_batch'" },
+      { function() return ctx:copy(0, big) end, "#3 to 'copy'" },
+      { function() return ctx:copy(big, 0) end, "#2 to 'copy'" },
+      { function() return ctx:truncate(big, 0) end, "#2 to 'truncate'" },
+      { function() return ctx:clear(big) end, "#2 to 'clear'" },
+      { function() return ctx:pos(big) end, "#2 to 'pos'" },
+      { function() return ctx:shift(big, 0, 1) end, "#2 to 'shift'" },
+      { function() return ctx:state_save(big) end, "#2 to 'state_save'" },
+      { function() return ctx:state_load(big, "") end, "#2 to 'state_load'" },
+    } do
+      local ok, err = pcall(c[1])
+      assert.is_false(ok)
+      assert.matches("bad argument " .. c[2] .. " %(" .. SEQ .. "%)", err)
+    end
+    local ok, err = pcall(model.context, model, { n_ctx = 16, seqs = 2 ^ 32 + 1 })
+    assert.is_false(ok)
+    assert.matches("bad argument #2 to 'context' %(seqs = 4294967297: at most 64 sequences%)", err)
+    -- and sequence 1 (in range) still works
+    assert.is_truthy(ctx:decode({ 1, 2 }, { seq = 1 }))
+    assert.equal(2, ctx:pos(1))
+    ctx:close()
   end)
 end)
 

@@ -33,7 +33,6 @@ static void slice(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
 static void fail(ml_fwd *f) { __atomic_store_n(&f->failed, 1, __ATOMIC_RELAXED); }
 
 static void barrier(ml_thr *t) {
-  (void)t;
 #pragma omp barrier
   t->dirty = 0;
 }

@@ -768,7 +768,7 @@ static const char *compile_nodes(comp *c, const mset *nodes, const char *hint) {
   return r;
 }
 
-static const char *any_value(comp *c) { (void)c; return "json-value"; }
+static const char *any_value(comp *c) { return "json-value"; }
 
 static void put_ws(comp *c, sbuf *o) {
   if (c->ws[0]) sb_printf(o, " %s ", c->ws);

@@ -1,10 +1,12 @@
 /* lua_model.c: models, vocabularies, streaming decoders and contexts as userdata. The
  * public Lua objects (lua/moonlm/init.lua) wrap these; here each function checks its
  * arguments, calls the core, and turns expected failures into nil, message. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "kvcache.h"
 #include "lua_gguf.h"
 #include "lua_internal.h"
 #include "lua_tensor.h"
@@ -354,39 +356,60 @@ static int m_tokenize(lua_State *L) {
   return 1;
 }
 
-/* ids from a table (or i32 tensor) at i, bounds-checked against the vocabulary */
-static int32_t *read_token_ids(lua_State *L, int i, int64_t n_vocab, int64_t *n) {
+/* An error about the ids read by read_token_ids, raised against argument `arg`; `entry` > 0
+ * when they are that entry of a batch (the ids sit at a stack slot, not an argument). */
+static int ids_error(lua_State *L, int arg, int entry, const char *msg) {
+  if (entry > 0) msg = lua_pushfstring(L, "entry %d: %s", entry, msg);
+  return luaL_argerror(L, arg, msg);
+}
+
+/* ids from a table (or i32 tensor, or one number) at stack slot i, bounds-checked against the
+ * vocabulary; errors blame argument `arg` (and batch entry `entry`, when > 0) */
+static int32_t *read_token_ids(lua_State *L, int i, int arg, int entry, int64_t n_vocab, int64_t *n) {
   ml_tensor *t = ml_lua_test_tensor(L, i);
   if (!t && lua_type(L, i) == LUA_TNUMBER) {
     int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t), 0);
-    lua_Integer v = luaL_checkinteger(L, i);
-    if (v < 0 || v >= n_vocab)
-      luaL_argerror(L, i, ml_push_id_range(L, v, n_vocab));
+    int ok;
+    lua_Integer v = lua_tointegerx(L, i, &ok);
+    if (!ok) ids_error(L, arg, entry, "the token id is not an integer");
+    if (v < 0 || v >= n_vocab) ids_error(L, arg, entry, ml_push_id_range(L, v, n_vocab));
     ids[0] = (int32_t)v;
     *n = 1;
     return ids;
   }
-  if (!t) luaL_checktype(L, i, LUA_TTABLE);
+  if (!t && !lua_istable(L, i))
+    ids_error(L, arg, entry, lua_pushfstring(L, "table of token ids expected, got %s", luaL_typename(L, i)));
   *n = t ? ml_tensor_numel(t) : (int64_t)lua_rawlen(L, i);
   int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(*n ? *n : 1), 0);
   for (int64_t k = 0; k < *n; k++) {
     lua_Integer v;
     if (t) {
       double d = ml_tensor_get_flat(t, k);
-      v = (lua_Integer)d;
-      if ((double)v != d) luaL_argerror(L, i, lua_pushfstring(L, "item %d is not an integer", (int)k + 1));
+      v = d >= -9.2e18 && d <= 9.2e18 ? (lua_Integer)d : -1; /* the cast of a larger double is undefined */
+      if ((double)v != d) ids_error(L, arg, entry, lua_pushfstring(L, "item %d is not an integer", (int)k + 1));
     } else {
       lua_rawgeti(L, i, (lua_Integer)k + 1);
       int ok;
       v = lua_tointegerx(L, -1, &ok);
-      if (!ok) luaL_argerror(L, i, lua_pushfstring(L, "item %d is not an integer token id", (int)k + 1));
+      if (!ok) ids_error(L, arg, entry, lua_pushfstring(L, "item %d is not an integer token id", (int)k + 1));
       lua_pop(L, 1);
     }
-    if (v < 0 || v >= n_vocab)
-      luaL_argerror(L, i, ml_push_id_range(L, v, n_vocab));
+    if (v < 0 || v >= n_vocab) ids_error(L, arg, entry, ml_push_id_range(L, v, n_vocab));
     ids[k] = (int32_t)v;
   }
   return ids;
+}
+
+/* A sequence id at argument `arg`, checked as given before it becomes an int (2^32 + 5 is out
+ * of range, not sequence 5) */
+static int check_seq(lua_State *L, lcontext *u, int arg, lua_Integer v) {
+  int ns = ml_context_n_seq(u->c);
+  if (v < 0 || v >= ns) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "sequence %lld out of range (the context has %d: 0 to %d)", (long long)v, ns, ns - 1);
+    luaL_argerror(L, arg, buf);
+  }
+  return (int)v;
 }
 
 static int flags_from(lua_State *L, int i) {
@@ -404,7 +427,7 @@ static int m_detokenize(lua_State *L) {
   lmodel *u = check_model(L, 1);
   const ml_vocab *v = check_vocab(L, u);
   int64_t n;
-  int32_t *ids = read_token_ids(L, 2, ml_vocab_get_info(v)->n_tokens, &n);
+  int32_t *ids = read_token_ids(L, 2, 2, 0, ml_vocab_get_info(v)->n_tokens, &n);
   int flags = flags_from(L, 3);
   char stackbuf[1024], *buf = stackbuf;
   int64_t r = ml_vocab_detokenize(v, ids, n, flags, buf, sizeof stackbuf);
@@ -422,7 +445,7 @@ static int m_piece(lua_State *L) {
   lmodel *u = check_model(L, 1);
   const ml_vocab *v = check_vocab(L, u);
   int64_t n;
-  int32_t *ids = read_token_ids(L, 2, ml_vocab_get_info(v)->n_tokens, &n);
+  int32_t *ids = read_token_ids(L, 2, 2, 0, ml_vocab_get_info(v)->n_tokens, &n);
   char buf[512];
   int64_t r = ml_vocab_piece(v, ids[0], lua_toboolean(L, 3) ? ML_DETOK_SPECIAL : 0, buf, sizeof buf);
   if (r < 0 && r != ML_TOK_ERROR) {
@@ -442,7 +465,7 @@ static int m_token(lua_State *L) {
   lmodel *u = check_model(L, 1);
   const ml_vocab *v = check_vocab(L, u);
   int64_t n;
-  int32_t *ids = read_token_ids(L, 2, ml_vocab_get_info(v)->n_tokens, &n);
+  int32_t *ids = read_token_ids(L, 2, 2, 0, ml_vocab_get_info(v)->n_tokens, &n);
   size_t len;
   const char *s = ml_vocab_token_text(v, ids[0], &len);
   static const char *types[] = {"undefined", "normal", "unknown", "control", "user_defined", "unused", "byte"};
@@ -545,7 +568,13 @@ static int m_context(lua_State *L) {
   memset(&o, 0, sizeof o);
   o.n_ctx = opt_int(L, 2, "n_ctx", 0);
   o.n_batch = opt_int(L, 2, "n_batch", 0);
-  o.n_seq = (int)opt_int(L, 2, "seqs", 1);
+  lua_Integer seqs = opt_int(L, 2, "seqs", 1);
+  if (seqs > ML_MAX_SEQ) { /* as given: 2^32 + 1 would be 1 as an int */
+    char buf[96];
+    snprintf(buf, sizeof buf, "seqs = %lld: at most %d sequences", (long long)seqs, ML_MAX_SEQ);
+    return luaL_argerror(L, 2, buf);
+  }
+  o.n_seq = (int)seqs;
   o.embeddings = opt_bool(L, 2, "embeddings", 0);
   const char *kv = opt_str(L, 2, "kv_type", "f16");
   o.kv_type = ml_type_from_name(kv);
@@ -612,9 +641,9 @@ static int c_decode(lua_State *L) {
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
   int64_t n;
-  int32_t *ids = read_token_ids(L, 2, m->hp.n_vocab, &n); /* 4 */
+  int32_t *ids = read_token_ids(L, 2, 2, 0, m->hp.n_vocab, &n); /* 4 */
   if (n == 0) return luaL_argerror(L, 2, "nothing to decode (no tokens)");
-  int seq = (int)opt_int(L, 3, "seq", 0);
+  int seq = check_seq(L, u, 3, opt_int(L, 3, "seq", 0));
   const char *mode = opt_str(L, 3, "logits", "last");
   int all = strcmp(mode, "all") == 0, none = strcmp(mode, "none") == 0;
   if (!all && !none && strcmp(mode, "last") != 0)
@@ -652,7 +681,7 @@ static int c_decode_batch(lua_State *L) {
     int ent = lua_gettop(L);
     lua_rawgeti(L, ent, 1);
     int64_t n;
-    read_token_ids(L, lua_gettop(L), m->hp.n_vocab, &n);
+    read_token_ids(L, lua_gettop(L), 2, e, m->hp.n_vocab, &n);
     if (n == 0) return luaL_argerror(L, 2, lua_pushfstring(L, "entry %d has no tokens", e));
     lua_rawseti(L, 3, e); /* the id userdata */
     lua_pop(L, 1);        /* the ids table */
@@ -670,7 +699,7 @@ static int c_decode_batch(lua_State *L) {
   int64_t at = 0;
   for (int e = 1; e <= ne; e++) {
     lua_rawgeti(L, 2, e);
-    int seq = (int)opt_int(L, lua_gettop(L), "seq", 0);
+    int seq = check_seq(L, u, 2, opt_int(L, lua_gettop(L), "seq", 0));
     lua_pop(L, 1);
     lua_rawgeti(L, 3, e);
     const int32_t *src = lua_touserdata(L, -1);
@@ -725,7 +754,7 @@ static int c_hidden(lua_State *L) {
     if (batch) lua_rawgeti(L, 2, e);
     else lua_pushvalue(L, 2);
     int64_t n;
-    read_token_ids(L, lua_gettop(L), m->hp.n_vocab, &n);
+    read_token_ids(L, lua_gettop(L), 2, batch ? e : 0, m->hp.n_vocab, &n);
     if (n == 0) return luaL_argerror(L, 2, "nothing to decode (no tokens)");
     lua_rawseti(L, 5, e);
     lua_pop(L, 1);
@@ -735,7 +764,7 @@ static int c_hidden(lua_State *L) {
   int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)total, 0);
   int32_t *seqs = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)total, 0);
   uint8_t *want = lua_newuserdatauv(L, (size_t)total, 0);
-  int seq0 = batch ? 0 : (int)luaL_optinteger(L, 3, 0);
+  int seq0 = batch ? 0 : check_seq(L, u, 3, luaL_optinteger(L, 3, 0));
   for (int e = 0, at = 0; e < ne; e++) {
     lua_rawgeti(L, 5, e + 1);
     const int32_t *src = lua_touserdata(L, -1);
@@ -761,11 +790,11 @@ static int c_hidden(lua_State *L) {
   return 1;
 }
 
-static int seq_arg(lua_State *L, int i) { return (int)luaL_optinteger(L, i, 0); }
+static int seq_arg(lua_State *L, lcontext *u, int i) { return check_seq(L, u, i, luaL_optinteger(L, i, 0)); }
 
 static int c_pos(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  int64_t p = ml_context_pos(u->c, seq_arg(L, 2));
+  int64_t p = ml_context_pos(u->c, seq_arg(L, u, 2));
   if (p < 0) return ml_lua_error(L);
   lua_pushinteger(L, (lua_Integer)p);
   return 1;
@@ -773,14 +802,14 @@ static int c_pos(lua_State *L) {
 
 static int c_clear(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  int seq = lua_isnoneornil(L, 2) ? -1 : (int)luaL_checkinteger(L, 2);
+  int seq = lua_isnoneornil(L, 2) ? -1 : check_seq(L, u, 2, luaL_checkinteger(L, 2));
   if (ml_context_clear(u->c, seq) < 0) return ml_lua_error(L);
   return 0;
 }
 
 static int c_truncate(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  int seq = (int)luaL_checkinteger(L, 2);
+  int seq = check_seq(L, u, 2, luaL_checkinteger(L, 2));
   lua_Integer n = luaL_checkinteger(L, 3);
   int64_t kept = ml_context_truncate(u->c, seq, n);
   if (kept < 0) return ml_lua_error(L);
@@ -791,7 +820,7 @@ static int c_truncate(lua_State *L) {
 /* ctx:shift(seq, n_keep, n_discard): see ml_context_shift */
 static int c_shift(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  int seq = (int)luaL_checkinteger(L, 2);
+  int seq = check_seq(L, u, 2, luaL_checkinteger(L, 2));
   lua_Integer keep = luaL_checkinteger(L, 3), discard = luaL_checkinteger(L, 4);
   if (ml_context_shift(u->c, seq, keep, discard) < 0) {
     if (ml_errclass_get() == ML_ERR_MISUSE) return ml_lua_error(L);
@@ -803,7 +832,7 @@ static int c_shift(lua_State *L) {
 
 static int c_copy(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  if (ml_context_copy(u->c, (int)luaL_checkinteger(L, 2), (int)luaL_checkinteger(L, 3)) < 0) return ml_lua_error(L);
+  if (ml_context_copy(u->c, check_seq(L, u, 2, luaL_checkinteger(L, 2)), check_seq(L, u, 3, luaL_checkinteger(L, 3))) < 0) return ml_lua_error(L);
   return 0;
 }
 
@@ -824,7 +853,7 @@ static int c_info(lua_State *L) {
 /* state_save(seq) -> bytes; state_load(seq, bytes) -> true | nil, err */
 static int c_state_save(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  int seq = seq_arg(L, 2);
+  int seq = seq_arg(L, u, 2);
   size_t n = ml_context_state_size(u->c, seq);
   if (!n) return ml_lua_error(L);
   void *buf = lua_newuserdatauv(L, n, 0);
@@ -835,7 +864,7 @@ static int c_state_save(lua_State *L) {
 
 static int c_state_load(lua_State *L) {
   lcontext *u = check_context(L, 1);
-  int seq = seq_arg(L, 2);
+  int seq = seq_arg(L, u, 2);
   size_t len;
   const char *s = luaL_checklstring(L, 3, &len);
   if (ml_context_state_load(u->c, seq, s, len) < 0) return ml_lua_fail(L, 0);

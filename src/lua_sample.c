@@ -144,10 +144,15 @@ static int l_candidates(lua_State *L) {
   if (nb) {
     int64_t b = 0;
     for (lua_pushnil(L); lua_next(L, 3); lua_pop(L, 1), b++) {
+      /* the sampler's option, named as its user wrote it (this function is internal) */
       int ok;
       lua_Integer id = lua_tointegerx(L, -2, &ok);
-      if (!ok || id < 0 || id >= n) return luaL_argerror(L, 2, "bias keys must be token ids in range");
-      if (lua_type(L, -1) != LUA_TNUMBER) return luaL_argerror(L, 2, "bias values must be numbers");
+      if (!ok) lua_pushfstring(L, "a key that is not a token id (%s)", luaL_typename(L, -2));
+      else if (id < 0 || id >= n) ml_push_id_range(L, id, n);
+      else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) != lua_tonumber(L, -1))
+        lua_pushfstring(L, "the bias of token %d is not a number (or NaN)", (int)id);
+      else ok = 2;
+      if (ok != 2) return lua_pushfstring(L, "option 'logit_bias': %s", lua_tostring(L, -1)), lua_error(L);
       bias_id[b] = (int32_t)id;
       bias[b] = (float)lua_tonumber(L, -1);
     }

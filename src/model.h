@@ -126,7 +126,9 @@ typedef struct ml_model {
   double prepare_seconds;
   int64_t handle;       /* registry handle (0: not registered) */
   struct ml_gvocab *gvocab; /* the vocabulary's index for grammars, made on first use */
-  uint64_t dev, ino;    /* file identity, for sharing one load */
+  uint64_t dev, ino;    /* file identity, for sharing one load ... */
+  uint64_t size;        /* ... while the file is unchanged: a file rewritten in place (cp, */
+  int64_t mtime_ns;     /* an editor) is a new load, not the old mapping of other bytes */
 } ml_model;
 
 /* Options of ml_model_load. */

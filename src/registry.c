@@ -58,6 +58,10 @@ void ml_registry_forget(const void *obj) {
   pthread_mutex_unlock(&mu);
 }
 
+static int64_t mtime_ns(const struct stat *st) {
+  return (int64_t)st->st_mtim.tv_sec * 1000000000 + (int64_t)st->st_mtim.tv_nsec;
+}
+
 ml_model *ml_registry_load(const char *path, const ml_model_opts *opts) {
   struct stat st;
   int vocab_only = opts && opts->vocab_only;
@@ -67,7 +71,8 @@ ml_model *ml_registry_load(const char *path, const ml_model_opts *opts) {
     for (size_t i = 0; i < n_entries; i++) {
       ml_model *m = entries[i].obj;
       if (entries[i].kind == 1 && m->dev == (uint64_t)st.st_dev && m->ino == (uint64_t)st.st_ino &&
-          m->vocab_only == vocab_only && ml_retain_live(&m->refcount)) {
+          m->size == (uint64_t)st.st_size && m->mtime_ns == mtime_ns(&st) && m->vocab_only == vocab_only &&
+          ml_retain_live(&m->refcount)) {
         pthread_mutex_unlock(&mu);
         return m;
       }
@@ -81,6 +86,8 @@ ml_model *ml_registry_load(const char *path, const ml_model_opts *opts) {
   if (have_id) {
     m->dev = (uint64_t)st.st_dev;
     m->ino = (uint64_t)st.st_ino;
+    m->size = (uint64_t)st.st_size;
+    m->mtime_ns = mtime_ns(&st);
   }
   pthread_mutex_lock(&mu);
   int64_t h = add(1, m);

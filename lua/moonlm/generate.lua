@@ -68,6 +68,7 @@ local options = require "moonlm.options"
 local clock = core.clock
 local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
 local find, sub = string.find, string.sub
+local floor = math.floor
 
 local _M = {}
 
@@ -113,8 +114,36 @@ end
 
 -- start(model, prompt, opts [, fname]) -> the generation's state; fname: the public name
 -- in errors ("generate" or "stream"; chat turns check their options before)
+-- token ids against the model's vocabulary, as given (2^32 + 5 is not token 5): the prompt
+-- (argument #1) and the options that hold ids (#2); raised at start's caller's caller
+local function check_vocab(model, prompt, opts, fname)
+  local n = model.n_vocab
+  if type(n) ~= "number" then return end
+  local function bad(argn, what, id)
+    local msg = type(id) == "number" and id == floor(id)
+      and ("token id %.0f out of range (the vocabulary has %d: 0 to %d)"):format(id, n, n - 1)
+      or ("%s is not an integer token id"):format(tostring(id))
+    error(("bad argument #%d to '%s' (%s%s)"):format(argn, fname, what, msg), 5)
+  end
+  local function ok(id) return type(id) == "number" and id >= 0 and id < n and id == floor(id) end
+  if type(prompt) == "table" then
+    for i, id in ipairs(prompt) do
+      if not ok(id) then bad(1, ("item %d: "):format(i), id) end
+    end
+  end
+  for _, name in ipairs { "stop_tokens", "preserved_tokens" } do
+    for _, id in ipairs(opts[name] or {}) do
+      if not ok(id) then bad(2, ("option '%s': "):format(name), id) end
+    end
+  end
+  for id in pairs(opts.logit_bias or {}) do
+    if not ok(id) then bad(2, "option 'logit_bias': ", id) end
+  end
+end
+
 function _M.start(model, prompt, opts, fname)
   opts = options.check(fname or "generate", opts, 2, 3) or {}
+  check_vocab(model, prompt, opts, fname or "generate")
   local self = setmetatable({ model = model, opts = opts }, Gen)
   -- where to run
   local ctx = opts.context

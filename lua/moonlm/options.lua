@@ -33,6 +33,25 @@ local KINDS = {
   ["boolean|count"] = function(v)
     return type(v) == "boolean" or (is_int(v) and v >= 0) or "true, false or a whole number >= 0"
   end,
+  -- probabilities and factors of the sampler (sampler.build checks them again, for callers
+  -- that bypass this table)
+  ["(0, 1]"] = function(v) return (type(v) == "number" and v > 0 and v <= 1) or "a number in (0, 1]" end,
+  ["[0, 1]"] = function(v) return (type(v) == "number" and v >= 0 and v <= 1) or "a number in [0, 1]" end,
+  ["> 0"] = function(v) return (type(v) == "number" and v > 0 and v < huge) or "a number > 0" end,
+  -- a generator seed: any number whose floor is a 64-bit integer
+  seed = function(v)
+    return (type(v) == "number" and v >= -2 ^ 63 and v < 2 ^ 63) or "a number from -2^63 to 2^63"
+  end,
+  -- { [token id] = bias }: ids whole numbers >= 0 (the vocabulary's size is checked where it
+  -- is known), biases numbers (-math.huge bans a token), not NaN
+  bias = function(v)
+    if type(v) ~= "table" then return "a table { [token id] = bias }" end
+    for id, b in pairs(v) do
+      if not (is_int(id) and id >= 0) then return "a table { [token id] = bias } with ids whole numbers >= 0" end
+      if type(b) ~= "number" or b ~= b then return "a table { [token id] = bias } with biases numbers (not NaN)" end
+    end
+    return true
+  end,
   -- a list of token ids
   ids = function(v)
     if type(v) ~= "table" then return "a table of token ids" end
@@ -59,6 +78,7 @@ local function one_of(...)
 end
 _M.one_of = one_of
 
+
 -- Options no function honours, with the reason.
 _M.REFUSED = {
   n_gpu_layers = "moonlm runs on the CPU",
@@ -69,10 +89,11 @@ _M.REFUSED = {
 }
 
 local SAMPLER = {
-  temperature = "number", top_k = "count", top_p = "number", min_p = "number", typical_p = "number",
-  repeat_penalty = "number", frequency_penalty = "number", presence_penalty = "number",
-  penalty_last_n = "integer", mirostat = "count", mirostat_tau = "number", mirostat_eta = "number",
-  seed = "number", greedy = "boolean", logit_bias = "table", steps = "table",
+  temperature = "number", top_k = "count", top_p = "(0, 1]", min_p = "[0, 1]", typical_p = "(0, 1]",
+  repeat_penalty = "> 0", frequency_penalty = "number", presence_penalty = "number",
+  penalty_last_n = "integer", mirostat_tau = "number", mirostat_eta = "number",
+  mirostat = function(v) return v == 0 or v == 2 or "0 or 2 (v1 is not supported)" end,
+  seed = "seed", greedy = "boolean", logit_bias = "bias", steps = "table",
   grammar = "grammar", json_schema = "string|table", model = "object",
 }
 
@@ -227,13 +248,15 @@ end
 
 -- what was given: the value when it is of the right Lua type but out of range (a count of
 -- -1, a kv_type of "f8"), else its type ("got string")
-local NUMERIC = { number = true, integer = true, count = true, positive = true, ["boolean|count"] = true }
+local NUMERIC = { number = true, integer = true, count = true, positive = true, ["boolean|count"] = true,
+  ["(0, 1]"] = true, ["[0, 1]"] = true, ["> 0"] = true, seed = true }
 local function describe(v, kind)
   if type(v) == "number" and NUMERIC[kind] then
     if v ~= v then return "nan" end
     return tostring(v)
   end
   if type(v) == "string" and type(kind) == "function" and #v <= 40 then return ("%q"):format(v) end
+  if type(v) == "number" and type(kind) == "function" then return v ~= v and "nan" or tostring(v) end
   return type(v)
 end
 

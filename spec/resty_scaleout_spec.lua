@@ -126,6 +126,50 @@ describe("moonlm nodes behind balancer.conf #once", function()
     a.pid = nil -- gone; its prefix is removed in teardown
   end)
 
+  it("passive health: a node that refuses connections max_fails times is out for fail_timeout, before any active check", function()
+    -- a stand-in node that passes the first active check, then goes away; the next check
+    -- is a minute later, so only the failed attempts (max_fails = 2 in 5 s) can take it out
+    local port = launch.free_port()
+    local node = sh(("setsid node -e \"require('http').createServer((q, r) => r.end('ok')).listen(%d, '127.0.0.1')\" >/dev/null 2>&1 & echo $!")
+                    :format(port)):match("%d+")
+    local gone = "127.0.0.1:" .. port
+    -- listening before the balancer starts, whose first check comes at once
+    assert.truthy(H.until_true(20, function() return select(2, sh("curl -s -m 1 http://" .. gone .. "/health")) == 0 end),
+                  "the stand-in node did not start")
+    local b2 = assert(launch.start { conf = "examples/openresty/balancer.conf", wait = "/balancer/status",
+                                     ports = { [8080] = false },
+                                     env = { MOONLM_NODES = gone .. "," .. addr.b, MOONLM_CHECK_INTERVAL = "60" } })
+    local ok, err = pcall(function()
+      local function nodes()
+        local s = {}
+        for _, n in ipairs(http("GET", b2.url .. "/balancer/status").json.nodes) do s[n.node] = n end
+        return s
+      end
+      assert.truthy(H.until_true(10, function()
+        local s = nodes()
+        return s[gone].checks >= 1 and s[gone].up and s[addr.b].checks >= 1 and s[addr.b].up
+      end), "the first checks did not pass")
+      sh("kill -KILL " .. node)
+      assert.truthy(H.until_true(5, function() return select(2, sh("curl -s -m 1 http://" .. gone .. "/")) ~= 0 end))
+      -- one after the other: each tries the stand-in (its turn), fails over to b, and counts
+      local out
+      for i = 1, 4 do
+        local r = http("POST", b2.url .. "/v1/completions", { prompt = "Once upon a time", max_tokens = 4 })
+        assert.are.equal(200, check_answer(r, "request " .. i))
+        assert.are.equal(addr.b, r.node)
+        local s = nodes()[gone]
+        if not s.up then out = out or s end
+      end
+      -- out, and not by an active check: the only one passed
+      assert.truthy(out, "the stand-in node was never taken out")
+      assert.are.same({ true, false, 1 }, { out.healthy, out.up, out.checks })
+      assert.is_true(out.passive_down_s > 0 and out.passive_down_s <= 5, tostring(out.passive_down_s))
+    end)
+    b2:stop()
+    sh("kill -KILL " .. node .. " 2>/dev/null")
+    assert(ok, err)
+  end)
+
   it("brings the node back once its /health answers again", function()
     local prefix = a.prefix
     a = H.start({ MOONLM_SLOTS = "2" }, nil, { [8080] = a.port })

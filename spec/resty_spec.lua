@@ -611,6 +611,10 @@ describe("OpenResty server under pressure #once", function()
       assert.are.equal("server_busy", r.json.error.code)
       assert.truthy(r.head:find("Retry%-After"))
       assert.are.equal(200, http("GET", url .. "/health").status)
+      -- /metrics says so too: the slot busy, one waiting, one refused for it
+      local m = H.scrape(url)
+      assert.are.same({ 1, 1, 1 }, { H.sample(m, "moonlm_slots_busy", { model = NAME }), H.sample(m, "moonlm_queue_length", { model = NAME }),
+                                     H.sample(m, "moonlm_requests_rejected_total", { status = 503, reason = "busy" }) })
       -- the clients go away: their slot and queue place are freed, and new requests run
       for pid in pids:gmatch("%d+") do sh("kill " .. pid) end
       for _ = 1, 60 do
@@ -631,6 +635,7 @@ describe("OpenResty server under pressure #once", function()
       local counts = {}
       for _, r in ipairs(parallel(burst)) do counts[r.status] = (counts[r.status] or 0) + 1 end
       assert.are.same({ [200] = 2, [503] = 2 }, counts)
+      assert.are.equal(3, H.sample(H.scrape(url), "moonlm_requests_rejected_total", { status = 503, reason = "busy" }))
     end)
     srv:stop()
     assert(ok, err)

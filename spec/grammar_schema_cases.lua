@@ -135,4 +135,12 @@ return {
     ok = { "{}", [[{"id":3,"a":1}]], [[{"b":-1,"c\n":9}]] }, bad = { [[{"id":10}]], [[{"id":-1}]], [[{"a":"x"}]], [[{"a":10}]] } },
   { "not not", [[{"not":{"not":{"type":"integer","minimum":3}},"description":"double negation"}]],
     ok = { "3", "40" }, bad = { "2", [["3"]], "3.5", "null" } },
+  { "numbers at a zero bound take the exponent form", [[{"type":"object","properties":{"ge":{"type":"number","minimum":0},"gt":{"type":"number","exclusiveMinimum":0},"le":{"type":"number","maximum":0},"lt":{"type":"number","exclusiveMaximum":0}}}]],
+    ok = { [[{"ge":1e-05}]], [[{"ge":0}]], [[{"ge":2.5E+3}]], [[{"ge":0.0e1}]], [[{"gt":1e-05}]], [[{"gt":0.001}]], [[{"gt":3e2}]],
+           [[{"le":-1e5}]], [[{"le":0}]], [[{"le":-0}]], [[{"le":-0.0}]], [[{"lt":-1e-05}]], [[{"lt":-2.5E3}]] },
+    bad = { [[{"ge":-1e-05}]], [[{"ge":-1}]], [[{"gt":0}]], [[{"gt":0e5}]], [[{"gt":0.000}]], [[{"gt":-1e-3}]],
+            [[{"le":1e-05}]], [[{"le":0.1}]], [[{"lt":-0}]], [[{"lt":0}]], [[{"lt":-0.0e1}]], [[{"lt":1e-9}]] } },
+  { "numeric enum and const compare values", [[{"anyOf":[{"enum":[2.0,0.5,-3,0]},{"const":1e-05}]}]],
+    ok = { "2", "2.0", "2.00", "0.5", "0.50", "-3", "-3.0", "0", "-0", "0.0", "1e-05", "0.00001" },
+    bad = { "2.5", "20", "0.05", "3", "-2", "02", "0.0001", "2.", "1e-5" } },
 }

@@ -78,6 +78,7 @@ typedef struct {
   char *val;
   int state; /* set memo: 1 in progress, 2 done, 3 empty */
   int nest;
+  int used;  /* set memo: its name was handed out while in progress */
 } entry;
 
 typedef struct map {
@@ -780,7 +781,7 @@ static int emit_literal(comp *c, const ml_json *v, sbuf *o) {
   case ML_JSON_NULL: sb_puts(o, "\"null\""); return 0;
   case ML_JSON_TRUE: sb_puts(o, "\"true\""); return 0;
   case ML_JSON_FALSE: sb_puts(o, "\"false\""); return 0;
-  case ML_JSON_NUMBER: sb_printf(o, "\"%s\"", v->str); return 0;
+  case ML_JSON_NUMBER: leaf_number_literal(o, v->str); return 0;
   case ML_JSON_STRING: leaf_string_literal(o, v->str, v->n); return 0;
   case ML_JSON_ARRAY:
   case ML_JSON_OBJECT: {
@@ -1018,14 +1019,31 @@ static int object_sequence(comp *c, view *v, const char **val, const char *addkv
     sb_printf(first, "%s %s", kv[i].p, tail[i + 1]);
     if (v->props[e].required) { *any_required = 1; break; }
   }
-  if (!*any_required && addkv) {
-    if (nalt++) sb_puts(first, " | ");
-    sb_printf(first, "%s %s", addkv, tail[k]);
-  }
   for (int i = 0; i < k; i++) sb_free(&kv[i]);
   free(kv), free(tail);
   sb_free(&sep);
   return first->oom ? schema_fail(&c->b, NULL, "out of memory") : 0;
+}
+
+static int cmp_prop_name(const void *a, const void *b) {
+  const prop *x = *(const prop *const *)a, *y = *(const prop *const *)b;
+  int r = memcmp(x->name, y->name, x->nlen < y->nlen ? x->nlen : y->nlen);
+  return r ? r : (x->nlen > y->nlen) - (x->nlen < y->nlen);
+}
+
+/* a key for the set of listed names (sorted, NUL-separated, behind a byte no GBNF body
+ * starts with), so that objects with the same names share one key rule */
+static void sig_of_names(const view *v, sbuf *sig) {
+  const prop **ps = malloc((size_t)(v->nprops ? v->nprops : 1) * sizeof *ps);
+  if (!ps) { sig->oom = 1; return; }
+  for (int i = 0; i < v->nprops; i++) ps[i] = &v->props[i];
+  qsort(ps, (size_t)v->nprops, sizeof *ps, cmp_prop_name);
+  sb_put(sig, "\x01names", 6);
+  for (int i = 0; i < v->nprops; i++) {
+    sb_put(sig, ps[i]->name, ps[i]->nlen);
+    sb_put(sig, "", 1);
+  }
+  free(ps);
 }
 
 static int emit_object(comp *c, view *v, const char *hint, sbuf *o) {
@@ -1092,12 +1110,23 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
     const ml_json **names = malloc((size_t)(k ? k : 1) * sizeof *names);
     if (!names) { free(val); return schema_fail(&c->b, NULL, "out of memory"); }
     for (int i = 0; i < k; i++) names[i] = v->props[i].key;
-    sbuf key = {0};
+    const char *keyrule = NULL;
+    sbuf key = {0}, sig = {0};
     if (pkey) sb_puts(&key, pkey), rc = 0;
-    else rc = leaf_key_not_in(&c->b, names, k, &key);
+    else {
+      /* objects with the same names share the rule: look it up before building the trie */
+      sig_of_names(v, &sig);
+      entry *e = sig.oom ? NULL : map_find(&c->bodies, sig.p, sig.n, 0);
+      if (e && e->val) keyrule = e->val;
+      rc = keyrule ? 0 : leaf_key_not_in(&c->b, names, k, &key);
+    }
     free(names);
-    const char *keyrule = rc < 0 ? NULL : leaf_rule(c, pkey ? "key-pattern" : k ? "key" : "json-string", key.p);
-    sb_free(&key);
+    if (!keyrule && rc >= 0) {
+      keyrule = leaf_rule(c, pkey ? "key-pattern" : k ? "key" : "json-string", key.p);
+      entry *e = keyrule && sig.n && !sig.oom ? map_find(&c->bodies, sig.p, sig.n, 1) : NULL;
+      if (e && !e->val) e->val = strdup(keyrule);
+    }
+    sb_free(&key), sb_free(&sig);
     if (!keyrule) { free(val); return -1; }
     sb_printf(&t, "%s", keyrule);
     put_ws(c, &t);
@@ -1136,6 +1165,19 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
   }
   free(ord), free(val);
   if (rc) { sb_free(&first); return rc; }
+  if (addkv && !any_required) {
+    /* additional entries alone */
+    sbuf sep = {0}, lp = {0};
+    put_ws(c, &sep);
+    sb_puts(&sep, "\",\"");
+    put_ws(c, &sep);
+    sb_printf(&lp, "( %s%s )*", sep.p, addkv);
+    snprintf(h, sizeof h, "%s-tail", hint);
+    const char *loop = leaf_rule(c, h, lp.p);
+    sb_free(&sep), sb_free(&lp);
+    if (!loop) { sb_free(&first); return -1; }
+    sb_printf(&first, "%s%s %s", first.n ? " | " : "", addkv, loop);
+  }
   sb_puts(o, "\"{\"");
   put_ws(c, o);
   if (first.n) {
@@ -1378,6 +1420,7 @@ static const char *compile_set(comp *c, mset *s, const char *hint) {
       schema_fail(&c->b, s->m[0].node, "$ref cycle with no base case (left recursion)");
       return NULL;
     }
+    if (e->state == 1) e->used = 1;
     return e->val;
   }
   const char *name = new_name(c, hint);
@@ -1451,6 +1494,16 @@ static const char *compile_set(comp *c, mset *s, const char *hint) {
     return EMPTY;
   }
   e->state = 2;
+  /* a body that is one rule's name (a leaf's) stands for the set itself, unless a
+   * recursive use already took the set's own name */
+  if (!e->used && body.n && strspn(body.p, "abcdefghijklmnopqrstuvwxyz0123456789-") == body.n) {
+    char *alias = strdup(body.p);
+    sb_free(&body);
+    if (!alias) { schema_fail(&c->b, NULL, "out of memory"); return NULL; }
+    free(e->val);
+    e->val = alias;
+    return alias;
+  }
   put_rule(c, myname, body.p);
   sb_free(&body);
   return myname;

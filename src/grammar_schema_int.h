@@ -64,6 +64,8 @@ int leaf_string(schema_base *c, const str_view *v, sbuf *o);
 int leaf_number(schema_base *c, const num_view *v, sbuf *o);
 /* a JSON string literal with the exact bytes `s` (json.dumps style, UTF-8 kept) */
 void leaf_string_literal(sbuf *o, const char *s, size_t n);
+/* a number literal: every JSON text of the value of `text` without exponent, and `text` */
+void leaf_number_literal(sbuf *o, const char *text);
 /* a JSON string whose decoded value is none of `names` (n of them) */
 int leaf_key_not_in(schema_base *c, const ml_json *const *names, int n, sbuf *o);
 /* does string `s` satisfy v (lengths and pattern)? 1 yes, 0 no, -1 cannot tell (error) */

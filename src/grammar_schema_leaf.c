@@ -6,7 +6,8 @@
  * \uXXXX for other characters only in unconstrained strings, where a surrogate pair counts
  * as one character as minLength/maxLength define). Patterns are ECMA-262 regular
  * expressions without backreferences or lookaround; they match anywhere unless anchored.
- * Numbers with bounds are exact decimal comparisons on the digits (no exponent form). */
+ * Numbers with bounds are exact decimal comparisons on the digits; the exponent form only
+ * where a whole sign is inside the bounds (minimum 0 takes 1e-05). */
 #include "grammar_schema_int.h"
 #include "common.h"
 
@@ -117,13 +118,26 @@ static int cs_full(const cset *s) { return s->n == 1 && s->r[0].lo == 0 && s->r[
 
 /* ---------------------------------------------------------------- GBNF text helpers */
 
+/* "\\" prefix letter and `digits` hex digits of c */
+static void put_hex(sbuf *o, char letter, uint32_t c, int digits) {
+  char t[12];
+  int n = 0;
+  t[n++] = '\\', t[n++] = letter;
+  for (int i = digits - 1; i >= 0; i--) t[n++] = "0123456789ABCDEF"[(c >> (4 * i)) & 15];
+  sb_put(o, t, (size_t)n);
+}
+
 static void put_class_char(sbuf *o, uint32_t c) {
-  if (c == ']' || c == '[' || c == '\\' || c == '"') sb_printf(o, "\\%c", (char)c);
-  else if (c == '^' || c == '-') sb_printf(o, "\\x%02X", c);
-  else if (c >= 0x20 && c < 0x7F) sb_printf(o, "%c", (char)c);
-  else if (c < 0x100) sb_printf(o, "\\x%02X", c);
-  else if (c < 0x10000) sb_printf(o, "\\u%04X", c);
-  else sb_printf(o, "\\U%08X", c);
+  if (c == ']' || c == '[' || c == '\\' || c == '"') {
+    char t[2] = {'\\', (char)c};
+    sb_put(o, t, 2);
+  } else if (c == '^' || c == '-') put_hex(o, 'x', c, 2);
+  else if (c >= 0x20 && c < 0x7F) {
+    char ch = (char)c;
+    sb_put(o, &ch, 1);
+  } else if (c < 0x100) put_hex(o, 'x', c, 2);
+  else if (c < 0x10000) put_hex(o, 'u', c, 4);
+  else put_hex(o, 'U', c, 8);
 }
 
 /* a GBNF literal of raw bytes (UTF-8 kept as is, the rest escaped) */
@@ -168,15 +182,13 @@ static void emit_set(sbuf *o, const cset *s) {
     if (lo > hi) continue;
     cs_add(&raw, lo, hi);
   }
-  cset cut = {0};
-  cs_add(&cut, 0, 0x1F), cs_add(&cut, '"', '"'), cs_add(&cut, '\\', '\\');
-  cs_negate(&cut);
-  /* raw := raw ∩ ¬cut */
+  /* raw := raw minus '"', '\\' and the control characters */
+  static const crange keep[3] = {{0x20, 0x21}, {0x23, 0x5B}, {0x5D, CP_MAX}};
   cset inter = {0};
   for (int i = 0; i < raw.n; i++)
-    for (int j = 0; j < cut.n; j++) {
-      uint32_t lo = raw.r[i].lo > cut.r[j].lo ? raw.r[i].lo : cut.r[j].lo;
-      uint32_t hi = raw.r[i].hi < cut.r[j].hi ? raw.r[i].hi : cut.r[j].hi;
+    for (int j = 0; j < 3; j++) {
+      uint32_t lo = raw.r[i].lo > keep[j].lo ? raw.r[i].lo : keep[j].lo;
+      uint32_t hi = raw.r[i].hi < keep[j].hi ? raw.r[i].hi : keep[j].hi;
       if (lo <= hi) cs_add(&inter, lo, hi);
     }
   cs_norm(&inter);
@@ -224,7 +236,7 @@ static void emit_set(sbuf *o, const cset *s) {
   if (alts.p) sb_puts(o, alts.p);
   if (nalt > 1) sb_puts(o, " )");
   sb_free(&alts);
-  free(raw.r), free(cut.r), free(inter.r);
+  free(raw.r), free(inter.r);
 }
 
 /* ---------------------------------------------------------------- regular expressions */
@@ -1035,6 +1047,21 @@ static void trie_free(trie *t) {
 
 /* deviate(node): the path to the first character that leaves the trie (that character
  * included); the children of a name with no children take any character */
+/* one character as emit_set writes it; a printable ASCII one that needs no escape
+ * (not '"', '\\' or '/', which JSON may also escape) directly */
+static void emit_char(sbuf *o, uint32_t c) {
+  if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\' && c != '/') {
+    sb_put(o, "[", 1);
+    put_class_char(o, c);
+    sb_put(o, "]", 1);
+    return;
+  }
+  cset one = {0};
+  cs_add(&one, c, c);
+  emit_set(o, &one);
+  free(one.r);
+}
+
 static void emit_deviate(const trie *node, sbuf *o) {
   int n = 0;
   sb_puts(o, "( ");
@@ -1064,10 +1091,7 @@ static void emit_deviate(const trie *node, sbuf *o) {
   free(raw.r);
   for (const trie *k = node; k; k = k->next) {
     if (n++) sb_puts(o, " | ");
-    cset one = {0};
-    cs_add(&one, k->c, k->c);
-    emit_set(o, &one);
-    free(one.r);
+    emit_char(o, k->c);
     sb_puts(o, " ");
     if (k->kids) emit_deviate(k->kids, o);
     else sb_puts(o, "char");
@@ -1091,10 +1115,7 @@ static void emit_stop(const trie *node, int terminal, sbuf *o) {
   for (const trie *k = node; k; k = k->next) {
     if (!k->kids || !has_stop(k->kids, k->terminal)) continue;
     if (n++) sb_puts(o, " | ");
-    cset one = {0};
-    cs_add(&one, k->c, k->c);
-    emit_set(o, &one);
-    free(one.r);
+    emit_char(o, k->c);
     sb_puts(o, " ");
     emit_stop(k->kids, k->terminal, o);
   }
@@ -1410,6 +1431,27 @@ static int mag_range(sbuf *o, const dec *L, int ls, const dec *H, int hs, int in
   return n;
 }
 
+/* unsigned magnitudes with fraction and exponent: any, and only those above zero */
+static const char num_mag_exp[] = "( \"0\" | [1-9] [0-9]* ) ( \".\" [0-9]+ )? ( [eE] [-+]? [0-9]+ )?";
+static const char num_pos_exp[] =
+    "( [1-9] [0-9]* ( \".\" [0-9]+ )? | \"0\" \".\" \"0\"* [1-9] [0-9]* ) ( [eE] [-+]? [0-9]+ )?";
+
+/* a number literal of an enum or const: every JSON text of the same value without an
+ * exponent (2 for 2.0, 2.50 for 2.5, -0 for 0), and the text as written */
+void leaf_number_literal(sbuf *o, const char *text) {
+  dec d;
+  if (dec_parse(text, &d) < 0) { sb_printf(o, "\"%s\"", text); return; }
+  int zero = !strcmp(d.ip, "0") && !d.fp[0];
+  sb_puts(o, "( ");
+  if (zero) sb_puts(o, "\"-\"? ");
+  else if (d.neg) sb_puts(o, "\"-\" ");
+  sb_printf(o, "\"%s\"", d.ip);
+  if (d.fp[0]) sb_printf(o, " \".%s\" \"0\"*", d.fp);
+  else sb_puts(o, " ( \".\" \"0\"+ )?");
+  if (strpbrk(text, "eE")) sb_printf(o, " | \"%s\"", text);
+  sb_puts(o, " )");
+}
+
 int leaf_number(schema_base *c, const num_view *v, sbuf *o) {
   if (!v->lo.set && !v->hi.set) {
     sb_puts(o, v->integer ? leaf_integer_rule : leaf_number_rule);
@@ -1428,8 +1470,13 @@ int leaf_number(schema_base *c, const num_view *v, sbuf *o) {
   int ls = v->lo.exclusive, hs = v->hi.exclusive;
   sbuf alts = {0};
   int n = 0;
-  /* non-negative values */
-  if (!H || !H->neg) {
+  /* a sign whose whole half-line is inside the bounds takes any magnitude, exponent
+   * form included (1e-05 >= 0); only the bounded side is written digit by digit */
+  int lo_zero = L && !strcmp(L->ip, "0") && !L->fp[0], hi_zero = H && !strcmp(H->ip, "0") && !H->fp[0];
+  if (!v->integer && !H && (!L || L->neg || lo_zero)) {
+    sb_puts(&alts, L && lo_zero && ls ? num_pos_exp : num_mag_exp);
+    n++;
+  } else if (!H || !H->neg) {
     dec zero;
     dec_parse("0", &zero);
     const dec *l = L && !L->neg ? L : &zero;
@@ -1442,7 +1489,10 @@ int leaf_number(schema_base *c, const num_view *v, sbuf *o) {
     sb_free(&t);
   }
   /* negative values: "-" and a magnitude between |H| (or 0) and |L| */
-  if (!L || L->neg) {
+  if (!v->integer && !L && (!H || !H->neg)) {
+    if (n++) sb_puts(&alts, " | ");
+    sb_printf(&alts, "\"-\" %s", H && hi_zero && hs ? num_pos_exp : num_mag_exp);
+  } else if (!L || L->neg) {
     dec zero, ml, mh;
     dec_parse("0", &zero);
     const dec *lo_m = &zero;

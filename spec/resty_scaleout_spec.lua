@@ -104,7 +104,8 @@ describe("moonlm nodes behind balancer.conf #once", function()
       streams[i] = H.background("POST", bal.url .. "/v1/completions", stream_body())
       sh("sleep 0.05")
     end
-    assert.truthy(H.until_true(20, function() return busy(a) == 2 and busy(b) == 2 end), "the streams did not spread")
+    assert.truthy(H.until_true(20, function() return busy(a) == 2 and busy(b) == 2 end),
+                  "the streams did not spread: " .. http("GET", bal.url .. "/balancer/status").text)
     local pids = a.pid .. " " .. workers(a.pid)
     sh("kill -KILL " .. pids)
     -- requests right after: refused connections are retried on b (passive health)
@@ -200,12 +201,19 @@ describe("moonlm nodes behind balancer.conf #once", function()
   end)
 
   it("drains a node: new requests go elsewhere, its streams finish, then it exits; SIGQUIT does the same", function()
+    -- the balancer has both nodes in (after b's reload its checks may have seen "loading"
+    -- and want `rise` passes before taking b back)
+    assert.truthy(H.until_true(20, function()
+      local s = status(bal)
+      return s[addr.a] and s[addr.b]
+    end), "the balancer does not have both nodes in")
     local streams = {}
     for i = 1, 4 do
       streams[i] = H.background("POST", bal.url .. "/v1/completions", stream_body())
       sh("sleep 0.05")
     end
-    assert.truthy(H.until_true(20, function() return busy(a) == 2 and busy(b) == 2 end), "the streams did not spread")
+    assert.truthy(H.until_true(20, function() return busy(a) == 2 and busy(b) == 2 end),
+                  "the streams did not spread: " .. http("GET", bal.url .. "/balancer/status").text)
     local d = http("POST", b.url .. "/admin/drain")
     assert.are.equal(202, d.status, d.text)
     assert.are.same({ "draining", 2 }, { d.json.status, d.json.running })

@@ -158,6 +158,32 @@ describe("moonlm.resty.toolstream", function()
     assert.are.equal(2, #seen.calls)
   end)
 
+  it("reasoning first, then calls: each part streamed where it belongs", function()
+    local fmt = tools.format("hermes")
+    fmt.think = { "<think>", "</think>" }
+    local text = '<think>The user wants the weather; I call get_weather.</think>\n<tool_call>\n'
+      .. '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    local want = tools.parse(text, fmt, {})
+    for _, step in ipairs { 1, 3, #text } do
+      local s = toolstream.new(fmt, {}, core.rng(2))
+      local reasoning, content, args, during = "", "", "", 0
+      for i = 1, #text, step do
+        local c, r, ds = s:push(text:sub(i, i + step - 1))
+        reasoning, content = reasoning .. r, content .. c
+        for _, d in ipairs(ds or {}) do
+          args = args .. d["function"].arguments
+          during = during + 1
+        end
+      end
+      local c, r, ds, _, calls = s:finish()
+      reasoning, content = reasoning .. r, content .. c
+      for _, d in ipairs(ds or {}) do args = args .. d["function"].arguments end
+      assert.are.same({ want.reasoning_content, "", want.tool_calls[1]["function"].arguments, 1 },
+                      { reasoning, content, args, #calls })
+      if step == 1 then assert.is_true(during >= 10) end
+    end
+  end)
+
   it("JSON that is no call is text; markup cut short keeps its deltas and ends as text", function()
     -- llama3: a JSON answer, not a call
     local seen = agree("llama3", '{"answer": {"name": 1}}')

@@ -479,6 +479,31 @@ describe("C strings, sampling, token ids (#11.5-7)", function()
     end
   end)
 
+  it("reports indices, handles and sizes as given", function()
+    local big = 2 ^ 40 + 2
+    local T = lm.tensor
+    for _, c in ipairs {
+      { function() return T.ones(3)[big] end, "index 1099511627778 out of range %(dimension 1 has size 3%)" },
+      { function() local t = T.ones(3); t[big] = 1 end, "index 1099511627778 out of range %(dimension 1 has size 3%)" },
+      { function() return T.zeros { 2, -big } end, "negative dimension %-1099511627778" },
+      { function() return lm.kv_cache { layers = 2 ^ 32 + 1, kv_heads = 1, head_dim = 8, n_ctx = 8 } end,
+        "option 'layers' = 4294967297 out of range %[1, 65536%]" },
+      { function() return lm.grammar.choice({ "a" }):matcher(model):rollback(2 ^ 32 + 1) end,
+        "cannot roll back 4294967297 steps %(0 accepted%)" },
+      { function() return model:embed({}) end, "bad argument #1 to 'embed' %(an empty table: no text to embed%)" },
+    } do
+      local ok, err = pcall(c[1])
+      assert.is_false(ok)
+      assert.matches(c[2], err)
+    end
+    local m, err = lm.attach(big)
+    assert.is_nil(m)
+    assert.equal("no model with handle 1099511627778", err)
+    m, err = lm.attach_context(2 ^ 32 + 1)
+    assert.is_nil(m)
+    assert.equal("no context with handle 4294967297", err)
+  end)
+
   it("reports sequence ids as given", function()
     local big = 2 ^ 32 + 5
     local SEQ = "sequence 4294967301 out of range %(the context has 2: 0 to 1%)"

@@ -131,8 +131,9 @@ static int l_attach(lua_State *L) {
   lgrammar *u = push_grammar(L);
   u->g = ml_registry_grammar(h);
   if (!u->g) {
+    ml_push_int(L, h);
     lua_pushnil(L);
-    lua_pushfstring(L, "no grammar with handle %d", (int)h);
+    lua_pushfstring(L, "no grammar with handle %s", lua_tostring(L, -2));
     return 2;
   }
   return 1;
@@ -168,7 +169,7 @@ static int l_vocab(lua_State *L) {
         int ok;
         lua_Integer id = lua_tointegerx(L, -1, &ok);
         if (!ok || id < 0 || (size_t)id >= n)
-          return luaL_argerror(L, 2, lua_pushfstring(L, "eog: token id %d out of range (%d tokens)", (int)id, (int)n));
+          return luaL_argerror(L, 2, lua_pushfstring(L, "eog: token id %s out of range (%d tokens)", ml_push_int(L, id), (int)n));
         eog[n_eog++] = (int32_t)id;
         lua_pop(L, 1);
       }
@@ -423,7 +424,7 @@ static int mt_rollback(lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 2, 1);
   int32_t have = ml_matcher_n_accepted(u->m);
   if (n < 0 || n > have)
-    return luaL_argerror(L, 2, lua_pushfstring(L, "cannot roll back %d steps (%d accepted)", (int)n, (int)have));
+    return luaL_argerror(L, 2, lua_pushfstring(L, "cannot roll back %s steps (%d accepted)", ml_push_int(L, n), (int)have));
   if (ml_matcher_rollback(u->m, (int32_t)n) < 0) return ml_lua_error(L);
   return 0;
 }

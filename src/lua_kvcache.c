@@ -73,7 +73,7 @@ static int64_t opt_field_int(lua_State *L, int t, const char *k, int64_t def, in
   }
   lua_pop(L, 1);
   if (v < lo || v > hi)
-    luaL_argerror(L, t, lua_pushfstring(L, "option '%s' = %d out of range [%d, %d]", k, (int)v, (int)lo, (int)hi));
+    luaL_argerror(L, t, lua_pushfstring(L, "option '%s' = %s out of range [%d, %d]", k, ml_push_int(L, v), (int)lo, (int)hi));
   return v;
 }
 

@@ -115,8 +115,9 @@ static int l_attach_model(lua_State *L) {
   lmodel *u = push_model(L);
   u->m = ml_registry_model(h);
   if (!u->m) {
+    ml_push_int(L, h);
     lua_pushnil(L);
-    lua_pushfstring(L, "no model with handle %d", (int)h);
+    lua_pushfstring(L, "no model with handle %s", lua_tostring(L, -2));
     return 2;
   }
   return 1;
@@ -592,8 +593,9 @@ static int l_attach_context(lua_State *L) {
   lcontext *c = push_context(L);
   c->c = ml_registry_context(h);
   if (!c->c) {
+    ml_push_int(L, h);
     lua_pushnil(L);
-    lua_pushfstring(L, "no context with handle %d", (int)h);
+    lua_pushfstring(L, "no context with handle %s", lua_tostring(L, -2));
     return 2;
   }
   return 1;

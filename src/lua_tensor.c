@@ -95,7 +95,7 @@ static int read_shape(lua_State *L, int i, int *ndim, int64_t *shape) {
       int isnum;
       lua_Integer v = lua_tointegerx(L, -1, &isnum);
       if (!isnum) luaL_argerror(L, i, lua_pushfstring(L, "shape entry %d is not an integer", (int)k));
-      if (v < 0 && v != -1) luaL_argerror(L, i, lua_pushfstring(L, "negative dimension %d", (int)v));
+      if (v < 0 && v != -1) luaL_argerror(L, i, lua_pushfstring(L, "negative dimension %s", ml_push_int(L, v)));
       shape[n++] = v;
       lua_pop(L, 1);
     }
@@ -105,7 +105,7 @@ static int read_shape(lua_State *L, int i, int *ndim, int64_t *shape) {
   while (lua_type(L, i) == LUA_TNUMBER) {
     if (n == ML_MAX_DIMS) luaL_argerror(L, i, lua_pushfstring(L, "at most %d dimensions", ML_MAX_DIMS));
     lua_Integer v = luaL_checkinteger(L, i);
-    if (v < 0 && v != -1) luaL_argerror(L, i, lua_pushfstring(L, "negative dimension %d", (int)v));
+    if (v < 0 && v != -1) luaL_argerror(L, i, lua_pushfstring(L, "negative dimension %s", ml_push_int(L, v)));
     shape[n++] = v;
     i++;
   }
@@ -817,7 +817,8 @@ static int m_index(lua_State *L) {
     if (!isnum) return luaL_error(L, "tensor index must be an integer");
     if (i < 0) i += t->shape[0] + 1;
     if (i < 1 || i > t->shape[0])
-      return luaL_error(L, "index %d out of range (dimension 1 has size %d)", (int)lua_tointeger(L, 2), (int)t->shape[0]);
+      return luaL_error(L, "index %s out of range (dimension 1 has size %d)", ml_push_int(L, lua_tointeger(L, 2)),
+                        (int)t->shape[0]);
     if (t->ndim == 1) {
       int64_t idx = i - 1;
       lua_pushnumber(L, ml_tensor_get(t, &idx));
@@ -854,7 +855,8 @@ static int m_newindex(lua_State *L) {
   if (t->ndim == 0) return luaL_error(L, "cannot index a 0-d tensor");
   if (i < 0) i += t->shape[0] + 1;
   if (i < 1 || i > t->shape[0])
-    return luaL_error(L, "index %d out of range (dimension 1 has size %d)", (int)lua_tointeger(L, 2), (int)t->shape[0]);
+    return luaL_error(L, "index %s out of range (dimension 1 has size %d)", ml_push_int(L, lua_tointeger(L, 2)),
+                      (int)t->shape[0]);
   if (ml_type_traits_get(t->type)->blck > 1)
     return luaL_error(L, "cannot assign into a %s tensor (dequantize first)", dtype_name(t->type));
   ml_tensor row;

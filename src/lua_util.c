@@ -144,6 +144,13 @@ int ml_lua_fail(lua_State *L, int arg) {
   return 2;
 }
 
+const char *ml_push_int(lua_State *L, lua_Integer v) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%lld", (long long)v);
+  lua_pushstring(L, buf);
+  return lua_tostring(L, -1);
+}
+
 const char *ml_push_id_range(lua_State *L, lua_Integer id, int64_t n_vocab) {
   char buf[160]; /* lua_pushfstring's %d is an int: 2^32 + 5 would read as 5 */
   snprintf(buf, sizeof buf, "token id %lld out of range (the vocabulary has %lld: 0 to %lld)", (long long)id,

@@ -19,6 +19,9 @@ const char *ml_checklstring(lua_State *L, int arg, size_t *len);
 void ml_checktype(lua_State *L, int arg, int t);
 /* "token id <id> out of range (the vocabulary has n: 0 to n-1)" on the stack, the id as given */
 const char *ml_push_id_range(lua_State *L, lua_Integer id, int64_t n_vocab);
+/* v in decimal on the stack, for a message that shows a number as given (lua_pushfstring's
+ * %d is an int in every Lua: 2^32 + 5 would read as 5) */
+const char *ml_push_int(lua_State *L, lua_Integer v);
 /* Remember names of the functions in the table on top (for error messages). */
 void ml_register_names(lua_State *L, const char *prefix);
 /* The core's last error (common.h), worded for Lua. A misuse is raised as

@@ -205,6 +205,7 @@ function Model:embed(texts, opts)
   if type(texts) ~= "table" then
     error(("bad argument #1 to 'embed' (string or table of strings expected, got %s)"):format(type(texts)), 2)
   end
+  if #texts == 0 then error("bad argument #1 to 'embed' (an empty table: no text to embed)", 2) end
   local pooling = opts.pooling or self.pooling or "mean"
   if not POOLINGS[pooling] then
     error(("bad argument #2 to 'embed' (pooling must be \"mean\", \"cls\", \"last\", \"none\" or \"rank\", got %q)"):format(tostring(pooling)), 2)

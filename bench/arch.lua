@@ -2,7 +2,10 @@
 -- family in the TinyLlama-1.1B (or SmolLM-135M) shape (mpt, which has no GQA and a
 -- two-matrix GELU FFN, with an n_ff that makes its weights the same bytes), written once into build/bench-models/ by
 -- bench/modelgen.lua; pp512 / tg128 like bench/e2e.lua, each as a ratio to the llama file
--- measured in the same run, and llama.cpp on the same file when LLAMA_BENCH is set. Then
+-- measured in the same run, and llama.cpp on the same file when LLAMA_BENCH is set (and
+-- ik_llama.cpp when IK_LLAMA_BENCH is: llama.cpp builds before March 2025 have no gemma3).
+-- The TinyLlama shape runs with 26 layers (LAYERS=n to change): llama.cpp sizes gemma2 by its
+-- layer count and aborts on any but Gemma 2's 26, 42 and 46. Then
 -- BERT: embeddings per second for 64 texts of 32 tokens (a bge-small shape), against
 -- LLAMA_EMBEDDING (llama-embedding) on the same file when set.
 --   FAMILIES="llama,phi3,mpt,gemma2,gemma3"; SHAPE=tinyllama|smollm; REPS=2 (rounds over all
@@ -18,8 +21,8 @@ lm.threads(threads)
 local dir = B.build .. "/bench-models"
 os.execute("mkdir -p " .. dir)
 
-local function llama_bench(path)
-  local exe = os.getenv("LLAMA_BENCH")
+local function llama_bench(path, var)
+  local exe = os.getenv(var or "LLAMA_BENCH")
   if not exe or exe == "" then return nil end
   local p = io.popen(("%s -m %s -t %d -p %d -n %d -r 1 -o csv 2>/dev/null"):format(exe, path, threads, PP, TG))
   local out = p:read("*a")
@@ -52,6 +55,12 @@ end
 local shape_name = os.getenv("SHAPE") or "tinyllama"
 local shape = {}
 for k, v in pairs(gen.shapes[shape_name]) do shape[k] = v end
+local layers = tonumber(os.getenv("LAYERS")) or (shape_name == "tinyllama" and 26 or shape.n_layer)
+local tag = shape_name
+if layers ~= shape.n_layer then
+  shape.n_layer, tag = layers, shape_name .. layers
+  shape.name = ("%s, %d layers"):format(shape.name, layers)
+end
 -- mpt: no GQA and a two-matrix FFN; n_ff chosen so that its weights are the llama file's bytes
 local mpt_ff = { tinyllama = 6656, smollm = 1920 }
 local fams, paths = {}, {}
@@ -59,7 +68,7 @@ for fam in (os.getenv("FAMILIES") or "llama,phi3,mpt,gemma2,gemma3"):gmatch("[^,
   local s = {}
   for k, v in pairs(shape) do s[k] = v end
   if fam == "mpt" then s.n_head_kv, s.n_ff = s.n_head, mpt_ff[shape_name] end
-  local path = ("%s/%s-%s-q8_0.gguf"):format(dir, shape_name, fam)
+  local path = ("%s/%s-%s-q8_0.gguf"):format(dir, tag, fam)
   local f = io.open(path)
   if f then f:close() else
     io.stderr:write(("writing %s ...\n"):format(path))
@@ -111,22 +120,35 @@ for round = 1, reps do
     r.pp, r.tg = math.max(r.pp, pp), math.max(r.tg, tg)
     local lpp, ltg = llama_bench(paths[fam])
     if lpp then r.lpp, r.ltg = math.max(r.lpp or 0, lpp), math.max(r.ltg or 0, ltg or 0) end
-    io.stderr:write(("round %d %s: pp %.1f tg %.1f, llama.cpp pp %s tg %s (load %s)\n"):format(
-      round, fam, pp, tg, tostring(lpp), tostring(ltg), uptime()))
+    local ipp, itg = llama_bench(paths[fam], "IK_LLAMA_BENCH")
+    if ipp then r.ipp, r.itg = math.max(r.ipp or 0, ipp), math.max(r.itg or 0, itg or 0) end
+    io.stderr:write(("round %d %s: pp %.1f tg %.1f, llama.cpp pp %s tg %s, ik_llama.cpp pp %s tg %s (load %s)\n"):format(
+      round, fam, pp, tg, tostring(lpp), tostring(ltg), tostring(ipp), tostring(itg), uptime()))
   end
   loads[#loads + 1] = uptime()
 end
 B.row("## Model families (%s, Q8_0, %d threads, pp%d / tg%d, best of %d interleaved rounds)", shape.name, threads, PP, TG, reps)
 B.row("load average (1/5/15 min) before and after each round: %s", table.concat(loads, "; "))
-B.row("| family | size | pp%d t/s | tg%d t/s | of llama pp / tg | llama.cpp pp / tg | ours/theirs pp / tg |", PP, TG)
-B.row("|---|---|---|---|---|---|---|")
+-- "read": the weight bytes a token reads (the file less token_embd where the output has a
+-- matrix of its own; a tied output reads token_embd as the output matrix), the work the
+-- "of llama" ratios compare
+B.row("| family | size | read | pp%d t/s | tg%d t/s | of llama pp / tg | llama.cpp pp / tg | ours/llama.cpp | " ..
+  "ik_llama.cpp pp / tg | ours/ik |", PP, TG)
+B.row("|---|---|---|---|---|---|---|---|---|---|")
 local base = R[fams[1]]
+local embd = shape.n_vocab * shape.n_embd / 32 * 34 / 2 ^ 20
+local function peer(r, pp, tg)
+  if not pp then return "-", "-" end
+  return ("%.1f / %.1f"):format(pp, tg or 0), ("%.2f / %.2f"):format(r.pp / pp, r.tg / math.max(tg or 0, 1e-9))
+end
 for _, fam in ipairs(fams) do
   local r = R[fam]
   local size = io.open(paths[fam]):seek("end") / 2 ^ 20
-  B.row("| %s | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %s | %s |", fam, size, r.pp, r.tg, r.pp / base.pp, r.tg / base.tg,
-    r.lpp and ("%.1f / %.1f"):format(r.lpp, r.ltg or 0) or "-",
-    r.lpp and ("%.2f / %.2f"):format(r.pp / r.lpp, r.tg / math.max(r.ltg or 0, 1e-9)) or "-")
+  local read = (fam == "llama" or fam == "phi3") and size - embd or size
+  local a, b = peer(r, r.lpp, r.ltg)
+  local c, d = peer(r, r.ipp, r.itg)
+  B.row("| %s | %.0f MiB | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %s | %s | %s | %s |", fam, size, read, r.pp, r.tg,
+    r.pp / base.pp, r.tg / base.tg, a, b, c, d)
 end
 
 -- BERT: embeddings per second, 64 texts of 32 tokens ([CLS] 30 words [SEP]) in one call,

@@ -173,7 +173,12 @@ function _M.write_family(path, shape, wtype, seed, family)
     meta[a .. ".attention.layer_norm_rms_epsilon"] = lm.gguf_value("f32", 1e-6)
     meta[a .. ".rope.freq_base"] = lm.gguf_value("f32", 10000)
   end
-  if family == "phi3" then meta[a .. ".rope.dimension_count"] = hd end
+  if family == "phi3" then
+    meta[a .. ".rope.dimension_count"] = hd
+    -- real Phi-3 files carry it (Phi-3-mini-4k: 2047), and llama.cpp builds before mid-2025
+    -- refuse a phi3 file without it; moonlm and current llama.cpp run phi3 without a window
+    meta[a .. ".attention.sliding_window"] = lm.gguf_value("u32", s.n_ctx - 1)
+  end
   if family == "gemma2" or family == "gemma3" then
     meta[a .. ".attention.key_length"], meta[a .. ".attention.value_length"] = hd, hd
     meta[a .. ".attention.sliding_window"] = 512

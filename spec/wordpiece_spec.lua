@@ -185,4 +185,37 @@ describe("pre-tokenizer names of current llama.cpp", function()
     assert.is_nil(m)
     assert.is_truthy(err:find("unknown pre-tokenizer 'no-such-thing'", 1, true), err)
   end)
+  -- every tokenizer_pre name of llama.cpp's src/llama-vocab.cpp (ggml-org/llama.cpp at
+  -- 00ad355e, the newest snapshot read), in its order: 68 load, 22 are refused by name
+  it("every name llama.cpp knows either loads or is refused by name", function()
+    local names = [[default minicpm5 llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2 jina-v5-nano
+      deepseek-llm deepseek-coder deepseek-v3 spark2_5 youtu falcon mpt starcoder gpt-2 phi-2 jina-es jina-de gigachat
+      jina-v2-es jina-v2-de a.x-4.0 mellum modern-bert jais-2 gemma4 granite-embed-multi-311m sarvam-moe jina-v1-en
+      jina-v2-code roberta-bpe whitespace refact command-r qwen2 deepseek-r1-qwen kormo f2llmv2 qwen35 stablelm2 olmo
+      dbrx smaug-bpe poro-chat glm4 chatglm-bpe viking jais tekken smollm codeshell bloom gpt3-finnish exaone exaone4
+      exaone-moe chameleon minerva-7b megrez gpt-4o llama4 kanana2 talkie granite-embed-multi-97m tiny_aya cohere2moe
+      superbpe trillion granite-docling bailingmoe bailingmoe2 llada-moe seed-coder hunyuan hunyuan-dense hy_v4
+      joyai-llm kimi-k2 ufakzeka grok-2 afmoe laguna minimax-m2 solar-open mellum2]]
+    local refused = {}
+    for pre in ([[minicpm5 spark2_5 youtu jais-2 gemma4 granite-embed-multi-311m sarvam-moe whitespace poro-chat viking
+                  bloom gpt3-finnish exaone-moe chameleon granite-embed-multi-97m tiny_aya cohere2moe superbpe kimi-k2
+                  ufakzeka afmoe laguna]]):gmatch("%S+") do refused[pre] = true end
+    local n, n_loaded, n_refused = 0, 0, 0
+    for pre in names:gmatch("%S+") do
+      n = n + 1
+      local m, err = vocab(pre)
+      if refused[pre] then
+        assert.is_nil(m, pre)
+        assert.are.equal(("pre-tokenizer '%s' (tokenizer.ggml.pre) is not supported by moonlm yet"):format(pre),
+          err:match("pre%-tokenizer '.-' %(tokenizer%.ggml%.pre%) is not supported by moonlm yet"), err)
+        n_refused = n_refused + 1
+      else
+        assert(m, pre .. ": " .. tostring(err))
+        assert.are.same({ 2, 4 }, m:tokenize("ab ab", { bos = false }), pre)
+        m:close()
+        n_loaded = n_loaded + 1
+      end
+    end
+    assert.are.same({ 90, 68, 22 }, { n, n_loaded, n_refused })
+  end)
 end)

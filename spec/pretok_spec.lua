@@ -186,7 +186,13 @@ describe("Gemma 3's SentencePiece vocabulary against Hugging Face tokenizers #on
     local strings = read_inp(S.path("tokenizer/ggml-vocab-llama-bpe.gguf.inp"))
     for _, s in ipairs { table.concat(strings, " "):rep(60), "x" .. (" "):rep(40) .. "y", "\n\n\n\n\n", "<unused0> <unused1>",
                          "<start_of_turn>user\nhi<end_of_turn>", "<eos><mask><pad>", "\226\150\129\226\150\129 a\226\150\129b",
-                         "\194\160\227\128\128\226\128\137", "\239\172\129 \0\1\31" } do
+                         "\194\160\227\128\128\226\128\137", "\239\172\129 \0\1\31",
+                         -- user-defined tokens: HTML tags inside words, runs of tabs and
+                         -- newlines longer than the longest token (31), tags that overlap
+                         "x<b>y</b>z <table><tr><td>1</td></tr></table>", "<h1>T</h1>\n\n<blockquote>q</blockquote>",
+                         ("\t"):rep(33) .. "a" .. ("\n"):rep(40) .. "b" .. (" "):rep(33) .. "c", "<s></s><sub></sub>",
+                         "a\t \tb \n \n\nc", "[multimodal]<mask><unused6241><image_soft_token>",
+                         "\226\150\129\226\150\129\226\150\129x  \226\150\129 y", "<<b>>", "</ b><b >" } do
       strings[#strings + 1] = s
     end
     local f = assert(io.open(dir .. "/strings.json", "wb"))

@@ -1,5 +1,5 @@
--- Chat templates and end-of-turn tokens of the new families through model:chat: a gemma3
--- and a phi3 model of ../shared/ref-arch, their vocabulary given the family's special
+-- Chat templates and end-of-turn tokens of the new families through model:chat: the gemma3,
+-- gemma2, phi3 and mpt models of ../shared/ref-arch, their vocabulary given the family's special
 -- tokens and chat template (../shared/chat_templates), render the shared cases and stop
 -- on the family's end-of-turn token.
 local lm = require "moonlm"
@@ -49,6 +49,11 @@ local families = {
     { bos_token_id = "<bos>", eos_token_id = "<eos>" }, "<end_of_turn>", "<start_of_turn>" },
   { "phi3", "phi-3.5-mini", { "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>" },
     { bos_token_id = "<s>", eos_token_id = "<|endoftext|>" }, "<|end|>", "<|user|>" },
+  -- MPT-7B-chat (Q8-Chat's model) speaks ChatML, ending a turn with <|im_end|>
+  -- (the shared ChatML template, Hermes 3's, writes its own BOS text)
+  { "mpt", "hermes-3-chatml", { "<|begin_of_text|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>" },
+    { bos_token_id = "<|begin_of_text|>", eos_token_id = "<|endoftext|>", eot_token_id = "<|im_end|>" }, "<|im_end|>",
+    "<|im_start|>" },
   -- Phi-4 is a phi3 file with a ChatML-like template
   { "phi3", "phi-4", { "<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>" },
     { bos_token_id = "<|endoftext|>", eos_token_id = "<|im_end|>" }, "<|im_end|>", "<|im_start|>" },

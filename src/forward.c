@@ -244,7 +244,7 @@ void ml_blk_ffn(ml_thr *t, const ml_layer *L, const ml_layer_w *W, ml_ffn_kind k
     ml_blk_linear(t, &W->w_up, &L->b_up, c->h, E, c->g);
     ml_sync(t);
     slice(t->n * F, t->ith, t->nth, &e0, &e1);
-    ml_gelu_rows(c->g + e0, e1 - e0);
+    t->ro->gelu_mul(c->g + e0, NULL, e1 - e0, ml_gelu_f16_table());
     t->dirty = 1;
   } else if (L->w_gate.storage) {
     const ml_weight *w[2] = {&W->w_gate, &W->w_up};
@@ -252,7 +252,7 @@ void ml_blk_ffn(ml_thr *t, const ml_layer *L, const ml_layer_w *W, ml_ffn_kind k
     ml_blk_products(t, c->h, E, 2, w, y);
     slice(t->n * F, t->ith, t->nth, &e0, &e1);
     if (kind == ML_FFN_SWIGLU) t->ro->silu_mul(c->g + e0, c->u + e0, e1 - e0);
-    else ml_gelu_mul_rows(c->g + e0, c->u + e0, e1 - e0);
+    else t->ro->gelu_mul(c->g + e0, c->u + e0, e1 - e0, ml_gelu_f16_table());
     t->dirty = 1;
   } else { /* up is [gate; up] (phi3) */
     ml_blk_linear(t, &W->w_up, NULL, c->h, E, c->tmp);
@@ -261,7 +261,7 @@ void ml_blk_ffn(ml_thr *t, const ml_layer *L, const ml_layer_w *W, ml_ffn_kind k
       float *g = c->g + r * F;
       memcpy(g, gu, sizeof(float) * (size_t)F);
       if (kind == ML_FFN_SWIGLU) t->ro->silu_mul(g, gu + F, F);
-      else ml_gelu_mul_rows(g, gu + F, F);
+      else t->ro->gelu_mul(g, gu + F, F, ml_gelu_f16_table());
     }
     t->dirty = 1;
   }
@@ -296,34 +296,11 @@ void ml_blk_output(ml_thr *t, ml_norm_kind kind, const ml_tensor *w, const ml_te
   }
 }
 
-/* ---- GELU (ggml's f16 table) ---- */
+/* ---- GELU (ggml's f16 table, a row op of the kernel level) ---- */
 
-static ml_fp16 gelu_table[1 << 16];
-static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+void ml_gelu_rows(float *x, int64_t n) { ml_rowops_get()->gelu_mul(x, NULL, n, ml_gelu_f16_table()); }
 
-static void gelu_init(void) {
-  for (uint32_t i = 0; i < (1u << 16); i++) {
-    float x = ml_fp16_to_f32((ml_fp16)i);
-    float y = 0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
-    gelu_table[i] = ml_f32_to_fp16(y);
-  }
-}
-
-static inline float gelu1(float x) {
-  if (x <= -10.0f) return 0.0f;
-  if (x >= 10.0f) return x;
-  return ml_fp16_to_f32(gelu_table[ml_f32_to_fp16(x)]);
-}
-
-void ml_gelu_rows(float *x, int64_t n) {
-  pthread_once(&gelu_once, gelu_init);
-  for (int64_t i = 0; i < n; i++) x[i] = gelu1(x[i]);
-}
-
-void ml_gelu_mul_rows(float *g, const float *u, int64_t n) {
-  pthread_once(&gelu_once, gelu_init);
-  for (int64_t i = 0; i < n; i++) g[i] = g[i] <= -10.0f ? 0.0f : gelu1(g[i]) * u[i];
-}
+void ml_gelu_mul_rows(float *g, const float *u, int64_t n) { ml_rowops_get()->gelu_mul(g, u, n, ml_gelu_f16_table()); }
 
 /* ---- the chunk driver ---- */
 

@@ -955,6 +955,29 @@ static double exp_shift_avx2(float *y, const float *x, int64_t n, float shift, f
   return s;
 }
 
+/* ggml's table GELU, 8 at a time: F16C rounds to f16 (to nearest even, as ggml's
+ * GGML_FP32_TO_FP16), a 32-bit gather reads each entry (the table has a padding entry for
+ * the last index), F16C widens the low halves */
+static void gelu_mul_avx2(float *g, const float *u, int64_t n, const ml_fp16 *table) {
+  const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+  const __m256i low16 = _mm256_set1_epi32(0xffff);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps(g + i);
+    __m256i idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    __m256i e = _mm256_and_si256(_mm256_i32gather_epi32((const int *)(const void *)table, idx, 2), low16);
+    __m256 y = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(e), _mm256_extracti128_si256(e, 1)));
+    y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+    if (u) y = _mm256_mul_ps(y, _mm256_loadu_ps(u + i));
+    _mm256_storeu_ps(g + i, _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LE_OQ), y));
+  }
+  for (; i < n; i++) {
+    float x = g[i], y = x >= 10.0f ? x : _cvtsh_ss(table[_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)]);
+    if (u) y *= u[i];
+    g[i] = x <= -10.0f ? 0.0f : y;
+  }
+}
+
 const ml_kernels ml_kernels_avx2 = {
   .name = "avx2",
   .vec_dot = {
@@ -981,5 +1004,5 @@ const ml_kernels ml_kernels_avx2 = {
     [ML_TYPE_Q6_K] = gemm_q6_K, [ML_TYPE_BF16] = gemm_bf16, [ML_TYPE_F16] = gemm_f16,
   },
   .row = {dot_avx2, axpy_avx2, scale_avx2, add_avx2, f16_to_f32_avx2, f32_to_f16_avx2, rmsnorm_avx2, silu_mul_avx2,
-          exp_shift_avx2},
+          exp_shift_avx2, gelu_mul_avx2},
 };

@@ -88,7 +88,14 @@ typedef struct ml_rowops {
   void (*silu_mul)(float *g, const float *u, int64_t n);      /* g = silu(g) * u */
   /* y = x >= cut ? exp((x - shift) * scale) : 0, returning the sum of y (in double) */
   double (*exp_shift)(float *y, const float *x, int64_t n, float shift, float scale, float cut);
+  /* g = gelu(g) * u (u NULL: gelu(g)) as ggml computes it: 0 at or below -10, g at or above
+   * 10, else table[f16(g)] (ml_gelu_f16_table) to f32; bit-identical at every level */
+  void (*gelu_mul)(float *g, const float *u, int64_t n, const ml_fp16 *table);
 } ml_rowops;
+
+/* ggml's GELU table: gelu (tanh form) of every f16 value, rounded to f16, and one entry of
+ * padding (a 32-bit gather may read it). Built on first use, thread-safe. */
+const ml_fp16 *ml_gelu_f16_table(void);
 
 typedef struct ml_kernels {
   const char *name;                           /* "ref", "avx2", "avx512", "avx512-vnni", ... */

@@ -9,6 +9,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "../quant.h"
@@ -342,6 +343,30 @@ static double exp_shift_ref(float *y, const float *x, int64_t n, float shift, fl
   return s;
 }
 
+static ml_fp16 gelu_table[(1 << 16) + 2];
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+
+static void gelu_init(void) {
+  for (uint32_t i = 0; i < (1u << 16); i++) {
+    float x = ml_fp16_to_f32((ml_fp16)i);
+    float y = 0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+    gelu_table[i] = ml_f32_to_fp16(y);
+  }
+}
+
+const ml_fp16 *ml_gelu_f16_table(void) {
+  pthread_once(&gelu_once, gelu_init);
+  return gelu_table;
+}
+
+static void gelu_mul_ref(float *g, const float *u, int64_t n, const ml_fp16 *table) {
+  for (int64_t i = 0; i < n; i++) {
+    float x = g[i], y = x >= 10.0f ? x : ml_fp16_to_f32(table[ml_f32_to_fp16(x)]);
+    if (u) y *= u[i];
+    g[i] = x <= -10.0f ? 0.0f : y;
+  }
+}
+
 const ml_kernels ml_kernels_ref = {
   .name = "ref",
   .vec_dot = {
@@ -360,5 +385,5 @@ const ml_kernels ml_kernels_ref = {
     [ML_TYPE_Q8_K] = ml_quantize_q8_K, /* ggml's x86 path uses the reference one */
   },
   .row = {dot_ref, axpy_ref, scale_ref, add_ref, f16_to_f32_ref, f32_to_f16_ref, rmsnorm_ref, silu_mul_ref,
-          exp_shift_ref},
+          exp_shift_ref, gelu_mul_ref},
 };

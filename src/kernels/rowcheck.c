@@ -204,13 +204,38 @@ static void check_size(check *c, const ml_rowops *k, const ml_rowops *r, int64_t
     }
   if (!near(sum, sumr, sumr, 2e-6, 0)) fail(c, "exp_shift (n = %lld): sum %.9g, ref %.9g", (long long)n, sum, sumr);
   if (!guard_f_ok(b->y, n)) fail(c, "exp_shift (n = %lld) writes outside its elements", (long long)n);
+
+  /* gelu_mul: the same table entry at every level, so bit-identical; both cut-offs, their
+   * neighbours, f16 ties, NaN and infinities, with and without u */
+  const ml_fp16 *table = ml_gelu_f16_table();
+  for (int with_u = 0; with_u < 2; with_u++) {
+    for (int64_t i = 0; i < n; i++) {
+      uint64_t kind = rng_next(s) % 16;
+      static const float edge[] = {-10.0f, 10.0f, -10.000001f, 9.999999f, 1.0f / 0.0f, -1.0f / 0.0f};
+      x[i] = kind < 6 ? edge[kind] : kind == 6 ? nanf("") : kind == 7 ? 1.0f + (float)(rng_next(s) % 2048) / 2048.0f
+                                                            : uni(s, -12, 12);
+      y[i] = yr[i] = x[i];
+      w[i] = term(s);
+    }
+    guard_f(b->y, n);
+    guard_f(b->yr, n);
+    k->gelu_mul(y, with_u ? w : NULL, n, table);
+    r->gelu_mul(yr, with_u ? w : NULL, n, table);
+    for (int64_t i = 0; i < n; i++)
+      if (!same_bits(y[i], yr[i]) && !(y[i] != y[i] && yr[i] != yr[i])) {
+        fail(c, "gelu_mul (n = %lld%s): element %lld (x = %.9g) is %.9g, ref %.9g", (long long)n, with_u ? ", u" : "",
+             (long long)i, x[i], y[i], yr[i]);
+        break;
+      }
+    if (!guard_f_ok(b->y, n)) fail(c, "gelu_mul (n = %lld) writes outside its elements", (long long)n);
+  }
 }
 
 int ml_rowops_selfcheck(const ml_kernels *k, char *msg, size_t cap) {
   check c = {k->name, msg, cap, 1};
   const ml_rowops *r = &ml_kernels_ref.row, *t = &k->row;
   if (!t->dot || !t->axpy || !t->scale || !t->add || !t->f16_to_f32 || !t->f32_to_f16 || !t->rmsnorm || !t->silu_mul ||
-      !t->exp_shift)
+      !t->exp_shift || !t->gelu_mul)
     return fail(&c, "a row op is missing");
   bufs *p = malloc(sizeof *p);
   if (!p) return fail(&c, "out of memory");

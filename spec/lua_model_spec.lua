@@ -246,7 +246,18 @@ describe("moonlm.nn blocks", function()
     assert.is_true((copy:forward(x) - want):abs():max() <= 1e-5 * want:abs():max())
     assert.is_true(copy:pack():forward(x) == want)
     assert.are.equal("q8_0", copy[2].down.weight.dtype)
+    -- nn.save is lm.save over the module's state: the same names and tensors
+    local path2 = S.tmpname(".gguf")
+    assert(lm.save(path2, seq:state(), { ["general.name"] = "two mlps" }))
+    local t2 = lm.load_tensors(path2)
+    local n2 = 0
+    for name, t in pairs(t2) do
+      n2 = n2 + 1
+      assert.is_true(t == tensors[name], name)
+    end
+    assert.are.equal(6, n2)
     os.remove(path)
+    os.remove(path2)
   end)
 end)
 

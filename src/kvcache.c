@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels/dispatch.h"
 
 int ml_kvcache_init(ml_kvcache *c, int64_t n_cells, int64_t n_layer, int64_t row, ml_type type, int n_seq) {
   memset(c, 0, sizeof *c);
@@ -110,6 +111,12 @@ void ml_kvcache_store(const ml_kvcache *c, int64_t layer, int32_t cell, const fl
   if (c->type == ML_TYPE_F32) {
     memcpy(kd, k, sizeof(float) * (size_t)c->row);
     memcpy(vd, v, sizeof(float) * (size_t)c->row);
+    return;
+  }
+  if (c->type == ML_TYPE_F16) { /* the forward pass's row kernel (the same rounding) */
+    const ml_rowops *ro = ml_rowops_get();
+    ro->f32_to_f16(k, (ml_fp16 *)kd, c->row);
+    ro->f32_to_f16(v, (ml_fp16 *)vd, c->row);
     return;
   }
   const ml_type_traits *tr = ml_type_traits_get(c->type);

@@ -120,6 +120,22 @@ static void kv_source(lua_State *L, int64_t hd, ml_flash_args *a, ml_flash_seg *
   *seg = (ml_flash_seg){0, 0, NULL, nkv, 0};
 }
 
+/* The kernel's scratch, kept in the registry of this Lua state and grown when a call needs
+ * more: a new userdata per call would hand the collector ~100 KB per layer and token. Left
+ * on the stack (the caller's result is pushed before it, and taken back above it). */
+static void *work_buffer(lua_State *L, size_t bytes) {
+  static const char key = 0;
+  lua_pushlightuserdata(L, (void *)&key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_type(L, -1) == LUA_TUSERDATA && lua_rawlen(L, -1) >= bytes) return lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  void *w = lua_newuserdatauv(L, bytes, 0);
+  lua_pushlightuserdata(L, (void *)&key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  return w;
+}
+
 int ml_lua_attention(lua_State *L) {
   ml_tensor *q = ml_lua_check_tensor(L, 1);
   /* rows: q {n, heads · head_dim} as a product wrote it (opts.heads), and the result too */
@@ -214,7 +230,7 @@ int ml_lua_attention(lua_State *L) {
    * multiply-adds, which one thread does faster than two meet at the kernel's barriers */
   double macs = 2.0 * (double)H * (double)n * (double)nkv * (double)hd;
   int nth = ml_threads_for(ML_WORK_MACS, macs);
-  void *work = lua_newuserdatauv(L, ml_flash_work_bytes(&a, nth) + 64, 0); /* freed by the collector */
+  void *work = work_buffer(L, ml_flash_work_bytes(&a, nth) + 64);
   work = (void *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
 #pragma omp parallel num_threads(nth)
   ml_flash(&a, work);

@@ -441,6 +441,8 @@ static const float *read_floats(lua_State *L, int i, int64_t n, int opt, const c
   ml_tensor *t = ml_lua_test_tensor(L, i);
   int64_t have = t ? ml_tensor_numel(t) : lua_istable(L, i) ? (int64_t)lua_rawlen(L, i) : -1;
   if (have != n) luaL_argerror(L, opt, lua_pushfstring(L, "%s must hold %d numbers, got %d", what, (int)n, (int)have));
+  /* a contiguous f32 tensor (rope_freqs' result) is read in place: it stays on the stack */
+  if (t && t->type == ML_TYPE_F32 && ml_tensor_is_contiguous(t)) return ml_tensor_data(t);
   float *f = lua_newuserdatauv(L, sizeof(float) * (size_t)(n ? n : 1), 0);
   for (int64_t k = 0; k < n; k++) {
     if (t) f[k] = (float)ml_tensor_get_flat(t, k);

@@ -14,6 +14,7 @@
 #include "sample.h"
 #include "threads.h"
 #include "tensor_rows.h"
+#include "kernels/dispatch.h"
 
 /* ---- helpers ---- */
 
@@ -420,10 +421,16 @@ static int norm_impl(ml_tensor *out, const ml_tensor *a, const ml_tensor *w, con
   int64_t rows = rows_of(&fa), st = last_stride(&fa);
   const float *pa = f32p(&fa), *pw = fw.storage ? f32p(&fw) : NULL, *pb = fb.storage ? f32p(&fb) : NULL;
   float *po = f32p(&o);
+  /* RMSNorm of rows with a weight: the forward pass's row kernel (the same sums in double) */
+  const ml_rowops *ro = !layer && pw && (st == 1 || n == 1) ? ml_rowops_get() : NULL;
 #pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = pa + row_elems(&fa, r);
     float *y = po + r * n;
+    if (ro) {
+      ro->rmsnorm(y, x, pw, n, (float)eps);
+      continue;
+    }
     double mean = 0, ss = 0;
     if (layer) {
       for (int64_t i = 0; i < n; i++) mean += x[i * st];

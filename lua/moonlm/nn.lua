@@ -72,8 +72,16 @@ end
 -- (x:linear_many's outs) are used up inside one module's forward, never returned. So a
 -- decode allocates no activation buffers, and a prefill keeps one set, not one per layer.
 local shared_buffers = {}
+-- the keys of a sizes table (a module keeps its own: no string is built per call)
+local size_keys = setmetatable({}, { __mode = "k" })
 local function buffers(n, sizes)
-  local key = table.concat(sizes, ",") .. (n == 1 and "/1" or "/n")
+  local keys = size_keys[sizes]
+  if not keys then
+    local k = table.concat(sizes, ",")
+    keys = { k .. "/1", k .. "/n" }
+    size_keys[sizes] = keys
+  end
+  local key = n == 1 and keys[1] or keys[2]
   local b = shared_buffers[key]
   if not b or b.n ~= n then
     b = { n = n }
@@ -302,6 +310,12 @@ function MLP:init(o)
   if o.fused and not self.gated then error("bad argument #1 to 'MLP' (fused needs a gated kind)", 3) end
 end
 
+-- the gate's size may change with what is loaded
+function MLP:loaded()
+  self._sizes = nil
+  Module.loaded(self)
+end
+
 function MLP:forward(x)
   local h
   if self.fused then
@@ -314,9 +328,13 @@ function MLP:forward(x)
     local gate, up = self.gate, self.up
     local u
     if nn.fuse and not (gate.bias or up.bias) then
-      local F = gate.weight:size(1)
-      local b = buffers(x:size(1), { F, F })
-      h, u = x:linear_many({ gate.packed or gate.weight, up.packed or up.weight }, nil, b)
+      local sizes = self._sizes
+      if not sizes then
+        local F = gate.weight:size(1)
+        sizes = { F, F }
+        self._sizes = sizes
+      end
+      h, u = x:linear_many({ gate.packed or gate.weight, up.packed or up.weight }, nil, buffers(x:size(1), sizes))
     else
       h, u = gate:forward(x), up:forward(x)
     end
@@ -395,8 +413,13 @@ function Attention:qkv(x)
   local wq, wk, wv = self.wq, self.wk, self.wv
   if nn.fuse and not (wq.bias or wk.bias or wv.bias) then
     -- one activation pass and one thread team for the three products, into buffers
-    local b = buffers(n, { H * D, Hk * D, Hk * D })
-    q, k, v = x:linear_many({ wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil, b)
+    local sizes = self._sizes
+    if not sizes then
+      sizes = { H * D, Hk * D, Hk * D }
+      self._sizes = sizes
+    end
+    q, k, v = x:linear_many({ wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil,
+      buffers(n, sizes))
   else
     q, k, v = wq:forward(x), wk:forward(x), wv:forward(x)
   end

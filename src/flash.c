@@ -276,7 +276,7 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
   }
   lo = ML_MAX(lo, ja);
   hi = ML_MIN(hi, jb);
-  int transposed = M >= 8;
+  int transposed = M >= 16; /* fewer query vectors (decode): the key rows as they are */
   for (int64_t j0 = lo; j0 < hi; j0 += ML_FLASH_BLOCK) {
     int64_t nj = ML_MIN(ML_FLASH_BLOCK, hi - j0);
     const int32_t *rows = sg->cells ? sg->cells + j0 : NULL;

@@ -18,27 +18,49 @@
 
 /* ---- loading keys / values as f32 rows ---- */
 
+/* One row of hd values to f32; HD is the head size when it is a compile-time constant (the
+ * loops unroll), 0 for any multiple of 8 */
+INLINE void load_row(ml_type t, const uint8_t *p, float *d, int64_t hd, const int64_t HD) {
+  if (HD) hd = HD;
+  if (t == ML_TYPE_F16) {
+    #pragma GCC unroll 16
+    for (int64_t i = 0; i < hd; i += 8)
+      _mm256_store_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+  } else if (t == ML_TYPE_Q8_0) {
+    const ml_block_q8_0 *b = (const ml_block_q8_0 *)p;
+    #pragma GCC unroll 4
+    for (int64_t i = 0; i < hd; i += ML_QK, b++) {
+      __m256 s = _mm256_set1_ps(_cvtsh_ss(b->d));
+      #pragma GCC unroll 4
+      for (int k = 0; k < ML_QK; k += 8) {
+        __m256i x = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + k)));
+        _mm256_store_ps(d + i + k, _mm256_mul_ps(s, _mm256_cvtepi32_ps(x)));
+      }
+    }
+  } else {
+    #pragma GCC unroll 16
+    for (int64_t i = 0; i < hd; i += 8) _mm256_store_ps(d + i, _mm256_loadu_ps((const float *)p + i));
+  }
+}
+
+INLINE void load_rows(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                      float *dst, const int64_t HD) {
+  if (rows)
+    for (int64_t j = 0; j < nj; j++) load_row(t, base + (size_t)rows[j] * row_bytes, dst + j * hd, hd, HD);
+  else
+    for (int64_t j = 0; j < nj; j++) load_row(t, base + (size_t)j * row_bytes, dst + j * hd, hd, HD);
+}
+
 static void load_avx2(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
                       float *dst) {
-  for (int64_t j = 0; j < nj; j++) {
-    const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
-    float *d = dst + j * hd;
-    if (t == ML_TYPE_F16) {
-      for (int64_t i = 0; i < hd; i += 8)
-        _mm256_store_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
-    } else if (t == ML_TYPE_Q8_0) {
-      const ml_block_q8_0 *b = (const ml_block_q8_0 *)p;
-      for (int64_t i = 0; i < hd; i += ML_QK, b++) {
-        __m256 s = _mm256_set1_ps(_cvtsh_ss(b->d));
-        for (int k = 0; k < ML_QK; k += 8) {
-          __m256i x = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + k)));
-          _mm256_store_ps(d + i + k, _mm256_mul_ps(s, _mm256_cvtepi32_ps(x)));
-        }
-      }
-    } else {
-      for (int64_t i = 0; i < hd; i += 8) _mm256_store_ps(d + i, _mm256_loadu_ps((const float *)p + i));
-    }
-  }
+  /* the type test and the head size leave the row loop */
+  if (hd == 64 && t == ML_TYPE_F16) load_rows(ML_TYPE_F16, base, row_bytes, rows, nj, hd, dst, 64);
+  else if (hd == 64 && t == ML_TYPE_Q8_0) load_rows(ML_TYPE_Q8_0, base, row_bytes, rows, nj, hd, dst, 64);
+  else if (hd == 128 && t == ML_TYPE_F16) load_rows(ML_TYPE_F16, base, row_bytes, rows, nj, hd, dst, 128);
+  else if (hd == 128 && t == ML_TYPE_Q8_0) load_rows(ML_TYPE_Q8_0, base, row_bytes, rows, nj, hd, dst, 128);
+  else if (t == ML_TYPE_F16) load_rows(ML_TYPE_F16, base, row_bytes, rows, nj, hd, dst, 0);
+  else if (t == ML_TYPE_Q8_0) load_rows(ML_TYPE_Q8_0, base, row_bytes, rows, nj, hd, dst, 0);
+  else load_rows(t, base, row_bytes, rows, nj, hd, dst, 0);
 }
 
 /* ---- kt[d][j] = kb[j][d] in 8 x 8 blocks ---- */
@@ -87,16 +109,19 @@ INLINE __m256 reduce8(const __m256 a[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-static void qk_rows_avx2(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
-  for (int64_t m = 0; m < M; m++) {
-    const float *qm = q + m * hd;
-    for (int64_t j0 = 0; j0 < nj; j0 += 8) {
-      const float *kr[8];
-      #pragma GCC unroll 8
-      for (int i = 0; i < 8; i++) kr[i] = kb + (j0 + i < nj ? j0 + i : 0) * hd;
+/* HD as in load_row. The 8 key rows of a group are found once for all M query vectors. */
+INLINE void qk_rows_hd(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s, const int64_t HD) {
+  if (HD) hd = HD;
+  for (int64_t j0 = 0; j0 < nj; j0 += 8) {
+    const float *kr[8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) kr[i] = kb + (j0 + i < nj ? j0 + i : 0) * hd;
+    for (int64_t m = 0; m < M; m++) {
+      const float *qm = q + m * hd;
       __m256 acc[8];
       #pragma GCC unroll 8
       for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+      #pragma GCC unroll 16
       for (int64_t d = 0; d < hd; d += 8) {
         __m256 qv = _mm256_loadu_ps(qm + d);
         #pragma GCC unroll 8
@@ -105,6 +130,12 @@ static void qk_rows_avx2(const float *q, int64_t M, const float *kb, int64_t nj,
       _mm256_store_ps(s + m * BLK + j0, reduce8(acc));
     }
   }
+}
+
+static void qk_rows_avx2(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
+  if (hd == 64) qk_rows_hd(q, M, kb, nj, hd, s, 64);
+  else if (hd == 128) qk_rows_hd(q, M, kb, nj, hd, s, 128);
+  else qk_rows_hd(q, M, kb, nj, hd, s, 0);
 }
 
 /* s[m][8 NV keys from kt] for MR query vectors */
@@ -233,6 +264,7 @@ INLINE void pv_tile(const float *p, const float *vb, int64_t nj, int64_t hd, flo
   for (int r = 0; r < MR; r++)
     #pragma GCC unroll 2
     for (int v = 0; v < NV; v++) acc[r][v] = _mm256_load_ps(o + r * hd + 8 * v);
+  #pragma GCC unroll 4
   for (int64_t j = 0; j < nj; j++) {
     __m256 x[2];
     #pragma GCC unroll 2

@@ -760,6 +760,220 @@ X16_AI int block_mr(ml_type wt) {
   return wt == ML_TYPE_F16 ? 6 : wt == ML_TYPE_BF16 ? 4 : 2;
 }
 
+/* One activation row against q4_0 / q8_0 tiles straight from the packed blocks: the nibbles
+ * are split and the products taken in registers, so nothing goes through the work buffer
+ * (unpacking to it and reading it back cost more than the products, where every weight is
+ * used once). The same integer sums and the same float operations in the same order as
+ * run_rows, so the results are identical. */
+X16_AI void gemv1_b32(const ml_packed_args *p, const uint8_t *ap, int64_t nb, int64_t m0, int64_t t0, int64_t t1,
+                      ml_type wt) {
+  float *y = p->y + m0 * p->ldy;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t t = t0; t < t1; t++) {
+    const uint8_t *o = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
+    const uint8_t *a = ap;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, a += 40) {
+      __m256i ia0 = bcast32(a + 36), ia1 = ia0;
+      if (wt == ML_TYPE_Q8_0) {
+        const uint8_t *q = o + X16_Q8_0_Q;
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+          __m256i x = bcast32(a + 4 * g);
+          ia0 = _mm256_add_epi32(ia0, dot4s(ld(q + 64 * g), x));
+          ia1 = _mm256_add_epi32(ia1, dot4s(ld(q + 64 * g + 32), x));
+        }
+        o += X16_Q8_0_BYTES;
+      } else {
+        const uint8_t *q = o + X16_Q4_0_Q;
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) {
+          __m256i x0 = ld(q + 64 * g), x1 = ld(q + 64 * g + 32);
+          __m256i xl = bcast32(a + 4 * g), xh = bcast32(a + 4 * (g + 4));
+          s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(x0, mask8(0x0F)), xl));
+          s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(x1, mask8(0x0F)), xl));
+          s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x0, 4), mask8(0x0F)), xh));
+          s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x1, 4), mask8(0x0F)), xh));
+        }
+        ia0 = _mm256_add_epi32(ia0, _mm256_madd_epi16(s0, ones));
+        ia1 = _mm256_add_epi32(ia1, _mm256_madd_epi16(s1, ones));
+        o += X16_Q4_0_BYTES;
+      }
+      const uint8_t *blk = o - (wt == ML_TYPE_Q8_0 ? X16_Q8_0_BYTES : X16_Q4_0_BYTES);
+      float d;
+      memcpy(&d, a + 32, 4);
+      __m256 da = _mm256_set1_ps(d);
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia0), _mm256_mul_ps(ld_f16x8(blk), da), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia1), _mm256_mul_ps(ld_f16x8(blk + 16), da), acc1);
+    }
+    int64_t left = p->N - t * ML_X16;
+    if (left >= 16) {
+      _mm256_storeu_ps(y + t * ML_X16, acc0);
+      _mm256_storeu_ps(y + t * ML_X16 + 8, acc1);
+    } else {
+      _mm256_maskstore_ps(y + t * ML_X16, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), acc0);
+      _mm256_maskstore_ps(y + t * ML_X16 + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), acc1);
+    }
+  }
+}
+
+/* One activation row against q4_K tiles straight from the packed blocks, as gemv1_b32: the
+ * 6-bit scales and mins of 8 rows decoded in registers per half tile (as unpack_kq does),
+ * the nibbles split in registers; the integer sums and the float operations of micro_kq in
+ * its order, so the results are identical. */
+X16_AI void gemv1_q4k(const ml_packed_args *p, const uint8_t *ap, int64_t nb, int64_t m0, int64_t t0, int64_t t1) {
+  float *y = p->y + m0 * p->ldy;
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F), m2 = _mm256_set1_epi32(0x03030303);
+  const size_t abb = 260 + 2 * 8;
+  for (int64_t t = t0; t < t1; t++) {
+    const uint8_t *o = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
+    const uint8_t *a = ap;
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++, a += abb, o += X16_Q4_K_BYTES) {
+      __m256i it[2], im[2], scp[2][8];
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) { /* rows 8 h .. 8 h + 7: scales as (sc, sc) pairs, mins as sums */
+        int base = 32 * h;
+        __m256i u0 = ld(o + X16_Q4_K_SC + base), u1 = ld(o + X16_Q4_K_SC + 64 + base), u2 = ld(o + X16_Q4_K_SC + 128 + base);
+        __m256i s03 = _mm256_and_si256(u0, m6), n03 = _mm256_and_si256(u1, m6);
+        __m256i s47 = _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), m2), 4));
+        __m256i n47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                                      _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), m2), 4));
+        __m256i mn[8];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+          __m256i a0 = byte_lane(s03, j), a1 = byte_lane(s47, j);
+          scp[h][j] = pair16(a0, a0), scp[h][j + 4] = pair16(a1, a1);
+          mn[j] = byte_lane(n03, j), mn[j + 4] = byte_lane(n47, j);
+        }
+        im[h] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+          im[h] = _mm256_add_epi32(im[h], _mm256_madd_epi16(pair16(mn[2 * q], mn[2 * q + 1]), bcast32(a + 260 + 4 * q)));
+        it[h] = _mm256_setzero_si256();
+      }
+#pragma GCC unroll 1
+      for (int c = 0; c < 4; c++) {
+        const uint8_t *q = o + X16_Q4_K_Q + 512 * c, *x = a + 4 * 16 * c;
+        __m256i sl0 = _mm256_setzero_si256(), sl1 = sl0, sh0 = sl0, sh1 = sl0;
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+          __m256i w0 = ld(q + 64 * g), w1 = ld(q + 64 * g + 32);
+          __m256i xl = bcast32(x + 4 * g), xh = bcast32(x + 4 * (8 + g));
+          sl0 = _mm256_add_epi16(sl0, _mm256_maddubs_epi16(_mm256_and_si256(w0, mask8(0x0F)), xl));
+          sl1 = _mm256_add_epi16(sl1, _mm256_maddubs_epi16(_mm256_and_si256(w1, mask8(0x0F)), xl));
+          sh0 = _mm256_add_epi16(sh0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w0, 4), mask8(0x0F)), xh));
+          sh1 = _mm256_add_epi16(sh1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w1, 4), mask8(0x0F)), xh));
+        }
+        it[0] = _mm256_add_epi32(it[0], _mm256_add_epi32(_mm256_madd_epi16(sl0, scp[0][2 * c]), _mm256_madd_epi16(sh0, scp[0][2 * c + 1])));
+        it[1] = _mm256_add_epi32(it[1], _mm256_add_epi32(_mm256_madd_epi16(sl1, scp[1][2 * c]), _mm256_madd_epi16(sh1, scp[1][2 * c + 1])));
+      }
+      float d;
+      memcpy(&d, a + 256, 4);
+      __m256 s = _mm256_set1_ps(d);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) {
+        __m256 dw = ld_f16x8(o + 16 * h), dm = ld_f16x8(o + X16_Q4_K_DMIN + 16 * h);
+        acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it[h]), _mm256_mul_ps(dw, s), acc[h]);
+        acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(im[h]), _mm256_mul_ps(dm, s), acc[h]);
+      }
+    }
+    int64_t left = p->N - t * ML_X16;
+    if (left >= 16) {
+      _mm256_storeu_ps(y + t * ML_X16, acc[0]);
+      _mm256_storeu_ps(y + t * ML_X16 + 8, acc[1]);
+    } else {
+      _mm256_maskstore_ps(y + t * ML_X16, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), acc[0]);
+      _mm256_maskstore_ps(y + t * ML_X16 + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), acc[1]);
+    }
+  }
+}
+
+/* The same for q6_K: 6-bit values put together in registers, int16 sums over pairs of
+ * k-groups of a sub-block (as micro_kq), scaled per sub-block with vpmaddwd. */
+X16_AI __m256i q6_scale(const uint8_t *o, int j, int h) {
+  __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(o + X16_Q6_K_SC + 16 * j + 8 * h)));
+  return sc;
+}
+
+X16_AI void gemv1_q6k(const ml_packed_args *p, const uint8_t *ap, int64_t nb, int64_t m0, int64_t t0, int64_t t1) {
+  float *y = p->y + m0 * p->ldy;
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const size_t abb = 260 + 2 * 16;
+  for (int64_t t = t0; t < t1; t++) {
+    const uint8_t *o = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
+    const uint8_t *a = ap;
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++, a += abb, o += X16_Q6_K_BYTES) {
+      __m256i it[2], im[2];
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) {
+        im[h] = _mm256_setzero_si256();
+        it[h] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) {
+          __m256i mn = pair16(_mm256_slli_epi32(q6_scale(o, 2 * q, h), 5), _mm256_slli_epi32(q6_scale(o, 2 * q + 1, h), 5));
+          im[h] = _mm256_add_epi32(im[h], _mm256_madd_epi16(mn, bcast32(a + 260 + 4 * q)));
+        }
+      }
+#pragma GCC unroll 1
+      for (int hh = 0; hh < 2; hh++)
+#pragma GCC unroll 1
+        for (int g0 = 0; g0 < 8; g0 += 2) {
+          __m256i s16[4][2];
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++) s16[k][0] = s16[k][1] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+          for (int g = g0; g < g0 + 2; g++)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+              int base = 32 * h;
+              __m256i qh = ld(o + X16_Q6_K_QH(hh, g) + base);
+#pragma GCC unroll 2
+              for (int kk = 0; kk < 2; kk++) {
+                __m256i x = ld(o + X16_Q6_K_QL(hh, kk, g) + base);
+                __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk), mask8(3)), 4);
+                __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * kk + 4), mask8(3)), 4);
+                __m256i v0 = _mm256_or_si256(_mm256_and_si256(x, mask8(0x0F)), h0);
+                __m256i v2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), mask8(0x0F)), h2);
+                s16[kk][h] = _mm256_add_epi16(s16[kk][h], _mm256_maddubs_epi16(v0, bcast32(a + 4 * (32 * hh + 8 * kk + g))));
+                s16[kk + 2][h] =
+                  _mm256_add_epi16(s16[kk + 2][h], _mm256_maddubs_epi16(v2, bcast32(a + 4 * (32 * hh + 8 * (kk + 2) + g))));
+              }
+            }
+          /* k-group 32 hh + 8 k + g is in sub-block 8 hh + 2 k + g / 4 */
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; k++)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+              __m256i sc = q6_scale(o, 8 * hh + 2 * k + g0 / 4, h);
+              it[h] = _mm256_add_epi32(it[h], _mm256_madd_epi16(s16[k][h], pair16(sc, sc)));
+            }
+        }
+      float d;
+      memcpy(&d, a + 256, 4);
+      __m256 s = _mm256_set1_ps(d);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; h++) {
+        __m256 dw = _mm256_mul_ps(ld_f16x8(o + 16 * h), s);
+        acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(it[h]), dw, acc[h]);
+        acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(im[h]), dw, acc[h]);
+      }
+    }
+    int64_t left = p->N - t * ML_X16;
+    if (left >= 16) {
+      _mm256_storeu_ps(y + t * ML_X16, acc[0]);
+      _mm256_storeu_ps(y + t * ML_X16 + 8, acc[1]);
+    } else {
+      _mm256_maskstore_ps(y + t * ML_X16, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), acc[0]);
+      _mm256_maskstore_ps(y + t * ML_X16 + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), acc[1]);
+    }
+  }
+}
+
 X16_AI void gemv_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_type wt) {
   x16_ctx c;
   ctx_init(&c, p, wt);
@@ -772,6 +986,18 @@ X16_AI void gemv_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_t
     int r = p->M - m0 < MR ? (int)(p->M - m0) : MR;
     int R = r == 1 ? 1 : MR;
     apack(&c, p, m0, R, r, 0, c.nb, ap);
+    if (R == 1 && (wt == ML_TYPE_Q4_0 || wt == ML_TYPE_Q8_0)) {
+      gemv1_b32(p, ap, c.nb, m0, t0, t1, wt);
+      continue;
+    }
+    if (R == 1 && wt == ML_TYPE_Q4_K) {
+      gemv1_q4k(p, ap, c.nb, m0, t0, t1);
+      continue;
+    }
+    if (R == 1 && wt == ML_TYPE_Q6_K) {
+      gemv1_q6k(p, ap, c.nb, m0, t0, t1);
+      continue;
+    }
     size_t abb = ablock_bytes(&c, R);
     for (int64_t t = t0; t < t1; t++) {
       const uint8_t *tile = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;

@@ -5,10 +5,12 @@ local info = lm.info()
 io.write(("# moonlm benchmarks\n\nmachine: %s, %d threads available, kernel level %s, %s\n\n"):format(
   info.cpu, info.max_threads, info.isa, os.date("!%Y-%m-%d %H:%M UTC")))
 local only = os.getenv("BENCH")
--- board (the peers on many files, tens of minutes) and coldstart run only when named
-local on_request = { board = true, coldstart = true }
+-- board (the peers on many files, tens of minutes), coldstart, speculative and chat_shift run
+-- only when named
+local on_request = { board = true, coldstart = true, speculative = true, chat_shift = true }
 for _, name in ipairs{"matmul_f32", "matmul", "attention", "tokenizer", "e2e", "arch", "sampling", "recsys", "grammar",
-                      "jsonschema", "grammar_cost", "lua_model", "schema_generation", "board", "coldstart"} do
+                      "jsonschema", "grammar_cost", "lua_model", "schema_generation", "board", "coldstart",
+                      "speculative", "chat_shift"} do
   if (not only and not on_request[name]) or only == name then
     local path = "bench/" .. name .. ".lua"
     local f = io.open(path)

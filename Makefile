@@ -4,7 +4,8 @@
 #   make test       install what is missing, build both ABIs, run every spec (SAN=1: sanitizers)
 #   make bench      benchmarks (ours next to the machine's limits and, when given, llama.cpp)
 #   make install    PREFIX=/usr/local LUA_VERSION=5.4|5.1
-#   make fuzz       libFuzzer harnesses (clang); make fuzz-template / fuzz-gguf / fuzz-loader run one
+#   make fuzz       libFuzzer harnesses (clang); make fuzz-template / fuzz-gguf / fuzz-loader /
+#                   fuzz-schema / fuzz-grammar run one (FUZZ_SECONDS)
 #   make selftest   the C self-tests of tools/ (run by spec/selftest_spec.lua)
 
 CC      ?= gcc
@@ -264,6 +265,17 @@ fuzz-gguf: $(BUILD)/fuzz/gguf
 	@mkdir -p $(FUZZ_CORPUS)
 	$(BUILD)/fuzz/gguf -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=16384 -max_total_time=$(FUZZ_SECONDS) \
 	  -print_final_stats=1 $(FUZZ_CORPUS) fuzz/seeds/gguf $(wildcard $(SHARED)/tokenizer)
+# the JSON Schema compiler and the grammar engine (GBNF parser, compiler, matcher, masks),
+# FUZZ_SECONDS each, new inputs to scratch corpora beside FUZZ_CORPUS
+.PHONY: fuzz-schema fuzz-grammar
+fuzz-schema: $(BUILD)/fuzz/schema
+	@mkdir -p $(FUZZ_CORPUS)-schema
+	$(BUILD)/fuzz/schema -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=16384 -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  $(FUZZ_CORPUS)-schema fuzz/seeds/schema
+fuzz-grammar: $(BUILD)/fuzz/grammar
+	@mkdir -p $(FUZZ_CORPUS)-grammar
+	$(BUILD)/fuzz/grammar -rss_limit_mb=2048 -max_len=4096 -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  $(FUZZ_CORPUS)-grammar fuzz/seeds/grammar
 .PHONY: fuzz-template
 fuzz-template:
 	@MOONLM_SHARED="$(SHARED)" lua5.4 fuzz/template.lua $(FUZZ_SECONDS)

@@ -710,33 +710,38 @@ static int compact(cc *c, const int32_t *mentry, const int32_t *mlo, int32_t nm,
  * The range ends cut the bytes into intervals (each inside or outside every range); the
  * classes are then refined over intervals, once per distinct range. */
 static void byte_classes(ml_grammar *g) {
-  uint8_t cut[257];
-  memset(cut, 0, sizeof cut);
+  /* the distinct ranges (lo * 256 + hi), in one pass over the states */
+  uint8_t seen[256 * 256 / 8];
+  memset(seen, 0, sizeof seen);
   for (int32_t i = 0; i < g->n_nfa; i++) {
     const nst *s = &g->nfa[i];
-    if (s->kind == N_RANGE) cut[s->lo] = cut[s->hi + 1] = 1;
-    else if (s->kind == N_RANGES)
-      for (int k = 0; k < s->pad; k++) cut[g->rpool[s->call + 2 * k]] = cut[g->rpool[s->call + 2 * k + 1] + 1] = 1;
+    if (s->kind == N_RANGE) {
+      int key = s->lo * 256 + s->hi;
+      seen[key >> 3] |= (uint8_t)(1 << (key & 7));
+    } else if (s->kind == N_RANGES) {
+      for (int k = 0; k < s->pad; k++) {
+        int key = g->rpool[s->call + 2 * k] * 256 + g->rpool[s->call + 2 * k + 1];
+        seen[key >> 3] |= (uint8_t)(1 << (key & 7));
+      }
+    }
   }
+  uint8_t cut[257];
+  memset(cut, 0, sizeof cut);
+  for (int key = 0; key < 256 * 256; key++)
+    if (seen[key >> 3] & (1 << (key & 7))) cut[key >> 8] = cut[(key & 255) + 1] = 1;
   int iv[256], nint = 0; /* interval of each byte */
   for (int b = 0; b < 256; b++) {
     if (b && cut[b]) nint++;
     iv[b] = nint;
   }
   nint++;
-  uint8_t seen[256 * 256 / 8];
-  memset(seen, 0, sizeof seen);
   int cur[256], nid = 1, map_in[256], map_out[256];
   memset(cur, 0, sizeof cur);
-  for (int32_t i = 0; i < g->n_nfa; i++) {
-    const nst *s = &g->nfa[i];
-    int np = s->kind == N_RANGE ? 1 : s->kind == N_RANGES ? s->pad : 0;
-    for (int k = 0; k < np; k++) {
-      int lo = s->kind == N_RANGE ? s->lo : g->rpool[s->call + 2 * k];
-      int hi = s->kind == N_RANGE ? s->hi : g->rpool[s->call + 2 * k + 1];
-      int key = lo * 256 + hi;
-      if (seen[key >> 3] & (1 << (key & 7))) continue;
-      seen[key >> 3] |= (uint8_t)(1 << (key & 7));
+  for (int key = 0; key < 256 * 256; key++) {
+    if (!seen[key >> 3]) { key |= 7; continue; }
+    if (!(seen[key >> 3] & (1 << (key & 7)))) continue;
+    int lo = key >> 8, hi = key & 255;
+    {
       int a = iv[lo], z = iv[hi];
       for (int j = 0; j < nid; j++) map_in[j] = map_out[j] = -1;
       int next = 0;

@@ -497,7 +497,13 @@ int gd_init(ml_grammar *g) {
   d->memo = calloc((size_t)n, sizeof *d->memo); /* zero pages until used */
   d->memo_n = malloc((size_t)n * sizeof *d->memo_n + 1);
   if (!d->stamp || !d->memo || !d->memo_n) goto oom;
-  for (int32_t u = 0; u < n && !d->anchors; u++) d->anchors = g->nfa[u].kind == N_BOL || g->nfa[u].kind == N_EOL;
+  /* one pass: anchors anywhere, and the important states (the DFA's room below) */
+  int64_t imp = 0;
+  for (int32_t u = 0; u < n; u++) {
+    int k = g->nfa[u].kind;
+    d->anchors |= k == N_BOL || k == N_EOL;
+    imp += k == N_RANGE || k == N_RANGES || k == N_CALL || k == N_FINAL;
+  }
   if (!g->all_useful && find_useful(g) < 0) return -1;
   if (analyze(g) < 0) return -1;
   if (!USEFUL(g, g->mentry[g->root])) {
@@ -506,9 +512,6 @@ int gd_init(ml_grammar *g) {
   }
   /* room for the states: a DFA is rarely much larger than its NFA's important states;
    * past the room, a clean error at run time */
-  int64_t imp = 0;
-  for (int32_t u = 0; u < n; u++)
-    imp += g->nfa[u].kind == N_RANGE || g->nfa[u].kind == N_RANGES || g->nfa[u].kind == N_CALL || g->nfa[u].kind == N_FINAL;
   int64_t cap = 8 * imp + 1024;
   if (cap > GX_MAX_DFA) cap = GX_MAX_DFA;
   if (cap > (int64_t)(GX_MAX_TABLE / (size_t)nc)) cap = (int64_t)(GX_MAX_TABLE / (size_t)nc);

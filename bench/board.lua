@@ -11,6 +11,7 @@
 --   PASSES=2 REPS=2 THREADS=2 PP=512 TG=128
 --   DEPTHS="1536,4096"  DEPTH_FILES="smollm:q8_0,tinyllama:q4_0"   depth runs (n_ctx 8192
 --                                   for us; llama-bench sizes its own); DEPTHS="" skips them
+--   PEER_FA="0,1"                   the peers' -fa settings at depth (the better kept)
 --   RAW=dir                         keep every engine's raw output there (default
 --                                   build/bench-raw)
 --
@@ -32,6 +33,8 @@ local files = os.getenv("FILES") or
   "tinyllama:q4_0,tinyllama:q8_0,tinyllama:q4_k_m,tinyllama:bf16,smollm:q8_0,smollm:q4_0,smollm:bf16"
 local depths = os.getenv("DEPTHS") or "1536,4096"
 local depth_files = os.getenv("DEPTH_FILES") or "smollm:q8_0,tinyllama:q4_0"
+local peer_fa = os.getenv("PEER_FA") or "0,1"
+assert(peer_fa:match("^[01,]+$"), "PEER_FA: 0, 1 or 0,1")
 local quantize = os.getenv("LLAMA_QUANTIZE")
 if quantize == "" then quantize = nil end
 local dir = B.build .. "/bench-models"
@@ -144,9 +147,9 @@ for _, peer in ipairs { { "llama.cpp", "LLAMA_BENCH", "" }, { "ik -rtr", "IK_BEN
   if exe and exe ~= "" then
     engines[#engines + 1] = { name = peer[1], cmd = function(path, d)
         if d > 0 and not supports_depth(exe) then return nil end
-        -- at depth the peers run with and without flash attention and keep the better
+        -- at depth the peers run with and without flash attention (PEER_FA) and keep the better
         return ("%s -m %s -t %d -p %d -n %d -r %d -o csv%s%s 2>/dev/null"):format(exe, path, threads, PP, TG, reps,
-          peer[3], d > 0 and (" -d %d -fa 0,1"):format(d) or "")
+          peer[3], d > 0 and (" -d %d -fa %s"):format(d, peer_fa) or "")
       end }
   end
 end

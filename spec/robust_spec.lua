@@ -470,6 +470,11 @@ describe("C strings, sampling, token ids (#11.5-7)", function()
         "bad argument #2 to 'generate' %(option 'logit_bias': token id 600 out of range" },
       { function() return lm.sampler({ logit_bias = { [600] = 1 } }):sample(lm.tensor.randn({ 512 }), {}) end,
         "^option 'logit_bias': token id 600 out of range %(the vocabulary has 512: 0 to 511%)$" },
+      -- the history the penalties read (ids out of range were skipped, as if never seen)
+      { function() return lm.sampler({ repeat_penalty = 1.3 }):sample(lm.tensor.randn({ 512 }), { 5, big }) end,
+        "^history item 2: token id 4294967301 out of range %(the vocabulary has 512: 0 to 511%)$" },
+      { function() return lm.sampler({ presence_penalty = 0.5, top_k = 0 }):sample(lm.tensor.randn({ 512 }), { -1 }) end,
+        "^history item 1: token id %-1 out of range" },
       { function() local c = model:context { n_ctx = 16 }; return c:decode_batch { { { 1 }, seq = 0 }, { { big }, seq = 0 } } end,
         "bad argument #2 to 'decode_batch' %(entry 2: token id 4294967301 out of range" },
     } do

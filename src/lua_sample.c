@@ -157,12 +157,15 @@ static int l_candidates(lua_State *L) {
       bias[b] = (float)lua_tonumber(L, -1);
     }
   }
-  for (int64_t i = h0; i < nh; i++) {
+  for (int64_t i = h0; i < nh; i++) { /* the penalty window: the ids the penalties read */
     lua_rawgeti(L, 4, (lua_Integer)i + 1);
     int ok;
     lua_Integer id = lua_tointegerx(L, -1, &ok);
+    if (!ok) return lua_pushfstring(L, "history item %d is not a token id", (int)i + 1), lua_error(L);
+    if (id < 0 || id >= n)
+      return lua_pushfstring(L, "history item %d: %s", (int)i + 1, ml_push_id_range(L, id, n)), lua_error(L);
     lua_pop(L, 1);
-    hist[i - h0] = ok && id >= 0 && id < n ? (int32_t)id : -1; /* -1: skipped, as ids out of range are */
+    hist[i - h0] = (int32_t)id;
   }
   a.bias_id = bias_id;
   a.bias = bias;

@@ -10,7 +10,8 @@
 -- (built outside the repository over libllama's grammar sampler and common's
 -- json-schema-to-grammar) is run as `harness VOCAB.gguf DIR SAMPLE` and prints "key value"
 -- lines: schemas passing refused verr valid inverr crash timeout tokens tbm_avg tbm_p50
--- tbm_p99 tbm_p999 tbm_max ttfm_avg ttfm_p50 ttfm_p99 cpu_s.
+-- tbm_p99 tbm_p999 tbm_max ttfm_avg ttfm_p50 ttfm_p99 cpu_s. MOONLM_LLAMA_GRAMMAR_OUT=file keeps
+-- its figures in `file` and reads them back while it exists (the harness takes ~30 min).
 local lm = require "moonlm"
 local json = require "moonlm.json"
 local G = lm.grammar
@@ -184,16 +185,45 @@ if #keys > 0 then
 end
 
 -- llama.cpp's engine on this machine, on a sample, beside ours on the same schemas
+if not HARNESS then
+  print("\n(llama.cpp's grammar engine on this machine was not run: set MOONLM_LLAMA_GRAMMAR to a harness built"
+    .. " outside the repository over a llama.cpp build, which runs json_schema_to_grammar and"
+    .. " llama_sampler_init_grammar under the protocol above and speaks the interface in this file's header;"
+    .. " ours is /work/peers/llama-grammar/harness.cpp, built with c++ -O2 -std=c++17 harness.cpp"
+    .. " -I$LLAMA/include -I$LLAMA/common -I$LLAMA/ggml/include $LLAMA/build/common/libcommon.a"
+    .. " -L$LLAMA/build/bin -lllama -lggml -lggml-base -Wl,-rpath,$LLAMA/build/bin -o harness)")
+end
 if HARNESS then
-  local cmd = ("%s %q %q %d 2>/dev/null"):format(HARNESS, VOCAB, DIR, LLAMA_SAMPLE)
-  local l0 = loadavg()
-  local p = io.popen(cmd)
+  -- MOONLM_LLAMA_GRAMMAR_OUT=file: the harness's figures are kept there (its run takes about
+  -- half an hour on a loaded 2-core machine) and read back while the file exists
+  local saved = os.getenv("MOONLM_LLAMA_GRAMMAR_OUT")
+  local f = saved and io.open(saved)
+  local l0, l1 = loadavg(), nil
+  local lines = {}
+  if f then
+    for line in f:lines() do lines[#lines + 1] = line end
+    f:close()
+    l0 = ("(figures read from %s: %s)"):format(saved, (lines[1] or ""):match("^# (.*)") or "")
+  else
+    local p = io.popen(("%s %q %q %d 2>/dev/null"):format(HARNESS, VOCAB, DIR, LLAMA_SAMPLE))
+    for line in p:lines() do lines[#lines + 1] = line end
+    p:close()
+    l1 = loadavg()
+    if saved then
+      local out = io.open(saved, "w")
+      if out then
+        out:write(("# llama.cpp grammar harness %s, every %dth schema, %s, load %s -> %s\n"):format(HARNESS, LLAMA_SAMPLE,
+          os.date("!%Y-%m-%d %H:%M UTC"), l0, l1))
+        out:write(table.concat(lines, "\n"), "\n")
+        out:close()
+      end
+    end
+  end
   local ll = {}
-  for line in p:lines() do
+  for _, line in ipairs(lines) do
     local k, v = line:match("^(%S+) (%S+)$")
     if k then ll[k] = tonumber(v) end
   end
-  p:close()
   if not ll.schemas then
     print(("\n(llama.cpp harness %s gave no figures)"):format(HARNESS))
   else
@@ -216,7 +246,7 @@ if HARNESS then
     print(("| TBM p99.9 / max | %s / %s | %s / %s |"):format(w_c(ours, "tbm_p999"), w_c(ours, "tbm_max"), lw("tbm_p999"), lw("tbm_max")))
     print(("| TTFM avg | %s | %s |"):format(w_c(ours, "ttfm_avg"), lw("ttfm_avg")))
     print(("| TTFM p50 / p99 | %s / %s | %s / %s |"):format(w_c(ours, "ttfm_p50"), w_c(ours, "ttfm_p99"), lw("ttfm_p50"), lw("ttfm_p99")))
-    print(("\nµs, wall clock (CPU time). llama.cpp (60 s of CPU a schema, then a timeout): %s tokens, %.0f s CPU; load average %s before, %s after."):format(n(ll.tokens),
-      ll.cpu_s or 0, l0, loadavg()))
+    print(("\nµs, wall clock (CPU time). llama.cpp (60 s of CPU a schema, then a timeout): %s tokens, %.0f s CPU; %s."):format(n(ll.tokens),
+      ll.cpu_s or 0, l1 and ("load average %s before, %s after"):format(l0, l1) or l0))
   end
 end

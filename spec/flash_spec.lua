@@ -86,6 +86,11 @@ describe("tensor.attention", function()
     { "sliding window", 2, 1, 30, 100, 32, { causal = true, window = 17 } },
     { "softcap and scale", 2, 2, 6, 90, 64, { softcap = 0.7, scale = 0.3 } },
     { "ALiBi slopes", 4, 4, 12, 40, 32, { causal = true, alibi = { 0.5, 0.25, 0.125, 0.0625 } } },
+    -- the soft-cap's and ALiBi's SIMD paths: scores from near 0 to past the cap's saturation,
+    -- rows of every length (blocks and tails), a window with both
+    { "softcap over a long causal prefill", 2, 1, 70, 70, 32, { causal = true, softcap = 3, scale = 0.05 } },
+    { "softcap saturating, ALiBi and a window", 2, 2, 40, 150, 32,
+      { causal = true, softcap = 0.5, window = 37, alibi = { 0.03125, 0.0078125 } } },
     { "more query rows than keys", 2, 1, 8, 3, 32, { causal = true } },
   }
   for _, c in ipairs(cases) do

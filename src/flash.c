@@ -78,7 +78,17 @@ static void pv_ref(const float *s, int64_t M, const float *vb, int64_t nj, int64
     }
 }
 
-static const ml_flash_kernels flash_ref = {"ref", load_ref, transpose_ref, qk_rows_ref, qk_t_ref, softmax_ref, pv_ref};
+static void bias_ref(float *s, int64_t n, float softcap, float slope, int64_t d0) {
+  for (int64_t j = 0; j < n; j++) {
+    float v = s[j];
+    if (softcap > 0) v = softcap * tanhf(v / softcap);
+    if (slope != 0) v -= slope * (float)llabs(d0 - j);
+    s[j] = v;
+  }
+}
+
+static const ml_flash_kernels flash_ref = {"ref",       load_ref,    transpose_ref, qk_rows_ref,
+                                           qk_t_ref, softmax_ref, pv_ref,        bias_ref};
 
 extern const ml_flash_kernels ml_flash_kernels_avx512 __attribute__((weak));
 extern const ml_flash_kernels ml_flash_kernels_avx2 __attribute__((weak));
@@ -220,28 +230,23 @@ static void thread_state(const ml_flash_args *a, float *base, tstate *t) {
 
 /* Scores of block [j0, j0 + nj) beyond q·k: softcap, ALiBi, the additive mask, and -inf
  * where a row may not look. */
-static void adjust(const ml_flash_args *a, const ml_flash_seg *sg, int64_t r0, int64_t nr, int64_t kh, int64_t g, int64_t j0,
-                   int64_t nj, float *s) {
+static void adjust(const ml_flash_args *a, const ml_flash_kernels *K, const ml_flash_seg *sg, int64_t r0, int64_t nr,
+                   int64_t kh, int64_t g, int64_t j0, int64_t nj, float *s) {
   for (int64_t r = 0; r < nr; r++) {
     int64_t lo, hi, row = r0 + r, pos = qpos_of(a, sg, row) - sg->kpos0;
     visible(a, sg, row, &lo, &hi);
     int cut = j0 < lo || j0 + nj > hi;
     if (!cut && a->softcap <= 0 && !a->slopes && !a->mask) continue;
+    /* the visible part of the block: [ja, jb) */
+    int64_t ja = ML_MIN(ML_MAX(lo - j0, 0), nj), jb = ML_MAX(ML_MIN(hi - j0, nj), ja);
     for (int64_t qh = 0; qh < g; qh++) {
       float *sr = s + (r * g + qh) * ML_FLASH_BLOCK;
       float slope = a->slopes ? a->slopes[kh * g + qh] : 0;
-      for (int64_t j = 0; j < nj; j++) {
-        int64_t key = j0 + j;
-        if (key < lo || key >= hi) {
-          sr[j] = -INFINITY;
-          continue;
-        }
-        float v = sr[j];
-        if (a->softcap > 0) v = a->softcap * tanhf(v / a->softcap);
-        if (a->slopes) v -= slope * (float)llabs(pos - key);
-        if (a->mask) v += a->mask[row * a->ldmask + key];
-        sr[j] = v;
-      }
+      for (int64_t j = 0; j < ja; j++) sr[j] = -INFINITY;
+      for (int64_t j = jb; j < nj; j++) sr[j] = -INFINITY;
+      if (a->softcap > 0 || slope != 0) K->bias(sr + ja, jb - ja, a->softcap, slope, pos - j0 - ja);
+      if (a->mask)
+        for (int64_t j = ja; j < jb; j++) sr[j] += a->mask[row * a->ldmask + j0 + j];
     }
   }
 }
@@ -288,7 +293,7 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
       K->qk_t(t->q, M, t->kt, nj, hd, t->s);
     } else
       K->qk_rows(t->q, M, t->kb, nj, hd, t->s);
-    adjust(a, sg, r0, nr, kh, g, j0, nj, t->s);
+    adjust(a, K, sg, r0, nr, kh, g, j0, nj, t->s);
     K->softmax(t->s, M, nj, t->mx, t->sum, t->o, hd);
     K->load(a->kv_type, vbase, a->row_bytes, rows, nj, hd, t->vb);
     K->pv(t->s, M, t->vb, nj, hd, t->o);

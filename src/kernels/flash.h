@@ -38,6 +38,12 @@ typedef struct ml_flash_kernels {
   void (*softmax)(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd);
   /* o[m] += Σ_j s[m][j] · vb[j] */
   void (*pv)(const float *s, int64_t M, const float *vb, int64_t nj, int64_t hd, float *o);
+  /* One row of n visible scores: s[j] = softcap · tanh(s[j] / softcap) when softcap > 0, then
+   * s[j] -= slope · |d0 - j| (ALiBi; slope 0 for none) */
+  void (*bias)(float *s, int64_t n, float softcap, float slope, int64_t d0);
 } ml_flash_kernels;
+
+/* flash_avx2.c's bias, which the AVX-512 table shares */
+void ml_flash_bias_avx2(float *s, int64_t n, float softcap, float slope, int64_t d0);
 
 #endif

@@ -300,5 +300,44 @@ static void pv_avx2(const float *s, int64_t M, const float *vb, int64_t nj, int6
   }
 }
 
+/* ---- soft-cap and ALiBi ---- */
+
+/* tanh(x) = sign(x) (1 - 2 / (e^2|x| + 1)), |x| clamped at 9 (tanh 9 rounds to 1); below
+ * |x| = 1/16, where that form cancels, x (1 - x²/3 + 2x⁴/15 - 17x⁶/315). Within 2e-7 of
+ * tanhf absolutely, and relatively near 0. */
+INLINE __m256 tanh256(__m256 x) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 a = _mm256_min_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(9.0f));
+  __m256 e = exp256(_mm256_add_ps(a, a));
+  __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                           _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+  __m256 x2 = _mm256_mul_ps(a, a);
+  __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(-17.0f / 315.0f), _mm256_set1_ps(2.0f / 15.0f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.0f / 3.0f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, x2), a, a);
+  t = _mm256_blendv_ps(t, p, _mm256_cmp_ps(a, _mm256_set1_ps(0.0625f), _CMP_LT_OQ));
+  return _mm256_or_ps(t, _mm256_and_ps(x, sign));
+}
+
+void ml_flash_bias_avx2(float *s, int64_t n, float softcap, float slope, int64_t d0) {
+  int64_t j = 0;
+  if (softcap > 0) {
+    const __m256 c = _mm256_set1_ps(softcap), ic = _mm256_set1_ps(1.0f / softcap);
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(s + j, _mm256_mul_ps(c, tanh256(_mm256_mul_ps(_mm256_loadu_ps(s + j), ic))));
+    for (; j < n; j++) s[j] = softcap * tanhf(s[j] / softcap);
+  }
+  if (slope != 0) {
+    const __m256 vs = _mm256_set1_ps(slope), sign = _mm256_set1_ps(-0.0f);
+    const __m256 step = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    for (j = 0; j + 8 <= n; j += 8) {
+      /* d0 - j exactly in float for the distances of any context (< 2^24) */
+      __m256 d = _mm256_andnot_ps(sign, _mm256_sub_ps(_mm256_set1_ps((float)(d0 - j)), step));
+      _mm256_storeu_ps(s + j, _mm256_fnmadd_ps(vs, d, _mm256_loadu_ps(s + j)));
+    }
+    for (; j < n; j++) s[j] -= slope * (float)llabs(d0 - j);
+  }
+}
+
 const ml_flash_kernels ml_flash_kernels_avx2 = {"avx2",      load_avx2,    transpose_avx2, qk_rows_avx2,
-                                              qk_t_avx2, softmax_avx2, pv_avx2};
+                                              qk_t_avx2, softmax_avx2, pv_avx2, ml_flash_bias_avx2};

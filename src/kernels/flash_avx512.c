@@ -240,4 +240,4 @@ static void pv_avx512(const float *s, int64_t M, const float *vb, int64_t nj, in
 }
 
 const ml_flash_kernels ml_flash_kernels_avx512 = {"avx512",      load_avx512,    transpose_avx512, qk_rows_avx512,
-                                                qk_t_avx512, softmax_avx512, pv_avx512};
+                                                qk_t_avx512, softmax_avx512, pv_avx512, ml_flash_bias_avx2};

@@ -29,8 +29,17 @@ local function llama_bench(path, var)
   p:close()
   local header, pp, tg
   for line in out:gmatch("[^\n]+") do
-    local f = {}
-    for x in (line .. ","):gmatch('"?([^,"]*)"?,') do f[#f + 1] = x end
+    -- CSV fields, quoted ones with commas inside (ik_llama.cpp writes "-1,0")
+    local f, pos = {}, 1
+    while pos <= #line + 1 do
+      local q = line:match('^"([^"]*)"', pos)
+      if q then
+        f[#f + 1], pos = q, pos + #q + 3
+      else
+        local x = line:match("^[^,]*", pos)
+        f[#f + 1], pos = x, pos + #x + 1
+      end
+    end
     if not header then
       header = {}
       for i, name in ipairs(f) do header[name] = i end

@@ -145,6 +145,9 @@ function _M.write_family(path, shape, wtype, seed, family)
     if family == "gemma3" then t[p .. "attn_q_norm.weight"], t[p .. "attn_k_norm.weight"] = T.ones(hd), T.ones(hd) end
   end
   local tokens, scores, types = vocab(s.n_vocab)
+  -- llama.cpp (before mid-2025) sets attributes on Phi-3's "<|endoftext|>" by name when the
+  -- model's name says phi3, and fails to load a vocabulary without it
+  if family == "phi3" then tokens[s.n_vocab], scores[s.n_vocab], types[s.n_vocab] = "<|endoftext|>", 0, 3 end
   local a = family
   local meta = {
     ["general.architecture"] = a,

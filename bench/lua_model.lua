@@ -58,7 +58,9 @@ local function tg_tps(ctx, n_vocab)
   return TG / (lm.clock() - s), TG / (os.clock() - c)
 end
 
-B.row("## A model written in Lua next to the C forward pass (pp%d / tg%d, %d alternating rounds, medians)", PP, TG, reps)
+local interp = jit and jit.version or _VERSION
+B.row("## A model written in Lua next to the C forward pass (%s; pp%d / tg%d, %d alternating rounds, medians)", interp, PP,
+  TG, reps)
 B.row("| model | threads | C pp t/s | Lua pp t/s | Lua/C pp (wall) | Lua/C pp (CPU) | C tg t/s | Lua tg t/s | Lua/C tg (wall) | Lua/C tg (CPU) | load average before / after |")
 B.row("|---|---|---|---|---|---|---|---|---|---|---|")
 for item in list:gmatch("[^,]+") do

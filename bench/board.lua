@@ -264,7 +264,7 @@ for _, f in ipairs(list) do
 end
 if #dvals > 0 then
   B.row("")
-  B.row("### At depth (-d: tokens already in the cache; peers with -fa 0 and 1, the better kept)")
+  B.row("### At depth (-d: tokens already in the cache; peers with -fa %s, the better kept)", peer_fa)
   B.row("")
   header("file @ depth")
   for _, f in ipairs(dlist) do

@@ -382,6 +382,25 @@ describe("load-time model checks (#11.4)", function()
     b:close()
   end)
 
+  it("loads a weights-only file (no tokenizer.ggml.*): vocab is false, text in or out raises a clear error", function()
+    local m = assert(lm.load(tiny(function(_, meta)
+      for k in pairs(meta) do if k:match("^tokenizer%.") then meta[k] = nil end end
+    end)))
+    assert.is_false(m.vocab)
+    assert.equal(40, m.n_vocab)
+    for _, f in ipairs { function() m:tokenize("a") end, function() m:detokenize({ 1 }) end,
+                         function() m:generate("a", { max_tokens = 1 }) end, function() m:chat() end } do
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches("this model has no tokenizer", err, 1, true)
+    end
+    local ctx = m:context()
+    local logits = ctx:decode({ 1, 5, 7 }) -- ids still run
+    assert.equal(40, logits:shape()[1])
+    ctx:close()
+    m:close()
+  end)
+
   for _, c in ipairs(BAD) do
     it("refuses " .. c[1] .. " at load, as nil, err", function()
       local m, err = lm.load(tiny(c[2]))

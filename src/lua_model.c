@@ -292,7 +292,11 @@ static void push_id(lua_State *L, const char *k, int32_t id) {
 /* vocab() -> { type, n_tokens, bos, eos, eot, ..., add_bos, add_eos, pre } (absent ids: false) */
 static int m_vocab(lua_State *L) {
   lmodel *u = check_model(L, 1);
-  const ml_vocab_info *vi = ml_vocab_get_info(check_vocab(L, u));
+  if (!u->m->vocab) { /* a weights-only file: m.vocab is false, tokenize etc. raise */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  const ml_vocab_info *vi = ml_vocab_get_info(u->m->vocab);
   lua_newtable(L);
   lua_pushstring(L, vi->model);
   lua_setfield(L, -2, "model");

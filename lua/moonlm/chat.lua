@@ -108,9 +108,10 @@ local function tool_format(model, src, opts)
 end
 
 local function base_vars(model)
+  local v = model.vocab or {} -- a weights-only model renders with empty bos/eos texts
   return {
-    bos_token = token_text(model, model.vocab.bos),
-    eos_token = token_text(model, model.vocab.eos),
+    bos_token = token_text(model, v.bos),
+    eos_token = token_text(model, v.eos),
     tools = json.null,
     documents = json.null,
   }
@@ -148,6 +149,7 @@ end
 
 function _M.new(model, opts)
   opts = options.check("chat", opts, 1) or {}
+  if model.vocab == false then error("bad argument #1 to 'chat' (this model has no tokenizer)", 3) end
   local src = template_source(model, opts.template)
   local tmpl, err = template.compile(src)
   if not tmpl then error("chat template: " .. err, 3) end

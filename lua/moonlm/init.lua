@@ -62,7 +62,9 @@ function _M.sampler(opts) return require("moonlm.sampler").new(opts) end
 local Model = {}
 _M.Model = Model
 
--- Fields computed on first use: meta (all GGUF metadata), vocab (tokenizer facts).
+-- Fields computed on first use: meta (all GGUF metadata), vocab (tokenizer facts; false for a
+-- weights-only file without tokenizer.ggml.model, whose tokenize/generate raise "this model has
+-- no tokenizer").
 local lazy = {
   meta = function(self) return self._ud:meta() end,
   vocab = function(self) return self._ud:vocab() end,

@@ -159,6 +159,7 @@ local function load_model(spec, o, lock)
   for k, v in pairs(spec.o) do mo[k] = v end
   local model, lerr = lm.load(mo.model)
   if not model then error(spec.name .. ": " .. tostring(lerr), 0) end
+  if model.vocab == false then error(spec.name .. ": " .. mo.model .. ": this model has no tokenizer", 0) end
   mo.n_ctx = mo.n_ctx or math.min(model.n_ctx_train or 2048, 2048)
   local ctx, cerr = model:context { n_ctx = mo.n_ctx * mo.slots, seqs = mo.slots, kv_type = mo.kv_type }
   if not ctx then error(spec.name .. ": " .. tostring(cerr), 0) end

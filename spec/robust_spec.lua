@@ -637,6 +637,33 @@ describe("context full, sessions, isa, limits (#11.7)", function()
     assert.equal(256, T.zeros({ 256 }):numel())
     lm.limits { max_tensor_bytes = 0 }
     assert.equal(default, lm.limits().max_tensor_bytes)
+  end)
+
+  it("lm.limits caps KV caches too (cells are allocated lazily: 34 TB was accepted)", function()
+    local default = lm.limits().max_tensor_bytes
+    local kv, err = lm.kv_cache { layers = 1000, kv_heads = 64, head_dim = 128, n_ctx = 2 ^ 20 }
+    assert.is_nil(kv)
+    assert.equal(("a KV cache of 34359738368000 bytes is over the limit of %d bytes (lm.limits{ max_tensor_bytes = n }"
+      .. " sets it)"):format(default), err)
+    local m = assert(lm.load(MODEL))
+    finally(function() lm.limits { max_tensor_bytes = 0 }; m:close() end)
+    assert.is_string(m:generate("Once", { max_tokens = 2, temperature = 0, n_ctx = 64 }))
+    lm.limits { max_tensor_bytes = 100000 } -- stories260K: 640 bytes a cell (K and V of 5 layers, f16)
+    local ctx, cerr = m:context { n_ctx = 512 }
+    assert.is_nil(ctx)
+    assert.equal("a KV cache of 327680 bytes is over the limit of 100000 bytes (lm.limits{ max_tensor_bytes = n } sets it)",
+      cerr)
+    local ok, gerr = pcall(m.generate, m, "Once", { max_tokens = 2, n_ctx = 512 })
+    assert.is_false(ok)
+    assert.matches("a KV cache of 327680 bytes is over the limit", gerr, 1, true)
+    ctx = assert(m:context { n_ctx = 128 }) -- 81920 bytes: under it
+    ctx:close()
+    lm.limits { max_tensor_bytes = 0 }
+    -- the model's default context is made again after the failed replacement, not reused closed
+    assert.is_string(m:generate("Once", { max_tokens = 2, temperature = 0, n_ctx = 64 }))
+  end)
+
+  it("lm.limits refuses unknown options", function()
     assert.has_error(function() lm.limits { max_tensor_byte = 1 } end,
       "bad argument #1 to 'limits' (unknown option 'max_tensor_byte' (did you mean 'max_tensor_bytes'?))")
   end)

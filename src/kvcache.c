@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "kernels/dispatch.h"
+#include "tensor.h"
 
 int ml_kvcache_init(ml_kvcache *c, int64_t n_cells, int64_t n_layer, int64_t row, ml_type type, int n_seq) {
   memset(c, 0, sizeof *c);
@@ -14,6 +15,22 @@ int ml_kvcache_init(ml_kvcache *c, int64_t n_cells, int64_t n_layer, int64_t row
   c->type = type;
   c->row_bytes = ml_type_nbytes(type, row);
   c->n_seq = n_seq;
+  /* K and V of every layer: one object, under the same cap as a tensor's storage (cells are
+     allocated lazily, so without it a cache of terabytes is accepted and fails page by page) */
+  size_t limit = ml_storage_limit(), per_layer = 0, total = 0;
+  int over = __builtin_mul_overflow(c->row_bytes, (size_t)n_cells, &per_layer) ||
+             __builtin_mul_overflow(per_layer, 2 * (size_t)n_layer, &total);
+  if (over || total > limit) {
+    if (over)
+      ml_seterr("a KV cache of %lld cells x %lld layers x %zu bytes per cell is over the limit of %zu bytes "
+                "(lm.limits{ max_tensor_bytes = n } sets it)", (long long)n_cells, (long long)n_layer, 2 * c->row_bytes,
+                limit);
+    else
+      ml_seterr("a KV cache of %zu bytes is over the limit of %zu bytes (lm.limits{ max_tensor_bytes = n } sets it)",
+                total, limit);
+    memset(c, 0, sizeof *c);
+    return -1;
+  }
   if (n_layer && (!(c->k = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer)) ||
                   !(c->v = ml_calloc(sizeof(uint8_t *) * (size_t)n_layer))))
     goto fail;

@@ -152,6 +152,7 @@ function _M.start(model, prompt, opts, fname)
     ctx = model._gen_ctx
     if not ctx or ctx.n_ctx ~= want then
       if ctx then ctx:close() end
+      model._gen_ctx = nil -- a failed replacement must not leave the closed one behind
       local err
       ctx, err = model:context { n_ctx = want }
       if not ctx then error(err, 3) end

@@ -34,9 +34,9 @@ function _M.info()
   return info
 end
 
--- limits{ max_tensor_bytes = n } -> the limits now: the largest tensor storage this process
--- allocates (a larger one is an error, not minutes of paging); by default half the physical
--- memory. Process-wide; 0 restores the default.
+-- limits{ max_tensor_bytes = n } -> the limits now: the largest tensor storage or KV cache (K and
+-- V of all its layers) this process allocates (a larger one is an error, not minutes of paging);
+-- by default half the physical memory. Process-wide; 0 restores the default.
 function _M.limits(opts)
   options.check("limits", opts, 1)
   if opts and opts.max_tensor_bytes then core.storage_limit(opts.max_tensor_bytes) end

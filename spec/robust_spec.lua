@@ -496,6 +496,11 @@ describe("C strings, sampling, token ids (#11.5-7)", function()
         "^history item 1: token id %-1 out of range" },
       { function() local c = model:context { n_ctx = 16 }; return c:decode_batch { { { 1 }, seq = 0 }, { { big }, seq = 0 } } end,
         "bad argument #2 to 'decode_batch' %(entry 2: token id 4294967301 out of range" },
+      -- a chat turn's options name the chat's call, at the caller's line (they named 'generate')
+      { function() return (model:chat():say("Hi", { stop_tokens = { 3, 512 } })) end,
+        "^spec/robust_spec.lua:%d+: bad argument #2 to 'say' %(option 'stop_tokens': token id 512 out of range" },
+      { function() for _ in model:chat():stream("Hi", { logit_bias = { [big] = 1 } }) do end end,
+        "^spec/robust_spec.lua:%d+: bad argument #2 to 'stream' %(option 'logit_bias': token id 4294967301 out of range" },
     } do
       local ok, err = pcall(c[1])
       assert.is_false(ok)

@@ -412,7 +412,7 @@ function Chat:turn(text, opts, what)
   for _, k in ipairs(CHAT_ONLY) do opts[k] = nil end
   opts.context, opts.seq, opts.keep = self.ctx, self.seq, true
   opts.max_tokens = opts.max_tokens or 512
-  local g = generate.start(self.model, rest, opts)
+  local g = generate.start(self.model, rest, opts, nil, what, 6) -- ids errors blame say/stream's caller
   g.info.prompt_tokens = #rest
   g.info.cached_tokens = kept
   g.info.truncated = truncated

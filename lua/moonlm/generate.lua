@@ -116,14 +116,14 @@ end
 -- in errors ("generate" or "stream"; chat turns check their options before)
 -- token ids against the model's vocabulary, as given (2^32 + 5 is not token 5): the prompt
 -- (argument #1) and the options that hold ids (#2); raised at start's caller's caller
-local function check_vocab(model, prompt, opts, fname)
+local function check_vocab(model, prompt, opts, fname, level)
   local n = model.n_vocab
   if type(n) ~= "number" then return end
   local function bad(argn, what, id)
     local msg = type(id) == "number" and id == floor(id)
       and ("token id %.0f out of range (the vocabulary has %d: 0 to %d)"):format(id, n, n - 1)
       or ("%s is not an integer token id"):format(tostring(id))
-    error(("bad argument #%d to '%s' (%s%s)"):format(argn, fname, what, msg), 5)
+    error(("bad argument #%d to '%s' (%s%s)"):format(argn, fname, what, msg), level)
   end
   local function ok(id) return type(id) == "number" and id >= 0 and id < n and id == floor(id) end
   if type(prompt) == "table" then
@@ -141,9 +141,12 @@ local function check_vocab(model, prompt, opts, fname)
   end
 end
 
-function _M.start(model, prompt, opts, fname)
+-- fname: the function whose options these are (default "generate"); caller: the name errors
+-- about ids give, and the stack level of its caller (chat's say/stream, which call this
+-- through Chat:turn)
+function _M.start(model, prompt, opts, fname, caller, level)
   opts = options.check(fname or "generate", opts, 2, 3) or {}
-  check_vocab(model, prompt, opts, fname or "generate")
+  check_vocab(model, prompt, opts, caller or fname or "generate", level or 5)
   local self = setmetatable({ model = model, opts = opts }, Gen)
   -- where to run
   local ctx = opts.context

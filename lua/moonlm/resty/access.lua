@@ -124,8 +124,10 @@ function _M.load(spec)
   for _, r in ipairs(raw) do
     local e, err = entry(r[1], r[2])
     if not e then return nil, err end
-    if ids[e.id] then return nil, ("%s: the key id '%s' is used twice"):format(r[2], e.id) end
+    -- the key first: a key listed twice without ids would otherwise be reported as an id
+    -- (key-<SHA-1>) the operator never wrote
     if seen[e.key] then return nil, ("%s: the same key is listed twice"):format(r[2]) end
+    if ids[e.id] then return nil, ("%s: the key id '%s' is used twice"):format(r[2], e.id) end
     ids[e.id], seen[e.key] = true, true
     list[#list + 1] = e
   end

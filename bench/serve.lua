@@ -138,7 +138,8 @@ local model = bench_model()
 local cpu = sh("lscpu | sed -n 's/^Model name: *//p'"):gsub("%s+$", "")
 local load1 = sh("cut -d' ' -f1 /proc/loadavg"):gsub("%s+$", "")
 io.write(("## OpenResty server vs llama-server: streamed /v1/completions, %d tokens per reply\n\n"):format(TOKENS))
-io.write(("%s, %s (load average %s at the start), %s; %d slots of %d tokens, %d thread(s); moonlm: nginx +"
+io.write(("%s, %s (load average %s at the start), %s; %d slots of %d tokens, %d thread(s); sampling"
+           .. " temperature 0.8, top_k 40, top_p 0.95, min_p 0.05 (sent by the client); moonlm: nginx +"
            .. " lua-nginx-module, 1 worker, queue 64%s\n\n")
   :format(os.date("!%Y-%m-%d %H:%M UTC"), cpu, load1, model:match("[^/]+$"), SLOTS, N_CTX, THREADS,
           LLAMA and "; llama-server: " .. LLAMA:match("[^/]+$") .. " -np " .. SLOTS .. " " .. LLAMA_ARGS or ""))

@@ -18,7 +18,10 @@ function pct(xs, p) {
 async function one(client, k) {
   const body = {
     prompt: `Story ${k} of client ${client}. Once upon a time`, max_tokens: cfg.tokens, ignore_eos: true,
-    temperature: 0.8, seed: client * 100 + k, stream: true, stream_options: { include_usage: true },
+    // every sampling setting explicit: the two servers' defaults differ (llama-server c392e5094:
+    // top_p 0.9, min_p 0.1; moonlm: top_p 1, no min_p), so neither default decides the A/B
+    temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, seed: client * 100 + k,
+    stream: true, stream_options: { include_usage: true },
   };
   if (cfg.model) body.model = cfg.model;
   const headers = { "Content-Type": "application/json" };

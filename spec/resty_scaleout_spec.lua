@@ -68,9 +68,9 @@ local function busy(node) -- slots decoding on a node (nil when it does not answ
   return h and h.busy and h.tokens > 0 and h.busy or nil
 end
 
-local function status(bal)
+local function status(bal, field)
   local s = {}
-  for _, n in ipairs(http("GET", bal.url .. "/balancer/status").json.nodes) do s[n.node] = n.up end
+  for _, n in ipairs(http("GET", bal.url .. "/balancer/status").json.nodes) do s[n.node] = n[field or "up"] end
   return s
 end
 
@@ -222,6 +222,13 @@ describe("moonlm nodes behind balancer.conf #once", function()
     assert.are.equal(503, direct.status)
     assert.are.equal("draining", direct.json.error.code)
     assert.are.equal("1", direct.header("retry-after"))
+    -- the active check (its /health answers 503 "draining") takes b out while b is alive and
+    -- still runs its two streams: out by the timer, not by refused connections
+    assert.truthy(H.until_true(5, function() return status(bal, "healthy")[addr.b] == false end),
+                  "the active check did not take the draining node out: " .. http("GET", bal.url .. "/balancer/status").text)
+    assert.is_true(alive(b.pid))
+    assert.are.equal(2, http("GET", b.url .. "/health").json.busy)
+    assert.is_true(status(bal, "healthy")[addr.a])
     -- through the balancer: every new request is served by a
     local list = {}
     for i = 1, 6 do list[i] = { "POST", bal.url .. "/v1/completions", { prompt = "Once upon a time", max_tokens = 8 } } end

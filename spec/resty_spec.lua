@@ -609,6 +609,12 @@ describe("OpenResty server under pressure #once", function()
       -- /metrics says so too
       local m = H.scrape(url)
       assert.are.same({ 1, 1 }, { H.sample(m, "moonlm_slots_busy", { model = NAME }), H.sample(m, "moonlm_queue_length", { model = NAME }) })
+      -- one sequence per pass in the one slot; its cache cells in use
+      assert.are.equal(1, H.sample(m, "moonlm_batch_occupancy_ratio", { model = NAME }))
+      local kv = H.sample(m, "moonlm_kv_cache_usage_ratio", { model = NAME })
+      assert.is_true(kv > 0 and kv <= 1, tostring(kv))
+      assert.are.equal(kv, H.sample(m, "moonlm_kv_cache_tokens", { model = NAME })
+                           / H.sample(m, "moonlm_kv_cache_capacity_tokens", { model = NAME }))
       local r = http("POST", url .. "/v1/chat/completions", chat_body("Hello", { max_tokens = 4 }))
       assert.are.equal(503, r.status, r.text)
       assert.are.equal("server_error", r.json.error.type)

@@ -76,25 +76,6 @@ void ml_blk_embed_add(ml_thr *t, const ml_tensor *tab, int by_position) {
 
 /* ---- norms and row arithmetic ---- */
 
-/* ggml_norm: the mean and the variance summed in double, applied in float. */
-static void layernorm_row(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
-  double sum = 0;
-  for (int64_t i = 0; i < n; i++) sum += (double)x[i];
-  float mean = (float)(sum / (double)n);
-  double sum2 = 0;
-  for (int64_t i = 0; i < n; i++) {
-    float d = x[i] - mean;
-    y[i] = d;
-    sum2 += (double)(d * d);
-  }
-  float s = 1.0f / sqrtf((float)(sum2 / (double)n) + eps);
-  for (int64_t i = 0; i < n; i++) y[i] *= s;
-  if (w)
-    for (int64_t i = 0; i < n; i++) y[i] *= w[i];
-  if (b)
-    for (int64_t i = 0; i < n; i++) y[i] += b[i];
-}
-
 static void norm_row(const ml_thr *t, float *y, const float *x, int64_t dim, ml_norm_kind kind, const float *w,
                      const float *b) {
   float eps = (float)t->hp->norm_eps;
@@ -106,7 +87,7 @@ static void norm_row(const ml_thr *t, float *y, const float *x, int64_t dim, ml_
     t->ro->rmsnorm(y, x, w, dim, eps);
     break;
   case ML_NORM_LAYER:
-    layernorm_row(y, x, w, b, dim, eps);
+    t->ro->layernorm(y, x, w, b, dim, eps);
     break;
   }
 }

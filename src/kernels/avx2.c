@@ -1134,6 +1134,53 @@ static void rmsnorm_avx2(float *y, const float *x, const float *w, int64_t n, fl
   for (; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
 
+/* ref's LayerNorm 8 at a time: the same float differences, squares, scale, weight and bias
+ * roundings (no FMA); only the order of the double sums differs */
+static void layernorm_avx2(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  double t[4];
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  _mm256_storeu_pd(t, _mm256_add_pd(s0, s1));
+  double sum = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < n; i++) sum += (double)x[i];
+  float mean = (float)(sum / (double)n);
+  const __m256 vm = _mm256_set1_ps(mean);
+  s0 = s1 = _mm256_setzero_pd();
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+    _mm256_storeu_ps(y + i, d);
+    __m256 dd = _mm256_mul_ps(d, d);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(dd)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(dd, 1)));
+  }
+  _mm256_storeu_pd(t, _mm256_add_pd(s0, s1));
+  double sum2 = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < n; i++) {
+    float d = x[i] - mean;
+    y[i] = d;
+    sum2 += (double)(d * d);
+  }
+  float sc = 1.0f / sqrtf((float)(sum2 / (double)n) + eps);
+  const __m256 vs = _mm256_set1_ps(sc);
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(y + i), vs);
+    if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + i));
+    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + i));
+    _mm256_storeu_ps(y + i, v);
+  }
+  for (; i < n; i++) {
+    float v = y[i] * sc;
+    if (w) v *= w[i];
+    if (b) v += b[i];
+    y[i] = v;
+  }
+}
+
 /* exp(x) for x in about [-88, 88]: 2^(x log2 e) split into integer and fraction, the
  * fraction by a degree-6 polynomial (relative error ~2e-7). */
 static __m256 exp_avx2(__m256 x) {
@@ -1230,5 +1277,5 @@ const ml_kernels ml_kernels_avx2 = {
     [ML_TYPE_Q6_K] = gemm_q6_K, [ML_TYPE_BF16] = gemm_bf16, [ML_TYPE_F16] = gemm_f16,
   },
   .row = {dot_avx2, axpy_avx2, scale_avx2, add_avx2, f16_to_f32_avx2, f32_to_f16_avx2, rmsnorm_avx2, silu_mul_avx2,
-          exp_shift_avx2, gelu_mul_avx2},
+          exp_shift_avx2, gelu_mul_avx2, layernorm_avx2},
 };

@@ -74,8 +74,8 @@ typedef void (*ml_packed_fn)(const ml_packed_args *p, void *work, int ith, int n
                                                ? (size_t)(K) * 32 + 4096 : ((size_t)512 << 10)))
 
 /* The small vector operations of the forward pass outside the matrix products (attention's
- * dot products and accumulations, f16 key/value rows to f32, RMSNorm, SwiGLU, residual
- * adds) and the sampler's exponentials. */
+ * dot products and accumulations, f16 key/value rows to f32, RMSNorm, LayerNorm, SwiGLU,
+ * GELU, residual adds) and the sampler's exponentials. */
 typedef struct ml_rowops {
   float (*dot)(const float *a, const float *b, int64_t n);
   void (*axpy)(float a, const float *x, float *y, int64_t n); /* y += a x */
@@ -91,6 +91,10 @@ typedef struct ml_rowops {
   /* g = gelu(g) * u (u NULL: gelu(g)) as ggml computes it: 0 at or below -10, g at or above
    * 10, else table[f16(g)] (ml_gelu_f16_table) to f32; bit-identical at every level */
   void (*gelu_mul)(float *g, const float *u, int64_t n, const ml_fp16 *table);
+  /* LayerNorm as ggml_norm then ggml_mul and ggml_add: the mean and the variance (of the
+   * float differences' float squares) summed in double, then y = ((x - mean) * s) * w + b
+   * rounded at each step (no fused multiply-add); w or b NULL: that step is skipped. y may be x. */
+  void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
 } ml_rowops;
 
 /* ggml's GELU table: gelu (tanh form) of every f16 value, rounded to f16, and one entry of

@@ -333,6 +333,25 @@ static void rmsnorm_ref(float *y, const float *x, const float *w, int64_t n, flo
   for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
 
+/* ggml_norm: the mean and the variance summed in double, applied in float */
+static void layernorm_ref(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) sum += (double)x[i];
+  float mean = (float)(sum / (double)n);
+  double sum2 = 0;
+  for (int64_t i = 0; i < n; i++) {
+    float d = x[i] - mean;
+    y[i] = d;
+    sum2 += (double)(d * d);
+  }
+  float s = 1.0f / sqrtf((float)(sum2 / (double)n) + eps);
+  for (int64_t i = 0; i < n; i++) y[i] *= s;
+  if (w)
+    for (int64_t i = 0; i < n; i++) y[i] *= w[i];
+  if (b)
+    for (int64_t i = 0; i < n; i++) y[i] += b[i];
+}
+
 static void silu_mul_ref(float *g, const float *u, int64_t n) {
   for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
@@ -385,5 +404,5 @@ const ml_kernels ml_kernels_ref = {
     [ML_TYPE_Q8_K] = ml_quantize_q8_K, /* ggml's x86 path uses the reference one */
   },
   .row = {dot_ref, axpy_ref, scale_ref, add_ref, f16_to_f32_ref, f32_to_f16_ref, rmsnorm_ref, silu_mul_ref,
-          exp_shift_ref, gelu_mul_ref},
+          exp_shift_ref, gelu_mul_ref, layernorm_ref},
 };

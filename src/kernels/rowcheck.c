@@ -59,7 +59,7 @@ static const float SENTINEL = 12345.5f;
 
 /* buffers of MAXN + 2 GUARD floats; the data starts one float past an aligned GUARD */
 typedef struct bufs {
-  float x[MAXN + 2 * GUARD], y[MAXN + 2 * GUARD], yr[MAXN + 2 * GUARD], w[MAXN + 2 * GUARD];
+  float x[MAXN + 2 * GUARD], y[MAXN + 2 * GUARD], yr[MAXN + 2 * GUARD], w[MAXN + 2 * GUARD], bb[MAXN + 2 * GUARD];
   ml_fp16 h[MAXN + 2 * GUARD], hr[MAXN + 2 * GUARD];
 } bufs;
 #define AT(a) ((a) + GUARD + 1)
@@ -173,6 +173,44 @@ static void check_size(check *c, const ml_rowops *k, const ml_rowops *r, int64_t
     if (!guard_f_ok(b->y, n)) fail(c, "rmsnorm (n = %lld) writes outside its elements", (long long)n);
   }
 
+  /* layernorm: the same roundings, the double sums in another order, so the mean and the
+   * scale may differ in their last bit: each element relative to |b| + |w| s (|x - mean| +
+   * |mean|). Rows off zero (a dropped or repeated element moves the mean), with and without
+   * weight and bias, and in place. */
+  if (n > 0) {
+    float *bias = AT(b->bb);
+    float off = uni(s, -3, 3);
+    for (int64_t i = 0; i < n; i++) x[i] = off + term(s) * 3, w[i] = uni(s, 0.5f, 2.0f) * (i % 3 ? 1 : -1),
+                                    bias[i] = term(s);
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= (double)n;
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    double sc = 1.0 / sqrt(var / (double)n + 1e-5);
+    for (int form = 0; form < 4 && c->ok; form++) {
+      const float *pw = form < 2 ? w : NULL, *pb = form == 0 || form == 3 ? bias : NULL;
+      static const char *what[] = {"weight and bias", "weight", "neither", "bias, in place"};
+      guard_f(b->y, n);
+      guard_f(b->yr, n);
+      if (form == 3) {
+        memcpy(y, x, (size_t)n * sizeof *y);
+        k->layernorm(y, y, pw, pb, n, 1e-5f);
+      } else {
+        k->layernorm(y, x, pw, pb, n, 1e-5f);
+      }
+      r->layernorm(yr, x, pw, pb, n, 1e-5f);
+      for (int64_t i = 0; i < n; i++) {
+        double emag = (pb ? fabs(pb[i]) : 0) + (pw ? fabs(pw[i]) : 1) * sc * (fabs(x[i] - mean) + fabs(mean));
+        if (!near(y[i], yr[i], emag, 3e-7, 0)) {
+          fail(c, "layernorm (n = %lld, %s): element %lld is %.9g, ref %.9g", (long long)n, what[form], (long long)i,
+               y[i], yr[i]);
+          break;
+        }
+      }
+      if (!guard_f_ok(b->y, n)) fail(c, "layernorm (n = %lld, %s) writes outside its elements", (long long)n, what[form]);
+    }
+  }
+
   /* silu_mul: the SIMD exp is within a few units in the last place */
   guard_f(b->y, n);
   guard_f(b->yr, n);
@@ -235,7 +273,7 @@ int ml_rowops_selfcheck(const ml_kernels *k, char *msg, size_t cap) {
   check c = {k->name, msg, cap, 1};
   const ml_rowops *r = &ml_kernels_ref.row, *t = &k->row;
   if (!t->dot || !t->axpy || !t->scale || !t->add || !t->f16_to_f32 || !t->f32_to_f16 || !t->rmsnorm || !t->silu_mul ||
-      !t->exp_shift || !t->gelu_mul)
+      !t->exp_shift || !t->gelu_mul || !t->layernorm)
     return fail(&c, "a row op is missing");
   bufs *p = malloc(sizeof *p);
   if (!p) return fail(&c, "out of memory");

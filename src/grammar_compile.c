@@ -427,7 +427,8 @@ static int build(cc *c, int32_t node, frag *f) {
     int32_t split0 = c->nn;
     for (int32_t i = 0; i + 1 < nd.b && rc == 0; i++)
       if (nadd(c, N_EPS, 0, 0, -1) < 0) rc = -1;
-    frag *k = rc == 0 ? malloc((size_t)nd.b * sizeof *k) : NULL;
+    frag ks[16]; /* most alternations are short: no allocation for them */
+    frag *k = rc != 0 ? NULL : nd.b <= 16 ? ks : malloc((size_t)nd.b * sizeof *k);
     if (rc == 0 && !k) rc = (ml_seterr("out of memory (grammar)"), -1);
     for (int32_t i = 0; i < nd.b && rc == 0; i++) rc = build(c, c->a->kids[nd.a + i], &k[i]);
     int32_t e = rc == 0 ? nadd(c, N_EPS, 0, 0, -1) : -1;
@@ -441,7 +442,7 @@ static int build(cc *c, int32_t node, frag *f) {
       f->in = nd.b > 1 ? split0 : k[0].in;
       f->out = e;
     }
-    free(k);
+    if (k != ks) free(k);
     break;
   }
   case GX_REP: rc = build_rep(c, nd.a, nd.b, nd.c, f); break;

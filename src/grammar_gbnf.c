@@ -131,8 +131,10 @@ int32_t gx_class_node(gx_ast *a, uint32_t *p, int32_t np, int negate, int32_t po
       m++;
     }
   }
-  /* complement and surrogate removal into a fresh list: at most m + 2 pairs */
-  uint32_t *q = malloc(((size_t)m + 3) * 2 * sizeof *q);
+  /* complement and surrogate removal into a fresh list: at most m + 2 pairs (on the
+   * stack for the usual small class: grammars from schemas hold thousands of classes) */
+  uint32_t qs[64], rs[128];
+  uint32_t *q = (size_t)m + 3 <= 32 ? qs : malloc(((size_t)m + 3) * 2 * sizeof *q);
   if (!q) return ml_seterr("out of memory (grammar)"), -1;
   int32_t nq = 0;
   if (negate) {
@@ -147,8 +149,8 @@ int32_t gx_class_node(gx_ast *a, uint32_t *p, int32_t np, int negate, int32_t po
     nq = m;
   }
   /* cut out D800-DFFF (no UTF-8 encoding) */
-  uint32_t *r = malloc(((size_t)nq * 2 + 2) * 2 * sizeof *r);
-  if (!r) return free(q), ml_seterr("out of memory (grammar)"), -1;
+  uint32_t *r = (size_t)nq * 2 + 2 <= 64 ? rs : malloc(((size_t)nq * 2 + 2) * 2 * sizeof *r);
+  if (!r) return q != qs ? free(q) : (void)0, ml_seterr("out of memory (grammar)"), -1;
   int32_t nr = 0;
   for (int32_t i = 0; i < nq; i++) {
     uint32_t lo = q[2 * i], hi = q[2 * i + 1];
@@ -159,9 +161,9 @@ int32_t gx_class_node(gx_ast *a, uint32_t *p, int32_t np, int negate, int32_t po
     if (lo < 0xD800) r[2 * nr] = lo, r[2 * nr + 1] = 0xD7FF, nr++;
     if (hi > 0xDFFF) r[2 * nr] = 0xE000, r[2 * nr + 1] = hi, nr++;
   }
-  free(q);
+  if (q != qs) free(q);
   int32_t off = gx_ranges_add(a, r, nr);
-  free(r);
+  if (r != rs) free(r);
   if (off < 0) return -1;
   return gx_node_new(a, GX_CLASS, off, nr, 0, pos);
 }

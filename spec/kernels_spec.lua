@@ -139,7 +139,7 @@ describe("kernel levels against ref", function()
     end
   end)
 
-  it("row ops (dot, axpy, scale, add, f16 conversions, rmsnorm, silu_mul, exp_shift, gelu_mul, layernorm) agree with ref's", function()
+  it("row ops (dot, axpy, scale, add, f16 conversions, rmsnorm, silu_mul, exp_shift, gelu_mul, layernorm, add_clamp) agree with ref's", function()
     -- sizes 0 to 1000 around the vector widths, unaligned rows, nothing written past n
     -- (src/kernels/rowcheck.c); ref against itself checks the guards and bounds
     for _, name in ipairs(all_tables) do

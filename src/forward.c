@@ -142,29 +142,22 @@ void ml_blk_linear(ml_thr *t, const ml_weight *w, const ml_tensor *b, const floa
   if (b && b->storage) add_bias_rows(t, y, w->N, ml_tensor_data(b), w->N);
 }
 
-static void clamp_rows(ml_thr *t, float *y, int64_t ld, int64_t n, float lim) {
-  for (int64_t r = t->r0; r < t->r1; r++)
-    for (int64_t i = 0; i < n; i++) {
-      float v = y[r * ld + i];
-      y[r * ld + i] = v < -lim ? -lim : v > lim ? lim : v;
-    }
-  t->dirty = 1;
-}
-
 void ml_blk_qkv(ml_thr *t, const ml_layer *L, const ml_layer_w *W) {
   ml_context *c = t->c;
   const ml_hparams *hp = t->hp;
   int64_t E = hp->n_embd, nq = hp->n_head * hp->head_dim, nkv = hp->n_head_kv * hp->head_dim;
   float lim = (float)hp->clamp_kqv;
-  if (L->wqkv.storage) { /* one product [q; k; v], split into the three buffers */
+  if (L->wqkv.storage) { /* one product [q; k; v], split into the three buffers with bias and clamp */
     int64_t w3 = nq + 2 * nkv;
-    ml_blk_linear(t, &W->wqkv, &L->bqkv, c->h, E, c->tmp);
-    if (lim > 0) clamp_rows(t, c->tmp, w3, w3, lim);
+    const ml_weight *ws[1] = {&W->wqkv};
+    float *ys[1] = {c->tmp};
+    ml_blk_products(t, c->h, E, 1, ws, ys);
+    const float *b = L->bqkv.storage ? ml_tensor_data(&L->bqkv) : NULL;
     for (int64_t r = t->r0; r < t->r1; r++) {
       const float *s = c->tmp + r * w3;
-      memcpy(c->q + r * nq, s, sizeof(float) * (size_t)nq);
-      memcpy(c->k + r * nkv, s + nq, sizeof(float) * (size_t)nkv);
-      memcpy(c->v + r * nkv, s + nq + nkv, sizeof(float) * (size_t)nkv);
+      t->ro->add_clamp(c->q + r * nq, s, b, nq, lim);
+      t->ro->add_clamp(c->k + r * nkv, s + nq, b ? b + nq : NULL, nkv, lim);
+      t->ro->add_clamp(c->v + r * nkv, s + nq + nkv, b ? b + nq + nkv : NULL, nkv, lim);
     }
     t->dirty = 1;
     return;
@@ -172,14 +165,14 @@ void ml_blk_qkv(ml_thr *t, const ml_layer *L, const ml_layer_w *W) {
   const ml_weight *w[3] = {&W->wq, &W->wk, &W->wv};
   float *y[3] = {c->q, c->k, c->v};
   ml_blk_products(t, c->h, E, 3, w, y);
-  if (L->bq.storage) add_bias_rows(t, c->q, nq, ml_tensor_data(&L->bq), nq);
-  if (L->bk.storage) add_bias_rows(t, c->k, nkv, ml_tensor_data(&L->bk), nkv);
-  if (L->bv.storage) add_bias_rows(t, c->v, nkv, ml_tensor_data(&L->bv), nkv);
-  if (lim > 0) {
-    clamp_rows(t, c->q, nq, nq, lim);
-    clamp_rows(t, c->k, nkv, nkv, lim);
-    clamp_rows(t, c->v, nkv, nkv, lim);
-  }
+  const ml_tensor *bs[3] = {&L->bq, &L->bk, &L->bv};
+  int64_t ns[3] = {nq, nkv, nkv};
+  for (int j = 0; j < 3; j++)
+    if (bs[j]->storage || lim > 0) {
+      for (int64_t r = t->r0; r < t->r1; r++)
+        t->ro->add_clamp(y[j] + r * ns[j], y[j] + r * ns[j], bs[j]->storage ? ml_tensor_data(bs[j]) : NULL, ns[j], lim);
+      t->dirty = 1;
+    }
 }
 
 void ml_blk_qk_norm(ml_thr *t, const ml_tensor *qn, const ml_tensor *kn) {

@@ -1181,6 +1181,22 @@ static void layernorm_avx2(float *y, const float *x, const float *w, const float
   }
 }
 
+/* max(-lim, v) then min(lim, .): vmaxps/vminps return their second operand, v, for NaN */
+static void add_clamp_avx2(float *y, const float *x, const float *b, int64_t n, float lim) {
+  const __m256 hi = _mm256_set1_ps(lim), lo = _mm256_set1_ps(-lim);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + i));
+    if (lim > 0) v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+    _mm256_storeu_ps(y + i, v);
+  }
+  for (; i < n; i++) {
+    float v = b ? x[i] + b[i] : x[i];
+    y[i] = lim > 0 && v < -lim ? -lim : lim > 0 && v > lim ? lim : v;
+  }
+}
+
 /* exp(x) for x in about [-88, 88]: 2^(x log2 e) split into integer and fraction, the
  * fraction by a degree-6 polynomial (relative error ~2e-7). */
 static __m256 exp_avx2(__m256 x) {
@@ -1277,5 +1293,5 @@ const ml_kernels ml_kernels_avx2 = {
     [ML_TYPE_Q6_K] = gemm_q6_K, [ML_TYPE_BF16] = gemm_bf16, [ML_TYPE_F16] = gemm_f16,
   },
   .row = {dot_avx2, axpy_avx2, scale_avx2, add_avx2, f16_to_f32_avx2, f32_to_f16_avx2, rmsnorm_avx2, silu_mul_avx2,
-          exp_shift_avx2, gelu_mul_avx2, layernorm_avx2},
+          exp_shift_avx2, gelu_mul_avx2, layernorm_avx2, add_clamp_avx2},
 };

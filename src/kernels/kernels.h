@@ -95,6 +95,9 @@ typedef struct ml_rowops {
    * float differences' float squares) summed in double, then y = ((x - mean) * s) * w + b
    * rounded at each step (no fused multiply-add); w or b NULL: that step is skipped. y may be x. */
   void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
+  /* y = x + b (b NULL: x) clamped to [-lim, lim] when lim > 0, NaN kept; one rounding, so
+   * bit-identical at every level. y may be x. (MPT's clamp_kqv with its q, k, v biases.) */
+  void (*add_clamp)(float *y, const float *x, const float *b, int64_t n, float lim);
 } ml_rowops;
 
 /* ggml's GELU table: gelu (tanh form) of every f16 value, rounded to f16, and one entry of

@@ -352,6 +352,13 @@ static void layernorm_ref(float *y, const float *x, const float *w, const float 
     for (int64_t i = 0; i < n; i++) y[i] += b[i];
 }
 
+static void add_clamp_ref(float *y, const float *x, const float *b, int64_t n, float lim) {
+  for (int64_t i = 0; i < n; i++) {
+    float v = b ? x[i] + b[i] : x[i];
+    y[i] = lim > 0 && v < -lim ? -lim : lim > 0 && v > lim ? lim : v;
+  }
+}
+
 static void silu_mul_ref(float *g, const float *u, int64_t n) {
   for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
@@ -404,5 +411,5 @@ const ml_kernels ml_kernels_ref = {
     [ML_TYPE_Q8_K] = ml_quantize_q8_K, /* ggml's x86 path uses the reference one */
   },
   .row = {dot_ref, axpy_ref, scale_ref, add_ref, f16_to_f32_ref, f32_to_f16_ref, rmsnorm_ref, silu_mul_ref,
-          exp_shift_ref, gelu_mul_ref, layernorm_ref},
+          exp_shift_ref, gelu_mul_ref, layernorm_ref, add_clamp_ref},
 };

@@ -211,6 +211,38 @@ static void check_size(check *c, const ml_rowops *k, const ml_rowops *r, int64_t
     }
   }
 
+  /* add_clamp: one rounding, then exact: bit-identical; values across the limits, at them,
+   * NaN (kept) and infinities, with and without bias, no limit, in place */
+  {
+    float *bias = AT(b->bb), lim = uni(s, 1, 8);
+    for (int form = 0; form < 4 && c->ok; form++) {
+      const float *pb = form & 1 ? bias : NULL;
+      float l = form == 2 ? 0 : lim;
+      for (int64_t i = 0; i < n; i++) {
+        uint64_t kind = rng_next(s) % 12;
+        x[i] = kind == 0 ? nanf("") : kind == 1 ? 1.0f / 0.0f : kind == 2 ? -1.0f / 0.0f : kind == 3 ? lim
+               : kind == 4 ? -lim : kind == 5 ? -0.0f : uni(s, -2 * lim, 2 * lim);
+        bias[i] = kind == 5 ? 0.0f : term(s);
+      }
+      guard_f(b->y, n);
+      guard_f(b->yr, n);
+      if (form == 3) {
+        memcpy(y, x, (size_t)n * sizeof *y);
+        k->add_clamp(y, y, pb, n, l);
+      } else {
+        k->add_clamp(y, x, pb, n, l);
+      }
+      r->add_clamp(yr, x, pb, n, l);
+      for (int64_t i = 0; i < n; i++)
+        if (!same_bits(y[i], yr[i]) && !(y[i] != y[i] && yr[i] != yr[i])) {
+          fail(c, "add_clamp (n = %lld, form %d): element %lld (x = %.9g) is %.9g, ref %.9g", (long long)n, form,
+               (long long)i, x[i], y[i], yr[i]);
+          break;
+        }
+      if (!guard_f_ok(b->y, n)) fail(c, "add_clamp (n = %lld) writes outside its elements", (long long)n);
+    }
+  }
+
   /* silu_mul: the SIMD exp is within a few units in the last place */
   guard_f(b->y, n);
   guard_f(b->yr, n);
@@ -273,7 +305,8 @@ int ml_rowops_selfcheck(const ml_kernels *k, char *msg, size_t cap) {
   check c = {k->name, msg, cap, 1};
   const ml_rowops *r = &ml_kernels_ref.row, *t = &k->row;
   if (!t->dot || !t->axpy || !t->scale || !t->add || !t->f16_to_f32 || !t->f32_to_f16 || !t->rmsnorm || !t->silu_mul ||
-      !t->exp_shift || !t->gelu_mul || !t->layernorm)
+      !t->exp_shift || !t->gelu_mul || !t->layernorm ||
+      !t->add_clamp)
     return fail(&c, "a row op is missing");
   bufs *p = malloc(sizeof *p);
   if (!p) return fail(&c, "out of memory");

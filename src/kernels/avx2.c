@@ -760,6 +760,18 @@ X16_AI int block_mr(ml_type wt) {
   return wt == ML_TYPE_F16 ? 6 : wt == ML_TYPE_BF16 ? 4 : 2;
 }
 
+/* The 16 outputs of one tile (two registers), the last tile's first `left` only */
+X16_AI void store_x16(float *y, int64_t left, __m256 lo, __m256 hi) {
+  if (left >= 16) {
+    _mm256_storeu_ps(y, lo);
+    _mm256_storeu_ps(y + 8, hi);
+    return;
+  }
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), lo);
+  _mm256_maskstore_ps(y + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), hi);
+}
+
 /* One activation row against q4_0 / q8_0 tiles straight from the packed blocks: the nibbles
  * are split and the products taken in registers, so nothing goes through the work buffer
  * (unpacking to it and reading it back cost more than the products, where every weight is
@@ -769,7 +781,6 @@ X16_AI void gemv1_b32(const ml_packed_args *p, const uint8_t *ap, int64_t nb, in
                       ml_type wt) {
   float *y = p->y + m0 * p->ldy;
   const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t t = t0; t < t1; t++) {
     const uint8_t *o = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
     const uint8_t *a = ap;
@@ -808,14 +819,7 @@ X16_AI void gemv1_b32(const ml_packed_args *p, const uint8_t *ap, int64_t nb, in
       acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia0), _mm256_mul_ps(ld_f16x8(blk), da), acc0);
       acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia1), _mm256_mul_ps(ld_f16x8(blk + 16), da), acc1);
     }
-    int64_t left = p->N - t * ML_X16;
-    if (left >= 16) {
-      _mm256_storeu_ps(y + t * ML_X16, acc0);
-      _mm256_storeu_ps(y + t * ML_X16 + 8, acc1);
-    } else {
-      _mm256_maskstore_ps(y + t * ML_X16, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), acc0);
-      _mm256_maskstore_ps(y + t * ML_X16 + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), acc1);
-    }
+    store_x16(y + t * ML_X16, p->N - t * ML_X16, acc0, acc1);
   }
 }
 
@@ -825,7 +829,6 @@ X16_AI void gemv1_b32(const ml_packed_args *p, const uint8_t *ap, int64_t nb, in
  * its order, so the results are identical. */
 X16_AI void gemv1_q4k(const ml_packed_args *p, const uint8_t *ap, int64_t nb, int64_t m0, int64_t t0, int64_t t1) {
   float *y = p->y + m0 * p->ldy;
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F), m2 = _mm256_set1_epi32(0x03030303);
   const size_t abb = 260 + 2 * 8;
   for (int64_t t = t0; t < t1; t++) {
@@ -881,14 +884,7 @@ X16_AI void gemv1_q4k(const ml_packed_args *p, const uint8_t *ap, int64_t nb, in
         acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(im[h]), _mm256_mul_ps(dm, s), acc[h]);
       }
     }
-    int64_t left = p->N - t * ML_X16;
-    if (left >= 16) {
-      _mm256_storeu_ps(y + t * ML_X16, acc[0]);
-      _mm256_storeu_ps(y + t * ML_X16 + 8, acc[1]);
-    } else {
-      _mm256_maskstore_ps(y + t * ML_X16, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), acc[0]);
-      _mm256_maskstore_ps(y + t * ML_X16 + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), acc[1]);
-    }
+    store_x16(y + t * ML_X16, p->N - t * ML_X16, acc[0], acc[1]);
   }
 }
 
@@ -901,7 +897,6 @@ X16_AI __m256i q6_scale(const uint8_t *o, int j, int h) {
 
 X16_AI void gemv1_q6k(const ml_packed_args *p, const uint8_t *ap, int64_t nb, int64_t m0, int64_t t0, int64_t t1) {
   float *y = p->y + m0 * p->ldy;
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const size_t abb = 260 + 2 * 16;
   for (int64_t t = t0; t < t1; t++) {
     const uint8_t *o = (const uint8_t *)p->w + (size_t)t * p->tile_bytes;
@@ -963,14 +958,7 @@ X16_AI void gemv1_q6k(const ml_packed_args *p, const uint8_t *ap, int64_t nb, in
         acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(im[h]), dw, acc[h]);
       }
     }
-    int64_t left = p->N - t * ML_X16;
-    if (left >= 16) {
-      _mm256_storeu_ps(y + t * ML_X16, acc[0]);
-      _mm256_storeu_ps(y + t * ML_X16 + 8, acc[1]);
-    } else {
-      _mm256_maskstore_ps(y + t * ML_X16, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes), acc[0]);
-      _mm256_maskstore_ps(y + t * ML_X16 + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left - 8), lanes), acc[1]);
-    }
+    store_x16(y + t * ML_X16, p->N - t * ML_X16, acc[0], acc[1]);
   }
 }
 

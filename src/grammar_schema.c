@@ -1165,36 +1165,34 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
   }
   free(ord), free(val);
   if (rc) { sb_free(&first); return rc; }
+  /* additional entries: ( sep add )* after one of them, a rule shared by the two uses below */
+  sbuf sep = {0};
+  const char *loop = NULL;
+  if (addkv && ((first.n && c->nest == 0) || !any_required)) {
+    sbuf lp = {0};
+    put_ws(c, &sep);
+    sb_puts(&sep, "\",\"");
+    put_ws(c, &sep);
+    sb_printf(&lp, "( %s%s )*", sep.p, addkv);
+    snprintf(h, sizeof h, "%s-tail", hint);
+    loop = leaf_rule(c, h, lp.p);
+    sb_free(&lp);
+    if (!loop) { sb_free(&sep), sb_free(&first); return -1; }
+  }
   if (addkv && first.n && c->nest == 0) {
     /* the top-level object (where documents put $schema, $id, title) also takes additional
      * entries before the listed ones (F, the alternatives above): ( add ( sep add )* sep )?
      * ( F ); the key after each separator decides, so the parse is unique. It copies the
      * key rule once more, so only there (anywhere, +8% automaton states in all) */
-    sbuf sep = {0}, nf = {0}, lp = {0};
-    put_ws(c, &sep);
-    sb_puts(&sep, "\",\"");
-    put_ws(c, &sep);
-    sb_printf(&lp, "( %s%s )*", sep.p, addkv);
-    snprintf(h, sizeof h, "%s-tail", hint);
-    const char *loop = leaf_rule(c, h, lp.p);
-    if (loop) sb_printf(&nf, "( %s %s%s )? ( %s )", addkv, loop, sep.p, first.p);
-    sb_free(&sep), sb_free(&lp), sb_free(&first);
+    sbuf nf = {0};
+    sb_printf(&nf, "( %s %s%s )? ( %s )", addkv, loop, sep.p, first.p);
+    sb_free(&first);
     first = nf;
-    if (!loop || first.oom) { sb_free(&first); return loop ? schema_fail(&c->b, NULL, "out of memory") : -1; }
+    if (first.oom) { sb_free(&sep), sb_free(&first); return schema_fail(&c->b, NULL, "out of memory"); }
   }
-  if (addkv && !any_required) {
-    /* additional entries alone */
-    sbuf sep = {0}, lp = {0};
-    put_ws(c, &sep);
-    sb_puts(&sep, "\",\"");
-    put_ws(c, &sep);
-    sb_printf(&lp, "( %s%s )*", sep.p, addkv);
-    snprintf(h, sizeof h, "%s-tail", hint);
-    const char *loop = leaf_rule(c, h, lp.p);
-    sb_free(&sep), sb_free(&lp);
-    if (!loop) { sb_free(&first); return -1; }
-    sb_printf(&first, "%s%s %s", first.n ? " | " : "", addkv, loop);
-  }
+  sb_free(&sep);
+  /* additional entries alone */
+  if (addkv && !any_required) sb_printf(&first, "%s%s %s", first.n ? " | " : "", addkv, loop);
   sb_puts(o, "\"{\"");
   put_ws(c, o);
   if (first.n) {

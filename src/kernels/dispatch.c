@@ -151,10 +151,12 @@ static void init(void) {
       have_table[l] = 1;
       if (l == ML_LEVEL_AVX512) {
         base512 = tables[l];
+        base512.name = "avx512-base";
         have_base512 = 1;
         if (cpu.avx512vnni && &ml_kernels_avx512_vnni) ml_kernels_merge(&tables[l], &ml_kernels_avx512_vnni);
         if (cpu.avx512bf16 && &ml_kernels_avx512_bf16) ml_kernels_merge(&tables[l], &ml_kernels_avx512_bf16);
       }
+      tables[l].name = names[l]; /* the level's name, whatever overlays it holds (by_* name those) */
     }
   }
   active = supported;

@@ -9,7 +9,11 @@
 -- BERT: embeddings per second for 64 texts of 32 tokens (a bge-small shape), against
 -- LLAMA_EMBEDDING (llama-embedding) on the same file when set.
 --   FAMILIES="llama,phi3,mpt,gemma2,gemma3"; SHAPE=tinyllama|smollm; REPS=2 (rounds over all
---   families in turn, best kept; the load average is printed with the tables); PP=512; TG=128
+--   families in turn, best kept; the load average is printed with the tables); PP=512; TG=128;
+--   PEER_ROUNDS=n runs the peers in the first n rounds only (default: every round).
+-- Besides each family's best round, the table gives the median over rounds of its ratio to
+-- the llama file measured in the same round: on this VM single runs move 10-25% between
+-- rounds minutes apart, and a ratio within one round is the steadier figure.
 local lm = require "moonlm"
 local B = require "common"
 local gen = require "modelgen"
@@ -120,16 +124,19 @@ local function ours(path, warm)
   return a, b
 end
 
+local peer_rounds = tonumber(os.getenv("PEER_ROUNDS")) or reps
 local R, loads = {}, { uptime() }
 for round = 1, reps do
   for _, fam in ipairs(fams) do
-    local r = R[fam] or { pp = 0, tg = 0 }
+    local r = R[fam] or { pp = 0, tg = 0, each = {} }
     R[fam] = r
     local pp, tg = ours(paths[fam], round == 1)
     r.pp, r.tg = math.max(r.pp, pp), math.max(r.tg, tg)
-    local lpp, ltg = llama_bench(paths[fam])
+    r.each[round] = { pp = pp, tg = tg }
+    local peers = round <= peer_rounds
+    local lpp, ltg = peers and llama_bench(paths[fam])
     if lpp then r.lpp, r.ltg = math.max(r.lpp or 0, lpp), math.max(r.ltg or 0, ltg or 0) end
-    local ipp, itg = llama_bench(paths[fam], "IK_LLAMA_BENCH")
+    local ipp, itg = peers and llama_bench(paths[fam], "IK_LLAMA_BENCH")
     if ipp then r.ipp, r.itg = math.max(r.ipp or 0, ipp), math.max(r.itg or 0, itg or 0) end
     io.stderr:write(("round %d %s: pp %.1f tg %.1f, llama.cpp pp %s tg %s, ik_llama.cpp pp %s tg %s (load %s)\n"):format(
       round, fam, pp, tg, tostring(lpp), tostring(ltg), tostring(ipp), tostring(itg), uptime()))
@@ -141,10 +148,21 @@ B.row("load average (1/5/15 min) before and after each round: %s", table.concat(
 -- "read": the weight bytes a token reads (the file less token_embd where the output has a
 -- matrix of its own; a tied output reads token_embd as the output matrix), the work the
 -- "of llama" ratios compare
-B.row("| family | size | read | pp%d t/s | tg%d t/s | of llama pp / tg | llama.cpp pp / tg | ours/llama.cpp | " ..
-  "ik_llama.cpp pp / tg | ours/ik |", PP, TG)
-B.row("|---|---|---|---|---|---|---|---|---|---|")
+B.row("| family | size | read | pp%d t/s | tg%d t/s | of llama pp / tg | of llama, median of rounds | " ..
+  "llama.cpp pp / tg | ours/llama.cpp | ik_llama.cpp pp / tg | ours/ik |", PP, TG)
+B.row("|---|---|---|---|---|---|---|---|---|---|---|")
 local base = R[fams[1]]
+local function median(t)
+  table.sort(t)
+  local n = #t
+  return n % 2 == 1 and t[(n + 1) / 2] or (t[n / 2] + t[n / 2 + 1]) / 2
+end
+-- per round: the family's figure over the llama file's in the same round
+local function round_ratio(r, key)
+  local q = {}
+  for i, e in ipairs(r.each) do q[i] = e[key] / base.each[i][key] end
+  return median(q)
+end
 local embd = shape.n_vocab * shape.n_embd / 32 * 34 / 2 ^ 20
 local function peer(r, pp, tg)
   if not pp then return "-", "-" end
@@ -156,8 +174,8 @@ for _, fam in ipairs(fams) do
   local read = (fam == "llama" or fam == "phi3") and size - embd or size
   local a, b = peer(r, r.lpp, r.ltg)
   local c, d = peer(r, r.ipp, r.itg)
-  B.row("| %s | %.0f MiB | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %s | %s | %s | %s |", fam, size, read, r.pp, r.tg,
-    r.pp / base.pp, r.tg / base.tg, a, b, c, d)
+  B.row("| %s | %.0f MiB | %.0f MiB | %.1f | %.1f | %.2f / %.2f | %.2f / %.2f | %s | %s | %s | %s |", fam, size, read,
+    r.pp, r.tg, r.pp / base.pp, r.tg / base.tg, round_ratio(r, "pp"), round_ratio(r, "tg"), a, b, c, d)
 end
 
 -- BERT: embeddings per second, 64 texts of 32 tokens ([CLS] 30 words [SEP]) in one call,

@@ -19,8 +19,9 @@
 -- the whole board is run PASSES times, and each engine's best pass is shown next to the read
 -- bandwidth measured just before that run: this VM's bandwidth switches between about 27 and
 -- 70 GB/s, so a figure means little without it. Peers read by CSV column name (ik's CSV has
--- an extra `test` column). Depth needs a llama-bench with -d (--n-depth); a peer without it
--- shows "-" there.
+-- an extra `test` column). Depth needs a llama-bench with -d (--n-depth); one without it
+-- but with -gp (ik_llama.cpp) gives tg at depth from `-gp D,TG` (pp at depth "-"); a peer
+-- with neither shows "-" there.
 local lm = require "moonlm"
 local B = require "common"
 local gen = require "modelgen"
@@ -108,8 +109,9 @@ local function csv_fields(line)
 end
 
 -- pp and tg (tokens/s) from a llama-bench CSV; rows with several settings (-fa 0,1) keep
--- the best
-local function parse(out)
+-- the best. gp: the run was ik_llama.cpp's `-gp D,TG` (generation after a D-token prompt,
+-- timed alone: its row has n_prompt D and n_gen TG), read as tg at depth D.
+local function parse(out, gp)
   local pp, tg, header
   for line in out:gmatch("[^\n]+") do
     local f = csv_fields(line)
@@ -121,7 +123,9 @@ local function parse(out)
     else
       local np, ng, avg = tonumber(f[header.n_prompt]), tonumber(f[header.n_gen]), tonumber(f[header.avg_ts])
       if np and ng and avg then
-        if np > 0 and ng == 0 then pp = math.max(pp or 0, avg)
+        if gp then
+          if np == gp and ng == TG then tg = math.max(tg or 0, avg) end
+        elseif np > 0 and ng == 0 then pp = math.max(pp or 0, avg)
         elseif ng > 0 and np == 0 then tg = math.max(tg or 0, avg) end
       end
     end
@@ -132,7 +136,10 @@ end
 -- ---- the engines ----
 local has_depth = {}
 local function supports_depth(exe)
-  if has_depth[exe] == nil then has_depth[exe] = sh(exe .. " --help 2>&1"):find("n%-depth") ~= nil end
+  if has_depth[exe] == nil then
+    local help = sh(exe .. " --help 2>&1")
+    has_depth[exe] = help:find("n%-depth") and "d" or help:find("%-gp <pp,tg>") and "gp" or false
+  end
   return has_depth[exe]
 end
 
@@ -146,8 +153,14 @@ for _, peer in ipairs { { "llama.cpp", "LLAMA_BENCH", "" }, { "ik -rtr", "IK_BEN
   local exe = os.getenv(peer[2])
   if exe and exe ~= "" then
     engines[#engines + 1] = { name = peer[1], cmd = function(path, d)
-        if d > 0 and not supports_depth(exe) then return nil end
-        -- at depth the peers run with and without flash attention (PEER_FA) and keep the better
+        local how = d > 0 and supports_depth(exe)
+        if d > 0 and not how then return nil end
+        -- at depth the peers run with and without flash attention (PEER_FA) and keep the better;
+        -- a llama-bench without -d but with -gp (ik_llama.cpp) gives tg at depth only
+        if how == "gp" then
+          return ("%s -m %s -t %d -p 0 -n 0 -gp %d,%d -r %d -o csv%s -fa %s 2>/dev/null"):format(exe, path, threads, d,
+            TG, reps, peer[3], peer_fa), d
+        end
         return ("%s -m %s -t %d -p %d -n %d -r %d -o csv%s%s 2>/dev/null"):format(exe, path, threads, PP, TG, reps,
           peer[3], d > 0 and (" -d %d -fa %s"):format(d, peer_fa) or "")
       end }
@@ -161,7 +174,7 @@ local best = {}
 local function run(key, path, d, pass)
   best[key] = best[key] or {}
   for _, e in ipairs(engines) do
-    local cmd = e.cmd(path, d)
+    local cmd, gp = e.cmd(path, d)
     if cmd then
       local bw = B.peak_now("bw", threads)
       local t0 = lm.clock()
@@ -170,7 +183,7 @@ local function run(key, path, d, pass)
       rf:write("# ", cmd, "\n# read bandwidth before: ", bw, " GB/s; ", os.date("!%H:%M:%S"), "; ",
         ("%.0f s"):format(lm.clock() - t0), "\n", out)
       rf:close()
-      local pp, tg = parse(out)
+      local pp, tg = parse(out, gp)
       local b = best[key][e.name] or {}
       if pp and pp > (b.pp or 0) then b.pp, b.pp_bw = pp, bw end
       if tg and tg > (b.tg or 0) then b.tg, b.tg_bw = tg, bw end

@@ -134,9 +134,10 @@ for round = 1, reps do
     r.pp, r.tg = math.max(r.pp, pp), math.max(r.tg, tg)
     r.each[round] = { pp = pp, tg = tg }
     local peers = round <= peer_rounds
-    local lpp, ltg = peers and llama_bench(paths[fam])
+    local lpp, ltg, ipp, itg
+    if peers then lpp, ltg = llama_bench(paths[fam]) end
     if lpp then r.lpp, r.ltg = math.max(r.lpp or 0, lpp), math.max(r.ltg or 0, ltg or 0) end
-    local ipp, itg = peers and llama_bench(paths[fam], "IK_LLAMA_BENCH")
+    if peers then ipp, itg = llama_bench(paths[fam], "IK_LLAMA_BENCH") end
     if ipp then r.ipp, r.itg = math.max(r.ipp or 0, ipp), math.max(r.itg or 0, itg or 0) end
     io.stderr:write(("round %d %s: pp %.1f tg %.1f, llama.cpp pp %s tg %s, ik_llama.cpp pp %s tg %s (load %s)\n"):format(
       round, fam, pp, tg, tostring(lpp), tostring(ltg), tostring(ipp), tostring(itg), uptime()))

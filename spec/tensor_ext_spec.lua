@@ -541,3 +541,56 @@ describe("ALiBi", function()
     assert.has_error(function() T.alibi(T(s), 6, 5) end, "bad argument #2 to 'alibi' (6 query rows cannot be the last of 5 keys)")
   end)
 end)
+
+describe("ops split across threads", function()
+  -- A batch's row ops (rows x features from 32K floats up) run on every thread; each row is
+  -- computed the same way on any thread, so the result has the single thread's bits.
+  local function same_bits(a, b)
+    assert.are.same(a:shape(), b:shape())
+    local fa, fb = flat(a:totable()), flat(b:totable())
+    for i = 1, #fa do
+      local x, y = fa[i], fb[i]
+      if not (x == y and (x ~= 0 or 1 / x == 1 / y)) then
+        error(("element %d: %.9g with threads, %.9g with one"):format(i, y, x), 2)
+      end
+    end
+  end
+
+  local function across(f)
+    local n = lm.threads()
+    lm.threads(1)
+    local one = f()
+    lm.threads(math.max(2, n)) -- at most the cores
+    local many = f()
+    lm.threads(n)
+    return one, many
+  end
+
+  local x = T.randn({ 129, 577 }, { seed = 7 }) -- 74,433 floats, rows not a multiple of 8
+  local w, b = T.randn({ 577 }, { seed = 8 }), T.randn({ 577 }, { seed = 9 })
+  local y, heads = T.randn({ 129, 577 }, { seed = 11 }), T.randn({ 129, 9, 64 }, { seed = 10 })
+  local g = T.randn({ 30, 2481 }, { seed = 12 }) * 4
+  local cases = {
+    { "rmsnorm", function() return x:rmsnorm(w, 1e-5) end },
+    { "layernorm", function() return x:layernorm(w, b, 1e-5) end },
+    { "add_ (a residual add)", function() return x:clone():add_(y) end },
+    { "mul by a broadcast row", function() return x:mul(w) end },
+    { "silu", function() return x:silu() end },
+    { "exp_", function() return x:clone():exp_() end },
+    -- 74,430 floats: halves of 37,215, which a 16- or 8-wide kernel would end with a scalar tail
+    { "silu_mul_", function() return g:clone():silu_mul_(g:mul(0.5)) end },
+    { "softmax", function() return x:softmax() end },
+    { "clamp_", function() return x:clone():clamp_(-0.5, 0.75) end },
+    { "rope_ on {heads, n, head_dim} views", function()
+      local h = heads:clone()
+      h:transpose(1, 2):rope_(5, { mode = "neox" })
+      return h
+    end },
+  }
+  for _, c in ipairs(cases) do
+    it(c[1] .. " gives the single thread's bits", function()
+      local one, many = across(c[2])
+      same_bits(one, many)
+    end)
+  end
+end)

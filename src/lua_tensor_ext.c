@@ -622,11 +622,13 @@ static int m_silu_mul_(lua_State *L) {
   float *gd = ml_tensor_data(g);
   const float *ud = ml_tensor_data(u);
   const ml_rowops *ro = ml_rowops_get();
-  int nth = ml_threads_for(ML_WORK_ELEMS, (double)n);
+  int nth = ml_threads_for(ML_WORK_ROWS, (double)n);
 #pragma omp parallel num_threads(nth)
   {
+    /* slices of whole 64-element blocks: the kernels' vector bodies and scalar tails then
+     * fall on the same elements whatever the thread count, so the result does not depend on it */
     int ith = ml_thread_id(), tn = ml_thread_count();
-    int64_t per = (n + tn - 1) / tn, e0 = ML_MIN(n, per * ith), e1 = ML_MIN(n, e0 + per);
+    int64_t per = ((n + tn - 1) / tn + 63) / 64 * 64, e0 = ML_MIN(n, per * ith), e1 = ML_MIN(n, e0 + per);
     if (e1 > e0) ro->silu_mul(gd + e0, ud + e0, e1 - e0);
   }
   lua_settop(L, 1);

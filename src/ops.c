@@ -77,20 +77,30 @@ static void binop_row(ml_binop op, float *o, int64_t so, const float *a, int64_t
   for (int64_t i = 0; i < n; i++) o[i * so] = binop1(op, a[i * sa], b[i * sb]);
 }
 
+/* Row r of o = a op b; o += b on contiguous rows (a residual add) with the level's add
+ * kernel (one rounding per element, so the same sums as binop_row's), unless b overlaps
+ * the row other than exactly (a shifted view of it, which binop_row reads in order). */
+static void binary_row(const ml_rowops *ro, ml_binop op, const ml_tensor *o, const ml_tensor *a,
+                       const ml_tensor *b, int64_t r) {
+  int64_t n = last_dim(o), so = last_stride(o), sa = last_stride(a), sb = last_stride(b);
+  float *po = f32p(o) + row_elems(o, r);
+  const float *pa = f32p(a) + row_elems(a, r), *pb = f32p(b) + row_elems(b, r);
+  if (ro && po == pa && so == 1 && sa == 1 && sb == 1 && (pb == po || pb + n <= po || pb >= po + n))
+    ro->add(po, pb, n);
+  else binop_row(op, po, so, pa, sa, pb, sb, n);
+}
+
 /* o = a op b, all f32 views with the same shape (a and b possibly expanded). */
 static void binary_apply(const ml_tensor *o, const ml_tensor *a, const ml_tensor *b, ml_binop op) {
-  int64_t rows = rows_of(o), n = last_dim(o), so = last_stride(o), sa = last_stride(a), sb = last_stride(b);
-  float *po = f32p(o);
-  const float *pa = f32p(a), *pb = f32p(b);
-  int nth = rows == 1 ? 1 : ml_threads_for(ML_WORK_ELEMS, (double)n * (double)rows);
+  int64_t rows = rows_of(o), n = last_dim(o);
+  const ml_rowops *ro = op == ML_OP_ADD ? ml_rowops_get() : NULL;
+  int nth = rows == 1 ? 1 : ml_threads_for(ML_WORK_ROWS, (double)n * (double)rows);
   if (nth == 1) {
-    for (int64_t r = 0; r < rows; r++)
-      binop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, pb + row_elems(b, r), sb, n);
+    for (int64_t r = 0; r < rows; r++) binary_row(ro, op, o, a, b, r);
     return;
   }
 #pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t r = 0; r < rows; r++)
-    binop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, pb + row_elems(b, r), sb, n);
+  for (int64_t r = 0; r < rows; r++) binary_row(ro, op, o, a, b, r);
 }
 
 static int binary_into(const ml_tensor *o, const ml_tensor *a, const ml_tensor *b, ml_binop op) {
@@ -210,7 +220,7 @@ static void unary_apply(const ml_tensor *o, const ml_tensor *a, ml_unop op) {
   int64_t rows = rows_of(o), n = last_dim(o), so = last_stride(o), sa = last_stride(a);
   float *po = f32p(o);
   const float *pa = f32p(a);
-  int nth = rows == 1 ? 1 : ml_threads_for(ML_WORK_ELEMS, (double)n * (double)rows);
+  int nth = rows == 1 ? 1 : ml_threads_for(ML_WORK_ROWS, (double)n * (double)rows);
   if (nth == 1) {
     for (int64_t r = 0; r < rows; r++) unop_row(op, po + row_elems(o, r), so, pa + row_elems(a, r), sa, n);
     return;
@@ -370,7 +380,7 @@ static int softmax_impl(ml_tensor *out, const ml_tensor *a, int dim, int logsm) 
   int64_t n = last_dim(&v), st = last_stride(&v), rows = rows_of(&v);
   const float *pv = f32p(&v);
   float *po = f32p(&o);
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) softmax_row(po + r * n, pv + row_elems(&v, r), st, n, logsm);
   ml_tensor_release(&v);
   if (dim == a->ndim - 1) {
@@ -423,7 +433,7 @@ static int norm_impl(ml_tensor *out, const ml_tensor *a, const ml_tensor *w, con
   float *po = f32p(&o);
   /* RMSNorm of rows with a weight: the forward pass's row kernel (the same sums in double) */
   const ml_rowops *ro = !layer && pw && (st == 1 || n == 1) ? ml_rowops_get() : NULL;
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = pa + row_elems(&fa, r);
     float *y = po + r * n;

@@ -106,7 +106,7 @@ int ml_compare(ml_tensor *out, const ml_tensor *a, const ml_tensor *b, ml_cmpop 
   int64_t rows = rows_of(&o), n = last_dim(&o), sa = last_stride(&ea), sb = last_stride(&eb);
   const float *pa = f32p(&ea), *pb = f32p(&eb);
   float *po = f32p(&o);
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = pa + row_elems(&ea, r), *y = pb + row_elems(&eb, r);
     float *z = po + r * n;
@@ -169,7 +169,7 @@ int ml_where(ml_tensor *out, const ml_tensor *cond, const ml_tensor *a, const ml
   if (expand_f32(&eb, b, nd, shape, 3) < 0) goto fail_a;
   if (ml_tensor_init(&o, ML_TYPE_F32, nd, shape) < 0) goto fail_b;
   int64_t rows = rows_of(&o), n = last_dim(&o), sc = last_stride(&ec), sa = last_stride(&ea), sb = last_stride(&eb);
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float *c = f32p(&ec) + row_elems(&ec, r), *x = f32p(&ea) + row_elems(&ea, r),
                 *y = f32p(&eb) + row_elems(&eb, r);
@@ -195,7 +195,7 @@ int ml_masked_fill_(const ml_tensor *a, const ml_tensor *mask, double v) {
   if (check_inplace(a) < 0 || expand_f32(&em, mask, a->ndim, a->shape, 2) < 0) return -1;
   int64_t rows = rows_of(a), n = last_dim(a), sa = last_stride(a), sm = last_stride(&em);
   float fv = (float)v;
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     float *x = f32p(a) + row_elems(a, r);
     const float *m = f32p(&em) + row_elems(&em, r);
@@ -214,7 +214,7 @@ int ml_clamp_(const ml_tensor *a, double lo, double hi) {
   }
   int64_t rows = rows_of(a), n = last_dim(a), sa = last_stride(a);
   float flo = lo == lo ? (float)lo : -INFINITY, fhi = hi == hi ? (float)hi : INFINITY;
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     float *x = f32p(a) + row_elems(a, r);
     for (int64_t i = 0; i < n; i++) {
@@ -305,7 +305,7 @@ int ml_cumulative(ml_tensor *out, const ml_tensor *a, int dim, int product) {
   if (check_dim(a, dim, 2) < 0) return -1;
   if (along_dim(a, dim, a->shape[dim], ML_TYPE_F32, &v, &o, &ov) < 0) return -1;
   int64_t rows = rows_of(&v), n = last_dim(&v), sv = last_stride(&v), so = last_stride(&ov);
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = f32p(&v) + row_elems(&v, r);
     float *y = f32p(&ov) + row_elems(&ov, r);
@@ -484,7 +484,7 @@ static int stat(ml_tensor *out, const ml_tensor *a, int dim, int keepdim, const 
     return -1;
   }
   int64_t rows = rows_of(&v), n = last_dim(&v), sv = last_stride(&v);
-#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ELEMS, (double)rows * (double)n)) schedule(static)
+#pragma omp parallel for num_threads(ml_threads_for(ML_WORK_ROWS, (double)rows * (double)n)) schedule(static)
   for (int64_t r = 0; r < rows; r++) f32p(&o)[r] = (float)stat_row(s, f32p(&v) + row_elems(&v, r), sv, n);
   ml_tensor_release(&v);
   *out = o;

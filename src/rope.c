@@ -95,7 +95,8 @@ int ml_rope_tensor(const ml_tensor *x, const int64_t *pos, int64_t n_pos, const 
   float *buf = ml_alloc(sizeof(float) * (size_t)(2 * half) * (size_t)ml_get_threads());
   if (!buf) return -1;
   float *base = ml_tensor_data(x);
-  int nth = ml_threads_for(ML_WORK_ELEMS, (double)ml_tensor_numel(x) * 4);
+  /* a token's angles (n_rot/2 sin and cos) cost about what rotating its heads does */
+  int nth = n == 1 ? 1 : ml_threads_for(ML_WORK_ROWS, (double)ml_tensor_numel(x) * 4);
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t t = 0; t < n; t++) {
     float *cs = buf + (size_t)(2 * half) * (size_t)ml_thread_id(), *sn = cs + half;

@@ -35,7 +35,8 @@ void ml_blas_threads(void) {
 }
 
 int ml_threads_for(ml_work kind, double amount) {
-  static const double min[] = {[ML_WORK_ELEMS] = ML_PAR_MIN_ELEMS, [ML_WORK_BYTES] = ML_PAR_MIN_BYTES,
+  static const double min[] = {[ML_WORK_ELEMS] = ML_PAR_MIN_ELEMS, [ML_WORK_ROWS] = ML_PAR_MIN_ROWS,
+                               [ML_WORK_BYTES] = ML_PAR_MIN_BYTES,
                                [ML_WORK_MACS] = ML_PAR_MIN_MACS, [ML_WORK_CHUNK] = ML_PAR_MIN_CHUNK};
   return amount < min[kind] ? 1 : ml_get_threads();
 }

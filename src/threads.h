@@ -6,7 +6,12 @@
  * A fork/join costs a few microseconds; in that time one core streams ~50 KB of weights,
  * does ~100k int8 multiply-adds or touches ~10k floats. So work below these sizes runs on
  * the calling thread (ml_threads_for), measured per kind:
- *   ML_WORK_ELEMS  floats read and written by an element-wise op, a row op or a conversion
+ *   ML_WORK_ELEMS  floats read and written by a copy or a conversion
+ *   ML_WORK_ROWS   floats of a row op or an element-wise op that splits by rows (norms,
+ *                  activations, rotations, residual adds; each row is computed the same way
+ *                  on any thread, so the result does not depend on the split): a batch's
+ *                  rows (~10^5 floats at 128 tokens) must use every thread, as the forward
+ *                  pass's blocks do
  *   ML_WORK_BYTES  weight bytes a matrix product streams once (decode GEMV, packing)
  *   ML_WORK_MACS   multiply-adds of a product that reuses its operands (GEMM, pairwise dots)
  *   ML_WORK_CHUNK  weight bytes times tokens of a forward chunk: one region with a barrier
@@ -25,8 +30,9 @@ int ml_get_threads(void);
 int ml_set_threads(int n); /* clamped to [1, ml_max_threads()]; returns the count set */
 int ml_max_threads(void);  /* the processors OpenMP sees */
 
-typedef enum ml_work { ML_WORK_ELEMS, ML_WORK_BYTES, ML_WORK_MACS, ML_WORK_CHUNK } ml_work;
+typedef enum ml_work { ML_WORK_ELEMS, ML_WORK_ROWS, ML_WORK_BYTES, ML_WORK_MACS, ML_WORK_CHUNK } ml_work;
 #define ML_PAR_MIN_ELEMS ((double)(1 << 20))
+#define ML_PAR_MIN_ROWS ((double)(1 << 15))
 #define ML_PAR_MIN_BYTES ((double)(256 << 10))
 #define ML_PAR_MIN_MACS ((double)(1 << 21))
 #define ML_PAR_MIN_CHUNK ((double)(1 << 20))

@@ -593,4 +593,14 @@ describe("ops split across threads", function()
       same_bits(one, many)
     end)
   end
+
+  it("a tensor made from a dropped one's memory starts as zeros", function()
+    for _ = 1, 8 do T.full({ 129, 577 }, 7) end
+    collectgarbage()
+    collectgarbage()
+    for _ = 1, 4 do
+      assert.are.equal(0, T.zeros(129, 577):abs():sum())
+      assert.are.equal(0, T.empty(129, 577):abs():sum())
+    end
+  end)
 end)

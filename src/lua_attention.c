@@ -203,9 +203,13 @@ int ml_lua_attention(lua_State *L) {
   const ml_tensor *qc = rows ? q : f32_contig(L, q);
   ml_tensor *out = ml_lua_push_tensor(L);
   int64_t shape[3] = {H, n, hd}, rshape[2] = {n, H * hd};
-  if ((rows ? ml_tensor_init(out, ML_TYPE_F32, 2, rshape) : ml_tensor_init(out, ML_TYPE_F32, 3, shape)) < 0)
+  /* the kernel writes every row of every head (a row that sees no key: zeros) */
+  if ((rows ? ml_tensor_init_uninit(out, ML_TYPE_F32, 2, rshape) : ml_tensor_init_uninit(out, ML_TYPE_F32, 3, shape)) < 0)
     return ml_lua_error(L);
-  if (n == 0 || hd == 0 || H == 0 || nkv == 0) return 1; /* no keys: zeros */
+  if (n == 0 || hd == 0 || H == 0 || nkv == 0) { /* no keys: zeros */
+    memset(ml_tensor_data(out), 0, ml_tensor_nbytes(out));
+    return 1;
+  }
   seg.n = n;
   a.n_head = H;
   a.head_dim = hd;

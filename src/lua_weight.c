@@ -185,7 +185,9 @@ static int linear_many(lua_State *L, int has_out) {
     } else {
       ml_tensor *o = ml_lua_push_tensor(L);
       int64_t shape[2] = {M, pw[i]->N};
-      if (ml_tensor_init(o, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
+      /* the products write every element (K > 0: a prepared weight holds whole blocks) */
+      if ((K > 0 ? ml_tensor_init_uninit(o, ML_TYPE_F32, 2, shape) : ml_tensor_init(o, ML_TYPE_F32, 2, shape)) < 0)
+        return ml_lua_error(L);
       y[i] = ml_tensor_data(o);
     }
     bytes += (double)ml_type_nbytes(pw[i]->type, pw[i]->K) * (double)pw[i]->N;

@@ -22,6 +22,11 @@ static int new_f32(ml_tensor *t, int ndim, const int64_t *shape) {
   return ml_tensor_init(t, ML_TYPE_F32, ndim, shape);
 }
 
+/* a result the op writes in full: not zero-filled first */
+static int new_f32_result(ml_tensor *t, int ndim, const int64_t *shape) {
+  return ml_tensor_init_uninit(t, ML_TYPE_F32, ndim, shape);
+}
+
 int ml_broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape) {
   int n = ML_MAX(a->ndim, b->ndim);
   for (int i = 0; i < n; i++) {
@@ -130,7 +135,7 @@ int ml_binary(ml_tensor *out, const ml_tensor *a, const ml_tensor *b, ml_binop o
   int nd;
   int64_t shape[ML_MAX_DIMS];
   ml_tensor o;
-  if (ml_broadcast_shape(a, b, &nd, shape) < 0 || new_f32(&o, nd, shape) < 0) return -1;
+  if (ml_broadcast_shape(a, b, &nd, shape) < 0 || new_f32_result(&o, nd, shape) < 0) return -1;
   if (binary_into(&o, a, b, op) < 0) {
     ml_tensor_release(&o);
     return -1;
@@ -232,7 +237,7 @@ static void unary_apply(const ml_tensor *o, const ml_tensor *a, ml_unop op) {
 int ml_unary(ml_tensor *out, const ml_tensor *a, ml_unop op) {
   ml_tensor fa, o;
   if (as_f32(&fa, a) < 0) return -1;
-  if (new_f32(&o, a->ndim, a->shape) < 0) {
+  if (new_f32_result(&o, a->ndim, a->shape) < 0) {
     ml_tensor_release(&fa);
     return -1;
   }
@@ -427,7 +432,7 @@ static int norm_impl(ml_tensor *out, const ml_tensor *a, const ml_tensor *w, con
   if (check_vec(w, n, 2, "weight", &fw) < 0) return -1;
   if (check_vec(b, n, 3, "bias", &fb) < 0) goto fail_w;
   if (as_f32(&fa, a) < 0) goto fail_b;
-  if (new_f32(&o, a->ndim, a->shape) < 0) goto fail_a;
+  if (new_f32_result(&o, a->ndim, a->shape) < 0) goto fail_a;
   int64_t rows = rows_of(&fa), st = last_stride(&fa);
   const float *pa = f32p(&fa), *pw = fw.storage ? f32p(&fw) : NULL, *pb = fb.storage ? f32p(&fb) : NULL;
   float *po = f32p(&o);
@@ -643,7 +648,8 @@ static int linear(ml_tensor *out, const ml_tensor *x, const ml_tensor *w, const 
   int64_t shape[ML_MAX_DIMS];
   memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
   shape[x->ndim - 1] = N;
-  if (new_f32(&o, x->ndim, shape) < 0) goto fail_x;
+  /* the products write every element of a non-empty sum; with K = 0 they are zeros */
+  if ((K > 0 ? new_f32_result(&o, x->ndim, shape) : new_f32(&o, x->ndim, shape)) < 0) goto fail_x;
   int64_t M = rows_of(&fx);
   if ((w ? ml_mm(w, N, K, f32p(&fx), K, M, f32p(&o), N) : ml_mm_w(pw, f32p(&fx), K, M, f32p(&o), N)) < 0) {
     ml_misuse_input(2); /* the weight */

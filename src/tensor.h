@@ -38,6 +38,8 @@ typedef struct ml_tensor {
 
 /* storage */
 ml_storage *ml_storage_new(size_t nbytes); /* zero-filled; refused above the limit below */
+/* The same, not zero-filled: for results the caller writes in full before anyone reads them */
+ml_storage *ml_storage_new_uninit(size_t nbytes);
 /* The largest storage ml_storage_new allocates (process-wide; lm.limits{ max_tensor_bytes }):
  * by default half the physical memory, so a mistyped shape fails at once instead of paging
  * the machine for minutes. 0 restores the default. */
@@ -53,6 +55,8 @@ void ml_storage_release(ml_storage *s);
  * error: a misuse with no one input to blame (bad shape, dims not whole blocks, too large), or
  * out of memory. */
 int ml_tensor_init(ml_tensor *t, ml_type type, int ndim, const int64_t *shape);
+/* The same, its elements not zero-filled: for a result the op then writes in full. */
+int ml_tensor_init_uninit(ml_tensor *t, ml_type type, int ndim, const int64_t *shape);
 /* Initialise as a contiguous tensor over existing storage at `offset` (retains it). */
 int ml_tensor_init_on(ml_tensor *t, ml_storage *s, size_t offset, ml_type type, int ndim,
                       const int64_t *shape);

@@ -591,10 +591,13 @@ describe("OpenResty server under pressure #once", function()
   teardown(H.cleanup)
 
   it("answers 503 with an OpenAI-style error when the queue is full, and frees slots of clients that left", function()
-    local srv = start { MOONLM_SLOTS = "1", MOONLM_QUEUE = "1" }
+    -- the two long streams must still be running when the third request comes: stories260K
+    -- writes ~2,000 tokens/s on a fast core, so they get a context of 32768 and 30,000 tokens
+    -- (1,900 in a 2048 context ended before the check on the 2026-12-07 Xeon)
+    local srv = start { MOONLM_SLOTS = "1", MOONLM_QUEUE = "1", MOONLM_N_CTX = "32768" }
     local ok, err = pcall(function()
       local url = srv.url
-      local long = enc(chat_body("Once upon a time", { max_tokens = 1900, ignore_eos = true, stream = true }))
+      local long = enc(chat_body("Once upon a time", { max_tokens = 30000, ignore_eos = true, stream = true }))
       local body = tmpfile(long)
       -- two long streams: one decoding, one waiting (the clients leave when killed below; -m
       -- only bounds them if this test fails first)

@@ -20,16 +20,28 @@ if not jit then
 end
 
 local model = assert(lm.load(H.stories))
--- tokens per stream: long enough to still run when the node goes (a token's attention
--- costs more the longer the stream, so this one is not cheap)
-local LONG = 1200
+-- tokens per stream: long enough to still run when the node goes, a few seconds of the
+-- nodes' one-thread decoding on this machine (a token's attention costs more the longer the
+-- stream, so the time grows faster than the count): 1,200 streamed for under a second on
+-- the 2026-12-07 Xeon and the drain test found its node idle. At least 1,200, at most
+-- 12,000 in the nodes' 16,384-token context.
+local N_CTX = 16384
+local LONG = (function()
+  local saved = lm.threads()
+  lm.threads(1)
+  local t0 = lm.clock()
+  model:generate("Once upon a time", { temperature = 0, max_tokens = 1000, ignore_eos = true, n_ctx = N_CTX })
+  local rate = 1000 / (lm.clock() - t0)
+  lm.threads(saved)
+  return math.max(1200, math.min(12000, math.floor(rate * 2)))
+end)()
 
 -- every answer the balancer gave: complete ("ok") or a clean error; nothing else
 local tally = { ok = 0, error = 0 }
 
 -- A finished stream through the balancer: complete (its full text), or cut (every event
 -- before the cut whole, and the transfer reported as failed).
-local full = model:generate("Once upon a time", { temperature = 0, max_tokens = LONG, ignore_eos = true })
+local full = model:generate("Once upon a time", { temperature = 0, max_tokens = LONG, ignore_eos = true, n_ctx = N_CTX })
 local function check_stream(r, what)
   local chunks, done = events(r.text)
   local text = H.content(chunks)
@@ -82,7 +94,7 @@ describe("moonlm nodes behind balancer.conf #once", function()
 
   setup(function()
     H.tmpdir()
-    local env = { MOONLM_SLOTS = "2" }
+    local env = { MOONLM_SLOTS = "2", MOONLM_N_CTX = tostring(N_CTX) }
     a = H.start(env)
     -- b runs as nginx's unprivileged user, master included, so that its drain can end it
     b = H.start(env, nil, nil, { user = "nobody" })
@@ -173,7 +185,7 @@ describe("moonlm nodes behind balancer.conf #once", function()
 
   it("brings the node back once its /health answers again", function()
     local prefix = a.prefix
-    a = H.start({ MOONLM_SLOTS = "2" }, nil, { [8080] = a.port })
+    a = H.start({ MOONLM_SLOTS = "2", MOONLM_N_CTX = tostring(N_CTX) }, nil, { [8080] = a.port })
     sh("rm -rf " .. H.q(prefix))
     assert.truthy(H.until_true(10, function() return status(bal)[addr.a] == true end), "a did not come back")
     local long = { prompt = "Once upon a time", max_tokens = 400, ignore_eos = true }

@@ -1394,9 +1394,22 @@ static int disjoint_sets(comp *c, mset *a, mset *b, int depth) {
 /* ---------------------------------------------------------------- sets */
 
 static int cmp_member(const void *x, const void *y) {
-  const member *a = x, *b = y;
-  if (a->node != b->node) return (uintptr_t)a->node < (uintptr_t)b->node ? -1 : 1;
-  return a->skip < b->skip ? -1 : a->skip > b->skip;
+  const uintptr_t *a = x, *b = y;
+  if (a[0] != b[0]) return a[0] < b[0] ? -1 : 1;
+  return a[1] < b[1] ? -1 : a[1] > b[1];
+}
+
+/* A set's memo key: its members as (node address, skip) pairs, sorted, so the key does not
+ * depend on their order. Built field by field: a copy of the member structs carried their
+ * padding, bytes the allocator left there, so equal sets sometimes missed each other and
+ * which rules were shared (and their names) changed from one process to the next. */
+static uintptr_t *set_key(const mset *s, size_t *klen) {
+  uintptr_t *k = malloc((size_t)s->n * 2 * sizeof *k);
+  if (!k) return NULL;
+  for (int i = 0; i < s->n; i++) k[2 * i] = (uintptr_t)s->m[i].node, k[2 * i + 1] = s->m[i].skip;
+  qsort(k, (size_t)s->n, 2 * sizeof *k, cmp_member);
+  *klen = (size_t)s->n * 2 * sizeof *k;
+  return k;
 }
 
 /* the members a branch brought (appended from index `from`) move to just after member
@@ -1422,11 +1435,9 @@ static const char *compile_set(comp *c, mset *s, const char *hint) {
   }
   if (s->n == 0) return any_value(c);
   /* memo by members (order-free) */
-  member *sorted = malloc((size_t)s->n * sizeof *sorted);
+  size_t klen;
+  uintptr_t *sorted = set_key(s, &klen);
   if (!sorted) { schema_fail(&c->b, NULL, "out of memory"); return NULL; }
-  memcpy(sorted, s->m, (size_t)s->n * sizeof *sorted);
-  qsort(sorted, (size_t)s->n, sizeof *sorted, cmp_member);
-  size_t klen = (size_t)s->n * sizeof *sorted;
   entry *e = map_find(&c->sets, (const char *)sorted, klen, 0);
   if (e) {
     free(sorted);
@@ -1494,10 +1505,8 @@ static const char *compile_set(comp *c, mset *s, const char *hint) {
     return NULL;
   }
   /* find our entry again: compile_set calls below may have grown the table */
-  member *again = malloc((size_t)s->n * sizeof *again);
+  uintptr_t *again = set_key(s, &klen);
   if (!again) { sb_free(&body); schema_fail(&c->b, NULL, "out of memory"); return NULL; }
-  memcpy(again, s->m, (size_t)s->n * sizeof *again);
-  qsort(again, (size_t)s->n, sizeof *again, cmp_member);
   e = map_find(&c->sets, (const char *)again, klen, 0);
   free(again);
   if (rc > 0) {

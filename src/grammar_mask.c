@@ -83,9 +83,14 @@ static void gw_free(gw *w) {
 
 void gk_binds_free(ml_grammar *g) {
   gbind *b = g->binds;
+  /* only states the DFA made can have a W: the rest of the table (room for cap_states, up
+   * to millions for a large schema) is untouched zero pages, and reading it to find NULLs
+   * cost a freed large grammar tens of millions of instructions and page faults */
+  int32_t made = __atomic_load_n(&g->n_states, __ATOMIC_ACQUIRE);
   while (b) {
     gbind *next = b->next;
-    for (int32_t s = 0; s < b->n_states; s++) gw_free(b->w[s]);
+    int32_t n = made < b->n_states ? made : b->n_states;
+    for (int32_t s = 0; s < n; s++) gw_free(b->w[s]);
     free(b->w);
     ml_gvocab_release(b->v);
     free(b);

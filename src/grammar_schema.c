@@ -243,15 +243,33 @@ static const char *new_name(comp *c, const char *hint) {
   while (w && base[w - 1] == '-') w--;
   if (!w) memcpy(base, "r", 1), w = 1;
   base[w] = 0;
-  snprintf(name, sizeof name, "%s", base);
+  memcpy(name, base, w + 1);
+  size_t nl = w;
   /* the base's entry remembers the next suffix to try */
-  entry *b = map_find(&c->names, base, strlen(base), 0);
+  entry *b = map_find(&c->names, base, w, 0);
   int k = b && b->nest > 1 ? b->nest : 2;
-  while (map_find(&c->names, name, strlen(name), 0)) snprintf(name, sizeof name, "%s-%d", base, k++);
+  while (map_find(&c->names, name, nl, 0)) { /* base-k */
+    char digits[12];
+    int nd = 0;
+    for (unsigned x = (unsigned)k++; x; x /= 10) digits[nd++] = (char)('0' + x % 10);
+    name[w] = '-';
+    for (int i = 0; i < nd; i++) name[w + 1 + i] = digits[nd - 1 - i];
+    nl = w + 1 + (size_t)nd;
+    name[nl] = 0;
+  }
   if (b) b->nest = k;
-  entry *e = map_find(&c->names, name, strlen(name), 1);
+  entry *e = map_find(&c->names, name, nl, 1);
   if (!e) { schema_fail(&c->b, NULL, "out of memory"); return NULL; }
   return e->key;
+}
+
+/* h := "hint-part", cut to size (the name takes its first 32 characters anyway) */
+static void sub_hint(char *h, size_t size, const char *hint, const char *part) {
+  size_t w = 0;
+  for (const char *p = hint; *p && w + 1 < size; p++) h[w++] = *p;
+  if (w + 1 < size) h[w++] = '-';
+  for (const char *p = part; *p && w + 1 < size; p++) h[w++] = *p;
+  h[w] = 0;
 }
 
 static void put_rule(comp *c, const char *name, const char *body) {
@@ -843,7 +861,7 @@ static int emit_array(comp *c, view *v, const char *hint, sbuf *o) {
       const ml_json *sch = v->arr[i].prefix && j < (int)v->arr[i].prefix->n ? v->arr[i].prefix->kids[j] : v->arr[i].rest;
       if (sch) ms_push(&nodes, sch, 0);
     }
-    snprintf(h, sizeof h, "%s-%s", hint, j < npos ? "item" : "items");
+    sub_hint(h, sizeof h, hint, j < npos ? "item" : "items");
     pos[j] = nodes.n ? compile_nodes(c, &nodes, h) : any_value(c);
     ms_free(&nodes);
     if (!pos[j]) { c->nest--; free(pos); return -1; }
@@ -995,7 +1013,7 @@ static int object_sequence(comp *c, view *v, const char **val, const char *addkv
   sbuf b = {0};
   if (addkv) sb_printf(&b, "( %s%s )*", sep.p, addkv);
   else sb_puts(&b, "\"\"");
-  snprintf(h, sizeof h, "%s-tail", hint);
+  sub_hint(h, sizeof h, hint, "tail");
   tail[k] = addkv ? leaf_rule(c, h, b.p) : "";
   sb_free(&b);
   for (int i = k - 1; i >= 1 && !c->b.failed; i--) {
@@ -1003,7 +1021,7 @@ static int object_sequence(comp *c, view *v, const char **val, const char *addkv
     if (val[e] == EMPTY) { tail[i] = tail[i + 1]; continue; }
     if (v->props[e].required) sb_printf(&b, "%s%s %s", sep.p, kv[i].p, tail[i + 1]);
     else sb_printf(&b, "( %s%s )? %s", sep.p, kv[i].p, tail[i + 1]);
-    snprintf(h, sizeof h, "%s-tail", hint);
+    sub_hint(h, sizeof h, hint, "tail");
     const char *name = new_name(c, h);
     if (name) put_rule(c, name, b.p);
     tail[i] = name;
@@ -1077,7 +1095,7 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
   c->nest++;
   for (int i = 0; i < k && !rc; i++) {
     prop *p = &v->props[i];
-    snprintf(h, sizeof h, "%s-%s", hint, p->name);
+    sub_hint(h, sizeof h, hint, p->name);
     val[i] = p->schemas.n ? compile_nodes(c, &p->schemas, h) : any_value(c);
     if (!val[i]) rc = -1;
     else if (val[i] == EMPTY && p->required) rc = 1;
@@ -1085,7 +1103,7 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
   }
   const char *addval = NULL;
   if (!rc && !v->additional_false) {
-    snprintf(h, sizeof h, "%s-additional", hint);
+    sub_hint(h, sizeof h, hint, "additional");
     addval = v->additional.n ? compile_nodes(c, &v->additional, h) : any_value(c);
     if (!addval) rc = -1;
     else if (addval == EMPTY) addval = NULL;
@@ -1133,7 +1151,7 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
     sb_printf(&t, "\":\"");
     put_ws(c, &t);
     sb_puts(&t, addval);
-    snprintf(h, sizeof h, "%s-kv", hint);
+    sub_hint(h, sizeof h, hint, "kv");
     addkv = leaf_rule(c, h, t.p);
     sb_free(&t);
     if (!addkv) { free(val); return -1; }
@@ -1174,7 +1192,7 @@ static int emit_object_body(comp *c, view *v, const char *hint, const char *pkey
     sb_puts(&sep, "\",\"");
     put_ws(c, &sep);
     sb_printf(&lp, "( %s%s )*", sep.p, addkv);
-    snprintf(h, sizeof h, "%s-tail", hint);
+    sub_hint(h, sizeof h, hint, "tail");
     loop = leaf_rule(c, h, lp.p);
     sb_free(&lp);
     if (!loop) { sb_free(&sep), sb_free(&first); return -1; }
@@ -1235,7 +1253,7 @@ static int emit_view(comp *c, view *v, const char *hint, sbuf *o) {
     rc = leaf_number(&c->b, &v->num, &b);
     if (rc < 0) { sb_free(&b); return -1; }
     if (rc == 0) {
-      snprintf(h, sizeof h, "%s-%s", hint, v->num.integer ? "int" : "num");
+      sub_hint(h, sizeof h, hint, v->num.integer ? "int" : "num");
       const char *r = leaf_rule(c, v->num.lo.set || v->num.hi.set ? h : v->num.integer ? "integer" : "number", b.p);
       sb_free(&b);
       if (!r) return -1;
@@ -1249,7 +1267,7 @@ static int emit_view(comp *c, view *v, const char *hint, sbuf *o) {
     rc = leaf_string(&c->b, &v->str, &b);
     if (rc < 0) { sb_free(&b); return -1; }
     if (rc == 0) {
-      snprintf(h, sizeof h, "%s-str", hint);
+      sub_hint(h, sizeof h, hint, "str");
       int plain = !v->str.pattern && !v->str.format && !v->str.min_len && v->str.max_len == UINT64_MAX;
       const char *r = leaf_rule(c, plain ? "json-string" : h, b.p);
       if (!r) { sb_free(&b); return -1; }

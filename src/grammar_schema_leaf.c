@@ -37,6 +37,22 @@ void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
 void sb_printf(sbuf *b, const char *fmt, ...) {
   char tmp[512];
   va_list ap;
+  /* text and %s only (most calls: rule bodies joined, often kilobytes long) are appended
+   * directly; vsnprintf copied them at several instructions a byte, twice when long */
+  const char *pc = fmt;
+  while ((pc = strchr(pc, '%')) && pc[1] == 's') pc += 2;
+  if (!pc) {
+    va_start(ap, fmt);
+    for (const char *q = fmt;;) {
+      const char *at = strchr(q, '%');
+      if (!at) { sb_puts(b, q); break; }
+      sb_put(b, q, (size_t)(at - q));
+      sb_puts(b, va_arg(ap, const char *));
+      q = at + 2;
+    }
+    va_end(ap);
+    return;
+  }
   va_start(ap, fmt);
   int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
   va_end(ap);
@@ -145,7 +161,7 @@ static void put_literal(sbuf *o, const char *s, size_t n) {
   sb_puts(o, "\"");
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (c == '"' || c == '\\') sb_printf(o, "\\%c", c);
+    if (c == '"' || c == '\\') sb_put(o, c == '"' ? "\\\"" : "\\\\", 2);
     else if (c == '\n') sb_puts(o, "\\n");
     else if (c == '\r') sb_puts(o, "\\r");
     else if (c == '\t') sb_puts(o, "\\t");

@@ -5,6 +5,8 @@
 -- able to end; an invalid one must be refused somewhere. BENCH_SAMPLE=k runs every k-th
 -- schema. Prints our figures next to the published table, wall clock with the process's
 -- CPU time beside it (the machine may be shared: the load average is printed too).
+-- Each schema's grammar and matcher are closed when its tests end (timed apart).
+-- BENCH_SLOWEST=n also lists the n schemas with the longest TTFM, with their times.
 -- MOONLM_LLAMA_GRAMMAR=/path/to/harness adds llama.cpp's grammar engine measured here, on
 -- every LLAMA_SAMPLE-th schema (default 7), next to ours on the same schemas. The harness
 -- (built outside the repository over libllama's grammar sampler and common's
@@ -22,6 +24,7 @@ local VOCAB = SHARED .. "/tokenizer/ggml-vocab-llama-bpe.gguf"
 local SAMPLE = tonumber(os.getenv("BENCH_SAMPLE") or "1")
 local HARNESS = os.getenv("MOONLM_LLAMA_GRAMMAR")
 local LLAMA_SAMPLE = tonumber(os.getenv("LLAMA_SAMPLE") or "7")
+local SLOWEST = tonumber(os.getenv("BENCH_SLOWEST") or "0")
 local SCHEMA_LIMIT_S = 60 -- per schema, instances included: past it the schema counts as a timeout
 
 if not (G and G.gbnf and G.json_schema) then
@@ -119,6 +122,13 @@ for _, name in ipairs(order) do
       if not accepted and test.valid then r.verr = r.verr + 1 end
       if clock() - t0 > SCHEMA_LIMIT_S then r.timeout = true; break end
     end
+    -- released when its tests end, as a server drops a finished request's grammar: left
+    -- to the collector, a few grammars' memory (NFA, DFA, mask caches) was freed at once
+    -- inside whichever later compile or mask the collection step fell in
+    local f0 = clock()
+    m:close()
+    g:close()
+    r.free = (clock() - f0) * 1e6
   end
 end
 local wall, cputime = clock() - wall0, cpu() - cpu0
@@ -186,12 +196,30 @@ print(("\n%s tokens; run %.0f s wall, %.0f s CPU; load average %s at the start, 
   .. " are the benchmark's published table on 11,306 schemas and a faster server core."):format(n(st.tokens), wall, cputime, load0, loadavg()))
 print(("The vocabulary's preparation for grammars, once per model before the first schema, is not in TTFM: %.0f ms (%.0f ms CPU).")
   :format(prep_wall, prep_cpu))
+do
+  local frees = {}
+  for _, name in ipairs(order) do frees[#frees + 1] = results[name].free end
+  print(("Closing a schema's grammar and matcher after its tests, not in TTFM or TBM: avg %s µs, p99 %s, max %s.")
+    :format(n(avg(frees)), n(pct(frees, 99)), n(pct(frees, 100))))
+end
 local keys = {}
 for k in pairs(refusals) do keys[#keys + 1] = k end
 table.sort(keys, function(a, b) return refusals[a] > refusals[b] end)
 if #keys > 0 then
   print("\nrefusals:")
   for k = 1, math.min(#keys, 15) do print(("  %4d  %s"):format(refusals[keys[k]], keys[k])) end
+end
+if SLOWEST > 0 then
+  local slow = {}
+  for _, name in ipairs(order) do
+    if results[name].ttfm then slow[#slow + 1] = name end
+  end
+  table.sort(slow, function(a, b) return results[a].ttfm > results[b].ttfm end)
+  print(("\nslowest TTFM (µs, wall clock (CPU time)):"))
+  for k = 1, math.min(SLOWEST, #slow) do
+    local r = results[slow[k]]
+    print(("  %9s (%s)  %s"):format(n(r.ttfm), n(r.ttfm_cpu), slow[k]))
+  end
 end
 
 -- llama.cpp's engine on this machine, on a sample, beside ours on the same schemas

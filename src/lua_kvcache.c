@@ -275,10 +275,8 @@ static const char *type_name(ml_type t) { return ml_type_traits_get(t)->name; }
 /* fields: layers, kv_heads, head_dim, n_ctx, type, seqs; then the methods */
 static int kv_index(lua_State *L) {
   lkv *u = luaL_checkudata(L, 1, KV_MT);
-  lua_getmetatable(L, 1); /* methods first: append and view are looked up for every layer */
-  lua_getfield(L, -1, "methods");
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
+  lua_pushvalue(L, 2); /* methods first (the upvalue): append and view are looked up for every layer */
+  lua_rawget(L, lua_upvalueindex(1));
   if (!lua_isnil(L, -1)) return 1;
   lua_settop(L, 2);
   const char *k = lua_tostring(L, 2);
@@ -388,8 +386,6 @@ static const luaL_Reg kv_methods[] = {
 
 void ml_lua_open_kvcache(lua_State *L) {
   luaL_newmetatable(L, KV_MT);
-  lua_pushcfunction(L, kv_index);
-  lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, kv_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushcfunction(L, kv_gc);
@@ -398,6 +394,9 @@ void ml_lua_open_kvcache(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   luaL_newlib(L, kv_methods);
   ml_register_names(L, "");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, kv_index, 1); /* __index reads the methods table as its upvalue */
+  lua_setfield(L, -3, "__index");
   lua_setfield(L, -2, "methods");
   lua_pop(L, 1);
   luaL_newmetatable(L, VIEW_MT);

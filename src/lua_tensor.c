@@ -841,11 +841,10 @@ static int m_index(lua_State *L) {
     CHECK(L, ml_tensor_select(o, t, 0, i - 1));
     return 1;
   }
-  /* methods first: a forward pass written in Lua looks one up for every op */
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
+  /* methods first, from the upvalue: a forward pass written in Lua looks one up for every
+   * op (a metatable and a field by name each time cost LuaJIT a string lookup per call) */
   lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
+  lua_rawget(L, lua_upvalueindex(1));
   if (!lua_isnil(L, -1)) return 1;
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "dtype") == 0) {
@@ -1237,7 +1236,7 @@ static const luaL_Reg methods[] = {
   {NULL, NULL}};
 
 static const luaL_Reg metamethods[] = {
-  {"__index", m_index}, {"__newindex", m_newindex}, {"__gc", m_gc}, {"__close", m_close},
+  {"__newindex", m_newindex}, {"__gc", m_gc}, {"__close", m_close},
   {"__tostring", m_tostring}, {"__len", m_len}, {"__add", mm_add}, {"__sub", mm_sub},
   {"__mul", mm_mul}, {"__div", mm_div}, {"__pow", mm_pow}, {"__unm", m_unm},
   {NULL, NULL}};
@@ -1305,6 +1304,9 @@ void ml_lua_open_tensor(lua_State *L) {
   ml_register_names(L, "");
   luaL_newlib(L, methods);
   ml_register_names(L, "");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, m_index, 1); /* __index reads the methods table as its upvalue */
+  lua_setfield(L, -3, "__index");
   lua_setfield(L, -2, "methods");
   lua_pushliteral(L, "moonlm.tensor");
   lua_setfield(L, -2, "__name");

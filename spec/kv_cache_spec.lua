@@ -80,6 +80,93 @@ describe("kv_cache", function()
     assert.is_true(kv:append(1, 0, T.ones(2, 6, 8), T.ones(2, 6, 8)))
   end)
 
+  -- kv:attend is x:rope_ on q and k, kv:append and T.attention over the view, in one call
+  for _, case in ipairs({ { "f32", "normal" }, { "f16", "neox" }, { "q8_0", false } }) do
+    local ty, mode = case[1], case[2]
+    it("attend: one call for rope, append and attention, as the ops one by one (" .. ty .. ", rope " ..
+      tostring(mode) .. ")", function()
+      local H, Hk, D, L = 6, 2, 32, 2
+      local rope = mode and { mode = mode, base = 10000 } or nil
+      local opts = { causal = true, rope = rope or false }
+      local a = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 16, type = ty, seqs = 2 })
+      local b = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 16, type = ty, seqs = 2 })
+      local seed = 10
+      -- a prefill of 5 rows, then one-row decodes, then 3 rows, on sequence 1, every layer
+      for _, n in ipairs({ 5, 1, 1, 3 }) do
+        for layer = 0, L - 1 do
+          seed = seed + 3
+          local q = T.randn({ n, H * D }, { seed = seed })
+          local k, v = T.randn({ n, Hk * D }, { seed = seed + 1 }), T.randn({ n, Hk * D }, { seed = seed + 2 })
+          local q0, k0 = q:clone(), k:clone()
+          local pos = #b:view(layer, 1)
+          local out = (n == 1) and T.empty(n, H * D) or nil
+          local got = assert(a:attend(layer, 1, q, k, v, opts, out))
+          if out then assert.are.equal(out, got) end
+          -- q and k are left as they were
+          assert.is_true(q == q0)
+          assert.is_true(k == k0)
+          local qr, kr = q:clone(), k:clone()
+          if rope then
+            qr:view(n, H, D):transpose(1, 2):rope_(pos, rope)
+            kr:view(n, Hk, D):transpose(1, 2):rope_(pos, rope)
+          end
+          assert.is_true(b:append(layer, 1, kr, v))
+          local want = T.attention(qr, b:view(layer, 1), { causal = true, heads = H })
+          S.near(got, want, 1e-6)
+          assert.is_true(a:view(layer, 1):k() == b:view(layer, 1):k())
+          assert.is_true(a:view(layer, 1):v() == b:view(layer, 1):v())
+        end
+      end
+      assert.are.same({ 0, 10, 10 }, { a:pos(0), a:pos(1), a:used() })
+      -- rows with a row stride (narrowed from one product), alibi and a window, as T.attention
+      local qkv = T.randn({ 2, (H + 2 * Hk) * D }, { seed = 99 })
+      local q, k, v = qkv:narrow(2, 1, H * D), qkv:narrow(2, H * D + 1, Hk * D), qkv:narrow(2, (H + Hk) * D + 1, Hk * D)
+      local slopes = T.alibi_slopes(H, 8)
+      local o2 = { causal = true, window = 4, alibi = slopes, scale = 0.1 }
+      local got = assert(a:attend(0, 0, q, k, v, o2))
+      assert.is_true(b:append(0, 0, k, v))
+      S.near(got, T.attention(q, b:view(0, 0), { causal = true, window = 4, alibi = slopes, scale = 0.1, heads = H }),
+        1e-6)
+    end)
+  end
+
+  it("attend: a full cache returns nil, err and writes nothing; bad arguments are named", function()
+    local kv = lm.kv_cache { layers = 1, kv_heads = 2, head_dim = 8, n_ctx = 4 }
+    local q, k = T.ones(3, 32), T.ones(3, 16)
+    assert(kv:attend(0, 0, q, k, k))
+    local ok, err = kv:attend(0, 0, q, k, k, { causal = true })
+    assert.is_nil(ok)
+    assert.are.equal("kv cache full (n_ctx = 4)", err)
+    assert.are.same({ 3, 3 }, { kv:pos(0), #kv:view(0, 0) })
+    local one, k1 = T.ones(1, 32), T.ones(1, 16)
+    assert.has_error(function() kv:attend(1, 0, one, k1, k1) end,
+      "bad argument #2 to 'attend' (layer 1 out of range (0 to 0))")
+    assert.has_error(function() kv:attend(0, 0, T.ones(1, 30), k1, k1) end,
+      "bad argument #4 to 'attend' (q must be f32 rows {n, heads · 8})")
+    assert.has_error(function() kv:attend(0, 0, one:to("f16"), k1, k1) end,
+      "bad argument #4 to 'attend' (q must be f32 rows {n, heads · 8})")
+    assert.has_error(function() kv:attend(0, 0, one, T.ones(1, 24), k1) end,
+      "bad argument #5 to 'attend' (k must be {n, 16} (kv_heads · head_dim))")
+    assert.has_error(function() kv:attend(0, 0, one, k1, T.ones(2, 16)) end,
+      "bad argument #6 to 'attend' (1 rows of q, 1 of k and 2 of v)")
+    assert.has_error(function() kv:attend(0, 0, T.ones(1, 24), k1, k1) end,
+      "bad argument #4 to 'attend' (3 query heads cannot share 2 key/value heads)")
+    assert.has_error(function() kv:attend(0, 0, one, k1, k1, { heads = 4 }) end,
+      "bad argument #7 to 'attend' (unknown option 'heads')")
+    assert.has_error(function() kv:attend(0, 0, one, k1, k1, { rope = 1 }) end,
+      "bad argument #7 to 'attend' (option 'rope' must be a table (the options of x:rope) or false)")
+    assert.has_error(function() kv:attend(0, 0, one, k1, k1, { rope = { mode = "spiral" } }) end,
+      "bad argument #7 to 'attend' (mode must be \"normal\" or \"neox\", got \"spiral\")")
+    assert.has_error(function() kv:attend(0, 0, one, k1, k1, { rope = { base = 1e4, spin = 1 } }) end,
+      "bad argument #7 to 'attend' (unknown option 'spin')")
+    assert.has_error(function() kv:attend(0, 0, one, k1, k1, { mask = T.zeros(1, 2) }) end,
+      "bad argument #7 to 'attend' (mask must be {1, 4})")
+    assert.has_error(function() kv:attend(0, 0, one, k1, k1, {}, T.empty(2, 32)) end,
+      "bad argument #8 to 'attend' (out must be a contiguous f32 tensor {1, 32})")
+    -- none of that wrote anything
+    assert.are.same({ 3, 3 }, { kv:pos(0), #kv:view(0, 0) })
+  end)
+
   it("refuses bad options and arguments, naming them", function()
     assert.has_error(function() lm.kv_cache { layers = 1, kv_heads = 1, head_dim = 4 } end,
       "bad argument #1 to 'kv_cache' (option 'n_ctx' is required)")

@@ -120,20 +120,74 @@ static void kv_source(lua_State *L, int64_t hd, ml_flash_args *a, ml_flash_seg *
   *seg = (ml_flash_seg){0, 0, NULL, nkv, 0};
 }
 
-/* The kernel's scratch, kept in the registry of this Lua state and grown when a call needs
+/* Scratch kept in the registry of this Lua state under key and grown when a call needs
  * more: a new userdata per call would hand the collector ~100 KB per layer and token. Left
  * on the stack (the caller's result is pushed before it, and taken back above it). */
-static void *work_buffer(lua_State *L, size_t bytes) {
-  static const char key = 0;
-  lua_pushlightuserdata(L, (void *)&key);
+void *ml_lua_scratch(lua_State *L, const void *key, size_t bytes) {
+  lua_pushlightuserdata(L, (void *)key);
   lua_rawget(L, LUA_REGISTRYINDEX);
   if (lua_type(L, -1) == LUA_TUSERDATA && lua_rawlen(L, -1) >= bytes) return lua_touserdata(L, -1);
   lua_pop(L, 1);
   void *w = lua_newuserdatauv(L, bytes, 0);
-  lua_pushlightuserdata(L, (void *)&key);
+  lua_pushlightuserdata(L, (void *)key);
   lua_pushvalue(L, -2);
   lua_rawset(L, LUA_REGISTRYINDEX);
   return w;
+}
+
+void ml_lua_attention_opts(lua_State *L, int opt, int64_t H, int64_t n, int64_t nkv, ml_flash_args *a) {
+  int64_t hd = a->head_dim > 0 ? a->head_dim : 1;
+  a->scale = (float)opt_num(L, opt, "scale", 1.0 / sqrt((double)hd));
+  a->softcap = (float)opt_num(L, opt, "softcap", 0);
+  double window = opt_num(L, opt, "window", 0);
+  if (a->softcap < 0 || window < 0) luaL_argerror(L, opt, "softcap and window must not be negative");
+  a->window = (int64_t)window;
+  lua_getfield(L, opt, "causal");
+  a->causal = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  const ml_tensor *mask = opt_tensor(L, opt, "mask"); /* stays on the stack */
+  if (mask) {
+    if (mask->ndim != 2 || mask->shape[0] != n || mask->shape[1] != nkv)
+      luaL_argerror(L, opt, lua_pushfstring(L, "mask must be {%d, %d}", (int)n, (int)nkv));
+    mask = f32_contig(L, mask);
+    a->mask = ml_tensor_data(mask);
+    a->ldmask = nkv;
+  }
+  lua_getfield(L, opt, "alibi");
+  if (!lua_isnil(L, -1)) {
+    float *slopes = lua_newuserdatauv(L, sizeof(float) * (size_t)(H > 0 ? H : 1), 0);
+    const ml_tensor *st = ml_lua_test_tensor(L, -2);
+    int64_t ns = st ? (st->ndim == 1 ? st->shape[0] : -1) : lua_istable(L, -2) ? (int64_t)lua_rawlen(L, -2) : -1;
+    if (ns != H) luaL_argerror(L, opt, lua_pushfstring(L, "alibi must hold one slope per query head (%d)", (int)H));
+    for (int64_t h = 0; h < H; h++) {
+      if (st) slopes[h] = (float)ml_tensor_get(st, &h);
+      else {
+        lua_rawgeti(L, -2, (lua_Integer)h + 1);
+        if (!lua_isnumber(L, -1)) luaL_argerror(L, opt, "alibi slopes must be numbers");
+        slopes[h] = (float)lua_tonumber(L, -1);
+        lua_pop(L, 1);
+      }
+    }
+    a->slopes = slopes;
+  }
+}
+
+void ml_lua_attention_run(lua_State *L, const ml_flash_args *a) {
+  static const char key = 0;
+  /* a team only for work worth it: a decode step of a small model is a few thousand
+   * multiply-adds, which one thread does faster than two meet at the kernel's barriers */
+  int64_t nkv = 0;
+  for (int i = 0; i < a->n_seg; i++) nkv = ML_MAX(nkv, a->seg[i].n_kv);
+  double macs = 2.0 * (double)a->n_head * (double)a->n_q * (double)nkv * (double)a->head_dim;
+  int nth = ml_threads_for(ML_WORK_MACS, macs);
+  void *work = ml_lua_scratch(L, &key, ml_flash_work_bytes(a, nth) + 64);
+  work = (void *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+  if (nth == 1) ml_flash(a, work); /* outside any region, as flash.h allows: no team to start */
+  else {
+#pragma omp parallel num_threads(nth)
+    ml_flash(a, work);
+  }
+  lua_pop(L, 1);
 }
 
 int ml_lua_attention(lua_State *L) {
@@ -167,39 +221,8 @@ int ml_lua_attention(lua_State *L) {
   int64_t Hk = a.n_head_kv, nkv = seg.n_kv;
   if (Hk == 0 || H % Hk)
     return luaL_argerror(L, 2, lua_pushfstring(L, "%d query heads cannot share %d key/value heads", (int)H, (int)Hk));
-  a.scale = (float)opt_num(L, 4, "scale", 1.0 / sqrt((double)(hd > 0 ? hd : 1)));
-  a.softcap = (float)opt_num(L, 4, "softcap", 0);
-  double window = opt_num(L, 4, "window", 0);
-  if (a.softcap < 0 || window < 0) return luaL_argerror(L, 4, "softcap and window must not be negative");
-  a.window = (int64_t)window;
-  lua_getfield(L, 4, "causal");
-  a.causal = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  const ml_tensor *mask = opt_tensor(L, 4, "mask"); /* stays on the stack */
-  if (mask) {
-    if (mask->ndim != 2 || mask->shape[0] != n || mask->shape[1] != nkv)
-      return luaL_argerror(L, 4, lua_pushfstring(L, "mask must be {%d, %d}", (int)n, (int)nkv));
-    mask = f32_contig(L, mask);
-    a.mask = ml_tensor_data(mask);
-    a.ldmask = nkv;
-  }
-  lua_getfield(L, 4, "alibi");
-  if (!lua_isnil(L, -1)) {
-    float *slopes = lua_newuserdatauv(L, sizeof(float) * (size_t)(H > 0 ? H : 1), 0);
-    const ml_tensor *st = ml_lua_test_tensor(L, -2);
-    int64_t ns = st ? (st->ndim == 1 ? st->shape[0] : -1) : lua_istable(L, -2) ? (int64_t)lua_rawlen(L, -2) : -1;
-    if (ns != H) return luaL_argerror(L, 4, lua_pushfstring(L, "alibi must hold one slope per query head (%d)", (int)H));
-    for (int64_t h = 0; h < H; h++) {
-      if (st) slopes[h] = (float)ml_tensor_get(st, &h);
-      else {
-        lua_rawgeti(L, -2, (lua_Integer)h + 1);
-        if (!lua_isnumber(L, -1)) return luaL_argerror(L, 4, "alibi slopes must be numbers");
-        slopes[h] = (float)lua_tonumber(L, -1);
-        lua_pop(L, 1);
-      }
-    }
-    a.slopes = slopes;
-  }
+  a.head_dim = hd;
+  ml_lua_attention_opts(L, 4, H, n, nkv, &a);
   const ml_tensor *qc = rows ? q : f32_contig(L, q);
   ml_tensor *out = ml_lua_push_tensor(L);
   int64_t shape[3] = {H, n, hd}, rshape[2] = {n, H * hd};
@@ -212,7 +235,6 @@ int ml_lua_attention(lua_State *L) {
   }
   seg.n = n;
   a.n_head = H;
-  a.head_dim = hd;
   a.n_q = n;
   a.q = ml_tensor_data(qc);
   a.out = ml_tensor_data(out);
@@ -230,14 +252,6 @@ int ml_lua_attention(lua_State *L) {
   a.n_seg = 1;
   a.seg = &seg;
   if (ml_flash_check(&a) < 0) return ml_lua_error_at(L, 1);
-  /* a team only for work worth it: a decode step of a small model is a few thousand
-   * multiply-adds, which one thread does faster than two meet at the kernel's barriers */
-  double macs = 2.0 * (double)H * (double)n * (double)nkv * (double)hd;
-  int nth = ml_threads_for(ML_WORK_MACS, macs);
-  void *work = work_buffer(L, ml_flash_work_bytes(&a, nth) + 64);
-  work = (void *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-#pragma omp parallel num_threads(nth)
-  ml_flash(&a, work);
-  lua_pushvalue(L, -2); /* the output */
+  ml_lua_attention_run(L, &a);
   return 1;
 }

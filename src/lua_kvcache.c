@@ -20,6 +20,7 @@
 #include "kvcache.h"
 #include "lua_kvcache.h"
 #include "lua_tensor.h"
+#include "rope.h"
 
 #define KV_MT "moonlm.kv_cache"
 #define VIEW_MT "moonlm.kv_view"
@@ -205,6 +206,140 @@ static int kv_view(lua_State *L) {
   return 1;
 }
 
+/* Rows {n, heads · head_dim} f32 at i as a product writes them (contiguous heads, any row
+ * stride): the data, the rows, the heads and the row stride. */
+static const float *f32_rows(lua_State *L, const kvstate *s, int i, const char *what, int64_t *n, int64_t *heads,
+                             int64_t *ld) {
+  const ml_tensor *t = ml_lua_check_tensor(L, i);
+  int64_t D = s->head_dim;
+  if (t->type != ML_TYPE_F32 || t->ndim != 2 || t->shape[1] == 0 || t->shape[1] % D ||
+      (t->stride[1] != 1 && t->shape[1] > 1))
+    luaL_argerror(L, i, lua_pushfstring(L, "%s must be f32 rows {n, heads · %d}", what, (int)D));
+  *n = t->shape[0];
+  *heads = t->shape[1] / D;
+  *ld = t->stride[0];
+  return ml_tensor_data(t);
+}
+
+/* attend(layer, seq, q, k, v [, opts [, out]]) -> out | nil, "kv cache full (n_ctx = N)":
+ * one attention step of a layer against its cache, what x:rope_ on q and k, kv:append and
+ * tensor.attention(q, kv:view(layer, seq), opts) do one after the other, in one call. q
+ * {n, H · head_dim}, k and v {n, kv_heads · head_dim}: f32 rows as products write them. The
+ * rows are positions p, p+1, ... where p is what the layer holds of seq (kv:view's n); with
+ * opts.rope (x:rope's options) q and k are rotated there (q and k themselves are left as
+ * they are). k and v go into the cache, then q attends to the sequence's keys with the
+ * other options of tensor.attention (scale, causal, window, softcap, mask, alibi). The
+ * result, rows {n, H · head_dim}, goes into out when given (contiguous f32, not q) or a
+ * new tensor. Misuse is raised before anything is written; a full cache writes nothing. */
+static int kv_attend(lua_State *L) {
+  static const char *const names[] = {"rope", "scale", "causal", "window", "softcap", "mask", "alibi", NULL};
+  kvstate *s = check_kv(L, 1);
+  int64_t layer = check_layer(L, s, 2);
+  int seq = check_seq(L, s, 3);
+  lua_settop(L, 8);
+  int64_t n, H, ldq, nk, Hk, ldk, nv, Hv, ldv, D = s->head_dim;
+  const float *q = f32_rows(L, s, 4, "q", &n, &H, &ldq);
+  const float *k = f32_rows(L, s, 5, "k", &nk, &Hk, &ldk);
+  const float *v = f32_rows(L, s, 6, "v", &nv, &Hv, &ldv);
+  if (Hk != s->kv_heads || Hv != s->kv_heads)
+    return luaL_argerror(L, Hk != s->kv_heads ? 5 : 6, lua_pushfstring(L, "%s must be {n, %d} (kv_heads · head_dim)",
+                                                                      Hk != s->kv_heads ? "k" : "v", (int)(s->kv_heads * D)));
+  if (nk != n || nv != n)
+    return luaL_argerror(L, nk != n ? 5 : 6, lua_pushfstring(L, "%d rows of q, %d of k and %d of v", (int)n, (int)nk, (int)nv));
+  if (H % Hk) return luaL_argerror(L, 4, lua_pushfstring(L, "%d query heads cannot share %d key/value heads", (int)H, (int)Hk));
+  if (lua_isnil(L, 7)) {
+    lua_newtable(L);
+    lua_replace(L, 7);
+  }
+  luaL_checktype(L, 7, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 7)) {
+    lua_pop(L, 1);
+    int ok = 0;
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (const char *const *nm = names; *nm && !ok; nm++) ok = strcmp(lua_tostring(L, -1), *nm) == 0;
+    if (!ok)
+      return luaL_argerror(L, 7, lua_pushfstring(L, "unknown option '%s'", lua_type(L, -1) == LUA_TSTRING ?
+                                                 lua_tostring(L, -1) : luaL_typename(L, -1)));
+  }
+  ml_tensor *o = NULL;
+  if (!lua_isnil(L, 8)) {
+    o = ml_lua_check_writable(L, 8);
+    if (o->type != ML_TYPE_F32 || o->ndim != 2 || o->shape[0] != n || o->shape[1] != H * D || !ml_tensor_is_contiguous(o))
+      return luaL_argerror(L, 8, lua_pushfstring(L, "out must be a contiguous f32 tensor {%d, %d}", (int)n, (int)(H * D)));
+  }
+  ml_kvcache *c = &s->c;
+  int64_t *filled = &s->filled[layer * c->n_seq + seq], p0 = *filled;
+  ml_lua_rope ro = {0, 0, 1, NULL};
+  lua_getfield(L, 7, "rope"); /* 9: the frequencies may live in it */
+  if (lua_toboolean(L, 9)) {
+    if (!lua_istable(L, 9)) return luaL_argerror(L, 7, "option 'rope' must be a table (the options of x:rope) or false");
+    ml_lua_rope_options(L, 9, 7, D, &ro);
+  }
+  ml_flash_args a;
+  memset(&a, 0, sizeof a);
+  a.head_dim = D;
+  ml_lua_attention_opts(L, 7, H, n, p0 + n, &a);
+  ml_flash_seg seg = {0, n, c->cells[seq], p0 + n, 0};
+  a.n_head = H;
+  a.n_head_kv = Hk;
+  a.n_q = n;
+  a.q_hs = a.o_hs = D;
+  a.ldo = H * D;
+  a.kv_type = c->type;
+  a.k = c->k[layer];
+  a.v = c->v[layer];
+  a.row_bytes = c->row_bytes;
+  a.head_bytes = ml_type_nbytes(c->type, D);
+  a.n_seg = 1;
+  a.seg = &seg;
+  if (ml_flash_check(&a) < 0) return ml_lua_error_at(L, 4);
+  int64_t claim = p0 + n - c->len[seq]; /* positions no layer has claimed yet */
+  if (claim > 0 && c->n_used + claim > c->n_cells) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "kv cache full (n_ctx = %d)", (int)c->n_cells);
+    return 2;
+  }
+  if (!o) {
+    int64_t shape[2] = {n, H * D};
+    o = ml_lua_push_tensor(L);
+    /* the kernel writes every row of every head */
+    if (ml_tensor_init_uninit(o, ML_TYPE_F32, 2, shape) < 0) return ml_lua_error(L);
+  } else
+    lua_pushvalue(L, 8);
+  int top = lua_gettop(L);
+  a.q = q;
+  a.ldq = ldq;
+  float *krow = NULL;
+  if (ro.n_rot > 0) { /* rotated copies: q's rows, and a row of k at a time on its way in */
+    static const char key = 0;
+    float *w = ml_lua_scratch(L, &key, sizeof(float) * (size_t)((n * H + Hk) * D));
+    for (int64_t r = 0; r < n; r++) {
+      memcpy(w + r * H * D, q + r * ldq, sizeof(float) * (size_t)(H * D));
+      ml_rope_row(w + r * H * D, H, D, ro.n_rot, ro.neox, ro.inv_freq, ro.mscale, p0 + r);
+    }
+    a.q = w;
+    a.ldq = H * D;
+    krow = w + n * H * D;
+  }
+  for (int64_t i = 0; i < claim; i++) ml_kvcache_append(c, seq);
+  for (int64_t t = 0; t < n; t++) {
+    const float *kt = k + t * ldk;
+    if (krow) {
+      memcpy(krow, kt, sizeof(float) * (size_t)(Hk * D));
+      ml_rope_row(krow, Hk, D, ro.n_rot, ro.neox, ro.inv_freq, ro.mscale, p0 + t);
+      kt = krow;
+    }
+    ml_kvcache_store(c, layer, ml_kvcache_cell(c, seq, p0 + t), kt, v + t * ldv);
+  }
+  *filled = p0 + n;
+  a.out = ml_tensor_data(o);
+  seg.cells = c->cells[seq];
+  if (n > 0) ml_lua_attention_run(L, &a);
+  lua_settop(L, top);
+  return 1;
+}
+
 /* The sequence loses positions from n on (or all) or is replaced: its views go stale. */
 static void touched(kvstate *s, int seq, int64_t keep) {
   s->gen[seq]++;
@@ -381,7 +516,7 @@ static int view_index(lua_State *L) {
 }
 
 static const luaL_Reg kv_methods[] = {
-  {"append", kv_append}, {"view", kv_view}, {"pos", kv_pos}, {"used", kv_used}, {"truncate", kv_truncate},
+  {"append", kv_append}, {"view", kv_view}, {"attend", kv_attend}, {"pos", kv_pos}, {"used", kv_used}, {"truncate", kv_truncate},
   {"copy", kv_copy}, {"clear", kv_clear}, {"close", kv_gc}, {NULL, NULL}};
 
 void ml_lua_open_kvcache(lua_State *L) {

@@ -47,6 +47,17 @@ typedef struct ml_lua_wlink {
 void ml_lua_set_wlink(lua_State *L, int tensor, int link);
 /* The prepared weight linked to the tensor t at index `tensor`, or NULL. */
 const struct ml_weight *ml_lua_get_wlink(lua_State *L, int tensor, const ml_tensor *t);
+/* The rotation x:rope's options at opt describe for heads of hd: opts.freqs (a table or
+ * tensor from tensor.rope_freqs, n_rot/2 numbers), else base, dims and scaling; mode.
+ * Errors name argument arg. inv_freq may point into a value pushed onto the stack (keep
+ * it there while used). */
+typedef struct ml_lua_rope {
+  int neox;
+  int64_t n_rot;
+  float mscale;
+  const float *inv_freq;
+} ml_lua_rope;
+void ml_lua_rope_options(lua_State *L, int opt, int arg, int64_t hd, ml_lua_rope *ro);
 /* lua_tensor_ext.c: registers its methods and functions; the `tensor` table on top. */
 void ml_lua_open_tensor_ext(lua_State *L);
 

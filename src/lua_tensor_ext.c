@@ -285,7 +285,7 @@ static int64_t opt_int(lua_State *L, int t, const char *k, int64_t def) {
 }
 
 /* Refuse options this function does not take (a misspelt one would be ignored otherwise). */
-static void known_options(lua_State *L, int t, const char *const *names) {
+static void known_options(lua_State *L, int t, int arg, const char *const *names) {
   if (!lua_istable(L, t)) return;
   lua_pushnil(L);
   while (lua_next(L, t)) {
@@ -295,7 +295,7 @@ static void known_options(lua_State *L, int t, const char *const *names) {
       for (const char *const *n = names; *n && !ok; n++) ok = strcmp(lua_tostring(L, -1), *n) == 0;
     if (!ok) {
       const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
-      luaL_argerror(L, t, lua_pushfstring(L, "unknown option '%s'", k));
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'", k));
     }
   }
 }
@@ -313,7 +313,7 @@ static int m_conv1d(lua_State *L) {
   no_more(L, opt, "weight, bias and options");
   if (!lua_isnoneornil(L, opt) && !lua_istable(L, opt)) return luaL_argerror(L, opt, "options table expected");
   static const char *const names[] = {"stride", "padding", "dilation", "groups", NULL};
-  known_options(L, opt, names);
+  known_options(L, opt, opt, names);
   int64_t stride = opt_int(L, opt, "stride", 1), padding = opt_int(L, opt, "padding", 0),
           dilation = opt_int(L, opt, "dilation", 1), groups = opt_int(L, opt, "groups", 1);
   ml_tensor *o = ml_lua_push_tensor(L);
@@ -356,7 +356,7 @@ static int t_randint(lua_State *L) {
   no_more(L, next, "options");
   if (!lua_isnoneornil(L, next) && !lua_istable(L, next)) return luaL_argerror(L, next, "options table expected");
   static const char *const names[] = {"seed", NULL};
-  known_options(L, next, names);
+  known_options(L, next, next, names);
   ml_rng local, *r = ml_lua_rng(L, next, &local);
   ml_tensor *o = ml_lua_push_tensor(L);
   if (ml_randint(o, ndim, shape, lo, hi, r) < 0) return ml_lua_error_at(L, ml_errinput() == 1 ? 3 : 1);
@@ -370,7 +370,7 @@ static int m_multinomial(lua_State *L) {
   no_more(L, 3, "count and options");
   if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) return luaL_argerror(L, 3, "options table expected");
   static const char *const names[] = {"replacement", "seed", NULL};
-  known_options(L, 3, names);
+  known_options(L, 3, 3, names);
   int repl = 0;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "replacement");
@@ -429,13 +429,6 @@ static double opt_num(lua_State *L, int t, const char *k, double def) {
   return v;
 }
 
-typedef struct rope_opts {
-  int neox;
-  int64_t n_rot;
-  float mscale;
-  const float *inv_freq;
-} rope_opts;
-
 /* n_rot/2 floats from the tensor or table at i (a userdata-owned copy on the stack) */
 static const float *read_floats(lua_State *L, int i, int64_t n, int opt, const char *what) {
   ml_tensor *t = ml_lua_test_tensor(L, i);
@@ -456,27 +449,25 @@ static const float *read_floats(lua_State *L, int i, int64_t n, int opt, const c
   return f;
 }
 
-/* The inverse frequencies of the options at `opt` for heads of hd: opts.freqs (a table or
- * tensor from tensor.rope_freqs, n_rot/2 numbers), else base, dims and scaling. Pushes. */
-static void rope_options(lua_State *L, int opt, int64_t hd, rope_opts *ro) {
+void ml_lua_rope_options(lua_State *L, int opt, int arg, int64_t hd, ml_lua_rope *ro) {
   static const char *const names[] = {"mode", "base", "dims", "scaling", "freqs", NULL};
-  if (!lua_isnoneornil(L, opt) && !lua_istable(L, opt)) luaL_argerror(L, opt, "options table expected");
-  known_options(L, opt, names);
+  if (!lua_isnoneornil(L, opt) && !lua_istable(L, opt)) luaL_argerror(L, arg, "options table expected");
+  known_options(L, opt, arg, names);
   ro->neox = 0;
   if (lua_istable(L, opt)) {
     lua_getfield(L, opt, "mode");
     const char *mode = lua_tostring(L, -1);
     if (mode && strcmp(mode, "neox") == 0) ro->neox = 1;
     else if (mode && strcmp(mode, "normal") != 0)
-      luaL_argerror(L, opt, lua_pushfstring(L, "mode must be \"normal\" or \"neox\", got \"%s\"", mode));
-    else if (!mode && !lua_isnil(L, -1)) luaL_argerror(L, opt, "mode must be \"normal\" or \"neox\"");
+      luaL_argerror(L, arg, lua_pushfstring(L, "mode must be \"normal\" or \"neox\", got \"%s\"", mode));
+    else if (!mode && !lua_isnil(L, -1)) luaL_argerror(L, arg, "mode must be \"normal\" or \"neox\"");
     lua_pop(L, 1);
   }
   ro->n_rot = opt_int(L, opt, "dims", hd);
   if (ro->n_rot < 0 || ro->n_rot % 2 || ro->n_rot > hd)
-    luaL_argerror(L, opt, lua_pushfstring(L, "dims = %d: an even count up to the head size (%d)", (int)ro->n_rot, (int)hd));
+    luaL_argerror(L, arg, lua_pushfstring(L, "dims = %d: an even count up to the head size (%d)", (int)ro->n_rot, (int)hd));
   double base = opt_num(L, opt, "base", 10000);
-  if (!(base > 0)) luaL_argerror(L, opt, "base must be positive");
+  if (!(base > 0)) luaL_argerror(L, arg, "base must be positive");
   int64_t half = ro->n_rot / 2;
   ro->mscale = 1;
   double scale = 1;
@@ -487,7 +478,7 @@ static void rope_options(lua_State *L, int opt, int64_t hd, rope_opts *ro) {
     int s = lua_gettop(L);
     have_scaling = !lua_isnil(L, s);
     if (have_scaling) {
-      if (!lua_istable(L, s)) luaL_argerror(L, opt, "scaling must be a table");
+      if (!lua_istable(L, s)) luaL_argerror(L, arg, "scaling must be a table");
       static const char *const snames[] = {"type", "factor", "factors", "attn_factor", "low_freq_factor",
                                            "high_freq_factor", "original_context_length", NULL};
       lua_pushnil(L);
@@ -497,7 +488,7 @@ static void rope_options(lua_State *L, int opt, int64_t hd, rope_opts *ro) {
         if (lua_type(L, -1) == LUA_TSTRING)
           for (const char *const *n = snames; *n && !ok; n++) ok = strcmp(lua_tostring(L, -1), *n) == 0;
         if (!ok)
-          luaL_argerror(L, opt, lua_pushfstring(L, "unknown scaling option '%s'",
+          luaL_argerror(L, arg, lua_pushfstring(L, "unknown scaling option '%s'",
                                                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1)));
       }
       lua_getfield(L, s, "type");
@@ -505,20 +496,20 @@ static void rope_options(lua_State *L, int opt, int64_t hd, rope_opts *ro) {
       if (!type) type = "linear";
       int llama3 = strcmp(type, "llama3") == 0;
       if (!llama3 && strcmp(type, "linear") != 0)
-        luaL_argerror(L, opt, lua_pushfstring(L, "scaling type \"%s\" is not supported (linear and llama3 are)", type));
+        luaL_argerror(L, arg, lua_pushfstring(L, "scaling type \"%s\" is not supported (linear and llama3 are)", type));
       lua_pop(L, 1);
       double factor = opt_num(L, s, "factor", 1);
-      if (!(factor > 0)) luaL_argerror(L, opt, "scaling factor must be positive");
+      if (!(factor > 0)) luaL_argerror(L, arg, "scaling factor must be positive");
       ro->mscale = (float)opt_num(L, s, "attn_factor", 1);
       lua_getfield(L, s, "factors");
       if (!lua_isnil(L, -1)) {
-        if (llama3) luaL_argerror(L, opt, "llama3 scaling computes its factors: give factors or type llama3, not both");
-        factors = read_floats(L, lua_gettop(L), half, opt, "scaling.factors");
+        if (llama3) luaL_argerror(L, arg, "llama3 scaling computes its factors: give factors or type llama3, not both");
+        factors = read_floats(L, lua_gettop(L), half, arg, "scaling.factors");
       }
       if (llama3) {
         double lo = opt_num(L, s, "low_freq_factor", 1), hi = opt_num(L, s, "high_freq_factor", 4),
                orig = opt_num(L, s, "original_context_length", 8192);
-        if (!(hi > lo) || !(orig > 0)) luaL_argerror(L, opt, "llama3 scaling needs high_freq_factor > low_freq_factor and a positive original_context_length");
+        if (!(hi > lo) || !(orig > 0)) luaL_argerror(L, arg, "llama3 scaling needs high_freq_factor > low_freq_factor and a positive original_context_length");
         float *f = lua_newuserdatauv(L, sizeof(float) * (size_t)(half ? half : 1), 0);
         ml_rope_llama3_factors(f, ro->n_rot, base, factor, lo, hi, orig);
         factors = f;
@@ -526,11 +517,11 @@ static void rope_options(lua_State *L, int opt, int64_t hd, rope_opts *ro) {
         scale = 1.0 / factor;
       }
     }
-    lua_getfield(L, opt, "freqs");
+    lua_getfield(L, arg, "freqs");
     if (!lua_isnil(L, -1)) {
       if (have_scaling || opt_num(L, opt, "base", -1) != -1)
-        luaL_argerror(L, opt, "freqs already holds base and scaling: give one or the other");
-      ro->inv_freq = read_floats(L, lua_gettop(L), half, opt, "freqs");
+        luaL_argerror(L, arg, "freqs already holds base and scaling: give one or the other");
+      ro->inv_freq = read_floats(L, lua_gettop(L), half, arg, "freqs");
       return;
     }
   }
@@ -548,8 +539,8 @@ static int rope(lua_State *L, int inplace) {
   if (x->ndim == 0) return luaL_argerror(L, 1, "rope needs a tensor (..., tokens, head_dim)");
   int64_t hd = x->shape[x->ndim - 1], n = x->ndim >= 2 ? x->shape[x->ndim - 2] : 1, n_pos;
   const int64_t *pos = read_positions(L, 2, n, &n_pos);
-  rope_opts ro;
-  rope_options(L, 3, hd, &ro);
+  ml_lua_rope ro;
+  ml_lua_rope_options(L, 3, 3, hd, &ro);
   ml_tensor *t = x;
   if (!inplace) t = f32_copy(L, x);
   CHECK(L, ml_rope_tensor(t, pos, n_pos, ro.inv_freq, ro.n_rot, ro.neox, ro.mscale));
@@ -571,8 +562,8 @@ static int t_rope_freqs(lua_State *L) {
   lua_getfield(L, 1, "mode"); /* the mode belongs to the rotation, not the frequencies */
   if (!lua_isnil(L, -1)) return luaL_argerror(L, 1, "mode is an option of rope, not of rope_freqs");
   lua_pop(L, 1);
-  rope_opts ro;
-  rope_options(L, 1, dims, &ro);
+  ml_lua_rope ro;
+  ml_lua_rope_options(L, 1, 1, dims, &ro);
   int64_t half = ro.n_rot / 2;
   ml_tensor *o = ml_lua_push_tensor(L);
   CHECK(L, ml_tensor_init(o, ML_TYPE_F32, 1, &half));

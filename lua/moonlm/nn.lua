@@ -20,6 +20,13 @@ local type, error, ipairs, pairs, setmetatable, tostring, select = type, error, 
   tostring, select
 local fmt = string.format
 
+-- the tensor methods the blocks call on every forward, taken once from tensor.methods: a
+-- method call on a tensor first looks the name up through the tensor's __index (a C call
+-- in Lua 5.4), and a decode runs a dozen ops per layer
+local M = T.methods
+local t_size, t_linear, t_linear_many, t_rmsnorm, t_layernorm, t_silu_mul_ = M.size, M.linear, M.linear_many,
+  M.rmsnorm, M.layernorm, M.silu_mul_
+
 local nn = {}
 
 -- products that read the same input run together (x:linear_many: q, k and v; gate and up);
@@ -213,8 +220,8 @@ end
 
 function Linear:forward(x)
   local w = self.packed or self.weight
-  if self.bias then return x:linear(w, self.bias) end
-  return x:linear(w)
+  if self.bias then return t_linear(x, w, self.bias) end
+  return t_linear(x, w)
 end
 
 -- pack(): the weight packed once for the kernels (w:pack()); load() drops it
@@ -253,8 +260,8 @@ function RMSNorm:init(o)
 end
 
 function RMSNorm:forward(x)
-  if self.weight then return x:rmsnorm(self.weight, self.eps) end
-  return x:rmsnorm(self.eps)
+  if self.weight then return t_rmsnorm(x, self.weight, self.eps) end
+  return t_rmsnorm(x, self.eps)
 end
 
 -- LayerNorm{ n_embd, eps = 1e-5, bias = true }: (x - mean) / std · weight + bias
@@ -268,7 +275,7 @@ function LayerNorm:init(o)
   self:param("bias", o.n_embd and { o.n_embd } or nil, o.bias == false, o.b)
 end
 
-function LayerNorm:forward(x) return x:layernorm(self.weight, self.bias, self.eps) end
+function LayerNorm:forward(x) return t_layernorm(x, self.weight, self.bias, self.eps) end
 
 ---------------------------------------------------------------------------------------
 -- MLP: SwiGLU / GeGLU (gated) and GELU (plain)
@@ -334,11 +341,11 @@ function MLP:forward(x)
         sizes = { F, F }
         self._sizes = sizes
       end
-      h, u = x:linear_many({ gate.packed or gate.weight, up.packed or up.weight }, nil, buffers(x:size(1), sizes))
+      h, u = t_linear_many(x, { gate.packed or gate.weight, up.packed or up.weight }, nil, buffers(t_size(x, 1), sizes))
     else
       h, u = gate:forward(x), up:forward(x)
     end
-    if self.act == "silu_" then h:silu_mul_(u) else h[self.act](h):mul_(u) end
+    if self.act == "silu_" then t_silu_mul_(h, u) else h[self.act](h):mul_(u) end
   else
     h = self.up:forward(x)
     h[self.act](h)
@@ -383,6 +390,10 @@ function Attention:init(o)
   end
   self.opts = { causal = o.causal ~= false, scale = o.scale, softcap = o.softcap, window = o.window, alibi = o.alibi,
                 heads = H }
+  -- kv:attend's: the same with the rotation, which it does on the way
+  self.attend_opts = { causal = self.opts.causal, scale = o.scale, softcap = o.softcap, window = o.window,
+                       alibi = o.alibi, rope = self.rope or false }
+  self._osizes = { H * D }
   self.clamp = o.clamp
   self.fused = o.fused
   local out_bias = o.out_bias
@@ -397,17 +408,18 @@ function Attention:init(o)
   self:child("attn_output", Linear { n_in = E and H * D, n_out = E, bias = out_bias }, "wo")
 end
 
--- q, k, v as rows {n, heads·head_dim} (views, maybe with a row stride) and as heads
--- {n, heads, head_dim} over the same memory
-function Attention:qkv(x)
+-- q, k, v as rows {n, heads·head_dim} (views, maybe with a row stride), and with heads
+-- true q and k as heads {n, heads, head_dim} over the same memory
+function Attention:qkv(x, heads)
   local H, Hk, D = self.n_head, self.n_head_kv, self.head_dim
-  local n = x:size(1)
+  local n = t_size(x, 1)
   if self.fused then
     local qkv = self.wqkv:forward(x)
     if self.clamp then qkv:clamp_(-self.clamp, self.clamp) end
+    local q, k, v = qkv:narrow(2, 1, H * D), qkv:narrow(2, H * D + 1, Hk * D), qkv:narrow(2, (H + Hk) * D + 1, Hk * D)
+    if not heads then return q, k, v end
     local h3 = qkv:view(n, H + 2 * Hk, D)
-    return qkv:narrow(2, 1, H * D), qkv:narrow(2, H * D + 1, Hk * D), qkv:narrow(2, (H + Hk) * D + 1, Hk * D),
-      h3:narrow(2, 1, H), h3:narrow(2, H + 1, Hk)
+    return q, k, v, h3:narrow(2, 1, H), h3:narrow(2, H + 1, Hk)
   end
   local q, k, v
   local wq, wk, wv = self.wq, self.wk, self.wv
@@ -418,7 +430,7 @@ function Attention:qkv(x)
       sizes = { H * D, Hk * D, Hk * D }
       self._sizes = sizes
     end
-    q, k, v = x:linear_many({ wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil,
+    q, k, v = t_linear_many(x, { wq.packed or wq.weight, wk.packed or wk.weight, wv.packed or wv.weight }, nil,
       buffers(n, sizes))
   else
     q, k, v = wq:forward(x), wk:forward(x), wv:forward(x)
@@ -428,30 +440,32 @@ function Attention:qkv(x)
     k:clamp_(-self.clamp, self.clamp)
     v:clamp_(-self.clamp, self.clamp)
   end
+  if not heads then return q, k, v end
   return q, k, v, q:view(n, H, D), k:view(n, Hk, D)
 end
 
 function Attention:forward(x, state)
   state = state or {}
-  local n = x:size(1)
-  local H, Hk, D = self.n_head, self.n_head_kv, self.head_dim
-  local q, k, v, q3, k3 = self:qkv(x)
+  local kv = state.kv
+  if kv then
+    -- rotation, the cache's append and the attention in one call, into a buffer wo reads;
+    -- the rows sit at the positions after what the layer holds (state.pos, as nn.Context
+    -- keeps them)
+    local q, k, v = self:qkv(x)
+    local o, err = kv:attend(state.layer or 0, state.seq or 0, q, k, v, self.attend_opts,
+      buffers(t_size(q, 1), self._osizes)[1])
+    if not o then return nil, err end
+    return self.wo:forward(o)
+  end
+  local n, Hk, D = t_size(x, 1), self.n_head_kv, self.head_dim
+  local q, k, v, q3, k3 = self:qkv(x, true)
   if self.rope then -- in place, on {heads, n, head_dim} views of the rows
     local pos = state.pos or 0
     q3:transpose(1, 2):rope_(pos, self.rope)
     k3:transpose(1, 2):rope_(pos, self.rope)
   end
-  local opts = self.opts
-  local o
-  if state.kv then
-    local kv, layer, seq = state.kv, state.layer or 0, state.seq or 0
-    local ok, err = kv:append(layer, seq, k, v)
-    if not ok then return nil, err end
-    o = T.attention(q, kv:view(layer, seq), opts) -- rows in, rows out (opts.heads)
-  else
-    o = T.attention(q, k3:transpose(1, 2):contiguous(), v:contiguous():view(n, Hk, D):transpose(1, 2):contiguous(),
-      opts)
-  end
+  local o = T.attention(q, k3:transpose(1, 2):contiguous(), v:contiguous():view(n, Hk, D):transpose(1, 2):contiguous(),
+    self.opts)
   return self.wo:forward(o)
 end
 

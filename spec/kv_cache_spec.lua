@@ -86,7 +86,9 @@ describe("kv_cache", function()
     it("attend: one call for rope, append and attention, as the ops one by one (" .. ty .. ", rope " ..
       tostring(mode) .. ")", function()
       local H, Hk, D, L = 6, 2, 32, 2
-      local rope = mode and { mode = mode, base = 10000 } or nil
+      -- normal: frequencies from rope_freqs (base 500), neox: from the base
+      local rope = mode == "normal" and { mode = mode, freqs = T.rope_freqs { dims = D, base = 500 } } or
+        mode and { mode = mode, base = 10000 } or nil
       local opts = { causal = true, rope = rope or false }
       local a = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 16, type = ty, seqs = 2 })
       local b = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 16, type = ty, seqs = 2 })

@@ -517,7 +517,7 @@ void ml_lua_rope_options(lua_State *L, int opt, int arg, int64_t hd, ml_lua_rope
         scale = 1.0 / factor;
       }
     }
-    lua_getfield(L, arg, "freqs");
+    lua_getfield(L, opt, "freqs");
     if (!lua_isnil(L, -1)) {
       if (have_scaling || opt_num(L, opt, "base", -1) != -1)
         luaL_argerror(L, arg, "freqs already holds base and scaling: give one or the other");

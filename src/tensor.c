@@ -4,6 +4,8 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -116,13 +118,27 @@ static ml_storage *storage_new(size_t nbytes, int zero) {
     return NULL;
   }
   alloc_pending += nbytes;
-  ml_storage *s = ml_calloc(sizeof *s);
-  if (!s) return NULL;
   size_t size = pool_size(nbytes);
-  s->data = pool_take(size);
-  if (!s->data && !(s->data = ml_alloc(size))) {
-    ml_free(s);
-    return NULL;
+  ml_storage *s;
+  if (size < POOL_MIN) {
+    /* One block from malloc: the struct, then the data ML_ALIGN-aligned. A Lua forward
+     * makes a few such tensors per layer and token (the norms' and products' results of a
+     * decode), and each took two ml_allocs, whose posix_memalign carves the alignment out
+     * of a larger chunk and frees the rest: ~1,600 instructions a tensor. */
+    if (!(s = malloc(sizeof *s + ML_ALIGN + size))) {
+      ml_seterr("out of memory (%zu bytes)", nbytes);
+      return NULL;
+    }
+    memset(s, 0, sizeof *s);
+    s->data = (void *)(((uintptr_t)(s + 1) + ML_ALIGN - 1) & ~(uintptr_t)(ML_ALIGN - 1));
+    s->inline_data = 1;
+  } else {
+    if (!(s = ml_calloc(sizeof *s))) return NULL;
+    s->data = pool_take(size);
+    if (!s->data && !(s->data = ml_alloc(size))) {
+      ml_free(s);
+      return NULL;
+    }
   }
   if (zero) memset(s->data, 0, nbytes);
   s->nbytes = nbytes;
@@ -150,9 +166,9 @@ void ml_storage_release(ml_storage *s) {
   if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
   if (s->release)
     s->release(s->ctx);
-  else
+  else if (!s->inline_data)
     pool_give(s->data, pool_size(s->nbytes));
-  ml_free(s);
+  free(s); /* ml_free's free: the struct came from ml_calloc or, with its data, malloc */
 }
 
 /* ---- shapes ---- */

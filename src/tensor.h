@@ -25,6 +25,7 @@ typedef struct ml_storage {
   void (*release)(void *ctx); /* external storage: called at zero; NULL: data is ml_alloc'd */
   void *ctx;
   int readonly; /* a model file's mapping (shared by every state): the binding refuses writes */
+  int inline_data; /* data sits in the struct's own block (small storage), freed with it */
 } ml_storage;
 
 typedef struct ml_tensor {

@@ -471,14 +471,25 @@ X16_AI void micro_bf16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t
   }
 }
 
+/* The GEMVs' four accumulator chains per row: chain 0 starts from acc, the others from
+ * zero, and their sum goes back to acc (four chains hide the FMA latency at M = 1). */
+X16_AI void chains_open(__m512 a[4][8], const __m512 *acc, const int MR) {
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; m++) a[0][m] = acc[m], a[1][m] = a[2][m] = a[3][m] = _mm512_setzero_ps();
+}
+
+X16_AI void chains_close(__m512 a[4][8], __m512 *acc, const int MR) {
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; m++) acc[m] = _mm512_add_ps(_mm512_add_ps(a[0][m], a[1][m]), _mm512_add_ps(a[2][m], a[3][m]));
+}
+
 /* GEMV, bf16: MR rows x one tile, as micro_bf16 with NV = 1 but four accumulator chains
  * per row (one chain of vdpbf16ps held one thread at 78% of its read bandwidth, 100% with
  * these and the prefetch) */
 X16_AI void stream_bf16(const uint8_t *tile, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR) {
   const int ab = X16_BF16_F32 ? 8 : 4;
   __m512 a[4][8];
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; m++) a[0][m] = acc[m], a[1][m] = a[2][m] = a[3][m] = _mm512_setzero_ps();
+  chains_open(a, acc, MR);
   for (int64_t kp = 0; kp < 16 * nb; kp += 4, tile += 256, ap += 4 * ab * MR) {
     prefetch_block(tile, 256);
 #pragma GCC unroll 4
@@ -488,8 +499,7 @@ X16_AI void stream_bf16(const uint8_t *tile, int64_t nb, const uint8_t *ap, __m5
       for (int m = 0; m < MR; m++) a[i][m] = x16_bf16(a[i][m], w, ap + ab * (i * MR + m));
     }
   }
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; m++) acc[m] = _mm512_add_ps(_mm512_add_ps(a[0][m], a[1][m]), _mm512_add_ps(a[2][m], a[3][m]));
+  chains_close(a, acc, MR);
 }
 
 X16_AI void micro_f16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR,
@@ -510,8 +520,7 @@ X16_AI void micro_f16(const uint8_t *tile, size_t us, int64_t nb, const uint8_t 
 /* GEMV, f16: as micro_f16 with NV = 1, four accumulator chains per row, prefetching */
 X16_AI void stream_f16(const uint8_t *tile, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR) {
   __m512 a[4][8];
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; m++) a[0][m] = acc[m], a[1][m] = a[2][m] = a[3][m] = _mm512_setzero_ps();
+  chains_open(a, acc, MR);
   for (int64_t k = 0; k < 32 * nb; k += 8, tile += 256, ap += 32 * MR) {
     prefetch_block(tile, 256);
 #pragma GCC unroll 8
@@ -522,8 +531,7 @@ X16_AI void stream_f16(const uint8_t *tile, int64_t nb, const uint8_t *ap, __m51
         a[i % 4][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(((const float *)ap)[i * MR + m]), a[i % 4][m]);
     }
   }
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; m++) acc[m] = _mm512_add_ps(_mm512_add_ps(a[0][m], a[1][m]), _mm512_add_ps(a[2][m], a[3][m]));
+  chains_close(a, acc, MR);
 }
 
 /* ---- drivers ---- */

@@ -109,6 +109,38 @@ describe("tensor.attention", function()
     assert.are.equal(0, got[1][3]:abs():sum())
   end)
 
+  -- Few query vectors (decode: one row's g heads; M = rows x g < 16) read keys and values
+  -- straight from the store, each row once for all g heads, in groups of up to 8 vectors:
+  -- g = 1, 3, 8 and 12 (two groups), the cache types, head sizes, key counts that are not a
+  -- multiple of the 64-key block, and the score adjustments on that path.
+  local decode = {
+    -- name, query heads, KV heads, query rows, keys, head size, options, KV type
+    { "g = 8 (TinyLlama), f16", 16, 2, 1, 333, 64, { causal = true }, "f16" },
+    { "g = 8, q8_0", 8, 1, 1, 200, 64, { causal = true }, "q8_0" },
+    { "g = 8, f32, head size 128", 8, 1, 1, 150, 128, { causal = true } },
+    { "g = 3 (SmolLM), f16", 9, 3, 1, 271, 64, { causal = true }, "f16" },
+    { "g = 3, q8_0, head size 96", 6, 2, 1, 100, 96, { causal = true }, "q8_0" },
+    { "g = 1, f16, head size 48", 3, 3, 1, 129, 48, { causal = true }, "f16" },
+    { "g = 1, head size 80", 2, 2, 1, 65, 80, { causal = true } },
+    { "g = 12 (two groups of query vectors), f16", 12, 1, 1, 190, 64, { causal = true }, "f16" },
+    { "g = 2 and 7 rows (M = 14), f16", 4, 2, 7, 90, 64, { causal = true }, "f16" },
+    { "g = 5, q8_0, head size 128", 5, 1, 1, 77, 128, { causal = true }, "q8_0" },
+    { "g = 8, a window, f16", 8, 1, 1, 300, 64, { causal = true, window = 100 }, "f16" },
+    { "g = 4, softcap and ALiBi, f16", 8, 2, 1, 140, 64,
+      { causal = true, softcap = 2, scale = 0.2, alibi = { 0.5, 0.25, 0.125, 0.0625, 0.03, 0.02, 0.01, 0.005 } }, "f16" },
+    { "one key", 8, 1, 1, 1, 64, { causal = true }, "f16" },
+  }
+  for _, c in ipairs(decode) do
+    it("decode: " .. c[1], function() check(c[2], c[3], c[4], c[5], c[6], c[7], c[8]) end)
+  end
+
+  it("decode: an additive mask hiding keys, f16", function()
+    local nkv = 150
+    local mask = { {} }
+    for j = 1, nkv do mask[1][j] = j % 5 == 0 and -math.huge or 0.01 * j end
+    check(8, 1, 1, nkv, 64, { mask = mask }, "f16")
+  end)
+
   it("f16 and q8_0 keys and values", function()
     check(2, 1, 10, 130, 64, { causal = true }, "f16", 2e-5)
     check(4, 2, 1, 260, 64, { causal = true }, "q8_0", 2e-5)

@@ -14,18 +14,19 @@
 
 /* ---- portable block kernels ---- */
 
+/* element i of a row of n values of type t at p, as f32 */
+static float kv_at(ml_type t, const uint8_t *p, int64_t i) {
+  if (t == ML_TYPE_F32) return ((const float *)p)[i];
+  if (t == ML_TYPE_F16) return ml_fp16_to_f32(((const ml_fp16 *)p)[i]);
+  const ml_block_q8_0 *b = (const ml_block_q8_0 *)p + i / ML_QK; /* q8_0 */
+  return ml_fp16_to_f32(b->d) * (float)b->qs[i % ML_QK];
+}
+
 static void load_ref(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
                      float *dst) {
   for (int64_t j = 0; j < nj; j++) {
     const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
-    float *d = dst + j * hd;
-    if (t == ML_TYPE_F32) memcpy(d, p, sizeof(float) * (size_t)hd);
-    else if (t == ML_TYPE_F16)
-      for (int64_t i = 0; i < hd; i++) d[i] = ml_fp16_to_f32(((const ml_fp16 *)p)[i]);
-    else { /* q8_0 */
-      const ml_block_q8_0 *b = (const ml_block_q8_0 *)p;
-      for (int64_t i = 0; i < hd; i++) d[i] = ml_fp16_to_f32(b[i / ML_QK].d) * (float)b[i / ML_QK].qs[i % ML_QK];
-    }
+    for (int64_t i = 0; i < hd; i++) dst[j * hd + i] = kv_at(t, p, i);
   }
 }
 
@@ -34,13 +35,16 @@ static void transpose_ref(const float *kb, int64_t nj, int64_t hd, float *kt) {
     for (int64_t d = 0; d < hd; d++) kt[d * ML_FLASH_BLOCK + j] = kb[j * hd + d];
 }
 
-static void qk_rows_ref(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t j = 0; j < nj; j++) {
+static void qk_kv_ref(const float *q, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                      int64_t nj, int64_t hd, float *s) {
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
+    for (int64_t m = 0; m < M; m++) {
       float acc = 0;
-      for (int64_t d = 0; d < hd; d++) acc += q[m * hd + d] * kb[j * hd + d];
+      for (int64_t d = 0; d < hd; d++) acc += q[m * hd + d] * kv_at(t, p, d);
       s[m * ML_FLASH_BLOCK + j] = acc;
     }
+  }
 }
 
 static void qk_t_ref(const float *q, int64_t M, const float *kt, int64_t nj, int64_t hd, float *s) {
@@ -78,6 +82,18 @@ static void pv_ref(const float *s, int64_t M, const float *vb, int64_t nj, int64
     }
 }
 
+static void pv_kv_ref(const float *s, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                      int64_t nj, int64_t hd, float *o) {
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
+    for (int64_t m = 0; m < M; m++) {
+      float pr = s[m * ML_FLASH_BLOCK + j];
+      if (pr == 0) continue;
+      for (int64_t d = 0; d < hd; d++) o[m * hd + d] += pr * kv_at(t, p, d);
+    }
+  }
+}
+
 static void bias_ref(float *s, int64_t n, float softcap, float slope, int64_t d0) {
   for (int64_t j = 0; j < n; j++) {
     float v = s[j];
@@ -87,8 +103,8 @@ static void bias_ref(float *s, int64_t n, float softcap, float slope, int64_t d0
   }
 }
 
-static const ml_flash_kernels flash_ref = {"ref",       load_ref,    transpose_ref, qk_rows_ref,
-                                           qk_t_ref, softmax_ref, pv_ref,        bias_ref};
+static const ml_flash_kernels flash_ref = {"ref",  load_ref, transpose_ref, qk_kv_ref, qk_t_ref,
+                                           softmax_ref, pv_ref, pv_kv_ref,  bias_ref};
 
 extern const ml_flash_kernels ml_flash_kernels_avx512 __attribute__((weak));
 extern const ml_flash_kernels ml_flash_kernels_avx2 __attribute__((weak));
@@ -292,7 +308,10 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
   }
   lo = ML_MAX(lo, ja);
   hi = ML_MIN(hi, jb);
-  int transposed = M >= 16; /* fewer query vectors (decode): the key rows as they are */
+  /* Few query vectors (decode: one row's g heads): keys and values are read where they are
+   * in the store, each row once for all M vectors. Many: each block converted once to f32,
+   * the keys transposed, for the register-blocked products. */
+  int transposed = M >= 16;
   for (int64_t j0 = lo; j0 < hi; j0 += ML_FLASH_BLOCK) {
     int64_t nj = ML_MIN(ML_FLASH_BLOCK, hi - j0);
     const int32_t *rows = sg->cells ? sg->cells + j0 : NULL;
@@ -300,18 +319,21 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
     const uint8_t *vbase = a->v + head_off + (rows ? 0 : (size_t)j0 * a->row_bytes);
     if (j0 + nj < hi) /* the next block's keys while this one is scored */
       prefetch_rows(a->k + head_off, a->row_bytes, sg->cells, j0 + nj, ML_MIN(hi, j0 + nj + ML_FLASH_BLOCK), hb);
-    K->load(a->kv_type, kbase, a->row_bytes, rows, nj, hd, t->kb);
     if (transposed) {
+      K->load(a->kv_type, kbase, a->row_bytes, rows, nj, hd, t->kb);
       K->transpose(t->kb, nj, hd, t->kt);
       K->qk_t(t->q, M, t->kt, nj, hd, t->s);
     } else
-      K->qk_rows(t->q, M, t->kb, nj, hd, t->s);
+      K->qk_kv(t->q, M, a->kv_type, kbase, a->row_bytes, rows, nj, hd, t->s);
     adjust(a, K, sg, r0, nr, kh, g, j0, nj, t->s);
     K->softmax(t->s, M, nj, t->mx, t->sum, t->o, hd);
     if (j0 + nj < hi)
       prefetch_rows(a->v + head_off, a->row_bytes, sg->cells, j0 + nj, ML_MIN(hi, j0 + nj + ML_FLASH_BLOCK), hb);
-    K->load(a->kv_type, vbase, a->row_bytes, rows, nj, hd, t->vb);
-    K->pv(t->s, M, t->vb, nj, hd, t->o);
+    if (transposed) {
+      K->load(a->kv_type, vbase, a->row_bytes, rows, nj, hd, t->vb);
+      K->pv(t->s, M, t->vb, nj, hd, t->o);
+    } else
+      K->pv_kv(t->s, M, a->kv_type, vbase, a->row_bytes, rows, nj, hd, t->o);
   }
 }
 

@@ -2,9 +2,10 @@
  * is the oracle; flash_avx512.c the fast one). Shapes, for one (tile, KV head):
  *
  *   M query vectors of hd floats (the g heads of each tile row, already scaled), rows hd apart
- *   a block of nj <= ML_FLASH_BLOCK keys, converted once to f32:
- *     kb[j][d]  (rows hd apart)          keys, as rows
- *     kt[d][j]  (rows ML_FLASH_BLOCK apart)   keys, transposed (for many query vectors)
+ *   a block of nj <= ML_FLASH_BLOCK keys and values, either read where they are in the store
+ *   (few query vectors, M < 16: qk_kv and pv_kv convert each row in registers, once for all
+ *   M) or, for many query vectors, converted once to f32:
+ *     kt[d][j]  (rows ML_FLASH_BLOCK apart)   keys, transposed (kb[j][d], rows hd apart, on the way)
  *     vb[j][d]  (rows hd apart)          values
  *   s[m][j]  scores, rows ML_FLASH_BLOCK apart; then probabilities
  *   o[m][d]  the running (unnormalised) output, rows hd apart
@@ -27,9 +28,12 @@ typedef struct ml_flash_kernels {
                float *dst);
   /* kt[d][j] = kb[j][d], j < nj; columns nj..ML_FLASH_BLOCK-1 are left as they are */
   void (*transpose)(const float *kb, int64_t nj, int64_t hd, float *kt);
-  /* s[m][j] = q[m] · kb[j], from the rows (few query vectors) */
-  void (*qk_rows)(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s);
-  /* the same from kt (many query vectors) */
+  /* s[m][j] = q[m] · K[j] for few query vectors (M < 16), the keys read from the store as
+   * load reads them: each key row is loaded and converted once for all M vectors (decode:
+   * the g query heads that share a KV head) and no f32 copy of the block is made */
+  void (*qk_kv)(const float *q, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                int64_t nj, int64_t hd, float *s);
+  /* s[m][j] = q[m] · kt[.][j], from the transposed keys (many query vectors) */
   void (*qk_t)(const float *q, int64_t M, const float *kt, int64_t nj, int64_t hd, float *s);
   /* Online softmax over one block: for each row m with a finite score, mx[m] becomes the
    * running max, s[m][j] = exp(s[m][j] - mx[m]), sum[m] = sum[m] · c + Σ_j s[m][j] and
@@ -38,6 +42,10 @@ typedef struct ml_flash_kernels {
   void (*softmax)(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd);
   /* o[m] += Σ_j s[m][j] · vb[j] */
   void (*pv)(const float *s, int64_t M, const float *vb, int64_t nj, int64_t hd, float *o);
+  /* the same with the values read from the store (qk_kv's partner, M < 16): each value row
+   * loaded and converted once for all M vectors */
+  void (*pv_kv)(const float *s, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                int64_t nj, int64_t hd, float *o);
   /* One row of n visible scores: s[j] = softcap · tanh(s[j] / softcap) when softcap > 0, then
    * s[j] -= slope · |d0 - j| (ALiBi; slope 0 for none) */
   void (*bias)(float *s, int64_t n, float softcap, float slope, int64_t d0);

@@ -109,33 +109,78 @@ INLINE __m256 reduce8(const __m256 a[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-/* HD as in load_row. The 8 key rows of a group are found once for all M query vectors. */
-INLINE void qk_rows_hd(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s, const int64_t HD) {
-  if (HD) hd = HD;
-  for (int64_t j0 = 0; j0 < nj; j0 += 8) {
-    const float *kr[8];
+/* 8 values of a row of type T (a constant where inlined) from element i, as f32 */
+INLINE __m256 row8(ml_type T, const uint8_t *p, int64_t i) {
+  if (T == ML_TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+  if (T == ML_TYPE_Q8_0) {
+    const ml_block_q8_0 *b = (const ml_block_q8_0 *)p + i / ML_QK;
+    __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + i % ML_QK))));
+    return _mm256_mul_ps(x, _mm256_set1_ps(_cvtsh_ss(b->d)));
+  }
+  return _mm256_loadu_ps((const float *)p + i);
+}
+
+INLINE const uint8_t *row_at(const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t j) {
+  return base + (size_t)(rows ? rows[j] : j) * row_bytes;
+}
+
+/* Scores of M <= 8 query vectors (M a constant), KP = 8 / MP keys at a time, MP being M
+ * rounded up to a power of two: acc[m·KP + k] sums q[m] · key k lane by lane, each 8-value
+ * piece of a key converted once for all M, and one reduce8 turns the 8 sums into scores,
+ * lane m·KP + k. Key rows past nj repeat row nj - 1 (the scores past nj are don't-cares). */
+INLINE void qk_kv_m(const float *q, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
+                    int64_t hd, float *s, const int M) {
+  const int KP = M == 1 ? 8 : M == 2 ? 4 : M <= 4 ? 2 : 1;
+  for (int64_t j0 = 0; j0 < nj; j0 += KP) {
+    const uint8_t *kr[8];
     #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) kr[i] = kb + (j0 + i < nj ? j0 + i : 0) * hd;
-    for (int64_t m = 0; m < M; m++) {
-      const float *qm = q + m * hd;
-      __m256 acc[8];
+    for (int k = 0; k < KP; k++) kr[k] = row_at(base, row_bytes, rows, ML_MIN(j0 + k, nj - 1));
+    __m256 acc[8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 8) {
       #pragma GCC unroll 8
-      for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-      #pragma GCC unroll 16
-      for (int64_t d = 0; d < hd; d += 8) {
-        __m256 qv = _mm256_loadu_ps(qm + d);
+      for (int k = 0; k < KP; k++) {
+        __m256 kv = row8(T, kr[k], d);
         #pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(_mm256_load_ps(kr[i] + d), qv, acc[i]);
+        for (int m = 0; m < M; m++)
+          acc[m * KP + k] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q + m * hd + d), acc[m * KP + k]);
       }
-      _mm256_store_ps(s + m * BLK + j0, reduce8(acc));
     }
+    float r[8] __attribute__((aligned(32)));
+    _mm256_store_ps(r, reduce8(acc));
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++)
+      #pragma GCC unroll 8
+      for (int k = 0; k < KP; k++) s[m * BLK + j0 + k] = r[m * KP + k];
   }
 }
 
-static void qk_rows_avx2(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
-  if (hd == 64) qk_rows_hd(q, M, kb, nj, hd, s, 64);
-  else if (hd == 128) qk_rows_hd(q, M, kb, nj, hd, s, 128);
-  else qk_rows_hd(q, M, kb, nj, hd, s, 0);
+#define KV_BY_M(F, M, ...)              \
+  switch (M) {                          \
+    case 1: F(__VA_ARGS__, 1); break;   \
+    case 2: F(__VA_ARGS__, 2); break;   \
+    case 3: F(__VA_ARGS__, 3); break;   \
+    case 4: F(__VA_ARGS__, 4); break;   \
+    case 5: F(__VA_ARGS__, 5); break;   \
+    case 6: F(__VA_ARGS__, 6); break;   \
+    case 7: F(__VA_ARGS__, 7); break;   \
+    default: F(__VA_ARGS__, 8); break;  \
+  }
+
+/* the type leaves the loops: one copy of F per cache type and M */
+#define KV_BY_TYPE(F, t, M, q, ...)                                                \
+  if ((t) == ML_TYPE_F16) { KV_BY_M(F, M, q, ML_TYPE_F16, __VA_ARGS__) }           \
+  else if ((t) == ML_TYPE_Q8_0) { KV_BY_M(F, M, q, ML_TYPE_Q8_0, __VA_ARGS__) }    \
+  else { KV_BY_M(F, M, q, ML_TYPE_F32, __VA_ARGS__) }
+
+static void qk_kv_avx2(const float *q, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                       int64_t nj, int64_t hd, float *s) {
+  /* groups of 8 query vectors; a second group (M 9..15) reads the block again from cache */
+  for (int64_t m0 = 0; m0 < M; m0 += 8) {
+    int mg = (int)ML_MIN(8, M - m0);
+    KV_BY_TYPE(qk_kv_m, t, mg, q + m0 * hd, base, row_bytes, rows, nj, hd, s + m0 * BLK)
+  }
 }
 
 /* s[m][8 NV keys from kt] for MR query vectors */
@@ -300,6 +345,51 @@ static void pv_avx2(const float *s, int64_t M, const float *vb, int64_t nj, int6
   }
 }
 
+/* o[m][d0, d0 + 8 NC) += Σ_j p[m][j] · v[j][same] for M <= 8 query vectors: M x NC
+ * accumulators, each piece of a value row converted once for all M */
+INLINE void pv_kv_tile(const float *p, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                       int64_t nj, int64_t hd, int64_t d0, float *o, const int M, const int NC) {
+  __m256 acc[8][4];
+  #pragma GCC unroll 8
+  for (int m = 0; m < M; m++)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) acc[m][c] = _mm256_loadu_ps(o + m * hd + d0 + 8 * c);
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *vr = row_at(base, row_bytes, rows, j);
+    __m256 x[4];
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) x[c] = row8(T, vr, d0 + 8 * c);
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+      __m256 pb = _mm256_broadcast_ss(p + m * BLK + j);
+      #pragma GCC unroll 4
+      for (int c = 0; c < NC; c++) acc[m][c] = _mm256_fmadd_ps(pb, x[c], acc[m][c]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int m = 0; m < M; m++)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + m * hd + d0 + 8 * c, acc[m][c]);
+}
+
+/* the head in passes of NC pieces (M x NC <= 12 accumulators within AVX2's 16 registers),
+ * then single pieces */
+INLINE void pv_kv_m(const float *p, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
+                    int64_t hd, float *o, const int M) {
+  const int NC = M <= 2 ? 4 : M <= 6 ? 2 : 1;
+  int64_t d0 = 0;
+  for (; d0 + 8 * NC <= hd; d0 += 8 * NC) pv_kv_tile(p, T, base, row_bytes, rows, nj, hd, d0, o, M, NC);
+  for (; d0 < hd; d0 += 8) pv_kv_tile(p, T, base, row_bytes, rows, nj, hd, d0, o, M, 1);
+}
+
+static void pv_kv_avx2(const float *s, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                       int64_t nj, int64_t hd, float *o) {
+  for (int64_t m0 = 0; m0 < M; m0 += 8) {
+    int mg = (int)ML_MIN(8, M - m0);
+    KV_BY_TYPE(pv_kv_m, t, mg, s + m0 * BLK, base, row_bytes, rows, nj, hd, o + m0 * hd)
+  }
+}
+
 /* ---- soft-cap and ALiBi ---- */
 
 /* tanh(x) = sign(x) (1 - 2 / (e^2|x| + 1)), |x| clamped at 9 (tanh 9 rounds to 1); below
@@ -339,5 +429,5 @@ void ml_flash_bias_avx2(float *s, int64_t n, float softcap, float slope, int64_t
   }
 }
 
-const ml_flash_kernels ml_flash_kernels_avx2 = {"avx2",      load_avx2,    transpose_avx2, qk_rows_avx2,
-                                              qk_t_avx2, softmax_avx2, pv_avx2, ml_flash_bias_avx2};
+const ml_flash_kernels ml_flash_kernels_avx2 = {"avx2",  load_avx2, transpose_avx2, qk_kv_avx2, qk_t_avx2,
+                                              softmax_avx2, pv_avx2, pv_kv_avx2,  ml_flash_bias_avx2};

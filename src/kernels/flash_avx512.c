@@ -93,20 +93,79 @@ INLINE __m512 reduce16(__m512 a[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xdd));
 }
 
-static void qk_rows_avx512(const float *q, int64_t M, const float *kb, int64_t nj, int64_t hd, float *s) {
-  for (int64_t m = 0; m < M; m++) {
-    const float *qm = q + m * hd;
-    for (int64_t j0 = 0; j0 < nj; j0 += 16) {
-      const float *kr[16];
-      for (int i = 0; i < 16; i++) kr[i] = kb + (j0 + i < nj ? j0 + i : 0) * hd;
-      __m512 acc[16];
-      for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-      for (int64_t d = 0; d < hd; d += 16) {
-        __m512 qv = _mm512_loadu_ps(qm + d);
-        for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_load_ps(kr[i] + d), qv, acc[i]);
+/* 16 values of a row of type T (a constant where inlined) from element i, as f32 */
+INLINE __m512 row16(ml_type T, const uint8_t *p, int64_t i) {
+  if (T == ML_TYPE_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i)));
+  if (T == ML_TYPE_Q8_0) {
+    const ml_block_q8_0 *b = (const ml_block_q8_0 *)p + i / ML_QK;
+    __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + i % ML_QK))));
+    return _mm512_mul_ps(x, _mm512_set1_ps(_cvtsh_ss(b->d)));
+  }
+  return _mm512_loadu_ps((const float *)p + i);
+}
+
+INLINE const uint8_t *row_at(const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t j) {
+  return base + (size_t)(rows ? rows[j] : j) * row_bytes;
+}
+
+/* Scores of M <= 8 query vectors (M a constant), KP = 16 / MP keys at a time, MP being M
+ * rounded up to a power of two: acc[m·KP + k] sums q[m] · key k lane by lane, each 16-value
+ * piece of a key converted once for all M, and one reduce16 turns the 16 sums into
+ * scores, lane m·KP + k, stored as M runs of KP. Key rows past nj repeat row nj - 1 (the
+ * scores past nj are don't-cares). */
+INLINE void qk_kv_m(const float *q, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
+                    int64_t hd, float *s, const int M) {
+  const int KP = M == 1 ? 16 : M == 2 ? 8 : M <= 4 ? 4 : 2;
+  for (int64_t j0 = 0; j0 < nj; j0 += KP) {
+    const uint8_t *kr[16];
+    #pragma GCC unroll 16
+    for (int k = 0; k < KP; k++) kr[k] = row_at(base, row_bytes, rows, ML_MIN(j0 + k, nj - 1));
+    __m512 acc[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 16) {
+      __m512 qv[8];
+      #pragma GCC unroll 8
+      for (int m = 0; m < M; m++) qv[m] = _mm512_loadu_ps(q + m * hd + d);
+      #pragma GCC unroll 16
+      for (int k = 0; k < KP; k++) {
+        __m512 kv = row16(T, kr[k], d);
+        #pragma GCC unroll 8
+        for (int m = 0; m < M; m++) acc[m * KP + k] = _mm512_fmadd_ps(kv, qv[m], acc[m * KP + k]);
       }
-      _mm512_store_ps(s + m * BLK + j0, reduce16(acc));
     }
+    __m512 r = reduce16(acc);
+    /* lanes [m·KP, m·KP + KP) to s[m][j0 ..] */
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++)
+      _mm512_mask_storeu_ps(s + m * BLK + j0 - m * KP, (__mmask16)(((1u << KP) - 1) << (m * KP)), r);
+  }
+}
+
+#define KV_BY_M(F, M, ...)              \
+  switch (M) {                          \
+    case 1: F(__VA_ARGS__, 1); break;   \
+    case 2: F(__VA_ARGS__, 2); break;   \
+    case 3: F(__VA_ARGS__, 3); break;   \
+    case 4: F(__VA_ARGS__, 4); break;   \
+    case 5: F(__VA_ARGS__, 5); break;   \
+    case 6: F(__VA_ARGS__, 6); break;   \
+    case 7: F(__VA_ARGS__, 7); break;   \
+    default: F(__VA_ARGS__, 8); break;  \
+  }
+
+/* the type leaves the loops: one copy of F per cache type and M */
+#define KV_BY_TYPE(F, t, M, q, ...)                                                \
+  if ((t) == ML_TYPE_F16) { KV_BY_M(F, M, q, ML_TYPE_F16, __VA_ARGS__) }           \
+  else if ((t) == ML_TYPE_Q8_0) { KV_BY_M(F, M, q, ML_TYPE_Q8_0, __VA_ARGS__) }    \
+  else { KV_BY_M(F, M, q, ML_TYPE_F32, __VA_ARGS__) }
+
+static void qk_kv_avx512(const float *q, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes,
+                         const int32_t *rows, int64_t nj, int64_t hd, float *s) {
+  /* groups of 8 query vectors; a second group (M 9..15) reads the block again from cache */
+  for (int64_t m0 = 0; m0 < M; m0 += 8) {
+    int mg = (int)ML_MIN(8, M - m0);
+    KV_BY_TYPE(qk_kv_m, t, mg, q + m0 * hd, base, row_bytes, rows, nj, hd, s + m0 * BLK)
   }
 }
 
@@ -239,5 +298,49 @@ static void pv_avx512(const float *s, int64_t M, const float *vb, int64_t nj, in
   }
 }
 
-const ml_flash_kernels ml_flash_kernels_avx512 = {"avx512",      load_avx512,    transpose_avx512, qk_rows_avx512,
-                                                qk_t_avx512, softmax_avx512, pv_avx512, ml_flash_bias_avx2};
+/* o[m][d0, d0 + 16 NC) += Σ_j p[m][j] · v[j][same] for M <= 8 query vectors: M x NC
+ * accumulators, each piece of a value row converted once for all M */
+INLINE void pv_kv_tile(const float *p, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows,
+                       int64_t nj, int64_t hd, int64_t d0, float *o, const int M, const int NC) {
+  __m512 acc[8][4];
+  #pragma GCC unroll 8
+  for (int m = 0; m < M; m++)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) acc[m][c] = _mm512_loadu_ps(o + m * hd + d0 + 16 * c);
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *vr = row_at(base, row_bytes, rows, j);
+    __m512 x[4];
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) x[c] = row16(T, vr, d0 + 16 * c);
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+      __m512 pb = _mm512_set1_ps(p[m * BLK + j]);
+      #pragma GCC unroll 4
+      for (int c = 0; c < NC; c++) acc[m][c] = _mm512_fmadd_ps(pb, x[c], acc[m][c]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int m = 0; m < M; m++)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) _mm512_storeu_ps(o + m * hd + d0 + 16 * c, acc[m][c]);
+}
+
+/* the head in passes of NC pieces (M x NC <= 16 accumulators), then single pieces */
+INLINE void pv_kv_m(const float *p, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
+                    int64_t hd, float *o, const int M) {
+  const int NC = M <= 4 ? 4 : 2;
+  int64_t d0 = 0;
+  for (; d0 + 16 * NC <= hd; d0 += 16 * NC) pv_kv_tile(p, T, base, row_bytes, rows, nj, hd, d0, o, M, NC);
+  for (; d0 < hd; d0 += 16) pv_kv_tile(p, T, base, row_bytes, rows, nj, hd, d0, o, M, 1);
+}
+
+static void pv_kv_avx512(const float *s, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes,
+                         const int32_t *rows, int64_t nj, int64_t hd, float *o) {
+  for (int64_t m0 = 0; m0 < M; m0 += 8) {
+    int mg = (int)ML_MIN(8, M - m0);
+    KV_BY_TYPE(pv_kv_m, t, mg, s + m0 * BLK, base, row_bytes, rows, nj, hd, o + m0 * hd)
+  }
+}
+
+const ml_flash_kernels ml_flash_kernels_avx512 = {"avx512", load_avx512, transpose_avx512, qk_kv_avx512, qk_t_avx512,
+                                                softmax_avx512, pv_avx512, pv_kv_avx512, ml_flash_bias_avx2};

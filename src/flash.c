@@ -270,8 +270,11 @@ static void adjust(const ml_flash_args *a, const ml_flash_kernels *K, const ml_f
 /* Asks for the head_bytes at [base + row · row_bytes] of keys [j0, j1) to come into L2 (a
  * hint: no result depends on it). Decode reads each cached key and value once per token, a
  * stream the hardware prefetcher follows poorly at one head's slice of every row. */
+static int pf_mode = -1;
 static void prefetch_rows(const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t j0, int64_t j1,
                           size_t head_bytes) {
+  if (pf_mode < 0) pf_mode = getenv("PFX") ? atoi(getenv("PFX")) : 1;
+  if (!pf_mode) return;
   for (int64_t j = j0; j < j1; j++) {
     const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
     for (size_t b = 0; b < head_bytes; b += 64) __builtin_prefetch(p + b, 0, 2);

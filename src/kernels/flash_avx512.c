@@ -83,8 +83,10 @@ static void transpose_avx512(const float *kb, int64_t nj, int64_t hd, float *kt)
 /* 16 vectors to one: lane i = the sum of the 16 lanes of a[i] */
 INLINE __m512 reduce16(__m512 a[16]) {
   __m512 b[8], c[4];
+  #pragma GCC unroll 8
   for (int i = 0; i < 8; i++)
     b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  #pragma GCC unroll 4
   for (int i = 0; i < 4; i++)
     c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                          _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));

@@ -14,11 +14,21 @@
  *
  * How it runs: flash-style. Query rows are cut into tiles of up to ML_FLASH_TILE rows that
  * share one segment of keys; for each (tile, KV head) the g query heads of every row form one
- * small matrix, and key blocks of ML_FLASH_BLOCK keys are converted to f32 once and used by all
- * of them (a register-blocked product, then an online softmax, then the value product), so
- * memory stays O(block). Work items are (tile, KV head, key chunk): a long key list is cut
- * into chunks when there are too few tiles and heads to keep the threads busy (decode: one
- * query row, a long cache), and the chunks' partial results are merged after a barrier.
+ * small matrix of M query vectors, walked over key blocks of ML_FLASH_BLOCK keys (scores,
+ * then an online softmax, then the value product), so memory stays O(block). How a block is
+ * read depends on M:
+ *   M < 16 (decode: one row's g heads; short tails of a prefill): the K and V rows are read
+ *     where they are in the store, in its type, and converted in registers, each row once for
+ *     all M vectors (scores of up to 8 vectors against a few keys at a time, then one
+ *     horizontal reduction; the value product M vectors x a slice of the head at a time).
+ *     Decode streams the whole cache once per token, so this path is bound by the cache's
+ *     bytes and the FMAs and makes no f32 copy of the block.
+ *   M >= 16 (prefill): the block is converted to f32 once, the keys transposed, and both
+ *     products are register-blocked over 4 query vectors.
+ * The next block's rows are prefetched into L2 while a block is worked on. Work items are
+ * (tile, KV head, key chunk): a long key list is cut into chunks when there are too few tiles
+ * and heads to keep the threads busy (decode: one query row, a long cache), and the chunks'
+ * partial results (M x (head_dim + 2) floats each) are merged after a barrier.
  */
 #ifndef ML_FLASH_H
 #define ML_FLASH_H

@@ -3,8 +3,9 @@
  * twin of flash_avx512.c). Products are in f32 with FMA, register-blocked within AVX2's 16
  * registers: scores for 4 query vectors x 16 keys from the transposed keys, values for
  * 4 query vectors x 16 output dims, so each converted key/value block is read from L1
- * once per 4 query vectors; few query vectors (decode) take the key rows as they are, 8
- * keys at a time, and reduce the 8 sums in one pass. Used where the dispatcher found AVX2
+ * once per 4 query vectors; few query vectors (decode) read the key and value rows as they
+ * are in the cache, converting each in registers once for up to 8 query vectors, and reduce
+ * 8 sums of scores in one pass. Used where the dispatcher found AVX2
  * and no AVX-512 (flash.c chooses). */
 #include <immintrin.h>
 #include <math.h>

@@ -1,8 +1,10 @@
 /* flash_avx512.c: the attention block kernels of kernels/flash.h with AVX-512 F (and F16C's
  * conversions in 512-bit form), for head sizes that are a multiple of 16. Products are in
- * f32 with FMA, register-blocked: scores for 4 query vectors x 64 keys, values for
- * 4 query vectors x 64 output dims, so each converted key/value block is read from L1 once
- * per 4 query vectors. Used where the dispatcher found AVX-512 (flash.c chooses). */
+ * f32 with FMA, register-blocked: for many query vectors, scores for 4 of them x 64 keys and
+ * values for 4 x 64 output dims, so each converted key/value block is read from L1 once per
+ * 4 query vectors; for few (decode), up to 8 query vectors against the rows as they are in
+ * the cache, each row converted in registers once (qk_kv, pv_kv). Used where the dispatcher
+ * found AVX-512 (flash.c chooses). */
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>

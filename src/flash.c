@@ -194,8 +194,11 @@ static void make_plan(const ml_flash_args *a, int nth, plan *p) {
   p->chunks = 1;
   int64_t items = tiles * a->n_head_kv, target = CHUNK_TARGET(nth);
   if (items > 0 && items < target) {
-    int64_t c = (target + items - 1) / items;
-    p->chunks = ML_MAX(1, ML_MIN(c, max_kv / (2 * ML_FLASH_BLOCK)));
+    int64_t c = (target + items - 1) / items, most = max_kv / (2 * ML_FLASH_BLOCK);
+    /* a whole number of items per thread: 3 KV heads in 3 chunks would leave one thread
+       idle for a ninth of the time on two threads, in 4 chunks none */
+    while (c < most && (items * c) % nth) c++;
+    p->chunks = ML_MAX(1, ML_MIN(c, most));
   }
   int64_t len = (max_kv + p->chunks - 1) / p->chunks;
   p->chunk_len = (len + ML_FLASH_BLOCK - 1) / ML_FLASH_BLOCK * ML_FLASH_BLOCK;

@@ -90,11 +90,12 @@ describe("kv_cache", function()
       local rope = mode == "normal" and { mode = mode, freqs = T.rope_freqs { dims = D, base = 500 } } or
         mode and { mode = mode, base = 10000 } or nil
       local opts = { causal = true, rope = rope or false }
-      local a = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 16, type = ty, seqs = 2 })
-      local b = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 16, type = ty, seqs = 2 })
+      local a = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 200, type = ty, seqs = 2 })
+      local b = assert(lm.kv_cache { layers = L, kv_heads = Hk, head_dim = D, n_ctx = 200, type = ty, seqs = 2 })
       local seed = 10
-      -- a prefill of 5 rows, then one-row decodes, then 3 rows, on sequence 1, every layer
-      for _, n in ipairs({ 5, 1, 1, 3 }) do
+      -- a prefill of 160 rows (rotated on every thread), then one-row decodes, then 3 rows,
+      -- on sequence 1, every layer
+      for _, n in ipairs({ 160, 1, 1, 3 }) do
         for layer = 0, L - 1 do
           seed = seed + 3
           local q = T.randn({ n, H * D }, { seed = seed })
@@ -119,7 +120,7 @@ describe("kv_cache", function()
           assert.is_true(a:view(layer, 1):v() == b:view(layer, 1):v())
         end
       end
-      assert.are.same({ 0, 10, 10 }, { a:pos(0), a:pos(1), a:used() })
+      assert.are.same({ 0, 165, 165 }, { a:pos(0), a:pos(1), a:used() })
       -- rows with a row stride (narrowed from one product), alibi and a window, as T.attention
       local qkv = T.randn({ 2, (H + 2 * Hk) * D }, { seed = 99 })
       local q, k, v = qkv:narrow(2, 1, H * D), qkv:narrow(2, H * D + 1, Hk * D), qkv:narrow(2, (H + Hk) * D + 1, Hk * D)

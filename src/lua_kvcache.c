@@ -21,6 +21,7 @@
 #include "lua_kvcache.h"
 #include "lua_tensor.h"
 #include "rope.h"
+#include "threads.h"
 
 #define KV_MT "moonlm.kv_cache"
 #define VIEW_MT "moonlm.kv_view"
@@ -310,28 +311,26 @@ static int kv_attend(lua_State *L) {
   int top = lua_gettop(L);
   a.q = q;
   a.ldq = ldq;
-  float *krow = NULL;
-  if (ro.n_rot > 0) { /* rotated copies: q's rows, and a row of k at a time on its way in */
+  if (ro.n_rot > 0) {
+    /* rotated copies, row r = q's heads then k's (one angle computation turns both), in
+     * threads for a batch's rows as x:rope_ splits them */
     static const char key = 0;
-    float *w = ml_lua_scratch(L, &key, sizeof(float) * (size_t)((n * H + Hk) * D));
+    int64_t ld = (H + Hk) * D;
+    float *w = ml_lua_scratch(L, &key, sizeof(float) * (size_t)(n * ld));
+    int nth = ml_threads_for(ML_WORK_ROWS, (double)(n * ld));
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (int64_t r = 0; r < n; r++) {
-      memcpy(w + r * H * D, q + r * ldq, sizeof(float) * (size_t)(H * D));
-      ml_rope_row(w + r * H * D, H, D, ro.n_rot, ro.neox, ro.inv_freq, ro.mscale, p0 + r);
+      memcpy(w + r * ld, q + r * ldq, sizeof(float) * (size_t)(H * D));
+      memcpy(w + r * ld + H * D, k + r * ldk, sizeof(float) * (size_t)(Hk * D));
+      ml_rope_row(w + r * ld, H + Hk, D, ro.n_rot, ro.neox, ro.inv_freq, ro.mscale, p0 + r);
     }
     a.q = w;
-    a.ldq = H * D;
-    krow = w + n * H * D;
+    a.ldq = ld;
+    k = w + H * D;
+    ldk = ld;
   }
   for (int64_t i = 0; i < claim; i++) ml_kvcache_append(c, seq);
-  for (int64_t t = 0; t < n; t++) {
-    const float *kt = k + t * ldk;
-    if (krow) {
-      memcpy(krow, kt, sizeof(float) * (size_t)(Hk * D));
-      ml_rope_row(krow, Hk, D, ro.n_rot, ro.neox, ro.inv_freq, ro.mscale, p0 + t);
-      kt = krow;
-    }
-    ml_kvcache_store(c, layer, ml_kvcache_cell(c, seq, p0 + t), kt, v + t * ldv);
-  }
+  for (int64_t t = 0; t < n; t++) ml_kvcache_store(c, layer, ml_kvcache_cell(c, seq, p0 + t), k + t * ldk, v + t * ldv);
   *filled = p0 + n;
   a.out = ml_tensor_data(o);
   seg.cells = c->cells[seq];

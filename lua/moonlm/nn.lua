@@ -364,8 +364,9 @@ end
 -- GGUF names: attn_q, attn_k, attn_v, attn_output; fused: attn_qkv, rows [q; k; v].
 -- forward(x {n, n_embd}, state) with state = { pos = p (position of the first row) and
 --   kv = lm.kv_cache, layer = l, seq = s }: the rows' keys and values go into the cache and
---   the queries see the whole sequence (causal); without kv, the rows attend to each
---   other only.
+--   the queries see the whole sequence (causal), in one kv:attend, the rows at the
+--   positions after what the layer holds of the sequence (p, as nn.Context keeps it);
+--   without kv, the rows (at p, p+1, ...) attend to each other only.
 local Attention = class("Attention")
 nn.Attention = Attention
 
@@ -448,9 +449,7 @@ function Attention:forward(x, state)
   state = state or {}
   local kv = state.kv
   if kv then
-    -- rotation, the cache's append and the attention in one call, into a buffer wo reads;
-    -- the rows sit at the positions after what the layer holds (state.pos, as nn.Context
-    -- keeps them)
+    -- rotation, the cache's append and the attention in one call, into a buffer wo reads
     local q, k, v = self:qkv(x)
     local o, err = kv:attend(state.layer or 0, state.seq or 0, q, k, v, self.attend_opts,
       buffers(t_size(q, 1), self._osizes)[1])

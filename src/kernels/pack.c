@@ -424,7 +424,12 @@ void ml_panel_fill(ml_type wt, const void *raw, int64_t K, void *row) {
     const ml_fp16 *h = raw;
     if (pl.bf16 >= 0) {
       memcpy(o + pl.bf16, raw, (size_t)K * 2);
-      for (int64_t k = 0; k < K; k++) f[k] = ml_bf16_to_f32(h[k]);
+      /* the widening written out, so that it vectorizes: a call per element was 15% of a
+       * 512 x 576 x 576 bf16 GEMM (perf, Zen 4) */
+      for (int64_t k = 0; k < K; k++) {
+        uint32_t v = (uint32_t)h[k] << 16;
+        memcpy(f + k, &v, 4);
+      }
     } else {
       for (int64_t k = 0; k < K; k++) f[k] = ml_fp16_to_f32(h[k]);
     }

@@ -12,10 +12,12 @@
 
 static inline __m512i x16_dot4(__m512i acc, __m512i u, __m512i s) { return _mm512_dpbusd_epi32(acc, u, s); }
 static inline __m512i x16_dot2w(__m512i acc, __m512i a, __m512i b) { return _mm512_dpwssd_epi32(acc, a, b); }
+/* the pair broadcast from memory inside vdpbf16ps ({1to16}): the GEMM uses each pair for
+ * two tiles, so the compiler kept a vpbroadcastd per pair; folded, a 512 x 576 x 576 GEMM
+ * ran 2-4% faster on Zen 4 (A/B in one run) */
 static inline __m512 x16_bf16(__m512 acc, __m512i w, const uint8_t *pair) {
-  int32_t v;
-  memcpy(&v, pair, 4);
-  return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32(v));
+  __asm__("vdpbf16ps %[a]%{1to16%}, %[w], %[acc]" : [acc] "+v"(acc) : [w] "v"(w), [a] "m"(*(const int32_t *)pair));
+  return acc;
 }
 
 #include "avx512_x16.h"

@@ -648,7 +648,9 @@ X16_AI void gemm_x16(const ml_packed_args *p, void *work, int ith, int nth, ml_t
   if (t0 >= t1) return;
   uint8_t *u = work, *ap = (uint8_t *)work + X16_WORK_U;
   int64_t kcb = c.in.kind == ML_X16_KQ ? 2 : 16; /* blocks per K chunk: two tiles in L1 */
-  if (kcb > c.nb) kcb = c.nb;
+  /* chunks of even size: K = 576 (SmolLM) in 9 + 9 blocks, not 16 + 2, whose second pass
+   * over the rows (activations packed again, y read and written) bought 2 blocks of work */
+  kcb = (c.nb + (c.nb + kcb - 1) / kcb - 1) / ((c.nb + kcb - 1) / kcb);
   int64_t mc = X16_L2_ACT / ((int64_t)ablock_bytes(&c, 1) * kcb) / MR * MR;
   if (mc < MR) mc = MR;
   for (int64_t mc0 = 0; mc0 < p->M; mc0 += mc) {

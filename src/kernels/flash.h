@@ -54,4 +54,31 @@ typedef struct ml_flash_kernels {
 /* flash_avx2.c's bias, which the AVX-512 table shares */
 void ml_flash_bias_avx2(float *s, int64_t n, float softcap, float slope, int64_t d0);
 
+/* ---- shared by the SIMD tables' qk_kv and pv_kv ---- */
+
+/* row j of a block read where it is in the store (rows NULL: row j) */
+static inline __attribute__((always_inline)) const uint8_t *ml_flash_row_at(const uint8_t *base, size_t row_bytes,
+                                                                            const int32_t *rows, int64_t j) {
+  return base + (size_t)(rows ? rows[j] : j) * row_bytes;
+}
+
+/* F(args..., M) with M a constant 1..8 (8 for more) */
+#define ML_KV_BY_M(F, M, ...)              \
+  switch (M) {                          \
+    case 1: F(__VA_ARGS__, 1); break;   \
+    case 2: F(__VA_ARGS__, 2); break;   \
+    case 3: F(__VA_ARGS__, 3); break;   \
+    case 4: F(__VA_ARGS__, 4); break;   \
+    case 5: F(__VA_ARGS__, 5); break;   \
+    case 6: F(__VA_ARGS__, 6); break;   \
+    case 7: F(__VA_ARGS__, 7); break;   \
+    default: F(__VA_ARGS__, 8); break;  \
+  }
+
+/* the type leaves the loops: one copy of F per cache type and M */
+#define ML_KV_BY_TYPE(F, t, M, q, ...)                                                \
+  if ((t) == ML_TYPE_F16) { ML_KV_BY_M(F, M, q, ML_TYPE_F16, __VA_ARGS__) }           \
+  else if ((t) == ML_TYPE_Q8_0) { ML_KV_BY_M(F, M, q, ML_TYPE_Q8_0, __VA_ARGS__) }    \
+  else { ML_KV_BY_M(F, M, q, ML_TYPE_F32, __VA_ARGS__) }
+
 #endif

@@ -121,10 +121,6 @@ INLINE __m256 row8(ml_type T, const uint8_t *p, int64_t i) {
   return _mm256_loadu_ps((const float *)p + i);
 }
 
-INLINE const uint8_t *row_at(const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t j) {
-  return base + (size_t)(rows ? rows[j] : j) * row_bytes;
-}
-
 /* Scores of M <= 8 query vectors (M a constant), KP = 8 / MP keys at a time, MP being M
  * rounded up to a power of two: acc[m·KP + k] sums q[m] · key k lane by lane, each 8-value
  * piece of a key converted once for all M, and one reduce8 turns the 8 sums into scores,
@@ -135,7 +131,7 @@ INLINE void qk_kv_m(const float *q, ml_type T, const uint8_t *base, size_t row_b
   for (int64_t j0 = 0; j0 < nj; j0 += KP) {
     const uint8_t *kr[8];
     #pragma GCC unroll 8
-    for (int k = 0; k < KP; k++) kr[k] = row_at(base, row_bytes, rows, ML_MIN(j0 + k, nj - 1));
+    for (int k = 0; k < KP; k++) kr[k] = ml_flash_row_at(base, row_bytes, rows, ML_MIN(j0 + k, nj - 1));
     __m256 acc[8];
     #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
@@ -157,30 +153,12 @@ INLINE void qk_kv_m(const float *q, ml_type T, const uint8_t *base, size_t row_b
   }
 }
 
-#define KV_BY_M(F, M, ...)              \
-  switch (M) {                          \
-    case 1: F(__VA_ARGS__, 1); break;   \
-    case 2: F(__VA_ARGS__, 2); break;   \
-    case 3: F(__VA_ARGS__, 3); break;   \
-    case 4: F(__VA_ARGS__, 4); break;   \
-    case 5: F(__VA_ARGS__, 5); break;   \
-    case 6: F(__VA_ARGS__, 6); break;   \
-    case 7: F(__VA_ARGS__, 7); break;   \
-    default: F(__VA_ARGS__, 8); break;  \
-  }
-
-/* the type leaves the loops: one copy of F per cache type and M */
-#define KV_BY_TYPE(F, t, M, q, ...)                                                \
-  if ((t) == ML_TYPE_F16) { KV_BY_M(F, M, q, ML_TYPE_F16, __VA_ARGS__) }           \
-  else if ((t) == ML_TYPE_Q8_0) { KV_BY_M(F, M, q, ML_TYPE_Q8_0, __VA_ARGS__) }    \
-  else { KV_BY_M(F, M, q, ML_TYPE_F32, __VA_ARGS__) }
-
 static void qk_kv_avx2(const float *q, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
                        int64_t nj, int64_t hd, float *s) {
   /* groups of 8 query vectors; a second group (M 9..15) reads the block again from cache */
   for (int64_t m0 = 0; m0 < M; m0 += 8) {
     int mg = (int)ML_MIN(8, M - m0);
-    KV_BY_TYPE(qk_kv_m, t, mg, q + m0 * hd, base, row_bytes, rows, nj, hd, s + m0 * BLK)
+    ML_KV_BY_TYPE(qk_kv_m, t, mg, q + m0 * hd, base, row_bytes, rows, nj, hd, s + m0 * BLK)
   }
 }
 
@@ -356,7 +334,7 @@ INLINE void pv_kv_tile(const float *p, ml_type T, const uint8_t *base, size_t ro
     #pragma GCC unroll 4
     for (int c = 0; c < NC; c++) acc[m][c] = _mm256_loadu_ps(o + m * hd + d0 + 8 * c);
   for (int64_t j = 0; j < nj; j++) {
-    const uint8_t *vr = row_at(base, row_bytes, rows, j);
+    const uint8_t *vr = ml_flash_row_at(base, row_bytes, rows, j);
     __m256 x[4];
     #pragma GCC unroll 4
     for (int c = 0; c < NC; c++) x[c] = row8(T, vr, d0 + 8 * c);
@@ -387,7 +365,7 @@ static void pv_kv_avx2(const float *s, int64_t M, ml_type t, const uint8_t *base
                        int64_t nj, int64_t hd, float *o) {
   for (int64_t m0 = 0; m0 < M; m0 += 8) {
     int mg = (int)ML_MIN(8, M - m0);
-    KV_BY_TYPE(pv_kv_m, t, mg, s + m0 * BLK, base, row_bytes, rows, nj, hd, o + m0 * hd)
+    ML_KV_BY_TYPE(pv_kv_m, t, mg, s + m0 * BLK, base, row_bytes, rows, nj, hd, o + m0 * hd)
   }
 }
 

@@ -71,16 +71,7 @@ static int result(lua_State *L, lgrammar *u, ml_grammar *g) {
 static void check_options(lua_State *L, int t, const char *const *known) {
   if (lua_isnoneornil(L, t)) return;
   luaL_checktype(L, t, LUA_TTABLE);
-  for (lua_pushnil(L); lua_next(L, t);) {
-    lua_pop(L, 1);
-    int ok = 0;
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (int k = 0; known[k] && !ok; k++) ok = strcmp(lua_tostring(L, -1), known[k]) == 0;
-    if (!ok) {
-      const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
-      luaL_argerror(L, t, lua_pushfstring(L, "unknown option '%s'", name));
-    }
-  }
+  ml_lua_known_options(L, t, t, known);
 }
 
 /* gbnf(text [, { root = name }]) */

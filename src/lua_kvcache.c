@@ -83,16 +83,7 @@ static int64_t opt_field_int(lua_State *L, int t, const char *k, int64_t def, in
 static int l_kv_cache(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const names[] = {"layers", "kv_heads", "head_dim", "n_ctx", "type", "seqs", NULL};
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    lua_pop(L, 1);
-    int ok = 0;
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (const char *const *n = names; *n && !ok; n++) ok = strcmp(lua_tostring(L, -1), *n) == 0;
-    if (!ok)
-      return luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'",
-                                                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1)));
-  }
+  ml_lua_known_options(L, 1, 1, names);
   int64_t layers = opt_field_int(L, 1, "layers", -1, 1, 1 << 16);
   int64_t heads = opt_field_int(L, 1, "kv_heads", -1, 1, 1 << 16);
   int64_t hd = opt_field_int(L, 1, "head_dim", -1, 1, 1 << 16);
@@ -253,16 +244,7 @@ static int kv_attend(lua_State *L) {
     lua_replace(L, 7);
   }
   luaL_checktype(L, 7, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, 7)) {
-    lua_pop(L, 1);
-    int ok = 0;
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (const char *const *nm = names; *nm && !ok; nm++) ok = strcmp(lua_tostring(L, -1), *nm) == 0;
-    if (!ok)
-      return luaL_argerror(L, 7, lua_pushfstring(L, "unknown option '%s'", lua_type(L, -1) == LUA_TSTRING ?
-                                                 lua_tostring(L, -1) : luaL_typename(L, -1)));
-  }
+  ml_lua_known_options(L, 7, 7, names);
   ml_tensor *o = NULL;
   if (!lua_isnil(L, 8)) {
     o = ml_lua_check_writable(L, 8);

@@ -284,22 +284,6 @@ static int64_t opt_int(lua_State *L, int t, const char *k, int64_t def) {
   return v;
 }
 
-/* Refuse options this function does not take (a misspelt one would be ignored otherwise). */
-static void known_options(lua_State *L, int t, int arg, const char *const *names) {
-  if (!lua_istable(L, t)) return;
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    lua_pop(L, 1);
-    int ok = 0;
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (const char *const *n = names; *n && !ok; n++) ok = strcmp(lua_tostring(L, -1), *n) == 0;
-    if (!ok) {
-      const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
-      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'", k));
-    }
-  }
-}
-
 /* conv1d(x, w [, b] [, { stride = 1, padding = 0, dilation = 1, groups = 1 }]) */
 static int m_conv1d(lua_State *L) {
   ml_tensor *x = ml_lua_to_tensor(L, 1), *w = ml_lua_to_tensor(L, 2), *b = NULL;
@@ -313,7 +297,7 @@ static int m_conv1d(lua_State *L) {
   no_more(L, opt, "weight, bias and options");
   if (!lua_isnoneornil(L, opt) && !lua_istable(L, opt)) return luaL_argerror(L, opt, "options table expected");
   static const char *const names[] = {"stride", "padding", "dilation", "groups", NULL};
-  known_options(L, opt, opt, names);
+  ml_lua_known_options(L, opt, opt, names);
   int64_t stride = opt_int(L, opt, "stride", 1), padding = opt_int(L, opt, "padding", 0),
           dilation = opt_int(L, opt, "dilation", 1), groups = opt_int(L, opt, "groups", 1);
   ml_tensor *o = ml_lua_push_tensor(L);
@@ -356,7 +340,7 @@ static int t_randint(lua_State *L) {
   no_more(L, next, "options");
   if (!lua_isnoneornil(L, next) && !lua_istable(L, next)) return luaL_argerror(L, next, "options table expected");
   static const char *const names[] = {"seed", NULL};
-  known_options(L, next, next, names);
+  ml_lua_known_options(L, next, next, names);
   ml_rng local, *r = ml_lua_rng(L, next, &local);
   ml_tensor *o = ml_lua_push_tensor(L);
   if (ml_randint(o, ndim, shape, lo, hi, r) < 0) return ml_lua_error_at(L, ml_errinput() == 1 ? 3 : 1);
@@ -370,7 +354,7 @@ static int m_multinomial(lua_State *L) {
   no_more(L, 3, "count and options");
   if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3)) return luaL_argerror(L, 3, "options table expected");
   static const char *const names[] = {"replacement", "seed", NULL};
-  known_options(L, 3, 3, names);
+  ml_lua_known_options(L, 3, 3, names);
   int repl = 0;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "replacement");
@@ -452,7 +436,7 @@ static const float *read_floats(lua_State *L, int i, int64_t n, int opt, const c
 void ml_lua_rope_options(lua_State *L, int opt, int arg, int64_t hd, ml_lua_rope *ro) {
   static const char *const names[] = {"mode", "base", "dims", "scaling", "freqs", NULL};
   if (!lua_isnoneornil(L, opt) && !lua_istable(L, opt)) luaL_argerror(L, arg, "options table expected");
-  known_options(L, opt, arg, names);
+  ml_lua_known_options(L, opt, arg, names);
   ro->neox = 0;
   if (lua_istable(L, opt)) {
     lua_getfield(L, opt, "mode");

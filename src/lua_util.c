@@ -158,3 +158,18 @@ const char *ml_push_id_range(lua_State *L, lua_Integer id, int64_t n_vocab) {
   lua_pushstring(L, buf);
   return lua_tostring(L, -1);
 }
+
+void ml_lua_known_options(lua_State *L, int t, int arg, const char *const *names) {
+  if (!lua_istable(L, t)) return;
+  t = lua_absindex(L, t);
+  for (lua_pushnil(L); lua_next(L, t);) {
+    lua_pop(L, 1);
+    int ok = 0;
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (const char *const *n = names; *n && !ok; n++) ok = strcmp(lua_tostring(L, -1), *n) == 0;
+    if (!ok) {
+      const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'", k));
+    }
+  }
+}

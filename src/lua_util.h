@@ -22,6 +22,10 @@ const char *ml_push_id_range(lua_State *L, lua_Integer id, int64_t n_vocab);
 /* v in decimal on the stack, for a message that shows a number as given (lua_pushfstring's
  * %d is an int in every Lua: 2^32 + 5 would read as 5) */
 const char *ml_push_int(lua_State *L, lua_Integer v);
+/* Refuses a key of the table at t that is not one of names (NULL-ended): "unknown option
+ * 'k'" at argument arg, so that a misspelt option is never silently ignored. Not a table:
+ * nothing to check (the caller checks the type). */
+void ml_lua_known_options(lua_State *L, int t, int arg, const char *const *names);
 /* Remember names of the functions in the table on top (for error messages). */
 void ml_register_names(lua_State *L, const char *prefix);
 /* The core's last error (common.h), worded for Lua. A misuse is raised as

@@ -239,9 +239,15 @@ catch (e) { console.log(JSON.stringify({ status: e.status, cls: e.constructor.na
 
   it("re-reads the keys file on nginx -s reload", function()
     write(keys, table.concat({ "alice " .. KEYS.alice .. " admin", "dave " .. KEYS.dave, "" }, "\n"))
+    local old = {}
+    for pid in sh("pgrep -P " .. srv.pid):gmatch("%d+") do old[#old + 1] = pid end
+    assert.is_true(#old > 0, "no worker processes under the master")
     sh("kill -HUP " .. srv.pid)
-    -- old workers finish their graceful exit beside the new ones: wait until the new keys
-    -- hold on every answer (dave in, carol out), then check they keep holding
+    -- until the old workers have exited they still accept connections beside the new ones
+    -- (with the old keys): wait for them to go, then the new keys must hold on every answer
+    assert.truthy(H.until_true(30, function()
+      return sh("for p in " .. table.concat(old, " ") .. "; do kill -0 $p 2>/dev/null && echo $p; done") == ""
+    end), "the old workers did not exit after the reload")
     local function reloaded()
       return http("GET", url .. "/v1/models", nil, auth("dave")).status == 200
          and http("GET", url .. "/v1/models", nil, auth("carol")).status == 401

@@ -154,17 +154,24 @@ static void qk_kv_avx512(const float *q, int64_t M, ml_type t, const uint8_t *ba
 /* s[m][j0..j0+16 NV) for MR query vectors from kt */
 INLINE void qk_t_tile(const float *q, int64_t hd, const float *kt, float *s, int MR, int NV) {
   __m512 acc[4][4];
+  #pragma GCC unroll 4
   for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
   for (int64_t d = 0; d < hd; d++) {
     __m512 k[4];
+    #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) k[v] = _mm512_load_ps(kt + d * BLK + 16 * v);
+    #pragma GCC unroll 4
     for (int r = 0; r < MR; r++) {
       __m512 qb = _mm512_set1_ps(q[r * hd + d]);
+      #pragma GCC unroll 4
       for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(qb, k[v], acc[r][v]);
     }
   }
+  #pragma GCC unroll 4
   for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) _mm512_store_ps(s + r * BLK + 16 * v, acc[r][v]);
 }
 
@@ -244,17 +251,24 @@ static void softmax_avx512(float *s, int64_t M, int64_t nj, float *mx, float *su
 
 INLINE void pv_tile(const float *p, const float *vb, int64_t nj, int64_t hd, float *o, int MR, int NV) {
   __m512 acc[4][4];
+  #pragma GCC unroll 4
   for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) acc[r][v] = _mm512_load_ps(o + r * hd + 16 * v);
   for (int64_t j = 0; j < nj; j++) {
     __m512 x[4];
+    #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) x[v] = _mm512_load_ps(vb + j * hd + 16 * v);
+    #pragma GCC unroll 4
     for (int r = 0; r < MR; r++) {
       __m512 pb = _mm512_set1_ps(p[r * BLK + j]);
+      #pragma GCC unroll 4
       for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(pb, x[v], acc[r][v]);
     }
   }
+  #pragma GCC unroll 4
   for (int r = 0; r < MR; r++)
+    #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) _mm512_store_ps(o + r * hd + 16 * v, acc[r][v]);
 }
 

@@ -191,18 +191,26 @@ void ml_blk_qk_norm(ml_thr *t, const ml_tensor *qn, const ml_tensor *kn) {
 
 /* ---- attention: the position scheme, then the kernel ---- */
 
-static void rope_row(const ml_hparams *hp, const float *inv_freq, float mscale, float *x, int64_t n_heads, int64_t pos) {
-  ml_rope_row(x, n_heads, hp->head_dim, hp->n_rot, hp->rope_type == ML_ROPE_NEOX, inv_freq, mscale, pos);
-}
-
+/* A row's angles are the same in every layer that uses the same frequencies: computed once
+ * per chunk (a sine and cosine in double per pair, which every layer did for q and again
+ * for k), recomputed where a layer's frequencies differ (gemma's local layers). */
 void ml_blk_attention(ml_thr *t, const ml_attn *a) {
   ml_context *c = t->c;
   const ml_hparams *hp = t->hp;
   if (a->inv_freq) {
-    int64_t nq = hp->n_head * hp->head_dim, nkv = hp->n_head_kv * hp->head_dim;
+    int64_t nq = hp->n_head * hp->head_dim, nkv = hp->n_head_kv * hp->head_dim, nr = hp->n_rot, half = nr / 2;
+    int neox = hp->rope_type == ML_ROPE_NEOX;
+    float *rope = t->f->rope;
+    if (t->rope_freq != a->inv_freq || t->rope_mscale != a->rope_mscale) {
+      for (int64_t r = t->r0; r < t->r1; r++)
+        ml_rope_angles(rope + r * nr, rope + r * nr + half, half, a->inv_freq, a->rope_mscale, c->pos[r]);
+      t->rope_freq = a->inv_freq;
+      t->rope_mscale = a->rope_mscale;
+    }
     for (int64_t r = t->r0; r < t->r1; r++) {
-      rope_row(hp, a->inv_freq, a->rope_mscale, c->q + r * nq, hp->n_head, c->pos[r]);
-      rope_row(hp, a->inv_freq, a->rope_mscale, c->k + r * nkv, hp->n_head_kv, c->pos[r]);
+      const float *cs = rope + r * nr, *sn = cs + half;
+      ml_rope_apply(c->q + r * nq, hp->n_head, hp->head_dim, nr, neox, cs, sn);
+      ml_rope_apply(c->k + r * nkv, hp->n_head_kv, hp->head_dim, nr, neox, cs, sn);
     }
     t->dirty = 1;
   }
@@ -323,6 +331,11 @@ int ml_forward(ml_context *c, int64_t n, const int32_t *tokens, const uint8_t *w
   f->hidden = hidden;
   f->failed = 0;
   f->n_out = 0;
+  f->rope = NULL;
+  if (c->m->hp.n_rot > 0 && !(f->rope = ml_alloc(sizeof(float) * (size_t)(n * c->m->hp.n_rot)))) {
+    ml_free(f);
+    return -1;
+  }
   for (int64_t i = 0; i < n; i++)
     if (want[i]) f->out_row[f->n_out++] = i;
   make_runs(f, c);
@@ -336,6 +349,7 @@ int ml_forward(ml_context *c, int64_t n, const int32_t *tokens, const uint8_t *w
 #endif
   }
   int failed = f->failed;
+  ml_free(f->rope);
   ml_free(f);
   return failed ? -1 : 0;
 }

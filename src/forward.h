@@ -32,6 +32,7 @@ typedef struct ml_fwd {
   struct { int64_t r0, n; } runs[ML_MAX_BATCH];
   ml_flash_seg seg[2][ML_MAX_BATCH]; /* the runs as attention segments: global, sliding-window cache */
   int failed;             /* a kernel refused (atomic) */
+  float *rope;            /* n rows of n_rot floats: each row's RoPE cos, then sin (ml_blk_attention) */
 } ml_fwd;
 
 /* One thread's handle on the chunk. */
@@ -46,6 +47,8 @@ typedef struct ml_thr {
   int64_t r0, r1;  /* this thread's rows */
   int dirty;       /* rows written since the last barrier */
   float *scratch;  /* this thread's attention scratch */
+  const float *rope_freq; /* the frequencies and scale f->rope holds for rows r0..r1 (NULL: none yet) */
+  float rope_mscale;
 } ml_thr;
 
 typedef enum ml_norm_kind {

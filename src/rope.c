@@ -29,8 +29,7 @@ void ml_rope_llama3_factors(float *factors, int64_t n_rot, double base, double f
   }
 }
 
-/* cs/sn of pairs [0, half) at position pos */
-static void angles(float *cs, float *sn, int64_t half, const float *inv_freq, float mscale, int64_t pos) {
+void ml_rope_angles(float *cs, float *sn, int64_t half, const float *inv_freq, float mscale, int64_t pos) {
   for (int64_t k = 0; k < half; k++) {
     double th = (double)pos * (double)inv_freq[k];
     cs[k] = (float)cos(th) * mscale;
@@ -45,6 +44,11 @@ static void rotate(float *v, int64_t half, int neox, const float *cs, const floa
     v[i0] = a * cs[k] - b * sn[k];
     v[i1] = a * sn[k] + b * cs[k];
   }
+}
+
+void ml_rope_apply(float *x, int64_t n_heads, int64_t head_stride, int64_t n_rot, int neox, const float *cs,
+                   const float *sn) {
+  for (int64_t h = 0; h < n_heads; h++) rotate(x + h * head_stride, n_rot / 2, neox, cs, sn);
 }
 
 void ml_rope_row(float *x, int64_t n_heads, int64_t head_stride, int64_t n_rot, int neox, const float *inv_freq,
@@ -100,7 +104,7 @@ int ml_rope_tensor(const ml_tensor *x, const int64_t *pos, int64_t n_pos, const 
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t t = 0; t < n; t++) {
     float *cs = buf + (size_t)(2 * half) * (size_t)ml_thread_id(), *sn = cs + half;
-    angles(cs, sn, half, inv_freq, mscale, pos[t]);
+    ml_rope_angles(cs, sn, half, inv_freq, mscale, pos[t]);
     for (int64_t g = 0; g < groups; g++) rotate(base + row_elems(x, g * n + t), half, neox, cs, sn);
   }
   ml_free(buf);

@@ -21,6 +21,13 @@ void ml_rope_freqs(float *inv_freq, int64_t n_rot, double base, double scale, co
 void ml_rope_llama3_factors(float *factors, int64_t n_rot, double base, double factor, double low_freq_factor,
                             double high_freq_factor, double original_context);
 
+/* The angles of position pos: cs[k] = cos(pos · inv_freq[k]) · mscale and sn[k] the sine,
+ * for the half = n_rot / 2 pairs; ml_rope_apply rotates by them. ml_rope_row does both, with
+ * the same values. */
+void ml_rope_angles(float *cs, float *sn, int64_t half, const float *inv_freq, float mscale, int64_t pos);
+void ml_rope_apply(float *x, int64_t n_heads, int64_t head_stride, int64_t n_rot, int neox, const float *cs,
+                   const float *sn);
+
 /* Rotate the n_heads heads of one token (head h at x + h * head_stride) at position pos. */
 void ml_rope_row(float *x, int64_t n_heads, int64_t head_stride, int64_t n_rot, int neox, const float *inv_freq,
                  float mscale, int64_t pos);

@@ -190,8 +190,9 @@ int ml_x16_selfcheck(ml_type wt, const void *w, int64_t N, int64_t K, double *ma
  *   fsum  float [K / 32]        q8_1: its stored s (half) as float
  *   bs16  int16 [K / 16]        q8_K: bsums
  *   bs32  int16 [K / 32]        q8_K: sums of 32
- *   bf16  uint16 [K]            bf16 rows as is
- *   f32   float [K]             f16 / bf16 rows as float (the rounded values)
+ *   bf16  uint16 [K]            bf16 rows as is (kernels that multiply in f32 widen them
+ *                               while packing their register blocks: a shift)
+ *   f32   float [K]             f16 rows as float (the rounded values)
  */
 typedef struct ml_panel {
   int64_t qs, d, isum, fsum, bs16, bs32, bf16, f32;

@@ -102,9 +102,13 @@ X16_AI void apack(const x16_ctx *c, const ml_packed_args *p, int64_t m0, int R, 
         for (int q2 = 0; q2 < J / 2; q2++) memcpy(o + 260 * R + 4 * (q2 * R + m), bs + 4 * q2, 4);
       } break;
       case ML_X16_BF16:
-        if (X16_BF16_F32)
-          for (int kp = 0; kp < 16; kp++) memcpy(o + 8 * (kp * R + m), row + pl->f32 + 4 * (32 * b + 2 * kp), 8);
-        else
+        if (X16_BF16_F32) { /* the pair widened to floats (bf16 is the top half of an f32) */
+          const uint16_t *h = (const uint16_t *)(row + pl->bf16) + 32 * b;
+          for (int k = 0; k < 32; k++) {
+            uint32_t v = (uint32_t)h[k] << 16;
+            memcpy(o + 8 * ((k / 2) * R + m) + 4 * (k % 2), &v, 4);
+          }
+        } else
           for (int kp = 0; kp < 16; kp++) memcpy(o + 4 * (kp * R + m), row + pl->bf16 + 2 * (32 * b + 2 * kp), 4);
         break;
       default:

@@ -108,37 +108,65 @@ INLINE __m512 row16(ml_type T, const uint8_t *p, int64_t i) {
   return _mm512_loadu_ps((const float *)p + i);
 }
 
+/* One level s of the butterfly that transposes an NR x NR matrix of units of KP lanes
+ * held one row per vector (NR = 16 / KP): for the rows i with bit s clear, the units of
+ * row i whose column has bit s set trade places with the units of row i + s whose
+ * column has it clear. */
+INLINE void swap_units(__m512 *a, __m512 *b, int KP, int s) {
+  int ia[16], ib[16];
+  for (int l = 0; l < 16; l++) {
+    int hi = (l / KP) & s;
+    ia[l] = hi ? 16 + l - s * KP : l;
+    ib[l] = hi ? 16 + l : l + s * KP;
+  }
+  __m512i xa = _mm512_loadu_si512(ia), xb = _mm512_loadu_si512(ib);
+  __m512 na = _mm512_permutex2var_ps(*a, xa, *b), nb = _mm512_permutex2var_ps(*a, xb, *b);
+  *a = na;
+  *b = nb;
+}
+
 /* Scores of M <= 8 query vectors (M a constant), KP = 16 / MP keys at a time, MP being M
  * rounded up to a power of two: acc[m·KP + k] sums q[m] · key k lane by lane, each 16-value
  * piece of a key converted once for all M, and one reduce16 turns the 16 sums into
- * scores, lane m·KP + k, stored as M runs of KP. Key rows past nj repeat row nj - 1 (the
- * scores past nj are don't-cares). */
+ * scores, lane m·KP + k. The NR = 16 / KP such vectors of 16 keys are transposed (units
+ * of KP lanes) into one vector of 16 scores per query vector, stored whole: masked
+ * stores of each KP-lane run cost Zen 4 several times a plain store and took a third of
+ * the time here. Key rows past nj repeat row nj - 1 (the scores past nj are don't-cares;
+ * s rows hold ML_FLASH_BLOCK). */
 INLINE void qk_kv_m(const float *q, ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
                     int64_t hd, float *s, const int M) {
-  const int KP = M == 1 ? 16 : M == 2 ? 8 : M <= 4 ? 4 : 2;
-  for (int64_t j0 = 0; j0 < nj; j0 += KP) {
-    const uint8_t *kr[16];
-    #pragma GCC unroll 16
-    for (int k = 0; k < KP; k++) kr[k] = ml_flash_row_at(base, row_bytes, rows, ML_MIN(j0 + k, nj - 1));
-    __m512 acc[16];
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < hd; d += 16) {
-      __m512 qv[8];
-      #pragma GCC unroll 8
-      for (int m = 0; m < M; m++) qv[m] = _mm512_loadu_ps(q + m * hd + d);
-      #pragma GCC unroll 16
-      for (int k = 0; k < KP; k++) {
-        __m512 kv = row16(T, kr[k], d);
-        #pragma GCC unroll 8
-        for (int m = 0; m < M; m++) acc[m * KP + k] = _mm512_fmadd_ps(kv, qv[m], acc[m * KP + k]);
-      }
-    }
-    __m512 r = reduce16(acc);
-    /* lanes [m·KP, m·KP + KP) to s[m][j0 ..] */
+  const int KP = M == 1 ? 16 : M == 2 ? 8 : M <= 4 ? 4 : 2, NR = 16 / KP;
+  for (int64_t j16 = 0; j16 < nj; j16 += 16) {
+    __m512 r[8];
     #pragma GCC unroll 8
-    for (int m = 0; m < M; m++)
-      _mm512_mask_storeu_ps(s + m * BLK + j0 - m * KP, (__mmask16)(((1u << KP) - 1) << (m * KP)), r);
+    for (int t = 0; t < NR; t++) {
+      int64_t j0 = j16 + t * KP;
+      const uint8_t *kr[16];
+      #pragma GCC unroll 16
+      for (int k = 0; k < KP; k++) kr[k] = ml_flash_row_at(base, row_bytes, rows, ML_MIN(j0 + k, nj - 1));
+      __m512 acc[16];
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < hd; d += 16) {
+        __m512 qv[8];
+        #pragma GCC unroll 8
+        for (int m = 0; m < M; m++) qv[m] = _mm512_loadu_ps(q + m * hd + d);
+        #pragma GCC unroll 16
+        for (int k = 0; k < KP; k++) {
+          __m512 kv = row16(T, kr[k], d);
+          #pragma GCC unroll 8
+          for (int m = 0; m < M; m++) acc[m * KP + k] = _mm512_fmadd_ps(kv, qv[m], acc[m * KP + k]);
+        }
+      }
+      r[t] = reduce16(acc);
+    }
+    #pragma GCC unroll 4
+    for (int sb = 1; sb < NR; sb *= 2)
+      #pragma GCC unroll 8
+      for (int i = 0; i < NR; i++)
+        if (!(i & sb)) swap_units(&r[i], &r[i + sb], KP, sb);
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; m++) _mm512_storeu_ps(s + m * BLK + j16, r[m]);
   }
 }
 

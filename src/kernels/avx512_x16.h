@@ -280,15 +280,22 @@ X16_AI void micro_kq(const uint8_t *u, size_t us, int64_t nb, const uint8_t *ap,
 
 /* GEMV micro-kernels: MR rows x one tile over nb packed blocks from o (bb bytes each), the
  * values unpacked in registers as they stream in (no store and reload through work). The
- * tiles are read in order, and each block prefetches the bytes X16_PF ahead into L2: on
- * the Xeon (model 207) the hardware prefetchers alone kept one thread's stream at 64-80%
- * of its read bandwidth, 4 KiB ahead brings it to 91-98% (q4_0, q8_0, q4_K, q6_K; 0.5-3
- * KiB less, 6-12 KiB no better and less steady; into L1 (T0) a few points less). An
- * earlier machine measured software prefetch slower here: measure again on a new one.
- * Past the end of a slice it touches at most X16_PF bytes beyond: a prefetch never faults. */
-#define X16_PF 4096
-X16_AI void prefetch_block(const uint8_t *o, size_t bb) {
-  for (size_t i = 0; i < bb; i += 64) _mm_prefetch((const char *)o + X16_PF + i, _MM_HINT_T1);
+ * tiles are read in order. Whether software prefetch helps that stream depends on the CPU,
+ * so the quantized streams prefetch ml_x16_prefetch bytes ahead into L2, a distance the
+ * dispatcher sets per vendor (kernels.h): on the Xeon (model 207) the hardware prefetchers
+ * alone kept one thread's stream at 64-80% of its read bandwidth and 4 KiB ahead brought it
+ * to 91-98% (q4_0, q8_0, q4_K, q6_K); on Zen 4 4 KiB ahead cut one thread from 28-29 GB/s
+ * (no prefetch, ~the thread's read bandwidth) to 18-21 GB/s (q8_0, q4_0, q4_K; 1 KiB about
+ * even, 2-16 KiB and into L1 all slower). The bf16 / f16 streams keep a fixed 4 KiB (93-97%
+ * of the read bandwidth on both). A prefetch never faults: past the end of a slice it only
+ * touches bytes beyond. */
+X16_AI void prefetch_at(const uint8_t *o, size_t bb, size_t ahead) {
+  for (size_t i = 0; i < bb; i += 64) _mm_prefetch((const char *)o + ahead + i, _MM_HINT_T1);
+}
+X16_AI void prefetch_block(const uint8_t *o, size_t bb) { prefetch_at(o, bb, 4096); }
+X16_AI void prefetch_quant(const uint8_t *o, size_t bb) {
+  size_t ahead = (size_t)ml_x16_prefetch;
+  if (ahead) prefetch_at(o, bb, ahead);
 }
 
 X16_AI void stream_b32(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const uint8_t *ap, __m512 *acc, const int MR) {
@@ -298,7 +305,7 @@ X16_AI void stream_b32(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, cons
   for (int64_t b = 0; b < nb; b++, o += bb, ap += abb) {
     const float *d = (const float *)(ap + 32 * MR), *fs = (const float *)(ap + 40 * MR);
     __m512i w[8], ia[8];
-    prefetch_block(o, bb);
+    prefetch_quant(o, bb);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++) ia[m] = in.off ? bcast32(ap + 36 * MR + 4 * m) : _mm512_setzero_si512();
     if (X16_VNNI && (wt == ML_TYPE_Q4_0 || wt == ML_TYPE_Q4_1)) { /* (16 v x s8 pairs would saturate vpmaddubsw) */
@@ -340,7 +347,7 @@ X16_AI void stream_kq(ml_type wt, const uint8_t *o, size_t bb, int64_t nb, const
   const size_t abb = (size_t)(260 + 2 * J) * MR;
   for (int64_t b = 0; b < nb; b++, o += bb, ap += abb) {
     __m512i sc[16], mnp[8], it[8];
-    prefetch_block(o, bb);
+    prefetch_quant(o, bb);
     kq_scales(wt, o, sc, mnp);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++) it[m] = _mm512_setzero_si512();

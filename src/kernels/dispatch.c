@@ -134,8 +134,11 @@ static const char *names[ML_LEVEL_COUNT] = {"ref", "avx2", "avx512", "amx"};
 
 const char *ml_level_name(ml_level l) { return l < ML_LEVEL_COUNT ? names[l] : "?"; }
 
+int ml_x16_prefetch = 4096;
+
 static void init(void) {
   detect();
+  if (!memcmp(cpu.vendor, "AuthenticAMD", 12)) ml_x16_prefetch = 0; /* see avx512_x16.h */
   supported = ML_LEVEL_REF;
   if (cpu.avx2 && cpu.fma && cpu.f16c) supported = ML_LEVEL_AVX2;
   if (supported == ML_LEVEL_AVX2 && cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq)

@@ -115,6 +115,11 @@ typedef struct ml_kernels {
   const char *by_dot[ML_TYPE_COUNT], *by_gemv[ML_TYPE_COUNT], *by_gemm[ML_TYPE_COUNT], *by_row;
 } ml_kernels;
 
+/* Bytes ahead of the packed quantized GEMVs' read position that they prefetch into L2, 0 for
+ * none: set once by the dispatcher for the CPU's vendor (4096 on Intel, 0 on AMD, where
+ * software prefetch slowed the stream), read by the kernels. */
+extern int ml_x16_prefetch;
+
 /* The portable C level: every weight type f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0,
  * q2_K..q6_K, every vec_dot type, and every row op. No packed kernels. */
 extern const ml_kernels ml_kernels_ref;

@@ -144,6 +144,10 @@ describe("tensor.attention", function()
   it("f16 and q8_0 keys and values", function()
     check(2, 1, 10, 130, 64, { causal = true }, "f16", 2e-5)
     check(4, 2, 1, 260, 64, { causal = true }, "q8_0", 2e-5)
+    -- many query vectors: keys converted straight into the transposed block, a partial
+    -- last block of 16 keys and of 8
+    check(6, 2, 20, 100, 64, { causal = true }, "q8_0", 2e-5)
+    check(4, 1, 9, 72, 32, { causal = true }, "f16", 2e-5)
   end)
 
   it("refuses what it cannot do, naming the argument", function()

@@ -30,9 +30,16 @@ static void load_ref(ml_type t, const uint8_t *base, size_t row_bytes, const int
   }
 }
 
-static void transpose_ref(const float *kb, int64_t nj, int64_t hd, float *kt) {
-  for (int64_t j = 0; j < nj; j++)
-    for (int64_t d = 0; d < hd; d++) kt[d * ML_FLASH_BLOCK + j] = kb[j * hd + d];
+static void load_t_ref(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                       float *kt) {
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *p = base + (size_t)(rows ? rows[j] : j) * row_bytes;
+    for (int64_t d = 0; d < hd; d++) kt[d * ML_FLASH_BLOCK + j] = kv_at(t, p, d);
+  }
+}
+
+static void scale_ref(const float *x, float c, int64_t n, float *y) {
+  for (int64_t i = 0; i < n; i++) y[i] = c * x[i];
 }
 
 static void qk_kv_ref(const float *q, int64_t M, ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows,
@@ -103,8 +110,8 @@ static void bias_ref(float *s, int64_t n, float softcap, float slope, int64_t d0
   }
 }
 
-static const ml_flash_kernels flash_ref = {"ref",  load_ref, transpose_ref, qk_kv_ref, qk_t_ref,
-                                           softmax_ref, pv_ref, pv_kv_ref,  bias_ref};
+static const ml_flash_kernels flash_ref = {"ref",  load_ref,  load_t_ref, qk_kv_ref, qk_t_ref,
+                                           softmax_ref, pv_ref, pv_kv_ref,  bias_ref, scale_ref};
 
 extern const ml_flash_kernels ml_flash_kernels_avx512 __attribute__((weak));
 extern const ml_flash_kernels ml_flash_kernels_avx2 __attribute__((weak));
@@ -164,7 +171,7 @@ static int64_t max_vectors(const ml_flash_args *a) { return ML_FLASH_TILE * (a->
 /* floats of one thread's scratch */
 static int64_t thread_floats(const ml_flash_args *a) {
   int64_t MT = max_vectors(a), hd = a->head_dim;
-  return 2 * al16(MT * hd) + al16(MT * ML_FLASH_BLOCK) + 2 * al16(MT) + 3 * al16(ML_FLASH_BLOCK * hd);
+  return 2 * al16(MT * hd) + al16(MT * ML_FLASH_BLOCK) + 2 * al16(MT) + 2 * al16(ML_FLASH_BLOCK * hd);
 }
 
 /* floats of one split item's partial result: o, max and sum of each query vector */
@@ -232,7 +239,7 @@ static void visible(const ml_flash_args *a, const ml_flash_seg *s, int64_t r, in
 }
 
 typedef struct tstate {
-  float *q, *o, *s, *mx, *sum, *kb, *kt, *vb;
+  float *q, *o, *s, *mx, *sum, *kt, *vb;
 } tstate;
 
 static void thread_state(const ml_flash_args *a, float *base, tstate *t) {
@@ -242,8 +249,7 @@ static void thread_state(const ml_flash_args *a, float *base, tstate *t) {
   t->s = t->o + al16(MT * hd);
   t->mx = t->s + al16(MT * ML_FLASH_BLOCK);
   t->sum = t->mx + al16(MT);
-  t->kb = t->sum + al16(MT);
-  t->kt = t->kb + al16(ML_FLASH_BLOCK * hd);
+  t->kt = t->sum + al16(MT);
   t->vb = t->kt + al16(ML_FLASH_BLOCK * hd);
 }
 
@@ -297,8 +303,7 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
   for (int64_t r = 0; r < nr; r++)
     for (int64_t qh = 0; qh < g; qh++) {
       const float *src = a->q + (r0 + r) * a->ldq + (kh * g + qh) * q_hs;
-      float *dst = t->q + (r * g + qh) * hd;
-      for (int64_t d = 0; d < hd; d++) dst[d] = src[d] * a->scale;
+      K->scale(src, a->scale, hd, t->q + (r * g + qh) * hd);
     }
   for (int64_t m = 0; m < M; m++) {
     t->mx[m] = -INFINITY;
@@ -319,7 +324,7 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
   hi = ML_MIN(hi, jb);
   /* Few query vectors (decode: one row's g heads): keys and values are read where they are
    * in the store, each row once for all M vectors. Many: each block converted once to f32,
-   * the keys transposed, for the register-blocked products. */
+   * the keys transposed on the way, for the register-blocked products. */
   int transposed = M >= 16;
   for (int64_t j0 = lo; j0 < hi; j0 += ML_FLASH_BLOCK) {
     int64_t nj = ML_MIN(ML_FLASH_BLOCK, hi - j0);
@@ -329,8 +334,7 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
     if (j0 + nj < hi) /* the next block's keys while this one is scored */
       prefetch_rows(a->k + head_off, a->row_bytes, sg->cells, j0 + nj, ML_MIN(hi, j0 + nj + ML_FLASH_BLOCK), hb);
     if (transposed) {
-      K->load(a->kv_type, kbase, a->row_bytes, rows, nj, hd, t->kb);
-      K->transpose(t->kb, nj, hd, t->kt);
+      K->load_t(a->kv_type, kbase, a->row_bytes, rows, nj, hd, t->kt);
       K->qk_t(t->q, M, t->kt, nj, hd, t->s);
     } else
       K->qk_kv(t->q, M, a->kv_type, kbase, a->row_bytes, rows, nj, hd, t->s);
@@ -346,14 +350,14 @@ static void run_item(const ml_flash_args *a, const ml_flash_kernels *K, const pl
   }
 }
 
-static void write_out(const ml_flash_args *a, int64_t r0, int64_t nr, int64_t kh, int64_t g, const float *o, const float *sum) {
+static void write_out(const ml_flash_args *a, const ml_flash_kernels *K, int64_t r0, int64_t nr, int64_t kh, int64_t g,
+                      const float *o, const float *sum) {
   int64_t hd = a->head_dim, o_hs = a->o_hs ? a->o_hs : hd;
   for (int64_t r = 0; r < nr; r++)
     for (int64_t qh = 0; qh < g; qh++) {
       int64_t m = r * g + qh;
       float *dst = a->out + (r0 + r) * a->ldo + (kh * g + qh) * o_hs;
-      float inv = sum[m] > 0 ? 1.0f / sum[m] : 0.0f;
-      for (int64_t d = 0; d < hd; d++) dst[d] = o[m * hd + d] * inv;
+      K->scale(o + m * hd, sum[m] > 0 ? 1.0f / sum[m] : 0.0f, hd, dst);
     }
 }
 
@@ -369,13 +373,15 @@ void ml_flash(const ml_flash_args *a, void *work) {
   int64_t items = p.n_tiles * nkvh * p.chunks;
 #pragma omp for schedule(dynamic, 1)
   for (int64_t it = 0; it < items; it++) {
-    int64_t c = it % p.chunks, kh = (it / p.chunks) % nkvh, tile = it / p.chunks / nkvh, r0, nr;
+    /* the last tiles first: under a causal mask they see the most keys, and the short
+       items left for the end even out the threads' shares */
+    int64_t c = it % p.chunks, kh = (it / p.chunks) % nkvh, tile = p.n_tiles - 1 - it / p.chunks / nkvh, r0, nr;
     const ml_flash_seg *sg = find_tile(a, tile, &r0, &nr);
     run_item(a, K, &p, sg, r0, nr, kh, c * p.chunk_len, (c + 1) * p.chunk_len, &t);
     if (p.chunks == 1) {
-      write_out(a, r0, nr, kh, p.g, t.o, t.sum);
+      write_out(a, K, r0, nr, kh, p.g, t.o, t.sum);
     } else {
-      float *dst = partials + it * pf;
+      float *dst = partials + ((tile * nkvh + kh) * p.chunks + c) * pf;
       int64_t M = nr * p.g;
       memcpy(dst, t.o, sizeof(float) * (size_t)(M * hd));
       memcpy(dst + M * hd, t.mx, sizeof(float) * (size_t)M);
@@ -408,7 +414,7 @@ void ml_flash(const ml_flash_args *a, void *work) {
         }
       t.sum[m] = l;
     }
-    write_out(a, r0, nr, kh, p.g, t.o, t.sum);
+    write_out(a, K, r0, nr, kh, p.g, t.o, t.sum);
   }
 }
 

@@ -23,12 +23,14 @@
  *     horizontal reduction; the value product M vectors x a slice of the head at a time).
  *     Decode streams the whole cache once per token, so this path is bound by the cache's
  *     bytes and the FMAs and makes no f32 copy of the block.
- *   M >= 16 (prefill): the block is converted to f32 once, the keys transposed, and both
- *     products are register-blocked over 4 query vectors.
+ *   M >= 16 (prefill): the block is converted to f32 once, the keys straight into the
+ *     transposed layout (16 keys at a time converted in registers and transposed there),
+ *     and both products are register-blocked over 4 query vectors.
  * The next block's rows are prefetched into L2 while a block is worked on. Work items are
- * (tile, KV head, key chunk): a long key list is cut into chunks when there are too few tiles
- * and heads to keep the threads busy (decode: one query row, a long cache), and the chunks'
- * partial results (M x (head_dim + 2) floats each) are merged after a barrier.
+ * (tile, KV head, key chunk), the last tiles first (causal: the longest items, so the
+ * short ones even out the threads at the end): a long key list is cut into chunks when there
+ * are too few tiles and heads to keep the threads busy (decode: one query row, a long cache),
+ * and the chunks' partial results (M x (head_dim + 2) floats each) are merged after a barrier.
  */
 #ifndef ML_FLASH_H
 #define ML_FLASH_H

@@ -5,7 +5,7 @@
  *   a block of nj <= ML_FLASH_BLOCK keys and values, either read where they are in the store
  *   (few query vectors, M < 16: qk_kv and pv_kv convert each row in registers, once for all
  *   M) or, for many query vectors, converted once to f32:
- *     kt[d][j]  (rows ML_FLASH_BLOCK apart)   keys, transposed (kb[j][d], rows hd apart, on the way)
+ *     kt[d][j]  (rows ML_FLASH_BLOCK apart)   keys, transposed as they are converted
  *     vb[j][d]  (rows hd apart)          values
  *   s[m][j]  scores, rows ML_FLASH_BLOCK apart; then probabilities
  *   o[m][d]  the running (unnormalised) output, rows hd apart
@@ -26,8 +26,10 @@ typedef struct ml_flash_kernels {
    * NULL) to f32 rows dst[j * hd + d]. */
   void (*load)(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
                float *dst);
-  /* kt[d][j] = kb[j][d], j < nj; columns nj..ML_FLASH_BLOCK-1 are left as they are */
-  void (*transpose)(const float *kb, int64_t nj, int64_t hd, float *kt);
+  /* the same rows straight into the transposed layout: kt[d][j] = K[j][d] as f32, j < nj
+   * (columns nj..ML_FLASH_BLOCK-1 may be overwritten, with zeros in the SIMD tables) */
+  void (*load_t)(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                 float *kt);
   /* s[m][j] = q[m] · K[j] for few query vectors (M < 16), the keys read from the store as
    * load reads them: each key row is loaded and converted once for all M vectors (decode:
    * the g query heads that share a KV head) and no f32 copy of the block is made */
@@ -49,6 +51,9 @@ typedef struct ml_flash_kernels {
   /* One row of n visible scores: s[j] = softcap · tanh(s[j] / softcap) when softcap > 0, then
    * s[j] -= slope · |d0 - j| (ALiBi; slope 0 for none) */
   void (*bias)(float *s, int64_t n, float softcap, float slope, int64_t d0);
+  /* y[i] = c · x[i], i < n, n a multiple of the table's vector width (the query vectors'
+   * scale on the way in, the softmax's 1 / sum on the way out); y need not be aligned */
+  void (*scale)(const float *x, float c, int64_t n, float *y);
 } ml_flash_kernels;
 
 /* flash_avx2.c's bias, which the AVX-512 table shares */

@@ -64,7 +64,7 @@ static void load_avx2(ml_type t, const uint8_t *base, size_t row_bytes, const in
   else load_rows(t, base, row_bytes, rows, nj, hd, dst, 0);
 }
 
-/* ---- kt[d][j] = kb[j][d] in 8 x 8 blocks ---- */
+/* ---- keys straight to kt[d][j] in 8 x 8 blocks ---- */
 
 INLINE void transpose8(__m256 r[8]) {
   __m256 t[8], u[8];
@@ -88,18 +88,6 @@ INLINE void transpose8(__m256 r[8]) {
   }
 }
 
-static void transpose_avx2(const float *kb, int64_t nj, int64_t hd, float *kt) {
-  for (int64_t j0 = 0; j0 < nj; j0 += 8)
-    for (int64_t d0 = 0; d0 < hd; d0 += 8) {
-      __m256 r[8];
-      #pragma GCC unroll 8
-      for (int i = 0; i < 8; i++) r[i] = j0 + i < nj ? _mm256_load_ps(kb + (j0 + i) * hd + d0) : _mm256_setzero_ps();
-      transpose8(r);
-      #pragma GCC unroll 8
-      for (int i = 0; i < 8; i++) _mm256_store_ps(kt + (d0 + i) * BLK + j0, r[i]);
-    }
-}
-
 /* ---- scores ---- */
 
 /* 8 vectors to one: lane i = the sum of the 8 lanes of a[i] */
@@ -119,6 +107,37 @@ INLINE __m256 row8(ml_type T, const uint8_t *p, int64_t i) {
     return _mm256_mul_ps(x, _mm256_set1_ps(_cvtsh_ss(b->d)));
   }
   return _mm256_loadu_ps((const float *)p + i);
+}
+
+/* 8 keys x 8 dims at a time: each key's 8 values converted in a register, the 8 registers
+ * transposed and stored as 8 rows of kt; keys past nj are zeros */
+INLINE void load_t_type(ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                        float *kt) {
+  for (int64_t j0 = 0; j0 < nj; j0 += 8) {
+    const uint8_t *kr[8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) kr[i] = j0 + i < nj ? ml_flash_row_at(base, row_bytes, rows, j0 + i) : NULL;
+    for (int64_t d0 = 0; d0 < hd; d0 += 8) {
+      __m256 r[8];
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) r[i] = kr[i] ? row8(T, kr[i], d0) : _mm256_setzero_ps();
+      transpose8(r);
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) _mm256_store_ps(kt + (d0 + i) * BLK + j0, r[i]);
+    }
+  }
+}
+
+static void load_t_avx2(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                        float *kt) {
+  if (t == ML_TYPE_F16) load_t_type(ML_TYPE_F16, base, row_bytes, rows, nj, hd, kt);
+  else if (t == ML_TYPE_Q8_0) load_t_type(ML_TYPE_Q8_0, base, row_bytes, rows, nj, hd, kt);
+  else load_t_type(ML_TYPE_F32, base, row_bytes, rows, nj, hd, kt);
+}
+
+static void scale_avx2(const float *x, float c, int64_t n, float *y) {
+  __m256 vc = _mm256_set1_ps(c);
+  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(vc, _mm256_loadu_ps(x + i)));
 }
 
 /* Scores of M <= 8 query vectors (M a constant), KP = 8 / MP keys at a time, MP being M
@@ -263,7 +282,7 @@ static void softmax_avx2(float *s, int64_t M, int64_t nj, float *mx, float *sum,
       for (int i = 0; i < nv; i++) _mm256_store_ps(row + 8 * i, _mm256_setzero_ps());
       continue;
     }
-    float mnew = bmax > mx[m] ? bmax : mx[m], c = expf(mx[m] - mnew);
+    float old = mx[m], mnew = bmax > old ? bmax : old;
     __m256 vm = _mm256_set1_ps(mnew), acc = _mm256_setzero_ps();
     #pragma GCC unroll 8
     for (int i = 0; i < nv; i++) {
@@ -271,8 +290,10 @@ static void softmax_avx2(float *s, int64_t M, int64_t nj, float *mx, float *sum,
       _mm256_store_ps(row + 8 * i, e);
       acc = _mm256_add_ps(acc, e);
     }
-    if (c != 1.0f) {
-      __m256 vc = _mm256_set1_ps(c);
+    float c = 1.0f;
+    if (mnew > old) { /* the factor by exp256 (no libm call in the loop); old may be -inf */
+      __m256 vc = exp256(_mm256_set1_ps(old - mnew));
+      c = _mm256_cvtss_f32(vc);
       for (int64_t d = 0; d < hd; d += 8) _mm256_store_ps(o + m * hd + d, _mm256_mul_ps(vc, _mm256_load_ps(o + m * hd + d)));
     }
     sum[m] = sum[m] * c + hsum8(acc);
@@ -408,5 +429,5 @@ void ml_flash_bias_avx2(float *s, int64_t n, float softcap, float slope, int64_t
   }
 }
 
-const ml_flash_kernels ml_flash_kernels_avx2 = {"avx2",  load_avx2, transpose_avx2, qk_kv_avx2, qk_t_avx2,
-                                              softmax_avx2, pv_avx2, pv_kv_avx2,  ml_flash_bias_avx2};
+const ml_flash_kernels ml_flash_kernels_avx2 = {"avx2",  load_avx2, load_t_avx2, qk_kv_avx2, qk_t_avx2,
+                                              softmax_avx2, pv_avx2, pv_kv_avx2,  ml_flash_bias_avx2, scale_avx2};

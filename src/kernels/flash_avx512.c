@@ -40,14 +40,16 @@ static void load_avx512(ml_type t, const uint8_t *base, size_t row_bytes, const 
   }
 }
 
-/* ---- kt[d][j] = kb[j][d] in 16 x 16 blocks ---- */
+/* ---- keys straight to kt[d][j] in 16 x 16 blocks ---- */
 
 INLINE void transpose16(__m512 r[16]) {
   __m512 t[16];
+  #pragma GCC unroll 8
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
+  #pragma GCC unroll 4
   for (int i = 0; i < 16; i += 4) {
     r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
     r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
@@ -55,29 +57,20 @@ INLINE void transpose16(__m512 r[16]) {
     r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
   }
   /* r[4a + b] now holds, in 128-bit lane L, element b of rows 4a..4a+3 at columns 4L..4L+3 */
+  #pragma GCC unroll 4
   for (int i = 0; i < 4; i++) {
     t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);       /* lanes 0,2 of each */
     t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);   /* lanes 1,3 */
     t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
     t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
   }
+  #pragma GCC unroll 4
   for (int i = 0; i < 4; i++) {
     r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
     r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
     r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
     r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
   }
-}
-
-static void transpose_avx512(const float *kb, int64_t nj, int64_t hd, float *kt) {
-  for (int64_t j0 = 0; j0 < nj; j0 += 16)
-    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
-      __m512 r[16];
-      for (int i = 0; i < 16; i++)
-        r[i] = j0 + i < nj ? _mm512_load_ps(kb + (j0 + i) * hd + d0) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int i = 0; i < 16; i++) _mm512_store_ps(kt + (d0 + i) * BLK + j0, r[i]);
-    }
 }
 
 /* ---- scores ---- */
@@ -123,6 +116,37 @@ INLINE void swap_units(__m512 *a, __m512 *b, int KP, int s) {
   __m512 na = _mm512_permutex2var_ps(*a, xa, *b), nb = _mm512_permutex2var_ps(*a, xb, *b);
   *a = na;
   *b = nb;
+}
+
+/* 16 keys x 16 dims at a time: each key's 16 values converted in a register, the 16
+ * registers transposed and stored as 16 rows of kt; keys past nj are zeros */
+INLINE void load_t_type(ml_type T, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj, int64_t hd,
+                        float *kt) {
+  for (int64_t j0 = 0; j0 < nj; j0 += 16) {
+    const uint8_t *kr[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) kr[i] = j0 + i < nj ? ml_flash_row_at(base, row_bytes, rows, j0 + i) : NULL;
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512 r[16];
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; i++) r[i] = kr[i] ? row16(T, kr[i], d0) : _mm512_setzero_ps();
+      transpose16(r);
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; i++) _mm512_store_ps(kt + (d0 + i) * BLK + j0, r[i]);
+    }
+  }
+}
+
+static void load_t_avx512(ml_type t, const uint8_t *base, size_t row_bytes, const int32_t *rows, int64_t nj,
+                          int64_t hd, float *kt) {
+  if (t == ML_TYPE_F16) load_t_type(ML_TYPE_F16, base, row_bytes, rows, nj, hd, kt);
+  else if (t == ML_TYPE_Q8_0) load_t_type(ML_TYPE_Q8_0, base, row_bytes, rows, nj, hd, kt);
+  else load_t_type(ML_TYPE_F32, base, row_bytes, rows, nj, hd, kt);
+}
+
+static void scale_avx512(const float *x, float c, int64_t n, float *y) {
+  __m512 vc = _mm512_set1_ps(c);
+  for (int64_t i = 0; i < n; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(vc, _mm512_loadu_ps(x + i)));
 }
 
 /* Scores of M <= 8 query vectors (M a constant), KP = 16 / MP keys at a time, MP being M
@@ -225,12 +249,12 @@ static void qk_t_avx512(const float *q, int64_t M, const float *kt, int64_t nj, 
 
 /* ---- online softmax ---- */
 
-/* exp(x) for x <= 0 ... 88; exactly 0 where x is -inf. Cody-Waite reduction to
- * r in [-ln2/2, ln2/2], a degree-6 polynomial, then 2^n by vscalefps. */
+/* exp(x) for x <= 0 (the softmax's x - max, and old max - new max); exactly 0 where x is
+ * -inf. Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6 polynomial, then 2^n by
+ * vscalefps. */
 INLINE __m512 exp512(__m512 x) {
   __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
   x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.5f));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -244,34 +268,50 @@ INLINE __m512 exp512(__m512 x) {
   return _mm512_maskz_scalef_ps(live, p, n);
 }
 
-static void softmax_avx512(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd) {
-  int nv = (int)((nj + 15) / 16);
-  __mmask16 tail = (__mmask16)((nj % 16) ? (1u << (nj % 16)) - 1 : 0xffff);
+/* rows of NV vectors (a constant where inlined: the row stays in registers), the last
+ * one cut to the lanes in tail; the factor c of a new max by exp512 too, no libm call */
+INLINE void softmax_nv(float *s, int64_t M, float *mx, float *sum, float *o, int64_t hd, const int NV, __mmask16 tail) {
   for (int64_t m = 0; m < M; m++) {
     float *row = s + m * BLK;
     __m512 v[4], vmax = _mm512_set1_ps(-INFINITY);
-    for (int i = 0; i < nv; i++) {
-      v[i] = _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY), i == nv - 1 ? tail : 0xffff, row + 16 * i);
+    #pragma GCC unroll 4
+    for (int i = 0; i < NV; i++) {
+      v[i] = _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY), i == NV - 1 ? tail : 0xffff, row + 16 * i);
       vmax = _mm512_max_ps(vmax, v[i]);
     }
     float bmax = _mm512_reduce_max_ps(vmax);
     if (bmax == -INFINITY) {
-      for (int i = 0; i < nv; i++) _mm512_store_ps(row + 16 * i, _mm512_setzero_ps());
+      #pragma GCC unroll 4
+      for (int i = 0; i < NV; i++) _mm512_store_ps(row + 16 * i, _mm512_setzero_ps());
       continue;
     }
-    float mnew = bmax > mx[m] ? bmax : mx[m], c = expf(mx[m] - mnew);
+    float old = mx[m], mnew = bmax > old ? bmax : old;
     __m512 vm = _mm512_set1_ps(mnew), acc = _mm512_setzero_ps();
-    for (int i = 0; i < nv; i++) {
+    #pragma GCC unroll 4
+    for (int i = 0; i < NV; i++) {
       __m512 e = exp512(_mm512_sub_ps(v[i], vm));
       _mm512_store_ps(row + 16 * i, e);
       acc = _mm512_add_ps(acc, e);
     }
-    if (c != 1.0f) {
-      __m512 vc = _mm512_set1_ps(c);
+    float c = 1.0f;
+    if (mnew > old) { /* old may be -inf (c = 0, and o is 0 then) */
+      __m512 vc = exp512(_mm512_set1_ps(old - mnew));
+      c = _mm512_cvtss_f32(vc);
       for (int64_t d = 0; d < hd; d += 16) _mm512_store_ps(o + m * hd + d, _mm512_mul_ps(vc, _mm512_load_ps(o + m * hd + d)));
     }
     sum[m] = sum[m] * c + _mm512_reduce_add_ps(acc);
     mx[m] = mnew;
+  }
+}
+
+static void softmax_avx512(float *s, int64_t M, int64_t nj, float *mx, float *sum, float *o, int64_t hd) {
+  int nv = (int)((nj + 15) / 16);
+  __mmask16 tail = (__mmask16)((nj % 16) ? (1u << (nj % 16)) - 1 : 0xffff);
+  switch (nv) {
+    case 1: softmax_nv(s, M, mx, sum, o, hd, 1, tail); break;
+    case 2: softmax_nv(s, M, mx, sum, o, hd, 2, tail); break;
+    case 3: softmax_nv(s, M, mx, sum, o, hd, 3, tail); break;
+    default: softmax_nv(s, M, mx, sum, o, hd, 4, tail); break;
   }
 }
 
@@ -366,5 +406,5 @@ static void pv_kv_avx512(const float *s, int64_t M, ml_type t, const uint8_t *ba
   }
 }
 
-const ml_flash_kernels ml_flash_kernels_avx512 = {"avx512", load_avx512, transpose_avx512, qk_kv_avx512, qk_t_avx512,
-                                                softmax_avx512, pv_avx512, pv_kv_avx512, ml_flash_bias_avx2};
+const ml_flash_kernels ml_flash_kernels_avx512 = {"avx512", load_avx512, load_t_avx512, qk_kv_avx512, qk_t_avx512,
+                                                softmax_avx512, pv_avx512, pv_kv_avx512, ml_flash_bias_avx2, scale_avx512};

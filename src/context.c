@@ -310,19 +310,22 @@ int ml_context_copy(ml_context *c, int from, int to) {
 /* ---- context shift ---- */
 
 /* Rotate the keys of `cells` in one layer of kv by delta positions (RoPE as the forward
- * pass applies it, rope.c). Rows go through f32 (buf: one row). */
+ * pass applies it, rope.c): every cell by the same angles, computed once. Rows go through
+ * f32 (buf: one row, then the n_rot angles). */
 static void rotate_keys(const ml_context *c, const ml_kvcache *kv, int64_t layer, const float *inv_freq,
                         const int32_t *cells, int64_t n, int64_t delta, float *buf) {
   const ml_hparams *hp = &c->m->hp;
   const ml_rowops *ro = ml_rowops_get();
   const ml_type_traits *tr = ml_type_traits_get(kv->type);
-  int64_t row = kv->row;
+  int64_t row = kv->row, half = hp->n_rot / 2;
+  float *cs = buf + row, *sn = cs + half;
+  ml_rope_angles(cs, sn, half, inv_freq, 1.0f, delta);
   for (int64_t i = 0; i < n; i++) {
     uint8_t *p = ml_kvcache_k(kv, layer, cells[i]);
     if (kv->type == ML_TYPE_F32) memcpy(buf, p, sizeof(float) * (size_t)row);
     else if (kv->type == ML_TYPE_F16) ro->f16_to_f32((const ml_fp16 *)p, buf, row);
     else tr->to_float(p, buf, row);
-    ml_rope_row(buf, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_type == ML_ROPE_NEOX, inv_freq, 1.0f, delta);
+    ml_rope_apply(buf, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_type == ML_ROPE_NEOX, cs, sn);
     if (kv->type == ML_TYPE_F32) memcpy(p, buf, sizeof(float) * (size_t)row);
     else if (kv->type == ML_TYPE_F16) ro->f32_to_f16(buf, (ml_fp16 *)p, row);
     else tr->from_float(buf, p, row);
@@ -356,7 +359,8 @@ int ml_context_shift(ml_context *c, int seq, int64_t n_keep, int64_t n_discard) 
     leave(c);
     return -1;
   }
-  float *buf = ml_alloc(sizeof(float) * (size_t)(c->kv.row + 16) * (size_t)c->max_threads);
+  size_t per = (size_t)(c->kv.row + hp->n_rot + 16); /* a thread's row and angles */
+  float *buf = ml_alloc(sizeof(float) * per * (size_t)c->max_threads);
   if (!buf) {
     leave(c);
     return -1;
@@ -373,7 +377,7 @@ int ml_context_shift(ml_context *c, int seq, int64_t n_keep, int64_t n_discard) 
     const ml_kvcache *kv = caches[swa];
     if (c->layer_rope[il] && moved[swa])
       rotate_keys(c, kv, c->kv_layer[il], c->layer_rope[il], kv->cells[seq] + first[swa], moved[swa], -n_discard,
-                  buf + (size_t)(c->kv.row + 16) * (size_t)ml_thread_id());
+                  buf + per * (size_t)ml_thread_id());
   }
   ml_free(buf);
   leave(c);
